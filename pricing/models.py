@@ -37,11 +37,28 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class LongContextPrice:
+    """Prices that replace a model's base prices when a request's prompt is long.
+
+    A request whose `input_tokens` (cached and cache-written ones included) exceed
+    `above_input_tokens` pays these prices on every token, output included (Anthropic's
+    long-context pricing for Claude Sonnet 4 / 4.5 above 200K prompt tokens).
+    """
+
+    above_input_tokens: int
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None = None
+    cache_write_per_mtok: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ModelPrice:
     """List prices of one model in USD per one million tokens.
 
     `cached_input_per_mtok` / `cache_write_per_mtok` are None where the provider has no such
-    price; those tokens are then charged at the input price.
+    price; those tokens are then charged at the input price. `long_context`, where set, is
+    the price of a request whose prompt passes its threshold.
     """
 
     model: str
@@ -50,6 +67,7 @@ class ModelPrice:
     output_per_mtok: Decimal
     cached_input_per_mtok: Decimal | None = None
     cache_write_per_mtok: Decimal | None = None
+    long_context: LongContextPrice | None = None
 
 
 @dataclass(frozen=True, slots=True)
