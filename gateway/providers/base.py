@@ -45,20 +45,30 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class ResponseUsage:
-    """What a complete (non-streaming) response body says about usage."""
+    """What a complete (non-streaming) response body says about usage. `produced_text` (the
+    output, for an estimate) is filled only when the body carries no usage."""
 
     usage: Usage | None
     upstream_id: str | None
+    produced_text: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class StreamResult:
     """What a stream said once it ended (or was cut): usage if the provider sent it, the
-    provider's response id, and the text produced so far (for an estimate)."""
+    provider's response id, and the text produced so far (for an estimate).
+
+    `produced_text` is filled only when `usage` is None (nobody needs it otherwise).
+    `partial_usage` is what a cut stream did report before it ended: Anthropic sends input
+    and cache tokens in `message_start` but output only in the final `message_delta`; the
+    estimate keeps the reported input side and counts only the output
+    (`TokenCounter.estimate_usage(..., reported=partial_usage)`).
+    """
 
     usage: Usage | None
     upstream_id: str | None
     produced_text: str
+    partial_usage: Usage | None = None
 
 
 class StreamMeter(Protocol):

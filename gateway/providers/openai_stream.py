@@ -1,0 +1,194 @@
+"""Stream meters for the OpenAI API family, and the one reader of an OpenAI `usage` object.
+
+`ChatStreamMeter` follows chat-completion and legacy-completion streams: usage arrives in one
+chunk whose `usage` is not null (with `choices: []`) when `stream_options.include_usage` was
+set. When the gateway set it on the client's behalf (`strip_usage`), that chunk, and only
+that chunk, is hidden from the client. `ResponsesStreamMeter` follows Responses API streams,
+whose usage arrives in `response.completed` / `response.incomplete` / `response.failed`.
+
+Both are cheap on the hot path: a chunk is JSON-parsed only when it matters (the first chunk
+for the response id, the usage chunk, the final Responses events); content deltas are kept
+raw and decoded only when no usage came and the caller needs text for an estimate. Neither
+ever raises on bad bytes: an unreadable event is forwarded and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from gateway.providers.base import SSEEvent, StreamResult
+from gateway.providers.common import (
+    LazyText,
+    count,
+    function_texts,
+    load_object,
+    obj,
+    text_id,
+)
+from pricing.models import Usage
+
+_DONE = b"[DONE]"
+_USAGE_KEY = b'"usage"'
+_NULL_USAGE_COMPACT = b'"usage":null'
+_NULL_USAGE = re.compile(rb'"usage"\s*:\s*null')
+
+_RESPONSE_DELTAS = frozenset(
+    {
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+        "response.custom_tool_call_input.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+        "response.audio.transcript.delta",
+    }
+)
+_RESPONSE_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_RESPONSE_START = frozenset({"response.created", "response.queued", "response.in_progress"})
+
+
+def openai_usage(value: Any) -> Usage | None:
+    """Read a chat/completions/embeddings `usage` (prompt_tokens...) or a Responses API one
+    (input_tokens...). None when `value` holds neither."""
+    if not isinstance(value, dict):
+        return None
+    if "prompt_tokens" in value or "completion_tokens" in value:
+        input_tokens = count(value.get("prompt_tokens"))
+        output_tokens = count(value.get("completion_tokens"))
+        cached = count(obj(value.get("prompt_tokens_details")).get("cached_tokens"))
+        reasoning = count(obj(value.get("completion_tokens_details")).get("reasoning_tokens"))
+    elif "input_tokens" in value or "output_tokens" in value:
+        input_tokens = count(value.get("input_tokens"))
+        output_tokens = count(value.get("output_tokens"))
+        cached = count(obj(value.get("input_tokens_details")).get("cached_tokens"))
+        reasoning = count(obj(value.get("output_tokens_details")).get("reasoning_tokens"))
+    else:
+        return None
+    return Usage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_input_tokens=min(cached, input_tokens),
+        reasoning_tokens=min(reasoning, output_tokens),
+    )
+
+
+def _carries_usage(data: bytes) -> bool:
+    """Cheap pre-check: does this chunk have a `usage` that is not null?"""
+    if _USAGE_KEY not in data or _NULL_USAGE_COMPACT in data:
+        return False
+    return _NULL_USAGE.search(data) is None
+
+
+class ChatStreamMeter:
+    """Meters a chat.completions or completions stream."""
+
+    __slots__ = ("_first_seen", "_strip_usage", "_text", "_upstream_id", "_usage")
+
+    def __init__(self, *, strip_usage: bool) -> None:
+        self._strip_usage = strip_usage
+        self._usage: Usage | None = None
+        self._upstream_id: str | None = None
+        self._first_seen = False
+        self._text = LazyText(_chat_texts)
+
+    def observe(self, event: SSEEvent) -> bool:
+        data = event.data
+        if not data or data == _DONE:
+            return True
+        if _carries_usage(data):
+            chunk = load_object(data)
+            usage = openai_usage(chunk.get("usage")) if chunk is not None else None
+            if chunk is not None and usage is not None:
+                return self._take_usage(chunk, usage)
+        if not self._first_seen:
+            # The first chunk names the completion; later chunks repeat the same id.
+            self._first_seen = True
+            chunk = load_object(data)
+            if chunk is not None:
+                self._upstream_id = text_id(chunk.get("id"))
+                self._text.add_parsed(chunk)
+                return True
+        self._text.add(data)
+        return True
+
+    def _take_usage(self, chunk: Mapping[str, Any], usage: Usage) -> bool:
+        self._usage = usage  # some servers repeat usage cumulatively: the last one wins
+        self._first_seen = True
+        if self._upstream_id is None:
+            self._upstream_id = text_id(chunk.get("id"))
+        if chunk.get("choices"):
+            # Usage riding on a content chunk (vLLM continuous usage stats): never hide content.
+            self._text.add_parsed(chunk)
+            return True
+        return not self._strip_usage
+
+    def result(self) -> StreamResult:
+        text = self._text.text() if self._usage is None else ""
+        return StreamResult(self._usage, self._upstream_id, text)
+
+
+class ResponsesStreamMeter:
+    """Meters a Responses API stream. It never hides an event: usage is always sent."""
+
+    __slots__ = ("_text", "_upstream_id", "_usage")
+
+    def __init__(self) -> None:
+        self._usage: Usage | None = None
+        self._upstream_id: str | None = None
+        self._text = LazyText(_response_texts)
+
+    def observe(self, event: SSEEvent) -> bool:
+        data = event.data
+        if not data:
+            return True
+        name = event.event
+        parsed: dict[str, Any] | None = None
+        if name is None:  # some compatible servers send no `event:` line; read `type`
+            parsed = load_object(data)
+            if parsed is None:
+                return True
+            kind = parsed.get("type")
+            name = kind if isinstance(kind, str) else ""
+        if name in _RESPONSE_DELTAS:
+            if parsed is not None:
+                self._text.add_parsed(parsed)
+            else:
+                self._text.add(data)
+        elif name in _RESPONSE_FINAL or (name in _RESPONSE_START and self._upstream_id is None):
+            parsed = parsed if parsed is not None else load_object(data)
+            response = obj(parsed.get("response")) if parsed is not None else {}
+            self._upstream_id = text_id(response.get("id")) or self._upstream_id
+            if name in _RESPONSE_FINAL:
+                self._usage = openai_usage(response.get("usage")) or self._usage
+        return True
+
+    def result(self) -> StreamResult:
+        text = self._text.text() if self._usage is None else ""
+        return StreamResult(self._usage, self._upstream_id, text)
+
+
+def _chat_texts(chunk: Mapping[str, Any]) -> Iterator[str]:
+    choices = chunk.get("choices")
+    for choice in choices if isinstance(choices, list) else ():
+        choice = obj(choice)
+        text = choice.get("text")  # legacy completions
+        if isinstance(text, str):
+            yield text
+        delta = obj(choice.get("delta"))
+        for field in ("content", "reasoning_content", "reasoning", "refusal"):
+            value = delta.get(field)
+            if isinstance(value, str):
+                yield value
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            yield from function_texts(obj(call).get("function"))
+        yield from function_texts(delta.get("function_call"))
+
+
+
+def _response_texts(event: Mapping[str, Any]) -> Iterator[str]:
+    delta = event.get("delta")
+    if isinstance(delta, str):
+        yield delta
