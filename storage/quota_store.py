@@ -1,0 +1,250 @@
+"""The quota counters in Redis: one atomic Lua call admits, one settles, one reads.
+
+`QuotaStore` knows the keys (`storage.quota_keys`), the scripts (`storage/lua/*.lua`, each
+registered once with `register_script`, `quota_lib.lua` prepended to each) and their replies,
+which it turns into frozen dataclasses straight away. It knows nothing of tiers, HTTP or
+Decimal money: limits and amounts arrive as integers (tokens, micro-dollars).
+
+What the scripts guarantee, because each runs atomically on the one Redis that holds all of a
+customer's keys (one Cluster slot through the hash tag):
+- admit reserves one request, the estimated tokens and the estimated spend in every window,
+  or, when any window would go over its limit, nothing at all;
+- the request windows are exact: a sliding log, so no window of `window_ms` ever holds more
+  admitted requests than the limit, whatever the number of gateway processes;
+- the token window is a sliding window of 60 sub-buckets, each kept until its newest
+  admission is a full window old: it never forgets a token early (no 2x at a boundary) and
+  holds a token at most one sub-bucket (window/60, 1 s) longer than an exact log would;
+- months are UTC calendar months of the Redis server's TIME;
+- settle is idempotent per request id; a reservation not settled within its ttl gives its
+  tokens and spend back (the request stays counted), swept lazily by the customer's next call.
+
+Failure: Redis unreachable or timing out (redis-py `ConnectionError` / `TimeoutError`, raised
+after the client's own retries) is translated here, once, into `QuotaStoreUnavailable`; the
+caller decides what that means. Any other Redis error (a refused script, out of memory)
+propagates unchanged: it is a bug or an operator problem, not an outage to paper over.
+A retried admit cannot reserve twice: a request id that already holds a reservation is
+answered `duplicate` with nothing reserved again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+import redis.exceptions
+from redis.asyncio import Redis
+
+from storage.quota_keys import customer_keys
+
+PRODUCTION_WINDOW_MS = 60_000
+
+_UNLIMITED = -1
+
+
+class QuotaStoreUnavailable(Exception):
+    """Redis could not be reached or did not answer in time."""
+
+
+def lua_source(name: str) -> str:
+    """The text of one script in storage/lua/, e.g. ``lua_source("admit.lua")``."""
+    return resources.files("storage").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+def _script(name: str) -> str:
+    # quota_lib.lua defines the functions every script uses; Lua has no include.
+    return lua_source("quota_lib.lua") + "\n" + lua_source(name)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaLimits:
+    """A tier's limits as whole numbers; None is unlimited."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    requests_per_month: int | None = None
+    tokens_per_month: int | None = None
+    spend_per_month_micros: int | None = None
+
+    def as_args(self) -> list[int]:
+        values = [
+            self.requests_per_minute,
+            self.tokens_per_minute,
+            self.requests_per_month,
+            self.tokens_per_month,
+            self.spend_per_month_micros,
+        ]
+        return [_UNLIMITED if v is None else v for v in values]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSnapshot:
+    """A customer's windows as the server saw them, at `server_time_ms` (Redis TIME)."""
+
+    server_time_ms: int
+    month: str  # "YYYY-MM", UTC
+    next_month_ms: int  # the first millisecond of the next month
+    minute_requests: int
+    minute_requests_reset_ms: int  # until the oldest request leaves the window; 0 if empty
+    minute_tokens: int
+    minute_tokens_reset_ms: int  # until the oldest tokens leave the window; 0 if empty
+    month_requests: int
+    month_tokens: int
+    month_spend_micros: int
+
+    @classmethod
+    def from_reply(cls, fields: list[Any]) -> UsageSnapshot:
+        return cls(
+            server_time_ms=int(fields[0]),
+            month=_text(fields[1]),
+            next_month_ms=int(fields[2]),
+            minute_requests=int(fields[3]),
+            minute_requests_reset_ms=int(fields[4]),
+            minute_tokens=int(fields[5]),
+            minute_tokens_reset_ms=int(fields[6]),
+            month_requests=int(fields[7]),
+            month_tokens=int(fields[8]),
+            month_spend_micros=int(fields[9]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitReply:
+    admitted: bool
+    # The limit that refused; in shadow mode, the one that would have (with admitted True).
+    limit: str | None
+    # How long until this request could fit; None when no wait can make it fit.
+    retry_after_ms: int | None
+    # The request id already held a reservation; nothing was reserved again.
+    duplicate: bool
+    usage: UsageSnapshot
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> AdmitReply:
+        limit = _text(reply[1])
+        retry = int(reply[2])
+        return cls(
+            admitted=int(reply[0]) == 1,
+            limit=limit or None,
+            retry_after_ms=None if retry < 0 else retry,
+            duplicate=int(reply[3]) == 1,
+            usage=UsageSnapshot.from_reply(reply[4:]),
+        )
+
+
+_OUTCOMES: dict[int, Literal["settled", "already_settled", "unknown"]] = {
+    1: "settled",
+    2: "already_settled",
+    0: "unknown",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SettleReply:
+    outcome: Literal["settled", "already_settled", "unknown"]
+    tokens_delta: int  # added to the token counters; negative is a refund
+    spend_micros_delta: int
+    # The ttl had already released the reservation: the actual usage was added in full.
+    released_before: bool
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> SettleReply:
+        return cls(
+            outcome=_OUTCOMES[int(reply[0])],
+            tokens_delta=int(reply[1]),
+            spend_micros_delta=int(reply[2]),
+            released_before=int(reply[3]) == 1,
+        )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class QuotaStore:
+    """Admit, settle and read one customer's quota windows, each in one atomic Lua call.
+
+    `window_ms` is the length of the per-minute windows: 60 000 in production; tests pass a
+    short one instead of waiting a minute.
+    """
+
+    def __init__(self, client: Redis, *, window_ms: int = PRODUCTION_WINDOW_MS) -> None:
+        if window_ms < 1:
+            raise ValueError(f"window_ms must be positive, got {window_ms}")
+        self.window_ms = window_ms
+        self._redis = client
+        self._admit = client.register_script(_script("admit.lua"))
+        self._settle = client.register_script(_script("settle.lua"))
+        self._status = client.register_script(_script("status.lua"))
+
+    async def admit(
+        self,
+        *,
+        customer_id: str,
+        request_id: str,
+        limits: QuotaLimits,
+        tokens: int,
+        spend_micros: int,
+        reservation_ttl_ms: int,
+        shadow: bool = False,
+    ) -> AdmitReply:
+        """Reserve one request, `tokens` and `spend_micros` in every window, or nothing."""
+        if tokens < 0 or spend_micros < 0 or reservation_ttl_ms < 1:
+            raise ValueError("tokens and spend_micros must be >= 0, reservation_ttl_ms >= 1")
+        keys = customer_keys(customer_id)
+        script_keys = [
+            keys.requests_log,
+            keys.token_buckets,
+            keys.month_counters,
+            keys.pending,
+            keys.reservation(request_id),
+        ]
+        args = [
+            request_id,
+            *limits.as_args(),
+            tokens,
+            spend_micros,
+            reservation_ttl_ms,
+            self.window_ms,
+            1 if shadow else 0,
+        ]
+        try:
+            reply = await self._admit(keys=script_keys, args=args)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise QuotaStoreUnavailable(f"quota store unreachable: {exc}") from exc
+        return AdmitReply.from_reply(reply)
+
+    async def settle(
+        self, *, customer_id: str, request_id: str, tokens: int, spend_micros: int
+    ) -> SettleReply:
+        """Replace a reservation by the actual `tokens` and `spend_micros`, once."""
+        if tokens < 0 or spend_micros < 0:
+            raise ValueError("tokens and spend_micros must be >= 0")
+        keys = customer_keys(customer_id)
+        script_keys = [
+            keys.token_buckets,
+            keys.month_counters,
+            keys.pending,
+            keys.reservation(request_id),
+        ]
+        try:
+            reply = await self._settle(keys=script_keys, args=[tokens, spend_micros])
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise QuotaStoreUnavailable(f"quota store unreachable: {exc}") from exc
+        return SettleReply.from_reply(reply)
+
+    async def usage(self, customer_id: str) -> UsageSnapshot:
+        """What every window of the customer holds now (expired reservations released)."""
+        keys = customer_keys(customer_id)
+        script_keys = [keys.requests_log, keys.token_buckets, keys.month_counters, keys.pending]
+        try:
+            reply = await self._status(keys=script_keys, args=[self.window_ms])
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise QuotaStoreUnavailable(f"quota store unreachable: {exc}") from exc
+        return UsageSnapshot.from_reply(reply)
+
+    async def ping(self) -> None:
+        try:
+            await self._redis.ping()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise QuotaStoreUnavailable(f"quota store unreachable: {exc}") from exc
