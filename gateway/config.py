@@ -18,7 +18,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pricing.overrides import check_override
+from pricing.plans import Dimension, OveragePrice, Plan, PriceTier
+from pricing.rules import RateOverride
 
 DATABASE_URL_ENV = "TOLLBOOTH_DATABASE_URL"
 REDIS_URL_ENV = "TOLLBOOTH_REDIS_URL"
@@ -132,15 +144,113 @@ class TierLimits(_Model):
         return self
 
 
+class RatesConfig(_Model):
+    """`tiers.<name>.pricing` and `pricing.customers.<id>`: rates that replace the global ones.
+
+    Each rate left out falls back to the next level: customer > tier > global `pricing:`.
+    """
+
+    markup_percent: ExactDecimal | None = Field(default=None, ge=-100)
+    per_request_usd: ExactDecimal | None = Field(default=None, ge=0)
+    per_compute_minute_usd: ExactDecimal | None = Field(default=None, ge=0)
+
+    def to_override(self) -> RateOverride:
+        return RateOverride(
+            markup_percent=self.markup_percent,
+            per_request_usd=self.per_request_usd,
+            per_compute_minute_usd=self.per_compute_minute_usd,
+        )
+
+
+class PriceTierConfig(_Model):
+    """One tier of an overage price; `up_to` omitted (or null) on the last one."""
+
+    up_to: ExactDecimal | None = Field(default=None, gt=0)
+    unit_price_usd: ExactDecimal = Field(ge=0)
+
+
+class OverageConfig(_Model):
+    """`tiers.<name>.plan.overage.<dimension>`: a flat `unit_price_usd` (a bare "0.50" is
+    short for it) or `tiers` applied `graduated` or `volume`; prices are per `per_units`."""
+
+    unit_price_usd: ExactDecimal | None = Field(default=None, ge=0)
+    tiers: list[PriceTierConfig] | None = None
+    mode: Literal["graduated", "volume"] = "graduated"
+    per_units: int = Field(default=1, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str | int | float) and not isinstance(data, bool):
+            return {"unit_price_usd": data}
+        return data
+
+    @model_validator(mode="after")
+    def _one_price(self) -> OverageConfig:
+        if (self.unit_price_usd is None) == (self.tiers is None):
+            raise ValueError("give either unit_price_usd or tiers (a list), not both or neither")
+        self.to_overage().check(None)
+        return self
+
+    def to_overage(self) -> OveragePrice:
+        if self.tiers is None:
+            return OveragePrice.flat(self.unit_price_usd or Decimal(0), self.per_units)
+        tiers = tuple(PriceTier(t.up_to, t.unit_price_usd) for t in self.tiers)
+        return OveragePrice(tiers, self.mode, self.per_units)
+
+
+class PlanConfig(_Model):
+    """`tiers.<name>.plan`: a monthly base fee, included units and overage prices (README)."""
+
+    base_price_usd: ExactDecimal = Field(default=Decimal("0"), ge=0)
+    included: dict[Dimension, ExactDecimal | None] = {}  # -1 = unlimited (None)
+    overage: dict[Dimension, OverageConfig] = {}
+
+    @field_validator("included", mode="before")
+    @classmethod
+    def _minus_one_is_unlimited(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: (None if v in (-1, "-1") else v) for k, v in data.items()}
+        return data
+
+    @model_validator(mode="after")
+    def _valid_plan(self) -> PlanConfig:
+        self.to_plan("plan")
+        return self
+
+    def to_plan(self, name: str) -> Plan:
+        return Plan(
+            name=name,
+            base_price_usd=self.base_price_usd,
+            included={str(d): units for d, units in self.included.items()},
+            overage={d: o.to_overage() for d, o in self.overage.items()},
+        )
+
+
 class TierConfig(_Model):
     limits: TierLimits = TierLimits()
     shadow: bool = False
+    pricing: RatesConfig | None = None  # this tier's rates (override `pricing:`)
+    plan: PlanConfig | None = None  # base fee, included units, overage (invoices)
 
 
 class PricingConfig(_Model):
-    markup_percent: ExactDecimal = Decimal("0")
-    per_request_usd: ExactDecimal = Decimal("0")
+    """`pricing:` — global rates, model price overrides and per-customer rates (README)."""
+
+    markup_percent: ExactDecimal = Field(default=Decimal("0"), ge=-100)
+    per_request_usd: ExactDecimal = Field(default=Decimal("0"), ge=0)
+    per_compute_minute_usd: ExactDecimal = Field(default=Decimal("0"), ge=0)
     unknown_model: Literal["reject", "allow_unpriced"] = "reject"
+    # model name -> catalog fields to override, or a whole new model (pricing.overrides).
+    models: dict[str, dict[str, Any]] = {}
+    customers: dict[str, RatesConfig] = {}
+
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, entry in models.items():
+            check_override(name, entry, where=name)
+        return models
 
 
 class QuotasConfig(_Model):
@@ -149,6 +259,106 @@ class QuotasConfig(_Model):
     default_max_output_tokens: int = Field(default=4096, ge=0)
     # A reservation not settled within this many seconds is released.
     reservation_ttl_s: int = Field(default=900, ge=1)
+    # Redis connections per gateway process; a burst waits for a free one.
+    redis_max_connections: int = Field(default=64, ge=1)
+
+
+class StripeConfig(_Model):
+    """`billing.stripe` (SPEC §9): the meter-event sync, the billing portal and the webhooks.
+
+    Durations (`window`, `settle_delay`) are written "90s", "15m", "1h" or "1d";
+    `window_s` and `settle_delay_s` give them in seconds. A window must divide a day, so
+    windows line up with UTC days and months. `meters` maps a usage dimension to the Stripe
+    meter `event_name` it is sent as; a dimension left out is not sent. Secrets (the API key,
+    the webhook signing secret) are read from the environment variables named here, when used.
+    """
+
+    api_key_env: str = "STRIPE_API_KEY"
+    api_base: str | None = None  # e.g. http://127.0.0.1:12111 for a local fake Stripe
+    window: str = "1h"
+    # A window is sent once it closed this long ago, so late-written events land before it goes.
+    settle_delay: str = "15m"
+    meters: dict[str, str] = {
+        "input_tokens": "tollbooth_input_tokens",
+        "output_tokens": "tollbooth_output_tokens",
+        "requests": "tollbooth_requests",
+        "price_micros": "tollbooth_price_micros",
+    }
+    version: int = Field(default=1, ge=1, le=999)  # part of every meter event identifier
+    use_v2_stream: bool = False
+    max_retries: int = Field(default=5, ge=0, le=20)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    webhook_secret_env: str = "STRIPE_WEBHOOK_SECRET"
+    webhook_tolerance_s: int = Field(default=300, ge=1)
+    portal_return_url: str | None = None
+    price_tiers: dict[str, str] = {}  # Stripe price id -> tier
+    canceled_tier: str | None = None  # tier after a subscription ends (default: first tier)
+    suspend_on_payment_failure: bool = True
+
+    @staticmethod
+    def parse_duration(text: str) -> int:
+        """Seconds in "90s", "15m", "1h" or "1d"; ValueError for anything else."""
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+        value = text.strip().lower()
+        if len(value) < 2 or value[-1] not in units or not value[:-1].isdigit():
+            raise ValueError(f"{text!r} is not a duration; write e.g. \"30s\", \"15m\", \"1h\"")
+        return int(value[:-1]) * units[value[-1]]
+
+    @property
+    def window_s(self) -> int:
+        return self.parse_duration(self.window)
+
+    @property
+    def settle_delay_s(self) -> int:
+        return self.parse_duration(self.settle_delay)
+
+    @model_validator(mode="after")
+    def _check_stripe(self) -> StripeConfig:
+        # Keep in step with storage.usage_windows.DIMENSIONS (a test checks they match).
+        dimensions = (
+            "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
+            "reasoning_tokens", "requests", "price_micros",
+        )
+        window_s = self.window_s
+        if not 60 <= window_s <= 86400 or 86400 % window_s or window_s % 60:
+            raise ValueError(
+                f"window: got {self.window!r}; use whole minutes that divide a day, "
+                "e.g. \"15m\", \"1h\", \"1d\""
+            )
+        self.parse_duration(self.settle_delay)
+        for dimension, event_name in self.meters.items():
+            if dimension not in dimensions:
+                raise ValueError(
+                    f"meters: unknown dimension {dimension!r}; use {', '.join(dimensions)}"
+                )
+            if not event_name or len(event_name) > 100:
+                raise ValueError(f"meters.{dimension}: an event_name of 1 to 100 characters")
+        for url_field in ("api_base", "portal_return_url"):
+            url = getattr(self, url_field)
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url_field} must start with http:// or https://, got {url!r}")
+        for price, tier in self.price_tiers.items():
+            if not price.startswith("price_") or not tier:
+                raise ValueError(f"price_tiers: expected price_...: TIER, got {price!r}: {tier!r}")
+        return self
+
+
+class TaxConfig(_Model):
+    """`billing.tax`: the rate invoices add to their subtotal, by default and per customer."""
+
+    rate_percent: ExactDecimal = Field(default=Decimal("0"), ge=0, le=100)
+    customers: dict[str, Annotated[ExactDecimal, Field(ge=0, le=100)]] = {}
+
+    def rate_for(self, customer_id: str) -> Decimal:
+        return self.customers.get(customer_id, self.rate_percent)
+
+
+class BillingConfig(_Model):
+    """`billing:` — invoices (currency, tax) and the Stripe sync."""
+
+    currency: str = "usd"
+    tax: TaxConfig = TaxConfig()
+    stripe: StripeConfig | None = None
 
 
 class Settings(_Model):
@@ -159,6 +369,7 @@ class Settings(_Model):
     tiers: dict[str, TierConfig] = {"default": TierConfig()}
     pricing: PricingConfig = PricingConfig()
     quotas: QuotasConfig = QuotasConfig()
+    billing: BillingConfig = BillingConfig()
     # Not part of the YAML: where the file was read from and the hash of its bytes.
     source_path: str | None = Field(default=None, exclude=True)
     source_hash: str | None = Field(default=None, exclude=True)

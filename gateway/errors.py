@@ -3,6 +3,7 @@
     GatewayError (status, error_type, code)
     ├── AuthenticationError        401  missing, unknown or revoked key
     ├── PaymentRequiredError       402  customer suspended for an unpaid invoice
+    ├── PermissionDeniedError      403  the customer's tier is not in the config
     ├── InvalidRequestError        400  malformed JSON, missing model, unknown model
     ├── NotFoundError              404  unknown route
     ├── PayloadTooLargeError       413  body over server.max_body_mb
@@ -49,6 +50,12 @@ class PaymentRequiredError(GatewayError):
 
     def headers(self) -> dict[str, str]:
         return {"x-should-retry": "false"}
+
+
+class PermissionDeniedError(GatewayError):
+    status = 403
+    error_type = "permission_error"
+    code = "tier_not_configured"
 
 
 class InvalidRequestError(GatewayError):

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "gateway.cli.customers",
     "gateway.cli.keys",
     "gateway.cli.usage",
+    "gateway.cli.pricing_cmd",
     "gateway.cli.mock_provider",
 )
 

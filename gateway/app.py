@@ -1,0 +1,124 @@
+"""`create_app`: builds the aiohttp application and every collaborator, in one place.
+
+Resources live in `cleanup_ctx`, created before `yield` and closed after it, in this order:
+the provider HTTP session; the Postgres pool (schema migrated), the account store and the
+usage writer (drained on shutdown, after in-flight requests have finished); the Redis client
+and the quota policy; the tokenizer, warmed in a thread. Nothing mutable lives at module level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import redis.asyncio as redis
+from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from gateway import keys
+from gateway.auth import Authenticator
+from gateway.config import Settings
+from gateway.metering import Recorder
+from gateway.middleware import error_middleware
+from gateway.operator_routes import add_operator_routes
+from gateway.providers.registry import ALL_APIS
+from gateway.proxy import make_handler
+from gateway.quotas import QuotaPolicy
+from gateway.runtime import Runtime
+from gateway.tokens import TokenCounter
+from gateway.upstream import create_session
+from pricing.catalog import Catalog
+from storage.accounts import AccountStore
+from storage.postgres import create_pool, migrate
+from storage.quota_store import QuotaStore
+from storage.usage_writer import UsageWriter
+
+_MB = 1024 * 1024
+
+
+def create_app(
+    settings: Settings,
+    *,
+    database_url: str,
+    redis_url: str,
+    catalog: Catalog | None = None,
+    quota_window_ms: int = 60_000,
+) -> web.Application:
+    """`quota_window_ms` is the length of the "per minute" windows; only tests shorten it."""
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=settings.server.max_body_mb * _MB,
+        handler_args={"max_field_size": 16 * 1024, "max_line_size": 16 * 1024},
+    )
+    app[keys.runtime] = Runtime(settings, catalog or Catalog.load_default())
+    app[keys.tokens] = TokenCounter()
+
+    async def http_session(app: web.Application) -> AsyncIterator[None]:
+        server = settings.server
+        app[keys.http] = create_session(
+            connect_timeout_s=server.upstream_connect_timeout_s,
+            read_timeout_s=server.upstream_read_timeout_s,
+        )
+        yield
+        await app[keys.http].close()
+
+    async def postgres(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(database_url)
+        await migrate(pool)
+        app[keys.pool] = pool
+        accounts = AccountStore(pool)
+        app[keys.accounts] = accounts
+        app[keys.authenticator] = Authenticator(accounts)
+        storage = settings.storage
+        writer = UsageWriter(
+            pool,
+            batch_size=storage.writer_batch_size,
+            flush_interval_s=storage.writer_flush_interval_s,
+            queue_max=storage.writer_queue_max,
+        )
+        await writer.start()
+        app[keys.writer] = writer
+        yield
+        await writer.close()
+        await pool.close()
+
+    async def quotas(app: web.Application) -> AsyncIterator[None]:
+        # A blocking pool: under a burst a request waits for a free connection instead of
+        # failing (a full pool must never look like an outage and admit without quota).
+        # Short timeouts: quotas.on_redis_error decides what a down Redis means, not a long
+        # retry; retrying is safe (a retried admit reserves once, settle is idempotent).
+        pool = redis.BlockingConnectionPool.from_url(
+            redis_url,
+            max_connections=settings.quotas.redis_max_connections,
+            timeout=None,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2),
+        )
+        client = redis.Redis(connection_pool=pool)
+        app[keys.quotas] = QuotaPolicy(
+            QuotaStore(client, window_ms=quota_window_ms), settings.quotas
+        )
+        app[keys.recorder] = Recorder(app[keys.writer], app[keys.quotas], app[keys.tokens])
+        yield
+        await client.aclose()
+
+    async def tokenizer(app: web.Application) -> AsyncIterator[None]:
+        await asyncio.to_thread(app[keys.tokens].warm)
+        yield
+
+    async def inflight(app: web.Application) -> AsyncIterator[None]:
+        yield
+        # Cleaned up first: exchanges still relaying need the session, Redis and the writer.
+        await app[keys.recorder].drain(settings.server.shutdown_grace_s)
+
+    app.cleanup_ctx.extend([http_session, postgres, quotas, tokenizer, inflight])
+
+    for api in ALL_APIS:
+        for endpoint in api.endpoints:
+            if endpoint.name == "models":
+                continue  # answered by the gateway itself (operator_routes)
+            app.router.add_route(endpoint.method, endpoint.path, make_handler(api, endpoint))
+    add_operator_routes(app)
+    return app

@@ -1,0 +1,98 @@
+"""`tollbooth serve`: run the gateway (on the embedded default or configured servers).
+
+The parent process resolves the infrastructure once (starting the embedded Postgres and
+Valkey when no URL is configured, or reusing the ones another process started), then runs
+one worker in-process, or `--workers N` processes bound to the same port with SO_REUSEPORT.
+SIGINT/SIGTERM stop accepting, let in-flight requests finish (up to
+`server.shutdown_grace_s`), drain the usage writer, then stop the embedded servers it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from gateway.cli.main import add_config_option
+from gateway.cli.runtime import infrastructure_for
+from gateway.config import Settings, load_settings
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("serve", help="run the gateway")
+    add_config_option(parser)
+    parser.add_argument("--host", help="listen address (default: server.host)")
+    parser.add_argument("--port", type=int, help="listen port (default: server.port)")
+    parser.add_argument("--workers", type=int, help="worker processes (default: server.workers)")
+    parser.set_defaults(func=run)
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return
+    uvloop.install()
+
+
+def run_worker(config_path: str, host: str, port: int, database_url: str, redis_url: str,
+               reuse_port: bool) -> None:
+    from gateway.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _install_uvloop()
+    settings = load_settings(config_path)
+    app = create_app(settings, database_url=database_url, redis_url=redis_url)
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        reuse_port=reuse_port,
+        shutdown_timeout=settings.server.shutdown_grace_s,
+        access_log=None,
+        print=lambda line: print(
+            f"tollbooth worker {os.getpid()} listening on http://{host}:{port}", flush=True
+        ),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings: Settings = load_settings(args.config)
+    host = args.host or settings.server.host
+    port = args.port if args.port is not None else settings.server.port
+    workers = args.workers or settings.server.workers
+    with infrastructure_for(settings) as infra:
+        if workers == 1:
+            run_worker(args.config, host, port, infra.database_url, infra.redis_url, False)
+            return 0
+        ctx = multiprocessing.get_context("spawn")
+        procs = [
+            ctx.Process(
+                target=run_worker,
+                args=(args.config, host, port, infra.database_url, infra.redis_url, True),
+                name=f"tollbooth-worker-{i}",
+            )
+            for i in range(workers)
+        ]
+        for proc in procs:
+            proc.start()
+
+        def forward(signum: int, _frame: object) -> None:
+            for proc in procs:
+                if proc.pid is not None and proc.is_alive():
+                    os.kill(proc.pid, signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        for proc in procs:
+            proc.join()
+        failed = [p.name for p in procs if p.exitcode not in (0, -signal.SIGTERM, -signal.SIGINT)]
+        if failed:
+            print(f"tollbooth: workers exited with errors: {', '.join(failed)}", file=sys.stderr)
+            return 1
+    return 0

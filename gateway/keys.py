@@ -1,0 +1,29 @@
+"""Every typed key the aiohttp application and its requests carry (STYLE: one place)."""
+
+from __future__ import annotations
+
+import uuid
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+from gateway.auth import Authenticator
+from gateway.metering import Recorder
+from gateway.quotas import QuotaPolicy
+from gateway.runtime import Runtime
+from gateway.tokens import TokenCounter
+from storage.accounts import AccountStore
+from storage.usage_writer import UsageWriter
+
+runtime = web.AppKey("runtime", Runtime)
+http = web.AppKey("http", aiohttp.ClientSession)
+pool = web.AppKey("pool", asyncpg.Pool)
+accounts = web.AppKey("accounts", AccountStore)
+authenticator = web.AppKey("authenticator", Authenticator)
+quotas = web.AppKey("quotas", QuotaPolicy)
+tokens = web.AppKey("tokens", TokenCounter)
+writer = web.AppKey("writer", UsageWriter)
+recorder = web.AppKey("recorder", Recorder)
+
+request_id = web.RequestKey("request_id", uuid.UUID)

@@ -1,0 +1,76 @@
+"""The one translator from errors to responses, in the shape of the API that was called.
+
+Routes under /v1/messages speak Anthropic's error shape; every other route speaks OpenAI's.
+`GatewayError`s carry their status, type, code and headers; aiohttp's own HTTP errors (404 for
+an unknown path, 405, 413 for a body over the limit) are reshaped the same way; anything else
+is a bug: it is logged with its traceback and answered as a 500 with no detail in the body.
+Every error response carries `x-request-id` when one was assigned.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from aiohttp import web
+
+from gateway import keys
+from gateway.errors import (
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from gateway.providers.base import ProviderApi
+from gateway.providers.registry import api_for_kind
+from gateway.proxy import Handler
+
+log = logging.getLogger("tollbooth.errors")
+
+
+def api_for_path(path: str) -> ProviderApi:
+    return api_for_kind("anthropic" if path.startswith("/v1/messages") else "openai")
+
+
+def render_error(request: web.Request, error: GatewayError) -> web.Response:
+    api = api_for_path(request.path)
+    body = api.error_body(error.status, error.error_type, error.message, error.code, error.param)
+    return web.Response(
+        status=error.status,
+        body=body,
+        content_type="application/json",
+        headers=error.headers(),
+    )
+
+
+def _translate_http(exc: web.HTTPException) -> GatewayError:
+    if exc.status == 404:
+        return NotFoundError("Unknown request URL. Tollbooth serves the routes in its README.")
+    if exc.status == 405:
+        err = InvalidRequestError(f"Method not allowed for this URL ({exc.reason}).")
+        err.status = 405
+        return err
+    if exc.status == 413:
+        return PayloadTooLargeError("The request body is larger than this gateway accepts.")
+    err = InvalidRequestError(exc.reason or "Bad request.")
+    err.status = exc.status
+    return err
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = uuid.uuid4()
+    request[keys.request_id] = request_id
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        response = render_error(request, exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = render_error(request, _translate_http(exc))
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": str(request_id)})
+        response = render_error(request, GatewayError("The gateway had an internal error."))
+    response.headers["x-request-id"] = str(request_id)
+    return response

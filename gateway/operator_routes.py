@@ -1,0 +1,123 @@
+"""Routes the gateway answers itself: health, the model list, and the caller's own usage.
+
+`GET /health` is unauthenticated and says whether Postgres, Redis and the writer are fine
+(503 when a dependency is down). `GET /v1/models` and `/usage/*` need a customer key and
+only ever show that customer's data: the customer id comes from the key, never the query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway import keys
+from gateway.errors import InvalidRequestError, PermissionDeniedError
+from gateway.quota_status import QuotaStatus
+from storage.usage_queries import usage_summary
+
+_MAX_DAYS = 3660
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _days(request: web.Request) -> int:
+    raw = request.query.get("days", "30")
+    try:
+        days = int(raw)
+    except ValueError:
+        raise InvalidRequestError("days must be a whole number", param="days") from None
+    if not 1 <= days <= _MAX_DAYS:
+        raise InvalidRequestError(f"days must be between 1 and {_MAX_DAYS}", param="days")
+    return days
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    checks: dict[str, Any] = {}
+    ok = True
+    try:
+        async with asyncio.timeout(2):
+            await app[keys.pool].fetchval("SELECT 1")
+        checks["postgres"] = "ok"
+    except Exception as exc:  # reported, not raised: health must answer
+        checks["postgres"] = f"error: {type(exc).__name__}"
+        ok = False
+    try:
+        async with asyncio.timeout(2):
+            await app[keys.quotas].ping()
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+        ok = False
+    settings = app[keys.runtime].current.settings
+    body = {
+        "status": "ok" if ok else "degraded",
+        "config": {"state": "ok", "hash": settings.source_hash},
+        **checks,
+        "writer": {"backlog": app[keys.writer].backlog, "written": app[keys.writer].written},
+    }
+    return _json(body, status=200 if ok else 503)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """The priced models this gateway routes, in the shape of the SDK asking: the Anthropic
+    SDK sends `anthropic-version` and gets Anthropic's list; any other caller gets OpenAI's."""
+    await request.app[keys.authenticator].authenticate(request)
+    snapshot = request.app[keys.runtime].current
+    kind = "anthropic" if "anthropic-version" in request.headers else "openai"
+    models = [
+        price.model
+        for price in snapshot.catalog.models()
+        if price.provider == kind and snapshot.settings.provider_for(price.model, kind)
+    ]
+    if kind == "anthropic":
+        data = [
+            {"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}
+            for m in models
+        ]
+        return _json({"data": data, "has_more": False,
+                      "first_id": models[0] if models else None,
+                      "last_id": models[-1] if models else None})
+    owned = [{"id": m, "object": "model", "created": 0, "owned_by": "tollbooth"} for m in models]
+    return _json({"object": "list", "data": owned})
+
+
+async def summary(request: web.Request) -> web.Response:
+    principal = await request.app[keys.authenticator].authenticate(request)
+    result = await usage_summary(
+        request.app[keys.pool], days=_days(request), customer_id=principal.customer_id
+    )
+    return _json(result.to_json())
+
+
+async def _quota_status(request: web.Request) -> tuple[str, QuotaStatus]:
+    principal = await request.app[keys.authenticator].authenticate(request)
+    tier = request.app[keys.runtime].current.settings.tiers.get(principal.tier)
+    if tier is None:
+        raise PermissionDeniedError(
+            f"Your account's tier '{principal.tier}' is not configured on this gateway."
+        )
+    return principal.tier, await request.app[keys.quotas].status(principal.customer_id, tier)
+
+
+async def limits(request: web.Request) -> web.Response:
+    tier_name, status = await _quota_status(request)
+    return _json({"tier": tier_name, **status.limits_json()})
+
+
+async def quota_status(request: web.Request) -> web.Response:
+    tier_name, status = await _quota_status(request)
+    return _json({"tier": tier_name, **status.status_json()})
+
+
+def add_operator_routes(app: web.Application) -> None:
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/usage/summary", summary)
+    app.router.add_get("/usage/limits", limits)
+    app.router.add_get("/usage/quota-status", quota_status)

@@ -1,0 +1,261 @@
+"""The forwarded routes: authenticate, validate, admit, forward, relay, record.
+
+One handler per API family endpoint (built by `make_handler`). In order, for each request:
+1. the key is resolved to a customer (401 otherwise);
+2. the body is parsed once (400 for malformed JSON, a non-object, or a missing `model`; 413
+   past `server.max_body_mb`, enforced by the server before this runs);
+3. the model is routed to a provider of the route's API kind and priced (400 for an unknown
+   model under `unknown_model: reject`);
+4. the customer's quotas reserve one request and the worst case of tokens and spend (429);
+5. the request goes upstream with the provider key in place of the client's;
+6. the response is relayed (JSON in one piece, SSE as it arrives) with `x-request-id` and
+   the rate-limit headers;
+7. `Recorder.finish` settles the quota and queues the usage event, whatever happened.
+Steps 1 to 4 reach no provider and record no usage event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gateway import keys
+from gateway.errors import (
+    GatewayError,
+    InvalidRequestError,
+    PaymentRequiredError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+)
+from gateway.metering import Exchange
+from gateway.providers.base import Endpoint, ProviderApi
+from gateway.relay import relay_stream
+from gateway.upstream import read_body, send
+
+log = logging.getLogger("tollbooth.proxy")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Response headers never passed from the provider to the client: hop-by-hop and framing
+# headers (aiohttp sets its own), the provider's own limits and account identifiers.
+_DROP_RESPONSE_HEADERS = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-connection", "te", "trailer",
+        "transfer-encoding", "upgrade", "content-length", "date", "server", "set-cookie",
+        "alt-svc", "openai-organization", "openai-project", "x-request-id", "request-id",
+    }
+)
+_DROP_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "anthropic-organization")
+
+
+def response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in upstream.headers.items():
+        lower = name.lower()
+        if lower in _DROP_RESPONSE_HEADERS or lower.startswith(_DROP_RESPONSE_PREFIXES):
+            continue
+        out[name] = value
+    upstream_id = upstream.headers.get("x-request-id") or upstream.headers.get("request-id")
+    if upstream_id:
+        out["x-upstream-request-id"] = upstream_id
+    return out
+
+
+def parse_body(raw: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], str]:
+    """The request body as a JSON object and its model; 400 in the API's shape otherwise."""
+    try:
+        body = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        raise InvalidRequestError(
+            "We could not parse the JSON body of your request. The body must be valid JSON."
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    model = body.get("model")
+    if endpoint.needs_model and (not isinstance(model, str) or not model.strip()):
+        raise InvalidRequestError(
+            "You must provide a model parameter.", param="model", code="missing_model"
+        )
+    return body, model if isinstance(model, str) else ""
+
+
+def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        app = request.app
+        snapshot = app[keys.runtime].current
+        settings = snapshot.settings
+        principal = await app[keys.authenticator].authenticate(request)
+        if principal.suspended:
+            raise PaymentRequiredError(
+                "This account is suspended for an unpaid invoice. Update your payment method."
+            )
+        raw = await request.read()
+        body, model = parse_body(raw, endpoint)
+
+        provider_name = settings.provider_for(model, api.kind)
+        if provider_name is None:
+            raise InvalidRequestError(
+                f"No provider of kind '{api.kind}' is configured for this route.", param="model"
+            )
+        provider = settings.providers[provider_name]
+        provider_key = provider.api_key()
+        if provider.api_key_env and provider_key is None:
+            log.error("provider %s: environment variable %s is not set",
+                      provider_name, provider.api_key_env)
+            raise ServiceUnavailableError(
+                f"The provider '{provider_name}' has no API key configured on this gateway."
+            )
+        priced = snapshot.pricing.price(model) is not None
+        if endpoint.metered and not priced and settings.pricing.unknown_model == "reject":
+            raise InvalidRequestError(
+                f"The model '{model}' does not exist or is not available on this gateway.",
+                param="model",
+                code="model_not_found",
+            )
+
+        streaming = api.is_streaming(endpoint, body)
+        strip_usage = api.prepare_body(endpoint, body) if endpoint.metered else False
+        payload = orjson.dumps(body) if strip_usage else raw
+        request_id = request[keys.request_id]
+        ex = Exchange(
+            request_id=request_id,
+            created_at=datetime.now(UTC),
+            started=started,
+            principal=principal,
+            snapshot=snapshot,
+            provider=provider_name,
+            model=model,
+            endpoint=endpoint,
+            streamed=streaming,
+            prompt_text=api.prompt_text(endpoint, body) if endpoint.metered else "",
+        )
+        our_headers = {"x-request-id": str(request_id)}
+
+        if endpoint.metered:
+            tier = settings.tiers.get(principal.tier)
+            if tier is None:
+                raise PermissionDeniedError(
+                    f"Your account's tier '{principal.tier}' is not configured on this gateway."
+                )
+            counter = app[keys.tokens]
+            prompt_tokens = counter.count(model, ex.prompt_text)
+            max_out = api.max_output_tokens(body)
+            if max_out is None:
+                max_out = settings.quotas.default_max_output_tokens
+            spend = snapshot.pricing.max_charge(model, prompt_tokens, max_out)
+            ex.admission = await app[keys.quotas].admit(
+                customer_id=principal.customer_id,
+                tier_name=principal.tier,
+                tier=tier,
+                request_id=str(request_id),
+                tokens=prompt_tokens + max_out,
+                spend_usd=spend,
+            )
+            our_headers.update(app[keys.quotas].rate_limit_headers(ex.admission))
+
+        url = provider.base_url.rstrip("/") + endpoint.upstream_path
+        headers = api.upstream_headers(request.headers, provider_key)
+        upstream_call = Upstream(endpoint.method, url, headers, payload)
+        # Steps 5-7 run as their own task: a handler cancelled because the client left (or
+        # the server is stopping) never cancels the forwarding, the drain or the billing.
+        task = app[keys.recorder].spawn(
+            forward(request, api, endpoint, ex, upstream_call, strip_usage, our_headers)
+        )
+        return await asyncio.shield(task)
+
+    return handle
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+async def forward(
+    request: web.Request,
+    api: ProviderApi,
+    endpoint: Endpoint,
+    ex: Exchange,
+    call: Upstream,
+    strip_usage: bool,
+    our_headers: dict[str, str],
+) -> web.StreamResponse:
+    app = request.app
+    recorder = app[keys.recorder]
+    metered = endpoint.metered
+    try:
+        upstream = await send(app[keys.http], call.method, call.url, call.headers, call.body)
+    except GatewayError as exc:
+        if metered:
+            await recorder.finish(ex, status=exc.status, usage=None, upstream_id=None)
+        raise
+    async with upstream:
+        status = upstream.status
+        out_headers = response_headers(upstream)
+        out_headers.update(our_headers)
+        header_id = out_headers.get("x-upstream-request-id")
+        is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        if not (ex.streamed and is_sse and status < 400):
+            try:
+                data = await read_body(upstream)
+            except GatewayError as exc:
+                if metered:
+                    await recorder.finish(ex, status=exc.status, usage=None, upstream_id=None)
+                raise
+            if metered:
+                found = api.usage_from_body(endpoint, data)
+                await recorder.finish(
+                    ex, status=status, usage=found.usage,
+                    upstream_id=found.upstream_id or header_id,
+                    produced_text=found.produced_text,
+                )
+            return web.Response(status=status, body=data, headers=out_headers)
+
+        response = web.StreamResponse(status=status, headers=out_headers)
+        meter = api.stream_meter(endpoint, strip_usage)
+        client_gone = broken = False
+        try:
+            try:
+                await response.prepare(request)
+            except (ConnectionResetError, RuntimeError):
+                client_gone = True
+            else:
+                outcome = await relay_stream(
+                    request, response, upstream, meter,
+                    strip_usage=strip_usage,
+                    drain_s=ex.snapshot.settings.server.disconnect_drain_s,
+                    started=ex.started,
+                )
+                client_gone, broken = outcome.client_gone, outcome.upstream_broken
+        finally:
+            if metered:
+                ex.metadata.update(_stream_metadata(client_gone, broken))
+                result = meter.result()
+                await recorder.finish(
+                    ex, status=status, usage=result.usage,
+                    upstream_id=result.upstream_id or header_id,
+                    produced_text=result.produced_text, partial_usage=result.partial_usage,
+                )
+        return response
+
+
+def _stream_metadata(client_gone: bool, broken: bool) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    if client_gone:
+        meta["client_disconnected"] = True
+    if broken:
+        meta["upstream_broken"] = True
+    return meta
