@@ -53,6 +53,7 @@ from storage.quota_store import (
     AdmitReply,
     QuotaLimits,
     QuotaStore,
+    QuotaStoreBusy,
     QuotaStoreUnavailable,
     UsageSnapshot,
 )
@@ -157,6 +158,11 @@ class QuotaPolicy:
                 reservation_ttl_ms=self._settings.reservation_ttl_s * 1000,
                 shadow=tier.shadow,
             )
+        except QuotaStoreBusy as exc:
+            log.warning("quota store busy; request %s refused with 503: %s", request_id, exc)
+            raise ServiceUnavailableError(
+                "The gateway is overloaded; retry shortly."
+            ) from exc
         except QuotaStoreUnavailable as exc:
             # A shadow tier refuses nothing, not even for want of Redis.
             if self._settings.on_redis_error == "reject" and not tier.shadow:

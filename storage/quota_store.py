@@ -18,7 +18,9 @@ customer's keys (one Cluster slot through the hash tag):
 - settle is idempotent per request id; a reservation not settled within its ttl gives its
   tokens and spend back (the request stays counted), swept lazily by the customer's next call.
 
-Failure: Redis unreachable or timing out (redis-py `ConnectionError` / `TimeoutError`, raised
+Failure: a full local connection pool (`MaxConnectionsError`) is `QuotaStoreBusy`, overload
+that is refused, never mistaken for an outage. Redis unreachable or timing out (redis-py
+`ConnectionError` / `TimeoutError`, raised
 after the client's own retries) is translated here, once, into `QuotaStoreUnavailable`; the
 caller decides what that means. Any other Redis error (a refused script, out of memory)
 propagates unchanged: it is a bug or an operator problem, not an outage to paper over.
@@ -40,6 +42,11 @@ from storage.quota_keys import customer_keys
 PRODUCTION_WINDOW_MS = 60_000
 
 _UNLIMITED = -1
+
+
+class QuotaStoreBusy(Exception):
+    """This process has no free Redis connection: local overload, not a Redis outage. Never
+    a reason to admit without quota (that would multiply limits under load)."""
 
 
 class QuotaStoreUnavailable(Exception):
@@ -210,6 +217,8 @@ class QuotaStore:
         ]
         try:
             reply = await self._admit(keys=script_keys, args=args)
+        except redis.exceptions.MaxConnectionsError as exc:
+            raise QuotaStoreBusy("no free quota store connection in this process") from exc
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise QuotaStoreUnavailable(f"quota store unreachable: {exc}") from exc
         return AdmitReply.from_reply(reply)
@@ -229,6 +238,8 @@ class QuotaStore:
         ]
         try:
             reply = await self._settle(keys=script_keys, args=[tokens, spend_micros])
+        except redis.exceptions.MaxConnectionsError as exc:
+            raise QuotaStoreBusy("no free quota store connection in this process") from exc
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise QuotaStoreUnavailable(f"quota store unreachable: {exc}") from exc
         return SettleReply.from_reply(reply)
@@ -239,6 +250,8 @@ class QuotaStore:
         script_keys = [keys.requests_log, keys.token_buckets, keys.month_counters, keys.pending]
         try:
             reply = await self._status(keys=script_keys, args=[self.window_ms])
+        except redis.exceptions.MaxConnectionsError as exc:
+            raise QuotaStoreBusy("no free quota store connection in this process") from exc
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise QuotaStoreUnavailable(f"quota store unreachable: {exc}") from exc
         return UsageSnapshot.from_reply(reply)
@@ -246,5 +259,7 @@ class QuotaStore:
     async def ping(self) -> None:
         try:
             await self._redis.ping()
+        except redis.exceptions.MaxConnectionsError as exc:
+            raise QuotaStoreBusy("no free quota store connection in this process") from exc
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise QuotaStoreUnavailable(f"quota store unreachable: {exc}") from exc

@@ -322,3 +322,27 @@ async def test_redis_killed_under_reject_answers_503_except_in_shadow_mode(
     shadowed = await admit(policy, customer, tier(shadow=True, requests_per_minute=1))
     assert not shadowed.reserved
     assert policy.redis_error_admissions == 1
+
+
+async def test_a_full_connection_pool_refuses_with_503_and_never_admits_without_quota(
+    redis_url: str,
+) -> None:
+    # One connection for twenty concurrent admissions: the pool runs out. That is local
+    # overload, not an outage: under on_redis_error=allow it must still not let requests
+    # through unreserved (that multiplies limits exactly when traffic peaks).
+    from redis.asyncio import ConnectionPool
+
+    pool = ConnectionPool.from_url(redis_url, max_connections=1)
+    tight = Redis(connection_pool=pool)
+    policy = QuotaPolicy(QuotaStore(tight), QuotasConfig(on_redis_error="allow"))
+    customer = new_customer()
+    outcomes = await asyncio.gather(
+        *(admit(policy, customer, tier(requests_per_minute=100)) for _ in range(20)),
+        return_exceptions=True,
+    )
+    await tight.aclose()
+    refused = [o for o in outcomes if isinstance(o, BaseException)]
+    assert refused, "the pool should have run out"
+    assert all(isinstance(o, ServiceUnavailableError) for o in refused)
+    assert policy.redis_error_admissions == 0
+    assert all(o.reserved for o in outcomes if not isinstance(o, BaseException))
