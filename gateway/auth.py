@@ -37,7 +37,7 @@ class Authenticator:
         self._ttl_s = ttl_s
         self._max_entries = max_entries
         self._cache: OrderedDict[bytes, tuple[float, KeyPrincipal | None]] = OrderedDict()
-        self._pending: dict[bytes, asyncio.Future[KeyPrincipal | None]] = {}
+        self._pending: dict[bytes, asyncio.Task[KeyPrincipal | None]] = {}
 
     async def authenticate(self, request: web.Request) -> KeyPrincipal:
         key = presented_key(request)
@@ -53,29 +53,29 @@ class Authenticator:
 
     async def _resolve(self, key: str) -> KeyPrincipal | None:
         digest = hashlib.sha256(key.encode()).digest()
-        now = time.monotonic()
         hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        pending = self._pending.get(digest)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[KeyPrincipal | None] = asyncio.get_running_loop().create_future()
-        self._pending[digest] = future
+        lookup = self._pending.get(digest)
+        if lookup is None:
+            # Its own task, shared by every concurrent caller with this key: a caller that is
+            # cancelled (client gone) never cancels the lookup the others are waiting for.
+            lookup = asyncio.ensure_future(self._lookup(key, digest))
+            self._pending[digest] = lookup
+            lookup.add_done_callback(lambda _: self._pending.pop(digest, None))
+        return await asyncio.shield(lookup)
+
+    async def _lookup(self, key: str, digest: bytes) -> KeyPrincipal | None:
         try:
             principal = await self._accounts.lookup_key(key)
         except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters get it re-raised below
-            if hit is not None:  # stale but known: keep serving through a database outage
-                return hit[1]
+            stale = self._cache.get(digest)
+            if stale is not None:  # known before: keep serving through a database outage
+                return stale[1]
             raise ServiceUnavailableError(
                 "The key store is unavailable; retry shortly."
             ) from exc
-        finally:
-            self._pending.pop(digest, None)
-        future.set_result(principal)
-        self._cache[digest] = (now + self._ttl_s, principal)
+        self._cache[digest] = (time.monotonic() + self._ttl_s, principal)
         self._cache.move_to_end(digest)
         while len(self._cache) > self._max_entries:
             self._cache.popitem(last=False)
