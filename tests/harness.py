@@ -18,11 +18,11 @@ import asyncpg
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from gateway.mock_provider.app import MOCK_REQUESTS, MockOptions, create_mock_app
 
 from gateway import keys
 from gateway.app import create_app
 from gateway.config import parse_settings
+from gateway.mock_provider.app import MOCK_REQUESTS, MockOptions, create_mock_app
 from storage.accounts import AccountStore
 
 PROVIDER_KEY = "sk-provider-SECRET-0123456789"

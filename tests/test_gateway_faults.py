@@ -11,8 +11,8 @@ import aiohttp
 import openai
 import orjson
 import pytest
-from gateway.mock_provider.app import MockOptions
 
+from gateway.mock_provider.app import MockOptions
 from tests.harness import Gateway, running_gateway
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there friend"}]}

@@ -51,6 +51,14 @@ def mock_provider() -> Iterator[str]:
     proc.wait(timeout=10)
 
 
+def start_serve(cfg: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli.main", "serve", *cfg, "--port", str(port),
+         "--workers", "2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
 async def wait_healthy(url: str, proc: subprocess.Popen[str]) -> None:
     async with aiohttp.ClientSession() as session:
         for _ in range(200):
@@ -86,11 +94,7 @@ async def test_two_workers_admit_exactly_the_limit(
                     env=env).stdout.strip().splitlines()[-1]
 
     port = free_port()
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli.main", "serve", *cfg, "--port", str(port),
-         "--workers", "2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    serve = await asyncio.to_thread(start_serve, cfg, port, env)
     base = f"http://127.0.0.1:{port}"
     try:
         await wait_healthy(base, serve)

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from gateway import keys
-from tests.harness import Gateway, running_gateway
+from tests.harness import running_gateway
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 WINDOW_MS = 2000  # the "minute" of these tests
