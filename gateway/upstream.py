@@ -11,7 +11,7 @@ includes a header or a URL query.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 import aiohttp
 
@@ -71,7 +71,7 @@ async def read_body(response: aiohttp.ClientResponse) -> bytes:
         ) from exc
 
 
-async def iter_chunks(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def iter_chunks(response: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
     """Yield body chunks as they arrive; a network failure becomes `UpstreamBroken`."""
     try:
         async for chunk in response.content.iter_any():
