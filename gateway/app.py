@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import redis.asyncio as redis
 from aiohttp import web
@@ -20,11 +21,13 @@ from gateway import keys
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.metering import Recorder
+from gateway.metrics import LiveValues, Metrics
 from gateway.middleware import error_middleware
 from gateway.operator_routes import add_operator_routes
 from gateway.providers.registry import ALL_APIS
 from gateway.proxy import make_handler
 from gateway.quotas import QuotaPolicy
+from gateway.reload import ConfigWatcher
 from gateway.runtime import Runtime
 from gateway.tokens import TokenCounter
 from gateway.upstream import create_session
@@ -44,8 +47,10 @@ def create_app(
     redis_url: str,
     catalog: Catalog | None = None,
     quota_window_ms: int = 60_000,
+    watch_config: bool = False,
 ) -> web.Application:
-    """`quota_window_ms` is the length of the "per minute" windows; only tests shorten it."""
+    """`watch_config`: reload `settings.source_path` on SIGHUP and when it changes on disk.
+    `quota_window_ms` is the length of the "per minute" windows; only tests shorten it."""
     app = web.Application(
         middlewares=[error_middleware],
         client_max_size=settings.server.max_body_mb * _MB,
@@ -53,6 +58,7 @@ def create_app(
     )
     app[keys.runtime] = Runtime(settings, catalog or Catalog.load_default())
     app[keys.tokens] = TokenCounter()
+    app[keys.metrics] = metrics = Metrics()
 
     async def http_session(app: web.Application) -> AsyncIterator[None]:
         server = settings.server
@@ -100,7 +106,18 @@ def create_app(
         app[keys.quotas] = QuotaPolicy(
             QuotaStore(client, window_ms=quota_window_ms), settings.quotas
         )
-        app[keys.recorder] = Recorder(app[keys.writer], app[keys.quotas], app[keys.tokens])
+        policy = app[keys.quotas]
+        writer = app[keys.writer]
+        recorder = app[keys.recorder] = Recorder(writer, policy, app[keys.tokens], metrics)
+        metrics.watch(lambda: LiveValues(
+            writer_backlog=writer.backlog,
+            writer_written=writer.written,
+            inflight=recorder.inflight,
+            quota_refusals=dict(policy.refusals),
+            redis_error_admissions=policy.redis_error_admissions,
+            quota_settle_failures=policy.settle_failures,
+            shadow_refusals=policy.shadow_refusals,
+        ))
         yield
         await client.aclose()
 
@@ -108,12 +125,23 @@ def create_app(
         await asyncio.to_thread(app[keys.tokens].warm)
         yield
 
+    async def config_watcher(app: web.Application) -> AsyncIterator[None]:
+        if not (watch_config and settings.source_path):
+            yield
+            return
+        watcher = ConfigWatcher(Path(settings.source_path), app[keys.runtime], app[keys.quotas],
+                                metrics)
+        app[keys.config_watcher] = watcher
+        watcher.start()
+        yield
+        await watcher.close()
+
     async def inflight(app: web.Application) -> AsyncIterator[None]:
         yield
         # Cleaned up first: exchanges still relaying need the session, Redis and the writer.
         await app[keys.recorder].drain(settings.server.shutdown_grace_s)
 
-    app.cleanup_ctx.extend([http_session, postgres, quotas, tokenizer, inflight])
+    app.cleanup_ctx.extend([http_session, postgres, quotas, tokenizer, config_watcher, inflight])
 
     for api in ALL_APIS:
         for endpoint in api.endpoints:

@@ -263,6 +263,13 @@ class QuotasConfig(_Model):
     redis_max_connections: int = Field(default=64, ge=1)
 
 
+class LoggingConfig(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+    # One line per forwarded request on the `tollbooth.access` logger.
+    requests: bool = True
+
+
 class StripeConfig(_Model):
     """`billing.stripe` (SPEC §9): the meter-event sync, the billing portal and the webhooks.
 
@@ -370,6 +377,7 @@ class Settings(_Model):
     pricing: PricingConfig = PricingConfig()
     quotas: QuotasConfig = QuotasConfig()
     billing: BillingConfig = BillingConfig()
+    logging: LoggingConfig = LoggingConfig()
     # Not part of the YAML: where the file was read from and the hash of its bytes.
     source_path: str | None = Field(default=None, exclude=True)
     source_hash: str | None = Field(default=None, exclude=True)

@@ -10,7 +10,9 @@ from aiohttp import web
 
 from gateway.auth import Authenticator
 from gateway.metering import Recorder
+from gateway.metrics import Metrics
 from gateway.quotas import QuotaPolicy
+from gateway.reload import ConfigWatcher
 from gateway.runtime import Runtime
 from gateway.tokens import TokenCounter
 from storage.accounts import AccountStore
@@ -25,5 +27,7 @@ quotas = web.AppKey("quotas", QuotaPolicy)
 tokens = web.AppKey("tokens", TokenCounter)
 writer = web.AppKey("writer", UsageWriter)
 recorder = web.AppKey("recorder", Recorder)
+metrics = web.AppKey("metrics", Metrics)
+config_watcher = web.AppKey("config_watcher", ConfigWatcher)
 
 request_id = web.RequestKey("request_id", uuid.UUID)

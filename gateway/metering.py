@@ -24,6 +24,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from gateway.metrics import Metrics
 from gateway.providers.base import Endpoint
 from gateway.quotas import Admission, QuotaPolicy
 from gateway.runtime import Snapshot
@@ -34,6 +35,7 @@ from storage.usage_event import UsageEvent
 from storage.usage_writer import UsageWriter
 
 log = logging.getLogger("tollbooth.metering")
+access_log = logging.getLogger("tollbooth.access")
 
 _ZERO = Decimal(0)
 T = TypeVar("T")
@@ -58,10 +60,12 @@ class Exchange:
 
 
 class Recorder:
-    def __init__(self, writer: UsageWriter, quotas: QuotaPolicy, tokens: TokenCounter) -> None:
+    def __init__(self, writer: UsageWriter, quotas: QuotaPolicy, tokens: TokenCounter,
+                 metrics: Metrics) -> None:
         self._writer = writer
         self._quotas = quotas
         self._tokens = tokens
+        self._metrics = metrics
         self._inflight: set[asyncio.Task[Any]] = set()
 
     def spawn(self, exchange: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
@@ -160,5 +164,31 @@ class Recorder:
             upstream_request_id=upstream_id,
             metadata={"config_hash": ex.snapshot.settings.source_hash, **ex.metadata},
         )
+        self._observe(ex, event, final)
         await self._writer.submit(event)
         return event
+
+    def _observe(self, ex: Exchange, event: UsageEvent, usage: Usage) -> None:
+        price = ex.snapshot.pricing.price(ex.model)
+        model_label = price.model if price is not None else "other"  # bounded label values
+        metrics = self._metrics
+        route = ex.endpoint.name
+        metrics.requests.labels(route, ex.provider, model_label, str(event.status_code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - ex.started)
+        metrics.observe_usage(ex.provider, usage, event.cost_usd, event.price_usd)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info("request", extra={"fields": {
+                "request_id": str(event.id),
+                "customer_id": event.customer_id,
+                "key_id": event.key_id,
+                "provider": event.provider,
+                "model": event.model,
+                "endpoint": route,
+                "status": event.status_code,
+                "streamed": event.streamed,
+                "input_tokens": event.input_tokens,
+                "output_tokens": event.output_tokens,
+                "usage_source": event.usage_source,
+                "price_usd": None if event.price_usd is None else str(event.price_usd),
+                "latency_ms": event.latency_ms,
+            }})

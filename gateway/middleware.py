@@ -20,6 +20,8 @@ from gateway.errors import (
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
 )
 from gateway.providers.base import ProviderApi
 from gateway.providers.registry import api_for_kind
@@ -57,6 +59,15 @@ def _translate_http(exc: web.HTTPException) -> GatewayError:
     return err
 
 
+_UPSTREAM_ERRORS = (UpstreamTimeoutError, UpstreamUnreachableError)
+
+
+def _count_refusal(request: web.Request, status: int) -> None:
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    request.app[keys.metrics].refused.labels(route, str(status)).inc()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = uuid.uuid4()
@@ -65,10 +76,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except GatewayError as exc:
         response = render_error(request, exc)
+        if not isinstance(exc, _UPSTREAM_ERRORS):  # those are recorded as usage events
+            _count_refusal(request, exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         response = render_error(request, _translate_http(exc))
+        _count_refusal(request, exc.status)
     except Exception:
         log.exception("unhandled error", extra={"request_id": str(request_id)})
         response = render_error(request, GatewayError("The gateway had an internal error."))

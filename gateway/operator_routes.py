@@ -55,9 +55,15 @@ async def health(request: web.Request) -> web.Response:
         checks["redis"] = f"error: {type(exc).__name__}"
         ok = False
     settings = app[keys.runtime].current.settings
+    watcher = app.get(keys.config_watcher)
+    config_error = watcher.error if watcher is not None else None
+    config: dict[str, Any] = {"state": "error" if config_error else "ok",
+                              "hash": settings.source_hash}
+    if config_error:
+        config["error"] = config_error  # the refused file's problem; the old config runs
     body = {
-        "status": "ok" if ok else "degraded",
-        "config": {"state": "ok", "hash": settings.source_hash},
+        "status": "ok" if ok and not config_error else "degraded",
+        "config": config,
         **checks,
         "writer": {"backlog": app[keys.writer].backlog, "written": app[keys.writer].written},
     }
@@ -115,8 +121,16 @@ async def quota_status(request: web.Request) -> web.Response:
     return _json({"tier": tier_name, **status.status_json()})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[keys.metrics].render(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+
+
 def add_operator_routes(app: web.Application) -> None:
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/usage/summary", summary)
     app.router.add_get("/usage/limits", limits)

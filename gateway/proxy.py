@@ -240,6 +240,8 @@ async def forward(
                     started=ex.started,
                 )
                 client_gone, broken = outcome.client_gone, outcome.upstream_broken
+                if outcome.first_byte_s is not None:
+                    app[keys.metrics].ttfb.labels(endpoint.name).observe(outcome.first_byte_s)
         finally:
             if metered:
                 ex.metadata.update(_stream_metadata(client_gone, broken))

@@ -137,6 +137,10 @@ class QuotaPolicy:
         self.shadow_refusals = 0
         self.settle_failures = 0
 
+    def reconfigure(self, settings: QuotasConfig) -> None:
+        """Apply a reloaded `quotas:` section (limits themselves come with each call)."""
+        self._settings = settings
+
     async def admit(
         self,
         *,

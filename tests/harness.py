@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -111,17 +112,20 @@ async def running_gateway(
     mock_options: MockOptions | None = None,
     extra_config: dict[str, Any] | None = None,
     quota_window_ms: int = 60_000,
+    config_path: Path | None = None,
 ) -> AsyncIterator[Gateway]:
+    """With `config_path`, the config is written there and watched for reloads."""
     monkeypatch.setenv("TB_TEST_OPENAI_KEY", PROVIDER_KEY)
     monkeypatch.setenv("TB_TEST_ANTHROPIC_KEY", ANTHROPIC_PROVIDER_KEY)
     mock = TestServer(create_mock_app(mock_options or MockOptions()), host="127.0.0.1")
     await mock.start_server()
     mock_url = str(mock.make_url("")).rstrip("/")
-    settings = parse_settings(
-        gateway_config(mock_url, tiers=tiers, pricing=pricing, extra=extra_config), "test.yaml"
-    )
+    raw = gateway_config(mock_url, tiers=tiers, pricing=pricing, extra=extra_config)
+    if config_path is not None:
+        config_path.write_bytes(raw)
+    settings = parse_settings(raw, str(config_path or "test.yaml"))
     app = create_app(settings, database_url=database_url, redis_url=redis_url,
-                     quota_window_ms=quota_window_ms)
+                     quota_window_ms=quota_window_ms, watch_config=config_path is not None)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:

@@ -10,7 +10,6 @@ SIGINT/SIGTERM stop accepting, let in-flight requests finish (up to
 from __future__ import annotations
 
 import argparse
-import logging
 import multiprocessing
 import os
 import signal
@@ -21,6 +20,7 @@ from aiohttp import web
 from gateway.cli.main import add_config_option
 from gateway.cli.runtime import infrastructure_for
 from gateway.config import Settings, load_settings
+from gateway.logs import setup_logging
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,10 +44,11 @@ def run_worker(config_path: str, host: str, port: int, database_url: str, redis_
                reuse_port: bool) -> None:
     from gateway.app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     _install_uvloop()
     settings = load_settings(config_path)
-    app = create_app(settings, database_url=database_url, redis_url=redis_url)
+    setup_logging(settings.logging.level, settings.logging.format, settings.logging.requests)
+    app = create_app(settings, database_url=database_url, redis_url=redis_url,
+                     watch_config=True)
     web.run_app(
         app,
         host=host,
