@@ -18,6 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from gateway import keys
+from gateway.admin_routes import add_admin_routes
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.metering import Recorder
@@ -149,4 +150,5 @@ def create_app(
                 continue  # answered by the gateway itself (operator_routes)
             app.router.add_route(endpoint.method, endpoint.path, make_handler(api, endpoint))
     add_operator_routes(app)
+    add_admin_routes(app)
     return app

@@ -263,6 +263,11 @@ class QuotasConfig(_Model):
     redis_max_connections: int = Field(default=64, ge=1)
 
 
+class AdminConfig(_Model):
+    # The admin API (/admin/...) is on only while this variable holds a token.
+    token_env: str = "TOLLBOOTH_ADMIN_TOKEN"
+
+
 class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -378,6 +383,7 @@ class Settings(_Model):
     quotas: QuotasConfig = QuotasConfig()
     billing: BillingConfig = BillingConfig()
     logging: LoggingConfig = LoggingConfig()
+    admin: AdminConfig = AdminConfig()
     # Not part of the YAML: where the file was read from and the hash of its bytes.
     source_path: str | None = Field(default=None, exclude=True)
     source_hash: str | None = Field(default=None, exclude=True)

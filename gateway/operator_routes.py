@@ -25,7 +25,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-def _days(request: web.Request) -> int:
+def days_param(request: web.Request) -> int:
     raw = request.query.get("days", "30")
     try:
         days = int(raw)
@@ -96,7 +96,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def summary(request: web.Request) -> web.Response:
     principal = await request.app[keys.authenticator].authenticate(request)
     result = await usage_summary(
-        request.app[keys.pool], days=_days(request), customer_id=principal.customer_id
+        request.app[keys.pool], days=days_param(request), customer_id=principal.customer_id
     )
     return _json(result.to_json())
 
