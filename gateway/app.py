@@ -19,6 +19,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 
 from gateway import keys
 from gateway.admin_routes import add_admin_routes
+from gateway.alerts import AlertNotifier
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.metering import Recorder
@@ -104,9 +105,9 @@ def create_app(
             retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2),
         )
         client = redis.Redis(connection_pool=pool)
-        app[keys.quotas] = QuotaPolicy(
-            QuotaStore(client, window_ms=quota_window_ms), settings.quotas
-        )
+        store = QuotaStore(client, window_ms=quota_window_ms)
+        app[keys.quotas] = QuotaPolicy(store, settings.quotas)
+        app[keys.alerts] = AlertNotifier(store, app[keys.http], settings.alerts)
         policy = app[keys.quotas]
         writer = app[keys.writer]
         recorder = app[keys.recorder] = Recorder(writer, policy, app[keys.tokens], metrics)
@@ -131,7 +132,7 @@ def create_app(
             yield
             return
         watcher = ConfigWatcher(Path(settings.source_path), app[keys.runtime], app[keys.quotas],
-                                metrics)
+                                app[keys.alerts], metrics)
         app[keys.config_watcher] = watcher
         watcher.start()
         yield
@@ -141,6 +142,7 @@ def create_app(
         yield
         # Cleaned up first: exchanges still relaying need the session, Redis and the writer.
         await app[keys.recorder].drain(settings.server.shutdown_grace_s)
+        await app[keys.alerts].drain(settings.alerts.timeout_s)
 
     app.cleanup_ctx.extend([http_session, postgres, quotas, tokenizer, config_watcher, inflight])
 

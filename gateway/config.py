@@ -232,6 +232,7 @@ class TierConfig(_Model):
     shadow: bool = False
     pricing: RatesConfig | None = None  # this tier's rates (override `pricing:`)
     plan: PlanConfig | None = None  # base fee, included units, overage (invoices)
+    alert_thresholds_percent: list[int] | None = None  # overrides alerts.thresholds_percent
 
 
 class PricingConfig(_Model):
@@ -261,6 +262,16 @@ class QuotasConfig(_Model):
     reservation_ttl_s: int = Field(default=900, ge=1)
     # Redis connections per gateway process; a burst waits for a free one.
     redis_max_connections: int = Field(default=64, ge=1)
+
+
+class AlertsConfig(_Model):
+    """`alerts:` — usage threshold webhooks (per tier: `tiers.<name>.alert_thresholds_percent`)."""
+
+    webhook_url: str | None = None
+    secret_env: str = "TOLLBOOTH_ALERT_SECRET"
+    thresholds_percent: list[int] = [80, 100]
+    max_attempts: int = Field(default=5, ge=1)
+    timeout_s: float = Field(default=5.0, gt=0)
 
 
 class AdminConfig(_Model):
@@ -384,6 +395,7 @@ class Settings(_Model):
     billing: BillingConfig = BillingConfig()
     logging: LoggingConfig = LoggingConfig()
     admin: AdminConfig = AdminConfig()
+    alerts: AlertsConfig = AlertsConfig()
     # Not part of the YAML: where the file was read from and the hash of its bytes.
     source_path: str | None = Field(default=None, exclude=True)
     source_hash: str | None = Field(default=None, exclude=True)

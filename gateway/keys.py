@@ -8,6 +8,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
+from gateway.alerts import AlertNotifier
 from gateway.auth import Authenticator
 from gateway.metering import Recorder
 from gateway.metrics import Metrics
@@ -28,6 +29,7 @@ tokens = web.AppKey("tokens", TokenCounter)
 writer = web.AppKey("writer", UsageWriter)
 recorder = web.AppKey("recorder", Recorder)
 metrics = web.AppKey("metrics", Metrics)
+alerts = web.AppKey("alerts", AlertNotifier)
 config_watcher = web.AppKey("config_watcher", ConfigWatcher)
 
 request_id = web.RequestKey("request_id", uuid.UUID)

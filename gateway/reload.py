@@ -16,6 +16,7 @@ import logging
 import signal
 from pathlib import Path
 
+from gateway.alerts import AlertNotifier
 from gateway.config import ConfigError, Settings, parse_settings
 from gateway.metrics import Metrics
 from gateway.quotas import QuotaPolicy
@@ -25,11 +26,12 @@ log = logging.getLogger("tollbooth.reload")
 
 
 class ConfigWatcher:
-    def __init__(self, path: Path, runtime: Runtime, quotas: QuotaPolicy, metrics: Metrics,
-                 *, interval_s: float = 1.0) -> None:
+    def __init__(self, path: Path, runtime: Runtime, quotas: QuotaPolicy, alerts: AlertNotifier,
+                 metrics: Metrics, *, interval_s: float = 1.0) -> None:
         self._path = path
         self._runtime = runtime
         self._quotas = quotas
+        self._alerts = alerts
         self._metrics = metrics
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
@@ -80,6 +82,7 @@ class ConfigWatcher:
             self._refuse(str(exc))
             return False
         self._quotas.reconfigure(settings.quotas)
+        self._alerts.settings = settings.alerts
         self.error = self._refused_hash = None
         self._metrics.config_reloads.labels("ok").inc()
         log.info("config reloaded", extra={"fields": {"hash": settings.source_hash}})

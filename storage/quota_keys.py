@@ -15,6 +15,9 @@ tag (``q1:{acme}:rpm``), so they live in one slot and one Lua call can touch the
                                      spend_micros, bucket, month, deadline_ms, member (its pending
                                      entry), settled_tokens, settled_spend_micros; expires 2 x ttl
                                      after admission
+    q1:{cust}:alert:<limit>:<pct>:<YYYY-MM>
+                         string      set once (SET NX) when a usage alert fired for that limit,
+                                     threshold and month; expires after 40 days
 
 A change of layout gets a new prefix (``q2``) rather than a migration: counters under the old
 prefix simply expire. Nothing here talks to Redis; it cannot fail except on a request id that
@@ -32,6 +35,7 @@ TOKEN_BUCKETS = "tpm"
 MONTH_COUNTERS = "month"
 PENDING = "pending"
 RESERVATION = "r"
+ALERT = "alert"
 
 # Characters escaped in a customer id so that it can never close the hash tag early or make two
 # ids collide: "{" and "}" end or open a tag, "%" is the escape character itself.
@@ -54,6 +58,10 @@ class CustomerKeys:
     month_counters: str
     pending: str
     reservation_prefix: str
+    alert_prefix: str
+
+    def alert(self, limit: str, threshold_percent: int, month: str) -> str:
+        return f"{self.alert_prefix}{limit}:{threshold_percent}:{month}"
 
     def reservation(self, request_id: str) -> str:
         # "|" separates the fields of a pending member; whitespace would make logs ambiguous.
@@ -70,4 +78,5 @@ def customer_keys(customer_id: str) -> CustomerKeys:
         month_counters=base + MONTH_COUNTERS,
         pending=base + PENDING,
         reservation_prefix=base + RESERVATION + ":",
+        alert_prefix=base + ALERT + ":",
     )

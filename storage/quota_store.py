@@ -44,6 +44,9 @@ PRODUCTION_WINDOW_MS = 60_000
 _UNLIMITED = -1
 
 
+_ALERT_TTL_S = 40 * 24 * 3600
+
+
 class QuotaStoreBusy(Exception):
     """This process has no free Redis connection: local overload, not a Redis outage. Never
     a reason to admit without quota (that would multiply limits under load)."""
@@ -255,6 +258,17 @@ class QuotaStore:
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             raise QuotaStoreUnavailable(f"quota store unreachable: {exc}") from exc
         return UsageSnapshot.from_reply(reply)
+
+    async def claim_alert(self, customer_id: str, limit: str, threshold_percent: int,
+                          month: str) -> bool:
+        """True exactly once per (customer, limit, threshold, month), across every process."""
+        key = customer_keys(customer_id).alert(limit, threshold_percent, month)
+        try:
+            return bool(await self._redis.set(key, "1", nx=True, ex=_ALERT_TTL_S))
+        except redis.exceptions.MaxConnectionsError as exc:
+            raise QuotaStoreBusy("no free quota store connection in this process") from exc
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise QuotaStoreUnavailable(f"quota store unreachable: {exc}") from exc
 
     async def ping(self) -> None:
         try:

@@ -11,14 +11,23 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import aiohttp
 import asyncpg
+import orjson
 import pytest
 import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.alerts import sign
 
 LIMIT = 50
 REQUESTS = 200
@@ -73,56 +82,139 @@ async def wait_healthy(url: str, proc: subprocess.Popen[str]) -> None:
     raise AssertionError("gateway did not become healthy")
 
 
-async def test_two_workers_admit_exactly_the_limit(
-    tmp_path: Path, fresh_database_url: str, redis_url: str, mock_provider: str
-) -> None:
+@dataclass
+class RunningGateway:
+    base: str
+    key: str
+    customer: str
+    serve: subprocess.Popen[str]
+    lines: list[str]
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+def collect(stream: IO[str], lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line)
+
+
+@asynccontextmanager
+async def two_workers(tmp_path: Path, database_url: str, redis_url: str, mock: str,
+                      tier_limits: dict[str, int], extra: dict[str, Any] | None = None,
+                      env_extra: dict[str, str] | None = None
+                      ) -> AsyncIterator[RunningGateway]:
     config = {
         "server": {"host": "127.0.0.1"},
-        "providers": {"openai": {"kind": "openai", "base_url": mock_provider + "/v1",
+        "providers": {"openai": {"kind": "openai", "base_url": mock + "/v1",
                                  "api_key_env": "MOCK_PROVIDER_KEY"}},
-        "tiers": {"tight": {"limits": {"requests_per_minute": LIMIT}}},
+        "tiers": {"tight": {"limits": tier_limits}},
         "pricing": {"markup_percent": "20"},
+        **(extra or {}),
     }
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "TOLLBOOTH_DATABASE_URL": fresh_database_url,
-           "TOLLBOOTH_REDIS_URL": redis_url, "MOCK_PROVIDER_KEY": "sk-mock"}
+    env = {**os.environ, "TOLLBOOTH_DATABASE_URL": database_url,
+           "TOLLBOOTH_REDIS_URL": redis_url, "MOCK_PROVIDER_KEY": "sk-mock",
+           **(env_extra or {})}
     customer = f"mp{os.getpid()}{free_port()}"
     cfg = ["--config", str(config_path)]
     tollbooth("customers", "create", customer, "--tier", "tight", *cfg, env=env)
     key = tollbooth("keys", "create", "--customer", customer, *cfg,
                     env=env).stdout.strip().splitlines()[-1]
-
     port = free_port()
     serve = await asyncio.to_thread(start_serve, cfg, port, env)
-    base = f"http://127.0.0.1:{port}"
+    lines: list[str] = []
+    assert serve.stdout is not None
+    reader = threading.Thread(target=collect, args=(serve.stdout, lines), daemon=True)
+    reader.start()
+    running = RunningGateway(f"http://127.0.0.1:{port}", key, customer, serve, lines)
     try:
-        await wait_healthy(base, serve)
-        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-        connector = aiohttp.TCPConnector(limit=REQUESTS, force_close=True)
-        async with aiohttp.ClientSession(connector=connector) as session:
-
-            async def one() -> int:
-                async with session.post(base + "/v1/chat/completions", json=body,
-                                        headers={"Authorization": f"Bearer {key}"}) as r:
-                    await r.read()
-                    return r.status
-
-            statuses = Counter(await asyncio.gather(*(one() for _ in range(REQUESTS))))
-            async with session.get(mock_provider + "/_mock/requests") as r:
-                reached = len(await r.json())
+        await wait_healthy(running.base, serve)
+        for _ in range(300):  # /health answers once one worker listens; wait for both
+            if running.output.count("listening on") == 2:
+                break
+            await asyncio.sleep(0.1)
+        yield running
     finally:
-        serve.send_signal(signal.SIGTERM)
-        output, _ = serve.communicate(timeout=60)
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(serve.wait, 60)
+        await asyncio.to_thread(reader.join, 10)
+
+
+async def burst(gw: RunningGateway, count: int) -> Counter[int]:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    connector = aiohttp.TCPConnector(limit=count, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> int:
+            async with session.post(gw.base + "/v1/chat/completions", json=body,
+                                    headers={"Authorization": f"Bearer {gw.key}"}) as r:
+                await r.read()
+                return r.status
+
+        return Counter(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def count_events(database_url: str, customer: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval(
+            "SELECT count(*) FROM usage_events WHERE customer_id = $1", customer))
+    finally:
+        await conn.close()
+
+
+async def test_two_workers_admit_exactly_the_limit(
+    tmp_path: Path, fresh_database_url: str, redis_url: str, mock_provider: str
+) -> None:
+    async with two_workers(tmp_path, fresh_database_url, redis_url, mock_provider,
+                           {"requests_per_minute": LIMIT}) as gw:
+        statuses = await burst(gw, REQUESTS)
+        async with aiohttp.ClientSession() as session, \
+                session.get(mock_provider + "/_mock/requests") as r:
+            reached = len(await r.json())
+    output = gw.output
     print(f"\nadmitted across 2 workers: {statuses[200]} of {REQUESTS} (limit {LIMIT}); "
           f"refused 429: {statuses[429]}; reached provider: {reached}")
     assert statuses == {200: LIMIT, 429: REQUESTS - LIMIT}, output
     assert reached == LIMIT
-    assert output.count("listening on") == 2  # two worker processes served
-    conn = await asyncpg.connect(fresh_database_url)
+    assert output.count("listening on") == 2, output  # two worker processes served
+    assert await count_events(fresh_database_url, gw.customer) == LIMIT
+
+
+async def test_an_alert_fires_once_per_threshold_across_two_workers(
+    tmp_path: Path, fresh_database_url: str, redis_url: str, mock_provider: str
+) -> None:
+    received: list[tuple[bytes, str]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append((await request.read(), request.headers["X-Tollbooth-Signature"]))
+        return web.Response(status=204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    server = TestServer(receiver, host="127.0.0.1")
+    await server.start_server()
+    secret = "whsec-test-secret"
+    alerts = {"alerts": {"webhook_url": str(server.make_url("/hook")),
+                         "thresholds_percent": [50, 100]}}
     try:
-        rows = await conn.fetchval(
-            "SELECT count(*) FROM usage_events WHERE customer_id = $1", customer)
+        async with two_workers(tmp_path, fresh_database_url, redis_url, mock_provider,
+                               {"requests_per_month": 10}, extra=alerts,
+                               env_extra={"TOLLBOOTH_ALERT_SECRET": secret}) as gw:
+            statuses = await burst(gw, 30)
+            await asyncio.sleep(1.0)  # deliveries run in the background
     finally:
-        await conn.close()
-    assert rows == LIMIT
+        await server.close()
+    assert statuses == {200: 10, 429: 20}
+    alerts_seen = sorted(
+        (orjson.loads(body)["limit"], orjson.loads(body)["threshold_percent"])
+        for body, _ in received)
+    assert alerts_seen == [("requests_per_month", 50), ("requests_per_month", 100)]
+    for body, header in received:
+        stamp = int(header.split(",")[0].removeprefix("t="))
+        assert header == sign(secret, stamp, body)
+        assert orjson.loads(body)["customer_id"] == gw.customer
