@@ -21,6 +21,7 @@ from gateway import keys
 from gateway.admin_routes import add_admin_routes
 from gateway.alerts import AlertNotifier
 from gateway.auth import Authenticator
+from gateway.billing_routes import add_billing_routes
 from gateway.config import Settings
 from gateway.metering import Recorder
 from gateway.metrics import LiveValues, Metrics
@@ -153,4 +154,5 @@ def create_app(
             app.router.add_route(endpoint.method, endpoint.path, make_handler(api, endpoint))
     add_operator_routes(app)
     add_admin_routes(app)
+    add_billing_routes(app)
     return app

@@ -1,0 +1,166 @@
+"""Billing routes: a customer's Stripe billing portal, and the webhooks Stripe sends.
+
+`POST /billing/portal` (customer key, suspended customers included: the portal is how they
+pay) answers `{"object": "billing_portal.session", "url", "return_url"}` for the key's own
+customer. The return URL is `billing.stripe.portal_return_url`; a JSON body may name another
+`return_url` on the same origin (or any http(s) URL when none is configured). 400 when the
+customer has no stripe_customer_id, 502 when Stripe refuses or cannot be reached, 503 when
+the gateway has no Stripe API key.
+
+`POST /stripe/webhook` (no key: the `Stripe-Signature` header, checked with the secret in the
+environment variable `billing.stripe.webhook_secret_env`) applies subscription and invoice
+events through storage.stripe_webhooks: tier from `price_tiers`, suspension on a failed
+payment until `invoice.paid`, each event id once. 400 for a bad or stale signature; 503 when
+no secret is set or the config cannot apply the event (Stripe redelivers for days, so fixing
+the config applies it); 200 with the action taken otherwise, duplicates included.
+
+Both answer 404 while `billing.stripe` is not configured. `add_billing_routes(app)` adds the
+routes and a cleanup_ctx entry that opens the Stripe client at startup (when the config and
+the key are there) and closes it at shutdown; API key or base changes need a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+from yarl import URL
+
+from gateway import keys
+from gateway.config import StripeConfig
+from gateway.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    ServiceUnavailableError,
+    UpstreamUnreachableError,
+)
+from storage.stripe_client import StripeApi, StripeApiError, WebhookSignatureError, verify_webhook
+from storage.stripe_webhooks import WebhookConfigError, WebhookRules, apply_stripe_event
+
+log = logging.getLogger("tollbooth.billing")
+
+# Lives here rather than in gateway/keys.py only because this module owns its resource.
+stripe_api = web.AppKey("stripe_api", StripeApi)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _stripe_config(request: web.Request) -> StripeConfig:
+    config = request.app[keys.runtime].current.settings.billing.stripe
+    if config is None:
+        raise NotFoundError("Billing is not configured on this gateway.")
+    return config
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequestError("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    return body
+
+
+def _return_url(requested: Any, configured: str | None) -> str:
+    if requested is None:
+        if configured is None:
+            raise InvalidRequestError(
+                "Give a return_url: this gateway has no default portal return URL.",
+                param="return_url",
+            )
+        return configured
+    if not isinstance(requested, str) or not requested.startswith(("https://", "http://")):
+        raise InvalidRequestError("return_url must be an http(s) URL.", param="return_url")
+    if configured is not None and URL(requested).origin() != URL(configured).origin():
+        raise InvalidRequestError(
+            f"return_url must be on {URL(configured).origin()}.", param="return_url"
+        )
+    return requested
+
+
+async def billing_portal(request: web.Request) -> web.Response:
+    principal = await request.app[keys.authenticator].authenticate(request)
+    config = _stripe_config(request)
+    return_url = _return_url((await _body(request)).get("return_url"), config.portal_return_url)
+    customer = await request.app[keys.accounts].get_customer(principal.customer_id)
+    if customer is None or not customer.stripe_customer_id:
+        raise InvalidRequestError(
+            "This account has no billing profile yet; ask the operator to link it to Stripe.",
+            code="billing_account_missing",
+        )
+    api = request.app.get(stripe_api)
+    if api is None:
+        raise ServiceUnavailableError("Billing is not available on this gateway right now.")
+    try:
+        url = await api.create_portal_session(customer.stripe_customer_id, return_url)
+    except StripeApiError as exc:
+        log.warning("billing portal for %s: %s", customer.id, exc)
+        raise UpstreamUnreachableError(
+            "The billing portal could not be opened; try again shortly."
+        ) from exc
+    return _json({"object": "billing_portal.session", "url": url, "return_url": return_url})
+
+
+async def stripe_webhook(request: web.Request) -> web.Response:
+    config = _stripe_config(request)
+    settings = request.app[keys.runtime].current.settings
+    secret = os.environ.get(config.webhook_secret_env)
+    if not secret:
+        log.error("stripe webhook refused: %s is not set", config.webhook_secret_env)
+        raise ServiceUnavailableError("Stripe webhooks are not configured on this gateway.")
+    payload = await request.read()
+    try:
+        event = verify_webhook(
+            payload,
+            request.headers.get("Stripe-Signature"),
+            secret,
+            tolerance_s=config.webhook_tolerance_s,
+        )
+    except WebhookSignatureError as exc:
+        log.warning("stripe webhook refused: %s", exc)
+        raise InvalidRequestError(
+            "The Stripe-Signature header does not verify.", code="invalid_signature"
+        ) from None
+    rules = WebhookRules(
+        price_tiers=config.price_tiers,
+        canceled_tier=config.canceled_tier or next(iter(settings.tiers)),
+        known_tiers=frozenset(settings.tiers),
+        suspend_on_payment_failure=config.suspend_on_payment_failure,
+    )
+    try:
+        outcome = await apply_stripe_event(request.app[keys.pool], event, rules)
+    except WebhookConfigError as exc:
+        log.error("stripe event %s not applied: %s", event.get("id"), exc)
+        raise ServiceUnavailableError("This event cannot be applied yet.") from exc
+    except ValueError as exc:
+        raise InvalidRequestError(f"Not a Stripe event: {exc}") from exc
+    return _json({"received": True, "action": outcome.action, "detail": outcome.detail})
+
+
+def add_billing_routes(app: web.Application) -> None:
+    async def stripe_client(app: web.Application) -> AsyncIterator[None]:
+        config = app[keys.runtime].current.settings.billing.stripe
+        api_key = os.environ.get(config.api_key_env) if config is not None else None
+        if config is not None and api_key:
+            app[stripe_api] = StripeApi(
+                api_key, api_base=config.api_base, timeout_s=config.request_timeout_s
+            )
+        elif config is not None:
+            log.warning("%s is not set: POST /billing/portal answers 503", config.api_key_env)
+        yield
+        if stripe_api in app:
+            await app[stripe_api].close()
+
+    app.cleanup_ctx.append(stripe_client)
+    app.router.add_post("/billing/portal", billing_portal)
+    app.router.add_post("/stripe/webhook", stripe_webhook)
