@@ -142,16 +142,22 @@ class UsageWriter:
                     "usage writer queue is full (%d events); requests wait for Postgres",
                     self._queue.maxsize,
                 )
-            await self._queue.put(event)
+            try:
+                await self._queue.put(event)
+            except asyncio.CancelledError:
+                self._submitted -= 1
+                log.error("usage event %s was not recorded: its submit was cancelled", event.id)
+                raise
 
     async def close(self) -> None:
         """Write everything submitted so far, then stop the background task."""
-        if self._task is None or self._closing:
-            self._closing = True
+        if self._closing:
             if self._task is not None:
                 await self._task
             return
         self._closing = True
+        if self._task is None:  # never started: still write what was submitted
+            self._task = asyncio.create_task(self._run(), name="usage-writer")
         try:
             await self._queue.put(None)
             await self._task

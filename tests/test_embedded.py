@@ -183,7 +183,8 @@ def test_the_last_user_out_stops_servers_another_process_started(tmp_path: Path)
 def test_servers_of_a_killed_process_are_adopted(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     crashed = subprocess.run(
-        child(WRITE_THEN_CRASH, str(data_dir), "orphan"), capture_output=True, timeout=60
+        child(WRITE_THEN_CRASH, str(data_dir), "orphan"), capture_output=True, text=True,
+        timeout=60,
     )
     assert crashed.returncode == -9, crashed.stderr
     pids = server_pids(data_dir)
@@ -198,7 +199,8 @@ def test_servers_of_a_killed_process_are_adopted(tmp_path: Path) -> None:
 def test_killed_servers_restart_on_the_same_data(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     crashed = subprocess.run(
-        child(WRITE_THEN_CRASH, str(data_dir), "kill-servers"), capture_output=True, timeout=60
+        child(WRITE_THEN_CRASH, str(data_dir), "kill-servers"), capture_output=True, text=True,
+        timeout=60,
     )
     assert crashed.returncode == -9, crashed.stderr
     with infrastructure(None, None, data_dir, lambda _: None) as infra:

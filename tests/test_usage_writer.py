@@ -210,3 +210,11 @@ async def test_a_refused_batch_is_kept_and_retried_loudly(
     assert any(r.levelno == logging.ERROR and "not yet" in (r.exc_text or "")
                for r in caplog.records)
     assert await pool.fetchval("SELECT count(*) FROM usage_events") == 25
+
+
+async def test_close_writes_events_submitted_before_start(pool: asyncpg.Pool) -> None:
+    writer = UsageWriter(pool)
+    for i in range(3):
+        await writer.submit(make_event(i))
+    await writer.close()
+    assert await pool.fetchval("SELECT count(*) FROM usage_events") == 3
