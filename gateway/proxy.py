@@ -227,31 +227,37 @@ async def forward(
 
         response = web.StreamResponse(status=status, headers=out_headers)
         meter = api.stream_meter(endpoint, strip_usage)
-        client_gone = broken = False
+        recorded = False
+
+        async def record(client_gone: bool, broken: bool) -> None:
+            nonlocal recorded
+            if recorded or not metered:
+                return
+            recorded = True
+            ex.metadata.update(_stream_metadata(client_gone, broken))
+            result = meter.result()
+            await recorder.finish(
+                ex, status=status, usage=result.usage,
+                upstream_id=result.upstream_id or header_id,
+                produced_text=result.produced_text, partial_usage=result.partial_usage,
+            )
+
         try:
-            try:
-                await response.prepare(request)
-            except (ConnectionResetError, RuntimeError):
-                client_gone = True
-            else:
-                outcome = await relay_stream(
-                    request, response, upstream, meter,
-                    strip_usage=strip_usage,
-                    drain_s=ex.snapshot.settings.server.disconnect_drain_s,
-                    started=ex.started,
-                )
-                client_gone, broken = outcome.client_gone, outcome.upstream_broken
-                if outcome.first_byte_s is not None:
-                    app[keys.metrics].ttfb.labels(endpoint.name).observe(outcome.first_byte_s)
+            await response.prepare(request)
+        except (ConnectionResetError, RuntimeError):
+            await record(True, False)
+            return response
+        try:
+            outcome = await relay_stream(
+                response, upstream, meter, record,
+                strip_usage=strip_usage,
+                drain_s=ex.snapshot.settings.server.disconnect_drain_s,
+                started=ex.started,
+            )
         finally:
-            if metered:
-                ex.metadata.update(_stream_metadata(client_gone, broken))
-                result = meter.result()
-                await recorder.finish(
-                    ex, status=status, usage=result.usage,
-                    upstream_id=result.upstream_id or header_id,
-                    produced_text=result.produced_text, partial_usage=result.partial_usage,
-                )
+            await record(False, True)  # a no-op unless the relay failed before recording
+        if outcome.first_byte_s is not None:
+            app[keys.metrics].ttfb.labels(endpoint.name).observe(outcome.first_byte_s)
         return response
 
 

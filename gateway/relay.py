@@ -1,10 +1,17 @@
 """Relay an upstream SSE stream to the client as it arrives, metering it on the side.
 
 Upstream chunks are written to the client unchanged the moment they arrive, and a copy feeds
-an incremental SSE parser whose events go to the adapter's `StreamMeter`. The one exception is
-the usage chunk the gateway itself asked for (OpenAI include_usage the client did not request):
-then the relay forwards whole events only (the exact bytes of each, never re-serialized) and
-drops that one event; a partial event waits for its end, which costs nothing a client could use.
+an incremental SSE parser whose events go to the adapter's `StreamMeter`. Two exceptions:
+- the usage chunk the gateway itself asked for (OpenAI include_usage the client did not
+  request): then the relay forwards whole events only (the exact bytes of each, never
+  re-serialized) and drops that one event; a partial event waits for its end;
+- the stream's terminal event (`[DONE]`, `message_stop`, `response.completed`): its bytes are
+  held back until `finalize` has recorded the usage event (journaled by the writer), so a
+  client that saw its stream complete always has its usage recorded, even if the gateway is
+  killed the next instant. Every other byte goes out without waiting.
+
+`finalize(client_gone, upstream_broken)` runs exactly once: at the terminal event, or when the
+stream ends without one (cut, truncated, client gone past the drain bound).
 
 If the client goes away mid-stream, the relay keeps reading upstream for up to `drain_s`
 seconds so the provider's final usage is still seen; past that bound, or if upstream breaks,
@@ -15,96 +22,140 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
-from gateway.providers.base import SSEEvent, StreamMeter, StreamResult
+from gateway.providers.base import SSEEvent, StreamMeter
 from gateway.sse import SSEParser
 from gateway.upstream import UpstreamBroken, iter_chunks
+
+Finalize = Callable[[bool, bool], Awaitable[None]]
+_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError)
 
 
 @dataclass(frozen=True, slots=True)
 class RelayOutcome:
-    result: StreamResult
     client_gone: bool
     upstream_broken: bool
     first_byte_s: float | None
 
 
-def _forwardable(events: list[SSEEvent], meter: StreamMeter) -> bytes:
-    kept = [event.raw for event in events if meter.observe(event)]
-    return b"".join(kept)
+class _Relay:
+    def __init__(self, response: web.StreamResponse, meter: StreamMeter, finalize: Finalize,
+                 *, strip_usage: bool, drain_s: float, started: float) -> None:
+        self.response = response
+        self.meter = meter
+        self.finalize = finalize
+        self.strip_usage = strip_usage
+        self.drain_s = drain_s
+        self.started = started
+        self.parser = SSEParser()
+        self.client_gone = False
+        self.broken = False
+        self.finalized = False
+        self.first_byte_s: float | None = None
+        self.drain_deadline: float | None = None
+
+    async def write(self, data: bytes) -> None:
+        if self.client_gone or not data:
+            return
+        try:
+            await self.response.write(data)
+        except _CLIENT_GONE:
+            self.client_gone = True
+            self.drain_deadline = time.monotonic() + self.drain_s
+            return
+        if self.first_byte_s is None:
+            self.first_byte_s = time.perf_counter() - self.started
+
+    async def finish_once(self) -> None:
+        if not self.finalized:
+            self.finalized = True
+            await self.finalize(self.client_gone, self.broken)
+
+    async def chunk(self, chunk: bytes) -> None:
+        carried = self.parser.buffered
+        events = self.parser.feed(chunk)
+        if self.strip_usage:
+            await self._events(events)
+            return
+        # Pass-through: the chunk goes out as it came, except that a terminal event's bytes
+        # wait for `finalize`. Event ends are found from the exact raw lengths: the first
+        # `carried` bytes of the events belong to earlier chunks (already sent).
+        end = -carried
+        hold_from: int | None = None
+        for event in events:
+            end += len(event.raw)
+            was_finished = self.meter.finished
+            self.meter.observe(event)
+            if hold_from is None and self.meter.finished and not was_finished:
+                hold_from = max(0, end - len(event.raw))
+        if hold_from is None:
+            await self.write(chunk)
+            return
+        await self.write(chunk[:hold_from])
+        await self.finish_once()
+        await self.write(chunk[hold_from:])
+
+    async def _events(self, events: list[SSEEvent]) -> None:
+        out: list[bytes] = []
+        for event in events:
+            was_finished = self.meter.finished
+            keep = self.meter.observe(event)
+            if self.meter.finished and not was_finished:
+                await self.write(b"".join(out))
+                out = []
+                await self.finish_once()
+            if keep:
+                out.append(event.raw)
+        await self.write(b"".join(out))
 
 
 async def relay_stream(
-    request: web.Request,
     response: web.StreamResponse,
     upstream: aiohttp.ClientResponse,
     meter: StreamMeter,
+    finalize: Finalize,
     *,
     strip_usage: bool,
     drain_s: float,
     started: float,
 ) -> RelayOutcome:
-    parser = SSEParser()
-    client_gone = False
-    broken = False
-    first_byte_s: float | None = None
-    drain_deadline: float | None = None
+    relay = _Relay(response, meter, finalize, strip_usage=strip_usage, drain_s=drain_s,
+                   started=started)
     chunks = iter_chunks(upstream)
     try:
         while True:
             try:
-                if drain_deadline is None:
+                if relay.drain_deadline is None:
                     chunk = await chunks.__anext__()
                 else:
-                    remaining = drain_deadline - time.monotonic()
+                    remaining = relay.drain_deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     chunk = await asyncio.wait_for(chunks.__anext__(), remaining)
-            except StopAsyncIteration:
-                break
-            except TimeoutError:
+            except (StopAsyncIteration, TimeoutError):
                 break
             except UpstreamBroken:
-                broken = True
+                relay.broken = True
                 break
-            events = parser.feed(chunk)
-            if strip_usage:
-                out = _forwardable(events, meter)
-            else:
-                for event in events:
-                    meter.observe(event)
-                out = chunk
-            if client_gone or not out:
-                continue
-            try:
-                await response.write(out)
-            except (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError):
-                client_gone = True
-                drain_deadline = time.monotonic() + drain_s
-                continue
-            if first_byte_s is None:
-                first_byte_s = time.perf_counter() - started
-        tail = parser.flush()
-        out = _forwardable(tail, meter) if strip_usage else b""
-        if not strip_usage:
+            await relay.chunk(chunk)
+        tail = relay.parser.flush()
+        if relay.strip_usage:
+            await relay._events(tail)
+        else:
             for event in tail:
                 meter.observe(event)
-        if not client_gone:
+            # Pass-through already wrote these bytes as they came.
+        await relay.finish_once()
+        if not relay.client_gone:
             try:
-                if out:
-                    await response.write(out)
                 await response.write_eof()
-            except (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError):
-                client_gone = True
+            except _CLIENT_GONE:
+                relay.client_gone = True
     finally:
         await chunks.aclose()
-    return RelayOutcome(
-        result=meter.result(),
-        client_gone=client_gone,
-        upstream_broken=broken,
-        first_byte_s=first_byte_s,
-    )
+    return RelayOutcome(relay.client_gone, relay.broken, relay.first_byte_s)

@@ -48,6 +48,11 @@ class SSEParser:
         # Until a CR shows up, only "\n\n" can end a block (the fast path).
         self._cr_seen = False
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an event that has not ended yet."""
+        return len(self._buffer)
+
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Consume `chunk` and return the events it completed, in order."""
         if not chunk:

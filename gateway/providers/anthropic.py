@@ -143,9 +143,10 @@ def _reported_counts(usage: Mapping[str, Any]) -> dict[str, int]:
 class MessagesStreamMeter:
     """Meters a Messages stream. It never hides an event."""
 
-    __slots__ = ("_final_seen", "_reported", "_text", "_upstream_id")
+    __slots__ = ("_final_seen", "_reported", "_text", "_upstream_id", "finished")
 
     def __init__(self) -> None:
+        self.finished = False
         self._reported: dict[str, int] = {}
         self._final_seen = False
         self._upstream_id: str | None = None
@@ -180,6 +181,8 @@ class MessagesStreamMeter:
             if "output_tokens" in counts:
                 self._final_seen = True
             self._reported.update(counts)  # cumulative totals: replace, never add
+        elif name == "message_stop":
+            self.finished = True
         return True
 
     def result(self) -> StreamResult:

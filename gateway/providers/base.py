@@ -72,7 +72,11 @@ class StreamResult:
 
 
 class StreamMeter(Protocol):
-    """Follows one SSE stream event by event."""
+    """Follows one SSE stream event by event. `finished` turns True once the stream's terminal
+    event (`[DONE]`, `message_stop`, `response.completed`...) has been observed: the usage is
+    final, and the relay records it before letting that event reach the client."""
+
+    finished: bool
 
     def observe(self, event: SSEEvent) -> bool:
         """Read one event; return False if the client must not see it (the injected usage)."""

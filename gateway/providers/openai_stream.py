@@ -84,9 +84,10 @@ def _carries_usage(data: bytes) -> bool:
 class ChatStreamMeter:
     """Meters a chat.completions or completions stream."""
 
-    __slots__ = ("_first_seen", "_strip_usage", "_text", "_upstream_id", "_usage")
+    __slots__ = ("_first_seen", "_strip_usage", "_text", "_upstream_id", "_usage", "finished")
 
     def __init__(self, *, strip_usage: bool) -> None:
+        self.finished = False
         self._strip_usage = strip_usage
         self._usage: Usage | None = None
         self._upstream_id: str | None = None
@@ -95,7 +96,10 @@ class ChatStreamMeter:
 
     def observe(self, event: SSEEvent) -> bool:
         data = event.data
-        if not data or data == _DONE:
+        if not data:
+            return True
+        if data == _DONE:
+            self.finished = True
             return True
         if _carries_usage(data):
             chunk = load_object(data)
@@ -132,9 +136,10 @@ class ChatStreamMeter:
 class ResponsesStreamMeter:
     """Meters a Responses API stream. It never hides an event: usage is always sent."""
 
-    __slots__ = ("_text", "_upstream_id", "_usage")
+    __slots__ = ("_text", "_upstream_id", "_usage", "finished")
 
     def __init__(self) -> None:
+        self.finished = False
         self._usage: Usage | None = None
         self._upstream_id: str | None = None
         self._text = LazyText(_response_texts)
@@ -162,6 +167,7 @@ class ResponsesStreamMeter:
             self._upstream_id = text_id(response.get("id")) or self._upstream_id
             if name in _RESPONSE_FINAL:
                 self._usage = openai_usage(response.get("usage")) or self._usage
+                self.finished = True
         return True
 
     def result(self) -> StreamResult:
