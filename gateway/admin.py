@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.config import Settings
 from storage.accounts import (
+    KEY_PREFIX,
     AccountError,
     AccountStore,
     ApiKey,
@@ -63,7 +64,7 @@ def customer_json(customer: Customer) -> dict[str, Any]:
 def key_json(key: ApiKey) -> dict[str, Any]:
     return {
         "id": key.id,
-        "prefix": key.prefix,
+        "prefix": KEY_PREFIX + key.prefix,
         "customer_id": key.customer_id,
         "project_id": key.project_id,
         "user_id": key.user_id,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]  # installed with both wheels; no type stubs
+import psutil  # installed with both wheels; no type stubs
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry

@@ -15,6 +15,7 @@ import argparse
 import json
 from typing import Any
 
+from gateway.admin import Admin, customer_json
 from gateway.cli import billing_stripe
 from gateway.cli.main import add_config_option
 from gateway.cli.runtime import (
@@ -28,7 +29,6 @@ from gateway.cli.runtime import (
     usage_error,
     write_output,
 )
-from gateway.config import Settings
 from storage.accounts import AccountStore, Customer
 
 
@@ -81,24 +81,8 @@ def _add_profile_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_tier(settings: Settings, tier: str) -> str:
-    if tier not in settings.tiers:
-        known = ", ".join(settings.tiers)
-        raise UsageError(f"unknown tier {tier!r}; config.yaml defines: {known}")
-    return tier
-
-
-def customer_json(customer: Customer) -> dict[str, Any]:
-    return {
-        "id": customer.id,
-        "name": customer.name,
-        "email": customer.email,
-        "tier": customer.tier,
-        "stripe_customer_id": customer.stripe_customer_id,
-        "suspended": customer.suspended,
-        "created_at": customer.created_at.isoformat(),
-        "updated_at": customer.updated_at.isoformat(),
-    }
+def _admin(runtime: Runtime) -> Admin:
+    return Admin(AccountStore(runtime.pool), runtime.settings)
 
 
 def _describe(customer: Customer) -> str:
@@ -116,10 +100,11 @@ def _describe(customer: Customer) -> str:
 
 def _create(args: argparse.Namespace) -> int:
     async def body(runtime: Runtime) -> int:
-        tier = _check_tier(runtime.settings, args.tier or next(iter(runtime.settings.tiers)))
+        admin = _admin(runtime)
+        tier = admin.check_tier(args.tier or next(iter(runtime.settings.tiers)))
         if args.create_in_stripe:
             billing_stripe.require_stripe(runtime.settings)
-        customer = await AccountStore(runtime.pool).create_customer(
+        customer = await admin.create_customer(
             args.id,
             tier=tier,
             name=args.name,
@@ -154,16 +139,17 @@ def _update(args: argparse.Namespace) -> int:
         )
 
     async def body(runtime: Runtime) -> int:
+        admin = _admin(runtime)
         if "tier" in changes:
-            _check_tier(runtime.settings, str(changes["tier"]))
-        store = AccountStore(runtime.pool)
+            admin.check_tier(str(changes["tier"]))
         if args.create_in_stripe:
             billing_stripe.require_stripe(runtime.settings)
-            linked = await store.get_customer(args.id)
-            if linked is not None and linked.stripe_customer_id:
+            linked = await admin.get_customer(args.id)
+            if linked.stripe_customer_id:
                 raise UsageError(f"customer {args.id} is already linked to "
                                  f"{linked.stripe_customer_id}")
-        customer = await store.update_customer(args.id, **changes)
+        customer = (await admin.update_customer(args.id, changes) if changes
+                    else await admin.get_customer(args.id))
         if args.create_in_stripe:
             customer = await billing_stripe.create_stripe_customer(runtime, customer)
         print(f"updated customer {_describe(customer)}")
@@ -174,7 +160,7 @@ def _update(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     async def body(runtime: Runtime) -> int:
-        customers = await AccountStore(runtime.pool).list_customers()
+        customers = await _admin(runtime).list_customers()
         if args.format == "json":
             text = json.dumps([customer_json(c) for c in customers], indent=2) + "\n"
         else:

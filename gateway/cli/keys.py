@@ -14,6 +14,7 @@ import argparse
 import json
 from typing import Any
 
+from gateway.admin import Admin, key_json
 from gateway.cli.main import add_config_option
 from gateway.cli.runtime import (
     OUTPUT_FORMATS,
@@ -24,7 +25,7 @@ from gateway.cli.runtime import (
     short_time,
     write_output,
 )
-from storage.accounts import KEY_PREFIX, AccountStore, ApiKey
+from storage.accounts import KEY_PREFIX, AccountStore
 
 
 def register(subparsers: Any) -> None:
@@ -53,22 +54,13 @@ def register(subparsers: Any) -> None:
     revoke.set_defaults(func=_revoke)
 
 
-def key_json(key: ApiKey) -> dict[str, Any]:
-    return {
-        "id": key.id,
-        "prefix": KEY_PREFIX + key.prefix,
-        "customer_id": key.customer_id,
-        "project_id": key.project_id,
-        "user_id": key.user_id,
-        "name": key.name,
-        "created_at": key.created_at.isoformat(),
-        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
-    }
+def _admin(runtime: Runtime) -> Admin:
+    return Admin(AccountStore(runtime.pool), runtime.settings)
 
 
 def _create(args: argparse.Namespace) -> int:
     async def body(runtime: Runtime) -> int:
-        record, plaintext = await AccountStore(runtime.pool).create_key(
+        record, plaintext = await _admin(runtime).create_key(
             args.customer, project_id=args.project, user_id=args.user, name=args.name
         )
         scope = [f"customer {record.customer_id}"]
@@ -87,7 +79,7 @@ def _create(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     async def body(runtime: Runtime) -> int:
-        keys = await AccountStore(runtime.pool).list_keys(args.customer)
+        keys = await _admin(runtime).list_keys(args.customer)
         if args.format == "json":
             text = json.dumps([key_json(k) for k in keys], indent=2) + "\n"
         else:
@@ -109,7 +101,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _revoke(args: argparse.Namespace) -> int:
     async def body(runtime: Runtime) -> int:
-        if await AccountStore(runtime.pool).revoke_key(args.key_id):
+        if await _admin(runtime).revoke_key(args.key_id):
             print(f"revoked key {args.key_id}")
         else:
             print(f"key {args.key_id} was already revoked")

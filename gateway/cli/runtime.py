@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from gateway.admin import AdminError, UnknownTierError
 from gateway.config import Settings, load_settings
 from storage.accounts import AccountError
 from storage.embedded import EmbeddedError, Infrastructure, infrastructure
@@ -90,9 +91,11 @@ def run_command(args: argparse.Namespace, body: Callable[[Runtime], Awaitable[in
 
     try:
         return asyncio.run(main())
-    except (CommandError, AccountError, EmbeddedError, MigrationError) as exc:
+    except (CommandError, AdminError, AccountError, EmbeddedError, MigrationError) as exc:
         print(f"tollbooth: {exc}", file=sys.stderr)
-        return exc.exit_code if isinstance(exc, CommandError) else 1
+        if isinstance(exc, CommandError):
+            return exc.exit_code
+        return 2 if isinstance(exc, UnknownTierError) else 1
     except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         print(f"tollbooth: database error: {exc}", file=sys.stderr)
         return 1
