@@ -8,8 +8,9 @@ provider error, client disconnect, broken stream), from the proxy's `finally`:
 - a provider error records its status with zero tokens unless the provider reported usage, and
   is charged only for reported tokens (no per-request fee for a failed request);
 - an unpriced model (`unknown_model: allow_unpriced`) is recorded with NULL money, logged.
-The quota reservation is then settled with the actual tokens and price, and the event goes to
-the `UsageWriter` queue. Neither step raises into the request path.
+The event goes to the `UsageWriter` (journaled before the response completes); the quota
+reservation is then settled with the actual tokens and price in a tracked background task, so
+no Redis round trip sits in the client's latency. Neither step raises into the request path.
 """
 
 from __future__ import annotations
@@ -132,12 +133,6 @@ class Recorder:
                 "unpriced model recorded without money",
                 extra={"request_id": str(ex.request_id), "model": ex.model},
             )
-        if ex.admission is not None:
-            await self._quotas.settle(
-                ex.admission,
-                tokens=final.total_tokens,
-                spend_usd=charge.price_usd if charge is not None else None,
-            )
         event = UsageEvent(
             id=ex.request_id,
             created_at=ex.created_at,
@@ -164,8 +159,17 @@ class Recorder:
             upstream_request_id=upstream_id,
             metadata={"config_hash": ex.snapshot.settings.source_hash, **ex.metadata},
         )
-        self._observe(ex, event, final)
         await self._writer.submit(event)
+        if ex.admission is not None:
+            # Off the response path: the event is journaled already; the quota catches up a
+            # moment later (a tracked task, drained at shutdown; the reservation ttl covers a
+            # crash in between).
+            self.spawn(self._quotas.settle(
+                ex.admission,
+                tokens=final.total_tokens,
+                spend_usd=charge.price_usd if charge is not None else None,
+            ))
+        self._observe(ex, event, final)
         return event
 
     def _observe(self, ex: Exchange, event: UsageEvent, usage: Usage) -> None:
