@@ -17,6 +17,7 @@ Steps 1 to 4 reach no provider and record no usage event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,8 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import keys
 from gateway.errors import (
@@ -43,6 +46,10 @@ from gateway.upstream import read_body, send
 
 log = logging.getLogger("tollbooth.proxy")
 
+# A ceiling on a request's max output tokens, far above any model's, so quota counters (64-bit
+# in Redis) can never overflow however many such requests are reserved.
+MAX_OUTPUT_TOKENS = 2**31 - 1
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Response headers never passed from the provider to the client: hop-by-hop and framing
@@ -52,18 +59,19 @@ _DROP_RESPONSE_HEADERS = frozenset(
         "connection", "keep-alive", "proxy-authenticate", "proxy-connection", "te", "trailer",
         "transfer-encoding", "upgrade", "content-length", "date", "server", "set-cookie",
         "alt-svc", "openai-organization", "openai-project", "x-request-id", "request-id",
+        "content-encoding",  # bodies are decoded on the way in (a provider that gzips anyway)
     }
 )
 _DROP_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "anthropic-organization")
 
 
-def response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+def response_headers(upstream: aiohttp.ClientResponse, secret: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in upstream.headers.items():
         lower = name.lower()
         if lower in _DROP_RESPONSE_HEADERS or lower.startswith(_DROP_RESPONSE_PREFIXES):
             continue
-        out[name] = value
+        out[name] = value.replace(secret, "[redacted]") if secret and secret in value else value
     upstream_id = upstream.headers.get("x-request-id") or upstream.headers.get("request-id")
     if upstream_id:
         out["x-upstream-request-id"] = upstream_id
@@ -99,7 +107,12 @@ def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
             raise PaymentRequiredError(
                 "This account is suspended for an unpaid invoice. Update your payment method."
             )
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except (RequestPayloadError, BadHttpMessage):
+            raise InvalidRequestError(
+                "The request body could not be read (bad Content-Encoding or framing)."
+            ) from None
         body, model = parse_body(raw, endpoint)
 
         provider_name = settings.provider_for(model, api.kind)
@@ -125,7 +138,10 @@ def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
 
         streaming = api.is_streaming(endpoint, body)
         strip_usage = api.prepare_body(endpoint, body) if endpoint.metered else False
-        payload = orjson.dumps(body) if strip_usage else raw
+        try:
+            payload = orjson.dumps(body) if strip_usage else raw
+        except orjson.JSONEncodeError:
+            raise InvalidRequestError("The request body is nested too deeply.") from None
         request_id = request[keys.request_id]
         ex = Exchange(
             request_id=request_id,
@@ -152,6 +168,10 @@ def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
             max_out = api.max_output_tokens(body)
             if max_out is None:
                 max_out = settings.quotas.default_max_output_tokens
+            elif max_out > MAX_OUTPUT_TOKENS:  # no model writes this much; it would poison quotas
+                raise InvalidRequestError(
+                    f"The maximum output tokens requested is larger than {MAX_OUTPUT_TOKENS}.",
+                    param="max_tokens")
             spend = snapshot.pricing.max_charge(model, prompt_tokens, max_out)
             ex.admission = await app[keys.quotas].admit(
                 customer_id=principal.customer_id,
@@ -166,7 +186,8 @@ def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
 
         url = provider.base_url.rstrip("/") + endpoint.upstream_path
         headers = api.upstream_headers(request.headers, provider_key)
-        upstream_call = Upstream(endpoint.method, url, headers, payload)
+        upstream_call = Upstream(endpoint.method, url, headers, payload,
+                                 (provider_key or "").encode())
         # Steps 5-7 run as their own task: a handler cancelled because the client left (or
         # the server is stopping) never cancels the forwarding, the drain or the billing.
         task = app[keys.recorder].spawn(
@@ -183,6 +204,12 @@ class Upstream:
     url: str
     headers: dict[str, str]
     body: bytes
+    secret: bytes  # the provider key, scrubbed from anything a provider echoes back
+
+
+def scrub(data: bytes, secret: bytes) -> bytes:
+    """A provider that echoes its key (in an error body, say) must not hand it to clients."""
+    return data.replace(secret, b"[redacted]") if secret and secret in data else data
 
 
 async def forward(
@@ -205,11 +232,14 @@ async def forward(
         raise
     async with upstream:
         status = upstream.status
-        out_headers = response_headers(upstream)
+        out_headers = response_headers(upstream, call.secret.decode())
         out_headers.update(our_headers)
         header_id = out_headers.get("x-upstream-request-id")
         is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
-        if not (ex.streamed and is_sse and status < 400):
+        if is_sse and status < 400:
+            ex.streamed = True  # e.g. "stream": 1 that a lax server honoured: meter it as one
+        else:
+            ex.streamed = False
             try:
                 data = await read_body(upstream)
             except GatewayError as exc:
@@ -223,7 +253,8 @@ async def forward(
                     upstream_id=found.upstream_id or header_id,
                     produced_text=found.produced_text,
                 )
-            return web.Response(status=status, body=data, headers=out_headers)
+            return web.Response(status=status, body=scrub(data, call.secret),
+                                headers=out_headers)
 
         response = web.StreamResponse(status=status, headers=out_headers)
         meter = api.stream_meter(endpoint, strip_usage)
@@ -242,11 +273,9 @@ async def forward(
                 produced_text=result.produced_text, partial_usage=result.partial_usage,
             )
 
-        try:
+        # A client that left already: the relay notices on its first write and drains.
+        with contextlib.suppress(ConnectionResetError, RuntimeError):
             await response.prepare(request)
-        except (ConnectionResetError, RuntimeError):
-            await record(True, False)
-            return response
         try:
             outcome = await relay_stream(
                 response, upstream, meter, record,

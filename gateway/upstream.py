@@ -35,7 +35,9 @@ def create_session(*, connect_timeout_s: float, read_timeout_s: float) -> aiohtt
     return aiohttp.ClientSession(
         connector=connector,
         timeout=timeout,
-        auto_decompress=False,  # bytes pass through as the provider sent them
+        # We ask for identity; a provider that compresses anyway is decoded here so its usage
+        # can be read (the proxy drops Content-Encoding from what it relays).
+        auto_decompress=True,
         skip_auto_headers=("User-Agent", "Accept-Encoding"),
         raise_for_status=False,
         cookie_jar=aiohttp.DummyCookieJar(),

@@ -16,6 +16,7 @@ import orjson
 # the body framing aiohttp recomputes, the cookie jar, and our own x-tollbooth-* headers.
 _DROPPED = frozenset(
     {
+        "content-encoding",  # aiohttp decodes request bodies; we forward the decoded bytes
         "connection",
         "keep-alive",
         "proxy-authenticate",
