@@ -122,7 +122,7 @@ async def running_gateway(
     mock_url = str(mock.make_url("")).rstrip("/")
     raw = gateway_config(mock_url, tiers=tiers, pricing=pricing, extra=extra_config)
     if config_path is not None:
-        config_path.write_bytes(raw)
+        await asyncio.to_thread(config_path.write_bytes, raw)
     settings = parse_settings(raw, str(config_path or "test.yaml"))
     app = create_app(settings, database_url=database_url, redis_url=redis_url,
                      quota_window_ms=quota_window_ms, watch_config=config_path is not None)

@@ -103,7 +103,7 @@ async def test_reload_valid_then_invalid_file_under_traffic(
 
         config_path.write_text("tiers: [this is not valid\n")
         for _ in range(50):
-            status, body = await get(gw, "/health")
+            _, body = await get(gw, "/health")
             if '"state":"error"' in body:
                 break
             await asyncio.sleep(0.1)
