@@ -172,7 +172,9 @@ def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
                 raise InvalidRequestError(
                     f"The maximum output tokens requested is larger than {MAX_OUTPUT_TOKENS}.",
                     param="max_tokens")
-            spend = snapshot.pricing.max_charge(model, prompt_tokens, max_out)
+            spend = snapshot.pricing.max_charge(
+                model, prompt_tokens, max_out,
+                customer_id=principal.customer_id, tier=principal.tier)
             ex.admission = await app[keys.quotas].admit(
                 customer_id=principal.customer_id,
                 tier_name=principal.tier,

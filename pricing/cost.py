@@ -2,23 +2,34 @@
 
 `cost_of(price, usage)` is the exact provider list price of a request in USD: the uncached
 remainder of the prompt at the input price, cache reads at the cached-input price, cache
-writes at the cache-write price (each falling back to the input price where the model has
-none), and output at the output price. `output_tokens` already includes reasoning tokens, so
-reasoning is never added a second time. A prompt longer than the model's long-context
-threshold is priced entirely at the long-context prices.
+writes at the 5-minute cache-write price (the part a provider reports as 1-hour writes at the
+1-hour price), each falling back to the input price where the model has none, and output at
+the output price. `output_tokens` already includes reasoning tokens, so reasoning is never
+added a second time. A prompt longer than the model's long-context threshold is priced
+entirely at the long-context prices. A model's flat `per_request_usd` and `per_second_usd`
+(of the request's duration) are added for a request that succeeded.
 
-The one rounding rule: money stored per event is quantized to 10 decimal places with
-ROUND_HALF_EVEN (`quantize_usd`), once, at the end; everything before it is exact. Redis spend
-counters use integer millionths of a dollar rounded up (`usd_to_micros_ceil`), so a counter
-never under-counts what was charged.
+The customer's price (`apply_markup`, `compute_fee`) is the cost times (1 + markup/100), plus
+the per-request fee and the per-compute-minute fee of a request that succeeded.
 
-How it fails: negative token counts or amounts that are not finite Decimals raise ValueError
-(a bug upstream, never a price). Arithmetic runs in a private decimal context with enough
-precision to be exact, whatever the thread's current context says.
+The one rounding rule, ROUND_HALF_EVEN everywhere, applied once at each of two boundaries:
+- per event: cost and price are computed exactly, then quantized to 10 decimal places
+  (`quantize_usd`) when they are stored;
+- per invoice: each line's exact amount (a sum of stored event prices, or a plan's fee or
+  overage) is quantized to cents (`quantize_cents`); the subtotal is the sum of the lines,
+  the tax is the subtotal times the rate, quantized to cents, and the total is subtotal plus
+  tax, so an invoice always adds up.
+Redis spend counters use integer millionths of a dollar rounded up (`usd_to_micros_ceil`), so
+a counter never under-counts what was charged.
+
+How it fails: negative token counts or durations, and amounts that are not finite Decimals,
+raise ValueError (a bug upstream, never a price). Arithmetic runs in a private decimal context
+with enough precision to be exact, whatever the thread's current context says.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import (
     ROUND_CEILING,
     ROUND_HALF_EVEN,
@@ -30,12 +41,15 @@ from decimal import (
     localcontext,
 )
 
-from pricing.models import ModelPrice, Usage
+from pricing.models import LongContextPrice, ModelPrice, Usage
 
 USD_PLACES = 10
 USD_QUANTUM = Decimal(1).scaleb(-USD_PLACES)  # Decimal("1E-10")
+CENT = Decimal("0.01")
 TOKENS_PER_PRICE_UNIT = 1_000_000
 MICROS_PER_USD = 1_000_000
+MS_PER_SECOND = 1_000
+MS_PER_MINUTE = 60_000
 
 # Wide enough that token counts times catalog prices, markups and fees are computed exactly
 # (division by 100 or 1,000,000 only shifts the exponent), so the only rounding is the
@@ -52,38 +66,72 @@ def quantize_usd(amount: Decimal) -> Decimal:
         return amount.quantize(USD_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
-def cost_of(price: ModelPrice, usage: Usage) -> Decimal:
-    """Exact provider list price in USD of `usage` at `price` (not rounded)."""
-    for name in ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens"):
+def quantize_cents(amount: Decimal) -> Decimal:
+    """Round a USD amount to whole cents, half to even: an invoice line, tax or total."""
+    _check_amount(amount, "amount")
+    with localcontext(_EXACT):
+        return amount.quantize(CENT, rounding=ROUND_HALF_EVEN)
+
+
+_TOKEN_FIELDS = (
+    "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
+    "cache_write_1h_tokens",
+)
+
+
+def cost_of(
+    price: ModelPrice, usage: Usage, *, succeeded: bool = True, duration_ms: int = 0
+) -> Decimal:
+    """Exact provider list price in USD of `usage` at `price` (not rounded).
+
+    The model's per-request and per-second prices apply only when the request `succeeded`;
+    `duration_ms` is how long it ran (whole milliseconds, as stored in `latency_ms`).
+    """
+    for name in _TOKEN_FIELDS:
         if getattr(usage, name) < 0:
             raise ValueError(f"usage.{name} is negative ({getattr(usage, name)})")
-    input_rate, cached_rate, write_rate, output_rate = _rates(price, usage.input_tokens)
-    with localcontext(_EXACT):
-        total = (
-            usage.uncached_input_tokens * input_rate
-            + usage.cached_input_tokens * cached_rate
-            + usage.cache_write_tokens * write_rate
-            + usage.output_tokens * output_rate
+    if usage.cache_write_1h_tokens > usage.cache_write_tokens:
+        raise ValueError(
+            f"usage.cache_write_1h_tokens ({usage.cache_write_1h_tokens}) exceeds "
+            f"cache_write_tokens ({usage.cache_write_tokens}), which includes them"
         )
-        return total / TOKENS_PER_PRICE_UNIT
+    if duration_ms < 0:
+        raise ValueError(f"duration_ms is negative ({duration_ms})")
+    rates = _rates(price, usage.input_tokens)
+    with localcontext(_EXACT):
+        tokens = (
+            usage.uncached_input_tokens * rates.input
+            + usage.cached_input_tokens * rates.cached
+            + usage.cache_write_5m_tokens * rates.write
+            + usage.cache_write_1h_tokens * rates.write_1h
+            + usage.output_tokens * rates.output
+        ) / TOKENS_PER_PRICE_UNIT
+        if not succeeded:
+            return tokens
+        return (
+            tokens
+            + price.per_request_usd
+            + price.per_second_usd * duration_ms / MS_PER_SECOND
+        )
 
 
 def max_cost_of(price: ModelPrice, input_tokens: int, max_output_tokens: int) -> Decimal:
     """Exact worst-case list price of a request before it runs (not rounded).
 
     Every prompt token is charged at the dearest input rate the model has (a cache write costs
-    more than plain input on Anthropic), every allowed output token at the output price.
+    more than plain input on Anthropic), every allowed output token at the output price, plus
+    the per-request price. A per-second price is left out: a duration is unknown beforehand.
     """
     if input_tokens < 0 or max_output_tokens < 0:
         raise ValueError(
             f"token counts must be >= 0 (input_tokens={input_tokens}, "
             f"max_output_tokens={max_output_tokens})"
         )
-    input_rate, cached_rate, write_rate, output_rate = _rates(price, input_tokens)
+    rates = _rates(price, input_tokens)
     with localcontext(_EXACT):
-        dearest_input = max(input_rate, cached_rate, write_rate)
-        total = input_tokens * dearest_input + max_output_tokens * output_rate
-        return total / TOKENS_PER_PRICE_UNIT
+        dearest_input = max(rates.input, rates.cached, rates.write, rates.write_1h)
+        total = input_tokens * dearest_input + max_output_tokens * rates.output
+        return total / TOKENS_PER_PRICE_UNIT + price.per_request_usd
 
 
 def apply_markup(cost_usd: Decimal, markup_percent: Decimal, per_request_usd: Decimal) -> Decimal:
@@ -95,6 +143,18 @@ def apply_markup(cost_usd: Decimal, markup_percent: Decimal, per_request_usd: De
         return cost_usd * (1 + markup_percent / 100) + per_request_usd
 
 
+def compute_fee(per_compute_minute_usd: Decimal, duration_ms: int) -> Decimal:
+    """Exact fee for `duration_ms` milliseconds at `per_compute_minute_usd` (not rounded)."""
+    _check_amount(per_compute_minute_usd, "per_compute_minute_usd")
+    if duration_ms < 0:
+        raise ValueError(f"duration_ms is negative ({duration_ms})")
+    # The one division here that may not terminate (x/60000). At 80 significant digits the
+    # result is far closer to its true value than any 10-place rounding tie, so the quantize
+    # that follows rounds it exactly as it would round the true fraction.
+    with localcontext(_EXACT):
+        return per_compute_minute_usd * duration_ms / MS_PER_MINUTE
+
+
 def usd_to_micros_ceil(amount: Decimal) -> int:
     """USD as whole millionths of a dollar, rounded up (toward +infinity)."""
     _check_amount(amount, "amount")
@@ -102,29 +162,35 @@ def usd_to_micros_ceil(amount: Decimal) -> int:
         return int((amount * MICROS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
 
 
-def _rates(price: ModelPrice, input_tokens: int) -> tuple[Decimal, Decimal, Decimal, Decimal]:
-    """(input, cached input, cache write, output) USD per 1M tokens for a prompt this long."""
-    tier = price.long_context
-    if tier is not None and input_tokens > tier.above_input_tokens:
-        base, cached, write, output = (
-            tier.input_per_mtok,
-            tier.cached_input_per_mtok,
-            tier.cache_write_per_mtok,
-            tier.output_per_mtok,
-        )
-    else:
-        base, cached, write, output = (
-            price.input_per_mtok,
-            price.cached_input_per_mtok,
-            price.cache_write_per_mtok,
-            price.output_per_mtok,
-        )
-    return (
-        base,
-        base if cached is None else cached,
-        base if write is None else write,
-        output,
+@dataclass(frozen=True, slots=True)
+class _Rates:
+    """USD per 1M tokens of each kind of token, for one request."""
+
+    input: Decimal
+    cached: Decimal
+    write: Decimal
+    write_1h: Decimal
+    output: Decimal
+
+
+def _rates(price: ModelPrice, input_tokens: int) -> _Rates:
+    """The rates for a prompt this long: long-context prices past the threshold."""
+    table: ModelPrice | LongContextPrice = price
+    if price.long_context is not None and input_tokens > price.long_context.above_input_tokens:
+        table = price.long_context
+    base = table.input_per_mtok
+    write = _or(table.cache_write_per_mtok, base)
+    return _Rates(
+        input=base,
+        cached=_or(table.cached_input_per_mtok, base),
+        write=write,
+        write_1h=_or(table.cache_write_1h_per_mtok, write),
+        output=table.output_per_mtok,
     )
+
+
+def _or(rate: Decimal | None, fallback: Decimal) -> Decimal:
+    return fallback if rate is None else rate
 
 
 def _check_amount(value: object, name: str) -> None:

@@ -47,7 +47,7 @@ def _minimal() -> dict[str, Any]:
 
 def test_default_catalog_has_a_version_and_every_required_model() -> None:
     catalog = Catalog.load_default()
-    assert catalog.version == "2026-11-21"
+    assert catalog.version == "2026-11-22"
     for provider, names in REQUIRED_MODELS.items():
         for name in names:
             price = catalog.lookup(name)

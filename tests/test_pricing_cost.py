@@ -198,14 +198,15 @@ def test_max_charge_prices_every_input_token_uncached() -> None:
 
 
 def test_max_charge_covers_a_prompt_written_to_cache() -> None:
-    # Anthropic cache writes (3.75) cost more than input (3.00): the worst case uses them.
-    # 1000 x 3.75 + 100 x 15 = 5250 -> 0.00525; x 1.2 = 0.0063
-    assert _rules("20").max_charge("claude-sonnet-4-5", 1000, 100) == D("0.0063")
+    # Anthropic cache writes cost more than input (3.00): 3.75 for 5 minutes, 6.00 for 1 hour.
+    # The worst case writes the whole prompt to the 1-hour cache.
+    # 1000 x 6.00 + 100 x 15 = 7500 -> 0.0075; x 1.2 = 0.009
+    assert _rules("20").max_charge("claude-sonnet-4-5", 1000, 100) == D("0.009")
 
 
 def test_max_charge_uses_long_context_prices_past_the_threshold() -> None:
-    # 250000 x 7.50 (long-context write) + 1000 x 22.50 = 1897500 -> 1.8975
-    assert _rules("0").max_charge("claude-sonnet-4-5", 250_000, 1_000) == D("1.8975")
+    # 250000 x 12.00 (long-context 1-hour write) + 1000 x 22.50 = 3022500 -> 3.0225
+    assert _rules("0").max_charge("claude-sonnet-4-5", 250_000, 1_000) == D("3.0225")
 
 
 def test_rules_version_is_stable_and_names_the_catalog() -> None:

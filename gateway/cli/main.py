@@ -22,8 +22,11 @@ COMMAND_MODULES = (
     "gateway.cli.customers",
     "gateway.cli.keys",
     "gateway.cli.usage",
+    "gateway.cli.maintenance",
     "gateway.cli.pricing_cmd",
+    "gateway.cli.billing",
     "gateway.cli.mock_provider",
+    "gateway.cli.bench",
 )
 
 
@@ -33,13 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # not written yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
