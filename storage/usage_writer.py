@@ -1,91 +1,87 @@
-"""`UsageWriter`: usage events go to Postgres in batches, off the request path, exactly once.
+"""`UsageWriter`: every usage event the gateway accepts reaches Postgres once, however the
+process or the database fails.
 
-The gateway `submit()`s one `UsageEvent` per forwarded request into a bounded in-memory queue.
-A background task takes events in batches (up to `batch_size`, or whatever arrived within
-`flush_interval_s` of the batch's first event) and writes each batch in one transaction:
-binary COPY into a temporary staging table, then
-`INSERT INTO usage_events ... SELECT ... FROM staging ON CONFLICT (id) DO NOTHING`.
-Because the insert is idempotent on the event id, a batch written twice (a retry after a
-commit whose acknowledgement was lost, or a replay) never doubles a row.
+`submit(event)` appends the event to a local journal (storage.journal) and returns: one
+encoded line, one os.write, no fsync, no await and no Postgres on the request path. A
+background task reads the journal back in batches (up to `batch_size` lines, or what arrived
+within `flush_interval_s` of the first) and hands each to storage.usage_batches, which writes
+it in one transaction, idempotently on the event id (a batch written twice, after a lost
+commit acknowledgement or in a replay, is stored once). Under a backlog up to
+`parallel_batches` full batches are in flight on their own connections; they are committed
+to the journal in the order they were read. A journal segment is deleted only after every
+event in it is in Postgres. Another task fsyncs the journal every `fsync_interval_s`. Memory
+holds the batches in flight; the backlog is on disk.
 
 Failure semantics:
-- Postgres unreachable or the connection drops mid-batch: the batch is kept and retried with
-  exponential backoff (0.1 s doubling up to `retry_max_s`, default 10 s), logged at WARNING on
-  each failure; events keep queueing behind it. Nothing is dropped and nothing is doubled.
-- Postgres refuses the batch for another reason (a bug: the schema has no constraints an event
-  can violate): the same retry loop, logged at ERROR, so the problem is loud and the events are
-  kept. The writer then stalls; `backlog` (on /health) shows it.
-- The queue is full (`queue_max`): `submit()` waits for room rather than drop the event, and
-  logs a WARNING at most once per second. Back-pressure reaches the request path, on purpose.
-- `close()` (graceful shutdown) writes everything queued, then stops. If close() is cancelled
-  (e.g. a shutdown deadline), the events still in memory are counted and logged at ERROR:
-  those are lost, since this writer keeps no on-disk journal.
+- The process is killed (SIGKILL, OOM): nothing `submit` returned for is lost (the line is in
+  the page cache). The next writer on the same journal directory and database replays it at
+  `start()`. A power loss loses at most the events of the last `fsync_interval_s`.
+- Postgres is down, slow or drops the connection: `submit` is unaffected; the batch is
+  retried with exponential backoff (0.1 s doubling to `retry_max_s`), logged at WARNING, and
+  events accumulate in the journal. When Postgres is back the backlog drains at full speed.
+- The journal grows past `max_bytes`: logged at ERROR (at most once a minute) and shown as
+  `journal_over_budget`. Policy `serve`: nothing else changes (the disk is the limit).
+  Policy `refuse`: `check_accepting()` raises `JournalFullError`, for the gateway to answer
+  503 before forwarding a new request. `submit` itself never refuses: the request it records
+  has already been served, and its event is journaled whatever the policy.
+- The disk refuses a journal write (full, I/O error): the event is kept in memory (up to
+  `memory_max_events`) and written to Postgres from there, logged at ERROR. Past that bound,
+  or if the process dies before Postgres has them, those events are lost; each lost event
+  is logged at ERROR with its id and counted in `events_lost`.
+- Postgres refuses a batch for what a row holds (SQLSTATE class 22 or 23, e.g. a value out
+  of range, a NUL character, a constraint): the batch is bisected until the refused rows are
+  isolated; they go to `usage_dead_letters` with the error (storage.dead_letters, logged at
+  ERROR, counted in `dead_lettered`) and every other row is written.
+- Postgres refuses a batch for another reason (a missing table, a trigger that raises): kept
+  and retried with backoff, logged at ERROR; the writer stalls and `backlog` shows it.
+- `close()` drains for up to `close_timeout_s`, then stops; whatever Postgres has not taken
+  stays in the journal for the next start (logged at WARNING). Nothing is lost either way.
+
+Where the journal lives: `<journal_dir>/<database>@<system identifier>/`, so a data dir used
+with several databases never replays one database's events into another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import itertools
 import logging
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import asyncpg
 
+from storage.journal import Journal, JournalBatch
+from storage.journal_format import encode_event
+from storage.usage_batches import BatchWriter, database_key, is_connection_error
 from storage.usage_event import UsageEvent
 
 log = logging.getLogger(__name__)
 
-STAGING_TABLE = "usage_events_staging"
 RETRY_INITIAL_S = 0.1
 RETRY_MAX_S = 10.0
-FULL_QUEUE_WARNING_INTERVAL_S = 1.0
+ATTEMPT_TIMEOUT_S = 120.0  # one batch; a hung connection is dropped and the batch retried
+ALERT_INTERVAL_S = 60.0
+_MB = 1024 * 1024
 
-_COLUMN_LIST = ", ".join(UsageEvent.COLUMNS)
-# ON COMMIT DELETE ROWS: the staging table lives as long as the pooled connection and is
-# empty at the start of every batch's transaction.
-_CREATE_STAGING = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} "
-    "(LIKE usage_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-)
-_INSERT_FROM_STAGING = (
-    f"INSERT INTO usage_events ({_COLUMN_LIST}) "
-    f"SELECT {_COLUMN_LIST} FROM {STAGING_TABLE} "
-    "ON CONFLICT (id) DO NOTHING"
-)
-
-# Errors that mean "the database or the connection to it is not there right now".
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # includes TimeoutError
-    asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError,  # admin shutdown, crash shutdown, cannot connect now
-    asyncpg.TooManyConnectionsError,
-    asyncpg.InterfaceError,  # "connection is closed"
-    # The pool failing to reset a connection the server just dropped ("another operation is
-    # in progress"), possibly after the batch committed: the retry is idempotent.
-    asyncpg.InternalClientError,
-)
+FullPolicy = Literal["serve", "refuse"]
 
 
-def _is_connection_error(exc: BaseException) -> bool:
-    """True when `exc`, or an error it was raised while handling, is a connection failure.
-
-    The chain matters: an error raised while cleaning up after a dropped connection carries
-    the drop as its context.
-    """
-    seen: BaseException | None = exc
-    for _ in range(5):
-        if seen is None:
-            return False
-        # asyncpg's client-side DataError (a value it cannot encode) is an InterfaceError
-        # too, and a ValueError: that one is a bug, not an outage.
-        if isinstance(seen, _CONNECTION_ERRORS) and not isinstance(seen, ValueError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+class JournalFullError(Exception):
+    """The journal is over its disk budget and `journal_full_policy` is `refuse`: refuse new
+    requests (503) until Postgres takes the backlog. Raised by `check_accepting()` only."""
 
 
-def _record(event: UsageEvent) -> tuple[object, ...]:
-    return tuple(getattr(event, column) for column in UsageEvent.COLUMNS)
+@dataclass(frozen=True, slots=True)
+class _Work:
+    columns: tuple[str, ...]
+    data: bytes
+    events: int
+    batch: JournalBatch | None  # None: lines the disk refused, kept in memory
 
 
 class UsageWriter:
@@ -93,143 +89,307 @@ class UsageWriter:
         self,
         pool: asyncpg.Pool,
         *,
-        batch_size: int = 500,
+        journal_dir: Path,
+        batch_size: int = 5000,
         flush_interval_s: float = 0.2,
-        queue_max: int = 100_000,
+        parallel_batches: int = 2,
         retry_max_s: float = RETRY_MAX_S,
+        fsync_interval_s: float = 0.05,
+        segment_bytes: int = 64 * _MB,
+        max_bytes: int = 4096 * _MB,
+        full_policy: FullPolicy = "serve",
+        memory_max_events: int = 100_000,
+        close_timeout_s: float = 10.0,
     ) -> None:
-        if batch_size < 1 or queue_max < 1 or flush_interval_s <= 0:
-            raise ValueError("batch_size and queue_max must be >= 1, flush_interval_s > 0")
+        """`journal_dir` holds one journal directory per database (see the module doc)."""
+        if batch_size < 1 or memory_max_events < 1 or flush_interval_s <= 0:
+            raise ValueError("batch_size and memory_max_events must be >= 1, "
+                             "flush_interval_s > 0")
+        if fsync_interval_s <= 0 or full_policy not in ("serve", "refuse"):
+            raise ValueError("fsync_interval_s must be > 0, full_policy serve or refuse")
         self._pool = pool
+        self._batches = BatchWriter(pool)
+        self._journal_root = journal_dir
         self._batch_size = batch_size
+        self._parallel = max(1, parallel_batches)
         self._flush_interval_s = flush_interval_s
         self._retry_max_s = retry_max_s
-        # None is the stop marker close() enqueues behind every event already submitted.
-        self._queue: asyncio.Queue[UsageEvent | None] = asyncio.Queue(maxsize=queue_max)
+        self._fsync_interval_s = fsync_interval_s
+        self._segment_bytes = segment_bytes
+        self._max_bytes = max_bytes
+        self._full_policy = full_policy
+        self._close_timeout_s = close_timeout_s
+        self._journal: Journal | None = None
+        self._memory: collections.deque[bytes] = collections.deque()  # lines the disk refused
+        self._memory_max = memory_max_events
+        self._wake = asyncio.Event()  # something to write, or closing
+        self._full = asyncio.Event()  # a whole batch is waiting, or closing
         self._task: asyncio.Task[None] | None = None
+        self._sync_task: asyncio.Task[None] | None = None
         self._closing = False
-        self._submitted = 0
+        self._closed = False
         self._written = 0
-        self._last_full_warning = 0.0
+        self._dead_lettered = 0
+        self._lost = 0
+        self._journal_errors = 0
+        self._last_alert = {"budget": -ALERT_INTERVAL_S, "disk": -ALERT_INTERVAL_S,
+                            "fsync": -ALERT_INTERVAL_S}
+
+    # -- what /health and /metrics show ------------------------------------------------
 
     @property
     def backlog(self) -> int:
-        """Events submitted and not yet committed to Postgres."""
-        return self._submitted - self._written
+        """Events accepted and not yet committed to Postgres (journal and memory)."""
+        pending = self._journal.pending if self._journal is not None else 0
+        return pending + len(self._memory)
 
     @property
     def written(self) -> int:
-        """Events committed so far (a replayed duplicate counts; it is stored once)."""
+        """Events committed by this writer (a replayed event already stored counts too)."""
         return self._written
 
+    @property
+    def journal_bytes(self) -> int:
+        return self._journal.size_bytes if self._journal is not None else 0
+
+    @property
+    def journal_over_budget(self) -> bool:
+        return self._journal is not None and self._journal.over_budget
+
+    @property
+    def dead_lettered(self) -> int:
+        """Events this writer moved to usage_dead_letters."""
+        return self._dead_lettered
+
+    @property
+    def journal_errors(self) -> int:
+        """Events the journal could not take (kept in memory instead)."""
+        return self._journal_errors
+
+    @property
+    def events_lost(self) -> int:
+        """Events neither the journal nor the memory fallback could keep (logged at ERROR)."""
+        return self._lost
+
+    @property
+    def journal_path(self) -> Path | None:
+        return self._journal.slot if self._journal is not None else None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
     async def start(self) -> None:
+        """Open this database's journal (adopting what stopped writers left: the replay) and
+        start writing. Raises what asyncpg raises if the database cannot be identified."""
         if self._task is not None:
             raise RuntimeError("UsageWriter already started")
+        directory = self._journal_root / await database_key(self._pool)
+        self._journal = await asyncio.to_thread(
+            Journal.open, directory, segment_bytes=self._segment_bytes,
+            max_bytes=self._max_bytes,
+        )
+        _warn_about_other_journals(self._journal_root, directory)
         self._task = asyncio.create_task(self._run(), name="usage-writer")
+        self._sync_task = asyncio.create_task(self._sync_loop(), name="usage-journal-fsync")
+        self._wake.set()
+
+    def check_accepting(self) -> None:
+        """Raise `JournalFullError` when policy `refuse` applies; call before forwarding."""
+        if self._full_policy == "refuse" and self.journal_over_budget:
+            raise JournalFullError(
+                f"the usage journal holds {self.journal_bytes} bytes, over its budget of "
+                f"{self._max_bytes}; Postgres is not taking usage events"
+            )
 
     async def submit(self, event: UsageEvent) -> None:
-        """Queue one event; waits for room when the queue is full, never drops."""
-        if self._closing:
-            raise RuntimeError("UsageWriter is closed; the event was not accepted")
-        self._submitted += 1
+        """Record one event; see `submit_nowait` (this never waits)."""
+        self.submit_nowait(event)
+
+    def submit_nowait(self, event: UsageEvent) -> None:
+        """Append the event to the journal and return. Never waits and never refuses an
+        event; raises RuntimeError only before `start()` or once `close()` has returned (an
+        event submitted while close() drains is journaled, and written now or at the next
+        start)."""
+        journal = self._journal
+        if journal is None or self._closed:
+            raise RuntimeError(f"UsageWriter is not running; event {event.id} not accepted")
+        line = encode_event(event)
         try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
-            now = time.monotonic()
-            if now - self._last_full_warning >= FULL_QUEUE_WARNING_INTERVAL_S:
-                self._last_full_warning = now
-                log.warning(
-                    "usage writer queue is full (%d events); requests wait for Postgres",
-                    self._queue.maxsize,
-                )
-            try:
-                await self._queue.put(event)
-            except asyncio.CancelledError:
-                self._submitted -= 1
-                log.error("usage event %s was not recorded: its submit was cancelled", event.id)
-                raise
+            journal.append(line)
+        except OSError as exc:
+            self._keep_in_memory(event, line, exc)
+        else:
+            if journal.over_budget:
+                self._alert("budget", "usage journal over budget: %d bytes > %d (policy %s); "
+                            "is Postgres down?", journal.size_bytes, self._max_bytes,
+                            self._full_policy)
+        self._wake.set()
+        if journal.unread + len(self._memory) >= self._batch_size:
+            self._full.set()
 
     async def close(self) -> None:
-        """Write everything submitted so far, then stop the background task."""
-        if self._closing:
-            if self._task is not None:
-                await self._task
+        """Write what is pending (for up to `close_timeout_s`), then stop; see module doc."""
+        if self._closed:
             return
         self._closing = True
-        if self._task is None:  # never started: still write what was submitted
-            self._task = asyncio.create_task(self._run(), name="usage-writer")
+        self._wake.set()
+        self._full.set()
         try:
-            await self._queue.put(None)
-            await self._task
-        except asyncio.CancelledError:
-            lost = self.backlog
-            if lost:
-                log.error("usage writer stopped with %d events not written to Postgres", lost)
-            self._task.cancel()
-            raise
+            if self._task is not None:
+                done, _ = await asyncio.wait({self._task}, timeout=self._close_timeout_s)
+                if not done:
+                    log.warning("usage writer: Postgres did not take %d events within %.0fs; "
+                                "they stay in the journal", self.backlog, self._close_timeout_s)
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._closed = True
+        for task in (self._task, self._sync_task):
+            if task is not None:
+                task.cancel()
+        journal = self._journal
+        if journal is None:
+            return
+        for line in self._memory:  # one last chance for events the disk refused earlier
+            try:
+                journal.append(line)
+            except OSError:
+                self._lost += 1
+        if self._lost:
+            log.error("usage writer: %d events lost in total (disk and Postgres both refused)",
+                      self._lost)
+        self._memory.clear()
+        journal.close()
+
+    # -- the background tasks ------------------------------------------------------------
 
     async def _run(self) -> None:
+        """Batches go to Postgres up to `parallel_batches` at a time (full ones; a partial
+        batch only when nothing is in flight) and are committed to the journal in the order
+        they were read, so a segment is never deleted ahead of an earlier line."""
+        journal = self._journal
+        assert journal is not None
+        inflight: collections.deque[tuple[_Work, asyncio.Task[None]]] = collections.deque()
+        try:
+            while True:
+                while len(inflight) < self._parallel and (
+                    journal.unread >= self._batch_size or (self._closing and journal.unread)
+                ):
+                    work = await self._next_from_journal(journal)
+                    if work is None:
+                        break
+                    inflight.append((work, asyncio.create_task(self._persist(work))))
+                if inflight:
+                    await asyncio.wait({inflight[0][1]})
+                    while inflight and inflight[0][1].done():
+                        work, task = inflight.popleft()
+                        task.result()  # _persist only returns once Postgres has the batch
+                        self._commit(journal, work)
+                    continue
+                waiting = journal.unread + len(self._memory)
+                if not waiting:
+                    if self._closing:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                if not self._closing and waiting < self._batch_size:
+                    # A batch is what arrives within flush_interval_s, or batch_size events.
+                    self._full.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), self._flush_interval_s)
+                work = await self._next_from_journal(journal) or self._next_from_memory()
+                if work is not None:
+                    inflight.append((work, asyncio.create_task(self._persist(work))))
+        finally:
+            for _, task in inflight:
+                task.cancel()
+
+    async def _next_from_journal(self, journal: Journal) -> _Work | None:
+        delay = RETRY_INITIAL_S
         while True:
-            batch, stop = await self._next_batch()
-            if batch:
-                await self._persist(batch)
-            if stop:
-                return
-
-    async def _next_batch(self) -> tuple[list[UsageEvent], bool]:
-        """Up to batch_size events, or what arrived within flush_interval_s of the first one."""
-        first = await self._queue.get()
-        if first is None:
-            return [], True
-        batch = [first]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._flush_interval_s
-        while len(batch) < self._batch_size:
             try:
-                item = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            if item is None:
-                return batch, True
-            batch.append(item)
-        return batch, False
+                batch = journal.read(self._batch_size)
+            except OSError as exc:
+                log.error("usage journal unreadable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+                continue
+            if batch is None:
+                return None
+            return _Work(batch.columns, batch.data, batch.events, batch)
 
-    async def _persist(self, batch: Sequence[UsageEvent]) -> None:
+    def _next_from_memory(self) -> _Work | None:
+        # Lines stay in the deque until committed (one memory batch in flight at a time).
+        lines = list(itertools.islice(self._memory, self._batch_size))
+        if not lines:
+            return None
+        return _Work(UsageEvent.COLUMNS, b"".join(lines), len(lines), None)
+
+    def _commit(self, journal: Journal, work: _Work) -> None:
+        if work.batch is not None:
+            journal.commit(work.batch)
+            return
+        for _ in range(work.events):
+            self._memory.popleft()
+
+    async def _persist(self, work: _Work) -> None:
         """Write the batch, retrying until Postgres has it. Only cancellation stops this."""
         delay = RETRY_INITIAL_S
         while True:
             try:
-                await self._write_batch(batch)
+                async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                    refused = await self._batches.write(work.columns, work.data)
             except Exception as exc:
-                # Whatever went wrong, the batch is kept and retried: losing it is never an option.
-                if _is_connection_error(exc):
-                    log.warning(
-                        "writing %d usage events failed (%s: %s); retrying in %.1fs",
-                        len(batch), type(exc).__name__, exc, delay,
-                    )
+                if is_connection_error(exc):
+                    log.warning("writing %d usage events failed (%s: %s); retrying in %.1fs",
+                                work.events, type(exc).__name__, exc, delay)
                 else:
-                    log.error(
-                        "writing %d usage events failed; retrying in %.1fs",
-                        len(batch), delay, exc_info=True,
-                    )
+                    log.error("writing %d usage events failed; retrying in %.1fs",
+                              work.events, delay, exc_info=True)
             else:
-                self._written += len(batch)
+                self._written += work.events - refused
+                self._dead_lettered += refused
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._retry_max_s)
 
-    async def _write_batch(self, batch: Sequence[UsageEvent]) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(_CREATE_STAGING)
-            await conn.copy_records_to_table(
-                STAGING_TABLE,
-                records=[_record(event) for event in batch],
-                columns=UsageEvent.COLUMNS,
-            )
-            await conn.execute(_INSERT_FROM_STAGING)
+    async def _sync_loop(self) -> None:
+        journal = self._journal
+        assert journal is not None
+        while True:
+            await asyncio.sleep(self._fsync_interval_s)
+            try:
+                await asyncio.to_thread(journal.sync)
+            except OSError as exc:
+                self._alert("fsync", "usage journal fsync failed (%s): the latest events may "
+                            "not survive a power loss", exc)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _keep_in_memory(self, event: UsageEvent, line: bytes, exc: OSError) -> None:
+        self._journal_errors += 1
+        if len(self._memory) < self._memory_max:
+            self._memory.append(line)
+            self._alert("disk", "usage journal write failed (%s); events are kept in memory "
+                        "(%d) until Postgres has them", exc, len(self._memory))
+            return
+        self._lost += 1
+        log.error("usage event %s LOST: the journal refused it (%s) and %d events already "
+                  "wait in memory", event.id, exc, len(self._memory))
+
+    def _alert(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_alert[kind] >= ALERT_INTERVAL_S:
+            self._last_alert[kind] = now
+            log.error(message, *args)
+
+
+def _warn_about_other_journals(root: Path, mine: Path) -> None:
+    """Events journaled for another database (a changed database URL) are never replayed
+    here; say so once at start, so an operator can point a gateway at them."""
+    with contextlib.suppress(OSError):
+        for other in root.iterdir():
+            if other != mine and other.is_dir() and any(other.glob("*/*.seg")):
+                log.warning("usage journal %s holds events for another database; they are "
+                            "written only by a gateway connected to that database", other)

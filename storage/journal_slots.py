@@ -1,0 +1,143 @@
+"""Journal slots on disk: the directory lock, slot ownership, and what startup replay needs.
+
+A journal directory holds one slot per open journal (storage.journal). Creating, adopting and
+removing slots happen under `locked_dir` (flock on the directory itself). A slot is owned by
+the process holding the flock on its `owner.lock` (`try_lock`); the kernel releases it when
+the process exits or is killed, which is how `adopt_orphans` tells a dead owner from a live
+one. `scan` checks an adopted segment: its header, its event count, and a torn last line
+(a write cut short by a crash or a power loss), which it cuts off with a WARNING.
+
+Failure semantics: everything here raises OSError as the file system does; a segment whose
+header this version cannot read is moved to `unreadable/` and logged at ERROR, never deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.journal_format import JournalFormatError, parse_header
+
+log = logging.getLogger("storage.journal")
+
+OWNER_LOCK = "owner.lock"
+UNREADABLE_DIR = "unreadable"
+SEGMENT_SUFFIX = ".seg"
+_SCAN_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Scanned:
+    columns: tuple[str, ...]
+    start: int  # offset of the first event, just past the header
+    end: int  # offset just past the last complete line
+    events: int
+
+
+@contextlib.contextmanager
+def locked_dir(path: Path) -> Iterator[None]:
+    """Hold flock on the directory itself, creating it if needed. A journal that closes last
+    removes the empty directory; a process that was waiting for the lock then sees its
+    directory gone and starts over with a new one."""
+    while True:
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if os.fstat(fd).st_ino != current.st_ino:
+                continue  # removed (and maybe recreated) while we waited
+            yield
+            return
+        finally:
+            os.close(fd)
+
+
+def try_lock(path: Path) -> int | None:
+    """An fd holding the exclusive lock on `path`, or None when a live process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def adopt_orphans(directory: Path, slot: Path) -> list[tuple[int, Path]]:
+    """Move the segments of slots with no live owner into `slot`; (new seq, path) in order.
+    Runs under the directory lock."""
+    moved: list[tuple[int, Path]] = []
+    for other in sorted(directory.iterdir()):
+        if other == slot or not other.is_dir() or other.name == UNREADABLE_DIR:
+            continue
+        lock_fd = try_lock(other / OWNER_LOCK)
+        if lock_fd is None:
+            continue  # a live process owns it
+        try:
+            for old in sorted(other.glob("*" + SEGMENT_SUFFIX)):
+                seq = len(moved) + 1
+                new = slot / f"{seq:012d}{SEGMENT_SUFFIX}"
+                os.rename(old, new)
+                moved.append((seq, new))
+            (other / OWNER_LOCK).unlink(missing_ok=True)
+            try:
+                other.rmdir()
+            except OSError as exc:
+                log.warning("usage journal: left %s in place (%s)", other, exc)
+        finally:
+            os.close(lock_fd)
+    if moved:
+        fsync_dir(slot)
+    return moved
+
+
+def scan(path: Path) -> Scanned | None:
+    """What an adopted segment holds, its torn last line cut off; None (and the file
+    removed) when it holds no events."""
+    with open(path, "r+b") as f:
+        first = f.readline()
+        try:
+            columns = parse_header(first[:-1]) if first.endswith(b"\n") else None
+        except (JournalFormatError, UnicodeDecodeError) as exc:
+            aside = path.parent.parent / UNREADABLE_DIR
+            aside.mkdir(exist_ok=True)
+            target = aside / f"{path.parent.name}-{path.name}"
+            os.rename(path, target)
+            log.error("usage journal: %s cannot be replayed (%s); moved to %s", path, exc, target)
+            return None
+        start = position = len(first)
+        events, end = 0, start
+        while columns is not None and (chunk := f.read(_SCAN_CHUNK_BYTES)):
+            newlines = chunk.count(b"\n")
+            if newlines:
+                events += newlines
+                end = position + chunk.rfind(b"\n") + 1
+            position += len(chunk)
+        if position > end:
+            log.warning("usage journal: %s ends with a torn line (%d bytes), cut off",
+                        path, position - end)
+            f.truncate(end)
+    if columns is None or not events:  # died before the first complete event
+        path.unlink()
+        return None
+    return Scanned(columns, start, end, events)

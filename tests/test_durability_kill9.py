@@ -1,0 +1,170 @@
+"""kill -9 of a real `tollbooth serve` under load loses no event a client saw completed, and
+doubles none: the restarted gateway replays the journal the dead one left.
+
+The first gateway runs with a writer that would not flush for minutes, so when it is killed
+every event exists only in its journal (the test checks Postgres holds none of them). The
+restart, on the same data dir, must then write exactly the completed responses' events:
+each completed response's x-request-id is an event id, ids are unique, and any extra event
+belongs to a request that was cut off by the kill (its response never completed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+import yaml
+
+from tests.test_gateway_multiprocess import collect, free_port, tollbooth, wait_healthy
+
+CONCURRENCY = 24
+LOAD_S = 2.0
+
+
+@pytest.fixture
+def mock_provider() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli.main", "mock-provider", "--port", str(port),
+         "--latency-ms", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert proc.stdout is not None
+    assert "listening" in proc.stdout.readline()
+    yield f"http://127.0.0.1:{port}"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
+def write_config(path: Path, mock: str, data_dir: Path, storage: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump({
+        "server": {"host": "127.0.0.1"},
+        "storage": {"data_dir": str(data_dir), **storage},
+        "providers": {"openai": {"kind": "openai", "base_url": mock + "/v1",
+                                 "api_key_env": "MOCK_PROVIDER_KEY"}},
+        "tiers": {"open": {"limits": {}}},
+        "pricing": {"markup_percent": "20"},
+    }))
+
+
+def start_serve(config: Path, port: int, env: dict[str, str]) -> subprocess.Popen[str]:
+    # --workers 1 runs the worker in this very process: its pid is the one to kill.
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli.main", "serve", "--config", str(config),
+         "--port", str(port), "--workers", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+async def load_until_killed(base: str, key: str, serve: subprocess.Popen[str]
+                            ) -> tuple[list[str], int]:
+    """Concurrent requests until the gateway dies; the x-request-ids of completed 200s and
+    how many requests were cut off."""
+    completed: list[str] = []
+    cut_off = 0
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"Authorization": f"Bearer {key}"}
+    dead = asyncio.Event()
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal cut_off
+        while not dead.is_set():
+            try:
+                async with session.post(base + "/v1/chat/completions", json=body,
+                                        headers=headers) as response:
+                    await response.read()  # the whole body: the response completed
+                    assert response.status == 200, response.status
+                    completed.append(response.headers["x-request-id"])
+            except (TimeoutError, aiohttp.ClientError):
+                cut_off += 1
+                return
+
+    async def killer() -> None:
+        await asyncio.sleep(LOAD_S)
+        os.kill(serve.pid, signal.SIGKILL)
+        await asyncio.to_thread(serve.wait, 30)
+        dead.set()
+
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(killer(), *(client(session) for _ in range(CONCURRENCY)))
+    return completed, cut_off
+
+
+async def stored_ids(database_url: str, customer: str) -> list[str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT id FROM usage_events WHERE customer_id = $1", customer)
+        return [str(r["id"]) for r in rows]
+    finally:
+        await conn.close()
+
+
+async def test_kill_9_under_load_loses_and_doubles_nothing(
+    tmp_path: Path, fresh_database_url: str, redis_url: str, mock_provider: str
+) -> None:
+    data_dir = tmp_path / "data"
+    config = tmp_path / "config.yaml"
+    # Nothing reaches Postgres before the kill: only the journal can save these events.
+    write_config(config, mock_provider, data_dir,
+                 {"writer_flush_interval_s": 600, "writer_batch_size": 1_000_000})
+    env = {**os.environ, "TOLLBOOTH_DATABASE_URL": fresh_database_url,
+           "TOLLBOOTH_REDIS_URL": redis_url, "MOCK_PROVIDER_KEY": "sk-mock"}
+    customer = f"k9{os.getpid()}{free_port()}"
+    cfg = ["--config", str(config)]
+    await asyncio.to_thread(tollbooth, "customers", "create", customer, "--tier", "open",
+                            *cfg, env=env)
+    created = await asyncio.to_thread(tollbooth, "keys", "create", "--customer", customer,
+                                      *cfg, env=env)
+    key = created.stdout.strip().splitlines()[-1]
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    lines: list[str] = []
+    serve = await asyncio.to_thread(start_serve, config, port, env)
+    assert serve.stdout is not None
+    threading.Thread(target=collect, args=(serve.stdout, lines), daemon=True).start()
+    await wait_healthy(base, serve)
+    completed, cut_off = await load_until_killed(base, key, serve)
+    assert serve.returncode == -signal.SIGKILL
+    assert len(completed) > 100, "too little load to prove anything"
+    assert await stored_ids(fresh_database_url, customer) == [], "".join(lines)
+    assert list((data_dir / "journal").glob("*/*/*.seg")), "the dead gateway left no journal"
+
+    # Restart on the same data dir, with a writer that flushes normally.
+    write_config(config, mock_provider, data_dir, {"writer_flush_interval_s": 0.05})
+    restarted = await asyncio.to_thread(start_serve, config, port, env)
+    assert restarted.stdout is not None
+    threading.Thread(target=collect, args=(restarted.stdout, lines), daemon=True).start()
+    try:
+        await wait_healthy(base, restarted)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                async with session.get(base + "/health") as response:
+                    if (await response.json())["writer"]["backlog"] == 0:
+                        break
+                await asyncio.sleep(0.1)
+        ids = await stored_ids(fresh_database_url, customer)
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(restarted.wait, 60)
+
+    print(f"\ncompleted 200s before kill -9: {len(completed)}; cut off: {cut_off}; "
+          f"events after replay: {len(ids)}")
+    assert len(ids) == len(set(ids)), "an event was doubled"
+    assert set(completed) <= set(ids), "a completed response's event was lost"
+    # Any other event is a request the kill cut off after its event was journaled.
+    assert len(set(ids) - set(completed)) <= cut_off
+    assert len(completed) == len(set(completed))
+    assert restarted.returncode == 0, "".join(lines)
+    assert not list((data_dir / "journal").glob("*/*/*.seg"))  # all committed, all deleted
