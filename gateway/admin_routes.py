@@ -14,7 +14,9 @@ Comparison is constant-time. Routes (JSON in, JSON out; errors in OpenAI's shape
     POST  /admin/keys                       {"customer_id", "project_id"?, "user_id"?,
                                              "name"?}: the answer has "key", once
     POST  /admin/keys/{key_id}/revoke       revoke
-    GET   /admin/usage/summary[?customer=ID&days=N]   any customer's (or all) usage
+    GET   /admin/usage/summary[?customer=ID&days=N&project=P&model=M]   any customer's
+                                            (or all) usage; daily, projects and events
+                                            are in gateway.usage_routes
 
 The same `gateway.admin.Admin` serves `tollbooth customers|keys`, so both enforce one set of rules.
 """
@@ -144,7 +146,9 @@ async def revoke_key(request: web.Request, admin: Admin) -> Any:
 
 async def usage_summary(request: web.Request, admin: Admin) -> Any:
     result = await summarize(request.app[keys.pool], days=days_param(request),
-                             customer_id=request.query.get("customer"))
+                             customer_id=request.query.get("customer") or None,
+                             project_id=request.query.get("project") or None,
+                             model=request.query.get("model") or None)
     return result.to_json()
 
 

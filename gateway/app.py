@@ -34,8 +34,10 @@ from gateway.reload import ConfigWatcher
 from gateway.runtime import Runtime
 from gateway.tokens import TokenCounter
 from gateway.upstream import create_session
+from gateway.usage_routes import add_usage_routes
 from pricing.catalog import Catalog
 from storage.accounts import AccountStore
+from storage.partitions import maintain_partitions
 from storage.postgres import create_pool, migrate
 from storage.quota_store import QuotaStore
 from storage.usage_writer import UsageWriter
@@ -82,13 +84,24 @@ def create_app(
         storage = settings.storage
         writer = UsageWriter(
             pool,
+            journal_dir=storage.journal_path(settings.data_dir()),
             batch_size=storage.writer_batch_size,
             flush_interval_s=storage.writer_flush_interval_s,
-            queue_max=storage.writer_queue_max,
+            fsync_interval_s=storage.journal_fsync_interval_s,
+            segment_bytes=storage.journal_segment_mb * _MB,
+            max_bytes=storage.journal_max_mb * _MB,
+            full_policy=storage.journal_full_policy,
+            memory_max_events=storage.writer_queue_max,
         )
-        await writer.start()
+        await writer.start()  # replays what a stopped process left in the journal
         app[keys.writer] = writer
+        retention = settings.retention
+        maintenance = asyncio.create_task(maintain_partitions(
+            pool, months_ahead=retention.partitions_ahead_months,
+            raw_events_days=retention.raw_events_days))
         yield
+        maintenance.cancel()
+        await asyncio.gather(maintenance, return_exceptions=True)
         await writer.close()
         await pool.close()
 
@@ -120,6 +133,11 @@ def create_app(
             redis_error_admissions=policy.redis_error_admissions,
             quota_settle_failures=policy.settle_failures,
             shadow_refusals=policy.shadow_refusals,
+            journal_bytes=writer.journal_bytes,
+            journal_over_budget=writer.journal_over_budget,
+            dead_lettered=writer.dead_lettered,
+            events_lost=writer.events_lost,
+            journal_errors=writer.journal_errors,
         ))
         yield
         await client.aclose()
@@ -154,5 +172,6 @@ def create_app(
             app.router.add_route(endpoint.method, endpoint.path, make_handler(api, endpoint))
     add_operator_routes(app)
     add_admin_routes(app)
+    add_usage_routes(app)
     add_billing_routes(app)
     return app

@@ -79,12 +79,26 @@ class ServerConfig(_Model):
 
 
 class StorageConfig(_Model):
+    """`journal_*`: the usage journal (storage.journal); `writer_*`: the usage writer.
+    `writer_queue_max` bounds the events kept in memory when the journal's disk refuses a
+    write; `journal_max_mb` is the journal's disk budget, past which `journal_full_policy`
+    applies: `serve` keeps serving and alerts, `refuse` answers 503 to new requests."""
+
     database_url: str | None = None
     redis_url: str | None = None
     data_dir: str = ".tollbooth"
-    writer_batch_size: int = Field(default=500, ge=1)
+    writer_batch_size: int = Field(default=5000, ge=1)
     writer_flush_interval_s: float = Field(default=0.2, gt=0)
     writer_queue_max: int = Field(default=100_000, ge=1)
+    journal_dir: str | None = None  # default <data_dir>/journal; relative paths are in data_dir
+    journal_fsync_interval_s: float = Field(default=0.05, gt=0)
+    journal_segment_mb: int = Field(default=64, ge=1)
+    journal_max_mb: int = Field(default=4096, ge=1)
+    journal_full_policy: Literal["serve", "refuse"] = "serve"
+
+    def journal_path(self, data_dir: Path) -> Path:
+        """Where the usage journal lives, given the resolved data dir."""
+        return (data_dir / (self.journal_dir or "journal")).resolve()
 
     @model_validator(mode="after")
     def _check_urls(self) -> StorageConfig:
@@ -384,6 +398,17 @@ class BillingConfig(_Model):
     stripe: StripeConfig | None = None
 
 
+class RetentionConfig(_Model):
+    """`retention:` — how long raw usage events are kept, how far ahead partitions exist.
+
+    Raw events older than `raw_events_days` are removed by dropping whole month partitions
+    (null keeps them forever); the hourly rollups are kept regardless.
+    """
+
+    raw_events_days: int | None = Field(default=90, ge=1)
+    partitions_ahead_months: int = Field(default=2, ge=1, le=24)
+
+
 class Settings(_Model):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -396,6 +421,7 @@ class Settings(_Model):
     logging: LoggingConfig = LoggingConfig()
     admin: AdminConfig = AdminConfig()
     alerts: AlertsConfig = AlertsConfig()
+    retention: RetentionConfig = RetentionConfig()
     # Not part of the YAML: where the file was read from and the hash of its bytes.
     source_path: str | None = Field(default=None, exclude=True)
     source_hash: str | None = Field(default=None, exclude=True)

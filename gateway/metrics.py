@@ -96,6 +96,11 @@ class LiveValues:
     redis_error_admissions: int = 0
     quota_settle_failures: int = 0
     shadow_refusals: int = 0
+    journal_bytes: int = 0
+    journal_over_budget: bool = False
+    dead_lettered: int = 0
+    events_lost: int = 0
+    journal_errors: int = 0
 
 
 class _LiveCollector(Collector):
@@ -120,6 +125,19 @@ class _LiveCollector(Collector):
         redis.add_metric(["admitted_without_quota"], v.redis_error_admissions)
         redis.add_metric(["settle_failed"], v.quota_settle_failures)
         yield redis
+        yield GaugeMetricFamily("tollbooth_journal_bytes", "Usage journal size on disk.",
+                                value=v.journal_bytes)
+        yield GaugeMetricFamily("tollbooth_journal_over_budget",
+                                "1 while the journal is over storage.journal_max_mb.",
+                                value=int(v.journal_over_budget))
+        yield CounterMetricFamily("tollbooth_dead_lettered_events",
+                                  "Events Postgres refused, kept in usage_dead_letters.",
+                                  value=v.dead_lettered)
+        yield CounterMetricFamily("tollbooth_events_lost",
+                                  "Events lost (disk refused the journal and memory was full).",
+                                  value=v.events_lost)
+        yield CounterMetricFamily("tollbooth_journal_errors", "Journal write or sync failures.",
+                                  value=v.journal_errors)
         yield CounterMetricFamily("tollbooth_shadow_refusals",
                                   "Refusals a shadow tier logged but did not enforce.",
                                   value=v.shadow_refusals)

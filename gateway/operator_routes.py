@@ -36,6 +36,18 @@ def days_param(request: web.Request) -> int:
     return days
 
 
+def _writer_state(app: web.Application) -> dict[str, Any]:
+    writer = app[keys.writer]
+    return {
+        "backlog": writer.backlog,
+        "written": writer.written,
+        "journal_bytes": writer.journal_bytes,
+        "over_budget": writer.journal_over_budget,
+        "dead_lettered": writer.dead_lettered,
+        "events_lost": writer.events_lost,
+    }
+
+
 async def health(request: web.Request) -> web.Response:
     app = request.app
     checks: dict[str, Any] = {}
@@ -65,7 +77,7 @@ async def health(request: web.Request) -> web.Response:
         "status": "ok" if ok and not config_error else "degraded",
         "config": config,
         **checks,
-        "writer": {"backlog": app[keys.writer].backlog, "written": app[keys.writer].written},
+        "writer": _writer_state(app),
     }
     return _json(body, status=200 if ok else 503)
 
@@ -96,7 +108,9 @@ async def list_models(request: web.Request) -> web.Response:
 async def summary(request: web.Request) -> web.Response:
     principal = await request.app[keys.authenticator].authenticate(request)
     result = await usage_summary(
-        request.app[keys.pool], days=days_param(request), customer_id=principal.customer_id
+        request.app[keys.pool], days=days_param(request), customer_id=principal.customer_id,
+        project_id=request.query.get("project") or None,
+        model=request.query.get("model") or None,
     )
     return _json(result.to_json())
 

@@ -43,6 +43,7 @@ from gateway.metering import Exchange
 from gateway.providers.base import Endpoint, ProviderApi
 from gateway.relay import relay_stream
 from gateway.upstream import read_body, send
+from storage.usage_writer import JournalFullError
 
 log = logging.getLogger("tollbooth.proxy")
 
@@ -158,6 +159,12 @@ def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
         our_headers = {"x-request-id": str(request_id)}
 
         if endpoint.metered:
+            try:
+                app[keys.writer].check_accepting()
+            except JournalFullError:
+                raise ServiceUnavailableError(
+                    "Usage cannot be recorded right now (journal full); retry shortly."
+                ) from None
             tier = settings.tiers.get(principal.tier)
             if tier is None:
                 raise PermissionDeniedError(

@@ -8,6 +8,7 @@ The official SDKs then talk to `gateway.openai_base_url` / `gateway.anthropic_ba
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -81,7 +82,8 @@ def gateway_config(mock_url: str, *, tiers: dict[str, Any] | None = None,
                    extra: dict[str, Any] | None = None) -> bytes:
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, "disconnect_drain_s": 5},
-        "storage": {"writer_flush_interval_s": 0.05},
+        "storage": {"writer_flush_interval_s": 0.05,
+                    "data_dir": tempfile.mkdtemp(prefix="tollbooth-gw-")},
         "providers": {
             "openai": {"kind": "openai", "base_url": f"{mock_url}/v1",
                        "api_key_env": "TB_TEST_OPENAI_KEY"},

@@ -125,3 +125,19 @@ async def test_documented_error_statuses(
         assert gone.status == 502
         rows = await gw.events(wait_for=2)
         assert sorted(r["status_code"] for r in rows) == [502, 504]
+
+
+async def test_journal_full_under_refuse_policy_is_503_before_the_provider(
+    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway import keys
+    from storage.usage_writer import JournalFullError
+
+    async with running_gateway(fresh_database_url, redis_url, monkeypatch) as gw:
+        def full() -> None:
+            raise JournalFullError("journal over its budget")
+
+        monkeypatch.setattr(gw.app[keys.writer], "check_accepting", full)
+        refused = await post(gw, "/v1/chat/completions", orjson.dumps(CHAT))
+        assert refused.status == 503
+        assert gw.mock_requests == []

@@ -60,12 +60,12 @@ async def test_usage_events_columns_are_exactly_usage_event_columns(pool: asyncp
     assert by_name["metadata"]["is_nullable"] == "NO"
     primary = await pool.fetchval(
         """
-        SELECT array_agg(a.attname::text) FROM pg_index i
+        SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i
         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
         WHERE i.indrelid = 'usage_events'::regclass AND i.indisprimary
         """
     )
-    assert primary == ["id"]
+    assert primary == ["created_at", "id"]  # partitioned by month: the key holds created_at
 
 
 async def test_usage_events_indexed_for_reports(pool: asyncpg.Pool) -> None:

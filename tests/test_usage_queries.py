@@ -91,6 +91,7 @@ async def test_summary_of_one_customer_has_the_spec_shape_and_exact_sums(
         "model": "gpt-4o", "requests": 2, "input_tokens": 110, "output_tokens": 55,
         "cached_input_tokens": 40, "cache_write_tokens": 0, "reasoning_tokens": 7,
         "cost_usd": "0.001000001", "price_usd": "0.0012000012", "unpriced_requests": 0,
+        "error_requests": 1, "estimated_requests": 0,
     }
     assert models["local-llm"]["cost_usd"] == "0"
     assert models["local-llm"]["unpriced_requests"] == 1

@@ -1,111 +1,194 @@
-"""`tollbooth usage summary`: what was used and what it cost, from `usage_events` (SPEC §8).
+"""`tollbooth usage summary|daily|projects|events|export`: usage reports (SPEC §8).
 
-`--days N` (default 30) counts back from now; `--customer ID` narrows to one customer.
-Formats: `table` (for people), `json` (one object, `UsageSummary.to_json()`: `customer_id`,
-`period_days`, `since`, `until`, `requests`, the token counts, `cost_usd` and `price_usd` as
-decimal strings, `unpriced_requests`, and `by_model`, a list of the same fields per model), and
-`csv` (a header row, then one row per model; the totals are the column sums). `-o FILE` writes
-the report to FILE instead of stdout. Exit 2 for bad usage, 1 for a database error.
+Every report takes `--days N` (default 30; the window is the last N days up to now),
+`--customer ID` (default: all customers), `--project P` and `--model M` (narrow to one),
+`--format table|json|csv` and `-o FILE` (write there instead of stdout).
+
+    summary   totals and one row per model
+    daily     one row per UTC day the window touches (zeros included)
+    projects  one row per (customer, project)
+    events    the newest events (`--limit N`, default 50, at most 1000; `--cursor C` for the
+              next page, printed under the table and as `next_cursor` in JSON)
+    export    every event of the window, streamed; `--format csv` (default) or `json`;
+              with -o the file appears only once it is complete
+
+The JSON shapes and CSV columns are in gateway/cli/usage_render.py and the README. Totals of
+every report equal the raw events. `usage replay-dead-letters` comes from usage_replay.
+Exit 2 for bad usage, 1 for a database error.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
-from typing import Any
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import aclosing, contextmanager
+from typing import Any, TextIO
 
+from gateway.cli import usage_replay
 from gateway.cli.main import add_config_option
-from gateway.cli.runtime import (
-    Runtime,
-    add_format_option,
-    render_table,
-    run_command,
-    usage_error,
-    write_output,
+from gateway.cli.runtime import Runtime, add_format_option, run_command, usage_error, write_output
+from gateway.cli.usage_render import (
+    render_daily,
+    render_events,
+    render_projects,
+    render_summary,
+    write_export,
 )
 from storage.accounts import CUSTOMER_ID_PATTERN
-from storage.usage_queries import MAX_DAYS, UsageSummary, UsageTotals, decimal_str, usage_summary
+from storage.usage_event_queries import (
+    DEFAULT_EVENTS_LIMIT,
+    MAX_EVENTS_LIMIT,
+    EventCursor,
+    export_events,
+    usage_events_page,
+)
+from storage.usage_queries import (
+    MAX_DAYS,
+    Period,
+    report_period,
+    usage_daily,
+    usage_projects,
+    usage_summary,
+)
 
 REPORT_FORMATS = ("table", "json", "csv")
-CSV_COLUMNS = (
-    "model", "requests", "input_tokens", "output_tokens", "cached_input_tokens",
-    "cache_write_tokens", "reasoning_tokens", "cost_usd", "price_usd", "unpriced_requests",
-)
+EXPORT_FORMATS = ("csv", "json")
+
+Report = Callable[[Runtime, argparse.Namespace, Period], Awaitable[str]]
 
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "usage", help="usage reports", description=__doc__
+        "usage", help="usage reports", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     reports = parser.add_subparsers(dest="report", metavar="REPORT", required=True)
+    for name, help_text, report in (
+        ("summary", "totals and per-model usage for a period", _summary),
+        ("daily", "usage per UTC day", _daily),
+        ("projects", "usage per customer and project", _projects),
+        ("events", "the newest usage events, a page at a time", _events),
+    ):
+        sub = reports.add_parser(name, help=help_text)
+        _add_report_options(sub, REPORT_FORMATS)
+        if name == "events":
+            sub.add_argument("--limit", type=int, default=DEFAULT_EVENTS_LIMIT,
+                             help=f"events per page (default: %(default)s, at most "
+                                  f"{MAX_EVENTS_LIMIT})")
+            sub.add_argument("--cursor", help="continue after the page that printed it")
+        sub.set_defaults(func=_command(report))
+    export = reports.add_parser("export", help="every event of the period, as CSV or JSON")
+    _add_report_options(export, EXPORT_FORMATS)
+    export.set_defaults(func=_export)
+    usage_replay.add_commands(reports)
 
-    summary = reports.add_parser("summary", help="totals and per-model usage for a period")
-    summary.add_argument("--days", type=int, default=30, help="period in days (default: 30)")
-    summary.add_argument("--customer", metavar="ID", help="one customer (default: all)")
-    add_format_option(summary, REPORT_FORMATS)
-    summary.add_argument("-o", "--output", metavar="FILE", help="write to FILE, not stdout")
-    add_config_option(summary)
-    summary.set_defaults(func=_summary)
+
+def _add_report_options(parser: argparse.ArgumentParser, formats: tuple[str, ...]) -> None:
+    parser.add_argument("--days", type=int, default=30, help="period in days (default: 30)")
+    parser.add_argument("--customer", metavar="ID", help="one customer (default: all)")
+    parser.add_argument("--project", metavar="P", help="one project (default: all)")
+    parser.add_argument("--model", metavar="M", help="one model (default: all)")
+    add_format_option(parser, formats)
+    parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE, not stdout")
+    add_config_option(parser)
 
 
-def _summary(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line, before any server is started; None if fine."""
     if not 1 <= args.days <= MAX_DAYS:
-        return usage_error(f"--days must be between 1 and {MAX_DAYS}, got {args.days}")
+        return f"--days must be between 1 and {MAX_DAYS}, got {args.days}"
     if args.customer is not None and not CUSTOMER_ID_PATTERN.fullmatch(args.customer):
-        return usage_error(f"invalid customer id {args.customer!r}")
+        return f"invalid customer id {args.customer!r}"
+    limit = getattr(args, "limit", None)
+    if limit is not None and not 1 <= limit <= MAX_EVENTS_LIMIT:
+        return f"--limit must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}"
+    cursor = getattr(args, "cursor", None)
+    if cursor is not None:
+        try:
+            EventCursor.decode(cursor)
+        except ValueError as exc:
+            return f"--cursor: {exc}"
+    return None
+
+
+def _period(args: argparse.Namespace) -> Period:
+    return report_period(args.days, args.customer, args.project, args.model)
+
+
+def _command(report: Report) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        problem = _check(args)
+        if problem:
+            return usage_error(problem)
+
+        async def body(runtime: Runtime) -> int:
+            write_output(await report(runtime, args, _period(args)), args.output)
+            return 0
+
+        return run_command(args, body)
+
+    return run
+
+
+async def _summary(runtime: Runtime, args: argparse.Namespace, period: Period) -> str:
+    summary = await usage_summary(
+        runtime.pool, days=period.period_days, customer_id=period.customer_id,
+        project_id=period.filters.project_id, model=period.filters.model, now=period.until,
+    )
+    return render_summary(summary, args.format)
+
+
+async def _daily(runtime: Runtime, args: argparse.Namespace, period: Period) -> str:
+    daily = await usage_daily(
+        runtime.pool, days=period.period_days, customer_id=period.customer_id,
+        project_id=period.filters.project_id, model=period.filters.model, now=period.until,
+    )
+    return render_daily(daily, args.format)
+
+
+async def _projects(runtime: Runtime, args: argparse.Namespace, period: Period) -> str:
+    report = await usage_projects(
+        runtime.pool, days=period.period_days, customer_id=period.customer_id,
+        project_id=period.filters.project_id, model=period.filters.model, now=period.until,
+    )
+    return render_projects(report, args.format)
+
+
+async def _events(runtime: Runtime, args: argparse.Namespace, period: Period) -> str:
+    page = await usage_events_page(runtime.pool, period, limit=args.limit, cursor=args.cursor)
+    return render_events(page, args.format)
+
+
+def _export(args: argparse.Namespace) -> int:
+    problem = _check(args)
+    if problem:
+        return usage_error(problem)
 
     async def body(runtime: Runtime) -> int:
-        summary = await usage_summary(runtime.pool, days=args.days, customer_id=args.customer)
-        write_output(render_summary(summary, args.format), args.output)
+        period = _period(args)
+        async with aclosing(export_events(runtime.pool, period)) as events:
+            with _export_target(args.output) as out:
+                await write_export(out, period, events, args.format)
         return 0
 
     return run_command(args, body)
 
 
-def render_summary(summary: UsageSummary, fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(summary.to_json(), indent=2) + "\n"
-    if fmt == "csv":
-        return _csv(summary)
-    return _table(summary)
-
-
-def _row(model: str, totals: UsageTotals) -> list[Any]:
-    return [
-        model,
-        totals.requests,
-        totals.input_tokens,
-        totals.output_tokens,
-        totals.cached_input_tokens,
-        totals.cache_write_tokens,
-        totals.reasoning_tokens,
-        decimal_str(totals.cost_usd),
-        decimal_str(totals.price_usd),
-        totals.unpriced_requests,
-    ]
-
-
-def _csv(summary: UsageSummary) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for model in summary.by_model:
-        writer.writerow(_row(model.model, model.totals))
-    return buffer.getvalue()
-
-
-def _table(summary: UsageSummary) -> str:
-    who = f"customer {summary.customer_id}" if summary.customer_id else "all customers"
-    header = (
-        f"usage of {who}, last {summary.period_days} days "
-        f"({summary.since:%Y-%m-%d %H:%M}Z to {summary.until:%Y-%m-%d %H:%M}Z)\n\n"
-    )
-    headers = [
-        "MODEL", "REQUESTS", "INPUT", "OUTPUT", "CACHED IN", "CACHE WRITE", "REASONING",
-        "COST USD", "PRICE USD", "UNPRICED",
-    ]
-    rows = [_row(m.model, m.totals) for m in summary.by_model]
-    rows.append(_row("TOTAL", summary.totals))
-    return header + render_table(headers, rows)
+@contextmanager
+def _export_target(path: str | None) -> Iterator[TextIO]:
+    """stdout, or FILE written beside itself and renamed when complete: a failed export
+    never leaves a truncated file that looks finished."""
+    if path is None or path == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    partial = f"{path}.partial"
+    try:
+        with open(partial, "w", encoding="utf-8", newline="") as out:
+            yield out
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
