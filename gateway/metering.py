@@ -22,7 +22,6 @@ import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, TypeVar
 
 from gateway.metrics import Metrics
@@ -38,7 +37,6 @@ from storage.usage_writer import UsageWriter
 log = logging.getLogger("tollbooth.metering")
 access_log = logging.getLogger("tollbooth.access")
 
-_ZERO = Decimal(0)
 T = TypeVar("T")
 
 

@@ -278,3 +278,14 @@ def test_body_without_usage_yields_the_produced_text_for_an_estimate() -> None:
     found = AnthropicApi().usage_from_body(MESSAGES, body)
     assert found.usage is None
     assert found.produced_text == "hmm\nParis"
+
+
+def test_one_hour_cache_writes_are_reported_apart() -> None:
+    body = orjson.dumps({"id": "msg_1", "content": [], "usage": {
+        "input_tokens": 10, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 300,
+        "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+        "output_tokens": 5}})
+    usage = AnthropicApi().usage_from_body(MESSAGES, body).usage
+    assert usage is not None
+    assert (usage.cache_write_tokens, usage.cache_write_1h_tokens) == (300, 200)
+    assert usage.input_tokens == 310

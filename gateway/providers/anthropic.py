@@ -59,6 +59,8 @@ _ERROR_TYPES = {
 }
 _INPUT_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 _THINKING = "thinking_tokens"
+# The 1-hour part of cache_creation_input_tokens (priced higher than 5-minute writes).
+_CACHE_1H = "ephemeral_1h_input_tokens"
 
 
 class AnthropicApi:
@@ -123,6 +125,7 @@ def anthropic_usage(reported: Mapping[str, int]) -> Usage:
         output_tokens=output,
         cached_input_tokens=cache_read,
         cache_write_tokens=cache_write,
+        cache_write_1h_tokens=min(reported.get(_CACHE_1H, 0), cache_write),
         reasoning_tokens=min(reported.get(_THINKING, 0), output),
     )
 
@@ -134,6 +137,9 @@ def _reported_counts(usage: Mapping[str, Any]) -> dict[str, int]:
         for field in (*_INPUT_FIELDS, "output_tokens")
         if usage.get(field) is not None
     }
+    one_hour = obj(usage.get("cache_creation")).get(_CACHE_1H)
+    if one_hour is not None:
+        reported[_CACHE_1H] = count(one_hour)
     thinking = obj(usage.get("output_tokens_details")).get(_THINKING)
     if thinking is not None:
         reported[_THINKING] = count(thinking)
