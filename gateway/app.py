@@ -140,6 +140,7 @@ def create_app(
             journal_errors=writer.journal_errors,
         ))
         yield
+        await policy.aclose()  # settles still queued go out before the client closes
         await client.aclose()
 
     async def tokenizer(app: web.Application) -> AsyncIterator[None]:

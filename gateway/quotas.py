@@ -25,26 +25,28 @@ and a refusal is logged at info and counted in `shadow_refusals`; the request is
 reserved anyway, so the counters show the tier's real traffic and switching shadow off
 enforces from real numbers.
 
-Failure semantics, Redis unreachable or timing out (after the redis-py client's own timeouts
-and retries, so the client should be built to fail fast: a short socket timeout and one or two
-quick retries; redis-py's default of 10 retries holds each request about 3.5 s):
+Failure semantics, Redis unreachable or timing out (after the client's socket timeout and
+the script batcher's two quick retries, so the client should be built to fail fast: a short
+socket and connect timeout):
 - `quotas.on_redis_error: allow` (default): the request is admitted without quota (nothing is
   reserved, so its settle is a no-op), a warning with its request id is logged, and
   `redis_error_admissions` is incremented. No per-process counter stands in for the quota.
 - `reject`: the request is refused with `ServiceUnavailableError` (503), except on a shadow
   tier, which refuses nothing and is admitted as under `allow`.
-`settle` never raises into the request path: a failure is logged at error with the request id,
-counted in `settle_failures`, and the reservation is released by its ttl
+`settle` / `settle_soon` never raise into the request path: a failure is logged at error with
+the request id, counted in `settle_failures`, and the reservation is released by its ttl
 (`quotas.reservation_ttl_s`) so the customer is not charged the estimate forever. `status`
 raises `ServiceUnavailableError`: there is nothing true to report without Redis.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from gateway.config import QuotasConfig, TierConfig, TierLimits
 from gateway.errors import RateLimitError, ServiceUnavailableError
@@ -55,7 +57,9 @@ from storage.quota_store import (
     QuotaStore,
     QuotaStoreBusy,
     QuotaStoreUnavailable,
+    SettleReply,
     UsageSnapshot,
+    translate,
 )
 
 log = logging.getLogger("tollbooth.quotas")
@@ -198,30 +202,54 @@ class QuotaPolicy:
         )
 
     async def settle(self, admission: Admission, *, tokens: int, spend_usd: Decimal | None) -> None:
-        """Replace the reservation by the actual usage. Never raises."""
+        """Replace the reservation by the actual usage and wait for it. Never raises."""
+        future = self.settle_soon(admission, tokens=tokens, spend_usd=spend_usd)
+        if future is not None:
+            await asyncio.wait({future})
+
+    def settle_soon(
+        self, admission: Admission, *, tokens: int, spend_usd: Decimal | None
+    ) -> asyncio.Future[Any] | None:
+        """Queue the settle (it joins the next pipelined Redis batch) and return at once; its
+        outcome is logged as it arrives, and `aclose` waits for it. Never raises."""
         if not admission.reserved:
-            return
+            return None
+        spend_micros = 0 if spend_usd is None else micros_ceil(spend_usd)
         try:
-            reply = await self._store.settle(
-                customer_id=admission.customer_id,
-                request_id=admission.request_id,
-                tokens=tokens,
-                spend_micros=0 if spend_usd is None else micros_ceil(spend_usd),
+            future = self._store.settle_soon(
+                customer_id=admission.customer_id, request_id=admission.request_id,
+                tokens=tokens, spend_micros=spend_micros,
             )
         except Exception as exc:  # the request path must not fail on its bookkeeping
-            self.settle_failures += 1
-            log.error(
-                "quota settle failed for request %s of customer %s (%s tokens, spend %s USD); "
-                "its reservation is released after %ss: %r",
-                admission.request_id, admission.customer_id, tokens, spend_usd,
-                self._settings.reservation_ttl_s, exc,
-            )
-            return
-        if reply.outcome == "unknown":
-            log.warning(
-                "quota settle for request %s found no reservation (expired); usage not counted "
-                "in quotas", admission.request_id,
-            )
+            self._settle_failed(admission, tokens, spend_usd, exc)
+            return None
+
+        def done(future: asyncio.Future[Any]) -> None:
+            exc = future.exception()
+            if exc is not None:
+                self._settle_failed(admission, tokens, spend_usd, translate(exc))
+            elif SettleReply.from_reply(future.result()).outcome == "unknown":
+                log.warning(
+                    "quota settle for request %s found no reservation (expired); usage not "
+                    "counted in quotas", admission.request_id,
+                )
+
+        future.add_done_callback(done)
+        return future
+
+    def _settle_failed(self, admission: Admission, tokens: int, spend_usd: Decimal | None,
+                       exc: BaseException) -> None:
+        self.settle_failures += 1
+        log.error(
+            "quota settle failed for request %s of customer %s (%s tokens, spend %s USD); "
+            "its reservation is released after %ss: %r",
+            admission.request_id, admission.customer_id, tokens, spend_usd,
+            self._settings.reservation_ttl_s, exc,
+        )
+
+    async def aclose(self) -> None:
+        """Wait for the settles still queued."""
+        await self._store.aclose()
 
     def rate_limit_headers(self, admission: Admission) -> dict[str, str]:
         """OpenAI's x-ratelimit-* headers of the limited per-minute windows; none without Redis."""

@@ -1,8 +1,9 @@
 """The quota counters in Redis: one atomic Lua call admits, one settles, one reads.
 
 `QuotaStore` knows the keys (`storage.quota_keys`), the scripts (`storage/lua/*.lua`, each
-registered once with `register_script`, `quota_lib.lua` prepended to each) and their replies,
-which it turns into frozen dataclasses straight away. It knows nothing of tiers, HTTP or
+loaded once by its SHA1, `quota_lib.lua` prepended to each) and their replies, which it turns
+into frozen dataclasses straight away. Script calls go through `storage.script_batcher`:
+concurrent admits and settles share one pipelined round trip. It knows nothing of tiers, HTTP or
 Decimal money: limits and amounts arrive as integers (tokens, micro-dollars).
 
 What the scripts guarantee, because each runs atomically on the one Redis that holds all of a
@@ -20,9 +21,9 @@ customer's keys (one Cluster slot through the hash tag):
 
 Failure: a full local connection pool (`MaxConnectionsError`) is `QuotaStoreBusy`, overload
 that is refused, never mistaken for an outage. Redis unreachable or timing out (redis-py
-`ConnectionError` / `TimeoutError`, raised
-after the client's own retries) is translated here, once, into `QuotaStoreUnavailable`; the
-caller decides what that means. Any other Redis error (a refused script, out of memory)
+`ConnectionError` / `TimeoutError`, raised after the batcher's or the client's own retries)
+is translated here, once, into `QuotaStoreUnavailable`; the caller decides what that means.
+Any other Redis error (a refused script, out of memory)
 propagates unchanged: it is a bug or an operator problem, not an outage to paper over.
 A retried admit cannot reserve twice: a request id that already holds a reservation is
 answered `duplicate` with nothing reserved again.
@@ -30,6 +31,7 @@ answered `duplicate` with nothing reserved again.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
@@ -38,6 +40,7 @@ import redis.exceptions
 from redis.asyncio import Redis
 
 from storage.quota_keys import customer_keys
+from storage.script_batcher import LuaScript, ScriptBatcher
 
 PRODUCTION_WINDOW_MS = 60_000
 
@@ -61,9 +64,21 @@ def lua_source(name: str) -> str:
     return resources.files("storage").joinpath("lua", name).read_text(encoding="utf-8")
 
 
-def _script(name: str) -> str:
+def _script(name: str) -> LuaScript:
     # quota_lib.lua defines the functions every script uses; Lua has no include.
-    return lua_source("quota_lib.lua") + "\n" + lua_source(name)
+    return LuaScript(lua_source("quota_lib.lua") + "\n" + lua_source(name))
+
+
+_OUTAGE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def translate(exc: BaseException) -> BaseException:
+    """A redis-py failure as this module's exceptions; anything else unchanged."""
+    if isinstance(exc, redis.exceptions.MaxConnectionsError):
+        return QuotaStoreBusy("no free quota store connection in this process")
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return QuotaStoreUnavailable(f"quota store unreachable: {exc}")
+    return exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +198,20 @@ class QuotaStore:
             raise ValueError(f"window_ms must be positive, got {window_ms}")
         self.window_ms = window_ms
         self._redis = client
-        self._admit = client.register_script(_script("admit.lua"))
-        self._settle = client.register_script(_script("settle.lua"))
-        self._status = client.register_script(_script("status.lua"))
+        self._scripts = ScriptBatcher(client)
+        self._admit = _script("admit.lua")
+        self._settle = _script("settle.lua")
+        self._status = _script("status.lua")
+
+    async def aclose(self) -> None:
+        """Finish the queued script calls (settles sent without waiting, say)."""
+        await self._scripts.aclose()
+
+    async def _call(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._scripts.call(script, keys, args)
+        except _OUTAGE as exc:
+            raise translate(exc) from exc
 
     async def admit(
         self,
@@ -218,18 +244,24 @@ class QuotaStore:
             self.window_ms,
             1 if shadow else 0,
         ]
-        try:
-            reply = await self._admit(keys=script_keys, args=args)
-        except redis.exceptions.MaxConnectionsError as exc:
-            raise QuotaStoreBusy("no free quota store connection in this process") from exc
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise QuotaStoreUnavailable(f"quota store unreachable: {exc}") from exc
-        return AdmitReply.from_reply(reply)
+        return AdmitReply.from_reply(await self._call(self._admit, script_keys, args))
 
     async def settle(
         self, *, customer_id: str, request_id: str, tokens: int, spend_micros: int
     ) -> SettleReply:
         """Replace a reservation by the actual `tokens` and `spend_micros`, once."""
+        future = self.settle_soon(customer_id=customer_id, request_id=request_id,
+                                  tokens=tokens, spend_micros=spend_micros)
+        try:
+            return SettleReply.from_reply(await future)
+        except _OUTAGE as exc:
+            raise translate(exc) from exc
+
+    def settle_soon(
+        self, *, customer_id: str, request_id: str, tokens: int, spend_micros: int
+    ) -> asyncio.Future[Any]:
+        """Queue the settle and return the future of its raw reply (`SettleReply.from_reply`;
+        a failure is a redis-py exception, see `translate`); `aclose` waits for it."""
         if tokens < 0 or spend_micros < 0:
             raise ValueError("tokens and spend_micros must be >= 0")
         keys = customer_keys(customer_id)
@@ -239,25 +271,14 @@ class QuotaStore:
             keys.pending,
             keys.reservation(request_id),
         ]
-        try:
-            reply = await self._settle(keys=script_keys, args=[tokens, spend_micros])
-        except redis.exceptions.MaxConnectionsError as exc:
-            raise QuotaStoreBusy("no free quota store connection in this process") from exc
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise QuotaStoreUnavailable(f"quota store unreachable: {exc}") from exc
-        return SettleReply.from_reply(reply)
+        return self._scripts.submit(self._settle, script_keys, [tokens, spend_micros])
 
     async def usage(self, customer_id: str) -> UsageSnapshot:
         """What every window of the customer holds now (expired reservations released)."""
         keys = customer_keys(customer_id)
         script_keys = [keys.requests_log, keys.token_buckets, keys.month_counters, keys.pending]
-        try:
-            reply = await self._status(keys=script_keys, args=[self.window_ms])
-        except redis.exceptions.MaxConnectionsError as exc:
-            raise QuotaStoreBusy("no free quota store connection in this process") from exc
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise QuotaStoreUnavailable(f"quota store unreachable: {exc}") from exc
-        return UsageSnapshot.from_reply(reply)
+        return UsageSnapshot.from_reply(
+            await self._call(self._status, script_keys, [self.window_ms]))
 
     async def claim_alert(self, customer_id: str, limit: str, threshold_percent: int,
                           month: str) -> bool:
@@ -265,15 +286,11 @@ class QuotaStore:
         key = customer_keys(customer_id).alert(limit, threshold_percent, month)
         try:
             return bool(await self._redis.set(key, "1", nx=True, ex=_ALERT_TTL_S))
-        except redis.exceptions.MaxConnectionsError as exc:
-            raise QuotaStoreBusy("no free quota store connection in this process") from exc
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise QuotaStoreUnavailable(f"quota store unreachable: {exc}") from exc
+        except _OUTAGE as exc:
+            raise translate(exc) from exc
 
     async def ping(self) -> None:
         try:
             await self._redis.ping()
-        except redis.exceptions.MaxConnectionsError as exc:
-            raise QuotaStoreBusy("no free quota store connection in this process") from exc
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise QuotaStoreUnavailable(f"quota store unreachable: {exc}") from exc
+        except _OUTAGE as exc:
+            raise translate(exc) from exc

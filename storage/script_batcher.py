@@ -1,0 +1,235 @@
+"""`ScriptBatcher`: Lua script calls from one event loop share a Redis round trip.
+
+Every call made while the previous batch is on the wire (or within the same loop iteration)
+joins the next batch: one write of all its EVALSHA commands on one redis-py connection, then
+its replies read in order (Redis pipelining; not MULTI: each script is atomic on its own).
+Under load this turns N admits and settles into one round trip and one syscall each way,
+and skips redis-py's per-command pool checkout, retry wrapper, write-timeout task and
+per-reply timer: one timeout (the client's `socket_timeout`) bounds a whole batch. A call
+alone on an idle batcher goes out at once, so a quiet gateway pays no extra latency.
+
+The connection is one checked out of the client's pool (so closing the client closes it) and
+held for the batcher's life; `aclose()` returns it after the queue is empty.
+
+Failure semantics, per call:
+- a reply that is a Redis error raises `redis.exceptions.ResponseError` in that call only;
+- NOSCRIPT (Redis restarted, or SCRIPT FLUSH): the script is loaded and the call sent again;
+- the connection fails or the batch's replies do not all come within the client's
+  `socket_timeout`: the connection is dropped, and the calls still without a reply are sent
+  again on a new one, up to `retries` times with a short backoff; then they raise
+  `redis.exceptions.ConnectionError` or `TimeoutError`. Sending again is safe only for
+  idempotent scripts; the quota scripts are (a second admit of a request id is answered
+  `duplicate`, a second settle is a no-op);
+- no connection can be checked out of a full pool: `redis.exceptions.MaxConnectionsError`.
+A call whose caller was cancelled still runs; its reply is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.exceptions
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 512
+RETRY_BACKOFF_S = (0.01, 0.05, 0.1)
+
+Arg = bytes | str | int
+
+
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    """A script's source and its SHA1, the name EVALSHA calls it by."""
+
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+def _bulk(value: Arg) -> bytes:
+    data = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def pack_evalsha(script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> bytes:
+    """The RESP bytes of `EVALSHA sha numkeys *keys *args`."""
+    parts = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + len(keys) + len(args)), _bulk(script.sha),
+             _bulk(len(keys))]
+    parts.extend(_bulk(k) for k in keys)
+    parts.extend(_bulk(a) for a in args)
+    return b"".join(parts)
+
+
+@dataclass(slots=True)
+class _Call:
+    script: LuaScript
+    packed: bytes
+    future: asyncio.Future[Any]
+    attempts: int = 0
+
+
+class _Unanswered(Exception):
+    """The connection broke: these calls have no reply yet."""
+
+    def __init__(self, calls: list[_Call], cause: redis.exceptions.RedisError) -> None:
+        super().__init__(str(cause))
+        self.calls = calls
+        self.cause = cause
+
+
+class ScriptBatcher:
+    def __init__(self, client: Redis, *, retries: int = 2) -> None:
+        self._pool = client.connection_pool
+        self._retries = retries
+        self._queue: collections.deque[_Call] = collections.deque()
+        self._connection: AbstractConnection | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+        self._timeout_s: float | None = None  # the connection's socket_timeout, per batch
+        self.batches = 0  # round trips made (for tests and metrics)
+
+    async def call(self, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """Run the script (EVALSHA) in the next batch and return its reply."""
+        return await self.submit(script, keys, args)
+
+    def submit(self, script: LuaScript, keys: Sequence[str],
+               args: Sequence[Arg]) -> asyncio.Future[Any]:
+        """Queue the call and return the future of its reply (for callers that don't wait)."""
+        if self._closed:
+            raise RuntimeError("ScriptBatcher is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append(_Call(script, pack_evalsha(script, keys, args), future))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush(), name="redis-script-batch")
+        return future
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def aclose(self) -> None:
+        """Let queued calls finish, then give the connection back to the pool."""
+        self._closed = True
+        if self._flusher is not None:
+            await asyncio.wait({self._flusher})
+        if self._connection is not None:
+            self._connection.socket_timeout = self._timeout_s
+            await self._pool.release(self._connection)
+            self._connection = None
+
+    async def _flush(self) -> None:
+        batch: list[_Call] = []
+        try:
+            while self._queue:
+                count = min(len(self._queue), MAX_BATCH)
+                batch = [self._queue.popleft() for _ in range(count)]
+                await self._run(batch)
+        except BaseException as exc:  # cancelled at shutdown: no caller is left hanging
+            error = redis.exceptions.ConnectionError(f"script batch stopped: {exc!r}")
+            _fail([*batch, *self._queue], error)
+            self._queue.clear()
+            if self._connection is not None:
+                await self._connection.disconnect(nowait=True)
+            raise
+        finally:
+            self._flusher = None
+
+    async def _run(self, batch: list[_Call]) -> None:
+        while batch:
+            for call in batch:
+                call.attempts += 1
+            try:
+                if self._connection is None:
+                    self._connection = await self._take_connection()
+                await self._exchange(self._connection, batch)
+                return
+            except redis.exceptions.MaxConnectionsError as exc:
+                _fail(batch, exc)
+                return
+            except _Unanswered as broken:
+                batch, error = broken.calls, broken.cause
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                error = exc  # no connection at all (get_connection connects)
+            _fail([c for c in batch if c.attempts > self._retries], error)
+            batch = [c for c in batch if c.attempts <= self._retries]
+            if batch:
+                log.warning("redis script batch: %d calls sent again after: %s", len(batch),
+                            error)
+                await asyncio.sleep(RETRY_BACKOFF_S[min(batch[0].attempts,
+                                                        len(RETRY_BACKOFF_S)) - 1])
+
+    async def _take_connection(self) -> AbstractConnection:
+        connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        # One timeout for a whole batch (below) instead of redis-py's per write (a task) and
+        # per reply; given back as it was in aclose().
+        self._timeout_s = connection.socket_timeout
+        connection.socket_timeout = None
+        return connection
+
+    async def _exchange(self, connection: AbstractConnection, batch: list[_Call], *,
+                        reloaded: bool = False) -> None:
+        """Send the batch and hand out its replies, all within the connection's socket
+        timeout; raise `_Unanswered` with the calls left without a reply when the connection
+        breaks or times out. NOSCRIPT replies: the script is loaded and those calls sent again
+        (once: `reloaded`)."""
+        self.batches += 1
+        unanswered = collections.deque(batch)
+        missing_script: list[_Call] = []
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await connection.send_packed_command([c.packed for c in batch],
+                                                     check_health=False)
+                while unanswered:
+                    call = unanswered[0]
+                    try:
+                        reply = await connection.read_response(timeout=math.inf)
+                    except redis.exceptions.NoScriptError as exc:
+                        if reloaded:  # loaded a moment ago and gone again: give up on it
+                            _resolve(call, exc)
+                        else:
+                            missing_script.append(call)
+                    except redis.exceptions.ResponseError as exc:
+                        _resolve(call, exc)
+                    else:
+                        _resolve(call, reply)
+                    unanswered.popleft()
+                for script in {c.script.sha: c.script for c in missing_script}.values():
+                    await connection.send_command("SCRIPT", "LOAD", script.source,
+                                                  check_health=False)
+                    await connection.read_response(timeout=math.inf)
+        except (TimeoutError, redis.exceptions.ConnectionError,
+                redis.exceptions.TimeoutError) as exc:
+            await connection.disconnect(nowait=True)
+            error: redis.exceptions.RedisError = (
+                exc if isinstance(exc, redis.exceptions.RedisError)
+                else redis.exceptions.TimeoutError(f"no reply within {self._timeout_s}s"))
+            raise _Unanswered([*missing_script, *unanswered], error) from exc
+        if missing_script:  # loaded now; a NOSCRIPT reply is not a failed attempt
+            await self._exchange(connection, missing_script, reloaded=True)
+
+
+def _fail(calls: list[_Call], error: BaseException) -> None:
+    for call in calls:
+        _resolve(call, error)
+
+
+def _resolve(call: _Call, outcome: Any) -> None:
+    if call.future.done():  # the caller was cancelled; the reply is dropped
+        return
+    if isinstance(outcome, BaseException):
+        call.future.set_exception(outcome)
+    else:
+        call.future.set_result(outcome)
