@@ -194,6 +194,8 @@ def _or(rate: Decimal | None, fallback: Decimal) -> Decimal:
 
 
 def _check_amount(value: object, name: str) -> None:
+    if type(value) is Decimal and value.is_finite():  # the common case, checked first
+        return
     # bool is an int subclass and float is inexact; both are refused as money.
     if not isinstance(value, Decimal | int) or isinstance(value, bool):
         raise ValueError(f"{name} must be a Decimal (never a float), got {value!r}")
