@@ -258,10 +258,12 @@ class QuotaStore:
             raise translate(exc) from exc
 
     def settle_soon(
-        self, *, customer_id: str, request_id: str, tokens: int, spend_micros: int
+        self, *, customer_id: str, request_id: str, tokens: int, spend_micros: int,
+        defer_s: float = 0.0,
     ) -> asyncio.Future[Any]:
         """Queue the settle and return the future of its raw reply (`SettleReply.from_reply`;
-        a failure is a redis-py exception, see `translate`); `aclose` waits for it."""
+        a failure is a redis-py exception, see `translate`); `aclose` waits for it. With
+        `defer_s` it waits up to that long for another call's round trip to ride along."""
         if tokens < 0 or spend_micros < 0:
             raise ValueError("tokens and spend_micros must be >= 0")
         keys = customer_keys(customer_id)
@@ -271,7 +273,8 @@ class QuotaStore:
             keys.pending,
             keys.reservation(request_id),
         ]
-        return self._scripts.submit(self._settle, script_keys, [tokens, spend_micros])
+        return self._scripts.submit(self._settle, script_keys, [tokens, spend_micros],
+                                    defer_s=defer_s)
 
     async def usage(self, customer_id: str) -> UsageSnapshot:
         """What every window of the customer holds now (expired reservations released)."""

@@ -96,6 +96,7 @@ class ScriptBatcher:
         self._queue: collections.deque[_Call] = collections.deque()
         self._connection: AbstractConnection | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # a deferred call's own flush
         self._closed = False
         self._timeout_s: float | None = None  # the connection's socket_timeout, per batch
         self.batches = 0  # round trips made (for tests and metrics)
@@ -104,17 +105,31 @@ class ScriptBatcher:
         """Run the script (EVALSHA) in the next batch and return its reply."""
         return await self.submit(script, keys, args)
 
-    def submit(self, script: LuaScript, keys: Sequence[str],
-               args: Sequence[Arg]) -> asyncio.Future[Any]:
-        """Queue the call and return the future of its reply (for callers that don't wait)."""
+    def submit(self, script: LuaScript, keys: Sequence[str], args: Sequence[Arg], *,
+               defer_s: float = 0.0) -> asyncio.Future[Any]:
+        """Queue the call and return the future of its reply (for callers that don't wait).
+
+        `defer_s` > 0: the call need not go at once; it joins the next batch another call
+        starts, or goes on its own after `defer_s` (a settle rides with the next admit)."""
         if self._closed:
             raise RuntimeError("ScriptBatcher is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append(_Call(script, pack_evalsha(script, keys, args), future))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush(), name="redis-script-batch")
+        if defer_s > 0 and self._flusher is None:
+            if self._timer is None:
+                self._timer = loop.call_later(defer_s, self._start_flush)
+        else:
+            self._start_flush()
         return future
+
+    def _start_flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flusher is None and self._queue:
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush(), name="redis-script-batch")
 
     @property
     def queued(self) -> int:
@@ -123,6 +138,7 @@ class ScriptBatcher:
     async def aclose(self) -> None:
         """Let queued calls finish, then give the connection back to the pool."""
         self._closed = True
+        self._start_flush()  # deferred calls go now
         if self._flusher is not None:
             await asyncio.wait({self._flusher})
         if self._connection is not None:

@@ -132,3 +132,18 @@ async def test_aclose_waits_for_calls_nobody_awaits(client: Redis) -> None:
     assert await client.get(key) == b"50"
     with pytest.raises(RuntimeError):
         batcher.submit(ADD_ONCE, [key], [1, "late"])
+
+
+async def test_a_deferred_call_rides_with_the_next_call_or_goes_alone(client: Redis) -> None:
+    batcher = ScriptBatcher(client)
+    key = f"t:{uuid.uuid4()}"
+    deferred = batcher.submit(ADD_ONCE, [key], [1, "settle"], defer_s=5.0)
+    assert await batcher.call(ADD_ONCE, [key], [1, "admit"]) == 2
+    assert deferred.done() and deferred.result() == 1
+    assert batcher.batches == 1  # both in one round trip, long before the 5 s
+
+    alone = batcher.submit(ADD_ONCE, [key], [1, "late"], defer_s=0.02)
+    await asyncio.sleep(0.005)
+    assert not alone.done()
+    assert await asyncio.wait_for(alone, timeout=1.0) == 3
+    await batcher.aclose()
