@@ -1,0 +1,400 @@
+"""`UpstreamClient`: the HTTP/1.1 client the proxy forwards with, lean enough for the hot path.
+
+One request per call over a pool of keep-alive connections per origin (scheme, host, port),
+TLS with the system's default verification for https. Responses are parsed by httptools
+(llhttp, the parser Node.js uses): Content-Length, chunked and close-delimited bodies,
+decoded from gzip or deflate when a provider compresses although asked for identity. The body
+is handed out as it arrives (`iter_chunks`) or whole (`read`); reading pauses the socket when
+the consumer falls behind (back-pressure, bounded memory per stream).
+
+Compared with aiohttp's client this skips cookie jars, redirects, tracing, proxies and
+per-request objects the proxy never uses: about a fifth of the CPU per request (measured
+with `python -m gateway.bench.client_cost`, see the README's benchmark section).
+
+Failure semantics (translated by `gateway.upstream` into the gateway's errors):
+- no connection within `connect_timeout_s`: `UpstreamConnectTimeout`; refused, reset or
+  DNS failure before the response head: `UpstreamConnectError`;
+- no response head within `read_timeout_s` of sending: `UpstreamReadTimeout`;
+- after the head, the connection closing before the body's end, or a body that cannot be
+  parsed or decoded: `UpstreamBodyError` (the stream was cut); no data for `read_timeout_s`:
+  `UpstreamBodyTimeout`, a subclass;
+- a request is never sent twice (not even on a pooled connection the provider closed at the
+  same moment: that is a 502, as with aiohttp for a POST). Header values with CR or LF are
+  refused with ValueError before anything is sent.
+A connection goes back to the pool only after a complete response the provider allows to be
+kept alive; anything else closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import ssl
+import zlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+_PAUSE_BYTES = 256 * 1024  # buffered and not yet consumed: stop reading the socket
+_MAX_IDLE_PER_ORIGIN = 256
+_MAX_HEAD_BYTES = 64 * 1024
+
+Origin = tuple[str, str, int]
+
+
+class UpstreamError(Exception):
+    """Base of what `UpstreamClient` raises; the message never holds a header or body."""
+
+
+class UpstreamConnectError(UpstreamError):
+    pass
+
+
+class UpstreamConnectTimeout(UpstreamError):
+    pass
+
+
+class UpstreamReadTimeout(UpstreamError):
+    pass
+
+
+class UpstreamBodyError(UpstreamError):
+    pass
+
+
+class UpstreamBodyTimeout(UpstreamBodyError):
+    pass
+
+
+@functools.lru_cache(maxsize=1024)
+def _split(url: str) -> tuple[Origin, str, bytes]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    default = port == (443 if parts.scheme == "https" else 80)
+    host = parts.hostname if default else f"{parts.hostname}:{port}"
+    if ":" in parts.hostname and not parts.hostname.startswith("["):  # IPv6 literal
+        host = f"[{parts.hostname}]" if default else f"[{parts.hostname}]:{port}"
+    return (parts.scheme, parts.hostname, port), target, host.encode("idna")
+
+
+def _head(method: str, target: str, host: bytes, headers: Mapping[str, str],
+          body_length: int) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), b"Host: " + host + b"\r\n"]
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+            raise ValueError("a header name or value holds CR, LF or a colon")
+        lower = name.lower()
+        if lower in ("host", "content-length", "transfer-encoding", "connection"):
+            continue
+        lines.append(f"{name}: {value}\r\n".encode("latin-1", "strict"))
+    lines.append(b"Content-Length: %d\r\n\r\n" % body_length)
+    return b"".join(lines)
+
+
+class _Decoder:
+    def __init__(self, encoding: str) -> None:
+        self._gzip = encoding == "gzip" or encoding == "x-gzip"
+        wbits = 16 + zlib.MAX_WBITS if self._gzip else zlib.MAX_WBITS
+        self._z = zlib.decompressobj(wbits)
+        self._first = True
+
+    def feed(self, data: bytes) -> bytes:
+        if self._first and not self._gzip:
+            self._first = False
+            try:
+                return self._z.decompress(data)
+            except zlib.error:  # "deflate" sent as a raw stream, as some servers do
+                self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+        return self._z.decompress(data)
+
+    def flush(self) -> bytes:
+        return self._z.flush()
+
+
+class _Connection(asyncio.Protocol):
+    """One socket; one response at a time."""
+
+    def __init__(self, client: UpstreamClient, origin: Origin) -> None:
+        self._client = client
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[str, str]] = []
+        self._head_bytes = 0
+        self._head: asyncio.Future[None] | None = None
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._paused = False
+        self._complete = False
+        self._error: UpstreamError | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self.status = 0
+        self.keep_alive = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if self._head is None:  # idle in the pool: anything now is a protocol error
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail(UpstreamBodyError("the provider's response could not be parsed"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._client._forget(self)
+        if self._head is not None and not self._complete:
+            if not self._head.done():
+                self._fail(UpstreamConnectError("the provider closed the connection"))
+            else:
+                self._fail(UpstreamBodyError("the provider closed the connection mid-body"))
+
+    # -- httptools callbacks ------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > _MAX_HEAD_BYTES:
+            raise httptools.HttpParserError("response head too large")
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        if self._head is not None and not self._head.done():
+            self._head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _PAUSE_BYTES and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wakeup()
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+        self.keep_alive = self._parser.should_keep_alive()
+        self._wakeup()
+
+    # -- used by UpstreamClient / UpstreamResponse -------------------------------------
+
+    def start(self, data: bytes) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers = []
+        self._head_bytes = 0
+        self._chunks.clear()
+        self._buffered = 0
+        self._complete = False
+        self._error = None
+        self.status = 0
+        self._head = loop.create_future()
+        assert self.transport is not None
+        self.transport.write(data)
+        return self._head
+
+    def headers(self) -> list[tuple[str, str]]:
+        return self._headers
+
+    async def next_chunk(self, timeout_s: float) -> bytes | None:
+        """The next body bytes as received; None at the end of the body."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._paused and self._buffered <= _PAUSE_BYTES // 2:
+                    self._paused = False
+                    if self.transport is not None and not self.closed:
+                        self.transport.resume_reading()
+                return chunk
+            if self._error is not None:
+                raise self._error
+            if self._complete:
+                return None
+            self._wake = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._wake
+            except TimeoutError:
+                raise UpstreamBodyTimeout(
+                    f"no data from the provider for {timeout_s:g}s") from None
+            finally:
+                self._wake = None
+
+    @property
+    def reusable(self) -> bool:
+        return (self._complete and self.keep_alive and not self.closed and self._error is None
+                and not self._chunks)
+
+    def idle(self) -> None:
+        self._head = None
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self._error is None:
+            self._error = error
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(error)
+            self._head.exception()  # retrieved: the awaiting request re-raises it
+        self._wakeup()
+
+    def _wakeup(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+
+class UpstreamResponse:
+    """A response whose head has arrived; its body is read with `read` or `iter_chunks`.
+    Use `async with` (or `release()`) so the connection is pooled or closed."""
+
+    def __init__(self, connection: _Connection, client: UpstreamClient,
+                 read_timeout_s: float) -> None:
+        self._connection = connection
+        self._client = client
+        self._read_timeout_s = read_timeout_s
+        self.status = connection.status
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(connection.headers()))
+        encoding = self.headers.get("content-encoding", "").strip().lower()
+        if encoding in ("", "identity"):
+            self._decoder: _Decoder | None = None
+        elif encoding in ("gzip", "x-gzip", "deflate"):
+            self._decoder = _Decoder(encoding)
+        else:
+            self._decoder = None
+            self._unsupported = encoding
+        self._released = False
+        self._ended = False
+
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
+        if getattr(self, "_unsupported", None):
+            raise UpstreamBodyError(f"unsupported content encoding {self._unsupported!r}")
+        decoder = self._decoder
+        while True:
+            chunk = await self._connection.next_chunk(self._read_timeout_s)
+            if chunk is None:
+                break
+            if decoder is not None:
+                try:
+                    chunk = decoder.feed(chunk)
+                except zlib.error:
+                    raise UpstreamBodyError("the provider's compressed body is corrupt") from None
+            if chunk:
+                yield chunk
+        self._ended = True
+        if decoder is not None:
+            try:
+                tail = decoder.flush()
+            except zlib.error:
+                raise UpstreamBodyError("the provider's compressed body is corrupt") from None
+            if tail:
+                yield tail
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.iter_chunks()])
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self._client._give_back(self._connection, self._ended)
+
+    async def __aenter__(self) -> UpstreamResponse:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.release()
+
+
+class UpstreamClient:
+    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self._ssl = ssl_context
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._all: set[_Connection] = set()
+
+    async def request(self, method: str, url: str, headers: Mapping[str, str],
+                      body: bytes | None) -> UpstreamResponse:
+        """Send the request; return once the response head has arrived."""
+        origin, target, host = _split(url)
+        data = _head(method, target, host, headers, len(body or b"")) + (body or b"")
+        connection = self._take_idle(origin) or await self._connect(origin)
+        head = connection.start(data)
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                await head
+        except TimeoutError:
+            connection.close()
+            raise UpstreamReadTimeout(
+                f"no response head from the provider within {self.read_timeout_s:g}s") from None
+        except BaseException:
+            connection.close()
+            raise
+        return UpstreamResponse(connection, self, self.read_timeout_s)
+
+    async def close(self) -> None:
+        for connection in list(self._all):
+            connection.close()
+        self._idle.clear()
+        self._all.clear()
+
+    def _take_idle(self, origin: Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()
+            if not connection.closed:
+                return connection
+        return None
+
+    async def _connect(self, origin: Origin) -> _Connection:
+        scheme, hostname, port = origin
+        loop = asyncio.get_running_loop()
+        context: ssl.SSLContext | None = None
+        if scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            context = self._ssl
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, protocol = await loop.create_connection(
+                    lambda: _Connection(self, origin), hostname, port, ssl=context,
+                    server_hostname=hostname if context is not None else None)
+        except TimeoutError:
+            raise UpstreamConnectTimeout(
+                f"could not connect to the provider within {self.connect_timeout_s:g}s"
+            ) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise UpstreamConnectError(
+                f"could not connect to the provider ({type(exc).__name__})") from None
+        self._all.add(protocol)
+        return protocol
+
+    def _give_back(self, connection: _Connection, body_read: bool) -> None:
+        if body_read and connection.reusable:
+            connection.idle()
+            idle = self._idle.setdefault(connection.origin, [])
+            if len(idle) < _MAX_IDLE_PER_ORIGIN:
+                idle.append(connection)
+                return
+        connection.close()
+
+    def _forget(self, connection: _Connection) -> None:
+        self._all.discard(connection)
