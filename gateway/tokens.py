@@ -167,15 +167,17 @@ class TokenCounter:
         """Usage counted locally, flagged `estimated`.
 
         `reported` is what a cut stream did report (`StreamResult.partial_usage`): its input,
-        cache-read and cache-write counts are kept, and only the output is counted here.
+        cache-read and cache-write counts are kept, and the output is counted here, never
+        below the output it reported so far.
         """
         output_tokens = self.count(model, produced_text)
         if reported is not None:
             return Usage(
                 input_tokens=reported.input_tokens,
-                output_tokens=output_tokens,
+                output_tokens=max(output_tokens, reported.output_tokens),
                 cached_input_tokens=reported.cached_input_tokens,
                 cache_write_tokens=reported.cache_write_tokens,
+                cache_write_1h_tokens=reported.cache_write_1h_tokens,
                 source="estimated",
             )
         return Usage(

@@ -145,17 +145,37 @@ def test_thinking_tokens_are_reasoning_when_reported() -> None:
     stream = (
         b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_t",'
         b'"usage":{"input_tokens":25,"output_tokens":1}}}\n\n'
-        b'event: message_delta\ndata: {"type":"message_delta","delta":{},"usage":'
-        b'{"output_tokens":8,"output_tokens_details":{"thinking_tokens":3}}}\n\n'
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":'
+        b'"end_turn"},"usage":{"output_tokens":8,"output_tokens_details":{"thinking_tokens":3}}}'
+        b'\n\n'
     )
     _, result = relay(stream)
     assert result.usage == Usage(input_tokens=25, output_tokens=8, reasoning_tokens=3)
 
 
+def test_a_stream_cut_after_an_interim_message_delta_is_not_final() -> None:
+    # Cumulative counts so far are a floor, not the usage: without the closing delta (its
+    # stop_reason) or message_stop, the output is estimated from what was produced.
+    stream = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_i",'
+        b'"usage":{"input_tokens":25,"output_tokens":1}}}\n\n'
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"Hello there, friend"}}\n\n'
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":null},'
+        b'"usage":{"output_tokens":4}}\n\n'
+    )
+    _, result = relay(stream)
+    assert result.usage is None
+    assert result.partial_usage == Usage(input_tokens=25, output_tokens=4)
+    assert result.produced_text == "Hello there, friend"
+
+
 def test_cut_stream_keeps_the_reported_input_and_the_produced_text() -> None:
     _, result = relay(fixture("message_stream_cut.sse"))
     assert result.usage is None
-    assert result.partial_usage == Usage(input_tokens=472 + 2048, cached_input_tokens=2048)
+    # message_start's output count (2) is kept as a floor for the estimate.
+    assert result.partial_usage == Usage(input_tokens=472 + 2048, cached_input_tokens=2048,
+                                         output_tokens=2)
     assert result.upstream_id == MESSAGE_ID
     assert result.produced_text == "Canberra is the capital of Australia."
 

@@ -184,11 +184,16 @@ class MessagesStreamMeter:
             parsed = parsed if parsed is not None else load_object(data)
             usage = obj(parsed.get("usage")) if parsed is not None else {}
             counts = _reported_counts(usage)
-            if "output_tokens" in counts:
+            delta = obj(parsed.get("delta")) if parsed is not None else {}
+            # Only the last message_delta (the one with a stop_reason) closes the count: a
+            # stream cut after an earlier one has produced more than it reported so far.
+            if "output_tokens" in counts and delta.get("stop_reason") is not None:
                 self._final_seen = True
             self._reported.update(counts)  # cumulative totals: replace, never add
         elif name == "message_stop":
             self.finished = True
+            if "output_tokens" in self._reported:
+                self._final_seen = True
         return True
 
     def result(self) -> StreamResult:
@@ -196,8 +201,10 @@ class MessagesStreamMeter:
             return StreamResult(anthropic_usage(self._reported), self._upstream_id, "")
         partial = None
         if any(field in self._reported for field in _INPUT_FIELDS):
-            input_side = {field: self._reported.get(field, 0) for field in _INPUT_FIELDS}
-            partial = anthropic_usage(input_side)
+            # The input side, and the output reported so far (a floor for the estimate).
+            so_far = {field: self._reported.get(field, 0)
+                      for field in (*_INPUT_FIELDS, _CACHE_1H, "output_tokens")}
+            partial = anthropic_usage(so_far)
         return StreamResult(None, self._upstream_id, self._text.text(), partial)
 
 

@@ -60,9 +60,9 @@ class StreamResult:
 
     `produced_text` is filled only when `usage` is None (nobody needs it otherwise).
     `partial_usage` is what a cut stream did report before it ended: Anthropic sends input
-    and cache tokens in `message_start` but output only in the final `message_delta`; the
-    estimate keeps the reported input side and counts only the output
-    (`TokenCounter.estimate_usage(..., reported=partial_usage)`).
+    and cache tokens in `message_start` but output only in `message_delta`s; the estimate
+    keeps the reported input side and counts the output, never below an output count the
+    provider already reported (`TokenCounter.estimate_usage(..., reported=partial_usage)`).
     """
 
     usage: Usage | None
