@@ -76,6 +76,16 @@ class ServerConfig(_Model):
     # After a client disconnects mid-stream, keep reading upstream this long for its usage.
     disconnect_drain_s: float = Field(default=30.0, ge=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    client_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description=(
+            "The longest a client may take to send a request. Headers: counted from the "
+            "connection's opening or its previous response (also how long an idle keep-alive "
+            "connection is kept); a client still sending them is disconnected. Body: counted "
+            "from the end of the headers; a body not complete by then is answered 408 and the "
+            "connection closed. Responses are not bounded by it."
+        ),
+    )
 
 
 class StorageConfig(_Model):

@@ -6,6 +6,7 @@
     ├── PermissionDeniedError      403  the customer's tier is not in the config
     ├── InvalidRequestError        400  malformed JSON, missing model, unknown model
     ├── NotFoundError              404  unknown route
+    ├── RequestTimeoutError        408  body not received within server.client_timeout_s
     ├── PayloadTooLargeError       413  body over server.max_body_mb
     ├── RateLimitError             429  a quota refused (retry_after_ms, should_retry)
     ├── ServiceUnavailableError    503  quota store down under on_redis_error: reject, draining
@@ -67,6 +68,17 @@ class NotFoundError(GatewayError):
     status = 404
     error_type = "invalid_request_error"
     code = "not_found"
+
+
+class RequestTimeoutError(GatewayError):
+    """The client did not send its whole body in time; the connection is closed after this."""
+
+    status = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"connection": "close"}
 
 
 class PayloadTooLargeError(GatewayError):
