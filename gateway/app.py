@@ -24,9 +24,9 @@ from gateway.admin_routes import add_admin_routes
 from gateway.alerts import AlertNotifier
 from gateway.auth import Authenticator
 from gateway.billing_routes import add_billing_routes
-from gateway.client_timeout import client_timeout_middleware  # TEMP-CT
+from gateway.client_timeout import client_timeout_middleware
 from gateway.config import Settings
-from gateway.metering import Recorder
+from gateway.metering import Recorder, interrupted_pricer
 from gateway.metrics import LiveValues, Metrics
 from gateway.middleware import error_middleware
 from gateway.operator_routes import add_operator_routes
@@ -60,9 +60,14 @@ def create_app(
     """`watch_config`: reload `settings.source_path` on SIGHUP and when it changes on disk.
     `quota_window_ms` is the length of the "per minute" windows; only tests shorten it."""
     app = web.Application(
-        middlewares=[error_middleware],
+        # error_middleware first (outermost): it renders and counts the timeout's 408.
+        middlewares=[error_middleware,
+                     client_timeout_middleware(settings.server.client_timeout_s)],
         client_max_size=settings.server.max_body_mb * _MB,
-        handler_args={"max_field_size": 16 * 1024, "max_line_size": 16 * 1024},
+        # keepalive_timeout also bounds a request's headers (aiohttp starts it when the
+        # connection opens and after each response): slow-loris headers are cut off.
+        handler_args={"max_field_size": 16 * 1024, "max_line_size": 16 * 1024,
+                      "keepalive_timeout": settings.server.client_timeout_s},
     )
     app[keys.runtime] = Runtime(settings, catalog or Catalog.load_default())
     app[keys.tokens] = TokenCounter()
@@ -95,6 +100,7 @@ def create_app(
             max_bytes=storage.journal_max_mb * _MB,
             full_policy=storage.journal_full_policy,
             memory_max_events=storage.writer_queue_max,
+            reprice=interrupted_pricer(app[keys.runtime]),
         )
         await writer.start()  # replays what a stopped process left in the journal
         app[keys.writer] = writer

@@ -1,5 +1,16 @@
 """Turn one finished exchange into its usage event, its quota settlement and its price.
 
+Before that, while it runs: `Recorder.open` journals the exchange's provisional event just
+before it goes upstream (the event it gets if the gateway is killed before it finishes:
+`status_code` 502, `usage_source = estimated`, `metadata.interrupted = "gateway_stopped"`,
+the prompt-token estimate as input, no money), and the progress callback of
+`stream_progress` journals it again, with the output counted so far, when the relay calls it
+(about once a second). Both cost one encoded line and one os.write (storage.journal_open),
+no pricing and no await; neither raises into the request path. If the process dies, the next
+start prices those events with `interrupted_pricer` and records the ones that never got a
+real event (storage.interrupted). 502 because the exchange did fail, from the client's side;
+it is priced as a failed request: the tokens, no per-request or compute fee.
+
 `Recorder.finish` runs exactly once per forwarded request, whatever happened (success,
 provider error, client disconnect, broken stream), from the proxy's `finally`:
 - usage the provider reported is taken as is (`usage_source = provider`);
@@ -19,18 +30,19 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
 from gateway.metrics import Metrics
-from gateway.providers.base import Endpoint
+from gateway.providers.base import Endpoint, StreamMeter
 from gateway.quotas import Admission, QuotaPolicy
-from gateway.runtime import Snapshot
+from gateway.runtime import Runtime, Snapshot
 from gateway.tokens import TokenCounter
 from pricing.models import Charge, Usage
 from storage.accounts import KeyPrincipal
+from storage.journal_format import encode_provisional
 from storage.usage_event import UsageEvent
 from storage.usage_writer import UsageWriter
 
@@ -38,6 +50,9 @@ log = logging.getLogger("tollbooth.metering")
 access_log = logging.getLogger("tollbooth.access")
 
 T = TypeVar("T")
+
+INTERRUPTED_STATUS = 502
+INTERRUPTED = "gateway_stopped"  # metadata.interrupted of an exchange the gateway never finished
 
 
 @dataclass(slots=True)
@@ -56,6 +71,7 @@ class Exchange:
     prompt_text: str
     admission: Admission | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    prompt_tokens: int = 0  # the estimate the quota reserved (proxy), set by Recorder.open
 
 
 class Recorder:
@@ -77,6 +93,41 @@ class Recorder:
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    def open(self, ex: Exchange, prompt_tokens: int) -> None:
+        """Journal the exchange's provisional event; call just before it goes upstream."""
+        ex.prompt_tokens = prompt_tokens
+        self._writer.provisional(ex.request_id, _provisional_line(ex, prompt_tokens, 0, 0))
+
+    def stream_progress(self, ex: Exchange, meter: StreamMeter) -> Callable[[], None]:
+        """A callback for the relay: journal the provisional event again with the output the
+        stream has produced so far. Tokens are counted on the text added since the last call
+        only (a stream's text is never counted twice, so a long stream stays cheap)."""
+        counted_chars = 0
+        output_tokens = 0
+
+        def progress() -> None:
+            nonlocal counted_chars, output_tokens
+            try:
+                result = meter.result()
+                usage = result.usage
+                if usage is None:
+                    text = result.produced_text
+                    if len(text) > counted_chars:
+                        output_tokens += self._tokens.count(ex.model, text[counted_chars:])
+                        counted_chars = len(text)
+                    usage = result.partial_usage or Usage(input_tokens=ex.prompt_tokens)
+                    usage = replace(usage, output_tokens=output_tokens)
+                latency_ms = int((time.perf_counter() - ex.started) * 1000)
+                line = _provisional_line(ex, usage.input_tokens, usage.output_tokens,
+                                         latency_ms, usage.cached_input_tokens,
+                                         usage.cache_write_tokens, result.upstream_id)
+            except Exception:  # a bug: never break the stream for a progress record
+                log.error("stream progress of %s not recorded", ex.request_id, exc_info=True)
+                return
+            self._writer.provisional(ex.request_id, line)
+
+        return progress
 
     async def drain(self, timeout_s: float) -> None:
         """Wait for in-flight exchanges (and their events) before the writer closes."""
@@ -194,3 +245,44 @@ class Recorder:
                 "price_usd": None if event.price_usd is None else str(event.price_usd),
                 "latency_ms": event.latency_ms,
             }})
+
+
+def _provisional_line(ex: Exchange, input_tokens: int, output_tokens: int, latency_ms: int,
+                      cached_input_tokens: int = 0, cache_write_tokens: int = 0,
+                      upstream_id: str | None = None) -> bytes:
+    p = ex.principal
+    return encode_provisional(
+        ex.request_id, ex.created_at, p.customer_id, p.project_id, p.user_id, p.key_id, p.tier,
+        ex.provider, ex.model, ex.endpoint.name, INTERRUPTED_STATUS, ex.streamed,
+        input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, latency_ms,
+        upstream_id,
+        {"config_hash": ex.snapshot.settings.source_hash, **ex.metadata,
+         "interrupted": INTERRUPTED},
+    )
+
+
+def interrupted_pricer(runtime: Runtime) -> Callable[[UsageEvent], UsageEvent]:
+    """`UsageWriter(reprice=...)`: price the event of an exchange a stopped gateway left in
+    flight (replayed with NULL money) as `Recorder.finish` prices a finished one, with the
+    pricing in force now; an unpriced model keeps NULL money."""
+
+    def reprice(event: UsageEvent) -> UsageEvent:
+        pricing = runtime.current.pricing
+        usage = Usage(
+            input_tokens=event.input_tokens,
+            output_tokens=event.output_tokens,
+            cached_input_tokens=event.cached_input_tokens,
+            cache_write_tokens=event.cache_write_tokens,
+            reasoning_tokens=event.reasoning_tokens,
+            source="estimated",
+        )
+        charge = pricing.charge(
+            event.model, usage, at=event.created_at, customer_id=event.customer_id,
+            tier=event.tier, duration_ms=event.latency_ms, succeeded=event.status_code < 400,
+        )
+        if charge is None:
+            return event
+        return replace(event, cost_usd=charge.cost_usd, price_usd=charge.price_usd,
+                       price_version=charge.price_version)
+
+    return reprice

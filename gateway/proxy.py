@@ -7,7 +7,8 @@ One handler per API family endpoint (built by `make_handler`). In order, for eac
 3. the model is routed to a provider of the route's API kind and priced (400 for an unknown
    model under `unknown_model: reject`);
 4. the customer's quotas reserve one request and the worst case of tokens and spend (429);
-5. the request goes upstream with the provider key in place of the client's;
+5. the request goes upstream with the provider key in place of the client's, its
+   provisional usage event journaled just before (`Recorder.open`, see metering);
 6. the response is relayed (JSON in one piece, SSE as it arrives) with `x-request-id` and
    the rate-limit headers;
 7. `Recorder.finish` settles the quota and queues the usage event, whatever happened.
@@ -197,6 +198,8 @@ def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
         headers = api.upstream_headers(request.headers, provider_key)
         upstream_call = Upstream(endpoint.method, url, headers, payload,
                                  (provider_key or "").encode())
+        if endpoint.metered:  # journaled in case the gateway dies mid-request (metering)
+            app[keys.recorder].open(ex, prompt_tokens)
         # Steps 5-7 run as their own task: a handler cancelled because the client left (or
         # the server is stopping) never cancels the forwarding, the drain or the billing.
         task = app[keys.recorder].spawn(
@@ -291,6 +294,7 @@ async def forward(
                 strip_usage=strip_usage,
                 drain_s=ex.snapshot.settings.server.disconnect_drain_s,
                 started=ex.started,
+                progress=recorder.stream_progress(ex, meter) if metered else None,
             )
         finally:
             await record(False, True)  # a no-op unless the relay failed before recording

@@ -16,6 +16,12 @@ stream ends without one (cut, truncated, client gone past the drain bound).
 If the client goes away mid-stream, the relay keeps reading upstream for up to `drain_s`
 seconds so the provider's final usage is still seen; past that bound, or if upstream breaks,
 the meter's result has no usage and the caller estimates from what was produced.
+
+`progress` (optional) is called after a chunk is relayed, at most once per
+`PROGRESS_INTERVAL_S` and never once `finalize` has run, so the caller can journal what the
+stream has produced so far (metering.Recorder.stream_progress): if the gateway is killed
+mid-stream, that is what gets billed. The check per chunk is one clock read; a progress
+callback must not raise.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from gateway.sse import SSEParser
 from gateway.upstream import UpstreamBroken, iter_chunks
 
 Finalize = Callable[[bool, bool], Awaitable[None]]
+Progress = Callable[[], None]
+PROGRESS_INTERVAL_S = 1.0
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError)
 
 
@@ -123,10 +131,12 @@ async def relay_stream(
     strip_usage: bool,
     drain_s: float,
     started: float,
+    progress: Progress | None = None,
 ) -> RelayOutcome:
     relay = _Relay(response, meter, finalize, strip_usage=strip_usage, drain_s=drain_s,
                    started=started)
     chunks = iter_chunks(upstream)
+    next_progress = time.monotonic() + PROGRESS_INTERVAL_S
     try:
         while True:
             try:
@@ -143,6 +153,11 @@ async def relay_stream(
                 relay.broken = True
                 break
             await relay.chunk(chunk)
+            if progress is not None and not relay.finalized:
+                now = time.monotonic()
+                if now >= next_progress:
+                    next_progress = now + PROGRESS_INTERVAL_S
+                    progress()
         tail = relay.parser.flush()
         if relay.strip_usage:
             await relay._events(tail)

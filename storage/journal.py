@@ -8,7 +8,8 @@ slot); the last journal to close with nothing pending removes it.
     p<pid>-<hex>/          one slot per open journal (one per writer process)
         owner.lock         flock held by the owning process for as long as it runs
         000000000001.seg   segments, in append order; the last one is being appended to
-    unreadable/            segments this version cannot read (moved aside, logged at ERROR)
+        000000000001.open  provisional events of exchanges in flight (storage.journal_open)
+    unreadable/            files this version cannot read (moved aside, logged at ERROR)
 
 A segment is a header line, then one event per line (storage.journal_format). `append` is
 one os.write of a whole line to the active segment: when it returns, the line is in the
@@ -17,13 +18,17 @@ kernel's page cache, so a process killed with SIGKILL loses nothing it appended.
 new directory entries: a power loss loses at most the lines appended since the last sync.
 Segments rotate at `segment_bytes`, and early (at 1 MiB) once everything in them is
 committed; a segment is deleted only after every line in it was committed (`commit`).
+`open_log` (storage.journal_open) keeps, in the same slot, the provisional event of each
+exchange in flight until its real event is appended here; its files are deleted on their own
+schedule, so they never hold a segment back, and `sync` fsyncs them with the segments.
 
 Startup replay: opening a journal creates a fresh slot and adopts every slot whose owner is
 gone (its lock is free: the process exited or was killed). Their segments move into the new
 slot ahead of anything new, so the writer reads them first and writes them again; the write
 is idempotent, so events already committed are not doubled. A torn last line (a write cut
 short by a crash or a power loss) is cut off with a WARNING: it was never completely
-appended, so nobody was told that event was recorded.
+appended, so nobody was told that event was recorded. Their open-record files move too; the
+writer resolves them once the adopted segments are committed (`replaying` turns False).
 
 Failure semantics: `append` raises OSError when the disk refuses the line (full, I/O error);
 the segment is cut back to its last complete line (nothing half-written stays to corrupt the
@@ -46,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.journal_format import header, parse_header
+from storage.journal_open import OpenLog, read_orphans
 from storage.journal_slots import (
     OWNER_LOCK,
     SEGMENT_SUFFIX,
@@ -89,12 +95,15 @@ class JournalBatch:
 
 class Journal:
     def __init__(self, directory: Path, slot: Path, owner_fd: int, adopted: list[_Segment],
-                 adopted_events: int, *, segment_bytes: int, max_bytes: int) -> None:
+                 adopted_events: int, open_log: OpenLog, *, segment_bytes: int,
+                 max_bytes: int) -> None:
         """Use `Journal.open`."""
         self.directory = directory
         self.slot = slot
+        self.open_log = open_log
         self._owner_fd: int | None = owner_fd
         self._segments = adopted
+        self._last_adopted_seq = max((s.seq for s in adopted), default=0)
         self._segment_bytes = segment_bytes
         self._max_bytes = max_bytes
         self._next_seq = max((s.seq for s in adopted), default=0) + 1
@@ -128,7 +137,7 @@ class Journal:
             owner_fd = try_lock(slot / OWNER_LOCK)
             if owner_fd is None:  # impossible: the slot is new and we hold the directory lock
                 raise RuntimeError(f"cannot lock the new journal slot {slot}")
-            moved = adopt_orphans(directory, slot)
+            moved, opened = adopt_orphans(directory, slot)
         adopted, events = [], 0
         for seq, path in moved:
             found = scan(path)
@@ -139,7 +148,13 @@ class Journal:
         if events:
             log.warning("usage journal: replaying %d events left by a stopped process "
                         "(%d segments) in %s", events, len(adopted), slot)
-        journal = cls(directory, slot, owner_fd, adopted, events, segment_bytes=segment_bytes,
+        records, open_files = read_orphans(opened)
+        if records:
+            log.warning("usage journal: %d provisional events left by a stopped process; "
+                        "those with no event in Postgres are recorded as interrupted",
+                        len(records))
+        journal = cls(directory, slot, owner_fd, adopted, events,
+                      OpenLog(slot, records, open_files), segment_bytes=segment_bytes,
                       max_bytes=max_bytes)
         journal._rotate()
         return journal
@@ -158,6 +173,11 @@ class Journal:
     def size_bytes(self) -> int:
         """Bytes on disk in this slot's live segments."""
         return self._size_bytes
+
+    @property
+    def replaying(self) -> bool:
+        """Some event adopted from a stopped process is not committed yet."""
+        return any(s.seq <= self._last_adopted_seq for s in self._segments)
 
     @property
     def over_budget(self) -> bool:
@@ -252,12 +272,13 @@ class Journal:
         if dirty and fd is not None:
             # Only a later sync() closes this fd (via _retired), so it is still open here.
             os.fsync(fd)
-        if dir_dirty:
+        if self.open_log.sync() or dir_dirty:
             fsync_dir(self.slot)
 
     def close(self) -> None:
         """fsync and let go. Segments with uncommitted lines stay for the next start to
-        replay; with none, the slot is removed."""
+        replay, and so do the open-record files of unsettled exchanges; with neither, the
+        slot is removed."""
         if self._owner_fd is None:
             return
         with self._sync_lock:
@@ -269,6 +290,7 @@ class Journal:
                 if self._active_fd is not None:
                     os.close(self._active_fd)
                     self._active_fd = None
+            open_kept = self.open_log.close()
         for segment in self._segments:
             if segment.read_fd is not None:
                 os.close(segment.read_fd)
@@ -278,15 +300,21 @@ class Journal:
                 for segment in self._segments:
                     with contextlib.suppress(FileNotFoundError):
                         segment.path.unlink()
-                (self.slot / OWNER_LOCK).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    self.slot.rmdir()
-                    self.directory.rmdir()  # the last one out; fails if anything is left
+                if not open_kept:
+                    (self.slot / OWNER_LOCK).unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        self.slot.rmdir()
+                        self.directory.rmdir()  # the last one out; fails if anything is left
             os.close(self._owner_fd)
             self._owner_fd = None
         if self._pending:
             log.warning("usage journal: %d events not yet in Postgres stay in %s; the next "
                         "start writes them", self._pending, self.slot)
+        if open_kept:
+            log.warning("usage journal: %d exchanges unfinished at close (and %d left by a "
+                        "stopped process) stay in %s; the next start records them as "
+                        "interrupted", self.open_log.live, len(self.open_log.orphans),
+                        self.slot)
 
     def _rotate(self) -> _Segment:
         seq = self._next_seq

@@ -8,19 +8,25 @@ in COPY's text format, in the header's column order: fields separated by a tab, 
 so replaying a journal costs Python no per-event work. Values: the id as 32 hex digits,
 times in ISO 8601 with their UTC offset, money as the Decimal's exact string, `metadata` as
 JSON text (orjson; a Decimal inside becomes its string, as storage.postgres stores it).
+`encode_provisional` writes the same line for the provisional event of an exchange in flight
+(storage.journal_open) without building a `UsageEvent`; `event_from_line` reads a line back
+into one (startup replay of those provisional events).
 
 Failure semantics: `encode_event` never refuses an event. A value PostgreSQL cannot store (a
 NUL character, a lone surrogate, an integer past the column's range) is written as it is,
 so PostgreSQL rejects that one line later and the writer dead-letters it; the event is never
 altered or dropped here. `decode_line` (for the dead-letter table) never raises either: a
 field that does not parse stays a string, and a line that cannot be represented as JSON for
-PostgreSQL (NUL characters, invalid UTF-8, the wrong number of fields) decodes to None.
+PostgreSQL (NUL characters, invalid UTF-8, the wrong number of fields) decodes to None;
+`event_from_line` returns None for such a line and for one whose values do not fit a
+`UsageEvent`.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -111,6 +117,29 @@ def encode_event(e: UsageEvent) -> bytes:
     return line.encode("utf-8", "surrogatepass")
 
 
+def encode_provisional(
+    event_id: uuid.UUID, created_at: datetime, customer_id: str, project_id: str | None,
+    user_id: str | None, key_id: str, tier: str, provider: str, model: str, endpoint: str,
+    status_code: int, streamed: bool, input_tokens: int, output_tokens: int,
+    cached_input_tokens: int, cache_write_tokens: int, latency_ms: int,
+    upstream_request_id: str | None, metadata: dict[str, Any],
+) -> bytes:
+    """The line `encode_event` writes for the event with these values, no reasoning tokens,
+    `usage_source = estimated` and NULL money: the provisional event of an exchange in flight
+    (storage.journal_open). It builds no `UsageEvent` (constructing one costs more than
+    encoding it): this runs on the request path, before every metered request goes upstream."""
+    created = orjson.dumps(created_at, option=orjson.OPT_NAIVE_UTC)[1:-1].decode()
+    line = (
+        f"{event_id.hex}\t{created}\t{_text(customer_id)}\t"
+        f"{_text(project_id)}\t{_text(user_id)}\t{_text(key_id)}\t{_text(tier)}\t"
+        f"{_text(provider)}\t{_text(model)}\t{_text(endpoint)}\t{status_code}\t"
+        f"{'t' if streamed else 'f'}\t{input_tokens}\t{output_tokens}\t"
+        f"{cached_input_tokens}\t{cache_write_tokens}\t0\testimated\t\\N\t\\N\t\\N\t"
+        f"{latency_ms}\t{_text(upstream_request_id)}\t{_metadata(metadata)}\n"
+    )
+    return line.encode("utf-8", "surrogatepass")
+
+
 def _unescape(raw: bytes) -> bytes:
     def one(match: re.Match[bytes]) -> bytes:
         octal, hexa, char = match.groups()
@@ -171,6 +200,31 @@ def decode_line(columns: tuple[str, ...], line: bytes) -> dict[str, Any] | None:
     if _holds_nul(event):  # a NUL inside metadata's JSON
         return None
     return event
+
+
+def event_from_line(columns: tuple[str, ...], line: bytes) -> UsageEvent | None:
+    """The `UsageEvent` a journal line holds, or None when it cannot be read back as one (a
+    field that does not parse, a column missing)."""
+    event = decode_line(columns, line)
+    if event is None or not set(UsageEvent.COLUMNS) <= event.keys():
+        return None
+    try:
+        values = {column: event[column] for column in UsageEvent.COLUMNS}
+        values["id"] = uuid.UUID(str(values["id"]))
+        values["created_at"] = datetime.fromisoformat(str(values["created_at"]))
+        for money in ("cost_usd", "price_usd"):
+            if values[money] is not None:
+                values[money] = Decimal(str(values[money]))
+        if not isinstance(values["metadata"], dict):
+            return None
+        for column in _INT_COLUMNS:
+            if not isinstance(values[column], int):
+                return None
+        if not isinstance(values["streamed"], bool):
+            return None
+        return UsageEvent(**values)
+    except (ValueError, ArithmeticError):  # decimal.InvalidOperation is an ArithmeticError
+        return None
 
 
 def _holds_nul(value: Any) -> bool:

@@ -4,8 +4,10 @@ A journal directory holds one slot per open journal (storage.journal). Creating,
 removing slots happen under `locked_dir` (flock on the directory itself). A slot is owned by
 the process holding the flock on its `owner.lock` (`try_lock`); the kernel releases it when
 the process exits or is killed, which is how `adopt_orphans` tells a dead owner from a live
-one. `scan` checks an adopted segment: its header, its event count, and a torn last line
-(a write cut short by a crash or a power loss), which it cuts off with a WARNING.
+one; it moves both kinds of file a slot holds, segments (`*.seg`) and open-record files
+(`*.open`, storage.journal_open). `scan` checks an adopted segment: its header, its event
+count, and a torn last line (a write cut short by a crash or a power loss), which it cuts off
+with a WARNING.
 
 Failure semantics: everything here raises OSError as the file system does; a segment whose
 header this version cannot read is moved to `unreadable/` and logged at ERROR, never deleted.
@@ -28,6 +30,7 @@ log = logging.getLogger("storage.journal")
 OWNER_LOCK = "owner.lock"
 UNREADABLE_DIR = "unreadable"
 SEGMENT_SUFFIX = ".seg"
+OPEN_SUFFIX = ".open"
 _SCAN_CHUNK_BYTES = 8 * 1024 * 1024
 
 
@@ -75,6 +78,16 @@ def try_lock(path: Path) -> int | None:
     return fd
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data`; a short write means the disk is (nearly) full."""
+    written = os.write(fd, data)
+    while written < len(data):
+        more = os.write(fd, data[written:])
+        if more == 0:
+            raise OSError(28, "No space left on device")
+        written += more
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -83,10 +96,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def adopt_orphans(directory: Path, slot: Path) -> list[tuple[int, Path]]:
-    """Move the segments of slots with no live owner into `slot`; (new seq, path) in order.
-    Runs under the directory lock."""
+def adopt_orphans(directory: Path, slot: Path) -> tuple[list[tuple[int, Path]], list[Path]]:
+    """Move the segments and open-record files (storage.journal_open) of slots with no live
+    owner into `slot`: (segments as (new seq, path), open-record files), each in order. Runs
+    under the directory lock."""
     moved: list[tuple[int, Path]] = []
+    opened: list[Path] = []
     for other in sorted(directory.iterdir()):
         if other == slot or not other.is_dir() or other.name == UNREADABLE_DIR:
             continue
@@ -99,6 +114,10 @@ def adopt_orphans(directory: Path, slot: Path) -> list[tuple[int, Path]]:
                 new = slot / f"{seq:012d}{SEGMENT_SUFFIX}"
                 os.rename(old, new)
                 moved.append((seq, new))
+            for old in sorted(other.glob("*" + OPEN_SUFFIX)):
+                new = slot / f"{len(opened) + 1:012d}{OPEN_SUFFIX}"
+                os.rename(old, new)
+                opened.append(new)
             (other / OWNER_LOCK).unlink(missing_ok=True)
             try:
                 other.rmdir()
@@ -106,9 +125,18 @@ def adopt_orphans(directory: Path, slot: Path) -> list[tuple[int, Path]]:
                 log.warning("usage journal: left %s in place (%s)", other, exc)
         finally:
             os.close(lock_fd)
-    if moved:
+    if moved or opened:
         fsync_dir(slot)
-    return moved
+    return moved, opened
+
+
+def set_aside(path: Path, reason: Exception) -> None:
+    """Move a file of a slot this version cannot read to `unreadable/`, logged at ERROR."""
+    aside = path.parent.parent / UNREADABLE_DIR
+    aside.mkdir(exist_ok=True)
+    target = aside / f"{path.parent.name}-{path.name}"
+    os.rename(path, target)
+    log.error("usage journal: %s cannot be replayed (%s); moved to %s", path, reason, target)
 
 
 def scan(path: Path) -> Scanned | None:
@@ -119,11 +147,7 @@ def scan(path: Path) -> Scanned | None:
         try:
             columns = parse_header(first[:-1]) if first.endswith(b"\n") else None
         except (JournalFormatError, UnicodeDecodeError) as exc:
-            aside = path.parent.parent / UNREADABLE_DIR
-            aside.mkdir(exist_ok=True)
-            target = aside / f"{path.parent.name}-{path.name}"
-            os.rename(path, target)
-            log.error("usage journal: %s cannot be replayed (%s); moved to %s", path, exc, target)
+            set_aside(path, exc)
             return None
         start = position = len(first)
         events, end = 0, start

@@ -12,10 +12,21 @@ to the journal in the order they were read. A journal segment is deleted only af
 event in it is in Postgres. Another task fsyncs the journal every `fsync_interval_s`. Memory
 holds the batches in flight; the backlog is on disk.
 
+Exchanges in flight: `provisional(event_id, line)` journals the event an exchange would have
+if the process died now (storage.journal_open; called before a request goes upstream and as a
+stream progresses: one os.write, never Postgres). `submit` of the exchange's real event
+settles it. At `start()`, the provisional events a stopped process left unsettled are
+resolved once the events adopted with them are in Postgres: each exchange with no event
+there gets its provisional one (estimated, flagged interrupted), priced by the `reprice`
+callable given at construction (NULL money without it, logged at ERROR); one that has an
+event keeps it (storage.interrupted).
+
 Failure semantics:
 - The process is killed (SIGKILL, OOM): nothing `submit` returned for is lost (the line is in
   the page cache). The next writer on the same journal directory and database replays it at
-  `start()`. A power loss loses at most the events of the last `fsync_interval_s`.
+  `start()`. A power loss loses at most the events of the last `fsync_interval_s`. Requests
+  in flight at the kill are recorded at that start from their provisional events, never in
+  addition to a real event.
 - Postgres is down, slow or drops the connection: `submit` is unaffected; the batch is
   retried with exponential backoff (0.1 s doubling to `retry_max_s`), logged at WARNING, and
   events accumulate in the journal. When Postgres is back the backlog drains at full speed.
@@ -27,7 +38,10 @@ Failure semantics:
 - The disk refuses a journal write (full, I/O error): the event is kept in memory (up to
   `memory_max_events`) and written to Postgres from there, logged at ERROR. Past that bound,
   or if the process dies before Postgres has them, those events are lost; each lost event
-  is logged at ERROR with its id and counted in `events_lost`.
+  is logged at ERROR with its id and counted in `events_lost`. Their exchanges stay unsettled
+  (a provisional event on disk, if the disk took it), so a later start records them as
+  interrupted unless Postgres has their real event by then. A provisional event the disk
+  refuses is logged at ERROR (at most once a minute); its request goes on unprotected.
 - Postgres refuses a batch for what a row holds (SQLSTATE class 22 or 23, e.g. a value out
   of range, a NUL character, a constraint): the batch is bisected until the refused rows are
   isolated; they go to `usage_dead_letters` with the error (storage.dead_letters, logged at
@@ -49,12 +63,14 @@ import contextlib
 import itertools
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import asyncpg
 
+from storage.interrupted import Reprice, already_recorded, interrupted_events
 from storage.journal import Journal, JournalBatch
 from storage.journal_format import encode_event
 from storage.usage_batches import BatchWriter, database_key, is_connection_error
@@ -100,8 +116,10 @@ class UsageWriter:
         full_policy: FullPolicy = "serve",
         memory_max_events: int = 100_000,
         close_timeout_s: float = 10.0,
+        reprice: Reprice | None = None,
     ) -> None:
-        """`journal_dir` holds one journal directory per database (see the module doc)."""
+        """`journal_dir` holds one journal directory per database (see the module doc).
+        `reprice` prices an interrupted exchange's event (built with NULL money) at replay."""
         if batch_size < 1 or memory_max_events < 1 or flush_interval_s <= 0:
             raise ValueError("batch_size and memory_max_events must be >= 1, "
                              "flush_interval_s > 0")
@@ -119,6 +137,7 @@ class UsageWriter:
         self._max_bytes = max_bytes
         self._full_policy = full_policy
         self._close_timeout_s = close_timeout_s
+        self._reprice = reprice
         self._journal: Journal | None = None
         self._memory: collections.deque[bytes] = collections.deque()  # lines the disk refused
         self._memory_max = memory_max_events
@@ -126,22 +145,38 @@ class UsageWriter:
         self._full = asyncio.Event()  # a whole batch is waiting, or closing
         self._task: asyncio.Task[None] | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self._resolve_task: asyncio.Task[None] | None = None
+        self._replayed = asyncio.Event()  # every adopted event is committed
         self._closing = False
         self._closed = False
         self._written = 0
         self._dead_lettered = 0
         self._lost = 0
         self._journal_errors = 0
+        self._interrupted = 0
         self._last_alert = {"budget": -ALERT_INTERVAL_S, "disk": -ALERT_INTERVAL_S,
-                            "fsync": -ALERT_INTERVAL_S}
+                            "fsync": -ALERT_INTERVAL_S, "open": -ALERT_INTERVAL_S}
 
     # -- what /health and /metrics show ------------------------------------------------
 
     @property
     def backlog(self) -> int:
-        """Events accepted and not yet committed to Postgres (journal and memory)."""
-        pending = self._journal.pending if self._journal is not None else 0
-        return pending + len(self._memory)
+        """Events accepted and not yet committed to Postgres (journal and memory), and
+        exchanges a stopped process left in flight that are not resolved yet."""
+        journal = self._journal
+        if journal is None:
+            return len(self._memory)
+        return journal.pending + len(self._memory) + len(journal.open_log.orphans)
+
+    @property
+    def open_exchanges(self) -> int:
+        """Exchanges with a provisional event journaled and no real event yet."""
+        return self._journal.open_log.live if self._journal is not None else 0
+
+    @property
+    def interrupted_recorded(self) -> int:
+        """Events this writer made from provisional events a stopped process left."""
+        return self._interrupted
 
     @property
     def written(self) -> int:
@@ -188,8 +223,13 @@ class UsageWriter:
             max_bytes=self._max_bytes,
         )
         _warn_about_other_journals(self._journal_root, directory)
+        if not self._journal.replaying:
+            self._replayed.set()
         self._task = asyncio.create_task(self._run(), name="usage-writer")
         self._sync_task = asyncio.create_task(self._sync_loop(), name="usage-journal-fsync")
+        if self._journal.open_log.orphans:
+            self._resolve_task = asyncio.create_task(self._resolve_interrupted(self._journal),
+                                                     name="usage-interrupted-replay")
         self._wake.set()
 
     def check_accepting(self) -> None:
@@ -199,6 +239,22 @@ class UsageWriter:
                 f"the usage journal holds {self.journal_bytes} bytes, over its budget of "
                 f"{self._max_bytes}; Postgres is not taking usage events"
             )
+
+    def provisional(self, event_id: uuid.UUID, line: bytes) -> None:
+        """Journal the event exchange `event_id` would have if the process died now: `line`
+        from `journal_format.encode_provisional` (one os.write; a later call for the same id
+        replaces it). `submit` of the exchange's real event settles it. Never raises: before
+        `start()` or after `close()` it does nothing, and a disk that refuses the line is
+        logged (the request goes on without that protection)."""
+        journal = self._journal
+        if journal is None or self._closed:
+            return
+        try:
+            journal.open_log.record(event_id, line)
+        except OSError as exc:
+            self._alert("open", "usage journal: cannot record the exchange in flight %s (%s); "
+                        "if the gateway is killed before it ends, it is not billed",
+                        event_id, exc)
 
     async def submit(self, event: UsageEvent) -> None:
         """Record one event; see `submit_nowait` (this never waits)."""
@@ -216,8 +272,11 @@ class UsageWriter:
         try:
             journal.append(line)
         except OSError as exc:
+            # Not settled: its provisional event stays on disk until a later start finds the
+            # real one in Postgres (or, should this one be lost, records it as interrupted).
             self._keep_in_memory(event, line, exc)
         else:
+            journal.open_log.settle(event.id)
             if journal.over_budget:
                 self._alert("budget", "usage journal over budget: %d bytes > %d (policy %s); "
                             "is Postgres down?", journal.size_bytes, self._max_bytes,
@@ -244,7 +303,7 @@ class UsageWriter:
 
     def _shutdown(self) -> None:
         self._closed = True
-        for task in (self._task, self._sync_task):
+        for task in (self._task, self._sync_task, self._resolve_task):
             if task is not None:
                 task.cancel()
         journal = self._journal
@@ -329,6 +388,8 @@ class UsageWriter:
     def _commit(self, journal: Journal, work: _Work) -> None:
         if work.batch is not None:
             journal.commit(work.batch)
+            if not self._replayed.is_set() and not journal.replaying:
+                self._replayed.set()
             return
         for _ in range(work.events):
             self._memory.popleft()
@@ -353,6 +414,45 @@ class UsageWriter:
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._retry_max_s)
+
+    async def _resolve_interrupted(self, journal: Journal) -> None:
+        """Record the exchanges a stopped process left in flight (see storage.interrupted):
+        after every adopted event is in Postgres, so a real event always wins."""
+        await self._replayed.wait()
+        records = journal.open_log.orphans
+        delay = RETRY_INITIAL_S
+        while True:
+            try:
+                async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                    recorded = await already_recorded(self._pool,
+                                                      [r.event_id for r in records])
+                break
+            except Exception as exc:
+                if is_connection_error(exc):
+                    log.warning("checking %d interrupted exchanges against Postgres failed "
+                                "(%s: %s); retrying in %.1fs", len(records),
+                                type(exc).__name__, exc, delay)
+                else:
+                    log.error("checking %d interrupted exchanges against Postgres failed; "
+                              "retrying in %.1fs", len(records), delay, exc_info=True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._retry_max_s)
+        missing = [r for r in records if r.event_id not in recorded]
+        events, unreadable = interrupted_events(missing, self._reprice)
+        self._lost += unreadable
+        for event in events:
+            self.submit_nowait(event)
+        self._interrupted += len(events)
+        try:
+            # Their events must be on disk before the records that stand for them go.
+            await asyncio.to_thread(journal.sync)
+        except OSError as exc:
+            log.error("usage journal fsync failed (%s); the records of interrupted exchanges "
+                      "stay until the next start", exc)
+            return
+        journal.open_log.release_orphans()
+        log.warning("usage journal: %d exchanges in flight when a gateway stopped recorded as "
+                    "interrupted (estimated); %d had finished", len(events), len(recorded))
 
     async def _sync_loop(self) -> None:
         journal = self._journal
