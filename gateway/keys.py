@@ -16,11 +16,13 @@ from gateway.quotas import QuotaPolicy
 from gateway.reload import ConfigWatcher
 from gateway.runtime import Runtime
 from gateway.tokens import TokenCounter
+from gateway.upstream_client import UpstreamClient
 from storage.accounts import AccountStore
 from storage.usage_writer import UsageWriter
 
 runtime = web.AppKey("runtime", Runtime)
-http = web.AppKey("http", aiohttp.ClientSession)
+http = web.AppKey("http", aiohttp.ClientSession)  # the gateway's own calls (webhooks)
+upstream = web.AppKey("upstream", UpstreamClient)  # forwarded requests
 pool = web.AppKey("pool", asyncpg.Pool)
 accounts = web.AppKey("accounts", AccountStore)
 authenticator = web.AppKey("authenticator", Authenticator)

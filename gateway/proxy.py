@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
@@ -43,7 +42,7 @@ from gateway.errors import (
 from gateway.metering import Exchange
 from gateway.providers.base import Endpoint, ProviderApi
 from gateway.relay import relay_stream
-from gateway.upstream import read_body, send
+from gateway.upstream import UpstreamResponse, read_body, send
 from storage.usage_writer import JournalFullError
 
 log = logging.getLogger("tollbooth.proxy")
@@ -67,7 +66,7 @@ _DROP_RESPONSE_HEADERS = frozenset(
 _DROP_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "anthropic-organization")
 
 
-def response_headers(upstream: aiohttp.ClientResponse, secret: str) -> dict[str, str]:
+def response_headers(upstream: UpstreamResponse, secret: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in upstream.headers.items():
         lower = name.lower()
@@ -172,7 +171,7 @@ def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
                     f"Your account's tier '{principal.tier}' is not configured on this gateway."
                 )
             counter = app[keys.tokens]
-            prompt_tokens = counter.count(model, ex.prompt_text)
+            prompt_tokens = counter.reservation_tokens(model, ex.prompt_text)
             max_out = api.max_output_tokens(body)
             if max_out is None:
                 max_out = settings.quotas.default_max_output_tokens
@@ -180,9 +179,11 @@ def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
                 raise InvalidRequestError(
                     f"The maximum output tokens requested is larger than {MAX_OUTPUT_TOKENS}.",
                     param="max_tokens")
-            spend = snapshot.pricing.max_charge(
-                model, prompt_tokens, max_out,
-                customer_id=principal.customer_id, tier=principal.tier)
+            spend = None  # a spend reservation matters only under a spend cap
+            if tier.limits.spend_per_month_usd is not None:
+                spend = snapshot.pricing.max_charge(
+                    model, prompt_tokens, max_out,
+                    customer_id=principal.customer_id, tier=principal.tier)
             ex.admission = await app[keys.quotas].admit(
                 customer_id=principal.customer_id,
                 tier_name=principal.tier,
@@ -237,7 +238,8 @@ async def forward(
     recorder = app[keys.recorder]
     metered = endpoint.metered
     try:
-        upstream = await send(app[keys.http], call.method, call.url, call.headers, call.body)
+        upstream = await send(app[keys.upstream], call.method, call.url, call.headers,
+                              call.body)
     except GatewayError as exc:
         if metered:
             await recorder.finish(ex, status=exc.status, usage=None, upstream_id=None)
@@ -299,7 +301,7 @@ async def forward(
         finally:
             await record(False, True)  # a no-op unless the relay failed before recording
         if outcome.first_byte_s is not None:
-            app[keys.metrics].ttfb.labels(endpoint.name).observe(outcome.first_byte_s)
+            app[keys.metrics].observe_ttfb(endpoint.name, outcome.first_byte_s)
         return response
 
 

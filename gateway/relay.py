@@ -36,7 +36,7 @@ from aiohttp import web
 
 from gateway.providers.base import SSEEvent, StreamMeter
 from gateway.sse import SSEParser
-from gateway.upstream import UpstreamBroken, iter_chunks
+from gateway.upstream import UpstreamBroken, UpstreamResponse, iter_chunks
 
 Finalize = Callable[[bool, bool], Awaitable[None]]
 Progress = Callable[[], None]
@@ -124,7 +124,7 @@ class _Relay:
 
 async def relay_stream(
     response: web.StreamResponse,
-    upstream: aiohttp.ClientResponse,
+    upstream: UpstreamResponse,
     meter: StreamMeter,
     finalize: Finalize,
     *,

@@ -20,7 +20,7 @@ Failure semantics (translated by `gateway.upstream` into the gateway's errors):
   `UpstreamBodyTimeout`, a subclass;
 - a request is never sent twice (not even on a pooled connection the provider closed at the
   same moment: that is a 502, as with aiohttp for a POST). Header values with CR or LF are
-  refused with ValueError before anything is sent.
+  refused with `UnsafeHeaderError` (a ValueError) before anything is sent.
 A connection goes back to the pool only after a complete response the provider allows to be
 kept alive; anything else closes it.
 """
@@ -44,6 +44,10 @@ _MAX_IDLE_PER_ORIGIN = 256
 _MAX_HEAD_BYTES = 64 * 1024
 
 Origin = tuple[str, str, int]
+
+
+class UnsafeHeaderError(ValueError):
+    """A header to forward holds CR, LF (or a colon in its name): never sent."""
 
 
 class UpstreamError(Exception):
@@ -86,14 +90,16 @@ def _split(url: str) -> tuple[Origin, str, bytes]:
 
 def _head(method: str, target: str, host: bytes, headers: Mapping[str, str],
           body_length: int) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1"), b"Host: " + host + b"\r\n"]
+    lines = [f"{method} {target} HTTP/1.1\r\n".encode(), b"Host: " + host + b"\r\n"]
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-            raise ValueError("a header name or value holds CR, LF or a colon")
+            raise UnsafeHeaderError("a header name or value holds CR, LF or a colon")
         lower = name.lower()
         if lower in ("host", "content-length", "transfer-encoding", "connection"):
             continue
-        lines.append(f"{name}: {value}\r\n".encode("latin-1", "strict"))
+        # The bytes the client sent: aiohttp decodes header bytes as UTF-8 with
+        # surrogateescape, so this gives back exactly what arrived.
+        lines.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
     lines.append(b"Content-Length: %d\r\n\r\n" % body_length)
     return b"".join(lines)
 

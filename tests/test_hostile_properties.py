@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -39,6 +38,8 @@ from gateway.providers.registry import ALL_APIS, api_for_kind
 from gateway.relay import RelayOutcome, relay_stream
 from gateway.sse import SSEParser
 from gateway.tokens import TokenCounter
+from gateway.upstream import UpstreamResponse
+from gateway.upstream_client import UpstreamBodyError
 from pricing.models import Usage
 
 DATA = Path(__file__).parent / "data"
@@ -63,17 +64,17 @@ ENDPOINTS: list[tuple[ProviderApi, Endpoint]] = [
 
 
 class FakeUpstream:
-    """What `iter_chunks` reads of an aiohttp response: `content.iter_any()`."""
+    """What `iter_chunks` reads of an upstream response: `iter_chunks()`, which raises what
+    the forwarding client raises when the connection breaks mid-body."""
 
     def __init__(self, chunks: list[bytes], cut_at: int | None = None) -> None:
-        self.content = self
         self._chunks = chunks
         self._cut_at = cut_at
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
+    async def iter_chunks(self) -> AsyncIterator[bytes]:
         for index, chunk in enumerate(self._chunks):
             if index == self._cut_at:
-                raise aiohttp.ClientPayloadError("connection reset mid-stream")
+                raise UpstreamBodyError("the provider closed the connection mid-body")
             yield chunk
 
 
@@ -123,7 +124,7 @@ def relay(case: int, chunks: list[bytes], *, hang_up_after: int | None = None,
     async def run() -> RelayOutcome:
         return await relay_stream(
             cast(web.StreamResponse, client),
-            cast(aiohttp.ClientResponse, FakeUpstream(chunks, cut_at)),
+            cast(UpstreamResponse, FakeUpstream(chunks, cut_at)),
             meter, finalize, strip_usage=strip, drain_s=5.0, started=time.perf_counter())
 
     outcome = asyncio.run(run())
