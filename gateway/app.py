@@ -26,6 +26,7 @@ from gateway.auth import Authenticator
 from gateway.billing_routes import add_billing_routes
 from gateway.client_timeout import client_timeout_middleware
 from gateway.config import Settings
+from gateway.logs import AccessLog
 from gateway.metering import Recorder, interrupted_pricer
 from gateway.metrics import LiveValues, Metrics
 from gateway.middleware import error_middleware
@@ -36,7 +37,7 @@ from gateway.quotas import QuotaPolicy
 from gateway.reload import ConfigWatcher
 from gateway.runtime import Runtime
 from gateway.tokens import TokenCounter
-from gateway.upstream import create_session
+from gateway.upstream import UpstreamClient, create_session
 from gateway.usage_routes import add_usage_routes
 from pricing.catalog import Catalog
 from storage.accounts import AccountStore
@@ -56,9 +57,13 @@ def create_app(
     catalog: Catalog | None = None,
     quota_window_ms: int = 60_000,
     watch_config: bool = False,
+    access_log_to_stderr: bool = False,
 ) -> web.Application:
     """`watch_config`: reload `settings.source_path` on SIGHUP and when it changes on disk.
-    `quota_window_ms` is the length of the "per minute" windows; only tests shorten it."""
+    `quota_window_ms` is the length of the "per minute" windows; only tests shorten it.
+    `access_log_to_stderr`: the access log writes its buffered lines to stderr itself (what
+    `serve` wants); otherwise each line is a record of the `tollbooth.access` logger, for
+    whoever hosts the app in process."""
     app = web.Application(
         # error_middleware first (outermost): it renders and counts the timeout's 408.
         middlewares=[error_middleware,
@@ -73,14 +78,23 @@ def create_app(
     app[keys.tokens] = TokenCounter()
     app[keys.metrics] = metrics = Metrics()
 
+    access_log = AccessLog(enabled=settings.logging.requests, fmt=settings.logging.format,
+                           echo_to_logging=not access_log_to_stderr)
+
     async def http_session(app: web.Application) -> AsyncIterator[None]:
         server = settings.server
         app[keys.http] = create_session(
             connect_timeout_s=server.upstream_connect_timeout_s,
             read_timeout_s=server.upstream_read_timeout_s,
         )
+        app[keys.upstream] = UpstreamClient(
+            connect_timeout_s=server.upstream_connect_timeout_s,
+            read_timeout_s=server.upstream_read_timeout_s,
+        )
         yield
+        await app[keys.upstream].close()
         await app[keys.http].close()
+        access_log.flush()
 
     async def postgres(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(database_url)
@@ -136,7 +150,8 @@ def create_app(
         app[keys.alerts] = AlertNotifier(store, app[keys.http], settings.alerts)
         policy = app[keys.quotas]
         writer = app[keys.writer]
-        recorder = app[keys.recorder] = Recorder(writer, policy, app[keys.tokens], metrics)
+        recorder = app[keys.recorder] = Recorder(writer, policy, app[keys.tokens], metrics,
+                                                   access_log)
         metrics.watch(lambda: LiveValues(
             writer_backlog=writer.backlog,
             writer_written=writer.written,

@@ -20,8 +20,11 @@ provider error, client disconnect, broken stream), from the proxy's `finally`:
   is charged only for reported tokens (no per-request fee for a failed request);
 - an unpriced model (`unknown_model: allow_unpriced`) is recorded with NULL money, logged.
 The event goes to the `UsageWriter` (journaled before the response completes); the quota
-reservation is then settled with the actual tokens and price in a tracked background task, so
-no Redis round trip sits in the client's latency. Neither step raises into the request path.
+reservation is then settled with the actual tokens and price by `QuotaPolicy.settle_soon`,
+which queues it for the next Redis round trip (an admit's, or its own within 5 ms) and
+returns, so no Redis wait sits in the client's latency; shutdown waits for it
+(`QuotaPolicy.aclose`). Neither step raises into the request path. Metrics are updated and
+one access-log line written (`gateway.logs.AccessLog`, buffered).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
+from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.providers.base import Endpoint, StreamMeter
 from gateway.quotas import Admission, QuotaPolicy
@@ -47,7 +51,6 @@ from storage.usage_event import UsageEvent
 from storage.usage_writer import UsageWriter
 
 log = logging.getLogger("tollbooth.metering")
-access_log = logging.getLogger("tollbooth.access")
 
 T = TypeVar("T")
 
@@ -76,11 +79,12 @@ class Exchange:
 
 class Recorder:
     def __init__(self, writer: UsageWriter, quotas: QuotaPolicy, tokens: TokenCounter,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, access_log: AccessLog) -> None:
         self._writer = writer
         self._quotas = quotas
         self._tokens = tokens
         self._metrics = metrics
+        self._access_log = access_log
         self._inflight: set[asyncio.Task[Any]] = set()
 
     def spawn(self, exchange: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
@@ -211,26 +215,24 @@ class Recorder:
         await self._writer.submit(event)
         if ex.admission is not None:
             # Off the response path: the event is journaled already; the quota catches up a
-            # moment later (a tracked task, drained at shutdown; the reservation ttl covers a
-            # crash in between).
-            self.spawn(self._quotas.settle(
+            # moment later (the reservation ttl covers a crash in between).
+            self._quotas.settle_soon(
                 ex.admission,
                 tokens=final.total_tokens,
                 spend_usd=charge.price_usd if charge is not None else None,
-            ))
+            )
         self._observe(ex, event, final)
         return event
 
     def _observe(self, ex: Exchange, event: UsageEvent, usage: Usage) -> None:
         price = ex.snapshot.pricing.price(ex.model)
         model_label = price.model if price is not None else "other"  # bounded label values
-        metrics = self._metrics
         route = ex.endpoint.name
-        metrics.requests.labels(route, ex.provider, model_label, str(event.status_code)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - ex.started)
-        metrics.observe_usage(ex.provider, usage, event.cost_usd, event.price_usd)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info("request", extra={"fields": {
+        self._metrics.observe_request(route, ex.provider, model_label, event.status_code,
+                                      time.perf_counter() - ex.started)
+        self._metrics.observe_usage(ex.provider, usage, event.cost_usd, event.price_usd)
+        if self._access_log.enabled:
+            self._access_log.write({
                 "request_id": str(event.id),
                 "customer_id": event.customer_id,
                 "key_id": event.key_id,
@@ -244,7 +246,7 @@ class Recorder:
                 "usage_source": event.usage_source,
                 "price_usd": None if event.price_usd is None else str(event.price_usd),
                 "latency_ms": event.latency_ms,
-            }})
+            })
 
 
 def _provisional_line(ex: Exchange, input_tokens: int, output_tokens: int, latency_ms: int,

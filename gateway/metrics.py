@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -59,6 +60,25 @@ class Metrics:
             registry=r)
         self.config_reloads = Counter(
             "tollbooth_config_reloads", "Config reloads by outcome.", ["outcome"], registry=r)
+        # Labelled children by (metric, label values): `labels()` costs a lock and a few
+        # lookups per call, and the label values are bounded, so each child is looked up once.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def observe_request(self, route: str, provider: str, model: str, status: int,
+                        seconds: float) -> None:
+        """One forwarded request done: `model` must be a bounded label (catalog name/other)."""
+        self._child(self.requests, route, provider, model, str(status)).inc()
+        self._child(self.latency, route).observe(seconds)
+
+    def observe_ttfb(self, route: str, seconds: float) -> None:
+        self._child(self.ttfb, route).observe(seconds)
 
     def watch(self, read: Callable[[], LiveValues]) -> None:
         """Register values read at scrape time (writer, quotas), costing nothing per request."""
@@ -66,22 +86,22 @@ class Metrics:
 
     def observe_usage(self, provider: str, usage: Usage, cost_usd: Decimal | None,
                       price_usd: Decimal | None) -> None:
-        tokens = self.tokens
-        tokens.labels(provider, "input").inc(usage.input_tokens)
-        tokens.labels(provider, "output").inc(usage.output_tokens)
+        tokens, child = self.tokens, self._child
+        child(tokens, provider, "input").inc(usage.input_tokens)
+        child(tokens, provider, "output").inc(usage.output_tokens)
         if usage.cached_input_tokens:
-            tokens.labels(provider, "cached_input").inc(usage.cached_input_tokens)
+            child(tokens, provider, "cached_input").inc(usage.cached_input_tokens)
         if usage.cache_write_tokens:
-            tokens.labels(provider, "cache_write").inc(usage.cache_write_tokens)
+            child(tokens, provider, "cache_write").inc(usage.cache_write_tokens)
         if usage.reasoning_tokens:
-            tokens.labels(provider, "reasoning").inc(usage.reasoning_tokens)
+            child(tokens, provider, "reasoning").inc(usage.reasoning_tokens)
         if usage.source == "estimated":
             self.estimated.inc()
         if cost_usd is None or price_usd is None:
             self.unpriced.inc()
             return
-        self.cost_micros.labels(provider).inc(usd_to_micros_ceil(cost_usd))
-        self.price_micros.labels(provider).inc(usd_to_micros_ceil(price_usd))
+        child(self.cost_micros, provider).inc(usd_to_micros_ceil(cost_usd))
+        child(self.price_micros, provider).inc(usd_to_micros_ceil(price_usd))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

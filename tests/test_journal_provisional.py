@@ -25,6 +25,7 @@ import pytest
 import redis.asyncio as redis
 
 from gateway.config import QuotasConfig, parse_settings
+from gateway.logs import AccessLog
 from gateway.metering import Exchange, Recorder, interrupted_pricer
 from gateway.metrics import Metrics
 from gateway.providers.anthropic import AnthropicApi
@@ -296,7 +297,7 @@ async def test_stream_progress_records_the_output_so_far_and_the_reported_input(
     client = redis.Redis.from_url(redis_url)
     tokens = TokenCounter()
     recorder = Recorder(writer, QuotaPolicy(QuotaStore(client), QuotasConfig()), tokens,
-                        Metrics())
+                        Metrics(), AccessLog(enabled=False))
     api = AnthropicApi()
     principal = KeyPrincipal("key_0123456789abcdef", "cust_k9", None, None, "pro", False)
     ex = Exchange(uuid.uuid4(), datetime.now(UTC), time.perf_counter(), principal,

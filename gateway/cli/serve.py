@@ -48,7 +48,7 @@ def run_worker(config_path: str, host: str, port: int, database_url: str, redis_
     settings = load_settings(config_path)
     setup_logging(settings.logging.level, settings.logging.format, settings.logging.requests)
     app = create_app(settings, database_url=database_url, redis_url=redis_url,
-                     watch_config=True)
+                     watch_config=True, access_log_to_stderr=True)
     web.run_app(
         app,
         host=host,
