@@ -87,6 +87,17 @@ def _stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) * _TICK_S
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident memory of one process (VmRSS); 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
@@ -112,6 +123,9 @@ class ProcessGroup:
                         found.add(child)
                         todo.append(child)
         return sorted(found)
+
+    def rss_bytes(self) -> int:
+        return sum(rss_bytes(pid) for pid in self.members())
 
     def cpu_s(self) -> float:
         return sum(stat[1] for pid in self.members() if (stat := _stat(pid)) is not None)

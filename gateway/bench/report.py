@@ -81,6 +81,7 @@ def to_json(report: BenchReport) -> dict[str, Any]:
         "comparisons": [c.to_json() for c in compare(report.phases)],
         "targets": evaluate_targets(report),
         "profile": report.profile,
+        "soak": report.soak,
         "notes": report.notes,
     }
 
@@ -158,6 +159,11 @@ def render_text(report: BenchReport) -> str:
         lines.append(f"  [{mark:>7}] {target['description']}: {value}")
     if report.profile:
         lines += ["", *render_profile(report.profile)]
+    if report.soak:
+        lines += ["", "soak: steady non-streaming chat, gateway RSS (all worker processes):",
+                  *_table([["elapsed s", "events stored", "gateway RSS MiB"]] + [
+                      [f"{row['elapsed_s']:.0f}", f"{row['events']:,}",
+                       f"{row['gateway_rss_mib']:.1f}"] for row in report.soak])]
     if report.notes:
         lines += ["", "notes:", *(f"  - {note}" for note in report.notes)]
     return "\n".join(lines) + "\n"

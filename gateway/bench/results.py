@@ -180,3 +180,5 @@ class BenchReport:
     phases: list[PhaseResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     profile: dict[str, Any] | None = None  # ProfileSummary.to_json() of the profiled phase
+    # The soak: one row per sample, {"elapsed_s", "events", "gateway_rss_mib"}.
+    soak: list[dict[str, Any]] = field(default_factory=list)

@@ -59,6 +59,7 @@ STARTUP_S = 1.5  # a generator process is ready well within this (interpreter + 
 HEALTH_TIMEOUT_S = 90.0
 FLUSH_TIMEOUT_S = 30.0
 FLUSH_QUIET_S = 3.0
+SOAK_SAMPLE_S = 30.0
 
 
 class BenchError(Exception):
@@ -156,6 +157,8 @@ class _Bench:
                     if self.options.profile and index == 0:
                         report.profile, profiled = await self._profile(target, serve.pid, db)
                         report.phases.append(profiled)
+                    if self.options.soak_s > 0 and index == 0:
+                        report.soak = await self._soak(target)
             direct = Target("direct", self.upstream_port, f"Bearer {PROVIDER_KEY}", (upstream,))
             for scenario in self.scenarios:
                 for concurrency in scenario.concurrencies:
@@ -276,13 +279,51 @@ class _Bench:
                  f"errors {result.window_errors + result.failures}")
         return result
 
+    async def _soak(self, target: Target) -> list[dict[str, Any]]:
+        """A steady chat load for `soak_s`, the gateway's RSS sampled every SOAK_SAMPLE_S."""
+        chat = next(s for s in self.scenarios if s.name == "chat")
+        gateway = target.groups[0]
+        duration = self.options.soak_s
+        measure_at = time.monotonic() + STARTUP_S
+        argv = self._loadgen_argv(chat, target, self.options.soak_concurrency, measure_at,
+                                  duration_s=duration)
+        output = self.workdir / "loadgen-soak.json"
+        gen = await asyncio.create_subprocess_exec(
+            *argv, "--output", str(output),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        await asyncio.sleep(max(0.0, measure_at - time.monotonic()))
+        rows: list[dict[str, Any]] = []
+        before = await self._events_now()
+        start = time.monotonic()
+        while True:
+            elapsed = time.monotonic() - start
+            rows.append({"elapsed_s": round(elapsed, 1),
+                         "events": await self._events_now() - before,
+                         "gateway_rss_mib": round(gateway.rss_bytes() / 2**20, 1)})
+            progress(f"soak     {elapsed:6.0f} s  rss {rows[-1]['gateway_rss_mib']} MiB")
+            if elapsed >= duration:
+                break
+            await asyncio.sleep(min(SOAK_SAMPLE_S, duration - elapsed))
+        _, err = await asyncio.wait_for(gen.communicate(), 120)
+        if gen.returncode != 0:
+            raise BenchError(f"the soak's load generator failed: {err.decode().strip()}")
+        output.unlink(missing_ok=True)
+        return rows
+
+    async def _events_now(self) -> int:
+        db = await asyncpg.connect(self.database_url)
+        try:
+            return int(await db.fetchval("SELECT count(*) FROM usage_events"))
+        finally:
+            await db.close()
+
     def _loadgen_argv(self, scenario: Scenario, target: Target, concurrency: int,
-                      measure_at: float) -> list[str]:
+                      measure_at: float, *, duration_s: float | None = None) -> list[str]:
         argv = [
             sys.executable, "-m", "gateway.bench.loadgen", "--port", str(target.port),
             "--path", scenario.path, "--body-file", str(self.workdir / f"{scenario.name}.json"),
             "--concurrency", str(concurrency), "--measure-at", repr(measure_at),
-            "--duration", str(self.options.duration_s),
+            "--duration", str(duration_s if duration_s is not None else self.options.duration_s),
             "--header", f"Authorization: {target.authorization}",
         ]
         for header in scenario.headers:

@@ -38,6 +38,8 @@ class BenchOptions:
     profile: Path | None = None  # py-spy's collapsed stacks of a chat c=16 phase go here
     profile_native: bool = False
     workdir: Path | None = None  # default: a temp dir, removed at the end
+    soak_s: float = 0.0  # > 0: a steady chat load this long after the phases, RSS sampled
+    soak_concurrency: int = 16
 
     def to_json(self, scenarios: list[Scenario]) -> dict[str, Any]:
         return {
@@ -50,6 +52,7 @@ class BenchOptions:
             "token_delay_ms": self.token_delay_ms,
             "loadgen_procs": self.loadgen_procs,
             "upstream": self.upstream,
+            "soak_s": self.soak_s,
             "scenarios": {s.name: s.to_json() for s in scenarios},
         }
 

@@ -85,6 +85,9 @@ def register(subparsers: Any) -> None:
                         "so read Python frames from a profile without it)")
     parser.add_argument("--workdir", type=Path,
                         help="keep config, logs and data here (default: a temp dir)")
+    parser.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+                        help="after the phases, a steady chat load (c=16) this long, with the "
+                        "gateway's RSS sampled every 30 s (memory flat or growing)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -109,6 +112,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         profile=args.profile,
         profile_native=args.profile_native,
         workdir=args.workdir,
+        soak_s=args.soak,
     )
 
 
