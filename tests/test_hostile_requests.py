@@ -477,8 +477,8 @@ async def test_slow_loris_clients_do_not_starve_other_clients(
 ) -> None:
     """100 connections that never finish their headers or their body hold no worker: 20
     ordinary requests alongside them are all served promptly, and the stalled ones never
-    reach the provider nor leave an event (the server has no header/body read timeout, so
-    it keeps serving rather than timing them out; see the report)."""
+    reach the provider nor leave an event (within `server.client_timeout_s`, 30 s here; that
+    they are then cut off is tests/test_hostile_slow_clients.py)."""
     async with running_gateway(fresh_database_url, redis_url, monkeypatch,
                                extra_config={"server": SERVER}) as gw:
         host, port = gw.server.host, gw.server.port
