@@ -57,6 +57,7 @@ from storage.journal_slots import (
     SEGMENT_SUFFIX,
     adopt_orphans,
     fsync_dir,
+    fsync_files,
     locked_dir,
     scan,
     try_lock,
@@ -264,14 +265,7 @@ class Journal:
             fd = self._active_fd
             dirty, self._dirty = self._dirty, False
             dir_dirty, self._dir_dirty = self._dir_dirty, False
-        for old in retired:
-            try:
-                os.fsync(old)
-            finally:
-                os.close(old)
-        if dirty and fd is not None:
-            # Only a later sync() closes this fd (via _retired), so it is still open here.
-            os.fsync(fd)
+        fsync_files(retired, fd, dirty)
         if self.open_log.sync() or dir_dirty:
             fsync_dir(self.slot)
 

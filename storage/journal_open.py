@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage.journal_format import JournalFormatError, header, line_event_id, parse_header
-from storage.journal_slots import OPEN_SUFFIX, set_aside, write_all
+from storage.journal_slots import OPEN_SUFFIX, fsync_files, set_aside, write_all
 
 log = logging.getLogger("storage.journal")
 
@@ -178,13 +178,7 @@ class OpenLog:
             fd = self._active_fd
             dirty, self._dirty = self._dirty, False
             dir_dirty, self._dir_dirty = self._dir_dirty, False
-        for old in retired:
-            try:
-                os.fsync(old)
-            finally:
-                os.close(old)
-        if dirty and fd is not None:
-            os.fsync(fd)
+        fsync_files(retired, fd, dirty)
         return dir_dirty
 
     def close(self) -> bool:

@@ -88,6 +88,19 @@ def write_all(fd: int, data: bytes) -> None:
         written += more
 
 
+def fsync_files(retired: list[int], active_fd: int | None, dirty: bool) -> None:
+    """fsync and close the file descriptors of rotated-out files, then fsync the active one
+    if anything was written to it since the last sync (it stays open: only a later sync
+    closes it, once it is retired)."""
+    for old in retired:
+        try:
+            os.fsync(old)
+        finally:
+            os.close(old)
+    if dirty and active_fd is not None:
+        os.fsync(active_fd)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
