@@ -13,7 +13,11 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.bench.procs import machine_info
 from gateway.bench.profile import summarize
+from gateway.bench.report import render_text, to_json
+from gateway.bench.results import BenchReport
+from gateway.bench.scenarios import BenchOptions
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -123,3 +127,15 @@ def test_profile_summary_counts_self_and_cumulative_samples(tmp_path: Path) -> N
     cumulative = dict((f, c) for f, c, _ in summary.top_cumulative(10))
     assert cumulative == {"run (gateway/cli/serve.py)": 10, "handle (gateway/proxy.py)": 10,
                           "admit (gateway/quotas.py)": 6}
+
+
+def test_a_soak_is_reported_sample_by_sample() -> None:
+    settings = BenchOptions(soak_s=60).to_json([])
+    report = BenchReport(command="tollbooth bench --soak 60", machine=machine_info(),
+                         settings=settings,
+                         soak=[{"elapsed_s": 0.0, "events": 0, "gateway_rss_mib": 187.6},
+                               {"elapsed_s": 60.0, "events": 58_123, "gateway_rss_mib": 188.9}])
+    text = render_text(report)
+    assert "soak: steady non-streaming chat" in text
+    assert "         60         58,123            188.9" in text
+    assert to_json(report)["soak"][1]["gateway_rss_mib"] == 188.9

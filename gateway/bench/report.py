@@ -161,9 +161,9 @@ def render_text(report: BenchReport) -> str:
         lines += ["", *render_profile(report.profile)]
     if report.soak:
         lines += ["", "soak: steady non-streaming chat, gateway RSS (all worker processes):",
-                  *_table([["elapsed s", "events stored", "gateway RSS MiB"]] + [
-                      [f"{row['elapsed_s']:.0f}", f"{row['events']:,}",
-                       f"{row['gateway_rss_mib']:.1f}"] for row in report.soak])]
+                  "  elapsed s  events stored  gateway RSS MiB"]
+        lines += [f"  {row['elapsed_s']:9.0f}  {row['events']:13,}  {row['gateway_rss_mib']:15.1f}"
+                  for row in report.soak]
     if report.notes:
         lines += ["", "notes:", *(f"  - {note}" for note in report.notes)]
     return "\n".join(lines) + "\n"
