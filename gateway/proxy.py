@@ -42,7 +42,7 @@ from gateway.errors import (
 from gateway.metering import Exchange
 from gateway.providers.base import Endpoint, ProviderApi
 from gateway.relay import relay_stream
-from gateway.upstream import UpstreamResponse, read_body, send
+from gateway.upstream import UpstreamResponse, check_forwardable, read_body, send
 from storage.usage_writer import JournalFullError
 
 log = logging.getLogger("tollbooth.proxy")
@@ -197,6 +197,7 @@ def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
 
         url = provider.base_url.rstrip("/") + endpoint.upstream_path
         headers = api.upstream_headers(request.headers, provider_key)
+        check_forwardable(headers)  # 400 now, before a provisional event is journaled
         upstream_call = Upstream(endpoint.method, url, headers, payload,
                                  (provider_key or "").encode())
         if endpoint.metered:  # journaled in case the gateway dies mid-request (metering)

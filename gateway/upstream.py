@@ -28,10 +28,12 @@ from gateway.upstream_client import (
     UpstreamError,
     UpstreamReadTimeout,
     UpstreamResponse,
+    check_headers,
 )
 from gateway.upstream_client import UpstreamClient as UpstreamClient
 
-__all__ = ["UpstreamBroken", "UpstreamClient", "UpstreamResponse", "create_session",
+__all__ = ["UpstreamBroken", "UpstreamClient", "UpstreamResponse", "check_forwardable",
+           "create_session",
            "iter_chunks", "read_body", "send"]
 
 
@@ -49,6 +51,16 @@ def create_session(*, connect_timeout_s: float, read_timeout_s: float) -> aiohtt
         raise_for_status=False,
         cookie_jar=aiohttp.DummyCookieJar(),
     )
+
+
+def check_forwardable(headers: Mapping[str, str]) -> None:
+    """400 for a header that cannot be forwarded; call before anything is recorded or sent."""
+    try:
+        check_headers(headers)
+    except UnsafeHeaderError:
+        raise InvalidRequestError(
+            "A header of this request cannot be forwarded (it holds a line break)."
+        ) from None
 
 
 async def send(

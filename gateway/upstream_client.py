@@ -88,12 +88,18 @@ def _split(url: str) -> tuple[Origin, str, bytes]:
     return (parts.scheme, parts.hostname, port), target, host.encode("idna")
 
 
-def _head(method: str, target: str, host: bytes, headers: Mapping[str, str],
-          body_length: int) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1\r\n".encode(), b"Host: " + host + b"\r\n"]
+def check_headers(headers: Mapping[str, str]) -> None:
+    """Raise `UnsafeHeaderError` if a header could not be sent as one header line."""
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
             raise UnsafeHeaderError("a header name or value holds CR, LF or a colon")
+
+
+def _head(method: str, target: str, host: bytes, headers: Mapping[str, str],
+          body_length: int) -> bytes:
+    check_headers(headers)
+    lines = [f"{method} {target} HTTP/1.1\r\n".encode(), b"Host: " + host + b"\r\n"]
+    for name, value in headers.items():
         lower = name.lower()
         if lower in ("host", "content-length", "transfer-encoding", "connection"):
             continue
