@@ -121,7 +121,9 @@ class Recorder:
                         output_tokens += self._tokens.count(ex.model, text[counted_chars:])
                         counted_chars = len(text)
                     usage = result.partial_usage or Usage(input_tokens=ex.prompt_tokens)
-                    usage = replace(usage, output_tokens=output_tokens)
+                    # Never below an output count the provider already reported.
+                    usage = replace(usage, output_tokens=max(output_tokens,
+                                                             usage.output_tokens))
                 latency_ms = int((time.perf_counter() - ex.started) * 1000)
                 line = _provisional_line(ex, usage.input_tokens, usage.output_tokens,
                                          latency_ms, usage.cached_input_tokens,
