@@ -55,9 +55,9 @@ from storage.journal_open import OpenLog, read_orphans
 from storage.journal_slots import (
     OWNER_LOCK,
     SEGMENT_SUFFIX,
+    AppendFiles,
     adopt_orphans,
     fsync_dir,
-    fsync_files,
     locked_dir,
     scan,
     try_lock,
@@ -109,19 +109,15 @@ class Journal:
         self._max_bytes = max_bytes
         self._next_seq = max((s.seq for s in adopted), default=0) + 1
         self._active: _Segment | None = None
-        self._active_fd: int | None = None
         self._broken = False  # the last append failed: start a new segment
         self._line_bytes = 512.0  # average line length seen by read()
         self._pending = adopted_events  # appended or adopted, not committed
         self._unread = adopted_events
         self._size_bytes = sum(s.size for s in adopted)
-        # Shared with sync() running in another thread; _sync_lock keeps close() from closing
-        # an fd that a sync() still running in a thread is fsyncing.
-        self._lock = threading.Lock()
+        # The segments' write fds, shared with sync() running in another thread; _sync_lock
+        # keeps close() from closing an fd that a sync() still running is fsyncing.
+        self._out = AppendFiles()
         self._sync_lock = threading.Lock()
-        self._retired: list[int] = []  # write fds of rotated segments: fsync, then close
-        self._dirty = False
-        self._dir_dirty = False
 
     @classmethod
     def open(cls, directory: Path, *, segment_bytes: int = 64 * 1024 * 1024,
@@ -195,25 +191,15 @@ class Journal:
         segment = self._active
         if segment is None or self._broken or segment.size >= self._segment_bytes:
             segment = self._rotate()
-        fd = self._active_fd
-        assert fd is not None
         try:
-            written = os.write(fd, line)
-            while written < len(line):  # a short write: the disk is (nearly) full
-                more = os.write(fd, line[written:])
-                if more == 0:
-                    raise OSError(28, "No space left on device")
-                written += more
+            self._out.append(line, segment.size)
         except OSError:
             self._broken = True
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, segment.size)
             raise
         segment.size += len(line)
         self._size_bytes += len(line)
         self._pending += 1
         self._unread += 1
-        self._dirty = True
 
     def read(self, max_events: int) -> JournalBatch | None:
         """Up to `max_events` unread lines of the oldest segment that has some, or None."""
@@ -260,12 +246,7 @@ class Journal:
             self._sync()
 
     def _sync(self) -> None:
-        with self._lock:
-            retired, self._retired = self._retired, []
-            fd = self._active_fd
-            dirty, self._dirty = self._dirty, False
-            dir_dirty, self._dir_dirty = self._dir_dirty, False
-        fsync_files(retired, fd, dirty)
+        dir_dirty = self._out.sync()
         if self.open_log.sync() or dir_dirty:
             fsync_dir(self.slot)
 
@@ -280,10 +261,7 @@ class Journal:
                 self._sync()
             except OSError as exc:
                 log.error("usage journal: fsync at close failed: %s", exc)
-            with self._lock:
-                if self._active_fd is not None:
-                    os.close(self._active_fd)
-                    self._active_fd = None
+            self._out.close()
             open_kept = self.open_log.close()
         for segment in self._segments:
             if segment.read_fd is not None:
@@ -314,24 +292,10 @@ class Journal:
         seq = self._next_seq
         path = self.slot / f"{seq:012d}{SEGMENT_SUFFIX}"
         head = header()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
-                     0o644)
-        try:
-            if os.write(fd, head) != len(head):
-                raise OSError(28, "No space left on device")
-        except OSError:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise
+        self._out.create(path, head)
         self._next_seq += 1
         segment = _Segment(seq, path, parse_header(head[:-1]), len(head), len(head), len(head))
         old = self._active
-        with self._lock:
-            if self._active_fd is not None:
-                self._retired.append(self._active_fd)
-            self._active_fd = fd
-            self._dir_dirty = True
         self._active = segment
         self._segments.append(segment)
         self._size_bytes += len(head)

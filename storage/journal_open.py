@@ -38,16 +38,13 @@ records are resolved again at the next start). Used from the event loop's thread
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from storage.journal_format import JournalFormatError, header, line_event_id, parse_header
-from storage.journal_slots import OPEN_SUFFIX, fsync_files, set_aside, write_all
+from storage.journal_slots import OPEN_SUFFIX, AppendFiles, set_aside
 
 log = logging.getLogger("storage.journal")
 
@@ -114,14 +111,9 @@ class OpenLog:
         self._pins: dict[uuid.UUID, _File] = {}
         self._files: list[_File] = []
         self._active: _File | None = None
-        self._active_fd: int | None = None
         self._broken = False
         self._closed = False
-        # Shared with sync() in another thread (see storage.journal for the same scheme).
-        self._lock = threading.Lock()
-        self._retired: list[int] = []
-        self._dirty = False
-        self._dir_dirty = False
+        self._out = AppendFiles()  # the write fds, shared with sync() in another thread
 
     @property
     def live(self) -> int:
@@ -140,17 +132,12 @@ class OpenLog:
         active = self._active
         if active is None or self._broken or active.size >= self._rotate_bytes:
             active = self._rotate()
-        fd = self._active_fd
-        assert fd is not None
         try:
-            write_all(fd, line)
+            self._out.append(line, active.size)
         except OSError:
             self._broken = True
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, active.size)
             raise
         active.size += len(line)
-        self._dirty = True
         active.pins += 1
         previous = self._pins.get(event_id)
         self._pins[event_id] = active
@@ -173,13 +160,7 @@ class OpenLog:
     def sync(self) -> bool:
         """fsync what was recorded since the last sync; True when the slot directory changed
         (a file created) and needs an fsync too. Safe to run in another thread."""
-        with self._lock:
-            retired, self._retired = self._retired, []
-            fd = self._active_fd
-            dirty, self._dirty = self._dirty, False
-            dir_dirty, self._dir_dirty = self._dir_dirty, False
-        fsync_files(retired, fd, dirty)
-        return dir_dirty
+        return self._out.sync()
 
     def close(self) -> bool:
         """Let go (after a final `sync`); True when files stay for the next start: records of
@@ -187,11 +168,7 @@ class OpenLog:
         if self._closed:
             return bool(self._pins or self._orphan_files)
         self._closed = True
-        with self._lock:
-            fds = [*self._retired, *([self._active_fd] if self._active_fd is not None else [])]
-            self._retired, self._active_fd = [], None
-        for fd in fds:
-            os.close(fd)
+        self._out.close()
         if not self._pins:
             for file in self._files:
                 _unlink(file.path)
@@ -207,23 +184,10 @@ class OpenLog:
     def _rotate(self) -> _File:
         path = self.slot / f"{self._next_seq:012d}{OPEN_SUFFIX}"
         head = header()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
-                     0o644)
-        try:
-            write_all(fd, head)
-        except OSError:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise
+        self._out.create(path, head)
         self._next_seq += 1
         new = _File(path, len(head))
         old = self._active
-        with self._lock:
-            if self._active_fd is not None:
-                self._retired.append(self._active_fd)
-            self._active_fd = fd
-            self._dir_dirty = True
         self._active = new
         self._files.append(new)
         self._broken = False

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,17 +89,75 @@ def write_all(fd: int, data: bytes) -> None:
         written += more
 
 
-def fsync_files(retired: list[int], active_fd: int | None, dirty: bool) -> None:
-    """fsync and close the file descriptors of rotated-out files, then fsync the active one
-    if anything was written to it since the last sync (it stays open: only a later sync
-    closes it, once it is retired)."""
-    for old in retired:
+class AppendFiles:
+    """The write side of an append-only series of files: the active file's fd, the fds of
+    the files rotated away from (fsynced, then closed, by the next `sync`), and whether a sync
+    has data or a new directory entry to flush. `append` and `start` run on the appending
+    thread; `sync` may run in another at the same time (the lock covers the hand-over)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active_fd: int | None = None
+        self._retired: list[int] = []
+        self._dirty = False
+        self._dir_dirty = False
+
+    def create(self, path: Path, head: bytes) -> None:
+        """Create `path` (it must not exist), write `head`, and make it the active file.
+        On OSError nothing changes (the half-made file is removed)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                     0o644)
         try:
-            os.fsync(old)
-        finally:
-            os.close(old)
-    if dirty and active_fd is not None:
-        os.fsync(active_fd)
+            write_all(fd, head)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        with self._lock:
+            if self._active_fd is not None:
+                self._retired.append(self._active_fd)
+            self._active_fd = fd
+            self._dir_dirty = True
+
+    def append(self, data: bytes, size_before: int) -> None:
+        """Append `data` to the active file (one write, page cache only). On OSError the file
+        is cut back to `size_before`, its last complete line, and the error raised."""
+        fd = self._active_fd
+        if fd is None:
+            raise RuntimeError("no active file")
+        try:
+            write_all(fd, data)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size_before)
+            raise
+        self._dirty = True
+
+    def sync(self) -> bool:
+        """fsync (and close) the retired files, then the active one if written to; True when
+        a file was created since the last sync, so the directory needs an fsync too."""
+        with self._lock:
+            retired, self._retired = self._retired, []
+            fd = self._active_fd
+            dirty, self._dirty = self._dirty, False
+            dir_dirty, self._dir_dirty = self._dir_dirty, False
+        for old in retired:
+            try:
+                os.fsync(old)
+            finally:
+                os.close(old)
+        if dirty and fd is not None:
+            os.fsync(fd)  # only a later sync() closes it (once retired): still open here
+        return dir_dirty
+
+    def close(self) -> None:
+        """Close every fd (after a final `sync`, for durability)."""
+        with self._lock:
+            fds = [*self._retired, *([self._active_fd] if self._active_fd is not None else [])]
+            self._retired, self._active_fd = [], None
+        for fd in fds:
+            os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:
