@@ -66,6 +66,26 @@ def start_serve(config: Path, port: int, env: dict[str, str]) -> subprocess.Pope
     )
 
 
+async def customer_and_serve(config: Path, env: dict[str, str], prefix: str
+                             ) -> tuple[str, str, int, subprocess.Popen[str], list[str]]:
+    """A new customer on tier `open` with a key, then `serve` on a free port, healthy: the
+    customer id, the key, the port, the process and the list its output lines go to."""
+    customer = f"{prefix}{os.getpid()}{free_port()}"
+    cfg = ["--config", str(config)]
+    await asyncio.to_thread(tollbooth, "customers", "create", customer, "--tier", "open",
+                            *cfg, env=env)
+    created = await asyncio.to_thread(tollbooth, "keys", "create", "--customer", customer,
+                                      *cfg, env=env)
+    key = created.stdout.strip().splitlines()[-1]
+    port = free_port()
+    lines: list[str] = []
+    serve = await asyncio.to_thread(start_serve, config, port, env)
+    assert serve.stdout is not None
+    threading.Thread(target=collect, args=(serve.stdout, lines), daemon=True).start()
+    await wait_healthy(f"http://127.0.0.1:{port}", serve)
+    return customer, key, port, serve, lines
+
+
 async def load_until_killed(base: str, key: str, serve: subprocess.Popen[str]
                             ) -> tuple[list[str], int]:
     """Concurrent requests until the gateway dies; the x-request-ids of completed 200s and
@@ -120,21 +140,8 @@ async def test_kill_9_under_load_loses_and_doubles_nothing(
                  {"writer_flush_interval_s": 600, "writer_batch_size": 1_000_000})
     env = {**os.environ, "TOLLBOOTH_DATABASE_URL": fresh_database_url,
            "TOLLBOOTH_REDIS_URL": redis_url, "MOCK_PROVIDER_KEY": "sk-mock"}
-    customer = f"k9{os.getpid()}{free_port()}"
-    cfg = ["--config", str(config)]
-    await asyncio.to_thread(tollbooth, "customers", "create", customer, "--tier", "open",
-                            *cfg, env=env)
-    created = await asyncio.to_thread(tollbooth, "keys", "create", "--customer", customer,
-                                      *cfg, env=env)
-    key = created.stdout.strip().splitlines()[-1]
-
-    port = free_port()
+    customer, key, port, serve, lines = await customer_and_serve(config, env, "k9")
     base = f"http://127.0.0.1:{port}"
-    lines: list[str] = []
-    serve = await asyncio.to_thread(start_serve, config, port, env)
-    assert serve.stdout is not None
-    threading.Thread(target=collect, args=(serve.stdout, lines), daemon=True).start()
-    await wait_healthy(base, serve)
     completed, cut_off = await load_until_killed(base, key, serve)
     assert serve.returncode == -signal.SIGKILL
     assert len(completed) > 100, "too little load to prove anything"

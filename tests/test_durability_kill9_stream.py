@@ -32,8 +32,8 @@ import asyncpg
 import pytest
 import yaml
 
-from tests.test_durability_kill9 import start_serve
-from tests.test_gateway_multiprocess import collect, free_port, tollbooth, wait_healthy
+from tests.test_durability_kill9 import customer_and_serve, start_serve
+from tests.test_gateway_multiprocess import collect, free_port, wait_healthy
 
 LONG_STREAMS = 6  # OpenAI chat streams, 300 tokens 20 ms apart: about 6 s each
 ANTHROPIC_STREAMS = 2
@@ -207,21 +207,8 @@ async def test_kill_9_mid_stream_bills_every_request_that_reached_the_provider_o
                  {"writer_flush_interval_s": 600, "writer_batch_size": 1_000_000})
     env = {**os.environ, "TOLLBOOTH_DATABASE_URL": fresh_database_url,
            "TOLLBOOTH_REDIS_URL": redis_url, "MOCK_PROVIDER_KEY": "sk-mock"}
-    customer = f"k9s{os.getpid()}{free_port()}"
-    cfg = ["--config", str(config)]
-    await asyncio.to_thread(tollbooth, "customers", "create", customer, "--tier", "open",
-                            *cfg, env=env)
-    created = await asyncio.to_thread(tollbooth, "keys", "create", "--customer", customer,
-                                      *cfg, env=env)
-    key = created.stdout.strip().splitlines()[-1]
-
-    port = free_port()
+    customer, key, port, serve, lines = await customer_and_serve(config, env, "k9s")
     base = f"http://127.0.0.1:{port}"
-    lines: list[str] = []
-    serve = await asyncio.to_thread(start_serve, config, port, env)
-    assert serve.stdout is not None
-    threading.Thread(target=collect, args=(serve.stdout, lines), daemon=True).start()
-    await wait_healthy(base, serve)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         finished = await finished_requests(session, base, key)
         traffic = await in_flight_until_killed(session, base, mock_provider, key, serve)
