@@ -9,6 +9,8 @@ with `pg_ctl stop -m fast` and starts it again on the same data dir.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -45,13 +47,17 @@ class OwnPostgres:
 
 
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
-    server = OwnPostgres(tmp_path / "pg")
+def own_postgres() -> Iterator[OwnPostgres]:
+    # Not under pytest's tmp dir: pytest makes its root 0700 again at every session start,
+    # and the Postgres server (its own system user under root) must traverse the path.
+    base = Path(tempfile.mkdtemp(prefix="tollbooth-outage-"))
+    server = OwnPostgres(base / "pg")
     server.start()
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 class Load:
