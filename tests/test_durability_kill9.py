@@ -25,7 +25,13 @@ import asyncpg
 import pytest
 import yaml
 
-from tests.test_gateway_multiprocess import collect, free_port, tollbooth, wait_healthy
+from tests.test_gateway_multiprocess import (
+    collect,
+    free_port,
+    mock_provider_process,
+    tollbooth,
+    wait_healthy,
+)
 
 CONCURRENCY = 24
 LOAD_S = 2.0
@@ -33,17 +39,8 @@ LOAD_S = 2.0
 
 @pytest.fixture
 def mock_provider() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli.main", "mock-provider", "--port", str(port),
-         "--latency-ms", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    assert proc.stdout is not None
-    assert "listening" in proc.stdout.readline()
-    yield f"http://127.0.0.1:{port}"
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=10)
+    with mock_provider_process("--latency-ms", "5") as url:
+        yield url
 
 
 def write_config(path: Path, mock: str, data_dir: Path, storage: dict[str, Any]) -> None:

@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ import pytest
 import yaml
 
 from tests.test_durability_kill9 import customer_and_serve, start_serve
-from tests.test_gateway_multiprocess import collect, free_port, wait_healthy
+from tests.test_gateway_multiprocess import collect, mock_provider_process, wait_healthy
 
 LONG_STREAMS = 6  # OpenAI chat streams, 300 tokens 20 ms apart: about 6 s each
 ANTHROPIC_STREAMS = 2
@@ -47,16 +46,8 @@ FINISHED_OUTPUT_TOKENS = 5
 
 @pytest.fixture
 def mock_provider() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli.main", "mock-provider", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    assert proc.stdout is not None
-    assert "listening" in proc.stdout.readline()
-    yield f"http://127.0.0.1:{port}"
-    proc.kill()  # its slow handlers may still be sleeping for a gateway that is gone
-    proc.wait(timeout=10)
+    with mock_provider_process(kill=True) as url:
+        yield url
 
 
 def write_config(path: Path, mock: str, data_dir: Path, storage: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -46,18 +46,32 @@ def tollbooth(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     )
 
 
-@pytest.fixture
-def mock_provider() -> Iterator[str]:
+@contextmanager
+def mock_provider_process(*options: str, kill: bool = False) -> Iterator[str]:
+    """`tollbooth mock-provider` on a free port, as its own process; its base URL. `kill`:
+    stop it with SIGKILL (slow handlers may still be sleeping for a gateway that is gone)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli.main", "mock-provider", "--port", str(port)],
+        [sys.executable, "-m", "gateway.cli.main", "mock-provider", "--port", str(port),
+         *options],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     assert proc.stdout is not None
     assert "listening" in proc.stdout.readline()
-    yield f"http://127.0.0.1:{port}"
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if kill:
+            proc.kill()
+        else:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def mock_provider() -> Iterator[str]:
+    with mock_provider_process() as url:
+        yield url
 
 
 def start_serve(cfg: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[str]:
