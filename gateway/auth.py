@@ -14,20 +14,20 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
-
-from aiohttp import web
+from collections.abc import Mapping
 
 from gateway.errors import AuthenticationError, ServiceUnavailableError
 from storage.accounts import AccountStore, KeyPrincipal
 
 
-def presented_key(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization")
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key in a request's headers (case-insensitive names), or None."""
+    auth = headers.get("Authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    key = request.headers.get("x-api-key")
+    key = headers.get("x-api-key")
     return key.strip() if key and key.strip() else None
 
 
@@ -39,8 +39,9 @@ class Authenticator:
         self._cache: OrderedDict[bytes, tuple[float, KeyPrincipal | None]] = OrderedDict()
         self._pending: dict[bytes, asyncio.Task[KeyPrincipal | None]] = {}
 
-    async def authenticate(self, request: web.Request) -> KeyPrincipal:
-        key = presented_key(request)
+    async def authenticate(self, headers: Mapping[str, str]) -> KeyPrincipal:
+        """The principal of the key in `headers` (a case-insensitive mapping), or 401."""
+        key = presented_key(headers)
         if key is None:
             raise AuthenticationError(
                 "Missing API key. Send your Tollbooth key as 'Authorization: Bearer KEY' "

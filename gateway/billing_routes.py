@@ -89,7 +89,7 @@ def _return_url(requested: Any, configured: str | None) -> str:
 
 
 async def billing_portal(request: web.Request) -> web.Response:
-    principal = await request.app[keys.authenticator].authenticate(request)
+    principal = await request.app[keys.authenticator].authenticate(request.headers)
     config = _stripe_config(request)
     return_url = _return_url((await _body(request)).get("return_url"), config.portal_return_url)
     customer = await request.app[keys.accounts].get_customer(principal.customer_id)

@@ -34,12 +34,16 @@ def api_for_path(path: str) -> ProviderApi:
     return api_for_kind("anthropic" if path.startswith("/v1/messages") else "openai")
 
 
+def error_body(path: str, error: GatewayError) -> bytes:
+    """The JSON body of `error` in the shape of the API `path` belongs to."""
+    api = api_for_path(path)
+    return api.error_body(error.status, error.error_type, error.message, error.code, error.param)
+
+
 def render_error(request: web.Request, error: GatewayError) -> web.Response:
-    api = api_for_path(request.path)
-    body = api.error_body(error.status, error.error_type, error.message, error.code, error.param)
     return web.Response(
         status=error.status,
-        body=body,
+        body=error_body(request.path, error),
         content_type="application/json",
         headers=error.headers(),
     )
@@ -62,6 +66,11 @@ def _translate_http(exc: web.HTTPException) -> GatewayError:
 _UPSTREAM_ERRORS = (UpstreamTimeoutError, UpstreamUnreachableError)
 
 
+def is_refusal(error: GatewayError) -> bool:
+    """A refusal is counted in metrics; an upstream failure is recorded as a usage event."""
+    return not isinstance(error, _UPSTREAM_ERRORS)
+
+
 def _count_refusal(request: web.Request, status: int) -> None:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
@@ -76,7 +85,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except GatewayError as exc:
         response = render_error(request, exc)
-        if not isinstance(exc, _UPSTREAM_ERRORS):  # those are recorded as usage events
+        if is_refusal(exc):
             _count_refusal(request, exc.status)
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -85,7 +85,7 @@ async def health(request: web.Request) -> web.Response:
 async def list_models(request: web.Request) -> web.Response:
     """The priced models this gateway routes, in the shape of the SDK asking: the Anthropic
     SDK sends `anthropic-version` and gets Anthropic's list; any other caller gets OpenAI's."""
-    await request.app[keys.authenticator].authenticate(request)
+    await request.app[keys.authenticator].authenticate(request.headers)
     snapshot = request.app[keys.runtime].current
     kind = "anthropic" if "anthropic-version" in request.headers else "openai"
     models = [
@@ -106,7 +106,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def summary(request: web.Request) -> web.Response:
-    principal = await request.app[keys.authenticator].authenticate(request)
+    principal = await request.app[keys.authenticator].authenticate(request.headers)
     result = await usage_summary(
         request.app[keys.pool], days=days_param(request), customer_id=principal.customer_id,
         project_id=request.query.get("project") or None,
@@ -116,7 +116,7 @@ async def summary(request: web.Request) -> web.Response:
 
 
 async def _quota_status(request: web.Request) -> tuple[str, QuotaStatus]:
-    principal = await request.app[keys.authenticator].authenticate(request)
+    principal = await request.app[keys.authenticator].authenticate(request.headers)
     tier = request.app[keys.runtime].current.settings.tiers.get(principal.tier)
     if tier is None:
         raise PermissionDeniedError(

@@ -1,6 +1,8 @@
 """The forwarded routes: authenticate, validate, admit, forward, relay, record.
 
-One handler per API family endpoint (built by `make_handler`). In order, for each request:
+Two servers feed it: the fast front (`gateway.front`) calls `prepare` and `forward` itself;
+aiohttp calls the handler `make_handler` builds (for the requests the front hands over). Both
+answer through a `gateway.reply.Reply`. In order, for each request:
 1. the key is resolved to a customer (401 otherwise);
 2. the body is parsed once (400 for malformed JSON, a non-object, or a missing `model`; 413
    past `server.max_body_mb`, enforced by the server before this runs);
@@ -12,16 +14,17 @@ One handler per API family endpoint (built by `make_handler`). In order, for eac
 6. the response is relayed (JSON in one piece, SSE as it arrives) with `x-request-id` and
    the rate-limit headers;
 7. `Recorder.finish` settles the quota and queues the usage event, whatever happened.
-Steps 1 to 4 reach no provider and record no usage event.
+Steps 1 to 4 (`prepare`) reach no provider and record no usage event; steps 5 to 7
+(`forward`) run in a task nothing cancels (a client that leaves mid-stream is drained).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +45,7 @@ from gateway.errors import (
 from gateway.metering import Exchange
 from gateway.providers.base import Endpoint, ProviderApi
 from gateway.relay import relay_stream
+from gateway.reply import AiohttpReply, Reply
 from gateway.upstream import UpstreamResponse, check_forwardable, read_body, send
 from storage.usage_writer import JournalFullError
 
@@ -98,118 +102,150 @@ def parse_body(raw: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], str]:
 
 
 def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
+    """The aiohttp handler of a forwarded route (requests the fast front hands to aiohttp)."""
+
     async def handle(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         app = request.app
-        snapshot = app[keys.runtime].current
-        settings = snapshot.settings
-        principal = await app[keys.authenticator].authenticate(request)
-        if principal.suspended:
-            raise PaymentRequiredError(
-                "This account is suspended for an unpaid invoice. Update your payment method."
-            )
-        try:
-            raw = await request.read()
-        except (RequestPayloadError, BadHttpMessage):
-            raise InvalidRequestError(
-                "The request body could not be read (bad Content-Encoding or framing)."
-            ) from None
-        body, model = parse_body(raw, endpoint)
 
-        provider_name = settings.provider_for(model, api.kind)
-        if provider_name is None:
-            raise InvalidRequestError(
-                f"No provider of kind '{api.kind}' is configured for this route.", param="model"
-            )
-        provider = settings.providers[provider_name]
-        provider_key = provider.api_key()
-        if provider.api_key_env and provider_key is None:
-            log.error("provider %s: environment variable %s is not set",
-                      provider_name, provider.api_key_env)
-            raise ServiceUnavailableError(
-                f"The provider '{provider_name}' has no API key configured on this gateway."
-            )
-        priced = snapshot.pricing.price(model) is not None
-        if endpoint.metered and not priced and settings.pricing.unknown_model == "reject":
-            raise InvalidRequestError(
-                f"The model '{model}' does not exist or is not available on this gateway.",
-                param="model",
-                code="model_not_found",
-            )
-
-        streaming = api.is_streaming(endpoint, body)
-        strip_usage = api.prepare_body(endpoint, body) if endpoint.metered else False
-        try:
-            payload = orjson.dumps(body) if strip_usage else raw
-        except orjson.JSONEncodeError:
-            raise InvalidRequestError("The request body is nested too deeply.") from None
-        request_id = request[keys.request_id]
-        ex = Exchange(
-            request_id=request_id,
-            created_at=datetime.now(UTC),
-            started=started,
-            principal=principal,
-            snapshot=snapshot,
-            provider=provider_name,
-            model=model,
-            endpoint=endpoint,
-            streamed=streaming,
-            prompt_text=api.prompt_text(endpoint, body) if endpoint.metered else "",
-        )
-        our_headers = {"x-request-id": str(request_id)}
-
-        if endpoint.metered:
+        async def read_body() -> bytes:
             try:
-                app[keys.writer].check_accepting()
-            except JournalFullError:
-                raise ServiceUnavailableError(
-                    "Usage cannot be recorded right now (journal full); retry shortly."
-                ) from None
-            tier = settings.tiers.get(principal.tier)
-            if tier is None:
-                raise PermissionDeniedError(
-                    f"Your account's tier '{principal.tier}' is not configured on this gateway."
-                )
-            counter = app[keys.tokens]
-            prompt_tokens = counter.reservation_tokens(model, ex.prompt_text)
-            max_out = api.max_output_tokens(body)
-            if max_out is None:
-                max_out = settings.quotas.default_max_output_tokens
-            elif max_out > MAX_OUTPUT_TOKENS:  # no model writes this much; it would poison quotas
+                return await request.read()
+            except (RequestPayloadError, BadHttpMessage):
                 raise InvalidRequestError(
-                    f"The maximum output tokens requested is larger than {MAX_OUTPUT_TOKENS}.",
-                    param="max_tokens")
-            spend = None  # a spend reservation matters only under a spend cap
-            if tier.limits.spend_per_month_usd is not None:
-                spend = snapshot.pricing.max_charge(
-                    model, prompt_tokens, max_out,
-                    customer_id=principal.customer_id, tier=principal.tier)
-            ex.admission = await app[keys.quotas].admit(
-                customer_id=principal.customer_id,
-                tier_name=principal.tier,
-                tier=tier,
-                request_id=str(request_id),
-                tokens=prompt_tokens + max_out,
-                spend_usd=spend,
-            )
-            our_headers.update(app[keys.quotas].rate_limit_headers(ex.admission))
-            app[keys.alerts].check(ex.admission, tier)
+                    "The request body could not be read (bad Content-Encoding or framing)."
+                ) from None
 
-        url = provider.base_url.rstrip("/") + endpoint.upstream_path
-        headers = api.upstream_headers(request.headers, provider_key)
-        check_forwardable(headers)  # 400 now, before a provisional event is journaled
-        upstream_call = Upstream(endpoint.method, url, headers, payload,
-                                 (provider_key or "").encode())
-        if endpoint.metered:  # journaled in case the gateway dies mid-request (metering)
-            app[keys.recorder].open(ex, prompt_tokens)
+        pending = await prepare(app, api, endpoint, request.headers, read_body,
+                                request[keys.request_id], started)
+        reply = AiohttpReply(request)
         # Steps 5-7 run as their own task: a handler cancelled because the client left (or
         # the server is stopping) never cancels the forwarding, the drain or the billing.
-        task = app[keys.recorder].spawn(
-            forward(request, api, endpoint, ex, upstream_call, strip_usage, our_headers)
-        )
-        return await asyncio.shield(task)
+        task = app[keys.recorder].spawn(forward(app, api, endpoint, pending, reply))
+        await asyncio.shield(task)
+        assert reply.response is not None  # forward answers or raises
+        return reply.response
 
     return handle
+
+
+@dataclass(slots=True)
+class Pending:
+    """An admitted request, ready to go upstream."""
+
+    ex: Exchange
+    call: Upstream
+    strip_usage: bool
+    our_headers: dict[str, str]
+
+
+async def prepare(
+    app: web.Application,
+    api: ProviderApi,
+    endpoint: Endpoint,
+    headers: Mapping[str, str],
+    read_body: Callable[[], Awaitable[bytes]],
+    request_id: uuid.UUID,
+    started: float,
+) -> Pending:
+    """Steps 1-4 (and the provisional record of a metered request): raise a GatewayError to
+    refuse, reaching no provider; `headers` is a case-insensitive mapping."""
+    snapshot = app[keys.runtime].current
+    settings = snapshot.settings
+    principal = await app[keys.authenticator].authenticate(headers)
+    if principal.suspended:
+        raise PaymentRequiredError(
+            "This account is suspended for an unpaid invoice. Update your payment method."
+        )
+    raw = await read_body()
+    body, model = parse_body(raw, endpoint)
+
+    provider_name = settings.provider_for(model, api.kind)
+    if provider_name is None:
+        raise InvalidRequestError(
+            f"No provider of kind '{api.kind}' is configured for this route.", param="model"
+        )
+    provider = settings.providers[provider_name]
+    provider_key = provider.api_key()
+    if provider.api_key_env and provider_key is None:
+        log.error("provider %s: environment variable %s is not set",
+                  provider_name, provider.api_key_env)
+        raise ServiceUnavailableError(
+            f"The provider '{provider_name}' has no API key configured on this gateway."
+        )
+    priced = snapshot.pricing.price(model) is not None
+    if endpoint.metered and not priced and settings.pricing.unknown_model == "reject":
+        raise InvalidRequestError(
+            f"The model '{model}' does not exist or is not available on this gateway.",
+            param="model",
+            code="model_not_found",
+        )
+
+    streaming = api.is_streaming(endpoint, body)
+    strip_usage = api.prepare_body(endpoint, body) if endpoint.metered else False
+    try:
+        payload = orjson.dumps(body) if strip_usage else raw
+    except orjson.JSONEncodeError:
+        raise InvalidRequestError("The request body is nested too deeply.") from None
+    ex = Exchange(
+        request_id=request_id,
+        created_at=datetime.now(UTC),
+        started=started,
+        principal=principal,
+        snapshot=snapshot,
+        provider=provider_name,
+        model=model,
+        endpoint=endpoint,
+        streamed=streaming,
+        prompt_text=api.prompt_text(endpoint, body) if endpoint.metered else "",
+    )
+    our_headers = {"x-request-id": str(request_id)}
+
+    if endpoint.metered:
+        try:
+            app[keys.writer].check_accepting()
+        except JournalFullError:
+            raise ServiceUnavailableError(
+                "Usage cannot be recorded right now (journal full); retry shortly."
+            ) from None
+        tier = settings.tiers.get(principal.tier)
+        if tier is None:
+            raise PermissionDeniedError(
+                f"Your account's tier '{principal.tier}' is not configured on this gateway."
+            )
+        counter = app[keys.tokens]
+        prompt_tokens = counter.reservation_tokens(model, ex.prompt_text)
+        max_out = api.max_output_tokens(body)
+        if max_out is None:
+            max_out = settings.quotas.default_max_output_tokens
+        elif max_out > MAX_OUTPUT_TOKENS:  # no model writes this much; it would poison quotas
+            raise InvalidRequestError(
+                f"The maximum output tokens requested is larger than {MAX_OUTPUT_TOKENS}.",
+                param="max_tokens")
+        spend = None  # a spend reservation matters only under a spend cap
+        if tier.limits.spend_per_month_usd is not None:
+            spend = snapshot.pricing.max_charge(
+                model, prompt_tokens, max_out,
+                customer_id=principal.customer_id, tier=principal.tier)
+        ex.admission = await app[keys.quotas].admit(
+            customer_id=principal.customer_id,
+            tier_name=principal.tier,
+            tier=tier,
+            request_id=str(request_id),
+            tokens=prompt_tokens + max_out,
+            spend_usd=spend,
+        )
+        our_headers.update(app[keys.quotas].rate_limit_headers(ex.admission))
+        app[keys.alerts].check(ex.admission, tier)
+
+    url = provider.base_url.rstrip("/") + endpoint.upstream_path
+    upstream_headers = api.upstream_headers(headers, provider_key)
+    check_forwardable(upstream_headers)  # 400 now, before a provisional event is journaled
+    call = Upstream(endpoint.method, url, upstream_headers, payload,
+                    (provider_key or "").encode())
+    if endpoint.metered:  # journaled in case the gateway dies mid-request (metering)
+        app[keys.recorder].open(ex, prompt_tokens)
+    return Pending(ex, call, strip_usage, our_headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,15 +263,11 @@ def scrub(data: bytes, secret: bytes) -> bytes:
 
 
 async def forward(
-    request: web.Request,
-    api: ProviderApi,
-    endpoint: Endpoint,
-    ex: Exchange,
-    call: Upstream,
-    strip_usage: bool,
-    our_headers: dict[str, str],
-) -> web.StreamResponse:
-    app = request.app
+    app: web.Application, api: ProviderApi, endpoint: Endpoint, pending: Pending, reply: Reply,
+) -> None:
+    """Steps 5-7: go upstream, answer through `reply`, record. Raises a GatewayError (502,
+    504) when the provider could not be reached or read, after recording it."""
+    ex, call, strip_usage = pending.ex, pending.call, pending.strip_usage
     recorder = app[keys.recorder]
     metered = endpoint.metered
     try:
@@ -248,7 +280,7 @@ async def forward(
     async with upstream:
         status = upstream.status
         out_headers = response_headers(upstream, call.secret.decode())
-        out_headers.update(our_headers)
+        out_headers.update(pending.our_headers)
         header_id = out_headers.get("x-upstream-request-id")
         is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
         if is_sse and status < 400:
@@ -268,10 +300,9 @@ async def forward(
                     upstream_id=found.upstream_id or header_id,
                     produced_text=found.produced_text,
                 )
-            return web.Response(status=status, body=scrub(data, call.secret),
-                                headers=out_headers)
+            await reply.send(status, out_headers, scrub(data, call.secret))
+            return
 
-        response = web.StreamResponse(status=status, headers=out_headers)
         meter = api.stream_meter(endpoint, strip_usage)
         recorded = False
 
@@ -288,12 +319,10 @@ async def forward(
                 produced_text=result.produced_text, partial_usage=result.partial_usage,
             )
 
-        # A client that left already: the relay notices on its first write and drains.
-        with contextlib.suppress(ConnectionResetError, RuntimeError):
-            await response.prepare(request)
+        sink = await reply.open_stream(status, out_headers)
         try:
             outcome = await relay_stream(
-                response, upstream, meter, record,
+                sink, upstream, meter, record,
                 strip_usage=strip_usage,
                 drain_s=ex.snapshot.settings.server.disconnect_drain_s,
                 started=ex.started,
@@ -303,7 +332,6 @@ async def forward(
             await record(False, True)  # a no-op unless the relay failed before recording
         if outcome.first_byte_s is not None:
             app[keys.metrics].observe_ttfb(endpoint.name, outcome.first_byte_s)
-        return response
 
 
 def _stream_metadata(client_gone: bool, broken: bool) -> dict[str, Any]:

@@ -32,9 +32,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
-from aiohttp import web
 
 from gateway.providers.base import SSEEvent, StreamMeter
+from gateway.reply import StreamSink
 from gateway.sse import SSEParser
 from gateway.upstream import UpstreamBroken, UpstreamResponse, iter_chunks
 
@@ -52,7 +52,7 @@ class RelayOutcome:
 
 
 class _Relay:
-    def __init__(self, response: web.StreamResponse, meter: StreamMeter, finalize: Finalize,
+    def __init__(self, response: StreamSink, meter: StreamMeter, finalize: Finalize,
                  *, strip_usage: bool, drain_s: float, started: float) -> None:
         self.response = response
         self.meter = meter
@@ -123,7 +123,7 @@ class _Relay:
 
 
 async def relay_stream(
-    response: web.StreamResponse,
+    response: StreamSink,
     upstream: UpstreamResponse,
     meter: StreamMeter,
     finalize: Finalize,

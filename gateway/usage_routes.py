@@ -106,7 +106,7 @@ Report = Callable[[web.Request, Period], Awaitable[dict[str, Any]]]
 
 def _customer_route(report: Report) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def route(request: web.Request) -> web.Response:
-        principal = await request.app[keys.authenticator].authenticate(request)
+        principal = await request.app[keys.authenticator].authenticate(request.headers)
         return _json(await report(request, _period(request, principal.customer_id)))
 
     return route

@@ -19,16 +19,24 @@ from typing import Any
 import asyncpg
 import yaml
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import BaseRunner, TestServer
 
 from gateway import keys
 from gateway.app import create_app
 from gateway.config import parse_settings
+from gateway.front import FrontRunner
 from gateway.mock_provider.app import MOCK_REQUESTS, MockOptions, create_mock_app
 from storage.accounts import AccountStore
 
 PROVIDER_KEY = "sk-provider-SECRET-0123456789"
 ANTHROPIC_PROVIDER_KEY = "sk-ant-provider-SECRET-0123456789"
+
+
+class FrontTestServer(TestServer):
+    """aiohttp's TestServer serving the app as `tollbooth serve` does: the fast front first."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return FrontRunner(self.app, **kwargs)
 
 
 @dataclass
@@ -128,7 +136,7 @@ async def running_gateway(
     settings = parse_settings(raw, str(config_path or "test.yaml"))
     app = create_app(settings, database_url=database_url, redis_url=redis_url,
                      quota_window_ms=quota_window_ms, watch_config=config_path is not None)
-    server = TestServer(app, host="127.0.0.1")
+    server = FrontTestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
         customer_id = "cust_" + uuid.uuid4().hex[:10]

@@ -39,7 +39,8 @@ async def store(fresh_database_url: str) -> AsyncIterator[CountingStore]:
 
 
 def request(**headers: str):  # type: ignore[no-untyped-def]
-    return make_mocked_request("POST", "/v1/chat/completions", headers=headers)
+    """The headers of a request (what the authenticator reads)."""
+    return make_mocked_request("POST", "/v1/chat/completions", headers=headers).headers
 
 
 async def new_key(store: AccountStore) -> tuple[str, str]:

@@ -37,6 +37,7 @@ from gateway.mock_provider.app import MOCK_REQUESTS, create_mock_app
 from tests.harness import (
     ANTHROPIC_PROVIDER_KEY,
     PROVIDER_KEY,
+    FrontTestServer,
     Gateway,
     gateway_config,
     running_gateway,
@@ -244,8 +245,8 @@ async def test_a_customer_key_only_ever_shows_that_customers_usage(
 async def second_instance(gw: Gateway, redis_url: str) -> AsyncIterator[TestServer]:
     """Another gateway process's worth of app on the same database, Redis and provider."""
     settings = parse_settings(gateway_config(gw.mock_url, extra={"server": SERVER}), "b.yaml")
-    server = TestServer(create_app(settings, database_url=gw.database_url,
-                                   redis_url=redis_url), host="127.0.0.1")
+    server = FrontTestServer(create_app(settings, database_url=gw.database_url,
+                                        redis_url=redis_url), host="127.0.0.1")
     await server.start_server()
     try:
         yield server

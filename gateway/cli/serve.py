@@ -3,6 +3,7 @@
 The parent process resolves the infrastructure once (starting the embedded Postgres and
 Valkey when no URL is configured, or reusing the ones another process started), then runs
 one worker in-process, or `--workers N` processes bound to the same port with SO_REUSEPORT.
+Each worker serves through `gateway.front.FrontRunner` (the fast front before aiohttp).
 SIGINT/SIGTERM stop accepting, let in-flight requests finish (up to
 `server.shutdown_grace_s`), drain the usage writer, then stop the embedded servers it started.
 """
@@ -10,6 +11,7 @@ SIGINT/SIGTERM stop accepting, let in-flight requests finish (up to
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing
 import os
 import signal
@@ -42,24 +44,32 @@ def _install_uvloop() -> None:
 
 def run_worker(config_path: str, host: str, port: int, database_url: str, redis_url: str,
                reuse_port: bool) -> None:
-    from gateway.app import create_app
-
     _install_uvloop()
     settings = load_settings(config_path)
     setup_logging(settings.logging.level, settings.logging.format, settings.logging.requests)
+    asyncio.run(_serve(settings, host, port, database_url, redis_url, reuse_port))
+
+
+async def _serve(settings: Settings, host: str, port: int, database_url: str, redis_url: str,
+                 reuse_port: bool) -> None:
+    """Serve until SIGINT or SIGTERM, then stop gracefully (the runner's cleanup)."""
+    from gateway.app import create_app
+    from gateway.front import FrontRunner
+
     app = create_app(settings, database_url=database_url, redis_url=redis_url,
                      watch_config=True, access_log_to_stderr=True)
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        reuse_port=reuse_port,
-        shutdown_timeout=settings.server.shutdown_grace_s,
-        access_log=None,
-        print=lambda line: print(
-            f"tollbooth worker {os.getpid()} listening on http://{host}:{port}", flush=True
-        ),
-    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner = FrontRunner(app, access_log=None, shutdown_timeout=settings.server.shutdown_grace_s)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+        print(f"tollbooth worker {os.getpid()} listening on http://{host}:{port}", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 def run(args: argparse.Namespace) -> int:
