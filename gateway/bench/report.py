@@ -170,7 +170,7 @@ def render_text(report: BenchReport) -> str:
 
 
 def render_profile(profile: dict[str, Any], top: int = TOP_FUNCTIONS) -> list[str]:
-    lines = [f"profile: py-spy, gateway processes, non-streaming chat c=16, "
+    lines = [f"profile: py-spy, gateway processes, {profile['phase']}, "
              f"{profile['samples']} samples on CPU ({profile['source']}; "
              f"{profile['idle_samples_left_out']} samples of an idle thread left out)"]
     packages = ", ".join(f"{row['package']} {row['percent']:.1f}%"

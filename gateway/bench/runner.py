@@ -351,12 +351,12 @@ class _Bench:
 
     async def _profile(self, target: Target, serve_pid: int,
                        db: asyncpg.Connection) -> tuple[dict[str, Any] | None, PhaseResult]:
-        """The non-streaming c=16 phase again, under py-spy (its numbers show the sampling's
-        cost; they are not the benchmark's)."""
+        """The c=16 phase of the first scenario run (non-streaming chat when it ran) again,
+        under py-spy (its numbers show the sampling's cost; they are not the benchmark's)."""
         if pyspy_available() is None:
             raise BenchError("--profile needs py-spy on PATH (pip install py-spy)")
         assert self.options.profile is not None
-        scenario = next(s for s in self.scenarios if s.name == "chat")
+        scenario = next((s for s in self.scenarios if s.name == "chat"), self.scenarios[0])
         out = self.options.profile
         # py-spy starts sampling as soon as it attached: give it the warm-up to do so, and a
         # window as long as the phase's.
@@ -373,5 +373,5 @@ class _Bench:
         if not summary.samples:
             progress(f"py-spy wrote no samples; see {log}")
             return None, phase
-        return summary.to_json(), phase
+        return {"phase": f"{scenario.title} c=16", **summary.to_json()}, phase
 

@@ -35,7 +35,7 @@ class BenchOptions:
     token_delay_ms: int = 5
     loadgen_procs: int = 1  # generator processes sharing a phase's concurrency
     upstream: str = "mock"  # "mock": tollbooth mock-provider; "raw": gateway.bench.upstream
-    profile: Path | None = None  # py-spy's collapsed stacks of a chat c=16 phase go here
+    profile: Path | None = None  # py-spy's collapsed stacks of a c=16 phase go here
     profile_native: bool = False
     workdir: Path | None = None  # default: a temp dir, removed at the end
     soak_s: float = 0.0  # > 0: a steady chat load this long after the phases, RSS sampled

@@ -79,7 +79,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--loadgen-procs", type=int, default=1,
                         help="load generator processes per phase (concurrency is split)")
     parser.add_argument("--profile", type=Path, metavar="FILE",
-                        help="also run chat c=16 under py-spy; collapsed stacks go to FILE")
+                        help="also run the c=16 phase of chat (else of the first scenario) "
+                        "under py-spy; collapsed stacks go to FILE")
     parser.add_argument("--profile-native", action="store_true",
                         help="py-spy --native (C frames; idle waits in libc show as work, "
                         "so read Python frames from a profile without it)")
