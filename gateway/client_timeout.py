@@ -1,6 +1,9 @@
 """The client read timeout: a request's body must arrive whole within `server.client_timeout_s`
 of its headers, or the client gets a 408 (slow-loris defence).
 
+This module is aiohttp's half, for the requests the fast front hands over; `gateway.front`
+applies the same two deadlines (head, then body) to the requests it serves itself.
+
 `client_timeout_middleware(timeout_s)` runs the handler under an `asyncio.timeout` armed when
 the handler chain starts (the headers are in), unless the body is already complete. The moment
 the body's last byte arrives (the payload stream's `on_eof`), the deadline is lifted: the rest
