@@ -42,6 +42,7 @@ _TOP_FIELDS = frozenset({"version", "models"})
 # "-2024-08-06", "-20250929", "-latest" at the end of a model name.
 _SNAPSHOT_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 _FINGERPRINT_CHARS = 12
+_RESOLVED_MAX = 4096
 
 
 class Catalog:
@@ -65,6 +66,9 @@ class Catalog:
         }
         self._names = MappingProxyType(dict(names))
         self._fingerprint = _fingerprint(self._periods, self._names)
+        # Resolved names, looked up on every request. Bounded: a model name is the client's
+        # string, and with `unknown_model: allow_unpriced` anything may arrive.
+        self._resolved: dict[str, str | None] = {}
 
     @classmethod
     def load_default(cls) -> Catalog:
@@ -87,11 +91,17 @@ class Catalog:
 
     def canonical_name(self, model: str) -> str | None:
         """The catalog entry `model` resolves to (aliases, dated snapshots); None if unknown."""
+        try:
+            return self._resolved[model]
+        except KeyError:
+            pass
         canonical = self._names.get(model)
         if canonical is None:
             stripped = _SNAPSHOT_SUFFIX.sub("", model)
             if stripped != model:
                 canonical = self._names.get(stripped)
+        if len(self._resolved) < _RESOLVED_MAX:
+            self._resolved[model] = canonical
         return canonical
 
     def lookup(self, model: str, at: datetime | None = None) -> ModelPrice | None:
@@ -99,9 +109,14 @@ class Catalog:
         canonical = self.canonical_name(model)
         if canonical is None:
             return None
+        periods = self._periods[canonical]
+        if len(periods) == 1:  # in force at any time: no clock to read
+            if at is not None and at.tzinfo is None:
+                _utc(at)  # raises
+            return periods[0]
         when = _utc(at)
         index = bisect.bisect_right(self._starts[canonical], when) - 1
-        return self._periods[canonical][max(index, 0)]
+        return periods[max(index, 0)]
 
     def history(self, model: str) -> tuple[ModelPrice, ...]:
         """Every price period of `model` (resolved like `lookup`), oldest first; () if unknown."""

@@ -51,6 +51,9 @@ MICROS_PER_USD = 1_000_000
 MS_PER_SECOND = 1_000
 MS_PER_MINUTE = 60_000
 
+_RATIO_MAX = 10**30
+_DENOMINATOR_MAX = 10**20
+
 # Wide enough that token counts times catalog prices, markups and fees are computed exactly
 # (division by 100 or 1,000,000 only shifts the exponent), so the only rounding is the
 # explicit quantize. Used only as a template: localcontext() works on a copy.
@@ -157,6 +160,13 @@ def compute_fee(per_compute_minute_usd: Decimal, duration_ms: int) -> Decimal:
 
 def usd_to_micros_ceil(amount: Decimal) -> int:
     """USD as whole millionths of a dollar, rounded up (toward +infinity)."""
+    if type(amount) is Decimal and amount.is_finite():
+        # Exact in integers. Within these bounds the amount has at most 77 significant
+        # digits (numerator < 10^30 times 10^k/denominator < 10^47), so the Decimal way
+        # below is exact too and both give the true ceiling.
+        numerator, denominator = amount.as_integer_ratio()
+        if -_RATIO_MAX < numerator < _RATIO_MAX and denominator < _DENOMINATOR_MAX:
+            return -((-numerator * MICROS_PER_USD) // denominator)
     _check_amount(amount, "amount")
     with localcontext(_EXACT):
         return int((amount * MICROS_PER_USD).to_integral_value(rounding=ROUND_CEILING))

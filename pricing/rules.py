@@ -39,9 +39,13 @@ from pricing.cost import (
     quantize_usd,
 )
 from pricing.models import Charge, ModelPrice, Usage
+from pricing.tariff import Markup, PeriodTariff, quantize_scaled, within_bound
 
 _HASH_CHARS = 8
 _ZERO = Decimal(0)
+# Rates resolved per (customer, tier) are cached; customer ids come from accounts, not from
+# clients, but the cache is bounded all the same.
+_RATES_CACHE_MAX = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +107,10 @@ class PricingRules:
         self._tiers = dict(tiers or {})
         self._customers = dict(customers or {})
         self._version = f"{catalog.version}+{self._hash()}"
+        # Caches of what never changes for this object (the catalog is immutable, the rate
+        # tables are private copies); a config reload builds a new PricingRules.
+        self._rates: dict[tuple[str | None, str | None], tuple[Rates, Markup | None]] = {}
+        self._tariffs: dict[int, tuple[ModelPrice, PeriodTariff | None]] = {}
 
     @property
     def version(self) -> str:
@@ -122,6 +130,30 @@ class PricingRules:
 
     def rates_for(self, customer_id: str | None = None, tier: str | None = None) -> Rates:
         """The rates of a customer on a tier: customer override > tier override > global."""
+        return self._resolved(customer_id, tier)[0]
+
+    def _resolved(self, customer_id: str | None, tier: str | None
+                  ) -> tuple[Rates, Markup | None]:
+        key = (customer_id, tier)
+        found = self._rates.get(key)
+        if found is None:
+            rates = self._resolve(customer_id, tier)
+            found = (rates, Markup.of(rates.markup_percent, rates.per_request_usd,
+                                      rates.per_compute_minute_usd))
+            if len(self._rates) < _RATES_CACHE_MAX:
+                self._rates[key] = found
+        return found
+
+    def _tariff(self, price: ModelPrice) -> PeriodTariff | None:
+        # Keyed by identity: every period comes from this object's catalog, which keeps
+        # it alive; the entry keeps the period too, so an id is never reused under it.
+        found = self._tariffs.get(id(price))
+        if found is None or found[0] is not price:
+            found = (price, PeriodTariff.of(price))
+            self._tariffs[id(price)] = found
+        return found[1]
+
+    def _resolve(self, customer_id: str | None, tier: str | None) -> Rates:
         rates = self._global
         if tier is not None and tier in self._tiers:
             rates = self._tiers[tier].over(rates)
@@ -155,7 +187,10 @@ class PricingRules:
         price = self._catalog.lookup(model, at)
         if price is None:
             return None
-        rates = self.rates_for(customer_id, tier)
+        rates, markup = self._resolved(customer_id, tier)
+        fast = self._fast_charge(price, markup, usage, duration_ms, succeeded)
+        if fast is not None:
+            return fast
         cost = cost_of(price, usage, succeeded=succeeded, duration_ms=duration_ms)
         if succeeded:
             fees = rates.per_request_usd + compute_fee(rates.per_compute_minute_usd, duration_ms)
@@ -164,6 +199,37 @@ class PricingRules:
         return Charge(
             cost_usd=quantize_usd(cost),
             price_usd=quantize_usd(apply_markup(cost, rates.markup_percent, fees)),
+            price_version=self._version,
+        )
+
+    def _fast_charge(self, price: ModelPrice, markup: Markup | None, usage: Usage,
+                     duration_ms: int, succeeded: bool) -> Charge | None:
+        """`charge` in integers (pricing.tariff): the same Charge, or None for the general
+        path (which also raises the errors of bad input)."""
+        tariff = self._tariff(price)
+        if tariff is None or markup is None or (succeeded and duration_ms
+                                                and markup.per_minute_fee):
+            return None
+        input_tokens = usage.input_tokens
+        cached = usage.cached_input_tokens
+        write = usage.cache_write_tokens
+        write_1h = usage.cache_write_1h_tokens
+        output = usage.output_tokens
+        if (input_tokens < 0 or cached < 0 or write < 0 or write_1h < 0 or output < 0
+                or write_1h > write or duration_ms < 0):
+            return None
+        cost = tariff.tokens(input_tokens, cached, write - write_1h, write_1h, output,
+                             max(0, input_tokens - cached - write))
+        if succeeded:
+            cost += tariff.per_request + tariff.per_ms * duration_ms
+        if not within_bound(cost):
+            return None
+        priced = markup.price(cost, tariff.exponent, fees=succeeded)
+        if priced is None:
+            return None
+        return Charge(
+            cost_usd=quantize_scaled(cost, tariff.exponent),
+            price_usd=quantize_scaled(*priced),
             price_version=self._version,
         )
 
@@ -188,7 +254,16 @@ class PricingRules:
         price = self._catalog.lookup(model, at)
         if price is None:
             return None
-        rates = self.rates_for(customer_id, tier)
+        rates, markup = self._resolved(customer_id, tier)
+        tariff = self._tariff(price)
+        if (tariff is not None and markup is not None and input_tokens >= 0
+                and max_output_tokens >= 0):
+            r = tariff.rates(input_tokens)
+            cost = (input_tokens * r.dearest_input + max_output_tokens * r.output
+                    + tariff.per_request)
+            priced = markup.price(cost, tariff.exponent, fees=True) if within_bound(cost) else None
+            if priced is not None:
+                return quantize_scaled(*priced)
         worst = max_cost_of(price, input_tokens, max_output_tokens)
         return quantize_usd(apply_markup(worst, rates.markup_percent, rates.per_request_usd))
 

@@ -153,6 +153,21 @@ def test_usd_to_micros_rounds_up(amount: str, micros: int) -> None:
     assert usd_to_micros_ceil(D(amount)) == micros
 
 
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(min_value=-(10**40), max_value=10**40), st.integers(min_value=-60,
+                                                                    max_value=20))
+def test_usd_to_micros_equals_the_ceiling_at_80_digits(coefficient: int, exponent: int) -> None:
+    # The integer shortcut must answer what the 80-digit Decimal ceiling answers.
+    from decimal import ROUND_CEILING, localcontext
+
+    from pricing.cost import _EXACT
+
+    amount = D(f"{coefficient}E{exponent}")
+    with localcontext(_EXACT):
+        want = int((amount * 1_000_000).to_integral_value(rounding=ROUND_CEILING))
+    assert usd_to_micros_ceil(amount) == want
+
+
 # ----------------------------------------------------------------------------- PricingRules
 
 
