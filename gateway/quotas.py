@@ -68,6 +68,7 @@ _MICROS_PER_USD = 1_000_000
 # How long a settle may wait to share a Redis round trip with the next admit: a quota that
 # lags by 5 ms costs nothing; a round trip per request costs two syscalls each way.
 SETTLE_DEFER_S = 0.005
+_LIMITS_CACHE_MAX = 256
 
 __all__ = ["Admission", "QuotaPolicy", "QuotaStatus", "micros_ceil", "micros_floor"]
 
@@ -143,6 +144,17 @@ class QuotaPolicy:
         self.redis_error_admissions = 0
         self.shadow_refusals = 0
         self.settle_failures = 0
+        # store_limits per TierLimits (frozen; a reload brings new objects): by identity,
+        # the entry holding the object so its id is never reused while cached.
+        self._limits: dict[int, tuple[TierLimits, QuotaLimits]] = {}
+
+    def _store_limits(self, limits: TierLimits) -> QuotaLimits:
+        found = self._limits.get(id(limits))
+        if found is None or found[0] is not limits:
+            if len(self._limits) >= _LIMITS_CACHE_MAX:  # reloads: old tiers go
+                self._limits.clear()
+            found = self._limits[id(limits)] = (limits, store_limits(limits))
+        return found[1]
 
     def reconfigure(self, settings: QuotasConfig) -> None:
         """Apply a reloaded `quotas:` section (limits themselves come with each call)."""
@@ -163,7 +175,7 @@ class QuotaPolicy:
             reply = await self._store.admit(
                 customer_id=customer_id,
                 request_id=request_id,
-                limits=store_limits(tier.limits),
+                limits=self._store_limits(tier.limits),
                 tokens=tokens,
                 spend_micros=0 if spend_usd is None else micros_ceil(spend_usd),
                 reservation_ttl_ms=self._settings.reservation_ttl_s * 1000,

@@ -32,7 +32,8 @@ answered `duplicate` with nothing reserved again.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
@@ -40,7 +41,7 @@ import redis.exceptions
 from redis.asyncio import Redis
 
 from storage.quota_keys import customer_keys
-from storage.script_batcher import LuaScript, ScriptBatcher
+from storage.script_batcher import LuaScript, ScriptBatcher, bulk_strings, pack_evalsha_bulks
 
 PRODUCTION_WINDOW_MS = 60_000
 
@@ -90,16 +91,25 @@ class QuotaLimits:
     requests_per_month: int | None = None
     tokens_per_month: int | None = None
     spend_per_month_micros: int | None = None
+    # What as_args() returns, built once, and packed for the admit script (sent on every
+    # admit).
+    args: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    packed_args: bytes = field(init=False, repr=False, compare=False)
 
-    def as_args(self) -> list[int]:
-        values = [
+    def __post_init__(self) -> None:
+        values = (
             self.requests_per_minute,
             self.tokens_per_minute,
             self.requests_per_month,
             self.tokens_per_month,
             self.spend_per_month_micros,
-        ]
-        return [_UNLIMITED if v is None else v for v in values]
+        )
+        args = tuple(_UNLIMITED if v is None else v for v in values)
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "packed_args", bulk_strings(args))
+
+    def as_args(self) -> list[int]:
+        return list(self.args)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,18 +129,10 @@ class UsageSnapshot:
 
     @classmethod
     def from_reply(cls, fields: list[Any]) -> UsageSnapshot:
-        return cls(
-            server_time_ms=int(fields[0]),
-            month=_text(fields[1]),
-            next_month_ms=int(fields[2]),
-            minute_requests=int(fields[3]),
-            minute_requests_reset_ms=int(fields[4]),
-            minute_tokens=int(fields[5]),
-            minute_tokens_reset_ms=int(fields[6]),
-            month_requests=int(fields[7]),
-            month_tokens=int(fields[8]),
-            month_spend_micros=int(fields[9]),
-        )
+        # Positional, in field order (one per admit: keyword arguments cost more).
+        return cls(int(fields[0]), _text(fields[1]), int(fields[2]), int(fields[3]),
+                   int(fields[4]), int(fields[5]), int(fields[6]), int(fields[7]),
+                   int(fields[8]), int(fields[9]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,13 +150,8 @@ class AdmitReply:
     def from_reply(cls, reply: list[Any]) -> AdmitReply:
         limit = _text(reply[1])
         retry = int(reply[2])
-        return cls(
-            admitted=int(reply[0]) == 1,
-            limit=limit or None,
-            retry_after_ms=None if retry < 0 else retry,
-            duplicate=int(reply[3]) == 1,
-            usage=UsageSnapshot.from_reply(reply[4:]),
-        )
+        return cls(int(reply[0]) == 1, limit or None, None if retry < 0 else retry,
+                   int(reply[3]) == 1, UsageSnapshot.from_reply(reply[4:]))
 
 
 _OUTCOMES: dict[int, Literal["settled", "already_settled", "unknown"]] = {
@@ -184,6 +181,25 @@ class SettleReply:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _PackedKeys:
+    """A customer's keys that every admit (`admit`) and settle (`settle`) sends first,
+    packed as RESP once."""
+
+    admit: bytes
+    settle: bytes
+
+
+@functools.lru_cache(maxsize=65_536)  # pure, like customer_keys
+def _packed_keys(customer_id: str) -> _PackedKeys:
+    keys = customer_keys(customer_id)
+    return _PackedKeys(
+        admit=bulk_strings((keys.requests_log, keys.token_buckets, keys.month_counters,
+                            keys.pending)),
+        settle=bulk_strings((keys.token_buckets, keys.month_counters, keys.pending)),
+    )
 
 
 class QuotaStore:
@@ -227,24 +243,20 @@ class QuotaStore:
         """Reserve one request, `tokens` and `spend_micros` in every window, or nothing."""
         if tokens < 0 or spend_micros < 0 or reservation_ttl_ms < 1:
             raise ValueError("tokens and spend_micros must be >= 0, reservation_ttl_ms >= 1")
-        keys = customer_keys(customer_id)
-        script_keys = [
-            keys.requests_log,
-            keys.token_buckets,
-            keys.month_counters,
-            keys.pending,
-            keys.reservation(request_id),
-        ]
-        args = [
-            request_id,
-            *limits.as_args(),
-            tokens,
-            spend_micros,
-            reservation_ttl_ms,
-            self.window_ms,
-            1 if shadow else 0,
-        ]
-        return AdmitReply.from_reply(await self._call(self._admit, script_keys, args))
+        # KEYS: requests_log, token_buckets, month_counters, pending, the reservation;
+        # ARGV: request id, the five limits, tokens, spend, ttl, window, shadow.
+        packed = pack_evalsha_bulks(
+            self._admit, 5, 11, _packed_keys(customer_id).admit,
+            bulk_strings((customer_keys(customer_id).reservation(request_id), request_id)),
+            limits.packed_args,
+            bulk_strings((tokens, spend_micros, reservation_ttl_ms, self.window_ms,
+                          1 if shadow else 0)),
+        )
+        try:
+            reply = await self._scripts.call_packed(self._admit, packed)
+        except _OUTAGE as exc:
+            raise translate(exc) from exc
+        return AdmitReply.from_reply(reply)
 
     async def settle(
         self, *, customer_id: str, request_id: str, tokens: int, spend_micros: int
@@ -266,15 +278,13 @@ class QuotaStore:
         `defer_s` it waits up to that long for another call's round trip to ride along."""
         if tokens < 0 or spend_micros < 0:
             raise ValueError("tokens and spend_micros must be >= 0")
-        keys = customer_keys(customer_id)
-        script_keys = [
-            keys.token_buckets,
-            keys.month_counters,
-            keys.pending,
-            keys.reservation(request_id),
-        ]
-        return self._scripts.submit(self._settle, script_keys, [tokens, spend_micros],
-                                    defer_s=defer_s)
+        # KEYS: token_buckets, month_counters, pending, the reservation; ARGV: tokens, spend.
+        packed = pack_evalsha_bulks(
+            self._settle, 4, 2, _packed_keys(customer_id).settle,
+            bulk_strings((customer_keys(customer_id).reservation(request_id), tokens,
+                          spend_micros)),
+        )
+        return self._scripts.submit_packed(self._settle, packed, defer_s=defer_s)
 
     async def usage(self, customer_id: str) -> UsageSnapshot:
         """What every window of the customer holds now (expired reservations released)."""

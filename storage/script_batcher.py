@@ -53,9 +53,13 @@ class LuaScript:
 
     source: str
     sha: str = field(init=False)
+    # The sha as a RESP bulk string, packed once for every call.
+    sha_bulk: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+        sha = hashlib.sha1(self.source.encode()).hexdigest()
+        object.__setattr__(self, "sha", sha)
+        object.__setattr__(self, "sha_bulk", _bulk(sha))
 
 
 def _bulk(value: Arg) -> bytes:
@@ -65,10 +69,32 @@ def _bulk(value: Arg) -> bytes:
 
 def pack_evalsha(script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> bytes:
     """The RESP bytes of `EVALSHA sha numkeys *keys *args`."""
-    parts = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + len(keys) + len(args)), _bulk(script.sha),
-             _bulk(len(keys))]
-    parts.extend(_bulk(k) for k in keys)
-    parts.extend(_bulk(a) for a in args)
+    return pack_evalsha_bulks(script, len(keys), len(args), bulk_strings(keys),
+                              bulk_strings(args))
+
+
+def pack_evalsha_bulks(script: LuaScript, numkeys: int, numargs: int, *bulks: bytes) -> bytes:
+    """`pack_evalsha` of keys and args already packed by `bulk_strings`, in order (so a
+    caller packs the parts that never change once)."""
+    return b"".join((b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + numkeys + numargs), script.sha_bulk,
+                     _bulk(numkeys), *bulks))
+
+
+def bulk_strings(values: Sequence[Arg]) -> bytes:
+    """`values` as RESP bulk strings, back to back."""
+    parts = []
+    # Once or twice per request each way: a plain loop, the common types inline (a str is
+    # its UTF-8, an int its decimal digits: what _bulk writes for them).
+    for value in values:
+        kind = type(value)
+        if kind is str:
+            data = value.encode()  # type: ignore[union-attr]
+        elif kind is int:
+            data = b"%d" % value  # type: ignore[str-format]
+        else:
+            parts.append(_bulk(value))
+            continue
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
 
 
@@ -111,11 +137,20 @@ class ScriptBatcher:
 
         `defer_s` > 0: the call need not go at once; it joins the next batch another call
         starts, or goes on its own after `defer_s` (a settle rides with the next admit)."""
+        return self.submit_packed(script, pack_evalsha(script, keys, args), defer_s=defer_s)
+
+    async def call_packed(self, script: LuaScript, packed: bytes) -> Any:
+        """`call` with the command packed already (`pack_evalsha_bulks`)."""
+        return await self.submit_packed(script, packed)
+
+    def submit_packed(self, script: LuaScript, packed: bytes, *,
+                      defer_s: float = 0.0) -> asyncio.Future[Any]:
+        """`submit` with the command packed already (`pack_evalsha_bulks`)."""
         if self._closed:
             raise RuntimeError("ScriptBatcher is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append(_Call(script, pack_evalsha(script, keys, args), future))
+        self._queue.append(_Call(script, packed, future))
         if defer_s > 0 and self._flusher is None:
             if self._timer is None:
                 self._timer = loop.call_later(defer_s, self._start_flush)

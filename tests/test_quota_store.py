@@ -375,3 +375,45 @@ async def test_a_previous_months_usage_does_not_count_this_month(
         f"{previous}:spend_micros"}
     ttl_ms = await client.pttl(keys.month_counters)
     assert ttl_ms > next_start - refused.usage.server_time_ms
+
+
+async def test_admit_and_settle_send_exactly_the_evalsha_of_their_keys_and_args() -> None:
+    # The packed-once parts (a customer's keys, a tier's limits) must add up to the command
+    # pack_evalsha makes of the whole key and argument lists.
+    from typing import Any
+
+    from storage.script_batcher import LuaScript, pack_evalsha
+
+    sent: list[tuple[LuaScript, bytes]] = []
+
+    class Recording:
+        async def call_packed(self, script: LuaScript, packed: bytes) -> Any:
+            sent.append((script, packed))
+            return [1, b"", -1, 0, 1, b"2026-05", 2, 3, 4, 5, 6, 7, 8, 9]
+
+        def submit_packed(self, script: LuaScript, packed: bytes, *,
+                          defer_s: float = 0.0) -> asyncio.Future[Any]:
+            sent.append((script, packed))
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.set_result([1, 0, 0, 0])
+            return future
+
+    store = QuotaStore(Redis(), window_ms=WINDOW_MS)
+    store._scripts = Recording()  # type: ignore[assignment]
+    limits = QuotaLimits(requests_per_minute=3, tokens_per_month=10**12,
+                         spend_per_month_micros=5_000_000)
+    keys = customer_keys("cust_{é}")
+    await store.admit(customer_id="cust_{é}", request_id="req-1", limits=limits, tokens=4116,
+                      spend_micros=29, reservation_ttl_ms=TTL_MS, shadow=True)
+    await store.settle_soon(customer_id="cust_{é}", request_id="req-1", tokens=55,
+                            spend_micros=3)
+    admit_keys = [keys.requests_log, keys.token_buckets, keys.month_counters, keys.pending,
+                  keys.reservation("req-1")]
+    admit_args: list[str | int] = ["req-1", 3, -1, -1, 10**12, 5_000_000, 4116, 29, TTL_MS,
+                                   WINDOW_MS, 1]
+    settle_keys = [keys.token_buckets, keys.month_counters, keys.pending,
+                   keys.reservation("req-1")]
+    assert sent == [
+        (store._admit, pack_evalsha(store._admit, admit_keys, admit_args)),
+        (store._settle, pack_evalsha(store._settle, settle_keys, [55, 3])),
+    ]

@@ -39,6 +39,14 @@ def test_pack_evalsha_is_the_resp_encoding_redis_py_makes() -> None:
     expected = b"".join(Connection().pack_command(
         "EVALSHA", ADD_ONCE.sha, 1, "k1", 5, "id-é", b"\x00raw"))
     assert packed == expected
+    # An admit's shape: hash-tagged keys, -1 for unlimited, big and empty values.
+    keys = ["q1:{c}:rpm", "q1:{c}:tpm", "q1:{c}:month", "q1:{c}:pending", "q1:{c}:r:é"]
+    args: list[bytes | str | int] = ["rid", -1, 0, 10**20, "", b"", 60_000, 1]
+    expected = b"".join(Connection().pack_command(
+        "EVALSHA", ADD_ONCE.sha, len(keys), *keys, *args))
+    assert pack_evalsha(ADD_ONCE, keys, args) == expected
+    assert pack_evalsha(ADD_ONCE, [], []) == b"".join(
+        Connection().pack_command("EVALSHA", ADD_ONCE.sha, 0))
 
 
 async def test_concurrent_calls_share_round_trips_and_each_gets_its_reply(client: Redis) -> None:
