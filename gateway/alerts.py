@@ -49,9 +49,10 @@ def _crossed(admission: Admission, thresholds: list[int]) -> list[tuple[str, int
     monthly: list[tuple[str, Any, Any]] = [
         ("requests_per_month", usage.month_requests, limits.requests_per_month),
         ("tokens_per_month", usage.month_tokens, limits.tokens_per_month),
-        ("spend_per_month_usd", Decimal(usage.month_spend_micros).scaleb(-6),
-         limits.spend_per_month_usd),
     ]
+    if limits.spend_per_month_usd:  # the Decimal is made only when there is a cap to check
+        monthly.append(("spend_per_month_usd", Decimal(usage.month_spend_micros).scaleb(-6),
+                        limits.spend_per_month_usd))
     return [
         (name, pct, used, limit)
         for name, used, limit in monthly

@@ -63,6 +63,10 @@ class Metrics:
         # Labelled children by (metric, label values): `labels()` costs a lock and a few
         # lookups per call, and the label values are bounded, so each child is looked up once.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # The children one request touches, by its labels: one lookup instead of several.
+        self._request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+        self._token_children: dict[str, tuple[Any, Any]] = {}
+        self._money_children: dict[str, tuple[Any, Any]] = {}
 
     def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
         key = (id(metric), labels)
@@ -74,8 +78,14 @@ class Metrics:
     def observe_request(self, route: str, provider: str, model: str, status: int,
                         seconds: float) -> None:
         """One forwarded request done: `model` must be a bounded label (catalog name/other)."""
-        self._child(self.requests, route, provider, model, str(status)).inc()
-        self._child(self.latency, route).observe(seconds)
+        key = (route, provider, model, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self._child(self.requests, route, provider, model, str(status)),
+                self._child(self.latency, route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_ttfb(self, route: str, seconds: float) -> None:
         self._child(self.ttfb, route).observe(seconds)
@@ -87,8 +97,12 @@ class Metrics:
     def observe_usage(self, provider: str, usage: Usage, cost_usd: Decimal | None,
                       price_usd: Decimal | None) -> None:
         tokens, child = self.tokens, self._child
-        child(tokens, provider, "input").inc(usage.input_tokens)
-        child(tokens, provider, "output").inc(usage.output_tokens)
+        children = self._token_children.get(provider)
+        if children is None:
+            children = self._token_children[provider] = (
+                child(tokens, provider, "input"), child(tokens, provider, "output"))
+        children[0].inc(usage.input_tokens)
+        children[1].inc(usage.output_tokens)
         if usage.cached_input_tokens:
             child(tokens, provider, "cached_input").inc(usage.cached_input_tokens)
         if usage.cache_write_tokens:
@@ -100,8 +114,13 @@ class Metrics:
         if cost_usd is None or price_usd is None:
             self.unpriced.inc()
             return
-        child(self.cost_micros, provider).inc(usd_to_micros_ceil(cost_usd))
-        child(self.price_micros, provider).inc(usd_to_micros_ceil(price_usd))
+        # Created on the first priced request only, like every labelled series here.
+        money = self._money_children.get(provider)
+        if money is None:
+            money = self._money_children[provider] = (
+                child(self.cost_micros, provider), child(self.price_micros, provider))
+        money[0].inc(usd_to_micros_ceil(cost_usd))
+        money[1].inc(usd_to_micros_ceil(price_usd))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -35,6 +35,7 @@ import tiktoken
 from pricing.models import Usage
 
 EXACT_PROMPT_CHARS = 8192
+_NAMES_MAX = 4096
 BYTES_PER_TOKEN_CEILING = 3
 
 CL100K_BASE = "cl100k_base"
@@ -129,6 +130,9 @@ class TokenCounter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._encodings: dict[str, tiktoken.Encoding] = {}
+        # encoding_name_for per model name (asked on every request); bounded, since a
+        # model name is the client's string.
+        self._names: dict[str, str] = {}
 
     def warm(self) -> None:
         """Load every encoding now (blocking, ~1 s each) so no request waits for it."""
@@ -149,7 +153,12 @@ class TokenCounter:
         """Tokens of `text` for `model`. Special-token text counts as ordinary text."""
         if not text:
             return 0
-        return len(self.encoding(encoding_name_for(model)).encode_ordinary(text))
+        name = self._names.get(model)
+        if name is None:
+            name = encoding_name_for(model)
+            if len(self._names) < _NAMES_MAX:
+                self._names[model] = name
+        return len(self.encoding(name).encode_ordinary(text))
 
     def reservation_tokens(self, model: str, text: str) -> int:
         """A prompt's tokens for a quota reservation: exact when short, cheap when long."""

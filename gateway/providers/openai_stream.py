@@ -55,23 +55,31 @@ def openai_usage(value: Any) -> Usage | None:
     if not isinstance(value, dict):
         return None
     if "prompt_tokens" in value or "completion_tokens" in value:
-        input_tokens = count(value.get("prompt_tokens"))
-        output_tokens = count(value.get("completion_tokens"))
-        cached = count(obj(value.get("prompt_tokens_details")).get("cached_tokens"))
-        reasoning = count(obj(value.get("completion_tokens_details")).get("reasoning_tokens"))
+        names = _CHAT_NAMES
     elif "input_tokens" in value or "output_tokens" in value:
-        input_tokens = count(value.get("input_tokens"))
-        output_tokens = count(value.get("output_tokens"))
-        cached = count(obj(value.get("input_tokens_details")).get("cached_tokens"))
-        reasoning = count(obj(value.get("output_tokens_details")).get("reasoning_tokens"))
+        names = _RESPONSES_NAMES
     else:
         return None
-    return Usage(
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        cached_input_tokens=min(cached, input_tokens),
-        reasoning_tokens=min(reasoning, output_tokens),
-    )
+    input_name, output_name, input_details, output_details = names
+    input_tokens = _count(value.get(input_name))
+    output_tokens = _count(value.get(output_name))
+    details = value.get(input_details)
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    details = value.get(output_details)
+    reasoning = _count(details.get("reasoning_tokens")) if isinstance(details, dict) else 0
+    return Usage(input_tokens, output_tokens, min(cached, input_tokens), 0,
+                 min(reasoning, output_tokens))
+
+
+_CHAT_NAMES = ("prompt_tokens", "completion_tokens", "prompt_tokens_details",
+               "completion_tokens_details")
+_RESPONSES_NAMES = ("input_tokens", "output_tokens", "input_tokens_details",
+                    "output_tokens_details")
+
+
+def _count(value: Any) -> int:
+    """`count`, with the usual case (a plain non-negative int) first."""
+    return value if type(value) is int and value >= 0 else count(value)
 
 
 def _carries_usage(data: bytes) -> bool:
