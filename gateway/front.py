@@ -185,7 +185,9 @@ class FrontProtocol(asyncio.Protocol):
         self._wake_writer()
 
     def eof_received(self) -> bool:
-        return self.busy  # keep the socket open to answer a request already in
+        # The client will send nothing more: answer a request already in, then close.
+        self._close_after = True
+        return self.busy
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -249,7 +251,7 @@ class FrontProtocol(asyncio.Protocol):
                     return None  # aiohttp refuses a repeated one (400)
                 singletons.add(lower)
                 if lower == "content-length":
-                    if not value.isdigit():
+                    if not (value.isascii() and value.isdigit()):
                         return None
                     length = int(value)
             elif lower in _NOT_FAST:

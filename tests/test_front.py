@@ -155,6 +155,20 @@ async def test_connection_close_is_honoured(gw: Gateway) -> None:
     assert not response.from_aiohttp
 
 
+async def test_a_client_that_half_closes_gets_its_answer(gw: Gateway) -> None:
+    reader, writer = await asyncio.open_connection(gw.server.host, gw.server.port)
+    try:
+        writer.write(request(gw))
+        writer.write_eof()  # sent everything: shutdown(SHUT_WR)
+        async with asyncio.timeout(10):
+            response = await read_response(reader)
+            assert await reader.read() == b""  # then the server closes
+    finally:
+        writer.close()
+    assert response.status == 200 and response.headers["connection"] == "close"
+    assert await event_ids(gw, 1) == {response.headers["x-request-id"]}
+
+
 async def test_refusals_on_the_front_keep_the_api_shape_and_the_connection(gw: Gateway) -> None:
     bad_key = request(gw).replace(gw.key.encode(), b"tb_" + b"x" * 40)
     no_model = request(gw, {"messages": []})
