@@ -19,7 +19,8 @@ from typing import Any
 import asyncpg
 import yaml
 from aiohttp import web
-from aiohttp.test_utils import BaseRunner, TestServer
+from aiohttp.test_utils import TestServer
+from aiohttp.web import BaseRunner
 
 from gateway import keys
 from gateway.app import create_app
