@@ -51,6 +51,7 @@ from typing import Any
 from gateway.config import QuotasConfig, TierConfig, TierLimits
 from gateway.errors import RateLimitError, ServiceUnavailableError
 from gateway.quota_status import QuotaStatus, build_status, utc_from_ms
+from pricing.cost import usd_to_micros_ceil
 from storage.quota_store import (
     AdmitReply,
     QuotaLimits,
@@ -70,13 +71,7 @@ _MICROS_PER_USD = 1_000_000
 SETTLE_DEFER_S = 0.005
 _LIMITS_CACHE_MAX = 256
 
-__all__ = ["Admission", "QuotaPolicy", "QuotaStatus", "micros_ceil", "micros_floor"]
-
-
-def micros_ceil(amount_usd: Decimal) -> int:
-    """Whole micro-dollars, rounded up, computed exactly (what a reservation or usage counts)."""
-    numerator, denominator = amount_usd.as_integer_ratio()
-    return -((-numerator * _MICROS_PER_USD) // denominator)
+__all__ = ["Admission", "QuotaPolicy", "QuotaStatus", "micros_floor"]
 
 
 def micros_floor(amount_usd: Decimal) -> int:
@@ -177,7 +172,7 @@ class QuotaPolicy:
                 request_id=request_id,
                 limits=self._store_limits(tier.limits),
                 tokens=tokens,
-                spend_micros=0 if spend_usd is None else micros_ceil(spend_usd),
+                spend_micros=0 if spend_usd is None else usd_to_micros_ceil(spend_usd),
                 reservation_ttl_ms=self._settings.reservation_ttl_s * 1000,
                 shadow=tier.shadow,
             )
@@ -231,7 +226,7 @@ class QuotaPolicy:
         `aclose` waits for it. Never raises."""
         if not admission.reserved:
             return None
-        spend_micros = 0 if spend_usd is None else micros_ceil(spend_usd)
+        spend_micros = 0 if spend_usd is None else usd_to_micros_ceil(spend_usd)
         try:
             future = self._store.settle_soon(
                 customer_id=admission.customer_id, request_id=admission.request_id,

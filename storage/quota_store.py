@@ -41,7 +41,13 @@ import redis.exceptions
 from redis.asyncio import Redis
 
 from storage.quota_keys import customer_keys
-from storage.script_batcher import LuaScript, ScriptBatcher, bulk_strings, pack_evalsha_bulks
+from storage.script_batcher import (
+    LuaScript,
+    ScriptBatcher,
+    bulk_strings,
+    pack_evalsha,
+    pack_evalsha_bulks,
+)
 
 PRODUCTION_WINDOW_MS = 60_000
 
@@ -223,9 +229,10 @@ class QuotaStore:
         """Finish the queued script calls (settles sent without waiting, say)."""
         await self._scripts.aclose()
 
-    async def _call(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
+    async def _call(self, script: LuaScript, packed: bytes) -> Any:
+        """Run a packed EVALSHA (`pack_evalsha*`); Redis failures as QuotaStore errors."""
         try:
-            return await self._scripts.call(script, keys, args)
+            return await self._scripts.call_packed(script, packed)
         except _OUTAGE as exc:
             raise translate(exc) from exc
 
@@ -252,11 +259,7 @@ class QuotaStore:
             bulk_strings((tokens, spend_micros, reservation_ttl_ms, self.window_ms,
                           1 if shadow else 0)),
         )
-        try:
-            reply = await self._scripts.call_packed(self._admit, packed)
-        except _OUTAGE as exc:
-            raise translate(exc) from exc
-        return AdmitReply.from_reply(reply)
+        return AdmitReply.from_reply(await self._call(self._admit, packed))
 
     async def settle(
         self, *, customer_id: str, request_id: str, tokens: int, spend_micros: int
@@ -290,8 +293,8 @@ class QuotaStore:
         """What every window of the customer holds now (expired reservations released)."""
         keys = customer_keys(customer_id)
         script_keys = [keys.requests_log, keys.token_buckets, keys.month_counters, keys.pending]
-        return UsageSnapshot.from_reply(
-            await self._call(self._status, script_keys, [self.window_ms]))
+        return UsageSnapshot.from_reply(await self._call(
+            self._status, pack_evalsha(self._status, script_keys, [self.window_ms])))
 
     async def claim_alert(self, customer_id: str, limit: str, threshold_percent: int,
                           month: str) -> bool:

@@ -82,20 +82,7 @@ def pack_evalsha_bulks(script: LuaScript, numkeys: int, numargs: int, *bulks: by
 
 def bulk_strings(values: Sequence[Arg]) -> bytes:
     """`values` as RESP bulk strings, back to back."""
-    parts = []
-    # Once or twice per request each way: a plain loop, the common types inline (a str is
-    # its UTF-8, an int its decimal digits: what _bulk writes for them).
-    for value in values:
-        kind = type(value)
-        if kind is str:
-            data = value.encode()  # type: ignore[union-attr]
-        elif kind is int:
-            data = b"%d" % value  # type: ignore[str-format]
-        else:
-            parts.append(_bulk(value))
-            continue
-        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(parts)
+    return b"".join([_bulk(value) for value in values])
 
 
 @dataclass(slots=True)

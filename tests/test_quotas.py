@@ -26,10 +26,10 @@ from gateway.errors import RateLimitError, ServiceUnavailableError
 from gateway.quotas import (
     Admission,
     QuotaPolicy,
-    micros_ceil,
     micros_floor,
     openai_duration,
 )
+from pricing.cost import usd_to_micros_ceil
 from storage.quota_store import QuotaStore
 
 WINDOW_MS = 2000
@@ -75,14 +75,14 @@ async def admit(
 
 
 def test_money_becomes_whole_micro_dollars_exactly() -> None:
-    assert micros_ceil(Decimal("5")) == 5_000_000
-    assert micros_ceil(Decimal("0.0000001")) == 1
-    assert micros_ceil(Decimal("1.2345671")) == 1_234_568
-    assert micros_ceil(Decimal("0.000002")) == 2
-    assert micros_ceil(Decimal("0")) == 0
+    assert usd_to_micros_ceil(Decimal("5")) == 5_000_000
+    assert usd_to_micros_ceil(Decimal("0.0000001")) == 1
+    assert usd_to_micros_ceil(Decimal("1.2345671")) == 1_234_568
+    assert usd_to_micros_ceil(Decimal("0.000002")) == 2
+    assert usd_to_micros_ceil(Decimal("0")) == 0
     assert micros_floor(Decimal("1.2345679")) == 1_234_567
     # Beyond float precision, still exact.
-    assert micros_ceil(Decimal("12345678901.0000000000001")) == 12_345_678_901_000_001
+    assert usd_to_micros_ceil(Decimal("12345678901.0000000000001")) == 12_345_678_901_000_001
 
 
 def test_reset_durations_read_like_openais() -> None:
