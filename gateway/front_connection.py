@@ -222,8 +222,6 @@ class FrontProtocol(asyncio.Protocol):
             pending = await prepare(app, api, endpoint, headers, read_body, request_id, started)
             await forward(app, api, endpoint, pending, reply)
         except GatewayError as exc:
-            if is_refusal(exc):
-                app[keys.metrics].refused.labels(endpoint.path, str(exc.status)).inc()
             self._answer_error(reply, endpoint.path, exc, request_id)
         except Exception:
             log.exception("unhandled error", extra={"request_id": str(request_id)})
@@ -234,6 +232,9 @@ class FrontProtocol(asyncio.Protocol):
 
     def _answer_error(self, reply: FrontReply, path: str, exc: GatewayError,
                       request_id: uuid.UUID) -> None:
+        """Answer `exc` in the API's shape (a refusal is counted), or cut a started stream."""
+        if is_refusal(exc):
+            self._server.app[keys.metrics].refused.labels(path, str(exc.status)).inc()
         if reply.head_sent:  # a stream already under way: it can only be cut
             self._close_after = True
             return
@@ -297,7 +298,6 @@ class FrontProtocol(asyncio.Protocol):
         exc = RequestTimeoutError(
             f"The request body was not received within {self._server.timeout_s:g} seconds "
             "of its headers.")
-        self._server.app[keys.metrics].refused.labels(endpoint.path, str(exc.status)).inc()
         self._answer_error(FrontReply(self), endpoint.path, exc, uuid.uuid4())
         self._discarding = True
         self._raw.clear()
