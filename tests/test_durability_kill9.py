@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,20 @@ def mock_provider() -> Iterator[str]:
         yield url
 
 
+# A writer that would not flush for minutes: before a kill, events exist only in the journal.
+JOURNAL_ONLY = {"writer_flush_interval_s": 600, "writer_batch_size": 1_000_000}
+
+
 def write_config(path: Path, mock: str, data_dir: Path, storage: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump({
         "server": {"host": "127.0.0.1"},
         "storage": {"data_dir": str(data_dir), **storage},
-        "providers": {"openai": {"kind": "openai", "base_url": mock + "/v1",
-                                 "api_key_env": "MOCK_PROVIDER_KEY"}},
+        "providers": {
+            "openai": {"kind": "openai", "base_url": mock + "/v1",
+                       "api_key_env": "MOCK_PROVIDER_KEY"},
+            "anthropic": {"kind": "anthropic", "base_url": mock,
+                          "api_key_env": "MOCK_PROVIDER_KEY"},
+        },
         "tiers": {"open": {"limits": {}}},
         "pricing": {"markup_percent": "20"},
     }))
@@ -81,6 +90,62 @@ async def customer_and_serve(config: Path, env: dict[str, str], prefix: str
     threading.Thread(target=collect, args=(serve.stdout, lines), daemon=True).start()
     await wait_healthy(f"http://127.0.0.1:{port}", serve)
     return customer, key, port, serve, lines
+
+
+@dataclass
+class Killable:
+    """A `serve` to kill -9: its config, data dir and environment, its customer and key."""
+
+    config: Path
+    data_dir: Path
+    env: dict[str, str]
+    customer: str
+    key: str
+    port: int
+    serve: subprocess.Popen[str]
+    lines: list[str]
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+async def journal_only_gateway(tmp_path: Path, database_url: str, redis_url: str, mock: str,
+                               prefix: str) -> Killable:
+    """`serve` on a private data dir with a writer that does not flush (JOURNAL_ONLY)."""
+    data_dir = tmp_path / "data"
+    config = tmp_path / "config.yaml"
+    write_config(config, mock, data_dir, JOURNAL_ONLY)
+    env = {**os.environ, "TOLLBOOTH_DATABASE_URL": database_url,
+           "TOLLBOOTH_REDIS_URL": redis_url, "MOCK_PROVIDER_KEY": "sk-mock"}
+    customer, key, port, serve, lines = await customer_and_serve(config, env, prefix)
+    return Killable(config, data_dir, env, customer, key, port, serve, lines)
+
+
+async def restart_drained(gw: Killable, mock: str) -> subprocess.Popen[str]:
+    """`serve` again on the killed one's data dir and port, with a writer that flushes, once
+    it is healthy and has written what the journal held. The caller stops it."""
+    write_config(gw.config, mock, gw.data_dir, {"writer_flush_interval_s": 0.05})
+    restarted = await asyncio.to_thread(start_serve, gw.config, gw.port, gw.env)
+    assert restarted.stdout is not None
+    threading.Thread(target=collect, args=(restarted.stdout, gw.lines), daemon=True).start()
+    try:
+        await wait_healthy(gw.base, restarted)
+        await wait_drained(gw.base)
+    except BaseException:
+        restarted.kill()
+        raise
+    return restarted
+
+
+async def wait_drained(base: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(300):
+            async with session.get(base + "/health") as response:
+                if (await response.json())["writer"]["backlog"] == 0:
+                    return
+            await asyncio.sleep(0.1)
+    raise AssertionError("the restarted gateway never drained its journal")
 
 
 async def load_until_killed(base: str, key: str, serve: subprocess.Popen[str]
@@ -130,35 +195,18 @@ async def stored_ids(database_url: str, customer: str) -> list[str]:
 async def test_kill_9_under_load_loses_and_doubles_nothing(
     tmp_path: Path, fresh_database_url: str, redis_url: str, mock_provider: str
 ) -> None:
-    data_dir = tmp_path / "data"
-    config = tmp_path / "config.yaml"
     # Nothing reaches Postgres before the kill: only the journal can save these events.
-    write_config(config, mock_provider, data_dir,
-                 {"writer_flush_interval_s": 600, "writer_batch_size": 1_000_000})
-    env = {**os.environ, "TOLLBOOTH_DATABASE_URL": fresh_database_url,
-           "TOLLBOOTH_REDIS_URL": redis_url, "MOCK_PROVIDER_KEY": "sk-mock"}
-    customer, key, port, serve, lines = await customer_and_serve(config, env, "k9")
-    base = f"http://127.0.0.1:{port}"
-    completed, cut_off = await load_until_killed(base, key, serve)
-    assert serve.returncode == -signal.SIGKILL
+    gw = await journal_only_gateway(tmp_path, fresh_database_url, redis_url, mock_provider, "k9")
+    completed, cut_off = await load_until_killed(gw.base, gw.key, gw.serve)
+    assert gw.serve.returncode == -signal.SIGKILL
     assert len(completed) > 100, "too little load to prove anything"
-    assert await stored_ids(fresh_database_url, customer) == [], "".join(lines)
-    assert list((data_dir / "journal").glob("*/*/*.seg")), "the dead gateway left no journal"
+    assert await stored_ids(fresh_database_url, gw.customer) == [], "".join(gw.lines)
+    assert list((gw.data_dir / "journal").glob("*/*/*.seg")), "the dead gateway left no journal"
 
     # Restart on the same data dir, with a writer that flushes normally.
-    write_config(config, mock_provider, data_dir, {"writer_flush_interval_s": 0.05})
-    restarted = await asyncio.to_thread(start_serve, config, port, env)
-    assert restarted.stdout is not None
-    threading.Thread(target=collect, args=(restarted.stdout, lines), daemon=True).start()
+    restarted = await restart_drained(gw, mock_provider)
     try:
-        await wait_healthy(base, restarted)
-        async with aiohttp.ClientSession() as session:
-            for _ in range(300):
-                async with session.get(base + "/health") as response:
-                    if (await response.json())["writer"]["backlog"] == 0:
-                        break
-                await asyncio.sleep(0.1)
-        ids = await stored_ids(fresh_database_url, customer)
+        ids = await stored_ids(fresh_database_url, gw.customer)
     finally:
         restarted.send_signal(signal.SIGTERM)
         await asyncio.to_thread(restarted.wait, 60)
@@ -170,5 +218,5 @@ async def test_kill_9_under_load_loses_and_doubles_nothing(
     # Any other event is a request the kill cut off after its event was journaled.
     assert len(set(ids) - set(completed)) <= cut_off
     assert len(completed) == len(set(completed))
-    assert restarted.returncode == 0, "".join(lines)
-    assert not list((data_dir / "journal").glob("*/*/*.seg"))  # all committed, all deleted
+    assert restarted.returncode == 0, "".join(gw.lines)
+    assert not list((gw.data_dir / "journal").glob("*/*/*.seg"))  # all committed, all deleted

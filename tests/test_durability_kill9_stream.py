@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,10 +28,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-import yaml
 
-from tests.test_durability_kill9 import customer_and_serve, start_serve
-from tests.test_gateway_multiprocess import collect, mock_provider_process, wait_healthy
+from tests.test_durability_kill9 import journal_only_gateway, restart_drained
+from tests.test_gateway_multiprocess import mock_provider_process
 
 LONG_STREAMS = 6  # OpenAI chat streams, 300 tokens 20 ms apart: about 6 s each
 ANTHROPIC_STREAMS = 2
@@ -48,21 +46,6 @@ FINISHED_OUTPUT_TOKENS = 5
 def mock_provider() -> Iterator[str]:
     with mock_provider_process(kill=True) as url:
         yield url
-
-
-def write_config(path: Path, mock: str, data_dir: Path, storage: dict[str, Any]) -> None:
-    path.write_text(yaml.safe_dump({
-        "server": {"host": "127.0.0.1"},
-        "storage": {"data_dir": str(data_dir), **storage},
-        "providers": {
-            "openai": {"kind": "openai", "base_url": mock + "/v1",
-                       "api_key_env": "MOCK_PROVIDER_KEY"},
-            "anthropic": {"kind": "anthropic", "base_url": mock,
-                          "api_key_env": "MOCK_PROVIDER_KEY"},
-        },
-        "tiers": {"open": {"limits": {}}},
-        "pricing": {"markup_percent": "20"},
-    }))
 
 
 @dataclass
@@ -179,27 +162,12 @@ async def stored_events(database_url: str, customer: str) -> list[dict[str, Any]
     return [{**dict(r), "metadata": json.loads(r["metadata"])} for r in rows]
 
 
-async def wait_drained(base: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            async with session.get(base + "/health") as response:
-                if (await response.json())["writer"]["backlog"] == 0:
-                    return
-            await asyncio.sleep(0.1)
-    raise AssertionError("the restarted gateway never drained its journal")
-
-
 async def test_kill_9_mid_stream_bills_every_request_that_reached_the_provider_once(
     tmp_path: Path, fresh_database_url: str, redis_url: str, mock_provider: str
 ) -> None:
-    data_dir = tmp_path / "data"
-    config = tmp_path / "config.yaml"
-    write_config(config, mock_provider, data_dir,
-                 {"writer_flush_interval_s": 600, "writer_batch_size": 1_000_000})
-    env = {**os.environ, "TOLLBOOTH_DATABASE_URL": fresh_database_url,
-           "TOLLBOOTH_REDIS_URL": redis_url, "MOCK_PROVIDER_KEY": "sk-mock"}
-    customer, key, port, serve, lines = await customer_and_serve(config, env, "k9s")
-    base = f"http://127.0.0.1:{port}"
+    gw = await journal_only_gateway(tmp_path, fresh_database_url, redis_url, mock_provider,
+                                    "k9s")
+    customer, key, serve, lines, base = gw.customer, gw.key, gw.serve, gw.lines, gw.base
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         finished = await finished_requests(session, base, key)
         traffic = await in_flight_until_killed(session, base, mock_provider, key, serve)
@@ -210,15 +178,10 @@ async def test_kill_9_mid_stream_bills_every_request_that_reached_the_provider_o
     assert traffic.cut_off == LONG_STREAMS + ANTHROPIC_STREAMS + SLOW_CALLS
     assert len(reached) == FINISHED + LONG_STREAMS + ANTHROPIC_STREAMS + SLOW_CALLS
     assert await stored_events(fresh_database_url, customer) == [], "".join(lines)
-    assert list(data_dir.glob("journal/*/*/*.open")), "no provisional records on disk"
+    assert list(gw.data_dir.glob("journal/*/*/*.open")), "no provisional records on disk"
 
-    write_config(config, mock_provider, data_dir, {"writer_flush_interval_s": 0.05})
-    restarted = await asyncio.to_thread(start_serve, config, port, env)
-    assert restarted.stdout is not None
-    threading.Thread(target=collect, args=(restarted.stdout, lines), daemon=True).start()
+    restarted = await restart_drained(gw, mock_provider)
     try:
-        await wait_healthy(base, restarted)
-        await wait_drained(base)
         events = await stored_events(fresh_database_url, customer)
     finally:
         restarted.send_signal(signal.SIGTERM)
@@ -257,5 +220,5 @@ async def test_kill_9_mid_stream_bills_every_request_that_reached_the_provider_o
             assert event["output_tokens"] == 0
     assert sum(not e["streamed"] for e in interrupted) == SLOW_CALLS
     assert restarted.returncode == 0, output
-    assert not list(data_dir.glob("journal/*/*/*.seg")), "a segment was left behind"
-    assert not list(data_dir.glob("journal/*/*/*.open")), "a provisional record was left"
+    assert not list(gw.data_dir.glob("journal/*/*/*.seg")), "a segment was left behind"
+    assert not list(gw.data_dir.glob("journal/*/*/*.open")), "a provisional record was left"

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import orjson
 import pytest
 import yaml
@@ -50,6 +49,7 @@ from storage.embedded_servers import (
     stop_valkey,
 )
 from storage.postgres import create_pool
+from tests.test_durability_kill9 import stored_ids
 from tests.test_gateway_multiprocess import collect, free_port, wait_healthy
 
 CONCURRENCY = 8
@@ -174,15 +174,6 @@ async def customer_key(database_url: str, tier: str, **labels: str) -> tuple[str
         return customer, key
     finally:
         await pool.close()
-
-
-async def stored_ids(database_url: str, customer: str) -> list[str]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch("SELECT id FROM usage_events WHERE customer_id = $1", customer)
-        return [str(r["id"]) for r in rows]
-    finally:
-        await conn.close()
 
 
 @dataclass(frozen=True)
