@@ -39,6 +39,7 @@ from gateway.runtime import Runtime
 from gateway.tokens import TokenCounter
 from gateway.upstream import UpstreamClient, create_session
 from gateway.usage_routes import add_usage_routes
+from gateway.web.routes import add_web_routes
 from pricing.catalog import Catalog
 from storage.accounts import AccountStore
 from storage.partitions import maintain_partitions
@@ -147,6 +148,7 @@ def create_app(
         client = redis.Redis(connection_pool=pool)
         store = QuotaStore(client, window_ms=quota_window_ms)
         app[keys.quotas] = QuotaPolicy(store, settings.quotas)
+        app[keys.redis_client] = client  # also the web pages' (login rate limit)
         app[keys.alerts] = AlertNotifier(store, app[keys.http], settings.alerts)
         policy = app[keys.quotas]
         writer = app[keys.writer]
@@ -202,4 +204,5 @@ def create_app(
     add_admin_routes(app)
     add_usage_routes(app)
     add_billing_routes(app)
+    add_web_routes(app)
     return app

@@ -6,6 +6,7 @@ import uuid
 
 import aiohttp
 import asyncpg
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.alerts import AlertNotifier
@@ -27,6 +28,7 @@ pool = web.AppKey("pool", asyncpg.Pool)
 accounts = web.AppKey("accounts", AccountStore)
 authenticator = web.AppKey("authenticator", Authenticator)
 quotas = web.AppKey("quotas", QuotaPolicy)
+redis_client = web.AppKey("redis_client", aioredis.Redis)  # the quota store's client
 tokens = web.AppKey("tokens", TokenCounter)
 writer = web.AppKey("writer", UsageWriter)
 recorder = web.AppKey("recorder", Recorder)
