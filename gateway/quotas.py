@@ -51,6 +51,7 @@ from typing import Any
 from gateway.config import QuotasConfig, TierConfig, TierLimits
 from gateway.errors import RateLimitError, ServiceUnavailableError
 from gateway.quota_status import QuotaStatus, build_status, utc_from_ms
+from gateway.traffic import MinuteTraffic
 from pricing.cost import usd_to_micros_ceil
 from storage.quota_store import (
     AdmitReply,
@@ -139,6 +140,8 @@ class QuotaPolicy:
         self.redis_error_admissions = 0
         self.shadow_refusals = 0
         self.settle_failures = 0
+        # Per-minute requests and 429s by tier, for the operator dashboard (this process only).
+        self.traffic = MinuteTraffic()
         # store_limits per TierLimits (frozen; a reload brings new objects): by identity,
         # the entry holding the object so its id is never reused while cached.
         self._limits: dict[int, tuple[TierLimits, QuotaLimits]] = {}
@@ -192,6 +195,7 @@ class QuotaPolicy:
                     "The quota service is unavailable; retry shortly."
                 ) from exc
             self.redis_error_admissions += 1
+            self.traffic.count(tier_name, refused=False)
             log.warning(
                 "quota store unreachable; request %s of customer %s admitted without quota "
                 "(on_redis_error: allow): %s",
@@ -200,7 +204,9 @@ class QuotaPolicy:
             return Admission(request_id, customer_id, tier_name, tier.limits, False, None)
         if not reply.admitted:
             self.refusals[reply.limit or "unknown"] += 1
+            self.traffic.count(tier_name, refused=True)
             raise self._refusal(reply, tier.limits, tokens)
+        self.traffic.count(tier_name, refused=False)
         if reply.limit is not None:
             self.shadow_refusals += 1
             log.info(
