@@ -191,7 +191,7 @@ def create_app(
         yield
         # Cleaned up first: exchanges still relaying need the session, Redis and the writer.
         await app[keys.recorder].drain(settings.server.shutdown_grace_s)
-        await app[keys.alerts].drain(settings.alerts.timeout_s)
+        await app[keys.alerts].drain(app[keys.alerts].settings.timeout_s)
 
     app.cleanup_ctx.extend([http_session, postgres, quotas, tokenizer, config_watcher, inflight])
 

@@ -14,9 +14,10 @@ payment until `invoice.paid`, each event id once. 400 for a bad or stale signatu
 no secret is set or the config cannot apply the event (Stripe redelivers for days, so fixing
 the config applies it); 200 with the action taken otherwise, duplicates included.
 
-Both answer 404 while `billing.stripe` is not configured. `add_billing_routes(app)` adds the
-routes and a cleanup_ctx entry that opens the Stripe client at startup (when the config and
-the key are there) and closes it at shutdown; API key or base changes need a restart.
+Both answer 404 while `billing.stripe` is not configured. Every `billing.stripe` key applies on
+reload: each request reads the live snapshot, and the portal's Stripe client comes from
+`gateway.stripe_clients`, rebuilt when the API key variable, base or timeout change.
+`add_billing_routes(app)` adds the routes and a cleanup_ctx entry that closes the clients.
 """
 
 from __future__ import annotations
@@ -38,13 +39,14 @@ from gateway.errors import (
     ServiceUnavailableError,
     UpstreamUnreachableError,
 )
-from storage.stripe_client import StripeApi, StripeApiError, WebhookSignatureError, verify_webhook
+from gateway.stripe_clients import StripeClients
+from storage.stripe_client import StripeApiError, WebhookSignatureError, verify_webhook
 from storage.stripe_webhooks import WebhookConfigError, WebhookRules, apply_stripe_event
 
 log = logging.getLogger("tollbooth.billing")
 
 # Lives here rather than in gateway/keys.py only because this module owns its resource.
-stripe_api = web.AppKey("stripe_api", StripeApi)
+stripe_clients = web.AppKey("stripe_clients", StripeClients)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -98,7 +100,7 @@ async def billing_portal(request: web.Request) -> web.Response:
             "This account has no billing profile yet; ask the operator to link it to Stripe.",
             code="billing_account_missing",
         )
-    api = request.app.get(stripe_api)
+    api = request.app[stripe_clients].get(config)
     if api is None:
         raise ServiceUnavailableError("Billing is not available on this gateway right now.")
     try:
@@ -149,17 +151,12 @@ async def stripe_webhook(request: web.Request) -> web.Response:
 
 def add_billing_routes(app: web.Application) -> None:
     async def stripe_client(app: web.Application) -> AsyncIterator[None]:
+        clients = app[stripe_clients] = StripeClients()
         config = app[keys.runtime].current.settings.billing.stripe
-        api_key = os.environ.get(config.api_key_env) if config is not None else None
-        if config is not None and api_key:
-            app[stripe_api] = StripeApi(
-                api_key, api_base=config.api_base, timeout_s=config.request_timeout_s
-            )
-        elif config is not None:
-            log.warning("%s is not set: POST /billing/portal answers 503", config.api_key_env)
+        if config is not None:
+            clients.get(config)  # built (or its missing key reported) at startup
         yield
-        if stripe_api in app:
-            await app[stripe_api].close()
+        await clients.close()
 
     app.cleanup_ctx.append(stripe_client)
     app.router.add_post("/billing/portal", billing_portal)

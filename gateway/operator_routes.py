@@ -1,8 +1,10 @@
 """Routes the gateway answers itself: health, the model list, and the caller's own usage.
 
 `GET /health` is unauthenticated and says whether Postgres, Redis and the writer are fine
-(503 when a dependency is down). `GET /v1/models` and `/usage/*` need a customer key and
-only ever show that customer's data: the customer id comes from the key, never the query.
+(503 when a dependency is down), and the config's state: `error` while a refused file is on
+disk, `restart_required` listing changed keys a reload does not apply. `GET /v1/models` and
+`/usage/*` need a customer key and only ever show that customer's data: the customer id comes
+from the key, never the query.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ async def health(request: web.Request) -> web.Response:
                               "hash": settings.source_hash}
     if config_error:
         config["error"] = config_error  # the refused file's problem; the old config runs
+    # Keys changed on disk that this process applies only when it restarts (names, no values).
+    config["restart_required"] = watcher.restart_required if watcher is not None else []
     body = {
         "status": "ok" if ok and not config_error else "degraded",
         "config": config,
