@@ -31,7 +31,7 @@ from gateway.metering import Recorder, interrupted_pricer
 from gateway.metrics import LiveValues, Metrics
 from gateway.middleware import error_middleware
 from gateway.operator_routes import add_operator_routes
-from gateway.providers.registry import ALL_APIS
+from gateway.providers.registry import FORWARDED
 from gateway.proxy import make_handler
 from gateway.quotas import QuotaPolicy
 from gateway.reload import ConfigWatcher
@@ -195,11 +195,8 @@ def create_app(
 
     app.cleanup_ctx.extend([http_session, postgres, quotas, tokenizer, config_watcher, inflight])
 
-    for api in ALL_APIS:
-        for endpoint in api.endpoints:
-            if endpoint.name == "models":
-                continue  # answered by the gateway itself (operator_routes)
-            app.router.add_route(endpoint.method, endpoint.path, make_handler(api, endpoint))
+    for path, (api, endpoint) in FORWARDED.items():  # the fast front serves the same table
+        app.router.add_route(endpoint.method, path, make_handler(api, endpoint))
     add_operator_routes(app)
     add_admin_routes(app)
     add_usage_routes(app)

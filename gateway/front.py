@@ -48,21 +48,18 @@ from aiohttp.web_server import Server
 
 from gateway import keys
 from gateway.front_connection import FrontProtocol
-from gateway.providers.base import Endpoint, ProviderApi
-from gateway.providers.registry import ALL_APIS
+from gateway.providers.registry import FORWARDED, Route
 
 FAST_MAX_BODY = 1024 * 1024  # larger bodies go to aiohttp, which streams them in
 
-Route = tuple[ProviderApi, Endpoint]
-
 
 def fast_routes() -> dict[bytes, Route]:
-    """The forwarded routes, by exact path (what `app.create_app` registers with aiohttp)."""
+    """The forwarded POST routes by exact path, aliases included (the table
+    `app.create_app` registers with aiohttp too)."""
     return {
-        endpoint.path.encode(): (api, endpoint)
-        for api in ALL_APIS
-        for endpoint in api.endpoints
-        if endpoint.name != "models" and endpoint.method == "POST"
+        path.encode(): (api, endpoint)
+        for path, (api, endpoint) in FORWARDED.items()
+        if endpoint.method == "POST"
     }
 
 

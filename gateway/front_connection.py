@@ -21,7 +21,8 @@ from gateway.providers.base import Endpoint
 from gateway.proxy import forward, prepare
 
 if TYPE_CHECKING:
-    from gateway.front import FrontServer, Route
+    from gateway.front import FrontServer
+    from gateway.providers.registry import Route
 
 log = logging.getLogger("tollbooth.front")
 

@@ -1,6 +1,7 @@
 """The one translator from errors to responses, in the shape of the API that was called.
 
-Routes under /v1/messages speak Anthropic's error shape; every other route speaks OpenAI's.
+A forwarded route (aliases included) speaks its API's error shape; any other path under
+/v1/messages speaks Anthropic's, every other route OpenAI's.
 `GatewayError`s carry their status, type, code and headers; aiohttp's own HTTP errors (404 for
 an unknown path, 405, 413 for a body over the limit) are reshaped the same way; anything else
 is a bug: it is logged with its traceback and answered as a 500 with no detail in the body.
@@ -24,14 +25,18 @@ from gateway.errors import (
     UpstreamUnreachableError,
 )
 from gateway.providers.base import ProviderApi
-from gateway.providers.registry import api_for_kind
+from gateway.providers.registry import FORWARDED, api_for_kind
 from gateway.proxy import Handler
 
 log = logging.getLogger("tollbooth.errors")
 
 
 def api_for_path(path: str) -> ProviderApi:
-    return api_for_kind("anthropic" if path.startswith("/v1/messages") else "openai")
+    forwarded = FORWARDED.get(path)  # an alias such as /v1/v1/messages speaks its API's shape
+    if forwarded is not None:
+        return forwarded[0]
+    anthropic = path.startswith(("/v1/messages", "/v1/v1/messages"))
+    return api_for_kind("anthropic" if anthropic else "openai")
 
 
 def error_body(path: str, error: GatewayError) -> bytes:
@@ -74,6 +79,9 @@ def is_refusal(error: GatewayError) -> bool:
 def _count_refusal(request: web.Request, status: int) -> None:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
+    forwarded = FORWARDED.get(route)
+    if forwarded is not None:
+        route = forwarded[1].path  # an alias is counted as the route it serves
     request.app[keys.metrics].refused.labels(route, str(status)).inc()
 
 

@@ -130,6 +130,28 @@ async def test_chunked_and_compressed_bodies_are_served_by_aiohttp(gw: Gateway) 
     assert await event_ids(gw, 2) == {r.headers["x-request-id"] for r in responses}
 
 
+async def test_the_anthropic_v1_alias_is_served_by_both_servers(gw: Gateway) -> None:
+    message = {"model": "claude-sonnet-4-5", "max_tokens": 16,
+               "messages": [{"role": "user", "content": "hello there"}]}
+    body = orjson.dumps(message)
+    version = b"anthropic-version: 2023-06-01\r\n"
+    fast = request(gw, message, path="/v1/v1/messages", extra=version)
+    chunked = request(gw, path="/v1/v1/messages",
+                      extra=version + b"Transfer-Encoding: chunked\r\n",
+                      raw_body=b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body))
+    stranger = chunked.replace(gw.key.encode(), b"tb_" + b"z" * 40)
+    served, handed, refused = [(await exchange(gw, data))[0]
+                               for data in (fast, chunked, stranger)]
+    assert (served.status, handed.status, refused.status) == (200, 200, 401)
+    assert not served.from_aiohttp and handed.from_aiohttp and refused.from_aiohttp
+    assert orjson.loads(refused.body)["error"]["type"] == "authentication_error"
+    rows = await gw.events(wait_for=2)
+    assert {str(row["id"]) for row in rows} == {served.headers["x-request-id"],
+                                                handed.headers["x-request-id"]}
+    assert [row["endpoint"] for row in rows] == ["messages", "messages"]
+    assert [sent.path for sent in gw.mock_requests] == ["/v1/messages", "/v1/messages"]
+
+
 async def test_pipelined_requests_are_answered_in_order(gw: Gateway) -> None:
     models = ["gpt-4o-mini", "gpt-4o", "gpt-4o-mini"]
     responses = await exchange(gw, *(request(gw, {**CHAT, "model": m}) for m in models),

@@ -147,3 +147,43 @@ async def test_models_list_in_anthropic_shape(gw: Gateway) -> None:
                                       max_retries=0)
     ids = [m.id async for m in client.models.list()]
     assert MODEL in ids and not any(i.startswith("gpt") for i in ids)
+
+
+async def test_base_url_ending_in_v1_is_served_as_messages(gw: Gateway) -> None:
+    # base_url=".../v1" (the OpenAI SDK's habit) makes the SDK call /v1/v1/messages.
+    client = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url + "/v1",
+                                      max_retries=0)
+    reply = await client.messages.create(model=MODEL, max_tokens=16, messages=MESSAGES,  # type: ignore[arg-type]
+                                         extra_headers=CACHE_HEADERS)
+    [row] = await gw.events()
+    check_row(row, gw, reply.usage, streamed=False)
+    assert row["upstream_request_id"] == reply.id
+    assert [sent.path for sent in gw.mock_requests] == ["/v1/messages"]
+
+
+async def test_base_url_ending_in_v1_streams_are_metered(gw: Gateway) -> None:
+    client = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url + "/v1",
+                                      max_retries=0)
+    async with client.messages.stream(model=MODEL, max_tokens=30, messages=MESSAGES,  # type: ignore[arg-type]
+                                      extra_headers=CACHE_HEADERS) as stream:
+        assert await stream.get_final_text()
+        final = await stream.get_final_message()
+    [row] = await gw.events()
+    check_row(row, gw, final.usage, streamed=True)
+    assert [sent.path for sent in gw.mock_requests] == ["/v1/messages"]
+
+
+async def test_base_url_ending_in_v1_counts_tokens_and_keeps_the_error_shape(
+    gw: Gateway,
+) -> None:
+    client = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url + "/v1",
+                                      max_retries=0)
+    counted = await client.messages.count_tokens(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    assert counted.input_tokens > 0
+    assert [sent.path for sent in gw.mock_requests] == ["/v1/messages/count_tokens"]
+    stranger = anthropic.AsyncAnthropic(api_key="tb_nope",
+                                        base_url=gw.anthropic_base_url + "/v1", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as err:
+        await stranger.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES)  # type: ignore[arg-type]
+    assert isinstance(err.value.body, dict) and err.value.body["type"] == "error"
+    assert await gw.events(wait_for=1, timeout_s=0.5) == []

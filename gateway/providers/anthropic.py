@@ -1,6 +1,8 @@
 """The Anthropic Messages API: POST /v1/messages (streaming or not) and count_tokens.
 
-Anthropic base URLs carry no /v1, so `upstream_path` keeps it. The provider key travels in
+Anthropic base URLs carry no /v1, so `upstream_path` keeps it. A client whose base URL ends
+in /v1 calls /v1/v1/messages: that path is an alias of /v1/messages (and likewise for
+count_tokens), served and metered the same. The provider key travels in
 `x-api-key`; `anthropic-version` and `anthropic-beta` pass through untouched (absent stays
 absent: the provider answers a request that lacks them).
 
@@ -36,10 +38,13 @@ from gateway.providers.common import (
 )
 from pricing.models import Usage
 
-MESSAGES = Endpoint("messages", "POST", "/v1/messages", "/v1/messages", streams=True)
+# The SDK appends /v1/messages to its base URL; a base URL ending in /v1 (the OpenAI SDK's
+# habit) makes that /v1/v1/messages, served as /v1/messages.
+MESSAGES = Endpoint("messages", "POST", "/v1/messages", "/v1/messages", streams=True,
+                    aliases=("/v1/v1/messages",))
 COUNT_TOKENS = Endpoint(
     "count_tokens", "POST", "/v1/messages/count_tokens", "/v1/messages/count_tokens",
-    metered=False,
+    metered=False, aliases=("/v1/v1/messages/count_tokens",),
 )
 
 # https://docs.claude.com/en/api/errors: the `error.type` a client's SDK expects per status.

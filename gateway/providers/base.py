@@ -32,6 +32,8 @@ class Endpoint:
     `path` is what clients call on the gateway; `upstream_path` is appended to the provider's
     `base_url` (OpenAI base URLs end in /v1, Anthropic's do not). `metered` is False only for
     routes that are forwarded but never billed nor recorded (Anthropic count_tokens).
+    `aliases` are other paths served exactly as `path` (recorded and counted as `path`): what
+    an SDK calls when its base URL is written in another family's habit.
     """
 
     name: str
@@ -41,6 +43,7 @@ class Endpoint:
     metered: bool = True
     streams: bool = False
     needs_model: bool = True
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
