@@ -82,7 +82,9 @@ class Admin:
     def check_tier(self, tier: str) -> str:
         if tier not in self._settings.tiers:
             known = ", ".join(self._settings.tiers)
-            raise UnknownTierError(f"unknown tier {tier!r}; config.yaml defines: {known}")
+            raise UnknownTierError(
+                f"unknown tier {tier!r}; {self._settings.source_name()} defines: {known}"
+            )
         return tier
 
     async def create_customer(self, customer_id: str, *, tier: str | None = None,

@@ -303,6 +303,19 @@ class AdminConfig(_Model):
     token_env: str = "TOLLBOOTH_ADMIN_TOKEN"
 
 
+class PortalConfig(_Model):
+    """The customer usage portal (/portal): links, sessions, embedding, sign-in limits."""
+
+    # Who may frame the portal (CSP frame-ancestors), e.g. ["https://app.example.com"];
+    # empty: only the gateway's own pages ('self').
+    frame_ancestors: list[str] = []
+    # The gateway's public URL in printed links (default http://server.host:server.port).
+    base_url: str | None = None
+    link_ttl_s: int = Field(default=86_400, ge=60, le=90 * 86_400)  # default link lifetime
+    session_ttl_s: int = Field(default=43_200, ge=60, le=30 * 86_400)
+    login_attempts_per_minute: int = Field(default=10, ge=1)  # per client IP, in Redis
+
+
 class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -430,6 +443,7 @@ class Settings(_Model):
     billing: BillingConfig = BillingConfig()
     logging: LoggingConfig = LoggingConfig()
     admin: AdminConfig = AdminConfig()
+    portal: PortalConfig = PortalConfig()
     alerts: AlertsConfig = AlertsConfig()
     retention: RetentionConfig = RetentionConfig()
     # Not part of the YAML: where the file was read from and the hash of its bytes.
@@ -465,6 +479,10 @@ class Settings(_Model):
                 return name
         return None
 
+    def source_name(self) -> str:
+        """The file these settings were read from, for messages (config.yaml when unknown)."""
+        return self.source_path or "config.yaml"
+
     def data_dir(self) -> Path:
         base = Path(self.source_path).parent if self.source_path else Path.cwd()
         return (base / self.storage.data_dir).resolve()
@@ -486,12 +504,22 @@ def _format_errors(exc: ValidationError, path: str) -> str:
     return "\n".join(lines)
 
 
+def _yaml_error(exc: yaml.YAMLError, source: str) -> str:
+    """PyYAML's message (problem, line, column, the line itself), naming the file: parsed
+    from bytes, its marks would say `in "<byte string>"`."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        for mark in (exc.context_mark, exc.problem_mark):
+            if mark is not None:
+                mark.name = source
+    return f"{source} is not valid YAML: {exc}"
+
+
 def parse_settings(raw: bytes, source: str = "config.yaml") -> Settings:
     """Validate YAML bytes into Settings, with the environment overlaid."""
     try:
         data = yaml.safe_load(raw) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+        raise ConfigError(_yaml_error(exc, source)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
     storage = dict(data.get("storage") or {})

@@ -67,7 +67,7 @@ def _invoice(args: argparse.Namespace) -> int:
         if tier not in settings.tiers:
             raise CommandError(
                 f"customer {args.customer!r} is billed on tier {tier!r} for {month}, which "
-                f"config.yaml does not define; add it (and its plan) under tiers:"
+                f"{settings.source_name()} does not define; add it (and its plan) under tiers:"
             )
         invoice = build_invoice(
             customer_id=args.customer,

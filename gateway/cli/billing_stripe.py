@@ -81,7 +81,9 @@ def add_commands(subparsers: Any) -> None:
 def stripe_config(settings: Settings) -> StripeConfig:
     config = settings.billing.stripe
     if config is None:
-        raise CommandError("billing.stripe is not configured in config.yaml (see the README)")
+        raise CommandError(
+            f"billing.stripe is not configured in {settings.source_name()} (see the README)"
+        )
     return config
 
 
