@@ -324,7 +324,8 @@ class LoggingConfig(_Model):
 
 
 class StripeConfig(_Model):
-    """`billing.stripe` (SPEC §9): the meter-event sync, the billing portal and the webhooks.
+    """`billing.stripe` (README: Billing with Stripe): the meter-event sync, the billing
+    portal and the webhooks.
 
     Durations (`window`, `settle_delay`) are written "90s", "15m", "1h" or "1d";
     `window_s` and `settle_delay_s` give them in seconds. A window must divide a day, so

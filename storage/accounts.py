@@ -22,7 +22,7 @@ from datetime import datetime
 import asyncpg
 
 KEY_PREFIX = "tb_"
-# secrets.token_urlsafe(32) gives 43 characters; the SPEC asks for at least 32.
+# secrets.token_urlsafe(32) gives 43 characters; a key has at least 32 after `tb_`.
 KEY_RANDOM_BYTES = 32
 DISPLAY_PREFIX_CHARS = 8
 

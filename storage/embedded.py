@@ -1,4 +1,4 @@
-"""The embedded default (SPEC §1): a private PostgreSQL and Valkey when no URL is configured.
+"""The embedded default: a private PostgreSQL and Valkey when no URL is configured.
 
 `infrastructure(database_url, redis_url, data_dir, announce)` yields the URLs to use. A URL
 that is given is used as is and nothing is started for it. A missing one gets an embedded

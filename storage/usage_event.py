@@ -1,4 +1,4 @@
-"""`UsageEvent`: one row of `usage_events` (SPEC §7), built by the gateway, written by storage.
+"""`UsageEvent`: one row of `usage_events`, built by the gateway, written by storage.
 
 Money is Decimal (NUMERIC in Postgres) and None when the model is unpriced
 (`pricing.unknown_model: allow_unpriced`); time is UTC and timezone-aware.

@@ -11,8 +11,9 @@ an event, even with equal timestamps. `export_events` yields every event of the 
 oldest first, through a server-side cursor: memory stays bounded whatever the window holds.
 
 `event_json` / `event_csv_values` are the documented per-event shapes: every column of
-SPEC §7, money as decimal strings (null when unpriced), times in ISO 8601 UTC. A malformed
-cursor raises ValueError; database errors are asyncpg's, unchanged.
+`usage_events` (`storage.usage_event.UsageEvent`), money as decimal strings (null when
+unpriced), times in ISO 8601 UTC. A malformed cursor raises ValueError; database errors are
+asyncpg's, unchanged.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def _text(value: Any) -> Any:
 
 
 def event_json(row: asyncpg.Record, *, with_metadata: bool = True) -> dict[str, Any]:
-    """One event as JSON: the SPEC §7 columns; `metadata` left out when not `with_metadata`."""
+    """One event as JSON: every `usage_events` column; `metadata` only `with_metadata`."""
     return {
         column: _text(row[column])
         for column in UsageEvent.COLUMNS

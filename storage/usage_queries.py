@@ -1,10 +1,11 @@
-"""Read-side usage reports (SPEC §8): the summary, the daily breakdown, usage per project.
+"""Read-side usage reports (README: Usage storage and reports): the summary, the daily
+breakdown, usage per project.
 
 Each report covers the last `days` days up to `now` (created_at in [now - days, now], UTC),
 for one customer or all, optionally narrowed to one project and/or one model
 (`UsageFilter`). Every event counts as a request, whatever its status code: provider errors
-were forwarded and are recorded (SPEC §6); `error_requests` says how many had a status of
-400 or more. Token counts are summed as integers and money as NUMERIC, arriving as exact
+were forwarded and are recorded (README: Metering rules); `error_requests` says how many had
+a status of 400 or more. Token counts are summed as integers and money as NUMERIC, arriving as exact
 Decimals; nothing is rounded. An event without a price (`pricing.unknown_model:
 allow_unpriced`) adds 0 to the money and is counted in `unpriced_requests`;
 `estimated_requests` counts events whose usage the gateway estimated.
@@ -141,7 +142,8 @@ class UsageSummary:
     filters: UsageFilter = UsageFilter()  # noqa: RUF009 (frozen: safe to share)
 
     def to_json(self) -> dict[str, Any]:
-        """The SPEC §8 shape, plus the other token kinds and counts, the window, the filters."""
+        """The README's summary shape, plus the other token kinds and counts, the window and
+        the filters."""
         return {
             "customer_id": self.customer_id,
             "period_days": self.period_days,

@@ -152,7 +152,7 @@ def render_text(report: BenchReport) -> str:
         rows = [_row(p, comparisons.get((p.scenario, p.concurrency, p.workers))
                      if p.target == "gateway" else None) for p in phases]
         lines += ["", f"== {scenario['title']} ==", *_table(rows)]
-    lines += ["", "targets (issue 7; this run):"]
+    lines += ["", "targets (the README's Benchmark; this run):"]
     for target in evaluate_targets(report):
         value = "n/a" if target["measured"] is None else f"{target['measured']:,} {target['unit']}"
         mark = "met" if target["met"] else "NOT met"

@@ -1,4 +1,4 @@
-"""`tollbooth customers create|update|list`: the customers keys belong to (SPEC §3).
+"""`tollbooth customers create|update|list`: the customers keys belong to.
 
 A customer's tier must be one of the config's `tiers:` (default: the first one). `create`
 refuses an id that exists; `update` changes only the fields given. `list --format json`

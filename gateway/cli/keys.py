@@ -1,11 +1,12 @@
-"""`tollbooth keys create|list|revoke`: the API keys customers call the gateway with (SPEC §3).
+"""`tollbooth keys create|list|revoke`: the API keys customers call the gateway with.
 
 `create` prints a short description, then the new key alone on the last line of stdout, so a
 script can take it with `tail -n 1`. The key is shown this once: only its SHA-256 is stored.
 `list` never shows a key, only its id and display prefix (`tb_` + 8 characters); `--format
 json` prints one array of objects with `id`, `prefix`, `customer_id`, `project_id`, `user_id`,
 `name`, `created_at`, `revoked_at` (ISO 8601 or null). `revoke` is honoured by every gateway
-instance within 5 seconds (SPEC §3). Exit 1 for an unknown customer or key, or a database error.
+instance within 5 seconds (`gateway/auth.py` caches a key 2 s). Exit 1 for an unknown
+customer or key, or a database error.
 """
 
 from __future__ import annotations

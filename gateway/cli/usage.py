@@ -1,4 +1,5 @@
-"""`tollbooth usage summary|daily|projects|events|export`: usage reports (SPEC §8).
+"""`tollbooth usage summary|daily|projects|events|export`: usage reports (the README's
+"Usage storage and reports" gives every JSON shape).
 
 Every report takes `--days N` (default 30; the window is the last N days up to now),
 `--customer ID` (default: all customers), `--project P` and `--model M` (narrow to one),
