@@ -4,7 +4,8 @@
     ├── AuthenticationError        401  missing, unknown or revoked key
     ├── PaymentRequiredError       402  customer suspended for an unpaid invoice
     ├── PermissionDeniedError      403  the customer's tier is not in the config
-    ├── InvalidRequestError        400  malformed JSON, missing model, unknown model
+    ├── InvalidRequestError        400  malformed JSON, missing model, unknown model, a body
+    │                                   labelled other than application/json
     ├── NotFoundError              404  unknown route
     ├── RequestTimeoutError        408  body not received within server.client_timeout_s
     ├── PayloadTooLargeError       413  body over server.max_body_mb

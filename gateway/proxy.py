@@ -5,7 +5,10 @@ aiohttp calls the handler `make_handler` builds (for the requests the front hand
 answer through a `gateway.reply.Reply`. In order, for each request:
 1. the key is resolved to a customer (401 otherwise);
 2. the body is parsed once (400 for malformed JSON, a non-object, or a missing `model`; 413
-   past `server.max_body_mb`, enforced by the server before this runs);
+   past `server.max_body_mb`, enforced by the server before this runs); a body labelled
+   anything but `application/json` is refused first with the 400 OpenAI answers
+   (`unsupported_content_type`), an unlabelled one is judged by its bytes and labelled
+   `application/json` upstream;
 3. the model is routed to a provider of the route's API kind and priced (400 for an unknown
    model under `unknown_model: reject`);
 4. the customer's quotas reserve one request and the worst case of tokens and spend (429);
@@ -101,6 +104,23 @@ def parse_body(raw: bytes, endpoint: Endpoint) -> tuple[dict[str, Any], str]:
     return body, model if isinstance(model, str) else ""
 
 
+def check_content_type(value: str | None) -> None:
+    """400 for a body labelled as something other than JSON (`text/plain`, a form...), in
+    OpenAI's words; parameters such as `charset=utf-8` are accepted. A missing label passes
+    (the caller labels the forwarded request)."""
+    if value is None or value == "application/json":
+        return
+    if value.partition(";")[0].strip().lower() == "application/json":
+        return
+    shown = value if len(value) <= 200 else value[:200] + "..."
+    raise InvalidRequestError(
+        f"Unsupported content type: '{shown}'. This API method only accepts "
+        f"'application/json' requests, but you specified the header 'Content-Type: {shown}'. "
+        "Please try again with a supported content type.",
+        code="unsupported_content_type",
+    )
+
+
 def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
     """The aiohttp handler of a forwarded route (requests the fast front hands to aiohttp)."""
 
@@ -157,6 +177,8 @@ async def prepare(
         raise PaymentRequiredError(
             "This account is suspended for an unpaid invoice. Update your payment method."
         )
+    content_type = headers.get("content-type")
+    check_content_type(content_type)
     raw = await read_body()
     body, model = parse_body(raw, endpoint)
 
@@ -240,6 +262,8 @@ async def prepare(
 
     url = provider.base_url.rstrip("/") + endpoint.upstream_path
     upstream_headers = api.upstream_headers(headers, provider_key)
+    if content_type is None:  # providers refuse an unlabelled body; this one is JSON
+        upstream_headers["Content-Type"] = "application/json"
     check_forwardable(upstream_headers)  # 400 now, before a provisional event is journaled
     call = Upstream(endpoint.method, url, upstream_headers, payload,
                     (provider_key or "").encode())

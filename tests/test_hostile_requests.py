@@ -287,32 +287,80 @@ async def test_body_over_max_body_mb_gets_413_before_the_provider(
         assert row["status_code"] == 200
 
 
-async def test_content_type_is_not_trusted_the_body_is_judged(
+def labelled(data: bytes, content_type: bytes | None) -> bytes:
+    """`data` (from http_request) with another Content-Type, or none."""
+    old = b"Content-Type: application/json\r\n"
+    return data.replace(old, b"" if content_type is None
+                        else b"Content-Type: " + content_type + b"\r\n")
+
+
+def chunked(body: bytes) -> bytes:
+    return b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
+
+
+async def refused_400_count(gw: Gateway) -> float:
+    async with aiohttp.ClientSession() as session, \
+            session.get(gw.base_url + "/metrics") as response:
+        text = await response.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("tollbooth_refused_requests_total{")
+               and 'status="400"' in line)
+
+
+NOT_JSON = (b"text/plain", b"text/plain;charset=UTF-8", b"application/x-www-form-urlencoded",
+            b"multipart/form-data; boundary=b", b"application/jsonl", b"x/y", b"")
+
+
+async def test_a_body_labelled_other_than_json_is_refused_before_the_provider(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A JSON body is served whatever its label (as OpenAI does); a non-JSON one is a 400."""
+    """A JSON body labelled text/plain, a form or anything but application/json gets the 400
+    OpenAI answers (in the called API's shape), from the fast front and from aiohttp alike;
+    application/json with parameters, and an unlabelled body, are served."""
     async with running_gateway(fresh_database_url, redis_url, monkeypatch,
                                extra_config={"server": SERVER}) as gw:
+        refusals_before = await refused_400_count(gw)
+        sent = 0
+        for route, body, anthropic in (("/v1/chat/completions", CHAT_BODY, False),
+                                       ("/v1/messages", orjson.dumps(MESSAGE), True)):
+            for content_type in NOT_JSON:
+                fast = labelled(http_request(gw, "POST", route, body), content_type)
+                handed = labelled(http_request(gw, "POST", route, chunked(body),
+                                               b"Transfer-Encoding: chunked\r\n",
+                                               length=False), content_type)
+                for data, by_aiohttp in ((fast, False), (handed, True)):
+                    reply = await raw_exchange(gw, data)
+                    sent += 1
+                    label = f"{route} {content_type!r} aiohttp={by_aiohttp}"
+                    assert_refused(reply, 400, anthropic=anthropic, label=label)
+                    assert (b"\r\nServer:" in reply.head) is by_aiohttp, label
+                    error = orjson.loads(reply.body)["error"]
+                    shown = content_type.decode()
+                    assert error["message"].startswith(
+                        f"Unsupported content type: '{shown}'. This API method only accepts "
+                        "'application/json' requests"), label
+                    if not anthropic:
+                        assert error["code"] == "unsupported_content_type", label
+                        assert error["type"] == "invalid_request_error", label
+        assert gw.mock_requests == []
+        assert await refused_400_count(gw) - refusals_before == sent
+
         route = "/v1/chat/completions"
-        for content_type in (b"text/plain", b"application/x-www-form-urlencoded", b"x/y"):
-            data = http_request(gw, "POST", route, CHAT_BODY).replace(
-                b"Content-Type: application/json", b"Content-Type: " + content_type)
-            assert (await raw_exchange(gw, data)).status == 200, content_type
-        unlabelled = http_request(gw, "POST", route, CHAT_BODY).replace(
-            b"Content-Type: application/json\r\n", b"")
-        assert (await raw_exchange(gw, unlabelled)).status == 200
-        form = b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o\r\n--b--\r\n"
-        refused = [
-            http_request(gw, "POST", route, form).replace(
-                b"application/json", b"multipart/form-data; boundary=b"),
-            http_request(gw, "POST", route, b"model=gpt-4o&messages=hi").replace(
-                b"application/json", b"application/x-www-form-urlencoded"),
-        ]
-        for data in refused:
-            assert_refused(await raw_exchange(gw, data), 400, label="form body")
-        assert len(gw.mock_requests) == 4
-        rows = await events_with_sentinel(gw, 4)
-        assert [r["status_code"] for r in rows] == [200] * 4
+        for content_type in (b"application/json; charset=utf-8", b"Application/JSON", None):
+            fast = labelled(http_request(gw, "POST", route, CHAT_BODY), content_type)
+            handed = labelled(http_request(gw, "POST", route, chunked(CHAT_BODY),
+                                           b"Transfer-Encoding: chunked\r\n", length=False),
+                              content_type)
+            for data in (fast, handed):
+                reply = await raw_exchange(gw, data)
+                assert reply.status == 200, (content_type, reply.body[:300])
+        assert len(gw.mock_requests) == 6
+        # An unlabelled body goes upstream labelled: providers refuse one without the label.
+        upstream = [{k.lower(): v for k, v in r.headers.items()}["content-type"]
+                    for r in gw.mock_requests[-2:]]
+        assert upstream == ["application/json", "application/json"]
+        rows = await events_with_sentinel(gw, 6)
+        assert [r["status_code"] for r in rows] == [200] * 6
 
 
 async def test_compressed_request_bodies_are_decoded_or_refused(
