@@ -2,9 +2,10 @@
 
 `GET /health` is unauthenticated and says whether Postgres, Redis and the writer are fine
 (503 when a dependency is down), and the config's state: `error` while a refused file is on
-disk, `restart_required` listing changed keys a reload does not apply. `GET /v1/models` and
-`/usage/*` need a customer key and only ever show that customer's data: the customer id comes
-from the key, never the query.
+disk, `restart_required` listing changed keys a reload does not apply; and each provider's
+key variable (`providers`: set or missing, by name only; `degraded` while one is missing, as
+those requests answer 503). `GET /v1/models` and `/usage/*` need a customer key and only ever
+show that customer's data: the customer id comes from the key, never the query.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.errors import InvalidRequestError, PermissionDeniedError
+from gateway.provider_keys import MISSING, key_states
 from gateway.quota_status import QuotaStatus
 from storage.usage_queries import usage_summary
 
@@ -77,9 +79,12 @@ async def health(request: web.Request) -> web.Response:
         config["error"] = config_error  # the refused file's problem; the old config runs
     # Keys changed on disk that this process applies only when it restarts (names, no values).
     config["restart_required"] = watcher.restart_required if watcher is not None else []
+    providers = key_states(settings)  # variable names and set/missing, never a key
+    key_missing = any(state["key"] == MISSING for state in providers.values())
     body = {
-        "status": "ok" if ok and not config_error else "degraded",
+        "status": "ok" if ok and not config_error and not key_missing else "degraded",
         "config": config,
+        "providers": providers,
         **checks,
         "writer": _writer_state(app),
     }

@@ -24,6 +24,7 @@ from pathlib import Path
 from gateway.alerts import AlertNotifier
 from gateway.config import ConfigError, Settings, parse_settings
 from gateway.metrics import Metrics
+from gateway.provider_keys import warn_missing_keys
 from gateway.quotas import QuotaPolicy
 from gateway.restart_keys import restart_required
 from gateway.runtime import Runtime
@@ -101,6 +102,7 @@ class ConfigWatcher:
         self._metrics.config_reloads.labels("ok").inc()
         log.info("config reloaded", extra={"fields": {"hash": settings.source_hash}})
         self._note_restart_only(settings)
+        warn_missing_keys(settings)  # a reload may name another provider or key variable
         return True
 
     def _running_file_back(self) -> None:

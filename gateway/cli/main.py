@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "gateway.cli.maintenance",
     "gateway.cli.pricing_cmd",
     "gateway.cli.billing",
+    "gateway.cli.portal",
     "gateway.cli.mock_provider",
     "gateway.cli.bench",
 )

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from gateway.cli.main import add_config_option
 from gateway.cli.runtime import infrastructure_for
+from gateway.cli.serve_preflight import preflight
 from gateway.config import Settings, load_settings
 from gateway.logs import setup_logging
 
@@ -77,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     workers = args.workers or settings.server.workers
+    if (problem := preflight(settings, host, port)) is not None:
+        print(problem, file=sys.stderr)  # nothing was started
+        return 1
     with infrastructure_for(settings) as infra:
         if workers == 1:
             run_worker(args.config, host, port, infra.database_url, infra.redis_url, False)

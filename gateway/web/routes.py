@@ -15,6 +15,8 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.web import keys as web_keys
+from gateway.web.portal_link_route import add_portal_link_route
+from gateway.web.portal_routes import add_portal_routes
 from gateway.web.render import create_environment
 from gateway.web.sessions import SessionCodec, Signer, load_web_secret, utc_now
 from gateway.web.static import StaticFiles
@@ -39,3 +41,5 @@ def add_web_routes(app: web.Application) -> None:
     app[web_keys.clock] = utc_now  # tests replace it before the app starts
     app.cleanup_ctx.append(_signing)
     app.router.add_get("/static/{name}", _static)
+    add_portal_routes(app)
+    add_portal_link_route(app)

@@ -1,0 +1,143 @@
+"""Usage broken down for the web pages: per local day and model or project, per key, and
+the events list with the filters the pages offer (status and key besides project and model).
+
+Day sums read `storage.rollups.usage_rows_sql` (hourly rollups plus the raw partial hours, the
+same rows the CLI's reports and /usage/* read), grouped by the day of each row's hour in the
+page's time zone. That is exact only when every local midnight of the window is a whole UTC
+hour (`from_rollups=True`, the caller decides: gateway.web.periods.ViewPeriod.rollups_align);
+otherwise the rows come from raw events alone (`from_rollups=False`), which is exact for any
+zone and costs a scan of the window's raw rows (and counts nothing older than the raw-event
+retention). Per-key sums always read raw events: rollups have no key_id.
+
+`events_page` pages newest first by (created_at, id) with `EventCursor`, as
+`usage_event_queries.usage_events_page` does, using the (customer_id, created_at) index;
+`export_rows` streams the same selection oldest first. Both return every column of
+`UsageEvent.COLUMNS`. Database errors are asyncpg's, unchanged; a bad cursor is ValueError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Literal
+
+import asyncpg
+
+from storage.rollups import (
+    ROW_COUNTS,
+    ROW_MONEY,
+    Params,
+    UsageFilter,
+    WindowSplit,
+    filter_sql,
+    split_window,
+    usage_rows_sql,
+)
+from storage.usage_event import UsageEvent
+from storage.usage_event_queries import EXPORT_PREFETCH, EventCursor
+from storage.usage_queries import UsageTotals
+
+StatusFilter = Literal["ok", "error"] | None
+GroupBy = Literal["model", "project_id"]
+
+_SUMS = ", ".join(
+    [f"sum({name})::bigint AS {name}" for name in ROW_COUNTS]
+    + [f"sum({name})::numeric AS {name}" for name in ROW_MONEY]
+)
+_RAW_SUMS = (
+    "count(*)::bigint AS requests, "
+    "count(*) FILTER (WHERE status_code >= 400)::bigint AS error_requests, "
+    "count(*) FILTER (WHERE usage_source = 'estimated')::bigint AS estimated_requests, "
+    "count(*) FILTER (WHERE price_usd IS NULL)::bigint AS unpriced_requests, "
+    + ", ".join(f"coalesce(sum({name}), 0)::bigint AS {name}" for name in ROW_COUNTS[4:])
+    + ", " + ", ".join(f"coalesce(sum({name}), 0)::numeric AS {name}" for name in ROW_MONEY)
+)
+_COLUMNS = ", ".join(UsageEvent.COLUMNS)
+
+
+@dataclass(frozen=True, slots=True)
+class DayGroupUsage:
+    day: date  # a calendar day in the page's time zone
+    group: str | None  # the model, or the project (None: keys without a project)
+    totals: UsageTotals
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUsage:
+    key_id: str
+    totals: UsageTotals
+
+
+async def usage_by_day(pool: asyncpg.Pool, *, since: datetime, until: datetime,
+                       usage_filter: UsageFilter, tz_name: str, group_by: GroupBy,
+                       from_rollups: bool) -> list[DayGroupUsage]:
+    """Sums of [since, until] per (local day, model or project), by day then group."""
+    params = Params()
+    split = split_window(since, until) if from_rollups else WindowSplit(since, until, until,
+                                                                        until)
+    rows_sql = usage_rows_sql(split, usage_filter, params)
+    tz = params.add(tz_name)
+    query = (f"SELECT (at AT TIME ZONE {tz})::date AS day, {group_by} AS grp, {_SUMS} "
+             f"FROM ({rows_sql}) AS u GROUP BY 1, 2 HAVING sum(requests) <> 0 "
+             "ORDER BY 1, 2 NULLS FIRST")
+    rows = await pool.fetch(query, *params.values)
+    return [DayGroupUsage(row["day"], row["grp"], UsageTotals.from_row(row)) for row in rows]
+
+
+def _where(since: datetime, until: datetime, usage_filter: UsageFilter, params: Params,
+           status: StatusFilter = None, key_id: str | None = None) -> str:
+    where = (f"created_at >= {params.add(since)} AND created_at <= {params.add(until)}"
+             + filter_sql(usage_filter, params))
+    if status == "ok":
+        where += " AND status_code < 400"
+    elif status == "error":
+        where += " AND status_code >= 400"
+    if key_id is not None:
+        where += f" AND key_id = {params.add(key_id)}"
+    return where
+
+
+async def usage_by_key(pool: asyncpg.Pool, *, since: datetime, until: datetime,
+                       usage_filter: UsageFilter) -> list[KeyUsage]:
+    """Sums of [since, until] per key, from raw events (largest spend first)."""
+    params = Params()
+    query = (f"SELECT key_id, {_RAW_SUMS} FROM usage_events "
+             f"WHERE {_where(since, until, usage_filter, params)} "
+             "GROUP BY key_id ORDER BY price_usd DESC, key_id")
+    rows = await pool.fetch(query, *params.values)
+    return [KeyUsage(row["key_id"], UsageTotals.from_row(row)) for row in rows]
+
+
+async def events_page(pool: asyncpg.Pool, *, since: datetime, until: datetime,
+                      usage_filter: UsageFilter, status: StatusFilter = None,
+                      key_id: str | None = None, limit: int = 50,
+                      cursor: str | None = None) -> tuple[list[asyncpg.Record], str | None]:
+    """The newest `limit` events of the selection after `cursor`, and the next cursor."""
+    params = Params()
+    where = _where(since, until, usage_filter, params, status, key_id)
+    if cursor is not None:
+        after = EventCursor.decode(cursor)
+        at, event_id = params.add(after.created_at), params.add(after.id)
+        where += f" AND created_at <= {at} AND (created_at, id) < ({at}, {event_id})"
+    query = (f"SELECT {_COLUMNS} FROM usage_events WHERE {where} "
+             f"ORDER BY created_at DESC, id DESC LIMIT {params.add(limit + 1)}")
+    rows = list(await pool.fetch(query, *params.values))
+    following = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        following = EventCursor(rows[-1]["created_at"], rows[-1]["id"]).encode()
+    return rows, following
+
+
+async def export_rows(pool: asyncpg.Pool, *, since: datetime, until: datetime,
+                      usage_filter: UsageFilter, status: StatusFilter = None,
+                      key_id: str | None = None) -> AsyncGenerator[asyncpg.Record, None]:
+    """Every event of the selection, oldest first, streamed through a server-side cursor."""
+    params = Params()
+    query = (f"SELECT {_COLUMNS} FROM usage_events "
+             f"WHERE {_where(since, until, usage_filter, params, status, key_id)} "
+             "ORDER BY created_at, id")
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        async for row in conn.cursor(query, *params.values, prefetch=EXPORT_PREFETCH):
+            yield row
