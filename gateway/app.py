@@ -147,9 +147,10 @@ def create_app(
         )
         client = redis.Redis(connection_pool=pool)
         store = QuotaStore(client, window_ms=quota_window_ms)
-        app[keys.quotas] = QuotaPolicy(store, settings.quotas)
+        # Alerts hear of every settle and monthly refusal from the policy.
+        app[keys.alerts] = alerts = AlertNotifier(store, app[keys.http], settings.alerts)
+        app[keys.quotas] = QuotaPolicy(store, settings.quotas, alerts)
         app[keys.redis_client] = client  # also the web pages' (login rate limit)
-        app[keys.alerts] = AlertNotifier(store, app[keys.http], settings.alerts)
         policy = app[keys.quotas]
         writer = app[keys.writer]
         recorder = app[keys.recorder] = Recorder(writer, policy, app[keys.tokens], metrics,

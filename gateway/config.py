@@ -315,19 +315,6 @@ class PortalConfig(_Model):
     session_ttl_s: int = Field(default=43_200, ge=60, le=30 * 86_400)
     login_attempts_per_minute: int = Field(default=10, ge=1)  # per client IP, in Redis
 
-
-class PortalConfig(_Model):
-    """The customer usage portal (/portal): links, sessions, embedding, sign-in limits."""
-
-    # Who may frame the portal (CSP frame-ancestors), e.g. ["https://app.example.com"];
-    # empty: only the gateway's own pages ('self').
-    frame_ancestors: list[str] = []
-    # The gateway's public URL in printed links (default http://server.host:server.port).
-    base_url: str | None = None
-    link_ttl_s: int = Field(default=86_400, ge=60, le=90 * 86_400)  # default link lifetime
-    session_ttl_s: int = Field(default=43_200, ge=60, le=30 * 86_400)
-    login_attempts_per_minute: int = Field(default=10, ge=1)  # per client IP, in Redis
-
     @field_validator("frame_ancestors")
     @classmethod
     def _check_sources(cls, sources: list[str]) -> list[str]:
@@ -466,7 +453,6 @@ class Settings(_Model):
     billing: BillingConfig = BillingConfig()
     logging: LoggingConfig = LoggingConfig()
     admin: AdminConfig = AdminConfig()
-    portal: PortalConfig = PortalConfig()
     portal: PortalConfig = PortalConfig()
     alerts: AlertsConfig = AlertsConfig()
     retention: RetentionConfig = RetentionConfig()

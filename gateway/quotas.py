@@ -37,6 +37,10 @@ socket and connect timeout):
 the request id, counted in `settle_failures`, and the reservation is released by its ttl
 (`quotas.reservation_ttl_s`) so the customer is not charged the estimate forever. `status`
 raises `ServiceUnavailableError`: there is nothing true to report without Redis.
+
+Usage alerts (`UsageAlerts`, gateway.alerts) are told of the month's counters as each settle
+returns them (the settle script reads them in the same call: no extra round trip) and of each
+refusal by a monthly limit or the spend cap; they decide whether a threshold was crossed.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.config import QuotasConfig, TierConfig, TierLimits
 from gateway.errors import RateLimitError, ServiceUnavailableError
@@ -72,7 +76,10 @@ _MICROS_PER_USD = 1_000_000
 SETTLE_DEFER_S = 0.005
 _LIMITS_CACHE_MAX = 256
 
-__all__ = ["Admission", "QuotaPolicy", "QuotaStatus", "micros_floor"]
+__all__ = ["Admission", "QuotaPolicy", "QuotaStatus", "UsageAlerts", "micros_floor"]
+# The limits whose refusal means the customer is out of quota until next month, by the name
+# the admit script gives them.
+MONTHLY_LIMITS = frozenset({"requests_per_month", "tokens_per_month", "spend_per_month"})
 
 
 def micros_floor(amount_usd: Decimal) -> int:
@@ -129,12 +136,26 @@ class Admission:
     usage: UsageSnapshot | None
     # Shadow mode only: the limit that would have refused this request.
     shadow_limit: str | None = None
+    tier: TierConfig | None = None  # the tier it was admitted under (its alert thresholds)
+
+
+class UsageAlerts(Protocol):
+    """Told of a customer's month usage after each settle and at each monthly refusal."""
+
+    def settled(self, admission: Admission, reply: SettleReply) -> None:
+        """`reply` is a settle that went through (`reply.month` set). Must not raise."""
+
+    def refused(self, *, customer_id: str, tier_name: str, tier: TierConfig, request_id: str,
+                limit: str, usage: UsageSnapshot) -> None:
+        """A request refused by `limit` (one of MONTHLY_LIMITS). Must not raise."""
 
 
 class QuotaPolicy:
-    def __init__(self, store: QuotaStore, settings: QuotasConfig) -> None:
+    def __init__(self, store: QuotaStore, settings: QuotasConfig,
+                 alerts: UsageAlerts | None = None) -> None:
         self._store = store
         self._settings = settings
+        self._alerts = alerts
         # Counters for /metrics: what happened, never a stand-in for the quota itself.
         self.refusals: Counter[str] = Counter()
         self.redis_error_admissions = 0
@@ -205,6 +226,10 @@ class QuotaPolicy:
         if not reply.admitted:
             self.refusals[reply.limit or "unknown"] += 1
             self.traffic.count(tier_name, refused=True)
+            if self._alerts is not None and reply.limit in MONTHLY_LIMITS:
+                self._alerts.refused(customer_id=customer_id, tier_name=tier_name, tier=tier,
+                                     request_id=request_id, limit=reply.limit,
+                                     usage=reply.usage)
             raise self._refusal(reply, tier.limits, tokens)
         self.traffic.count(tier_name, refused=False)
         if reply.limit is not None:
@@ -214,7 +239,7 @@ class QuotaPolicy:
                 request_id, customer_id, tier_name, reply.limit,
             )
         return Admission(
-            request_id, customer_id, tier_name, tier.limits, True, reply.usage, reply.limit
+            request_id, customer_id, tier_name, tier.limits, True, reply.usage, reply.limit, tier
         )
 
     async def settle(self, admission: Admission, *, tokens: int, spend_usd: Decimal | None) -> None:
@@ -246,7 +271,12 @@ class QuotaPolicy:
             exc = future.exception()
             if exc is not None:
                 self._settle_failed(admission, tokens, spend_usd, translate(exc))
-            elif SettleReply.from_reply(future.result()).outcome == "unknown":
+                return
+            reply = SettleReply.from_reply(future.result())
+            if reply.month is not None:
+                if self._alerts is not None:
+                    self._alerts.settled(admission, reply)
+            elif reply.outcome == "unknown":
                 log.warning(
                     "quota settle for request %s found no reservation (expired); usage not "
                     "counted in quotas", admission.request_id,

@@ -174,15 +174,20 @@ class SettleReply:
     spend_micros_delta: int
     # The ttl had already released the reservation: the actual usage was added in full.
     released_before: bool
+    # Settled only: the reservation's month ("YYYY-MM") and its counters after this settle
+    # (pending reservations included, as admit counts them); None and zeros otherwise.
+    month: str | None = None
+    month_requests: int = 0
+    month_tokens: int = 0
+    month_spend_micros: int = 0
 
     @classmethod
     def from_reply(cls, reply: list[Any]) -> SettleReply:
-        return cls(
-            outcome=_OUTCOMES[int(reply[0])],
-            tokens_delta=int(reply[1]),
-            spend_micros_delta=int(reply[2]),
-            released_before=int(reply[3]) == 1,
-        )
+        if len(reply) < 8:
+            return cls(_OUTCOMES[int(reply[0])], int(reply[1]), int(reply[2]),
+                       int(reply[3]) == 1)
+        return cls(_OUTCOMES[int(reply[0])], int(reply[1]), int(reply[2]), int(reply[3]) == 1,
+                   _text(reply[4]), int(reply[5]), int(reply[6]), int(reply[7]))
 
 
 def _text(value: Any) -> str:

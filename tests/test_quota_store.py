@@ -237,6 +237,22 @@ async def test_settle_refunds_an_overestimate_and_tops_up_an_underestimate(
     assert counters(usage) == (2, 550, 2, 550, 1007)
 
 
+async def test_settle_returns_the_month_counters_after_it(store: QuotaStore) -> None:
+    customer = new_customer()
+    limits = QuotaLimits(tokens_per_month=100)
+    done, pending = new_request(), new_request()
+    first = await admit(store, customer, limits, tokens=75, micros=750, request_id=done)
+    await admit(store, customer, limits, tokens=10, micros=100, request_id=pending)
+    settled = await store.settle(customer_id=customer, request_id=done, tokens=82,
+                                 spend_micros=820)
+    # The reservation's month, counting this settle and the other pending reservation.
+    assert (settled.month, settled.month_requests, settled.month_tokens,
+            settled.month_spend_micros) == (first.usage.month, 2, 92, 920)
+    again = await store.settle(customer_id=customer, request_id=done, tokens=82,
+                               spend_micros=820)
+    assert (again.outcome, again.month) == ("already_settled", None)
+
+
 async def test_settle_twice_changes_nothing_the_second_time(store: QuotaStore) -> None:
     customer = new_customer()
     request_id = new_request()

@@ -12,6 +12,9 @@
 --         it expired 2 x ttl after admission: nothing changed), tokens_delta, spend_micros_delta
 --         (what was added to the counters; negative is a refund), released (1: the ttl had
 --         already given the reservation back, so the actual usage was added in full)}
+--        and, when settled (outcome 1), four more: month ("YYYY-MM", the month the reservation
+--         counted in), month_requests, month_tokens, month_spend_micros (that month's counters
+--         after this settle, other requests' pending reservations included, as admit sees them)
 -- Clock: Redis TIME, only to release other expired reservations of the customer on the way.
 -- The request itself stays counted in the request windows whatever it used. The deltas go to
 -- the sub-bucket and month the reservation counted in; a sub-bucket that has left the minute
@@ -35,4 +38,7 @@ local d_micros = actual_micros - counted_micros
 adjust(tpm_key, month_key, r[4], r[5], d_tokens, d_micros)
 redis.call('HSET', res_key, 'state', 'settled', 'settled_tokens', int(actual_tokens),
   'settled_spend_micros', int(actual_micros))
-return {1, d_tokens, d_micros, 1 - live}
+local m = redis.call('HMGET', month_key, r[5] .. ':requests', r[5] .. ':tokens',
+  r[5] .. ':spend_micros')
+return {1, d_tokens, d_micros, 1 - live,
+  r[5], tonumber(m[1]) or 0, tonumber(m[2]) or 0, tonumber(m[3]) or 0}
