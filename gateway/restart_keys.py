@@ -26,7 +26,7 @@ RESTART_ONLY: tuple[str, ...] = (
     "quotas.redis_max_connections",
 )
 # Read from the live snapshot by each request although its section is restart-only.
-LIVE_EXCEPTIONS: tuple[str, ...] = ("server.disconnect_drain_s",)
+LIVE_EXCEPTIONS: tuple[str, ...] = ("server.disconnect_drain_s", "server.cors_origins")
 
 _MISSING = object()
 

@@ -162,7 +162,8 @@ def test_restart_only_keys_are_the_ones_read_at_start() -> None:
                 "logging.requests", "retention.raw_events_days",
                 "quotas.redis_max_connections"):
         assert needs_restart(key), key
-    for key in ("server.disconnect_drain_s", "tiers.free.limits.requests_per_minute",
+    for key in ("server.disconnect_drain_s", "server.cors_origins",
+                "tiers.free.limits.requests_per_minute",
                 "providers.openai.base_url", "pricing.markup_percent", "quotas.on_redis_error",
                 "alerts.webhook_url", "admin.token_env", "billing.stripe.api_base",
                 "billing.stripe.api_key_env"):
