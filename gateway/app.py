@@ -170,6 +170,7 @@ def create_app(
             journal_errors=writer.journal_errors,
         ))
         yield
+        await metrics.aclose()
         await policy.aclose()  # settles still queued go out before the client closes
         await client.aclose()
 

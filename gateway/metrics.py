@@ -5,23 +5,33 @@ models from the price catalog (any other model string is "other"), statuses are 
 limits are the five tier limit names. No key, customer id, request id or other string a
 client chooses ever becomes a label. Money is counted in integer micro-dollars.
 
-With `serve --workers N` each worker exposes its own counters; a scrape through the shared
-port reaches one worker. Scrape each worker (or run one worker per port) to sum them.
+With `serve --workers N` a scrape on any worker answers the sum over every worker
+(gateway.metrics_multiprocess): `render` then reads every worker's files, and the values
+read at scrape time (gateway.live_metrics) are published by each worker every
+`PUBLISH_INTERVAL_S`. One process renders its own registry, as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
+from gateway import metrics_multiprocess
+from gateway.live_metrics import LiveCollector, LiveMirror, LiveValues
 from pricing.cost import usd_to_micros_ceil
 from pricing.models import Usage
+
+__all__ = ["LiveValues", "Metrics"]
+
+PUBLISH_INTERVAL_S = 1.0
+
+log = logging.getLogger("tollbooth.metrics")
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
@@ -32,6 +42,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # Several workers: what a scrape answers is every worker's files summed.
+        shared_dir = metrics_multiprocess.active_dir()
+        self._merged = (None if shared_dir is None
+                        else metrics_multiprocess.merged_registry(shared_dir))
+        self._mirror: LiveMirror | None = None
+        self._publisher: asyncio.Task[None] | None = None
         self.requests = Counter(
             "tollbooth_requests", "Forwarded requests by outcome.",
             ["route", "provider", "model", "status"], registry=r)
@@ -91,8 +107,34 @@ class Metrics:
         self._child(self.ttfb, route).observe(seconds)
 
     def watch(self, read: Callable[[], LiveValues]) -> None:
-        """Register values read at scrape time (writer, quotas), costing nothing per request."""
-        self.registry.register(_LiveCollector(read))
+        """Register values read at scrape time (writer, quotas), costing nothing per request.
+        With several workers they are also published every PUBLISH_INTERVAL_S, by a task of
+        the running loop that `aclose` stops."""
+        if self._merged is None:
+            self.registry.register(LiveCollector(read))
+            return
+        self._mirror = LiveMirror(read, self.registry)
+        self._publisher = asyncio.get_running_loop().create_task(self._publish_forever())
+
+    async def _publish_forever(self) -> None:
+        assert self._mirror is not None
+        while True:
+            try:
+                self._mirror.publish()
+            except OSError as exc:  # the metrics files' disk; the next round tries again
+                log.error("cannot publish metrics for the other workers: %s", exc)
+            await asyncio.sleep(PUBLISH_INTERVAL_S)
+
+    async def aclose(self) -> None:
+        """Stop publishing (several workers), after a last publish."""
+        if self._publisher is None:
+            return
+        self._publisher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._publisher
+        self._publisher = None
+        if self._mirror is not None:
+            self._mirror.publish()
 
     def observe_usage(self, provider: str, usage: Usage, cost_usd: Decimal | None,
                       price_usd: Decimal | None) -> None:
@@ -123,60 +165,8 @@ class Metrics:
         money[1].inc(usd_to_micros_ceil(price_usd))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-@dataclass(frozen=True, slots=True)
-class LiveValues:
-    writer_backlog: int
-    writer_written: int
-    inflight: int
-    quota_refusals: Mapping[str, int] = field(default_factory=dict)
-    redis_error_admissions: int = 0
-    quota_settle_failures: int = 0
-    shadow_refusals: int = 0
-    journal_bytes: int = 0
-    journal_over_budget: bool = False
-    dead_lettered: int = 0
-    events_lost: int = 0
-    journal_errors: int = 0
-
-
-class _LiveCollector(Collector):
-    def __init__(self, read: Callable[[], LiveValues]) -> None:
-        self._read = read
-
-    def collect(self) -> Iterator[Metric]:
-        v = self._read()
-        yield GaugeMetricFamily("tollbooth_writer_backlog", "Usage events waiting to be written.",
-                                value=v.writer_backlog)
-        yield CounterMetricFamily("tollbooth_writer_written", "Usage events written to Postgres.",
-                                  value=v.writer_written)
-        yield GaugeMetricFamily("tollbooth_inflight_exchanges", "Forwarded requests in progress.",
-                                value=v.inflight)
-        refusals = CounterMetricFamily(
-            "tollbooth_quota_refusals", "429s by the limit that refused.", labels=["limit"])
-        for limit, count in sorted(v.quota_refusals.items()):
-            refusals.add_metric([limit], count)
-        yield refusals
-        redis = CounterMetricFamily("tollbooth_redis_errors",
-                                    "Quota store failures, by what was done.", labels=["action"])
-        redis.add_metric(["admitted_without_quota"], v.redis_error_admissions)
-        redis.add_metric(["settle_failed"], v.quota_settle_failures)
-        yield redis
-        yield GaugeMetricFamily("tollbooth_journal_bytes", "Usage journal size on disk.",
-                                value=v.journal_bytes)
-        yield GaugeMetricFamily("tollbooth_journal_over_budget",
-                                "1 while the journal is over storage.journal_max_mb.",
-                                value=int(v.journal_over_budget))
-        yield CounterMetricFamily("tollbooth_dead_lettered_events",
-                                  "Events Postgres refused, kept in usage_dead_letters.",
-                                  value=v.dead_lettered)
-        yield CounterMetricFamily("tollbooth_events_lost",
-                                  "Events lost (disk refused the journal and memory was full).",
-                                  value=v.events_lost)
-        yield CounterMetricFamily("tollbooth_journal_errors", "Journal write or sync failures.",
-                                  value=v.journal_errors)
-        yield CounterMetricFamily("tollbooth_shadow_refusals",
-                                  "Refusals a shadow tier logged but did not enforce.",
-                                  value=v.shadow_refusals)
+        if self._merged is None:
+            return generate_latest(self.registry)
+        if self._mirror is not None:
+            self._mirror.publish()  # this worker's own values as of now
+        return generate_latest(self._merged)

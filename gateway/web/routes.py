@@ -4,7 +4,7 @@ It loads the static files and the templates at once, and adds a cleanup_ctx entr
 the signing secret after the Postgres pool exists (`sessions.load_web_secret`; a failure
 stops the app from starting: pages must not sign with a secret other instances do not share).
 Routes: `/static/{name}`, the customer portal (`gateway.web.portal_routes`) and the operator
-dashboard (`gateway.web.dashboard_routes`, when present).
+dashboard (`gateway.web.dashboard_routes`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.web import keys as web_keys
+from gateway.web.dashboard_routes import add_dashboard_routes
 from gateway.web.portal_link_route import add_portal_link_route
 from gateway.web.portal_routes import add_portal_routes
 from gateway.web.render import create_environment
@@ -43,3 +44,4 @@ def add_web_routes(app: web.Application) -> None:
     app.router.add_get("/static/{name}", _static)
     add_portal_routes(app)
     add_portal_link_route(app)
+    add_dashboard_routes(app)
