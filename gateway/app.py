@@ -26,6 +26,7 @@ from gateway.auth import Authenticator
 from gateway.billing_routes import add_billing_routes
 from gateway.client_timeout import client_timeout_middleware
 from gateway.config import Settings
+from gateway.cors import install as install_cors
 from gateway.logs import AccessLog
 from gateway.metering import Recorder, interrupted_pricer
 from gateway.metrics import LiveValues, Metrics
@@ -75,6 +76,7 @@ def create_app(
         handler_args={"max_field_size": 16 * 1024, "max_line_size": 16 * 1024,
                       "keepalive_timeout": settings.server.client_timeout_s},
     )
+    install_cors(app)  # innermost middleware (its 403 rendered by error_middleware), and a hook
     app[keys.runtime] = Runtime(settings, catalog or Catalog.load_default())
     app[keys.tokens] = TokenCounter()
     app[keys.metrics] = metrics = Metrics()
@@ -172,6 +174,7 @@ def create_app(
         yield
         await metrics.aclose()
         await policy.aclose()  # settles still queued go out before the client closes
+        await alerts.drain(alerts.settings.timeout_s)  # what those last settles crossed
         await client.aclose()
 
     async def tokenizer(app: web.Application) -> AsyncIterator[None]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -66,6 +67,10 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A page's origin as browsers send it: scheme://host[:port], lowercase, no path (gateway.cors).
+ORIGIN_PATTERN = re.compile(r"[a-z][a-z0-9+.-]*://[a-z0-9._~%!$&'()*+;=:\[\]-]+", re.ASCII)
+
+
 class ServerConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -86,6 +91,30 @@ class ServerConfig(_Model):
             "connection closed. Responses are not bounded by it."
         ),
     )
+    cors_origins: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Origins whose pages may call the gateway from a browser (CORS), each "
+            "scheme://host[:port] as the browser sends it, or '*' for any origin. Empty: no "
+            "CORS headers at all. Applies on reload."
+        ),
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        checked: list[str] = []
+        for origin in origins:
+            lowered = origin.strip().lower()
+            if lowered.endswith("/") and lowered.count("/") == 3:
+                lowered = lowered[:-1]  # "https://app.example.com/": browsers send no slash
+            if lowered != "*" and not ORIGIN_PATTERN.fullmatch(lowered):
+                raise ValueError(
+                    f"{origin!r} is not an origin; write scheme://host[:port] with no path "
+                    "(e.g. 'https://app.example.com' or 'http://localhost:5173'), or '*' for "
+                    "any origin")
+            checked.append(lowered)
+        return tuple(checked)
 
 
 class StorageConfig(_Model):

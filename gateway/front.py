@@ -13,6 +13,12 @@ serves it, and every later request on that connection, with its full behaviour (
 its 400s, the lingering close). A hand-over happens only between requests, before anything of
 the current one was answered, so the client cannot tell.
 
+While `server.cors_origins` lists origins, a CORS preflight (`OPTIONS` with `Origin` and
+`Access-Control-Request-Method`, no body) to one of those routes is answered here too, and
+every response the front writes carries the CORS headers of its request (`gateway.cors`); the
+runtime snapshot is read per request, so a reload applies at once. While it is empty, the
+cost on the POST path is one check.
+
 The front keeps aiohttp's behaviour for what it serves itself:
 - errors in the called API's shape, with `x-request-id`, counted as refusals
   (`middleware.error_body`, `is_refusal`); a bug answers 500 with no detail;
@@ -79,6 +85,7 @@ class FrontServer(Server):
                          **inner._kwargs)  # aiohttp keeps the handler args there
         self.app = app
         self.routes = fast_routes()
+        self.runtime = app[keys.runtime]  # the live settings (server.cors_origins)
         server = app[keys.runtime].current.settings.server
         self.timeout_s = float(server.client_timeout_s)
         self.max_body = min(FAST_MAX_BODY, server.max_body_mb * 1024 * 1024)

@@ -1,5 +1,6 @@
 """One connection of the fast front (see gateway.front): parse with httptools, serve a plain
-forwarded POST through the proxy, hand anything else to aiohttp, keep the client timeouts."""
+forwarded POST through the proxy (and, while CORS is on, a preflight to one of those routes),
+hand anything else to aiohttp, keep the client timeouts."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aiohttp.tcp_helpers import tcp_nodelay
 from multidict import CIMultiDict
 
 from gateway import keys
+from gateway.cors import origin_refused, preflight_headers, response_headers
 from gateway.errors import GatewayError, RequestTimeoutError
 from gateway.front_reply import FrontReply
 from gateway.middleware import error_body, is_refusal
@@ -66,6 +68,7 @@ class FrontProtocol(asyncio.Protocol):
         self._length = 0
         self._route: Route | None = None
         self._complete = False
+        self._preflight = False
 
     # asyncio.Protocol
 
@@ -134,7 +137,10 @@ class FrontProtocol(asyncio.Protocol):
 
     def _fast_route(self) -> Route | None:
         parser = self._parser
-        if parser.get_method() != b"POST" or parser.get_http_version() != "1.1":
+        method = parser.get_method()
+        if method != b"POST":
+            return self._preflight_route() if method == b"OPTIONS" else None
+        if parser.get_http_version() != "1.1":
             return None
         route = self._server.routes.get(self._url)
         if route is None:
@@ -153,20 +159,47 @@ class FrontProtocol(asyncio.Protocol):
                     length = int(value)
             elif lower in _NOT_FAST:
                 return None
-        if length is None or length > self._server.max_body:
+        if length is None or length > self._server.max_body or not self._find_head(b"POST "):
             return None
-        raw = self._raw
-        if not raw.startswith(b"POST "):
-            return None  # leading empty lines: where the head ends is not a plain find
-        end = raw.find(b"\r\n\r\n")
-        if end < 0 or end + 4 > MAX_HEAD:
-            return None
-        end += 4
-        if raw.count(b"\n", 0, end) != raw.count(b"\r\n", 0, end):
-            return None  # bare LF line ends: where the body starts is the parser's guess
-        self._head_end = end
         self._length = length
         return route
+
+    def _preflight_route(self) -> Route | None:
+        """A CORS preflight to a forwarded route, served here while CORS is on; anything else
+        (CORS off, another OPTIONS, a body) is aiohttp's, which answers it as it would."""
+        if (self._parser.get_http_version() != "1.1"
+                or not self._server.runtime.current.settings.server.cors_origins):
+            return None
+        route = self._server.routes.get(self._url)
+        if route is None:
+            return None
+        seen: set[str] = set()
+        for name, value in self._headers:
+            lower = name.lower()
+            if (lower in seen and lower in _SINGLETONS) or lower in _NOT_FAST \
+                    or (lower == "content-length" and value != "0"):
+                return None
+            seen.add(lower)
+        if "origin" not in seen or "access-control-request-method" not in seen \
+                or not self._find_head(b"OPTIONS "):
+            return None
+        self._length = 0
+        self._preflight = True
+        return route
+
+    def _find_head(self, start: bytes) -> bool:
+        """Where the head ends (`_head_end`), if that is plain to find."""
+        raw = self._raw
+        if not raw.startswith(start):
+            return False  # leading empty lines: where the head ends is not a plain find
+        end = raw.find(b"\r\n\r\n")
+        if end < 0 or end + 4 > MAX_HEAD:
+            return False
+        end += 4
+        if raw.count(b"\n", 0, end) != raw.count(b"\r\n", 0, end):
+            return False  # bare LF line ends: where the body starts is the parser's guess
+        self._head_end = end
+        return True
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -204,6 +237,9 @@ class FrontProtocol(asyncio.Protocol):
         headers = CIMultiDict(self._headers)
         self.busy = True
         self._deadline = None
+        if self._preflight:  # answered soon, not here: pipelined ones must not recurse
+            self._loop.call_soon(self._answer_preflight, route, headers)
+            return
         recorder = self._server.app[keys.recorder]
         recorder.spawn(self._serve(route, headers, body))
 
@@ -213,7 +249,8 @@ class FrontProtocol(asyncio.Protocol):
         started = time.perf_counter()
         api, endpoint = route
         request_id = uuid.uuid4()
-        reply = FrontReply(self)
+        origins = self._server.runtime.current.settings.server.cors_origins
+        reply = FrontReply(self, response_headers(origins, headers) if origins else None)
         app = self._server.app
 
         async def read_body() -> bytes:
@@ -230,6 +267,17 @@ class FrontProtocol(asyncio.Protocol):
                                GatewayError("The gateway had an internal error."), request_id)
         finally:
             self._done()
+
+    def _answer_preflight(self, route: Route, headers: CIMultiDict[str]) -> None:
+        """204 with the CORS headers, or 403 for an origin not allowed (gateway.cors)."""
+        origins = self._server.runtime.current.settings.server.cors_origins
+        allowed = preflight_headers(origins, headers)
+        reply = FrontReply(self)
+        if allowed is None:
+            self._answer_error(reply, route[1].path, origin_refused(), uuid.uuid4())
+        else:
+            reply.write_no_content(allowed)
+        self._done()
 
     def _answer_error(self, reply: FrontReply, path: str, exc: GatewayError,
                       request_id: uuid.UUID) -> None:
@@ -299,7 +347,9 @@ class FrontProtocol(asyncio.Protocol):
         exc = RequestTimeoutError(
             f"The request body was not received within {self._server.timeout_s:g} seconds "
             "of its headers.")
-        self._answer_error(FrontReply(self), endpoint.path, exc, uuid.uuid4())
+        origins = self._server.runtime.current.settings.server.cors_origins
+        cors = response_headers(origins, CIMultiDict(self._headers)) if origins else None
+        self._answer_error(FrontReply(self, cors), endpoint.path, exc, uuid.uuid4())
         self._discarding = True
         self._raw.clear()
         if transport.can_write_eof():

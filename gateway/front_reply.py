@@ -13,10 +13,12 @@ if TYPE_CHECKING:
 
 
 class FrontReply:
-    """`proxy.Reply` for the front: the response as bytes on the connection."""
+    """`proxy.Reply` for the front: the response as bytes on the connection. `cors`: the
+    CORS headers every response of this request carries (`gateway.cors`), or None."""
 
-    def __init__(self, conn: FrontProtocol) -> None:
+    def __init__(self, conn: FrontProtocol, cors: dict[str, str] | None = None) -> None:
         self._conn = conn
+        self._cors = cors
         self.head_sent = False
 
     async def send(self, status: int, headers: dict[str, str], body: bytes) -> None:
@@ -24,14 +26,21 @@ class FrontReply:
 
     def write_whole(self, status: int, headers: dict[str, str], body: bytes) -> None:
         head = _head(status, headers, self._conn.closing_after,
-                     f"Content-Length: {len(body)}\r\n", self._conn.http_date())
+                     f"Content-Length: {len(body)}\r\n", self._conn.http_date(), self._cors)
         self.head_sent = True
         with contextlib.suppress(ConnectionResetError):  # gone; the exchange is recorded anyway
             self._conn.write(head + body)
 
+    def write_no_content(self, headers: dict[str, str]) -> None:
+        """A 204: no body and, as RFC 9110 requires, no Content-Length."""
+        head = _head(204, headers, self._conn.closing_after, "", self._conn.http_date(), None)
+        self.head_sent = True
+        with contextlib.suppress(ConnectionResetError):
+            self._conn.write(head)
+
     async def open_stream(self, status: int, headers: dict[str, str]) -> StreamSink:
         head = _head(status, headers, self._conn.closing_after,
-                     "Transfer-Encoding: chunked\r\n", self._conn.http_date())
+                     "Transfer-Encoding: chunked\r\n", self._conn.http_date(), self._cors)
         self.head_sent = True
         with contextlib.suppress(ConnectionResetError):  # noticed by the relay's first write
             self._conn.write(head)
@@ -50,13 +59,16 @@ class FrontReply:
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
-def _head(status: int, headers: dict[str, str], close: bool, framing: str, date: str) -> bytes:
+def _head(status: int, headers: dict[str, str], close: bool, framing: str, date: str,
+          cors: dict[str, str] | None) -> bytes:
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n",
              f"Date: {date}\r\n", framing]
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise ValueError(f"header {name!r} holds a line break")
         lines.append(f"{name}: {value}\r\n")
+    if cors is not None:  # lines of their own: a provider's Vary stays beside ours
+        lines.extend(f"{name}: {value}\r\n" for name, value in cors.items())
     if close:
         lines.append("Connection: close\r\n")
     lines.append("\r\n")

@@ -70,7 +70,9 @@ _DROP_RESPONSE_HEADERS = frozenset(
         "content-encoding",  # bodies are decoded on the way in (a provider that gzips anyway)
     }
 )
-_DROP_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "anthropic-organization")
+# A provider's own CORS answer never reaches the client: the gateway's (gateway.cors) applies.
+_DROP_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "anthropic-organization",
+                           "access-control-")
 
 
 def response_headers(upstream: UpstreamResponse, secret: str) -> dict[str, str]:
