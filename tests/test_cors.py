@@ -19,6 +19,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway import keys
+from gateway.config import ConfigError, parse_settings
+from gateway.cors import response_headers
 from storage.accounts import AccountStore
 from tests.harness import Gateway, gateway_config, running_gateway
 
@@ -240,3 +242,22 @@ async def test_cors_origins_apply_on_reload(
         assert_actual_cors(response, "after reload")
         response, _ = await post(gw, "/v1/chat/completions", CHAT, origin="null")
         assert cors_of(response) == {}  # an opaque origin, never allowed
+
+
+def test_cors_origins_are_checked_and_normalised_at_load() -> None:
+    def load(origins: list[str]) -> tuple[str, ...]:
+        raw = gateway_config("http://127.0.0.1:9", extra={"server": {"cors_origins": origins}})
+        return parse_settings(raw, "tollbooth.yaml").server.cors_origins
+
+    assert load([]) == ()
+    assert load(["https://App.Example.com/", "http://localhost:5173", "*"]) == (
+        APP, "http://localhost:5173", "*")
+    for bad in ("app.example.com", "https://app.example.com/chat", "null", "https://a, https://b"):
+        with pytest.raises(ConfigError) as raised:
+            load([bad])
+        message = str(raised.value)
+        assert f"server.cors_origins: {bad!r} is not an origin" in message, message
+        assert "scheme://host[:port]" in message, message
+    assert response_headers((APP,), {"origin": "null"}) is None
+    assert response_headers(("*",), {"origin": "https://x.example\r\nSet-Cookie: a=b"}) is None
+    assert response_headers(("*",), {"origin": "https://any.example:8443"}) is not None
