@@ -31,12 +31,11 @@ def digits(value: int | None) -> str:
 
 
 def usd(value: Decimal | None) -> str:
-    """Money for people: '$1,234.57'; under a cent but not zero, up to 6 decimals."""
+    """Money for people: '$1,234.57'; under a cent but not zero, the exact amount."""
     if value is None:
         return ""
     if value != 0 and abs(value) < _CENT:
-        text = format(value.quantize(Decimal("0.000001"), ROUND_HALF_EVEN).normalize(), "f")
-        return f"${text}"
+        return f"${format(value.normalize(), 'f')}"
     return f"${value.quantize(_CENT, ROUND_HALF_EVEN):,}"
 
 
@@ -50,6 +49,16 @@ def tokens(value: int | None) -> str:
     return f"{n:,}"
 
 
+def amount(value: Decimal | int | None) -> str:
+    """A quantity with thousands separators and no trailing zeros: 10000000 -> '10,000,000'."""
+    if value is None:
+        return ""
+    number = Decimal(value)
+    if number == number.to_integral_value():
+        return f"{int(number):,}"
+    return format(number.normalize(), ",f")
+
+
 FILTERS: dict[str, Callable[..., Any]] = {
-    "exact": exact, "digits": digits, "usd": usd, "tokens": tokens,
+    "exact": exact, "digits": digits, "usd": usd, "tokens": tokens, "amount": amount,
 }
