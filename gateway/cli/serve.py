@@ -2,17 +2,19 @@
 
 The parent process resolves the infrastructure once (starting the embedded Postgres and
 Valkey when no URL is configured, or reusing the ones another process started), then runs
-one worker in-process, or `--workers N` processes bound to the same port with SO_REUSEPORT.
+one worker in-process, or `--workers N` processes bound to the same port with SO_REUSEPORT,
+under a supervisor (gateway.cli.supervisor: signals, restarts, metrics summed over workers).
 Each worker serves through `gateway.front.FrontRunner` (the fast front before aiohttp).
-SIGINT/SIGTERM stop accepting, let in-flight requests finish (up to
+SIGINT/SIGTERM/SIGQUIT stop accepting, let in-flight requests finish (up to
 `server.shutdown_grace_s`), drain the usage writer, then stop the embedded servers it started.
+SIGHUP reloads the config (gateway.reload).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
+import functools
 import os
 import signal
 import sys
@@ -22,6 +24,8 @@ from aiohttp import web
 from gateway.cli.main import add_config_option
 from gateway.cli.runtime import infrastructure_for
 from gateway.cli.serve_preflight import preflight
+from gateway.cli.supervisor import supervise
+from gateway.cli.worker_link import WorkerLink
 from gateway.config import Settings, load_settings
 from gateway.logs import setup_logging
 
@@ -44,16 +48,21 @@ def _install_uvloop() -> None:
 
 
 def run_worker(config_path: str, host: str, port: int, database_url: str, redis_url: str,
-               reuse_port: bool) -> None:
+               reuse_port: bool, link: WorkerLink | None = None) -> None:
+    """One worker: this process (`link` None) or one a supervisor started."""
+    if link is not None:
+        link.bind()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the config watcher handles it
     _install_uvloop()
     settings = load_settings(config_path)
     setup_logging(settings.logging.level, settings.logging.format, settings.logging.requests)
-    asyncio.run(_serve(settings, host, port, database_url, redis_url, reuse_port))
+    asyncio.run(_serve(settings, host, port, database_url, redis_url, reuse_port, link))
 
 
 async def _serve(settings: Settings, host: str, port: int, database_url: str, redis_url: str,
-                 reuse_port: bool) -> None:
-    """Serve until SIGINT or SIGTERM, then stop gracefully (the runner's cleanup)."""
+                 reuse_port: bool, link: WorkerLink | None = None) -> None:
+    """Serve until SIGINT, SIGTERM or SIGQUIT (or the supervisor is gone), then stop
+    gracefully (the runner's cleanup)."""
     from gateway.app import create_app
     from gateway.front import FrontRunner
 
@@ -61,13 +70,17 @@ async def _serve(settings: Settings, host: str, port: int, database_url: str, re
                      watch_config=True, access_log_to_stderr=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
         loop.add_signal_handler(signum, stop.set)
+    if link is not None:
+        link.watch(stop.set)
     runner = FrontRunner(app, access_log=None, shutdown_timeout=settings.server.shutdown_grace_s)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
         print(f"tollbooth worker {os.getpid()} listening on http://{host}:{port}", flush=True)
+        if link is not None:
+            link.ready()
         await stop.wait()
     finally:
         await runner.cleanup()
@@ -85,29 +98,6 @@ def run(args: argparse.Namespace) -> int:
         if workers == 1:
             run_worker(args.config, host, port, infra.database_url, infra.redis_url, False)
             return 0
-        ctx = multiprocessing.get_context("spawn")
-        procs = [
-            ctx.Process(
-                target=run_worker,
-                args=(args.config, host, port, infra.database_url, infra.redis_url, True),
-                name=f"tollbooth-worker-{i}",
-            )
-            for i in range(workers)
-        ]
-        for proc in procs:
-            proc.start()
-
-        def forward(signum: int, _frame: object) -> None:
-            for proc in procs:
-                if proc.pid is not None and proc.is_alive():
-                    os.kill(proc.pid, signum)
-
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-        for proc in procs:
-            proc.join()
-        failed = [p.name for p in procs if p.exitcode not in (0, -signal.SIGTERM, -signal.SIGINT)]
-        if failed:
-            print(f"tollbooth: workers exited with errors: {', '.join(failed)}", file=sys.stderr)
-            return 1
+        return supervise(settings, workers, functools.partial(
+            run_worker, args.config, host, port, infra.database_url, infra.redis_url, True))
     return 0
