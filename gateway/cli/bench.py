@@ -8,6 +8,8 @@ scenario (see `gateway.bench.report`), or one JSON object with `--json`. Progres
 stderr. The command's own `--config` is accepted for uniformity and ignored: the benchmark
 writes its own config. Exit 0 when every phase ran (whether or not the targets were met),
 1 when the benchmark could not run (the message names the log to read), 2 for bad options.
+
+`tollbooth bench portal` (gateway.cli.bench_portal) times the usage pages instead.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import orjson
 from gateway.bench.report import render_text, to_json
 from gateway.bench.runner import BenchError, run_bench
 from gateway.bench.scenarios import SCENARIO_NAMES, BenchOptions
+from gateway.cli.bench_portal import register_portal
 from gateway.cli.main import add_config_option
 
 QUICK_DURATION_S = 2.0
@@ -91,6 +94,8 @@ def register(subparsers: Any) -> None:
                         "gateway's RSS sampled every 30 s (memory flat or growing)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
+    kinds = parser.add_subparsers(dest="bench_kind", metavar="KIND")
+    register_portal(kinds)
 
 
 def options_from(args: argparse.Namespace) -> BenchOptions:

@@ -14,13 +14,12 @@
 
 Every page takes the period parameters of gateway.web.periods (default: this calendar month,
 UTC). A bad parameter answers a 400 page naming it; the dashboard off (no admin token), 403.
-Each answer carries `Server-Timing: app;dur=MS`, the handler's time, which the portal
-benchmark reads.
+Each answer carries `Server-Timing: app;dur=MS` (gateway.web.server_timing, added here for
+the portal's pages and these), which the portal benchmark reads.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -47,6 +46,7 @@ from gateway.web.portal_links import issue_link, link_url
 from gateway.web.portal_page import BadParameter, view_period
 from gateway.web.portal_views import HEADLINE, key_names, overview
 from gateway.web.render import render
+from gateway.web.server_timing import server_timing
 from gateway.web.sessions import Session, csrf_ok
 from storage.rollups import UsageFilter
 from storage.usage_breakdown import events_page
@@ -151,24 +151,21 @@ async def portal_link(request: web.Request) -> web.Response:
 
 
 def _page(handler: Handler) -> Handler:
-    """Server-Timing on every answer; the dashboard off and bad parameters as pages."""
+    """The dashboard off and bad parameters as pages."""
 
     async def route(request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
         try:
-            response = await handler(request)
+            return await handler(request)
         except DashboardOff:
-            response = disabled(request)
+            return disabled(request)
         except BadParameter as exc:
-            response = message(request, 400, str(exc))
-        response.headers["Server-Timing"] = \
-            f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
-        return response
+            return message(request, 400, str(exc))
 
     return route
 
 
 def add_dashboard_routes(app: web.Application) -> None:
+    app.middlewares.append(server_timing)  # innermost: the handler's own time
     r = app.router
     r.add_get(BASE, _page(customers_page))
     r.add_get(f"{BASE}/system", _page(system_page))
