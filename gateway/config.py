@@ -343,6 +343,9 @@ class PortalConfig(_Model):
     link_ttl_s: int = Field(default=86_400, ge=60, le=90 * 86_400)  # default link lifetime
     session_ttl_s: int = Field(default=43_200, ge=60, le=30 * 86_400)
     login_attempts_per_minute: int = Field(default=10, ge=1)  # per client IP, in Redis
+    # Mark session cookies Secure even when the gateway sees plain HTTP: set it when a
+    # TLS-terminating proxy is in front (cookies over TLS are always Secure).
+    secure_cookies: bool = False
 
     @field_validator("frame_ancestors")
     @classmethod

@@ -270,3 +270,18 @@ async def test_admin_portal_links(portal: tuple[Gateway, Seed]) -> None:
         bad = await client.post(f"{gw.base_url}/admin/portal-links", headers=admin,
                                 json={"customer": "acme", "ttl_s": "1h"})
         assert bad.status == 400
+
+
+async def test_embedding_sets_frame_ancestors_and_cross_site_cookies(
+        fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = portal_config(frame_ancestors=["https://app.example.com"], secure_cookies=True)
+    async with running_gateway(fresh_database_url, redis_url, monkeypatch, tiers=PORTAL_TIERS,
+                               extra_config=config) as gw:
+        await seed_portal(gw.app)
+        async with _client() as client:
+            login = await client.get(f"{gw.base_url}/portal/login")
+            csp = login.headers["Content-Security-Policy"]
+            assert csp.endswith("frame-ancestors 'self' https://app.example.com")
+            response = await _sign_in(client, gw, _link(gw, "acme"))
+            cookie = response.cookies["tb_portal"]
+            assert cookie["samesite"] == "None" and cookie["secure"] and cookie["httponly"]

@@ -62,8 +62,9 @@ def frame_ancestors(request: web.Request) -> list[str]:
     return ["'self'", *configured]
 
 
-def _embeddable(request: web.Request) -> bool:
-    return bool(request.app[keys.runtime].current.settings.portal.frame_ancestors)
+def _cookie_flags(request: web.Request) -> dict[str, bool]:
+    portal = request.app[keys.runtime].current.settings.portal
+    return {"embeddable": bool(portal.frame_ancestors), "secure": portal.secure_cookies}
 
 
 def page(request: web.Request, template: str, *, status: int = 200, **context: object
@@ -98,7 +99,7 @@ def _signed_in(request: web.Request, customer_id: str, project_id: str | None
     response = web.Response(status=303, headers={"Location": "/portal",
                                                  "Cache-Control": "no-store",
                                                  "Referrer-Policy": "no-referrer"})
-    set_session_cookie(response, request, codec, session, embeddable=_embeddable(request))
+    set_session_cookie(response, request, codec, session, **_cookie_flags(request))
     response.del_cookie(LOGIN_CSRF_COOKIE, path="/portal/login")
     return response
 
@@ -116,7 +117,7 @@ def _login_form(request: web.Request, *, status: int = 200, error: str | None = 
     token = new_login_csrf()
     response = page(request, "portal_login.html", status=status, csrf=token, error=error)
     response.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=3600,
-                        **{**cookie_options(request, embeddable=_embeddable(request)),
+                        **{**cookie_options(request, **_cookie_flags(request)),
                            "path": "/portal/login"})
     return response
 

@@ -147,19 +147,23 @@ class SessionCodec:
         return self.decode(request.cookies.get(COOKIE_NAMES[kind]), kind)
 
 
-def cookie_options(request: web.Request, *, embeddable: bool) -> dict[str, Any]:
-    """HttpOnly; SameSite=Lax, or None with Secure when the page may be framed over TLS
-    (a cross-site iframe only sends SameSite=None cookies, and browsers require Secure
-    for those); Secure whenever the request came over TLS."""
-    same_site = "None" if embeddable and request.secure else "Lax"
-    return {"httponly": True, "samesite": same_site, "secure": request.secure, "path": "/"}
+def cookie_options(request: web.Request, *, embeddable: bool, secure: bool = False
+                   ) -> dict[str, Any]:
+    """HttpOnly; Secure when the request came over TLS or `secure` says a TLS proxy is in
+    front; SameSite=Lax, or None when the page may be framed and the cookie is Secure (a
+    cross-site iframe only sends SameSite=None cookies, and browsers require Secure for
+    those)."""
+    secure = secure or request.secure
+    same_site = "None" if embeddable and secure else "Lax"
+    return {"httponly": True, "samesite": same_site, "secure": secure, "path": "/"}
 
 
 def set_session_cookie(response: web.StreamResponse, request: web.Request, codec: SessionCodec,
-                       session: Session, *, embeddable: bool = False) -> None:
+                       session: Session, *, embeddable: bool = False,
+                       secure: bool = False) -> None:
     max_age = max(0, int((session.expires_at - utc_now()).total_seconds()))
     response.set_cookie(COOKIE_NAMES[session.kind], codec.encode(session), max_age=max_age,
-                        **cookie_options(request, embeddable=embeddable))
+                        **cookie_options(request, embeddable=embeddable, secure=secure))
 
 
 def clear_session_cookie(response: web.StreamResponse, kind: SessionKind) -> None:
