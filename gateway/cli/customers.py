@@ -40,14 +40,14 @@ def register(subparsers: Any) -> None:
 
     create = actions.add_parser("create", help="add a customer")
     create.add_argument("id", metavar="ID", help="customer id: letters, digits, _ . - (1-64)")
-    create.add_argument("--tier", help="a tier from config.yaml (default: the first tier)")
+    create.add_argument("--tier", help="a tier of the --config file (default: its first tier)")
     _add_profile_options(create)
     add_config_option(create)
     create.set_defaults(func=_create)
 
     update = actions.add_parser("update", help="change a customer")
     update.add_argument("id", metavar="ID")
-    update.add_argument("--tier", help="a tier from config.yaml")
+    update.add_argument("--tier", help="a tier of the --config file")
     _add_profile_options(update)
     suspension = update.add_mutually_exclusive_group()
     suspension.add_argument(
