@@ -98,7 +98,7 @@ async def test_preflights_are_answered_by_both_servers_without_a_key(gw: Gateway
                 assert await response.read() == b""
                 answers.append((path, response))
             if path == "/v1/v1/messages":  # what follows goes to aiohttp on this connection
-                async with session.get(gw.base_url + "/health/live") as health:
+                async with session.get(gw.base_url + "/health") as health:
                     assert served_by_aiohttp(health)
     served_by = [served_by_aiohttp(response) for _, response in answers]
     assert served_by == [False, False, True, True, True]
@@ -174,6 +174,15 @@ async def test_actual_responses_carry_cors_headers_from_both_servers(gw: Gateway
                 assert data.rstrip().endswith((b"data: [DONE]", b'{"type":"message_stop"}'))
             if status == 429:
                 assert "retry-after" in response.headers
+    async with aiohttp.ClientSession() as session:
+        for path, covered in (("/v1/models", True), ("/usage/summary", True),
+                              ("/health", False)):
+            async with session.get(gw.base_url + path, headers=headers_for(gw.key)) as response:
+                assert response.status == 200 or not covered, path
+                if covered:
+                    assert_actual_cors(response, path)
+                else:
+                    assert cors_of(response) == {}, path  # operator routes are not for pages
     assert len(await gw.events(wait_for=6)) == 6  # three served per server
     await asyncio.sleep(0.3)
     assert len(await gw.events(wait_for=7, timeout_s=0.2)) == 6  # refusals record nothing
