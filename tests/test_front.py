@@ -150,6 +150,11 @@ async def test_the_anthropic_v1_alias_is_served_by_both_servers(gw: Gateway) -> 
                                                 handed.headers["x-request-id"]}
     assert [row["endpoint"] for row in rows] == ["messages", "messages"]
     assert [sent.path for sent in gw.mock_requests] == ["/v1/messages", "/v1/messages"]
+    metrics = b"GET /metrics HTTP/1.1\r\nHost: gateway\r\n\r\n"
+    (scrape,) = await exchange(gw, metrics)
+    refusals = [line for line in scrape.body.decode().splitlines()
+                if line.startswith("tollbooth_refused_requests_total{")]
+    assert refusals and all('route="/v1/messages"' in line for line in refusals), refusals
 
 
 async def test_pipelined_requests_are_answered_in_order(gw: Gateway) -> None:
