@@ -11,6 +11,9 @@ conflict target: it holds for whatever unique key the table has, `id` or the par
 `(id, created_at)`; an event keeps its id and created_at on every retry). Writing a batch
 twice stores it once.
 
+`insert(columns, data)` is the same write returning how many rows it added and the refused
+lines instead of recording them (`tollbooth usage import` reports those itself).
+
 Failure semantics of `write(columns, data)`:
 - PostgreSQL refuses the batch for what a row holds (`dead_letters.is_row_error`: SQLSTATE
   class 22 or 23): the batch is bisected, each good half committed on its own, until every
@@ -100,14 +103,9 @@ class BatchWriter:
 
     async def write(self, columns: tuple[str, ...], data: bytes) -> int:
         """Write the lines in `data`; return how many went to the dead-letter table."""
-        try:
-            await self._copy_insert(columns, data)
+        _, refused = await self.insert(columns, data)
+        if not refused:
             return 0
-        except Exception as exc:
-            if not dead_letters.is_row_error(exc):
-                raise
-            error = exc
-        refused = await self._isolate(columns, data.split(b"\n")[:-1], error)
         letters = [DeadLetter.from_line(columns, line, dead_letters.describe(exc))
                    for line, exc in refused]
         await dead_letters.record(self._pool, letters)
@@ -116,33 +114,47 @@ class BatchWriter:
                       letter.event_id, letter.error)
         return len(letters)
 
-    async def _isolate(self, columns: tuple[str, ...], lines: list[bytes],
-                       error: Exception) -> list[tuple[bytes, Exception]]:
-        """Bisect `lines` (which failed with `error`): commit the good halves, return the
-        refused lines with their errors."""
+    async def insert(self, columns: tuple[str, ...], data: bytes
+                     ) -> tuple[int, list[tuple[bytes, Exception]]]:
+        """Write the lines in `data`, skipping events already stored; return how many rows
+        were added and the lines PostgreSQL refused (with their errors), recorded nowhere."""
+        try:
+            return await self._copy_insert(columns, data), []
+        except Exception as exc:
+            if not dead_letters.is_row_error(exc):
+                raise
+            error = exc
+        return await self._isolate(columns, data.split(b"\n")[:-1], error)
+
+    async def _isolate(self, columns: tuple[str, ...], lines: list[bytes], error: Exception
+                       ) -> tuple[int, list[tuple[bytes, Exception]]]:
+        """Bisect `lines` (which failed with `error`): commit the good halves, return how
+        many rows they added and the refused lines with their errors."""
         if len(lines) == 1:
-            return [(lines[0], error)]
+            return 0, [(lines[0], error)]
         middle = len(lines) // 2
-        refused = []
+        added, refused = 0, []
         for half in (lines[:middle], lines[middle:]):
             try:
-                await self._copy_insert(columns, b"\n".join(half) + b"\n")
+                added += await self._copy_insert(columns, b"\n".join(half) + b"\n")
             except Exception as exc:
                 if not dead_letters.is_row_error(exc):
                     raise
-                refused += await self._isolate(columns, half, exc)
-        return refused
+                more, isolated = await self._isolate(columns, half, exc)
+                added += more
+                refused += isolated
+        return added, refused
 
-    async def _copy_insert(self, columns: tuple[str, ...], data: bytes) -> None:
+    async def _copy_insert(self, columns: tuple[str, ...], data: bytes) -> int:
         # The common case, a batch of new events, is one COPY straight into usage_events. A
         # batch holding an event already stored (a retry after a lost acknowledgement, a
         # replay after a crash) fails that COPY with a unique violation and is written again
         # through the staging table, skipping what is there.
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                await conn.copy_to_table("usage_events", source=io.BytesIO(data),
-                                         columns=columns, format="text")
-            return
+                status = await conn.copy_to_table("usage_events", source=io.BytesIO(data),
+                                                  columns=columns, format="text")
+            return _row_count(status)
         except asyncpg.UniqueViolationError:
             pass
         column_list = ", ".join(columns)
@@ -150,7 +162,13 @@ class BatchWriter:
             await conn.execute(_CREATE_STAGING)
             await conn.copy_to_table(STAGING_TABLE, source=io.BytesIO(data), columns=columns,
                                      format="text")
-            await conn.execute(
+            status = await conn.execute(
                 f"INSERT INTO usage_events ({column_list}) SELECT {column_list} "
                 f"FROM {STAGING_TABLE} ON CONFLICT DO NOTHING"
             )
+        return _row_count(status)
+
+
+def _row_count(status: str) -> int:
+    """The row count at the end of a command tag: "COPY 500", "INSERT 0 12"."""
+    return int(status.rsplit(" ", 1)[-1])
