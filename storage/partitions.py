@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -220,6 +221,20 @@ async def ensure_partitions(
             report.moved_rows += moved
     report.partitions = sorted(existing | set(report.created))
     return report
+
+
+async def ensure_months(
+    pool: asyncpg.Pool, moments: Iterable[datetime]
+) -> list[MonthPartition]:
+    """Create the partitions of the months holding `moments` that do not exist yet (for
+    backfilled history), moving any of their rows out of the default partition; return the
+    partitions this call created."""
+    wanted = {MonthPartition.of(moment) for moment in moments}
+    created = []
+    for partition in sorted(wanted - set(await list_partitions(pool))):
+        if await _create(pool, partition) is not None:
+            created.append(partition)
+    return created
 
 
 async def apply_retention(
