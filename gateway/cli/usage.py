@@ -14,7 +14,8 @@ Every report takes `--days N` (default 30; the window is the last N days up to n
               with -o the file appears only once it is complete
 
 The JSON shapes and CSV columns are in gateway/cli/usage_render.py and the README. Totals of
-every report equal the raw events. `usage replay-dead-letters` comes from usage_replay.
+every report equal the raw events. `usage replay-dead-letters` comes from usage_replay,
+`usage import` (backfill) from usage_import.
 Exit 2 for bad usage, 1 for a database error.
 """
 
@@ -27,7 +28,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import aclosing, contextmanager
 from typing import Any, TextIO
 
-from gateway.cli import usage_replay
+from gateway.cli import usage_import, usage_replay
 from gateway.cli.main import add_config_option
 from gateway.cli.runtime import Runtime, add_format_option, run_command, usage_error, write_output
 from gateway.cli.usage_render import (
@@ -84,6 +85,7 @@ def register(subparsers: Any) -> None:
     _add_report_options(export, EXPORT_FORMATS)
     export.set_defaults(func=_export)
     usage_replay.add_commands(reports)
+    usage_import.add_command(reports)
 
 
 def _add_report_options(parser: argparse.ArgumentParser, formats: tuple[str, ...]) -> None:
