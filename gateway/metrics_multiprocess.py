@@ -38,6 +38,20 @@ def active_dir() -> str | None:
     return os.environ.get(ENV)
 
 
+def prepare_worker() -> None:
+    """In a worker, before its first metric: its pid is read once, not at every update.
+
+    prometheus-client calls `os.getpid()` on every update of a multiprocess value, to notice
+    a fork; that is a system call, several per request (about 3 us each on a virtual
+    machine). A worker never forks once its metrics exist, so its pid cannot change; the
+    files are the same `<type>_<pid>.db` either way (tests/test_metrics_workers.py reads
+    them by pid)."""
+    if getattr(values.ValueClass, "_multiprocess", False):
+        pid = os.getpid()
+        values.ValueClass = values.MultiProcessValue(  # type: ignore[no-untyped-call]
+            process_identifier=lambda: pid)
+
+
 def merged_registry(path: str) -> CollectorRegistry:
     """A registry whose collection sums every process's files under `path`."""
     registry = CollectorRegistry()

@@ -122,7 +122,8 @@ class Supervisor:
 
     def _start(self, worker: _Worker) -> None:
         mine, theirs = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=self._target, args=(WorkerLink(theirs, os.getpid()),),
+        proc = self._ctx.Process(target=_worker_main,
+                                 args=(self._target, WorkerLink(theirs, os.getpid())),
                                  name=f"tollbooth-worker-{worker.index}")
         proc.start()
         theirs.close()  # the worker holds it now: its end of file is our death
@@ -243,6 +244,12 @@ class Supervisor:
                 w.proc.join()
             if w.proc is not None:
                 self._reap(w)
+
+
+def _worker_main(target: Target, link: WorkerLink) -> None:
+    """What a new worker process runs."""
+    metrics_multiprocess.prepare_worker()
+    target(link)
 
 
 def _send(w: _Worker, signum: int) -> None:
