@@ -14,6 +14,7 @@ import fnmatch
 import hashlib
 import os
 import re
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -396,6 +397,25 @@ class StripeConfig(_Model):
     price_tiers: dict[str, str] = {}  # Stripe price id -> tier
     canceled_tier: str | None = None  # tier after a subscription ends (default: first tier)
     suspend_on_payment_failure: bool = True
+    # Imported usage (`tollbooth usage import`, marked metadata.imported) is sent only from
+    # this instant on (an ISO time, UTC unless it has an offset); null: never. History that
+    # a previous system already billed must not reach Stripe a second time.
+    import_since: datetime | None = None
+
+    @field_validator("import_since", mode="before")
+    @classmethod
+    def _utc_instant(cls, value: Any) -> Any:
+        if isinstance(value, date) and not isinstance(value, datetime):  # YAML 2026-01-01
+            value = datetime(value.year, value.month, value.day)
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value.strip())
+            except ValueError:
+                raise ValueError(f"{value!r} is not an ISO time, e.g. 2026-01-01T00:00:00Z"
+                                 ) from None
+        if isinstance(value, datetime):
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+        return value
 
     @staticmethod
     def parse_duration(text: str) -> int:

@@ -1,8 +1,10 @@
 """One month of metering, three ways: what we recorded, what billing_sync says was sent, and
 (optionally) what Stripe's meter event summaries hold; one line per customer and meter.
 
-Our side is storage.usage_windows over the month's windows, with price_micros rounded per
-window exactly as the sync sends it, so a fully synced month shows no difference. Sync states
+Our side is storage.usage_windows over the month's windows (what the sync sends: imported
+events only from `import_since` on; the other imported usage is reported apart, as
+`imported`), with price_micros rounded per window exactly as the sync sends it, so a fully
+synced month shows no difference. Sync states
 come from billing_sync rows of the current identifier version whose window starts in the month:
 `sent`, `unsent` (pending or failed: the next sync run sends them) and `skipped` (never sendable).
 Stripe's side is the sum of its event summaries for the customer's current stripe_customer_id
@@ -22,7 +24,7 @@ from typing import Protocol
 
 import asyncpg
 
-from storage.usage_windows import DIMENSIONS, window_usage
+from storage.usage_windows import DIMENSIONS, Imported, window_usage
 
 
 class MeterTotals(Protocol):
@@ -42,6 +44,7 @@ class ReconcileLine:
     unsent: int
     skipped: int
     stripe: Decimal | None  # None: not asked, or Stripe has no such meter
+    imported: int = 0  # imported usage never sent (before import_since), not in `ours`
 
     @property
     def difference(self) -> int:
@@ -63,13 +66,19 @@ async def reconcile(
     meters: Mapping[str, str],
     version: int,
     stripe: MeterTotals | None = None,
+    import_since: datetime | None = None,
 ) -> list[ReconcileLine]:
     """Lines for [start, end) (a month: both window boundaries), ordered by customer, meter."""
     ours: dict[tuple[str, str], int] = {}
-    for window in await window_usage(pool, start=start, end=end, window_s=window_s):
-        for dimension in meters:
-            key = (window.customer_id, dimension)
-            ours[key] = ours.get(key, 0) + window.values[dimension]
+    held: dict[tuple[str, str], int] = {}
+    parts: tuple[tuple[Imported, dict[tuple[str, str], int]], ...] = (
+        ("billable", ours), ("held_back", held))
+    for imported, totals in parts:
+        for window in await window_usage(pool, start=start, end=end, window_s=window_s,
+                                         imported=imported, import_since=import_since):
+            for dimension in meters:
+                key = (window.customer_id, dimension)
+                totals[key] = totals.get(key, 0) + window.values[dimension]
     synced: dict[tuple[str, str], dict[str, int]] = {}
     for row in await pool.fetch(
         """
@@ -88,7 +97,7 @@ async def reconcile(
     }
     order = {d: i for i, d in enumerate(DIMENSIONS)}
     lines = []
-    for customer_id, dimension in sorted(set(ours) | set(synced),
+    for customer_id, dimension in sorted(set(ours) | set(synced) | set(held),
                                          key=lambda k: (k[0], order[k[1]])):
         states = synced.get((customer_id, dimension), {})
         stripe_customer_id = links.get(customer_id)
@@ -108,6 +117,7 @@ async def reconcile(
                 unsent=states.get("pending", 0) + states.get("failed", 0),
                 skipped=states.get("skipped", 0),
                 stripe=stripe_total,
+                imported=held.get((customer_id, dimension), 0),
             )
         )
     return lines

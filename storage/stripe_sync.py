@@ -17,6 +17,10 @@ dimension, seq) order and record Stripe's answer on it. So:
   customer part hashed when the whole would pass Stripe's 100 characters). Stripe enforces
   identifier uniqueness for at least 24 hours; billing_sync is what makes it exact beyond.
 
+Imported usage (`tollbooth usage import`: events marked `metadata.imported`) was billed by
+the system it came from: it is left out, except events from `import_since` on
+(`billing.stripe.import_since`; None, the default: never).
+
 Stripe's rules: a meter event's timestamp (the window start) must be within the past 35 days
 and not in the future; `until` is never later than now, and windows older than 35 days less an
 hour are recorded 'skipped' and reported, never sent. Customers without a stripe_customer_id
@@ -85,6 +89,8 @@ class SyncPolicy:
     use_v2_stream: bool = False
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
+    # Imported events (metadata.imported) are sent from this instant on; None: never.
+    import_since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +233,8 @@ class MeterSync:
         policy = self._policy
         scan_from = window_floor(oldest - REPORT_HORIZON, policy.window_s)
         usage = await window_usage(
-            self._pool, start=scan_from, end=closed_until, window_s=policy.window_s
+            self._pool, start=scan_from, end=closed_until, window_s=policy.window_s,
+            imported="billable", import_since=policy.import_since,
         )
         links: dict[str, str | None] = {
             r["id"]: r["stripe_customer_id"]

@@ -11,8 +11,9 @@ window that divides a day they line up with UTC days and months. Per (customer, 
                   even, once per window; unpriced events (price_usd NULL) add nothing
 
 Rounding once per window, never per event, keeps the error under half a micro-dollar per
-window and makes a window's total independent of how its events were batched. Database
-errors are asyncpg's, unchanged.
+window and makes a window's total independent of how its events were batched. Imported
+events (`tollbooth usage import`) can be counted apart (`imported=`): Stripe is sent only
+those from `billing.stripe.import_since` on. Database errors are asyncpg's, unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from typing import Literal
 
 import asyncpg
 
@@ -73,9 +75,22 @@ SELECT customer_id,
 FROM usage_events
 WHERE created_at >= $2 AND created_at < $3
   AND ($4::text IS NULL OR customer_id = $4)
+  AND {imported}
 GROUP BY customer_id, window_start
 ORDER BY window_start, customer_id
 """
+
+
+# Which events count, by their import mark (`metadata.imported`, storage/usage_import.py)
+# and $5, the instant imported events are billed from (NULL: never).
+_IMPORTED = {
+    "all": "($5::timestamptz IS NULL OR true)",  # $5 unused, but typed
+    "billable": "(metadata->>'imported' IS NULL OR created_at >= $5::timestamptz)",
+    "held_back": (
+        "metadata->>'imported' IS NOT NULL AND ($5::timestamptz IS NULL OR created_at < $5)"
+    ),
+}
+Imported = Literal["all", "billable", "held_back"]
 
 
 async def window_usage(
@@ -85,13 +100,19 @@ async def window_usage(
     end: datetime,
     window_s: int,
     customer_id: str | None = None,
+    imported: Imported = "all",
+    import_since: datetime | None = None,
 ) -> list[WindowUsage]:
     """Usage per (customer, window) for events in [start, end), ordered by window then customer.
 
     `start` and `end` should be window boundaries, or the first and last windows are partial.
+    `imported`: every event (`all`), those Stripe is sent (`billable`: the gateway's own and
+    imported ones from `import_since` on; none imported when it is None) or the imported
+    ones it is not (`held_back`).
     """
     rows = await pool.fetch(
-        _WINDOWS_SQL, timedelta(seconds=window_s), start, end, customer_id
+        _WINDOWS_SQL.format(imported=_IMPORTED[imported]), timedelta(seconds=window_s),
+        start, end, customer_id, import_since,
     )
     found = []
     for row in rows:

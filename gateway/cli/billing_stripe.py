@@ -14,8 +14,10 @@ another sync holds the lock), 2 for bad usage. An ISO time without an offset is 
 meter, our totals with what billing_sync says was sent and, unless --offline, with Stripe's
 meter event summaries (storage.stripe_reconcile). JSON: {"month", "start", "end",
 "differences", "lines": [{"customer_id", "stripe_customer_id", "dimension", "event_name",
-"ours", "sent", "unsent", "skipped", "stripe", "difference", "stripe_difference"}]}, where
-"stripe" and "stripe_difference" are decimal strings or null.
+"ours", "sent", "unsent", "skipped", "stripe", "difference", "stripe_difference",
+"imported_unsent"}]}, where "stripe" and "stripe_difference" are decimal strings or null.
+Imported usage (`usage import`) is in "ours" only from `billing.stripe.import_since` on (what
+the sync sends); the rest of it is "imported_unsent", never a difference.
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ def sync_policy(config: StripeConfig) -> SyncPolicy:
         version=config.version,
         max_retries=config.max_retries,
         use_v2_stream=config.use_v2_stream,
+        import_since=config.import_since,
     )
 
 
@@ -289,6 +292,7 @@ def _reconcile(args: argparse.Namespace) -> int:
             lines = await reconcile(
                 runtime.pool, start=start, end=end, window_s=config.window_s,
                 meters=config.meters, version=config.version, stripe=api,
+                import_since=config.import_since,
             )
         except StripeApiError as exc:
             raise CommandError(f"Stripe's meter event summaries: {exc}; or use --offline") from exc
@@ -324,6 +328,7 @@ def render_reconcile(
                     "sent": ln.sent,
                     "unsent": ln.unsent,
                     "skipped": ln.skipped,
+                    "imported_unsent": ln.imported,
                     "stripe": None if ln.stripe is None else str(ln.stripe),
                     "difference": ln.difference,
                     "stripe_difference": (
@@ -336,10 +341,10 @@ def render_reconcile(
         return json.dumps(data, indent=2) + "\n"
     table = render_table(
         ["CUSTOMER", "METER", "OURS", "SENT", "UNSENT", "SKIPPED", "STRIPE", "DIFF",
-         "STRIPE DIFF"],
+         "STRIPE DIFF", "IMPORTED (NOT SENT)"],
         [
             [ln.customer_id, ln.dimension, ln.ours, ln.sent, ln.unsent, ln.skipped, ln.stripe,
-             ln.difference, ln.stripe_difference]
+             ln.difference, ln.stripe_difference, ln.imported]
             for ln in lines
         ],
     )
