@@ -13,6 +13,8 @@ from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
+from storage.usage_queries import decimal_str
+
 _CENT = Decimal("0.01")
 
 
@@ -49,6 +51,11 @@ def tokens(value: int | None) -> str:
     return f"{n:,}"
 
 
+def money(value: Decimal | None) -> str:
+    """Money as `tollbooth usage export` writes it: exact, no trailing zeros ('0.0012')."""
+    return "" if value is None else decimal_str(value)
+
+
 def amount(value: Decimal | int | None) -> str:
     """A quantity with thousands separators and no trailing zeros: 10000000 -> '10,000,000'."""
     if value is None:
@@ -61,4 +68,5 @@ def amount(value: Decimal | int | None) -> str:
 
 FILTERS: dict[str, Callable[..., Any]] = {
     "exact": exact, "digits": digits, "usd": usd, "tokens": tokens, "amount": amount,
+    "money": money,
 }

@@ -63,6 +63,7 @@ async def invoices_page(request: web.Request) -> web.Response:
                 invoice=invoice, rows=rows, error=error, current_month=current,
                 months=[current, *recent_months(current, 12)],
                 can_manage=stripe is not None and bool(viewer.customer.stripe_customer_id),
+                show_period=False,
                 **page_context(viewer, period, "invoices"))
 
 
