@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,9 +153,11 @@ async def test_a_killed_supervisor_leaves_no_worker_behind(
 ) -> None:
     async with two_workers(tmp_path, fresh_database_url, redis_url, mock_provider,
                            {"requests_per_minute": 1000}) as gw:
-        await wait_listening(lambda: gw.output, 2)
+        workers = await wait_listening(lambda: gw.output, 2)
+        directory = metrics_dir(workers[0])  # a killed supervisor cannot remove it
         tree = process_tree(gw.serve.pid)
         gw.serve.kill()
         await asyncio.to_thread(gw.serve.wait, 10)
         left = await wait_all_gone(tree[1:], 10)
+    await asyncio.to_thread(shutil.rmtree, directory, True)
     assert left == [], f"orphans of a SIGKILLed supervisor: {left}"
