@@ -137,11 +137,11 @@ class Supervisor:
                 if not w.ready and w.conn is not None:
                     waitables.append(w.conn)
         woke = wait(waitables, self._timeout())
-        if wake_r in woke:
-            self._signals(wake_r)
-        for w in self._workers:
+        for w in self._workers:  # before the signals: a SIGHUP also reaches who just got ready
             if w.conn is not None and w.conn in woke:
                 self._hear(w)
+        if wake_r in woke:
+            self._signals(wake_r)
         for w in self._workers:
             if w.proc is not None and w.proc.exitcode is not None:
                 self._reap(w)
