@@ -8,7 +8,8 @@ rows (hourly on the newest day and a day mid-range, daily over the last week) an
 all-customer total over the seeded range equals the rows in usage_events; then start the
 gateway app in this process on a loopback port and time each view (gateway.bench.portal_views)
 `runs` times by calling the functions its route calls and by HTTP GET, reading the
-`Server-Timing` header. Progress goes to stderr.
+`Server-Timing` header. Progress goes to stderr. With `reuse_database` (a database an
+earlier run kept), the seeding is skipped and the rest runs on what it holds.
 
 How it fails: `PortalBenchError` for what stops the run (the embedded servers, the database
 server refusing a new database); asyncpg's errors otherwise. The database is dropped and the
@@ -56,6 +57,7 @@ class PortalBenchOptions:
     redis_url: str | None = None
     workdir: Path | None = None
     keep_database: bool = False
+    reuse_database: str | None = None  # a database a previous run kept: checked and timed
 
 
 def progress(line: str) -> None:
@@ -125,22 +127,51 @@ async def _check(pool: asyncpg.Pool, plan: SeedPlan, report: PortalBenchReport) 
                           total == rows == plan.events))
 
 
-async def _run(options: PortalBenchOptions, report: PortalBenchReport, server_url: str,
-               redis_url: str, workdir: Path) -> None:
+async def _seeded_plan(pool: asyncpg.Pool) -> SeedPlan:
+    """What a kept database holds, as the plan that seeded it."""
+    row = await pool.fetchrow("SELECT count(*) AS n, min(created_at) AS first, "
+                              "max(created_at) AS last FROM usage_events")
+    customers = await pool.fetchval("SELECT count(*) FROM customers")
+    assert row is not None and row["n"] > 0, "the database holds no usage events"
+    return SeedPlan(row["n"], customers, row["first"], row["last"] + timedelta(microseconds=1))
+
+
+async def _prepare(pool: asyncpg.Pool, options: PortalBenchOptions, report: PortalBenchReport
+                   ) -> SeedPlan:
+    if options.reuse_database:
+        plan = await _seeded_plan(pool)
+        report.facts.append(("reused", f"{plan.events:,} events, {plan.customers:,} "
+                             "customers seeded by an earlier run"))
+        return plan
     until = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     plan = SeedPlan(options.events, options.customers, until - timedelta(days=options.days),
                     until, batch_size=options.batch_size)
+    progress(f"seeding {plan.events:,} events over {plan.customers:,} customers")
+    started = time.monotonic()
+    await seed(pool, plan, progress)
+    seconds = time.monotonic() - started
+    report.facts.append(("seeded", f"{plan.events:,} events, {plan.customers:,} "
+                         f"customers, {options.days} days, in {seconds:.1f} s "
+                         f"({plan.events / max(seconds, 1e-9):,.0f} events/s)"))
+    return plan
+
+
+@asynccontextmanager
+async def _database(server_url: str, options: PortalBenchOptions) -> AsyncIterator[str]:
+    if options.reuse_database:
+        yield options.reuse_database
+        return
     async with fresh_database(server_url, options.keep_database) as url:
+        yield url
+
+
+async def _run(options: PortalBenchOptions, report: PortalBenchReport, server_url: str,
+               redis_url: str, workdir: Path) -> None:
+    async with _database(server_url, options) as url:
         pool = await create_pool(url, max_size=4)
         try:
             await migrate(pool)
-            progress(f"seeding {plan.events:,} events over {plan.customers:,} customers")
-            started = time.monotonic()
-            await seed(pool, plan, progress)
-            seconds = time.monotonic() - started
-            report.facts.append(("seeded", f"{plan.events:,} events, {plan.customers:,} "
-                                 f"customers, {options.days} days, in {seconds:.1f} s "
-                                 f"({plan.events / max(seconds, 1e-9):,.0f} events/s)"))
+            plan = await _prepare(pool, options, report)
             for table in ("usage_rollups_hourly", "usage_rollups_daily"):
                 count = await pool.fetchval(f"SELECT count(*) FROM {table}")
                 report.facts.append((f"rows in {table}", f"{count:,}"))
@@ -157,7 +188,8 @@ def run_portal_bench(options: PortalBenchOptions, command: str) -> PortalBenchRe
     report = PortalBenchReport(command=command, machine=procs.machine_info())
     with _workdir(options.workdir) as workdir:
         try:
-            with infrastructure(options.database_url, options.redis_url, workdir / "data",
+            server = options.reuse_database or options.database_url
+            with infrastructure(server, options.redis_url, workdir / "data",
                                 announce=progress) as infra:
                 asyncio.run(_run(options, report, infra.database_url, infra.redis_url,
                                  workdir))

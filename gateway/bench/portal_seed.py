@@ -96,11 +96,11 @@ def _customer_rows(count: int) -> list[tuple[str, str, str, str | None, bool]]:
 
 
 async def _seed_accounts(conn: asyncpg.Connection, plan: SeedPlan) -> None:
+    rows = _customer_rows(plan.customers)
+    seeded = [row[0] for row in rows]  # other customers the database holds are left alone
     await conn.executemany(
         "INSERT INTO customers (id, name, email, tier, stripe_customer_id, suspended) "
-        "VALUES ($1, $2, $1 || '@example.com', $3, $4, $5)",
-        _customer_rows(plan.customers),
-    )
+        "VALUES ($1, $2, $1 || '@example.com', $3, $4, $5)", rows)
     # Three keys a customer; the hash is of a made-up key nobody holds.
     await conn.execute(
         """
@@ -112,7 +112,8 @@ async def _seed_accounts(conn: asyncpg.Connection, plan: SeedPlan) -> None:
                CASE WHEN s = 0 THEN 'svc-web' END,
                (ARRAY['production web', 'nightly batch', 'notebook'])[s + 1]
         FROM customers c CROSS JOIN generate_series(0, 2) AS s
-        """
+        WHERE c.id = ANY($1::text[])
+        """, seeded,
     )
     await conn.execute(
         """
@@ -121,8 +122,9 @@ async def _seed_accounts(conn: asyncpg.Connection, plan: SeedPlan) -> None:
                k.id AS key_id, c.id AS customer_id, c.tier,
                CASE k.project_id WHEN 'web' THEN 0 WHEN 'batch-jobs' THEN 1 ELSE 2 END AS slot,
                width_bucket(random(), $1::float8[]) AS primary_model
-        FROM customers c JOIN api_keys k ON k.customer_id = c.id ORDER BY k.id
-        """, _thresholds(),
+        FROM customers c JOIN api_keys k ON k.customer_id = c.id
+        WHERE c.id = ANY($2::text[]) ORDER BY k.id
+        """, _thresholds(), seeded,
     )
     await conn.execute("CREATE INDEX ON seed_keys (cust, slot)")
     await conn.execute("ANALYZE seed_keys")

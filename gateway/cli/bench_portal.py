@@ -2,7 +2,7 @@
 
     tollbooth bench portal [--events 5000000] [--customers 1000] [--days 90] [--runs 20]
                            [--database-url URL] [--redis-url URL] [--workdir DIR]
-                           [--keep-database] [--json]
+                           [--keep-database | --reuse-database URL] [--json]
 
 Seeds `--events` events over `--customers` customers across the last `--days` days into a
 new database on the Postgres server `--database-url` names (else `TOLLBOOTH_DATABASE_URL`,
@@ -45,6 +45,9 @@ def register_portal(kinds: Any) -> None:
                         "gateway's journal (default: a temp dir)")
     parser.add_argument("--keep-database", action="store_true",
                         help="keep the seeded database (its name is printed)")
+    parser.add_argument("--reuse-database", metavar="URL",
+                        help="skip seeding: check and time a database a --keep-database run "
+                        "left (its URL)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run_portal)
 
@@ -57,7 +60,8 @@ def run_portal(args: argparse.Namespace) -> int:
     options = PortalBenchOptions(
         events=args.events, customers=args.customers, days=args.days, runs=args.runs,
         batch_size=args.batch_size, database_url=args.database_url, redis_url=args.redis_url,
-        workdir=args.workdir, keep_database=args.keep_database)
+        workdir=args.workdir, keep_database=args.keep_database,
+        reuse_database=args.reuse_database)
     argv = sys.argv[1:] if sys.argv[1:2] == ["bench"] else ["bench", "portal", "..."]
     command = "tollbooth " + " ".join(shlex.quote(a) for a in argv)
     try:

@@ -8,11 +8,11 @@ microseconds of work once their sums are read, and the sums are the cost.
 Share of limits used: the period's usage against the tier's monthly limits
 (`requests_per_month` against requests, `tokens_per_month` against input + output tokens,
 `spend_per_month_usd` against price_usd), the largest of the three; shown only when the
-period is a calendar month (this or last), None otherwise or when the tier has no monthly
-limit. It is computed from stored usage, not read from Redis: one query for every customer
-instead of one Redis call each, and it is the number the month's invoice will show. Redis
-can differ by requests in flight (reserved, not yet recorded); a customer's own quota page
-(the drill-down) shows Redis's live figures.
+period is one whole calendar month (this month, last month, or a custom range that is one),
+None otherwise or when the tier has no monthly limit. It is computed from stored usage,
+not read from Redis: one query for every customer instead of one Redis call each, and it is
+the number the month's invoice will show. Redis can differ by requests in flight (reserved,
+not yet recorded); a customer's own page (the drill-down) shows Redis's live windows.
 
 Pure apart from the one query; a bad sort key or order raises ValueError.
 """
@@ -20,7 +20,7 @@ Pure apart from the one query; a bad sort key or order raises ValueError.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
@@ -33,7 +33,6 @@ from storage.usage_queries import UsageTotals
 PAGE_SIZE = 100
 SORT_KEYS = ("customer", "name", "tier", "status", "requests", "tokens", "spend", "share",
              "last_activity")
-MONTH_PERIODS = ("this_month", "last_month")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +67,12 @@ class CustomersView:
     sort: str
     order: str
     q: str
+
+
+def is_calendar_month(period: ViewPeriod) -> bool:
+    """The period is one whole calendar month (first to last day)."""
+    next_month = (period.first_day.replace(day=1) + timedelta(days=32)).replace(day=1)
+    return period.first_day.day == 1 and period.last_day == next_month - timedelta(days=1)
 
 
 def limit_share(totals: UsageTotals, tier: TierConfig | None) -> tuple[Decimal | None, str | None]:
@@ -138,7 +143,7 @@ async def customers_view(
     page_size: int = PAGE_SIZE,
 ) -> CustomersView:
     usages = await customers_usage(pool, since=period.since, until=period.until)
-    monthly = period.name in MONTH_PERIODS
+    monthly = is_calendar_month(period)
     rows = [_row(usage, tiers, monthly) for usage in usages]
     totals = sum((row.totals for row in rows), UsageTotals())
     q = q.strip()
