@@ -30,9 +30,9 @@ from gateway.cli.usage_render import write_export
 from gateway.web.portal_auth import Viewer, exchange_link, login, login_form, logout, page, refusal
 from gateway.web.portal_billing import invoices_page, manage_billing
 from gateway.web.portal_page import BadParameter, page_context, view_period, viewer_or_login
-from gateway.web.portal_views import key_names, overview
+from gateway.web.portal_views import events_view, overview
 from storage.rollups import UsageFilter
-from storage.usage_breakdown import StatusFilter, events_page, export_rows
+from storage.usage_breakdown import StatusFilter, export_rows
 from storage.usage_queries import Period
 
 PAGE_SIZE = 50
@@ -68,20 +68,19 @@ async def events(request: web.Request) -> web.Response:
     viewer = await viewer_or_login(request)
     period = view_period(request)
     selection = _selection(request, viewer)
+    usage_filter: UsageFilter = selection["usage_filter"]
     try:
-        rows, following = await events_page(
-            request.app[keys.pool], since=period.since, until=period.until, limit=PAGE_SIZE,
-            cursor=request.query.get("cursor") or None, **selection)
+        view = await events_view(request.app, viewer.customer.id, usage_filter.project_id,
+                                 period, model=usage_filter.model, status=selection["status"],
+                                 cursor=request.query.get("cursor") or None, limit=PAGE_SIZE)
     except ValueError as exc:
         raise BadParameter(f"cursor: {exc}") from None
-    usage_filter: UsageFilter = selection["usage_filter"]
     filters = {"project": "" if viewer.project_id else usage_filter.project_id or "",
                "model": usage_filter.model or "", "status": selection["status"] or ""}
     base = {**period.query(), **{k: v for k, v in filters.items() if v}}
-    shown = [{**dict(row), "time_text": row["created_at"].astimezone(period.tz)
-              .strftime("%Y-%m-%d %H:%M:%S")} for row in rows]
-    return page(request, "portal_events.html", rows=shown, filters=filters,
-                key_names=await key_names(request.app, viewer.customer.id),
+    following = view["next_cursor"]
+    return page(request, "portal_events.html", rows=view["rows"], filters=filters,
+                key_names=view["key_names"],
                 next_url=f"/portal/events?{urlencode({**base, 'cursor': following})}"
                 if following else None,
                 first_url=f"/portal/events?{urlencode(base)}",

@@ -1,11 +1,11 @@
 """What the usage pages show for one customer (or one of its projects) over a period.
 
-Each view takes `(app, customer_id, project_id | None, period)` and returns the template's
-context, whoever asks: the customer portal with a customer session, the operator dashboard
-with an admin session. Every figure comes from the queries the CLI and /usage/* use
-(`storage.usage_queries.usage_totals`, `storage.rollups.usage_rows_sql` through
-`storage.usage_breakdown`); quota windows from `QuotaPolicy.status` (Redis, what the gateway
-enforces); the plan from the tier's config. Money stays Decimal; charts receive it as exact
+Each view (`overview`, `events_view`) takes `(app, customer_id, project_id | None, period)`
+and returns the template's context, whoever asks: the customer portal with a customer
+session, the operator dashboard with an admin session. Every figure comes from the queries
+the CLI and /usage/* use (`storage.usage_queries.usage_totals`, `storage.rollups.usage_rows_sql`
+through `storage.usage_breakdown`); quota windows from `QuotaPolicy.status` (Redis, what the
+gateway enforces); the plan from the tier's config. Money stays Decimal; charts receive it as exact
 strings. A project view shows that project's usage only: quotas, plan and invoices are the
 customer's as a whole, so they are left out of it.
 
@@ -28,7 +28,14 @@ from gateway.runtime import plans_of
 from gateway.web.periods import ViewPeriod
 from storage.accounts import KEY_PREFIX
 from storage.rollups import UsageFilter
-from storage.usage_breakdown import DayGroupUsage, GroupBy, usage_by_day, usage_by_key
+from storage.usage_breakdown import (
+    DayGroupUsage,
+    GroupBy,
+    StatusFilter,
+    events_page,
+    usage_by_day,
+    usage_by_key,
+)
 from storage.usage_queries import UsageTotals, decimal_str, usage_totals
 
 HEADLINE = (
@@ -127,3 +134,20 @@ async def overview(app: web.Application, customer_id: str, project_id: str | Non
         "models": _group_totals(by_model), "projects": _group_totals(by_project),
         "keys": [(names.get(k.key_id, k.key_id), k.totals) for k in by_key],
     }
+
+
+async def events_view(app: web.Application, customer_id: str, project_id: str | None,
+                      period: ViewPeriod, *, model: str | None = None,
+                      status: StatusFilter = None, cursor: str | None = None,
+                      limit: int = 50) -> dict[str, Any]:
+    """A page of events, newest first: `rows` (each row's columns plus `time_text` in the
+    period's zone), `next_cursor` (None on the last page) and `key_names`. A cursor this
+    gateway did not issue raises ValueError."""
+    rows, following = await events_page(
+        app[keys.pool], since=period.since, until=period.until,
+        usage_filter=UsageFilter(customer_id, project_id, model), status=status,
+        limit=limit, cursor=cursor)
+    shown = [{**dict(row), "time_text": row["created_at"].astimezone(period.tz)
+              .strftime("%Y-%m-%d %H:%M:%S")} for row in rows]
+    return {"rows": shown, "next_cursor": following,
+            "key_names": await key_names(app, customer_id)}
