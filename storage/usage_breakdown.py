@@ -7,7 +7,8 @@ page's time zone. That is exact only when every local midnight of the window is 
 hour (`from_rollups=True`, the caller decides: gateway.web.periods.ViewPeriod.rollups_align);
 otherwise the rows come from raw events alone (`from_rollups=False`), which is exact for any
 zone and costs a scan of the window's raw rows (and counts nothing older than the raw-event
-retention). Per-key sums always read raw events: rollups have no key_id.
+retention). Per-key sums read the daily key rollups for whole UTC days and raw events for
+the edges (storage.key_rollups): the hourly rollups have no key_id.
 
 `events_page` pages newest first by (created_at, id) with `EventCursor`, as
 `usage_event_queries.usage_events_page` does, using the (customer_id, created_at) index;
@@ -24,6 +25,7 @@ from typing import Literal
 
 import asyncpg
 
+from storage.key_rollups import key_rows_sql
 from storage.rollups import (
     ROW_COUNTS,
     ROW_MONEY,
@@ -44,14 +46,6 @@ GroupBy = Literal["model", "project_id"]
 _SUMS = ", ".join(
     [f"sum({name})::bigint AS {name}" for name in ROW_COUNTS]
     + [f"sum({name})::numeric AS {name}" for name in ROW_MONEY]
-)
-_RAW_SUMS = (
-    "count(*)::bigint AS requests, "
-    "count(*) FILTER (WHERE status_code >= 400)::bigint AS error_requests, "
-    "count(*) FILTER (WHERE usage_source = 'estimated')::bigint AS estimated_requests, "
-    "count(*) FILTER (WHERE price_usd IS NULL)::bigint AS unpriced_requests, "
-    + ", ".join(f"coalesce(sum({name}), 0)::bigint AS {name}" for name in ROW_COUNTS[4:])
-    + ", " + ", ".join(f"coalesce(sum({name}), 0)::numeric AS {name}" for name in ROW_MONEY)
 )
 _COLUMNS = ", ".join(UsageEvent.COLUMNS)
 
@@ -100,11 +94,12 @@ def _where(since: datetime, until: datetime, usage_filter: UsageFilter, params: 
 
 async def usage_by_key(pool: asyncpg.Pool, *, since: datetime, until: datetime,
                        usage_filter: UsageFilter) -> list[KeyUsage]:
-    """Sums of [since, until] per key, from raw events (largest spend first)."""
+    """Sums of [since, until] per key (largest spend first): the daily key rollups for whole
+    UTC days, raw events for the edges (storage.key_rollups)."""
     params = Params()
-    query = (f"SELECT key_id, {_RAW_SUMS} FROM usage_events "
-             f"WHERE {_where(since, until, usage_filter, params)} "
-             "GROUP BY key_id ORDER BY price_usd DESC, key_id")
+    rows_sql = key_rows_sql(since, until, usage_filter, params)
+    query = (f"SELECT key_id, {_SUMS} FROM ({rows_sql}) AS k "
+             "GROUP BY key_id HAVING sum(requests) <> 0 ORDER BY price_usd DESC, key_id")
     rows = await pool.fetch(query, *params.values)
     return [KeyUsage(row["key_id"], UsageTotals.from_row(row)) for row in rows]
 

@@ -1,6 +1,6 @@
-"""Daily rollups per (customer, model) stay equal to the hourly rollups through inserts,
-replays, re-rating updates, deletes, rebuilds and truncation; reads across customers through
-them equal the reports over the same window."""
+"""Daily rollups per (customer, model) stay equal to the hourly rollups, and daily rollups
+per key equal to the raw events, through inserts, replays, re-rating updates, deletes,
+rebuilds and truncation; reads through them equal the reports and the raw rows."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import pytest
 
 from storage.daily_rollups import daily_rows_sql, verify_daily_rollups
 from storage.dashboard_queries import customers_usage
+from storage.key_rollups import verify_key_rollups
 from storage.partitions import ensure_partitions
 from storage.postgres import create_pool, migrate
 from storage.rollups import Params, UsageFilter, rebuild_rollups
 from storage.system_queries import models_usage
+from storage.usage_breakdown import usage_by_key
 from storage.usage_queries import UsageTotals, usage_totals
 from tests.usage_fixtures import insert_events, random_events
 
@@ -80,3 +82,31 @@ async def test_reads_across_customers_equal_the_reports(
     params = Params()
     query = f"SELECT sum(price_usd) FROM ({daily_rows_sql(since, until, params)}) AS d"
     assert (await pool.fetchval(query, *params.values) or Decimal(0)) == want.price_usd
+
+
+async def test_key_rollups_follow_writes_and_per_key_sums_equal_the_raw_rows(
+        pool: asyncpg.Pool) -> None:
+    await _seed(pool)
+    assert await verify_key_rollups(pool, since=SINCE, until=UNTIL) == []
+    await pool.execute("UPDATE usage_events SET price_usd = price_usd * 2, key_id = "
+                       "'key_fedcba9876543210' WHERE customer_id = 'gamma'")
+    await pool.execute("DELETE FROM usage_events WHERE model = 'gpt-4o'")
+    await _seed(pool, 300)  # replayed: nothing added
+    assert await verify_key_rollups(pool, since=SINCE, until=UNTIL) == []
+    for since, until in ((datetime(2026, 4, 9, 7, 13, 5, tzinfo=UTC), NOW),
+                         (NOW - timedelta(hours=5), NOW)):
+        for usage_filter in (UsageFilter("acme"), UsageFilter("acme", "web"),
+                             UsageFilter("beta", None, "gpt-4o-mini")):
+            found = await usage_by_key(pool, since=since, until=until,
+                                       usage_filter=usage_filter)
+            raw = await pool.fetch(
+                "SELECT key_id, count(*) AS n, coalesce(sum(price_usd), 0) AS price, "
+                "sum(input_tokens) AS input FROM usage_events WHERE created_at >= $1 AND "
+                "created_at <= $2 AND customer_id = $3 AND ($4::text IS NULL OR project_id = "
+                "$4) AND ($5::text IS NULL OR model = $5) GROUP BY key_id", since, until,
+                usage_filter.customer_id, usage_filter.project_id, usage_filter.model)
+            assert {k.key_id: (k.totals.requests, k.totals.price_usd, k.totals.input_tokens)
+                    for k in found} == {r["key_id"]: (r["n"], r["price"], r["input"])
+                                        for r in raw}
+    await pool.execute("TRUNCATE usage_events")
+    assert await pool.fetchval("SELECT count(*) FROM usage_rollups_key_daily") == 0
