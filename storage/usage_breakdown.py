@@ -8,7 +8,8 @@ hour (`from_rollups=True`, the caller decides: gateway.web.periods.ViewPeriod.ro
 otherwise the rows come from raw events alone (`from_rollups=False`), which is exact for any
 zone and costs a scan of the window's raw rows (and counts nothing older than the raw-event
 retention). Per-key sums read the daily key rollups for whole UTC days and raw events for
-the edges (storage.key_rollups): the hourly rollups have no key_id.
+the edges (storage.key_rollups): the hourly rollups have no key_id. Per (day, key), the key
+rollups serve windows of whole UTC days shown in UTC; other zones read raw events.
 
 `events_page` pages newest first by (created_at, id) with `EventCursor`, as
 `usage_event_queries.usage_events_page` does, using the (customer_id, created_at) index;
@@ -20,8 +21,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -90,6 +92,54 @@ def _where(since: datetime, until: datetime, usage_filter: UsageFilter, params: 
     if key_id is not None:
         where += f" AND key_id = {params.add(key_id)}"
     return where
+
+
+_RAW_KEY_ROW = (
+    "1::bigint AS requests, (status_code >= 400)::int::bigint AS error_requests, "
+    "(usage_source = 'estimated')::int::bigint AS estimated_requests, "
+    "(price_usd IS NULL)::int::bigint AS unpriced_requests, input_tokens, output_tokens, "
+    "cached_input_tokens, cache_write_tokens, reasoning_tokens, "
+    "coalesce(cost_usd, 0)::numeric AS cost_usd, coalesce(price_usd, 0)::numeric AS price_usd"
+)
+_TICK = timedelta(microseconds=1)
+
+
+def _whole_utc_days(since: datetime, until: datetime, tz_name: str) -> bool:
+    """Whether [since, until] is whole UTC days and `tz_name` is UTC all along (its days are
+    UTC days), so the daily key rollups hold exactly its days."""
+    start, end = since.astimezone(UTC), (until + _TICK).astimezone(UTC)
+    if start.time() != time(0) or end.time() != time(0):
+        return False
+    zone = ZoneInfo(tz_name)
+    return all((start + timedelta(days=n)).astimezone(zone).utcoffset() == timedelta(0)
+               for n in range((end - start).days + 1))
+
+
+async def usage_by_day_and_key(pool: asyncpg.Pool, *, since: datetime, until: datetime,
+                               usage_filter: UsageFilter, tz_name: str
+                               ) -> list[DayGroupUsage]:
+    """Sums of [since, until] per (local day, key_id), by day then key. A window of whole UTC
+    days (UTC and its aliases) without a model filter reads the daily key rollups; any other
+    reads raw events, grouped by the day in `tz_name`."""
+    params = Params()
+    if usage_filter.model is None and _whole_utc_days(since, until, tz_name):
+        where = (f"day >= {params.add(since.astimezone(UTC).date())} "
+                 f"AND day <= {params.add(until.astimezone(UTC).date())}")
+        for column, value in (("customer_id", usage_filter.customer_id),
+                              ("project_id", usage_filter.project_id)):
+            if value is not None:
+                where += f" AND {column} = {params.add(value)}"
+        query = (f"SELECT day, key_id AS grp, {_SUMS} FROM usage_rollups_key_daily "
+                 f"WHERE {where} GROUP BY 1, 2 HAVING sum(requests) <> 0 ORDER BY 1, 2")
+    else:
+        tz = params.add(tz_name)
+        rows_sql = (f"SELECT (created_at AT TIME ZONE {tz})::date AS day, key_id, "
+                    f"{_RAW_KEY_ROW} FROM usage_events "
+                    f"WHERE {_where(since, until, usage_filter, params)}")
+        query = (f"SELECT day, key_id AS grp, {_SUMS} FROM ({rows_sql}) AS e "
+                 "GROUP BY 1, 2 ORDER BY 1, 2")
+    rows = await pool.fetch(query, *params.values)
+    return [DayGroupUsage(row["day"], row["grp"], UsageTotals.from_row(row)) for row in rows]
 
 
 async def usage_by_key(pool: asyncpg.Pool, *, since: datetime, until: datetime,

@@ -275,14 +275,19 @@ def test_time_zone_days_match_the_export(chrome: webdriver.Chrome,
     query = {"period": "custom", "since": "2025-10-05", "until": "2025-10-26", "tz": tz}
     _open(chrome, gw, "/portal", **query)
     assert chrome.find_element(By.CSS_SELECTOR, "[data-tz]").text == tz
-    chart = json.loads(chrome.find_element(By.ID, "chart-spend-model-data")
-                       .get_attribute("textContent") or "{}")
-    per_day: dict[str, Decimal] = {}
-    for series in chart["series"]:
-        for label, value in zip(chart["labels"], series["values"], strict=True):
-            per_day[label] = per_day.get(label, Decimal(0)) + Decimal(value)
     expected = _local_day_totals(gw, tz, date(2025, 10, 5), date(2025, 10, 26))
-    assert {d: v for d, v in per_day.items() if v} == {d: v for d, v in expected.items() if v}
+    for chart_id in ("chart-spend-model-data", "chart-spend-key-data"):
+        chart = json.loads(chrome.find_element(By.ID, chart_id)
+                           .get_attribute("textContent") or "{}")
+        per_day: dict[str, Decimal] = {}
+        for series in chart["series"]:
+            for label, value in zip(chart["labels"], series["values"], strict=True):
+                per_day[label] = per_day.get(label, Decimal(0)) + Decimal(value)
+        assert {d: v for d, v in per_day.items() if v} == {
+            d: v for d, v in expected.items() if v}, chart_id
+    keys_chart = json.loads(chrome.find_element(By.ID, "chart-spend-key-data")
+                            .get_attribute("textContent") or "{}")
+    assert {s["label"] for s in keys_chart["series"]} == {"web backend", "ops", XSS_NAME}
     figures = _figures(chrome)
     assert Decimal(figures["price_usd"]) == sum(expected.values(), Decimal(0))
     exported = list(csv.DictReader(io.StringIO(_fetch(
@@ -318,7 +323,7 @@ def test_quota_figures_and_screenshot(chrome: webdriver.Chrome,
     drawn = chrome.execute_script(
         "return Array.from(document.querySelectorAll('canvas[data-chart]'))"
         ".map(c => window.Chart.getChart(c) !== undefined)")
-    assert drawn == [True, True, True]
+    assert drawn == [True, True, True, True]
     _no_console_errors(chrome)
     # A 1280x900 viewport: the window is larger by the browser's own frame.
     chrome.set_window_size(1280, 900)

@@ -34,6 +34,7 @@ from storage.usage_breakdown import (
     StatusFilter,
     events_page,
     usage_by_day,
+    usage_by_day_and_key,
     usage_by_key,
 )
 from storage.usage_queries import UsageTotals, decimal_str, usage_totals
@@ -112,6 +113,11 @@ async def overview(app: web.Application, customer_id: str, project_id: str | Non
     by_project = await by_day("project_id")
     by_key = await usage_by_key(pool, since=since, until=until, usage_filter=usage_filter)
     names = await key_names(app, customer_id)
+    by_day_key = [
+        DayGroupUsage(row.day, names.get(row.group or "", row.group), row.totals)
+        for row in await usage_by_day_and_key(pool, since=since, until=until,
+                                              usage_filter=usage_filter,
+                                              tz_name=period.tz_name)]
 
     quotas: list[dict[str, Any]] = []
     quotas_note = None
@@ -131,6 +137,7 @@ async def overview(app: web.Application, customer_id: str, project_id: str | Non
         "chart_spend_model": _series(period, by_model, "usd", "price_usd"),
         "chart_tokens_model": _series(period, by_model, "tokens", "tokens"),
         "chart_spend_project": _series(period, by_project, "usd", "price_usd"),
+        "chart_spend_key": _series(period, by_day_key, "usd", "price_usd"),
         "models": _group_totals(by_model), "projects": _group_totals(by_project),
         "keys": [(names.get(k.key_id, k.key_id), k.totals) for k in by_key],
     }
