@@ -144,20 +144,68 @@ class StorageConfig(_Model):
     def _check_urls(self) -> StorageConfig:
         if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
             raise ValueError("database_url must be a postgresql:// DSN")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        if self.redis_url and not self.redis_url.startswith(REDIS_URL_SCHEMES):
+            raise ValueError("redis_url must start with " + ", ".join(REDIS_URL_SCHEMES))
         return self
 
 
+ProviderKind = Literal["openai", "anthropic", "azure_openai", "gemini", "bedrock"]
+# Keys only some kinds take, and the kinds that take them.
+_KIND_KEYS: dict[str, frozenset[str]] = {
+    "api_version": frozenset({"azure_openai"}),
+    "deployments": frozenset({"azure_openai"}),
+    "region": frozenset({"bedrock"}),
+    "endpoint_url": frozenset({"bedrock"}),
+}
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
+
+
 class ProviderConfig(_Model):
-    kind: Literal["openai", "anthropic"]
+    """One `providers:` entry. `base_url` is required except for `bedrock`, whose upstream is
+    `endpoint_url` or `https://bedrock-runtime.{region}.amazonaws.com` (and which signs with
+    AWS credentials, so it takes no `api_key_env`). `azure_openai` takes `api_version` (sent
+    upstream in place of the client's) and `deployments` (deployment name -> the catalog model
+    it is priced as)."""
+
+    kind: ProviderKind
     base_url: str
     api_key_env: str | None = None
+    api_version: str | None = None
+    deployments: dict[str, str] = {}
+    region: str | None = None
+    endpoint_url: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bedrock_base_url(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("kind") != "bedrock":
+            return data
+        if "base_url" in data:
+            raise ValueError("base_url: a bedrock provider takes endpoint_url (or region) "
+                             "instead; remove base_url")
+        region, endpoint = data.get("region"), data.get("endpoint_url")
+        if not isinstance(region, str) or not _REGION.fullmatch(region):
+            raise ValueError(f"region: a bedrock provider needs its AWS region, e.g. "
+                             f"us-east-1 (got {region!r})")
+        return {**data, "base_url": endpoint or f"https://bedrock-runtime.{region}.amazonaws.com"}
 
     @model_validator(mode="after")
     def _check_base_url(self) -> ProviderConfig:
         if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+            where = "endpoint_url" if self.kind == "bedrock" else "base_url"
+            raise ValueError(
+                f"{where} must start with http:// or https://, got {self.base_url!r}")
+        for key, kinds in _KIND_KEYS.items():
+            if key in self.model_fields_set and self.kind not in kinds:
+                raise ValueError(f"{key}: only a provider of kind {' or '.join(sorted(kinds))} "
+                                 f"takes it (this one is {self.kind}); remove it")
+        if self.kind == "bedrock" and self.api_key_env is not None:
+            raise ValueError("api_key_env: a bedrock provider signs with the AWS credentials "
+                             "of the environment (env, profile, role); remove it")
+        for name, model in self.deployments.items():
+            if not name.strip() or "/" in name or not model.strip():
+                raise ValueError(f"deployments.{name}: a deployment name (no '/') maps to "
+                                 f"the catalog model it is priced as, got {model!r}")
         return self
 
     def api_key(self) -> str | None:
@@ -528,18 +576,24 @@ class Settings(_Model):
         return self
 
     def provider_for(self, model: str, kind: str) -> str | None:
-        """The provider that serves `model` on an API of `kind` ("openai" or "anthropic").
+        """The provider that serves `model` on an API of `kind` ("openai", "gemini"...).
 
         The first `models:` rule that matches and names a provider of that kind wins; an
-        unmatched model goes to the first provider of that kind.
+        unmatched model goes to the first provider of that kind that lists it among its
+        `deployments` (Azure: `model` is then a deployment name), else to the first provider
+        of that kind.
         """
         for route in self.models:
             if route.matches(model) and self.providers[route.provider].kind == kind:
                 return route.provider
+        first: str | None = None
         for name, provider in self.providers.items():
             if provider.kind == kind:
-                return name
-        return None
+                if model in provider.deployments:
+                    return name
+                if first is None:
+                    first = name
+        return first
 
     def source_name(self) -> str:
         """The file these settings were read from, for messages (config.yaml when unknown)."""
