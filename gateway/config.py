@@ -33,6 +33,7 @@ from pydantic import (
 from pricing.overrides import check_override
 from pricing.plans import Dimension, OveragePrice, Plan, PriceTier
 from pricing.rules import RateOverride
+from storage.redis_connect import REDIS_URL_SCHEMES
 
 DATABASE_URL_ENV = "TOLLBOOTH_DATABASE_URL"
 REDIS_URL_ENV = "TOLLBOOTH_REDIS_URL"
@@ -125,7 +126,9 @@ class StorageConfig(_Model):
     applies: `serve` keeps serving and alerts, `refuse` answers 503 to new requests."""
 
     database_url: str | None = None
-    redis_url: str | None = None
+    # database_url is a PgBouncer in transaction pooling mode: no named prepared statements.
+    pgbouncer: bool = False
+    redis_url: str | None = None  # storage.redis_connect: one node, Cluster or Sentinel
     data_dir: str = ".tollbooth"
     writer_batch_size: int = Field(default=5000, ge=1)
     writer_flush_interval_s: float = Field(default=0.2, gt=0)

@@ -11,6 +11,10 @@ nothing left to do. A failing migration rolls back the whole run and raises `Mig
 naming the file. An applied file whose bytes changed since is reported with a warning, never
 re-applied; a change to the schema is a new numbered file.
 
+Through PgBouncer in transaction pooling mode (`create_pool(url, pgbouncer=True)`) nothing
+here needs a session: the migration lock is transaction-level and the whole run is one
+transaction, so migrations run through the bouncer like everything else.
+
 Connection failures are not translated here: `create_pool` and `migrate` raise asyncpg's or
 the OS's errors unchanged, for the caller (the CLI or the app's startup) to report.
 """
@@ -71,10 +75,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """An asyncpg pool on `url` whose connections map jsonb to dicts."""
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10,
+                      pgbouncer: bool = False) -> asyncpg.Pool:
+    """An asyncpg pool on `url` whose connections map jsonb to dicts.
+
+    `pgbouncer`: `url` is a PgBouncer in transaction (or statement) pooling mode, where a
+    named prepared statement made in one transaction is gone in the next (another server
+    connection): asyncpg's statement cache is turned off, so every statement is an unnamed
+    one, parsed and run within one exchange."""
+    extra: dict[str, Any] = {"statement_cache_size": 0} if pgbouncer else {}
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection
+        url, min_size=min_size, max_size=max_size, init=_init_connection, **extra
     )
     return pool
 

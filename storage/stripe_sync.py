@@ -203,26 +203,27 @@ class MeterSync:
         closed_until = window_floor(until - timedelta(seconds=policy.settle_delay_s),
                                     policy.window_s)
         report = SyncReport(until=closed_until, dry_run=dry_run)
-        async with self._pool.acquire() as lock_conn:
-            if not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", SYNC_LOCK_KEY):
+        # A transaction-level lock, held by a transaction open for the whole run: it ends
+        # with that transaction whatever happens, also through PgBouncer in transaction
+        # pooling mode (where a session lock and its unlock may reach different servers).
+        async with self._pool.acquire() as lock_conn, lock_conn.transaction():
+            if not await lock_conn.fetchval("SELECT pg_try_advisory_xact_lock($1)",
+                                            SYNC_LOCK_KEY):
                 raise SyncBusyError("another `billing sync` is running on this database")
-            try:
-                oldest = now - MAX_EVENT_AGE
-                planned = await self._plan(closed_until, oldest, report)
-                report.planned = planned
-                if dry_run:
-                    open_rows = await self._open_rows() + [
-                        r for r in planned if r.status == "pending"
-                    ]
-                    open_rows.sort(key=_send_order)
-                    report.skipped = [r for r in planned if r.status == "skipped"]
-                    report.pending = [r for r in open_rows if r.window_start >= oldest]
-                    return report
-                await self._record(planned)
+            oldest = now - MAX_EVENT_AGE
+            planned = await self._plan(closed_until, oldest, report)
+            report.planned = planned
+            if dry_run:
+                open_rows = await self._open_rows() + [
+                    r for r in planned if r.status == "pending"
+                ]
+                open_rows.sort(key=_send_order)
                 report.skipped = [r for r in planned if r.status == "skipped"]
-                await self._send_open(oldest, report, stop)
-            finally:
-                await lock_conn.execute("SELECT pg_advisory_unlock($1)", SYNC_LOCK_KEY)
+                report.pending = [r for r in open_rows if r.window_start >= oldest]
+                return report
+            await self._record(planned)
+            report.skipped = [r for r in planned if r.status == "skipped"]
+            await self._send_open(oldest, report, stop)
         return report
 
     # -- planning ------------------------------------------------------------------------

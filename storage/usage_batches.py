@@ -41,11 +41,12 @@ log = logging.getLogger("storage.usage_writer")
 
 STAGING_TABLE = "usage_events_staging"
 
-# ON COMMIT DELETE ROWS: the staging table lives as long as the pooled connection and is
-# empty at the start of every batch's transaction.
+# ON COMMIT DROP: the staging table lives only inside the batch's transaction, so it works
+# through PgBouncer in transaction pooling mode (where the next transaction of this client
+# may run on another server connection). Only retried batches take this path.
 _CREATE_STAGING = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} "
-    "(LIKE usage_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    f"CREATE TEMP TABLE {STAGING_TABLE} "
+    "(LIKE usage_events INCLUDING DEFAULTS) ON COMMIT DROP"
 )
 
 # Errors that mean "the database or the connection to it is not there right now".
