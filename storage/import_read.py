@@ -72,7 +72,7 @@ def _csv_records(handle: TextIO) -> Iterator[SourceRecord]:
         return
     except csv.Error as exc:
         raise ImportFileError(f"line 1: not a CSV header ({exc})") from None
-    names = [name.strip() for name in header]
+    names = [name.strip().lstrip("\ufeff") for name in header]  # a spreadsheet's BOM
     if not any(names) or len(set(names)) != len(names):
         raise ImportFileError("line 1: the CSV header must name each column once")
     width = len(names)

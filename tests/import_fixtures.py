@@ -45,17 +45,19 @@ class GeneratedFile:
 
 def write_usage_csv(path: Path, rows: int, *, now: datetime, days: int = 150,
                     customers: int = 20, bad_every: int = 0, seed: int = 7) -> GeneratedFile:
-    """`rows` events over the `days` before `now`, in `usage export --format csv`'s columns;
-    every `bad_every`-th row (0: none) has one bad value."""
+    """`rows` events over the `days` before `now`, oldest first, in `usage export --format
+    csv`'s columns; every `bad_every`-th row (0: none) has one bad value."""
     rng = random.Random(seed)
     index = {name: i for i, name in enumerate(UsageEvent.COLUMNS)}
     bad_lines: dict[int, str] = {}
     span_s = days * 86_400
+    # Oldest first, as `usage export` writes them (and as most logs are kept).
+    offsets = sorted((rng.randrange(1, span_s) * 10**6 + rng.randrange(10**6)
+                      for _ in range(rows)), reverse=True)
     with open(path, "w", encoding="utf-8", newline="") as out:
         out.write(",".join(UsageEvent.COLUMNS) + "\n")
-        for n in range(rows):
-            at = now - timedelta(seconds=rng.randrange(1, span_s),
-                                 microseconds=rng.randrange(10**6))
+        for n, offset in enumerate(offsets):
+            at = now - timedelta(microseconds=offset)
             priced = n % 17 != 0
             cells = [
                 str(uuid.UUID(int=rng.getrandbits(128), version=4)), at.isoformat(),
