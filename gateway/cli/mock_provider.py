@@ -46,6 +46,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--output-tokens", type=int, default=20, help="answer length when the request sets none"
     )
     parser.add_argument(
+        "--aws-region", default=None,
+        help="the only region a Bedrock request's SigV4 scope may name (default: any)",
+    )
+    parser.add_argument(
         "--request-log-limit",
         type=int,
         default=10_000,
@@ -66,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         output_tokens=args.output_tokens,
         request_log_limit=args.request_log_limit,
+        aws_region=args.aws_region,
     )
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -2,7 +2,8 @@
 
 Routes: OpenAI under /v1 (chat/completions, completions, embeddings, responses; an OpenAI
 SDK uses `base_url=http://HOST:PORT/v1`), Anthropic at /v1/messages and
-/v1/messages/count_tokens (an Anthropic SDK uses `base_url=http://HOST:PORT`), and
+/v1/messages/count_tokens (an Anthropic SDK uses `base_url=http://HOST:PORT`), Bedrock's
+/model/{modelId}/converse and /converse-stream (SigV4-signed, see `bedrock_api.py`), and
 GET /v1/models in the shape of whichever API asked (Anthropic's when `anthropic-version` is
 sent). Every request to those routes, and to unknown paths, is recorded in
 `app[MOCK_REQUESTS]` before anything else happens, so a test can see what arrived even when
@@ -20,6 +21,7 @@ import random
 from aiohttp import web
 
 from gateway.mock_provider.anthropic_api import AnthropicDialect, add_anthropic_routes
+from gateway.mock_provider.bedrock_api import add_bedrock_routes
 from gateway.mock_provider.endpoint import Handler
 from gateway.mock_provider.openai_api import add_openai_routes
 from gateway.mock_provider.openai_dialect import OpenAIDialect
@@ -44,6 +46,7 @@ def create_mock_app(options: MockOptions | None = None) -> web.Application:
     app[MOCK_RNG] = random.Random(options.seed)
     openai_models = add_openai_routes(app)
     anthropic_models = add_anthropic_routes(app)
+    add_bedrock_routes(app)
 
     async def list_models(request: web.Request) -> web.StreamResponse:
         if "anthropic-version" in request.headers:

@@ -35,10 +35,12 @@ def sse(name: str | None, payload: object) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class EventStream:
-    """A whole stream; `events[terminal_at:]` are its final usage and terminal events."""
+    """A whole stream; `events[terminal_at:]` are its final usage and terminal events.
+    `content_type` is SSE's unless the API frames its streams otherwise (AWS event-stream)."""
 
     events: list[bytes]
     terminal_at: int
+    content_type: str = SSE_HEADERS["Content-Type"]
 
 
 async def send_json(call: Call, payload: dict[str, Any]) -> web.StreamResponse:
@@ -60,7 +62,8 @@ async def send_json(call: Call, payload: dict[str, Any]) -> web.StreamResponse:
 async def send_stream(call: Call, stream: EventStream) -> web.StreamResponse:
     events = _faulty(call, stream)
     response = web.StreamResponse(
-        headers={**call.dialect.response_headers(call.request_id), **SSE_HEADERS}
+        headers={**call.dialect.response_headers(call.request_id), **SSE_HEADERS,
+                 "Content-Type": stream.content_type}
     )
     delay_s = call.token_delay_s
     try:

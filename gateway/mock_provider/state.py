@@ -22,7 +22,8 @@ class MockOptions:
     `error_rate` is the probability (0..1) that a request answers a provider-shaped 500,
     drawn from a `random.Random(seed)` so a run is reproducible. `api_key=None` accepts any
     non-empty key. `output_tokens` is the default length of an answer when the request does
-    not say (`x-mock-output-tokens`) and no max-tokens field caps it.
+    not say (`x-mock-output-tokens`) and no max-tokens field caps it. `aws_region` is the
+    only region a Bedrock request's SigV4 credential scope may name (None: any region).
     """
 
     latency_ms: int = 0
@@ -32,6 +33,7 @@ class MockOptions:
     api_key: str | None = None
     output_tokens: int = 20
     request_log_limit: int | None = 10_000  # None: unbounded; 0: record nothing
+    aws_region: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
