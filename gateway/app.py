@@ -32,7 +32,7 @@ from gateway.metering import Recorder, interrupted_pricer
 from gateway.metrics import LiveValues, Metrics
 from gateway.middleware import error_middleware
 from gateway.operator_routes import add_operator_routes
-from gateway.providers.registry import FORWARDED
+from gateway.providers.registry import FORWARDED, TEMPLATED, aiohttp_path
 from gateway.proxy import make_handler
 from gateway.quotas import QuotaPolicy
 from gateway.reload import ConfigWatcher
@@ -100,7 +100,7 @@ def create_app(
         access_log.flush()
 
     async def postgres(app: web.Application) -> AsyncIterator[None]:
-        pool = await create_pool(database_url, pgbouncer=settings.storage.pgbouncer)
+        pool = await create_pool(database_url)
         await migrate(pool)
         app[keys.pool] = pool
         accounts = AccountStore(pool)
@@ -202,6 +202,10 @@ def create_app(
 
     for path, (api, endpoint) in FORWARDED.items():  # the fast front serves the same table
         app.router.add_route(endpoint.method, path, make_handler(api, endpoint))
+    for template in TEMPLATED:  # the handler re-matches with registry.match, as the front does
+        api, endpoint = template.route
+        app.router.add_route(endpoint.method, aiohttp_path(template.path),
+                             make_handler(api, endpoint))
     add_operator_routes(app)
     add_admin_routes(app)
     add_usage_routes(app)

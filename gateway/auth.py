@@ -1,4 +1,5 @@
-"""Who is calling: the Tollbooth key in `Authorization: Bearer` or `x-api-key`, resolved to a
+"""Who is calling: the Tollbooth key in `Authorization: Bearer` or `x-api-key` (on a forwarded
+route, wherever its API's SDK sends a key: the adapter's `client_key`), resolved to a
 customer, project, user and tier.
 
 Keys are looked up by their SHA-256 in Postgres through `AccountStore.lookup_key` and cached
@@ -17,18 +18,14 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 from gateway.errors import AuthenticationError, ServiceUnavailableError
+from gateway.providers.defaults import bearer_or_api_key
 from storage.accounts import AccountStore, KeyPrincipal
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key in a request's headers (case-insensitive names), or None."""
-    auth = headers.get("Authorization")
-    if auth:
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    key = headers.get("x-api-key")
-    return key.strip() if key and key.strip() else None
+    """The key in a request's `Authorization: Bearer` or `x-api-key` header (case-insensitive
+    names), or None. The forwarded routes ask their adapter instead (`client_key`)."""
+    return bearer_or_api_key(headers)
 
 
 class Authenticator:
@@ -41,11 +38,15 @@ class Authenticator:
 
     async def authenticate(self, headers: Mapping[str, str]) -> KeyPrincipal:
         """The principal of the key in `headers` (a case-insensitive mapping), or 401."""
-        key = presented_key(headers)
+        return await self.authenticate_key(presented_key(headers))
+
+    async def authenticate_key(self, key: str | None) -> KeyPrincipal:
+        """The principal of `key` (as the caller found it in the request), or 401."""
         if key is None:
             raise AuthenticationError(
-                "Missing API key. Send your Tollbooth key as 'Authorization: Bearer KEY' "
-                "or 'x-api-key: KEY'."
+                "Missing API key. Send your Tollbooth key where your SDK sends its API key: "
+                "'Authorization: Bearer KEY' or 'x-api-key: KEY' ('api-key: KEY' on Azure "
+                "OpenAI routes, 'x-goog-api-key: KEY' on Gemini routes)."
             )
         principal = await self._resolve(key)
         if principal is None:

@@ -45,13 +45,13 @@ from aiohttp.typedefs import Handler
 from gateway import keys
 from gateway.config import ORIGIN_PATTERN
 from gateway.errors import PermissionDeniedError
-from gateway.providers.registry import FORWARDED
+from gateway.providers.registry import FORWARDED, match_path
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
 MAX_AGE_S = 7200  # two hours: Chromium's ceiling (Firefox allows a day)
 ALLOWED_HEADERS = frozenset({
-    "authorization", "x-api-key", "content-type", "accept", "anthropic-version",
-    "anthropic-beta", "anthropic-dangerous-direct-browser-access"})
+    "authorization", "x-api-key", "api-key", "x-goog-api-key", "content-type", "accept",
+    "anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access"})
 ALLOWED_HEADER_PREFIXES = ("openai-", "x-stainless-")
 EXPOSE_HEADERS = ", ".join((
     "x-request-id", "x-upstream-request-id", "retry-after", "retry-after-ms", "x-should-retry",
@@ -64,7 +64,8 @@ _MAX_ORIGIN = 512
 
 def applies(path: str) -> bool:
     """True for the paths CORS covers (when it is on)."""
-    return path in FORWARDED or path == "/v1/models" or path.startswith("/usage/")
+    return (path in FORWARDED or path == "/v1/models" or path.startswith("/usage/")
+            or match_path(path) is not None)
 
 
 def allowed(origins: tuple[str, ...], origin: str | None) -> bool:

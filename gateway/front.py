@@ -1,8 +1,9 @@
 """The fast front: the forwarded POST routes served straight off the socket; the rest to aiohttp.
 
 Every connection starts in a `FrontProtocol`, which parses requests with httptools. A request
-that is what SDKs send — `POST` to a forwarded route's exact path, HTTP/1.1, its body framed
-by one `Content-Length` of at most `FAST_MAX_BODY`, no `Transfer-Encoding`,
+that is what SDKs send — `POST` to a forwarded route (its exact path: one dict lookup; a
+templated path or a query string: `registry.match` after the lookup missed), HTTP/1.1, its
+body framed by one `Content-Length` of at most `FAST_MAX_BODY`, no `Transfer-Encoding`,
 `Content-Encoding`, `Expect` or `Upgrade`, a head under `MAX_HEAD` with CRLF line ends — is
 run by the proxy (`proxy.prepare` and `proxy.forward`) with a `FrontReply` that writes the
 response to the transport: no aiohttp request, response, router or middleware objects, and one
@@ -54,7 +55,8 @@ from aiohttp.web_server import Server
 
 from gateway import keys
 from gateway.front_connection import FrontProtocol
-from gateway.providers.registry import FORWARDED, Route
+from gateway.providers.base import Call
+from gateway.providers.registry import FORWARDED, Route, match
 
 FAST_MAX_BODY = 1024 * 1024  # larger bodies go to aiohttp, which streams them in
 
@@ -93,6 +95,17 @@ class FrontServer(Server):
         self.stopping = False
         self._date = (0, "")
         self._settled = asyncio.Event()  # set when a connection finishes a response
+
+    def match(self, url: bytes) -> tuple[Route, Call] | None:
+        """A POST route `routes` misses: a templated path, or a path with a query string."""
+        try:
+            target = url.decode("ascii")
+        except UnicodeDecodeError:
+            return None  # not what an SDK sends: aiohttp's to answer
+        found = match(target)
+        if found is None or found[0][1].method != "POST":
+            return None
+        return found
 
     def http_date(self) -> str:
         """The `Date` header's value, formatted once a second."""

@@ -18,8 +18,8 @@ from gateway import keys
 from gateway.cors import origin_refused, preflight_headers, response_headers
 from gateway.errors import GatewayError, RequestTimeoutError
 from gateway.front_reply import FrontReply
-from gateway.middleware import error_body, is_refusal
-from gateway.providers.base import Endpoint
+from gateway.middleware import error_body, error_headers, is_refusal
+from gateway.providers.base import NO_CALL_DETAILS, Call, Endpoint
 from gateway.proxy import forward, prepare
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ class FrontProtocol(asyncio.Protocol):
         self._head_end = -1
         self._length = 0
         self._route: Route | None = None
+        self._call = NO_CALL_DETAILS
         self._complete = False
         self._preflight = False
 
@@ -143,8 +144,11 @@ class FrontProtocol(asyncio.Protocol):
         if parser.get_http_version() != "1.1":
             return None
         route = self._server.routes.get(self._url)
-        if route is None:
-            return None
+        if route is None:  # a templated route, or a query string: the slower match
+            found = self._server.match(self._url)
+            if found is None:
+                return None
+            route, self._call = found
         length: int | None = None
         singletons: set[str] = set()
         for name, value in self._headers:
@@ -172,7 +176,10 @@ class FrontProtocol(asyncio.Protocol):
             return None
         route = self._server.routes.get(self._url)
         if route is None:
-            return None
+            found = self._server.match(self._url)
+            if found is None:
+                return None
+            route = found[0]
         seen: set[str] = set()
         for name, value in self._headers:
             lower = name.lower()
@@ -241,11 +248,12 @@ class FrontProtocol(asyncio.Protocol):
             self._loop.call_soon(self._answer_preflight, route, headers)
             return
         recorder = self._server.app[keys.recorder]
-        recorder.spawn(self._serve(route, headers, body))
+        recorder.spawn(self._serve(route, self._call, headers, body))
 
     # serving
 
-    async def _serve(self, route: Route, headers: CIMultiDict[str], body: bytes) -> None:
+    async def _serve(self, route: Route, call: Call, headers: CIMultiDict[str],
+                     body: bytes) -> None:
         started = time.perf_counter()
         api, endpoint = route
         request_id = uuid.uuid4()
@@ -257,7 +265,8 @@ class FrontProtocol(asyncio.Protocol):
             return body
 
         try:
-            pending = await prepare(app, api, endpoint, headers, read_body, request_id, started)
+            pending = await prepare(app, api, endpoint, headers, read_body, request_id, started,
+                                    call)
             await forward(app, api, endpoint, pending, reply)
         except GatewayError as exc:
             self._answer_error(reply, endpoint.path, exc, request_id)
@@ -287,7 +296,7 @@ class FrontProtocol(asyncio.Protocol):
         if reply.head_sent:  # a stream already under way: it can only be cut
             self._close_after = True
             return
-        headers = {"Content-Type": "application/json", **exc.headers(),
+        headers = {"Content-Type": "application/json", **error_headers(path, exc),
                    "x-request-id": str(request_id)}
         reply.write_whole(exc.status, headers, error_body(path, exc))
 

@@ -25,16 +25,17 @@ from gateway.errors import (
     UpstreamUnreachableError,
 )
 from gateway.providers.base import ProviderApi
-from gateway.providers.registry import FORWARDED, api_for_kind
+from gateway.providers.registry import FORWARDED, api_for_kind, match_path
 from gateway.proxy import Handler
 
 log = logging.getLogger("tollbooth.errors")
 
 
 def api_for_path(path: str) -> ProviderApi:
-    forwarded = FORWARDED.get(path)  # an alias such as /v1/v1/messages speaks its API's shape
+    # An alias such as /v1/v1/messages, or a templated route, speaks its API's shape.
+    forwarded = match_path(path)
     if forwarded is not None:
-        return forwarded[0]
+        return forwarded[0][0]
     anthropic = path.startswith(("/v1/messages", "/v1/v1/messages"))
     return api_for_kind("anthropic" if anthropic else "openai")
 
@@ -45,12 +46,18 @@ def error_body(path: str, error: GatewayError) -> bytes:
     return api.error_body(error.status, error.error_type, error.message, error.code, error.param)
 
 
+def error_headers(path: str, error: GatewayError) -> dict[str, str]:
+    """The headers of `error` (Retry-After...) and those its API's errors carry."""
+    extra = api_for_path(path).error_headers(error.status, error.error_type, error.code)
+    return {**error.headers(), **extra} if extra else error.headers()
+
+
 def render_error(request: web.Request, error: GatewayError) -> web.Response:
     return web.Response(
         status=error.status,
         body=error_body(request.path, error),
         content_type="application/json",
-        headers=error.headers(),
+        headers=error_headers(request.path, error),
     )
 
 

@@ -3,19 +3,23 @@
 Two servers feed it: the fast front (`gateway.front`) calls `prepare` and `forward` itself;
 aiohttp calls the handler `make_handler` builds (for the requests the front hands over). Both
 answer through a `gateway.reply.Reply`. In order, for each request:
-1. the key is resolved to a customer (401 otherwise);
+1. the key (where the route's API sends it: the adapter's `client_key`) is resolved to a
+   customer (401 otherwise);
 2. the body is parsed once (400 for malformed JSON, a non-object, or a missing `model`; 413
    past `server.max_body_mb`, enforced by the server before this runs); a body labelled
    anything but `application/json` is refused first with the 400 OpenAI answers
    (`unsupported_content_type`), an unlabelled one is judged by its bytes and labelled
    `application/json` upstream;
-3. the model is routed to a provider of the route's API kind and priced (400 for an unknown
-   model under `unknown_model: reject`);
+3. the model (the body's, or the path's on a templated route) is routed to a provider of
+   the route's API kind, resolved to the catalog model it is priced as (400 when the adapter
+   cannot: an unmapped deployment) and priced (400 for an unknown model under
+   `unknown_model: reject`);
 4. the customer's quotas reserve one request and the worst case of tokens and spend (429);
-5. the request goes upstream with the provider key in place of the client's, its
-   provisional usage event journaled just before (`Recorder.open`, see metering);
-6. the response is relayed (JSON in one piece, SSE as it arrives) with `x-request-id` and
-   the rate-limit headers;
+5. the request goes upstream (to the adapter's `upstream_url`, signed by its `sign` hook) with
+   the provider key in place of the client's, its provisional usage event journaled just
+   before (`Recorder.open`, see metering);
+6. the response is relayed (JSON in one piece, a stream as it arrives: SSE, or the
+   adapter's framing) with `x-request-id` and the rate-limit headers;
 7. `Recorder.finish` settles the quota and queues the usage event, whatever happened.
 Steps 1 to 4 (`prepare`) reach no provider and record no usage event; steps 5 to 7
 (`forward`) run in a task nothing cancels (a client that leaves mid-stream is drained).
@@ -30,6 +34,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -41,12 +46,14 @@ from gateway import keys
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
+    NotFoundError,
     PaymentRequiredError,
     PermissionDeniedError,
     ServiceUnavailableError,
 )
 from gateway.metering import Exchange
-from gateway.providers.base import Endpoint, ProviderApi
+from gateway.providers.base import NO_CALL_DETAILS, Call, Endpoint, ProviderApi
+from gateway.providers.registry import match
 from gateway.relay import relay_stream
 from gateway.reply import AiohttpReply, Reply
 from gateway.upstream import UpstreamResponse, check_forwardable, read_body, send
@@ -129,6 +136,15 @@ def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
     async def handle(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         app = request.app
+        call = NO_CALL_DETAILS
+        if endpoint.templated:  # parameters as the front reads them: one matcher for both
+            found = match(request.raw_path)
+            if found is None or found[0][1] is not endpoint:
+                raise NotFoundError(
+                    "Unknown request URL. Tollbooth serves the routes in its README.")
+            call = found[1]
+        elif request.query_string:
+            call = Call(MappingProxyType({}), MappingProxyType(dict(request.query)))
 
         async def read_body() -> bytes:
             try:
@@ -139,7 +155,7 @@ def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
                 ) from None
 
         pending = await prepare(app, api, endpoint, request.headers, read_body,
-                                request[keys.request_id], started)
+                                request[keys.request_id], started, call)
         reply = AiohttpReply(request)
         # Steps 5-7 run as their own task: a handler cancelled because the client left (or
         # the server is stopping) never cancels the forwarding, the drain or the billing.
@@ -169,12 +185,15 @@ async def prepare(
     read_body: Callable[[], Awaitable[bytes]],
     request_id: uuid.UUID,
     started: float,
+    call: Call = NO_CALL_DETAILS,
 ) -> Pending:
     """Steps 1-4 (and the provisional record of a metered request): raise a GatewayError to
-    refuse, reaching no provider; `headers` is a case-insensitive mapping."""
+    refuse, reaching no provider; `headers` is a case-insensitive mapping, `call` the path
+    and query parameters of a templated route or a target with a query."""
     snapshot = app[keys.runtime].current
     settings = snapshot.settings
-    principal = await app[keys.authenticator].authenticate(headers)
+    principal = await app[keys.authenticator].authenticate_key(
+        api.client_key(headers, call.query))
     if principal.suspended:
         raise PaymentRequiredError(
             "This account is suspended for an unpaid invoice. Update your payment method."
@@ -182,14 +201,21 @@ async def prepare(
     content_type = headers.get("content-type")
     check_content_type(content_type)
     raw = await read_body()
-    body, model = parse_body(raw, endpoint)
+    body, requested = parse_body(raw, endpoint)
+    if endpoint.model_param is not None:
+        requested = call.params[endpoint.model_param]
 
-    provider_name = settings.provider_for(model, api.kind)
+    provider_name = settings.provider_for(requested, api.kind)
     if provider_name is None:
         raise InvalidRequestError(
             f"No provider of kind '{api.kind}' is configured for this route.", param="model"
         )
     provider = settings.providers[provider_name]
+    model = api.catalog_model(provider, requested)
+    if model is None:
+        raise InvalidRequestError(
+            f"The model or deployment '{requested}' is not mapped to a priced model on this "
+            f"gateway (provider '{provider_name}').", param="model", code="model_not_found")
     provider_key = provider.api_key()
     if provider.api_key_env and provider_key is None:
         log.error("provider %s: environment variable %s is not set",
@@ -223,6 +249,8 @@ async def prepare(
         streamed=streaming,
         prompt_text=api.prompt_text(endpoint, body) if endpoint.metered else "",
     )
+    if model != requested:
+        ex.metadata["requested_model"] = requested
     our_headers = {"x-request-id": str(request_id)}
 
     if endpoint.metered:
@@ -262,16 +290,17 @@ async def prepare(
         our_headers.update(app[keys.quotas].rate_limit_headers(ex.admission))
         app[keys.alerts].check(ex.admission, tier)
 
-    url = provider.base_url.rstrip("/") + endpoint.upstream_path
+    url = api.upstream_url(endpoint, provider, call)
     upstream_headers = api.upstream_headers(headers, provider_key)
     if content_type is None:  # providers refuse an unlabelled body; this one is JSON
         upstream_headers["Content-Type"] = "application/json"
     check_forwardable(upstream_headers)  # 400 now, before a provisional event is journaled
-    call = Upstream(endpoint.method, url, upstream_headers, payload,
-                    (provider_key or "").encode())
+    api.sign(provider, endpoint.method, url, upstream_headers, payload)
+    outgoing = Upstream(endpoint.method, url, upstream_headers, payload,
+                        (provider_key or "").encode())
     if endpoint.metered:  # journaled in case the gateway dies mid-request (metering)
         app[keys.recorder].open(ex, prompt_tokens)
-    return Pending(ex, call, strip_usage, our_headers)
+    return Pending(ex, outgoing, strip_usage, our_headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,8 +337,9 @@ async def forward(
         out_headers = response_headers(upstream, call.secret.decode())
         out_headers.update(pending.our_headers)
         header_id = out_headers.get("x-upstream-request-id")
-        is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
-        if is_sse and status < 400:
+        is_stream = upstream.headers.get("content-type", "").startswith(
+            api.stream_content_types)
+        if is_stream and status < 400:
             ex.streamed = True  # e.g. "stream": 1 that a lax server honoured: meter it as one
         else:
             ex.streamed = False
@@ -353,6 +383,7 @@ async def forward(
                 drain_s=ex.snapshot.settings.server.disconnect_drain_s,
                 started=ex.started,
                 progress=recorder.stream_progress(ex, meter) if metered else None,
+                framer=api.stream_framer(endpoint),
             )
         finally:
             await record(False, True)  # a no-op unless the relay failed before recording

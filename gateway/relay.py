@@ -1,7 +1,9 @@
-"""Relay an upstream SSE stream to the client as it arrives, metering it on the side.
+"""Relay an upstream stream to the client as it arrives, metering it on the side.
 
 Upstream chunks are written to the client unchanged the moment they arrive, and a copy feeds
-an incremental SSE parser whose events go to the adapter's `StreamMeter`. Two exceptions:
+an incremental parser whose events go to the adapter's `StreamMeter`: SSE's
+(`gateway.sse.SSEParser`) unless the adapter supplies a `Framer` for another framing (AWS
+event-stream); either yields events with their exact bytes. Two exceptions:
 - the usage chunk the gateway itself asked for (OpenAI include_usage the client did not
   request): then the relay forwards whole events only (the exact bytes of each, never
   re-serialized) and drops that one event; a partial event waits for its end;
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from gateway.providers.base import SSEEvent, StreamMeter
+from gateway.providers.base import Framer, SSEEvent, StreamMeter
 from gateway.reply import StreamSink
 from gateway.sse import SSEParser
 from gateway.upstream import UpstreamBroken, UpstreamResponse, iter_chunks
@@ -53,14 +55,15 @@ class RelayOutcome:
 
 class _Relay:
     def __init__(self, response: StreamSink, meter: StreamMeter, finalize: Finalize,
-                 *, strip_usage: bool, drain_s: float, started: float) -> None:
+                 *, strip_usage: bool, drain_s: float, started: float,
+                 framer: Framer | None = None) -> None:
         self.response = response
         self.meter = meter
         self.finalize = finalize
         self.strip_usage = strip_usage
         self.drain_s = drain_s
         self.started = started
-        self.parser = SSEParser()
+        self.parser: Framer = SSEParser() if framer is None else framer
         self.client_gone = False
         self.broken = False
         self.finalized = False
@@ -132,9 +135,11 @@ async def relay_stream(
     drain_s: float,
     started: float,
     progress: Progress | None = None,
+    framer: Framer | None = None,
 ) -> RelayOutcome:
+    """`framer`: how the stream's bytes split into events; None for SSE."""
     relay = _Relay(response, meter, finalize, strip_usage=strip_usage, drain_s=drain_s,
-                   started=started)
+                   started=started, framer=framer)
     chunks = iter_chunks(upstream)
     next_progress = time.monotonic() + PROGRESS_INTERVAL_S
     try:

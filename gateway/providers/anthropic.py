@@ -36,6 +36,7 @@ from gateway.providers.common import (
 from gateway.providers.common import (
     items as _items,
 )
+from gateway.providers.defaults import DefaultHooks
 from pricing.models import Usage
 
 # The SDK appends /v1/messages to its base URL; a base URL ending in /v1 (the OpenAI SDK's
@@ -68,7 +69,7 @@ _THINKING = "thinking_tokens"
 _CACHE_1H = "ephemeral_1h_input_tokens"
 
 
-class AnthropicApi:
+class AnthropicApi(DefaultHooks):
     """Adapter for the Anthropic Messages API. Stateless: one instance serves every request."""
 
     kind: str = "anthropic"

@@ -1,19 +1,48 @@
-"""The seam between the proxy and an API family: what differs between OpenAI and Anthropic.
+"""The seam between the proxy and an API family: everything that differs between them.
 
 The proxy, relay and metering never branch on a provider's name; they ask a `ProviderApi`.
 One adapter exists per API family (`openai.OpenAIApi` serves every OpenAI-compatible server,
-`anthropic.AnthropicApi` serves Anthropic). An adapter is pure: it rewrites requests and reads
-usage from bodies and SSE events, and never does I/O. Usage extraction never raises on bad
-bytes: an unreadable body yields no usage, and the caller estimates (flagged `estimated`).
+`anthropic.AnthropicApi` serves Anthropic, and so on for each `kind:` of provider). An adapter
+is pure: it rewrites requests and reads usage from bodies and stream events, and never does
+network I/O. Usage extraction never raises on bad bytes: an unreadable body yields no usage,
+and the caller estimates (flagged `estimated`).
+
+What an adapter decides, hook by hook (in the order a request meets them):
+- `endpoints`: its routes. A `path` is exact (`/v1/chat/completions`) or a template whose
+  `{name}` parameters each fill one path segment, or part of one
+  (`/v1beta/models/{model}:generateContent`); `model_param` names the parameter that carries
+  the model (else the model is the body's `model`). `registry` matches both kinds of path
+  for both servers from one table.
+- `client_key(headers, query)`: where the client's Tollbooth key is (the header its SDK puts
+  the API key in, or a query parameter).
+- `catalog_model(provider, requested)`: the catalog model a requested model (or deployment)
+  is priced as under this provider entry; None refuses the request (400) before it is sent.
+- `is_streaming`, `prepare_body`, `prompt_text`, `max_output_tokens`: read and adjust the body.
+- `upstream_url(endpoint, provider, call)`: the provider URL (path parameters filled in, the
+  query the provider needs, never the client's key).
+- `upstream_headers(client_headers, api_key)`: the client's key out, the provider's in.
+- `sign(provider, method, url, headers, body)`: last, with the final URL and body: a
+  request-signing scheme (AWS SigV4) rewrites `headers` in place; most adapters do nothing.
+- `stream_content_types` and `stream_framer(endpoint)`: which response types are streams and
+  how their bytes split into events (None: SSE, parsed by `gateway.sse.SSEParser`); a framer
+  for a binary framing (AWS event-stream) yields `SSEEvent`s whose `raw` is each frame's exact
+  bytes, so the relay keeps passing bytes through untouched.
+- `stream_meter`, `usage_from_body`: usage from what the provider answered.
+- `error_body` and `error_headers`: a gateway error in this API's shape, so its SDK reads it
+  (and retries a 429, or stops on one, as the error's headers say).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pricing.models import Usage
+
+if TYPE_CHECKING:
+    from gateway.config import ProviderConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +63,9 @@ class Endpoint:
     routes that are forwarded but never billed nor recorded (Anthropic count_tokens).
     `aliases` are other paths served exactly as `path` (recorded and counted as `path`): what
     an SDK calls when its base URL is written in another family's habit.
+    A templated `path` (`/openai/deployments/{deployment}/embeddings`) has `{name}`
+    parameters; `upstream_path` may use the same names. `model_param` is the parameter that
+    names the model (then `needs_model` is False: the body need not name one).
     """
 
     name: str
@@ -44,6 +76,23 @@ class Endpoint:
     streams: bool = False
     needs_model: bool = True
     aliases: tuple[str, ...] = ()
+    model_param: str | None = None
+
+    @property
+    def templated(self) -> bool:
+        return "{" in self.path
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a client called beyond the route: the path parameters (decoded) and the query
+    string's parameters (decoded; the last of a repeated name wins)."""
+
+    params: Mapping[str, str]
+    query: Mapping[str, str]
+
+
+NO_CALL_DETAILS = Call(MappingProxyType({}), MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +123,27 @@ class StreamResult:
     partial_usage: Usage | None = None
 
 
+class Framer(Protocol):
+    """Splits a stream's bytes into events incrementally (`gateway.sse.SSEParser` for SSE).
+    Each event's `raw` is its exact bytes: concatenated, the events give back the stream."""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received that belong to no complete event yet."""
+        ...
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]: ...
+
+    def flush(self) -> list[SSEEvent]:
+        """The stream ended: whatever is buffered, as events (possibly incomplete ones)."""
+        ...
+
+
 class StreamMeter(Protocol):
-    """Follows one SSE stream event by event. `finished` turns True once the stream's terminal
-    event (`[DONE]`, `message_stop`, `response.completed`...) has been observed: the usage is
-    final, and the relay records it before letting that event reach the client."""
+    """Follows one stream event by event (SSE events, or a framer's events). `finished`
+    turns True once the stream's terminal event (`[DONE]`, `message_stop`,
+    `response.completed`...) has been observed: the usage is final, and the relay records it
+    before letting that event reach the client."""
 
     finished: bool
 
@@ -89,8 +155,37 @@ class StreamMeter(Protocol):
 
 
 class ProviderApi(Protocol):
-    kind: str  # "openai" or "anthropic": the value of `kind:` in config.yaml
+    kind: str  # the value of `kind:` in config.yaml ("openai", "anthropic", ...)
     endpoints: tuple[Endpoint, ...]
+    # Response content types relayed as streams (each a prefix of the Content-Type).
+    stream_content_types: tuple[str, ...]
+
+    def client_key(self, headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+        """The client's Tollbooth key, from where this API's SDK sends its key; None if absent.
+        `headers` is case-insensitive."""
+        ...
+
+    def catalog_model(self, provider: ProviderConfig, requested: str) -> str | None:
+        """The catalog model `requested` (a model, a deployment name...) is priced and
+        recorded as under `provider`; None refuses the request with a 400."""
+        ...
+
+    def upstream_url(self, endpoint: Endpoint, provider: ProviderConfig, call: Call) -> str:
+        """The provider URL of this request: `provider`'s base URL and the endpoint's
+        `upstream_path` with `call.params` filled in, plus the query the provider needs (a
+        client's key in the query is never passed on)."""
+        ...
+
+    def sign(self, provider: ProviderConfig, method: str, url: str, headers: dict[str, str],
+             body: bytes) -> None:
+        """Called last, with the exact URL and body that will be sent: a signing scheme adds
+        its headers to `headers` in place (the others do nothing). Raises a
+        `gateway.errors.GatewayError` (503) when it cannot sign (no credentials)."""
+        ...
+
+    def stream_framer(self, endpoint: Endpoint) -> Framer | None:
+        """The framer of this endpoint's streams; None for SSE (the relay's default parser)."""
+        ...
 
     def upstream_headers(
         self, client_headers: Mapping[str, str], api_key: str | None
@@ -119,5 +214,11 @@ class ProviderApi(Protocol):
 
     def error_body(self, status: int, error_type: str, message: str,
                    code: str | None, param: str | None) -> bytes:
-        """An error body in this API's shape."""
+        """A gateway error's body in this API's shape (`error_type` and `code` are OpenAI's
+        words, from `gateway.errors`; an adapter maps them, or `status`, to its own)."""
+        ...
+
+    def error_headers(self, status: int, error_type: str, code: str | None) -> dict[str, str]:
+        """Headers this API's errors carry besides the error's own (AWS `x-amzn-ErrorType`);
+        usually none."""
         ...

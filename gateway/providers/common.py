@@ -30,6 +30,8 @@ _DROPPED = frozenset(
         "content-length",
         "authorization",
         "x-api-key",
+        "api-key",  # Azure OpenAI's SDK key header
+        "x-goog-api-key",  # Google's
         "cookie",
         "accept-encoding",
     }

@@ -32,6 +32,7 @@ from gateway.providers.common import (
 from gateway.providers.common import (
     items as _items,
 )
+from gateway.providers.defaults import DefaultHooks
 from gateway.providers.openai_stream import ChatStreamMeter, ResponsesStreamMeter, openai_usage
 
 CHAT = Endpoint("chat.completions", "POST", "/v1/chat/completions", "/chat/completions",
@@ -46,7 +47,7 @@ _USAGE_ON_REQUEST = frozenset({CHAT.name, COMPLETIONS.name})
 _OUTPUT_LIMIT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
 
-class OpenAIApi:
+class OpenAIApi(DefaultHooks):
     """Adapter for OpenAI-shaped APIs. Stateless: one instance serves every request."""
 
     kind: str = "openai"
