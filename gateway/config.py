@@ -93,6 +93,10 @@ class ServerConfig(_Model):
             "connection closed. Responses are not bounded by it."
         ),
     )
+    # TLS termination by the gateway (gateway.tls): a PEM certificate chain and its key.
+    # Both or neither; relative paths are read from the config file's directory.
+    tls_cert: str | None = None
+    tls_key: str | None = None
     cors_origins: tuple[str, ...] = Field(
         default=(),
         description=(
@@ -101,6 +105,15 @@ class ServerConfig(_Model):
             "CORS headers at all. Applies on reload."
         ),
     )
+
+    @model_validator(mode="after")
+    def _tls_both_or_neither(self) -> ServerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = (("tls_cert", "tls_key") if self.tls_key is None
+                              else ("tls_key", "tls_cert"))
+            raise ValueError(f"{given} is set but {missing} is not; TLS needs both (a PEM "
+                             "certificate chain and its private key), or neither")
+        return self
 
     @field_validator("cors_origins")
     @classmethod

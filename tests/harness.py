@@ -8,6 +8,7 @@ The official SDKs then talk to `gateway.openai_base_url` / `gateway.anthropic_ba
 from __future__ import annotations
 
 import asyncio
+import ssl
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -124,8 +125,10 @@ async def running_gateway(
     extra_config: dict[str, Any] | None = None,
     quota_window_ms: int = 60_000,
     config_path: Path | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Gateway]:
-    """With `config_path`, the config is written there and watched for reloads."""
+    """With `config_path`, the config is written there and watched for reloads. With `tls`,
+    the gateway serves HTTPS on that context (as `serve` does with `server.tls_*`)."""
     monkeypatch.setenv("TB_TEST_OPENAI_KEY", PROVIDER_KEY)
     monkeypatch.setenv("TB_TEST_ANTHROPIC_KEY", ANTHROPIC_PROVIDER_KEY)
     mock = TestServer(create_mock_app(mock_options or MockOptions()), host="127.0.0.1")
@@ -138,7 +141,7 @@ async def running_gateway(
     app = create_app(settings, database_url=database_url, redis_url=redis_url,
                      quota_window_ms=quota_window_ms, watch_config=config_path is not None)
     server = FrontTestServer(app, host="127.0.0.1")
-    await server.start_server()
+    await server.start_server(ssl=tls)
     try:
         customer_id = "cust_" + uuid.uuid4().hex[:10]
         accounts: AccountStore = app[keys.accounts]

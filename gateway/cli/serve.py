@@ -28,6 +28,7 @@ from gateway.cli.supervisor import supervise
 from gateway.cli.worker_link import WorkerLink
 from gateway.config import Settings, load_settings
 from gateway.logs import setup_logging
+from gateway.tls import server_tls_context
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,8 +78,11 @@ async def _serve(settings: Settings, host: str, port: int, database_url: str, re
     runner = FrontRunner(app, access_log=None, shutdown_timeout=settings.server.shutdown_grace_s)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
-        print(f"tollbooth worker {os.getpid()} listening on http://{host}:{port}", flush=True)
+        tls = server_tls_context(settings)  # the front and aiohttp both serve over it
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port, ssl_context=tls).start()
+        scheme = "https" if tls is not None else "http"
+        print(f"tollbooth worker {os.getpid()} listening on {scheme}://{host}:{port}",
+              flush=True)
         if link is not None:
             link.ready()
         await stop.wait()

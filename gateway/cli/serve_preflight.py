@@ -1,4 +1,5 @@
-"""What `tollbooth serve` checks before it starts anything: the listen address, the keys.
+"""What `tollbooth serve` checks before it starts anything: the listen address, the TLS
+certificate and key (`server.tls_*`, loaded once to prove they work), the keys.
 
 `preflight(settings, host, port)` returns the one line `serve` prints before exiting 1 when it
 cannot listen, and starts nothing then (no embedded server, no worker). Otherwise it sets up
@@ -18,9 +19,10 @@ from __future__ import annotations
 import errno
 import socket
 
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.logs import setup_logging
 from gateway.provider_keys import warn_missing_keys
+from gateway.tls import server_tls_context
 
 
 def preflight(settings: Settings, host: str, port: int) -> str | None:
@@ -28,6 +30,10 @@ def preflight(settings: Settings, host: str, port: int) -> str | None:
     problem = listen_problem(host, port)
     if problem is not None:
         return problem
+    try:
+        server_tls_context(settings)  # a missing or mismatched certificate refuses now
+    except ConfigError as exc:
+        return f"tollbooth serve: {exc}"
     setup_logging(settings.logging.level, settings.logging.format, settings.logging.requests)
     warn_missing_keys(settings)
     return None
