@@ -32,15 +32,10 @@ from gateway.cli.main import add_config_option
 from gateway.cli.runtime import CommandError, Runtime, run_command, usage_error, write_output
 from gateway.runtime import build_pricing
 from pricing.catalog import Catalog
+from storage.import_batch import DEFAULT_BATCH_SIZE
 from storage.import_litellm import check_customer_from
 from storage.import_read import FORMATS, ImportFileError, guess_format
-from storage.usage_import import (
-    DEFAULT_BATCH_SIZE,
-    SOURCES,
-    ImportOptions,
-    ImportReport,
-    import_usage,
-)
+from storage.usage_import import SOURCES, ImportOptions, ImportReport, import_usage
 
 SHOWN_REFUSALS = 1000
 
