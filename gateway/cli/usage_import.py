@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,6 +76,8 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--customer-from: {problem}"
     if args.file == "-" and args.format is None:
         return "reading stdin needs --format"
+    if args.file != "-" and not os.path.isfile(args.file):
+        return f"{args.file}: no such file"
     return None
 
 
