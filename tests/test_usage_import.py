@@ -296,7 +296,7 @@ def test_reports_and_an_old_months_invoice_include_the_history(
     cli = Cli(tmp_path, fresh_database_url, redis_url)
     cli.ok("customers", "create", "acme", "--tier", "pro")
     assert summary_of(cli.ok("usage", "import", str(history), "--json"))["added"] == 40
-    summary = json.loads(cli.ok("usage", "summary", "--days", "120", "--customer", "acme",
+    summary = json.loads(cli.ok("usage", "summary", "--days", "180", "--customer", "acme",
                                 "--format", "json"))
     assert summary["requests"] == 40
     assert summary["input_tokens"] == sum(1000 + n for n in range(40))
