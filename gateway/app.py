@@ -27,11 +27,13 @@ from gateway.billing_routes import add_billing_routes
 from gateway.client_timeout import client_timeout_middleware
 from gateway.config import Settings
 from gateway.cors import install as install_cors
+from gateway.drain import CUT_SETTLE_S, Drain
 from gateway.logs import AccessLog
 from gateway.metering import Recorder, interrupted_pricer
 from gateway.metrics import LiveValues, Metrics
 from gateway.middleware import error_middleware
 from gateway.operator_routes import add_operator_routes
+from gateway.probes import add_probe_routes
 from gateway.providers.registry import FORWARDED, TEMPLATED, aiohttp_path
 from gateway.proxy import make_handler
 from gateway.quotas import QuotaPolicy
@@ -80,6 +82,9 @@ def create_app(
     app[keys.runtime] = Runtime(settings, catalog or Catalog.load_default())
     app[keys.tokens] = TokenCounter()
     app[keys.metrics] = metrics = Metrics()
+    # `serve` begins it on SIGTERM; the closing steps below fit in what it leaves.
+    app[keys.drain] = drain = Drain(grace_s=settings.server.drain_grace_s,
+                                    timeout_s=settings.server.drain_timeout_s)
 
     access_log = AccessLog(enabled=settings.logging.requests, fmt=settings.logging.format,
                            echo_to_logging=not access_log_to_stderr)
@@ -128,8 +133,13 @@ def create_app(
         yield
         maintenance.cancel()
         await asyncio.gather(maintenance, return_exceptions=True)
-        await writer.close()
-        await pool.close()
+        # Every event to Postgres before exiting; what it does not take in time stays in the
+        # journal (the writer logs how many).
+        await writer.close(timeout_s=drain.exit_budget_s(default_s=10.0))
+        try:
+            await asyncio.wait_for(pool.close(), drain.exit_budget_s(default_s=10.0))
+        except TimeoutError:
+            pool.terminate()
 
     async def quotas(app: web.Application) -> AsyncIterator[None]:
         # A blocking pool: under a burst a request waits for a free connection instead of
@@ -174,7 +184,8 @@ def create_app(
         yield
         await metrics.aclose()
         await policy.aclose()  # settles still queued go out before the client closes
-        await alerts.drain(alerts.settings.timeout_s)  # what those last settles crossed
+        # What those last settles crossed.
+        await alerts.drain(drain.exit_budget_s(default_s=alerts.settings.timeout_s))
         await client.aclose()
 
     async def tokenizer(app: web.Application) -> AsyncIterator[None]:
@@ -195,8 +206,11 @@ def create_app(
     async def inflight(app: web.Application) -> AsyncIterator[None]:
         yield
         # Cleaned up first: exchanges still relaying need the session, Redis and the writer.
-        await app[keys.recorder].drain(settings.server.shutdown_grace_s)
-        await app[keys.alerts].drain(app[keys.alerts].settings.timeout_s)
+        # Past the drain's cut they end within CUT_SETTLE_S.
+        await app[keys.recorder].drain(drain.seconds_to_cut() + CUT_SETTLE_S)
+        drain.close()
+        alerts = app[keys.alerts]
+        await alerts.drain(drain.exit_budget_s(default_s=alerts.settings.timeout_s))
 
     app.cleanup_ctx.extend([http_session, postgres, quotas, tokenizer, config_watcher, inflight])
 
@@ -207,6 +221,7 @@ def create_app(
         app.router.add_route(endpoint.method, aiohttp_path(template.path),
                              make_handler(api, endpoint))
     add_operator_routes(app)
+    add_probe_routes(app)
     add_admin_routes(app)
     add_usage_routes(app)
     add_billing_routes(app)

@@ -82,7 +82,12 @@ class ServerConfig(_Model):
     upstream_read_timeout_s: float = Field(default=600.0, gt=0)
     # After a client disconnects mid-stream, keep reading upstream this long for its usage.
     disconnect_drain_s: float = Field(default=30.0, ge=0)
-    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    # SIGTERM: not ready at once, new requests served for drain_grace_s, then the listener
+    # closes; what runs at drain_timeout_s (from the signal, the grace included) is cut.
+    drain_grace_s: float = Field(default=5.0, ge=0)
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    # The former name of drain_timeout_s, still accepted (used when drain_timeout_s is not set).
+    shutdown_grace_s: float | None = Field(default=None, ge=0)
     client_timeout_s: float = Field(
         default=30.0, gt=0,
         description=(
@@ -113,6 +118,24 @@ class ServerConfig(_Model):
                               else ("tls_key", "tls_cert"))
             raise ValueError(f"{given} is set but {missing} is not; TLS needs both (a PEM "
                              "certificate chain and its private key), or neither")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shutdown_grace_is_drain_timeout(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("shutdown_grace_s") is not None:
+            data = {**data}
+            data.setdefault("drain_timeout_s", data["shutdown_grace_s"])
+        return data
+
+    @model_validator(mode="after")
+    def _grace_within_timeout(self) -> ServerConfig:
+        # The default grace shrinks to fit a short timeout; one set explicitly must fit.
+        if "drain_grace_s" in self.model_fields_set and self.drain_grace_s > self.drain_timeout_s:
+            raise ValueError(
+                f"drain_grace_s ({self.drain_grace_s:g}) must not exceed drain_timeout_s "
+                f"({self.drain_timeout_s:g}): the timeout counts from SIGTERM, the grace "
+                "included; raise drain_timeout_s or lower drain_grace_s")
         return self
 
     @field_validator("cors_origins")

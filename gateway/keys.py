@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway.alerts import AlertNotifier
 from gateway.auth import Authenticator
+from gateway.drain import Drain
 from gateway.metering import Recorder
 from gateway.metrics import Metrics
 from gateway.quotas import QuotaPolicy
@@ -35,5 +36,6 @@ recorder = web.AppKey("recorder", Recorder)
 metrics = web.AppKey("metrics", Metrics)
 alerts = web.AppKey("alerts", AlertNotifier)
 config_watcher = web.AppKey("config_watcher", ConfigWatcher)
+drain = web.AppKey("drain", Drain)  # SIGTERM's graceful drain (readiness, the cut)
 
 request_id = web.RequestKey("request_id", uuid.UUID)

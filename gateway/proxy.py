@@ -43,6 +43,8 @@ from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import keys
+from gateway.drain import INTERRUPTED as DRAIN_INTERRUPTED
+from gateway.drain import Cut, cut_error, cut_event, record_cut
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -321,7 +323,26 @@ async def forward(
     app: web.Application, api: ProviderApi, endpoint: Endpoint, pending: Pending, reply: Reply,
 ) -> None:
     """Steps 5-7: go upstream, answer through `reply`, record. Raises a GatewayError (502,
-    504) when the provider could not be reached or read, after recording it."""
+    504) when the provider could not be reached or read, after recording it; a 503 when the
+    drain cut it before its response began (gateway.drain), after recording that."""
+    cut = app[keys.drain].track()
+    try:
+        await _exchange(app, api, endpoint, pending, reply, cut)
+    except asyncio.CancelledError:
+        if not cut.waiting_for_head:
+            raise
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # the drain's cancellation, answered here
+        if endpoint.metered:
+            await record_cut(app[keys.recorder], pending.ex)
+        raise cut_error() from None
+    finally:
+        cut.release()
+
+
+async def _exchange(app: web.Application, api: ProviderApi, endpoint: Endpoint,
+                    pending: Pending, reply: Reply, cut: Cut) -> None:
     ex, call, strip_usage = pending.ex, pending.call, pending.strip_usage
     recorder = app[keys.recorder]
     metered = endpoint.metered
@@ -332,6 +353,7 @@ async def forward(
         if metered:
             await recorder.finish(ex, status=exc.status, usage=None, upstream_id=None)
         raise
+    cut.upstream = upstream  # from now on the drain cuts it by closing this connection
     async with upstream:
         status = upstream.status
         out_headers = response_headers(upstream, call.secret.decode())
@@ -346,6 +368,10 @@ async def forward(
             try:
                 data = await read_body(upstream)
             except GatewayError as exc:
+                if cut.fired:
+                    if metered:
+                        await record_cut(recorder, ex)
+                    raise cut_error() from exc
                 if metered:
                     await recorder.finish(ex, status=exc.status, usage=None, upstream_id=None)
                 raise
@@ -367,13 +393,23 @@ async def forward(
             if recorded or not metered:
                 return
             recorded = True
-            ex.metadata.update(_stream_metadata(client_gone, broken))
+            ex.metadata.update(_stream_metadata(client_gone, broken, was_cut()))
             result = meter.result()
             await recorder.finish(
                 ex, status=status, usage=result.usage,
                 upstream_id=result.upstream_id or header_id,
                 produced_text=result.produced_text, partial_usage=result.partial_usage,
             )
+
+        sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        if sse:
+            no_buffering(out_headers)
+
+        def was_cut() -> bool:  # by the drain, before the stream's terminal event
+            return cut.fired and not meter.finished
+
+        def cut_trailer() -> bytes:
+            return cut_event(api) if sse and was_cut() else b""
 
         sink = await reply.open_stream(status, out_headers)
         try:
@@ -384,6 +420,7 @@ async def forward(
                 started=ex.started,
                 progress=recorder.stream_progress(ex, meter) if metered else None,
                 framer=api.stream_framer(endpoint),
+                trailer=cut_trailer,
             )
         finally:
             await record(False, True)  # a no-op unless the relay failed before recording
@@ -391,10 +428,25 @@ async def forward(
             app[keys.metrics].observe_ttfb(endpoint.name, outcome.first_byte_s)
 
 
-def _stream_metadata(client_gone: bool, broken: bool) -> dict[str, Any]:
+def _stream_metadata(client_gone: bool, broken: bool, cut: bool) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     if client_gone:
         meta["client_disconnected"] = True
-    if broken:
+    if cut:
+        meta["interrupted"] = DRAIN_INTERRUPTED
+    elif broken:
         meta["upstream_broken"] = True
     return meta
+
+
+# SSE through a reverse proxy (nginx buffers responses unless told not to) or a cache.
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_SSE_HEADER_NAMES = frozenset(name.lower() for name in _SSE_HEADERS)
+
+
+def no_buffering(headers: dict[str, str]) -> None:
+    """An SSE response's headers: no proxy buffering, no caching (the provider's own
+    values for those two headers replaced)."""
+    for name in [n for n in headers if n.lower() in _SSE_HEADER_NAMES]:
+        del headers[name]
+    headers.update(_SSE_HEADERS)

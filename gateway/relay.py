@@ -136,8 +136,11 @@ async def relay_stream(
     started: float,
     progress: Progress | None = None,
     framer: Framer | None = None,
+    trailer: Callable[[], bytes] | None = None,
 ) -> RelayOutcome:
-    """`framer`: how the stream's bytes split into events; None for SSE."""
+    """`framer`: how the stream's bytes split into events; None for SSE. `trailer`: called
+    once the stream ended and was recorded; what it returns is written last, on a new event
+    (the drain's error event for a stream it cut, gateway.drain)."""
     relay = _Relay(response, meter, finalize, strip_usage=strip_usage, drain_s=drain_s,
                    started=started, framer=framer)
     chunks = iter_chunks(upstream)
@@ -163,6 +166,7 @@ async def relay_stream(
                 if now >= next_progress:
                     next_progress = now + PROGRESS_INTERVAL_S
                     progress()
+        torn = relay.parser.buffered > 0  # the client may hold part of an event
         tail = relay.parser.flush()
         if relay.strip_usage:
             await relay._events(tail)
@@ -171,6 +175,9 @@ async def relay_stream(
                 meter.observe(event)
             # Pass-through already wrote these bytes as they came.
         await relay.finish_once()
+        last = trailer() if trailer is not None else b""
+        if last:
+            await relay.write(b"\n\n" + last if torn else last)
         if not relay.client_gone:
             try:
                 await response.write_eof()

@@ -321,6 +321,12 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         return b"".join([chunk async for chunk in self.iter_chunks()])
 
+    def abort(self) -> None:
+        """Close the connection now (the drain cuts an exchange): a read in progress, or the
+        next, raises `UpstreamBodyError`; the connection is never pooled again."""
+        self._connection._fail(UpstreamBodyError("the gateway cut the response (drain)"))
+        self._connection.close()
+
     def release(self) -> None:
         if self._released:
             return

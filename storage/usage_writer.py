@@ -48,8 +48,9 @@ Failure semantics:
   ERROR, counted in `dead_lettered`) and every other row is written.
 - Postgres refuses a batch for another reason (a missing table, a trigger that raises): kept
   and retried with backoff, logged at ERROR; the writer stalls and `backlog` shows it.
-- `close()` drains for up to `close_timeout_s`, then stops; whatever Postgres has not taken
-  stays in the journal for the next start (logged at WARNING). Nothing is lost either way.
+- `close()` drains for up to `close_timeout_s` (or the time it is given), then stops;
+  whatever Postgres has not taken stays in the journal for the next start (logged at WARNING,
+  with how many). Nothing is lost either way.
 
 Where the journal lives: `<journal_dir>/<database>@<system identifier>/`, so a data dir used
 with several databases never replays one database's events into another.
@@ -285,19 +286,21 @@ class UsageWriter:
         if journal.unread + len(self._memory) >= self._batch_size:
             self._full.set()
 
-    async def close(self) -> None:
-        """Write what is pending (for up to `close_timeout_s`), then stop; see module doc."""
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Write what is pending (for up to `timeout_s`, default `close_timeout_s`), then
+        stop; see module doc."""
         if self._closed:
             return
+        timeout_s = self._close_timeout_s if timeout_s is None else timeout_s
         self._closing = True
         self._wake.set()
         self._full.set()
         try:
             if self._task is not None:
-                done, _ = await asyncio.wait({self._task}, timeout=self._close_timeout_s)
+                done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
                 if not done:
-                    log.warning("usage writer: Postgres did not take %d events within %.0fs; "
-                                "they stay in the journal", self.backlog, self._close_timeout_s)
+                    log.warning("usage writer: Postgres did not take %d events within %.1fs; "
+                                "they stay in the journal", self.backlog, timeout_s)
         finally:
             self._shutdown()
 

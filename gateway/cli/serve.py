@@ -5,8 +5,10 @@ Valkey when no URL is configured, or reusing the ones another process started), 
 one worker in-process, or `--workers N` processes bound to the same port with SO_REUSEPORT,
 under a supervisor (gateway.cli.supervisor: signals, restarts, metrics summed over workers).
 Each worker serves through `gateway.front.FrontRunner` (the fast front before aiohttp).
-SIGINT/SIGTERM/SIGQUIT stop accepting, let in-flight requests finish (up to
-`server.shutdown_grace_s`), drain the usage writer, then stop the embedded servers it started.
+SIGINT/SIGTERM/SIGQUIT drain (gateway.drain): not ready at once, new requests still served
+for `server.drain_grace_s`, then the listener closes and in-flight requests finish, cut at
+`server.drain_timeout_s` after the signal; every event is written to Postgres (within the
+drain's exit bound), then the embedded servers it started are stopped.
 SIGHUP reloads the config (gateway.reload).
 """
 
@@ -64,7 +66,9 @@ async def _serve(settings: Settings, host: str, port: int, database_url: str, re
                  reuse_port: bool, link: WorkerLink | None = None) -> None:
     """Serve until SIGINT, SIGTERM or SIGQUIT (or the supervisor is gone), then stop
     gracefully (the runner's cleanup)."""
+    from gateway import keys
     from gateway.app import create_app
+    from gateway.drain import CUT_SETTLE_S
     from gateway.front import FrontRunner
 
     app = create_app(settings, database_url=database_url, redis_url=redis_url,
@@ -75,7 +79,10 @@ async def _serve(settings: Settings, host: str, port: int, database_url: str, re
         loop.add_signal_handler(signum, stop.set)
     if link is not None:
         link.watch(stop.set)
-    runner = FrontRunner(app, access_log=None, shutdown_timeout=settings.server.shutdown_grace_s)
+    drain = app[keys.drain]
+    # From the listener's close (after the grace) until the cut, and the cut's settling.
+    runner = FrontRunner(app, access_log=None,
+                         shutdown_timeout=drain.timeout_s - drain.grace_s + CUT_SETTLE_S)
     await runner.setup()
     try:
         tls = server_tls_context(settings)  # the front and aiohttp both serve over it
@@ -86,6 +93,8 @@ async def _serve(settings: Settings, host: str, port: int, database_url: str, re
         if link is not None:
             link.ready()
         await stop.wait()
+        drain.begin()  # /health/ready answers 503 from now on; still serving
+        await asyncio.sleep(drain.grace_s)
     finally:
         await runner.cleanup()
 

@@ -41,11 +41,13 @@ from multiprocessing.process import BaseProcess
 from gateway import metrics_multiprocess
 from gateway.cli.worker_link import WorkerLink
 from gateway.config import Settings
+from gateway.drain import EXIT_MARGIN_S
 from gateway.logs import setup_logging
 
 log = logging.getLogger("tollbooth.supervisor")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+KILL_SLACK_S = 10.0  # past a worker's drain bound, before it is killed
 # Exit codes of a worker that stopped as asked (a signal that came before its handlers).
 _STOPPED = (0, -signal.SIGTERM, -signal.SIGINT)
 
@@ -261,10 +263,10 @@ def _send(w: _Worker, signum: int) -> None:
 
 def supervise(settings: Settings, count: int, target: Target) -> int:
     """Run `count` workers of `target` under a Supervisor, with metrics summed over them.
-    A worker's drain takes up to twice `server.shutdown_grace_s` (requests, then streams)
-    and a flush: one still running 30 s after that is killed."""
+    A worker's drain ends within `server.drain_timeout_s` + EXIT_MARGIN_S of its SIGTERM
+    (gateway.drain): one still running KILL_SLACK_S after that is killed."""
     setup_logging(settings.logging.level, settings.logging.format, settings.logging.requests)
-    stop_timeout_s = 2 * settings.server.shutdown_grace_s + 30
+    stop_timeout_s = settings.server.drain_timeout_s + EXIT_MARGIN_S + KILL_SLACK_S
     metrics_dir = metrics_multiprocess.fresh_dir()
     # Read by prometheus-client when a worker imports it (workers are new interpreters).
     os.environ[metrics_multiprocess.ENV] = str(metrics_dir)
