@@ -5,23 +5,25 @@ chain — environment, shared files, SSO, container and instance roles) and sign
 forwarded request with `botocore.auth.SigV4Auth`; the signature itself is botocore's, never
 ours.
 
-When credentials are resolved: `prepare(settings)` at start (and after a reload) resolves
-those of every `kind: bedrock` provider, in a worker thread, since the chain may read files
-or call the instance metadata service. A profile first seen by a request (a provider a
-reload added) is resolved then, also in a thread. Temporary credentials (roles, SSO) are
-`RefreshableCredentials`: botocore refreshes them 15 minutes before they expire; when a
-refresh is due the signing waits for it in a thread, so the event loop never blocks on it.
+When credentials are resolved: `prepare(profiles)` at start (and after a reload) resolves
+those of every `kind: bedrock` provider in a worker thread, since the chain may read files or
+call the instance metadata service. `sign` itself never does I/O: a profile it has not seen
+(a provider a reload added before `prepare` ran) starts its resolution in a thread and that
+request gets a 503. Temporary credentials (roles, SSO) are `RefreshableCredentials`, which
+botocore wants refreshed 15 minutes before they expire: once that window opens, `sign` starts
+the refresh in a thread and keeps signing with the current credentials (still valid for at
+least 10 minutes) until it lands; it never calls a refresh on the event loop.
 
-Cost on the event loop: one SigV4 signature (four HMACs and a SHA-256 of the body), tens of
-microseconds for a typical prompt; a body over `THREAD_SIGNING_BYTES` is hashed and signed in
-a thread instead.
+Cost on the event loop: one SigV4 signature, four HMACs and a SHA-256 of the body (about
+30 microseconds for a typical prompt; hashing a 32 MB body would take some 20 ms).
 
-How it fails: no credentials anywhere in the chain raise `AwsCredentialsMissing` (the proxy
-answers 503 and logs which profile); the chain is tried again at most every
-`RETRY_MISSING_S`. Botocore's own errors while resolving or refreshing (an expired SSO token,
-an unreachable metadata service) are translated here into the same exception, their message
-logged without any secret. Neither the access key's secret nor the session token is ever
-logged or returned; the `Authorization` header carries only the key id and the signature.
+How it fails: no credentials anywhere in the chain make `sign` raise `AwsCredentialsMissing`
+(the adapter answers 503; the profile is logged, never a secret); the chain is tried again at
+most every `RETRY_MISSING_S`. Botocore's errors while resolving or refreshing (an expired SSO
+token, an unreachable metadata service) are logged by their type only: a failed resolution
+counts as missing, a failed refresh keeps the current credentials until they expire.
+Neither the secret key nor the session token is ever logged or returned; the `Authorization`
+header carries only the key id and the signature.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from typing import Any
 
 import botocore.session
 from botocore.auth import SigV4Auth
@@ -40,7 +42,6 @@ from botocore.exceptions import BotoCoreError
 log = logging.getLogger("tollbooth.aws")
 
 SERVICE = "bedrock"  # the SigV4 signing name of bedrock-runtime
-THREAD_SIGNING_BYTES = 256 * 1024
 RETRY_MISSING_S = 10.0
 
 
@@ -48,80 +49,105 @@ class AwsCredentialsMissing(Exception):
     """No usable AWS credentials for a profile (the message names the profile, no secret)."""
 
 
-def _resolve(profile: str | None) -> Credentials | None:
-    """The chain's credentials (blocking: files, SSO, the metadata service)."""
-    session = botocore.session.Session(profile=profile)
-    return session.get_credentials()
+def _resolve(profile: str | None) -> tuple[Credentials, ReadOnlyCredentials] | None:
+    """The chain's credentials and a first snapshot of them (blocking: files, SSO, the
+    metadata service, a first refresh)."""
+    credentials = botocore.session.Session(profile=profile).get_credentials()
+    if credentials is None:
+        return None
+    return credentials, credentials.get_frozen_credentials()
 
 
 class AwsSigning:
+    """Credentials per profile and the signing with them. One per adapter (so per process);
+    only the event loop's thread calls it (the blocking parts run in worker threads)."""
+
     def __init__(self) -> None:
         self._credentials: dict[str | None, Credentials] = {}
+        self._frozen: dict[str | None, ReadOnlyCredentials] = {}
         self._missing_until: dict[str | None, float] = {}
-        self._locks: dict[str | None, asyncio.Lock] = {}
+        self._pending: dict[str | None, asyncio.Future[None]] = {}
 
     async def prepare(self, profiles: set[str | None]) -> None:
-        """Resolve the credentials of these profiles now; log (never raise) what is missing."""
+        """Resolve these profiles' credentials now (at start, after a reload), each in a
+        thread; log (never raise) what is missing: requests then answer 503."""
         for profile in profiles:
-            try:
-                await self._credentials_for(profile)
-            except AwsCredentialsMissing as exc:
-                log.error("%s", exc)
+            if profile in self._credentials:
+                continue
+            self._missing_until.pop(profile, None)
+            self._start(profile)
+            await asyncio.shield(self._pending[profile])
 
-    async def sign(self, method: str, url: str, headers: Mapping[str, str], body: bytes, *,
-                   region: str, profile: str | None = None,
-                   service: str = SERVICE) -> dict[str, str]:
-        """`headers` plus the SigV4 headers (`Authorization`, `X-Amz-Date`, and
-        `X-Amz-Security-Token` for temporary credentials). Every header given is signed,
-        so nothing may change them (or the URL or body) before they are sent."""
-        frozen = await self._frozen(profile)
-        request = AWSRequest(method=method, url=url, data=body, headers=dict(headers))
-        signer = SigV4Auth(frozen, service, region)
-        if len(body) > THREAD_SIGNING_BYTES:
-            await asyncio.to_thread(signer.add_auth, request)
-        else:
-            signer.add_auth(request)
-        return dict(request.headers.items())
+    def sign(self, method: str, url: str, headers: dict[str, str], body: bytes, *,
+             region: str, profile: str | None = None, service: str = SERVICE) -> None:
+        """Add the SigV4 headers (`Authorization`, `X-Amz-Date`, and `X-Amz-Security-Token`
+        for temporary credentials) to `headers` in place. Every header given is signed, so
+        nothing may change them, the URL or the body afterwards. Raises
+        `AwsCredentialsMissing` when there are no usable credentials (yet)."""
+        frozen = self._frozen_now(profile)
+        request = AWSRequest(method=method, url=url, data=body, headers=headers)
+        SigV4Auth(frozen, service, region).add_auth(request)
+        headers.clear()
+        headers.update(request.headers.items())
 
-    async def _frozen(self, profile: str | None) -> ReadOnlyCredentials:
-        credentials = await self._credentials_for(profile)
-        try:
-            if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
-                frozen = await asyncio.to_thread(credentials.get_frozen_credentials)
-            else:
-                frozen = credentials.get_frozen_credentials()
-        except BotoCoreError as exc:
-            raise AwsCredentialsMissing(
-                f"AWS credentials of {_name(profile)} could not be refreshed "
-                f"({type(exc).__name__})") from exc
+    def _frozen_now(self, profile: str | None) -> ReadOnlyCredentials:
+        """The credentials to sign with now, without blocking: a refresh botocore wants is
+        started in a thread and, meanwhile, the current (still valid) ones are used."""
+        credentials = self._credentials.get(profile)
+        if credentials is None:
+            self._start(profile)  # a profile a reload added: resolved for the next request
+            raise AwsCredentialsMissing(_missing(profile))
+        if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
+            frozen = self._frozen.get(profile)
+            self._start(profile, credentials)
+            if frozen is None or credentials.refresh_needed(0):  # expired: nothing valid
+                raise AwsCredentialsMissing(
+                    f"AWS credentials of {_name(profile)} expired and are being refreshed")
+            return frozen
+        frozen = credentials.get_frozen_credentials()  # no refresh due: no I/O
         if not frozen.access_key or not frozen.secret_key:
             raise AwsCredentialsMissing(f"AWS credentials of {_name(profile)} are empty")
+        self._frozen[profile] = frozen
         return frozen
 
-    async def _credentials_for(self, profile: str | None) -> Credentials:
-        credentials = self._credentials.get(profile)
-        if credentials is not None:
-            return credentials
-        lock = self._locks.setdefault(profile, asyncio.Lock())
-        async with lock:  # one resolution at a time per profile, however many requests wait
-            credentials = self._credentials.get(profile)
-            if credentials is not None:
-                return credentials
-            if time.monotonic() < self._missing_until.get(profile, 0.0):
-                raise AwsCredentialsMissing(_missing(profile))
-            try:
-                credentials = await asyncio.to_thread(_resolve, profile)
-            except BotoCoreError as exc:
-                log.error("AWS credentials of %s could not be resolved: %s",
-                          _name(profile), type(exc).__name__)
-                credentials = None
-            if credentials is None:
-                self._missing_until[profile] = time.monotonic() + RETRY_MISSING_S
-                raise AwsCredentialsMissing(_missing(profile))
+    def _start(self, profile: str | None, credentials: Credentials | None = None) -> None:
+        """Resolve (or refresh) in a worker thread, once at a time per profile."""
+        pending = self._pending.get(profile)
+        if pending is not None and not pending.done():
+            return
+        if credentials is None and time.monotonic() < self._missing_until.get(profile, 0.0):
+            return
+        loop = asyncio.get_running_loop()
+        if credentials is None:
+            future = loop.run_in_executor(None, _resolve, profile)
+        else:
+            future = loop.run_in_executor(None, credentials.get_frozen_credentials)
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending[profile] = done
+        future.add_done_callback(lambda f: self._settled(profile, credentials, f, done))
+
+    def _settled(self, profile: str | None, refreshed: Credentials | None,
+                 future: asyncio.Future[Any], done: asyncio.Future[None]) -> None:
+        try:
+            result = future.result()
+        except BotoCoreError as exc:
+            log.error("AWS credentials of %s could not be %s: %s", _name(profile),
+                      "refreshed" if refreshed is not None else "resolved", type(exc).__name__)
+            result = None
+        if refreshed is not None:
+            if isinstance(result, ReadOnlyCredentials):
+                self._frozen[profile] = result
+        elif result is None:
+            self._missing_until[profile] = time.monotonic() + RETRY_MISSING_S
+            log.error("%s", _missing(profile))
+        else:
+            credentials, frozen = result
             self._credentials[profile] = credentials
+            self._frozen[profile] = frozen
             log.info("AWS credentials of %s resolved (%s)", _name(profile),
                      getattr(credentials, "method", "unknown source"))
-            return credentials
+        if not done.done():
+            done.set_result(None)
 
 
 def _name(profile: str | None) -> str:
