@@ -63,6 +63,7 @@ async def test_daily_rows_follow_inserts_updates_deletes_rebuilds(pool: asyncpg.
     (datetime(2026, 5, 1, tzinfo=UTC), datetime(2026, 6, 1, tzinfo=UTC) - timedelta(
         microseconds=1)),  # a calendar month: whole days only
     (datetime(2026, 4, 9, 7, 13, 5, tzinfo=UTC), NOW),  # partial days and hours at both ends
+    (datetime(2026, 3, 31, 23, 30, tzinfo=UTC), NOW),  # a whole month, days, hours, raw
     (NOW - timedelta(hours=5), NOW),  # inside one day
     (datetime(2026, 5, 20, tzinfo=UTC), datetime(2026, 5, 31, tzinfo=UTC)),  # until in future
 ])

@@ -188,8 +188,9 @@ def run_portal_bench(options: PortalBenchOptions, command: str) -> PortalBenchRe
     report = PortalBenchReport(command=command, machine=procs.machine_info())
     with _workdir(options.workdir) as workdir:
         try:
-            server = options.reuse_database or options.database_url
-            with infrastructure(server, options.redis_url, workdir / "data",
+            # A reused database lives on --database-url's server, or the embedded one of
+            # --workdir (started here again).
+            with infrastructure(options.database_url, options.redis_url, workdir / "data",
                                 announce=progress) as infra:
                 asyncio.run(_run(options, report, infra.database_url, infra.redis_url,
                                  workdir))
