@@ -12,12 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import redis.asyncio as redis
 from aiohttp import web
-from redis import __version__ as redis_version
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.driver_info import DriverInfo
 
 from gateway import keys
 from gateway.admin_routes import add_admin_routes
@@ -48,6 +43,7 @@ from storage.accounts import AccountStore
 from storage.partitions import maintain_partitions
 from storage.postgres import create_pool, migrate
 from storage.quota_store import QuotaStore
+from storage.redis_connect import connect as connect_redis
 from storage.usage_writer import UsageWriter
 
 _MB = 1024 * 1024
@@ -142,22 +138,11 @@ def create_app(
             pool.terminate()
 
     async def quotas(app: web.Application) -> AsyncIterator[None]:
-        # A blocking pool: under a burst a request waits for a free connection instead of
-        # failing (a full pool must never look like an outage and admit without quota).
-        # Short timeouts: quotas.on_redis_error decides what a down Redis means, not a long
-        # retry; retrying is safe (a retried admit reserves once, settle is idempotent).
-        pool = redis.BlockingConnectionPool.from_url(
-            redis_url,
-            max_connections=settings.quotas.redis_max_connections,
-            timeout=None,
-            socket_timeout=0.5,
-            socket_connect_timeout=0.5,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2),
-            # Given, so a new connection does not look its version up on disk (importlib
-            # metadata: milliseconds of file I/O in the event loop).
-            driver_info=DriverInfo(lib_version=redis_version),
-        )
-        client = redis.Redis(connection_pool=pool)
+        # One node, a Cluster or Sentinel, by the URL's scheme (storage.redis_connect): a
+        # blocking pool on one node (a full pool must never look like an outage), short
+        # timeouts (quotas.on_redis_error decides what a down Redis means, not a long retry;
+        # retrying is safe: a retried admit reserves once, settle is idempotent).
+        client = connect_redis(redis_url, max_connections=settings.quotas.redis_max_connections)
         store = QuotaStore(client, window_ms=quota_window_ms)
         # Alerts hear of every settle and monthly refusal from the policy.
         app[keys.alerts] = alerts = AlertNotifier(store, app[keys.http], settings.alerts)

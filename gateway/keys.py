@@ -8,6 +8,7 @@ import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.alerts import AlertNotifier
 from gateway.auth import Authenticator
@@ -29,7 +30,8 @@ pool = web.AppKey("pool", asyncpg.Pool)
 accounts = web.AppKey("accounts", AccountStore)
 authenticator = web.AppKey("authenticator", Authenticator)
 quotas = web.AppKey("quotas", QuotaPolicy)
-redis_client = web.AppKey("redis_client", aioredis.Redis)  # the quota store's client
+# The quota store's client: one node (or Sentinel's primary), or a Cluster.
+redis_client = web.AppKey[aioredis.Redis | RedisCluster]("redis_client")
 tokens = web.AppKey("tokens", TokenCounter)
 writer = web.AppKey("writer", UsageWriter)
 recorder = web.AppKey("recorder", Recorder)

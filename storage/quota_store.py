@@ -3,8 +3,10 @@
 `QuotaStore` knows the keys (`storage.quota_keys`), the scripts (`storage/lua/*.lua`, each
 loaded once by its SHA1, `quota_lib.lua` prepended to each) and their replies, which it turns
 into frozen dataclasses straight away. Script calls go through `storage.script_batcher`:
-concurrent admits and settles share one pipelined round trip. It knows nothing of tiers, HTTP or
-Decimal money: limits and amounts arrive as integers (tokens, micro-dollars).
+concurrent admits and settles share one pipelined round trip (on a Redis Cluster,
+`storage.cluster_batcher`: one round trip per primary, redirects and failovers followed).
+It knows nothing of tiers, HTTP or Decimal money: limits and amounts arrive as integers
+(tokens, micro-dollars).
 
 What the scripts guarantee, because each runs atomically on the one Redis that holds all of a
 customer's keys (one Cluster slot through the hash tag):
@@ -39,7 +41,9 @@ from typing import Any, Literal
 
 import redis.exceptions
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
+from storage.cluster_batcher import ClusterScriptBatcher
 from storage.quota_keys import customer_keys
 from storage.script_batcher import (
     LuaScript,
@@ -220,12 +224,16 @@ class QuotaStore:
     short one instead of waiting a minute.
     """
 
-    def __init__(self, client: Redis, *, window_ms: int = PRODUCTION_WINDOW_MS) -> None:
+    def __init__(self, client: Redis | RedisCluster, *,
+                 window_ms: int = PRODUCTION_WINDOW_MS) -> None:
         if window_ms < 1:
             raise ValueError(f"window_ms must be positive, got {window_ms}")
         self.window_ms = window_ms
         self._redis = client
-        self._scripts = ScriptBatcher(client)
+        # On a Cluster, each call goes to its customer's slot's primary, pipelined per node.
+        self._scripts: ScriptBatcher | ClusterScriptBatcher = (
+            ClusterScriptBatcher(client) if isinstance(client, RedisCluster)
+            else ScriptBatcher(client))
         self._admit = _script("admit.lua")
         self._settle = _script("settle.lua")
         self._status = _script("status.lua")
