@@ -29,7 +29,7 @@ from gateway.metrics import LiveValues, Metrics
 from gateway.middleware import error_middleware
 from gateway.operator_routes import add_operator_routes
 from gateway.probes import add_probe_routes
-from gateway.providers.registry import FORWARDED, TEMPLATED, aiohttp_path
+from gateway.providers.registry import FORWARDED, TEMPLATED, aiohttp_path, warm_up
 from gateway.proxy import make_handler
 from gateway.quotas import QuotaPolicy
 from gateway.reload import ConfigWatcher
@@ -177,6 +177,10 @@ def create_app(
         await asyncio.to_thread(app[keys.tokens].warm)
         yield
 
+    async def provider_credentials(app: web.Application) -> AsyncIterator[None]:
+        await warm_up(settings.providers)  # e.g. Bedrock's AWS credentials, off the loop
+        yield
+
     async def config_watcher(app: web.Application) -> AsyncIterator[None]:
         if not (watch_config and settings.source_path):
             yield
@@ -197,7 +201,8 @@ def create_app(
         alerts = app[keys.alerts]
         await alerts.drain(drain.exit_budget_s(default_s=alerts.settings.timeout_s))
 
-    app.cleanup_ctx.extend([http_session, postgres, quotas, tokenizer, config_watcher, inflight])
+    app.cleanup_ctx.extend([http_session, postgres, quotas, tokenizer, provider_credentials,
+                            config_watcher, inflight])
 
     for path, (api, endpoint) in FORWARDED.items():  # the fast front serves the same table
         app.router.add_route(endpoint.method, path, make_handler(api, endpoint))

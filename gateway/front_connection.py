@@ -18,7 +18,7 @@ from gateway import keys
 from gateway.cors import origin_refused, preflight_headers, response_headers
 from gateway.errors import GatewayError, RequestTimeoutError
 from gateway.front_reply import FrontReply
-from gateway.middleware import error_body, error_headers, is_refusal
+from gateway.middleware import error_body, error_headers, error_status, is_refusal
 from gateway.providers.base import NO_CALL_DETAILS, Call, Endpoint
 from gateway.proxy import forward, prepare
 
@@ -298,7 +298,7 @@ class FrontProtocol(asyncio.Protocol):
             return
         headers = {"Content-Type": "application/json", **error_headers(path, exc),
                    "x-request-id": str(request_id)}
-        reply.write_whole(exc.status, headers, error_body(path, exc))
+        reply.write_whole(error_status(path, exc), headers, error_body(path, exc))
 
     def _done(self) -> None:
         """The response is written: next request, or close."""

@@ -52,9 +52,14 @@ def error_headers(path: str, error: GatewayError) -> dict[str, str]:
     return {**error.headers(), **extra} if extra else error.headers()
 
 
+def error_status(path: str, error: GatewayError) -> int:
+    """The status `error` is answered with on `path` (its API may say it another way)."""
+    return api_for_path(path).error_status(error.status, error.error_type, error.code)
+
+
 def render_error(request: web.Request, error: GatewayError) -> web.Response:
     return web.Response(
-        status=error.status,
+        status=error_status(request.path, error),
         body=error_body(request.path, error),
         content_type="application/json",
         headers=error_headers(request.path, error),

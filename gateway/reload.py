@@ -25,6 +25,7 @@ from gateway.alerts import AlertNotifier
 from gateway.config import ConfigError, Settings, parse_settings
 from gateway.metrics import Metrics
 from gateway.provider_keys import warn_missing_keys
+from gateway.providers.registry import warm_up
 from gateway.quotas import QuotaPolicy
 from gateway.restart_keys import restart_required
 from gateway.runtime import Runtime
@@ -47,6 +48,7 @@ class ConfigWatcher:
         self._refused_hash: str | None = None  # the same bad bytes are refused (counted) once
         self._boot = runtime.current.settings  # what the restart-only keys still run with
         self.restart_required: list[str] = []  # keys changed on disk that wait for a restart
+        self._warming: asyncio.Future[None] | None = None  # warm_up after the last reload
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -103,6 +105,8 @@ class ConfigWatcher:
         log.info("config reloaded", extra={"fields": {"hash": settings.source_hash}})
         self._note_restart_only(settings)
         warn_missing_keys(settings)  # a reload may name another provider or key variable
+        # A provider the reload added may sign with credentials not fetched yet (Bedrock).
+        self._warming = asyncio.ensure_future(warm_up(settings.providers))
         return True
 
     def _running_file_back(self) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import ssl
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +89,9 @@ class Gateway:
 
 def gateway_config(mock_url: str, *, tiers: dict[str, Any] | None = None,
                    pricing: dict[str, Any] | None = None,
-                   extra: dict[str, Any] | None = None) -> bytes:
+                   extra: dict[str, Any] | None = None,
+                   providers: dict[str, Any] | None = None) -> bytes:
+    """`providers`: entries added beside the OpenAI and Anthropic ones."""
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, "disconnect_drain_s": 5},
         "storage": {"writer_flush_interval_s": 0.05,
@@ -99,6 +101,7 @@ def gateway_config(mock_url: str, *, tiers: dict[str, Any] | None = None,
                        "api_key_env": "TB_TEST_OPENAI_KEY"},
             "anthropic": {"kind": "anthropic", "base_url": mock_url,
                           "api_key_env": "TB_TEST_ANTHROPIC_KEY"},
+            **(providers or {}),
         },
         "models": [
             {"match": "gpt-*", "provider": "openai"},
@@ -109,6 +112,10 @@ def gateway_config(mock_url: str, *, tiers: dict[str, Any] | None = None,
                                "unknown_model": "reject"},
     }
     config.update(extra or {})
+    for provider in config["providers"].values():  # "{mock_url}": where the mock listens
+        for field in ("base_url", "endpoint_url"):
+            if isinstance(provider.get(field), str):
+                provider[field] = provider[field].replace("{mock_url}", mock_url)
     return yaml.safe_dump(config).encode()
 
 
@@ -126,15 +133,18 @@ async def running_gateway(
     quota_window_ms: int = 60_000,
     config_path: Path | None = None,
     tls: ssl.SSLContext | None = None,
+    providers: Callable[[str], dict[str, Any]] | None = None,
 ) -> AsyncIterator[Gateway]:
     """With `config_path`, the config is written there and watched for reloads. With `tls`,
-    the gateway serves HTTPS on that context (as `serve` does with `server.tls_*`)."""
+    the gateway serves HTTPS on that context (as `serve` does with `server.tls_*`).
+    `providers(mock_url)` gives provider entries to add (a `kind: bedrock` one, say)."""
     monkeypatch.setenv("TB_TEST_OPENAI_KEY", PROVIDER_KEY)
     monkeypatch.setenv("TB_TEST_ANTHROPIC_KEY", ANTHROPIC_PROVIDER_KEY)
     mock = TestServer(create_mock_app(mock_options or MockOptions()), host="127.0.0.1")
     await mock.start_server()
     mock_url = str(mock.make_url("")).rstrip("/")
-    raw = gateway_config(mock_url, tiers=tiers, pricing=pricing, extra=extra_config)
+    raw = gateway_config(mock_url, tiers=tiers, pricing=pricing, extra=extra_config,
+                         providers=providers(mock_url) if providers is not None else None)
     if config_path is not None:
         await asyncio.to_thread(config_path.write_bytes, raw)
     settings = parse_settings(raw, str(config_path or "test.yaml"))

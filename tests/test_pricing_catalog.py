@@ -25,6 +25,10 @@ REQUIRED_MODELS = {
         "claude-sonnet-4", "claude-3-7-sonnet", "claude-haiku-4-5", "claude-3-5-haiku",
         "claude-3-haiku",
     ],
+    "google": [
+        "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.0-flash",
+        "gemini-embedding-001", "text-embedding-004",
+    ],
 }
 
 
@@ -47,7 +51,7 @@ def _minimal() -> dict[str, Any]:
 
 def test_default_catalog_has_a_version_and_every_required_model() -> None:
     catalog = Catalog.load_default()
-    assert catalog.version == "2026-11-22"
+    assert catalog.version == "2026-12-04"
     for provider, names in REQUIRED_MODELS.items():
         for name in names:
             price = catalog.lookup(name)

@@ -63,9 +63,9 @@ def test_endpoints_map_gateway_routes_to_upstream_paths() -> None:
 def test_registry_finds_adapters_by_kind_and_by_route() -> None:
     assert isinstance(api_for_kind("openai"), OpenAIApi)
     assert api_for_kind("anthropic").kind == "anthropic"
-    assert [a.kind for a in ALL_APIS] == ["openai", "anthropic"]
+    assert [a.kind for a in ALL_APIS][:2] == ["openai", "anthropic"]
     with pytest.raises(KeyError, match="openai, anthropic"):
-        api_for_kind("gemini")
+        api_for_kind("no-such-kind")
     found = route("POST", "/v1/chat/completions")
     assert found is not None and found[1] is CHAT
     anthropic = route("POST", "/v1/messages/count_tokens")

@@ -3,7 +3,9 @@
 Routes: OpenAI under /v1 (chat/completions, completions, embeddings, responses; an OpenAI
 SDK uses `base_url=http://HOST:PORT/v1`), Anthropic at /v1/messages and
 /v1/messages/count_tokens (an Anthropic SDK uses `base_url=http://HOST:PORT`), Bedrock's
-/model/{modelId}/converse and /converse-stream (SigV4-signed, see `bedrock_api.py`), and
+/model/{modelId}/converse and /converse-stream (SigV4-signed, see `bedrock_api.py`), Azure
+OpenAI's /openai/deployments/... and /openai/v1/... (`azure_api.py`), Gemini's
+/v1beta/models/{model}:generateContent and the rest, also under /v1 (`gemini_api.py`), and
 GET /v1/models in the shape of whichever API asked (Anthropic's when `anthropic-version` is
 sent). Every request to those routes, and to unknown paths, is recorded in
 `app[MOCK_REQUESTS]` before anything else happens, so a test can see what arrived even when
@@ -21,8 +23,10 @@ import random
 from aiohttp import web
 
 from gateway.mock_provider.anthropic_api import AnthropicDialect, add_anthropic_routes
+from gateway.mock_provider.azure_api import add_azure_routes
 from gateway.mock_provider.bedrock_api import add_bedrock_routes
 from gateway.mock_provider.endpoint import Handler
+from gateway.mock_provider.gemini_api import add_gemini_routes
 from gateway.mock_provider.openai_api import add_openai_routes
 from gateway.mock_provider.openai_dialect import OpenAIDialect
 from gateway.mock_provider.state import (
@@ -47,6 +51,8 @@ def create_mock_app(options: MockOptions | None = None) -> web.Application:
     openai_models = add_openai_routes(app)
     anthropic_models = add_anthropic_routes(app)
     add_bedrock_routes(app)
+    add_azure_routes(app)
+    add_gemini_routes(app)
 
     async def list_models(request: web.Request) -> web.StreamResponse:
         if "anthropic-version" in request.headers:

@@ -76,6 +76,8 @@ class Call:
     controls: Controls
     options: MockOptions
     request_id: str
+    # Sent before a stream's events, untouched by faults (Azure's content-filter chunk).
+    stream_preamble: bytes = b""
 
     @property
     def token_delay_s(self) -> float:

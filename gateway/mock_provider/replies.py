@@ -43,7 +43,7 @@ class EventStream:
     content_type: str = SSE_HEADERS["Content-Type"]
 
 
-async def send_json(call: Call, payload: dict[str, Any]) -> web.StreamResponse:
+async def send_json(call: Call, payload: dict[str, Any] | list[Any]) -> web.StreamResponse:
     mode = call.controls.mode
     if mode == "reset":
         return _close_connection(call.request)
@@ -61,6 +61,8 @@ async def send_json(call: Call, payload: dict[str, Any]) -> web.StreamResponse:
 
 async def send_stream(call: Call, stream: EventStream) -> web.StreamResponse:
     events = _faulty(call, stream)
+    if call.stream_preamble:
+        events = [call.stream_preamble, *events]
     response = web.StreamResponse(
         headers={**call.dialect.response_headers(call.request_id), **SSE_HEADERS,
                  "Content-Type": stream.content_type}

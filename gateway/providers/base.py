@@ -17,7 +17,8 @@ What an adapter decides, hook by hook (in the order a request meets them):
   the API key in, or a query parameter).
 - `catalog_model(provider, requested)`: the catalog model a requested model (or deployment)
   is priced as under this provider entry; None refuses the request (400) before it is sent.
-- `is_streaming`, `prepare_body`, `prompt_text`, `max_output_tokens`: read and adjust the body.
+- `is_streaming`, `prepare_body` (unless `may_ask_usage` says the upstream would refuse
+  what it adds), `prompt_text`, `max_output_tokens`: read and adjust the body.
 - `upstream_url(endpoint, provider, call)`: the provider URL (path parameters filled in, the
   query the provider needs, never the client's key).
 - `upstream_headers(client_headers, api_key)`: the client's key out, the provider's in.
@@ -170,6 +171,12 @@ class ProviderApi(Protocol):
         recorded as under `provider`; None refuses the request with a 400."""
         ...
 
+    def may_ask_usage(self, endpoint: Endpoint, provider: ProviderConfig, call: Call) -> bool:
+        """False when this request's upstream would refuse the usage request `prepare_body`
+        adds (an Azure api-version older than streamed usage): `prepare_body` is then not
+        called, and a stream without usage is metered by estimate."""
+        ...
+
     def upstream_url(self, endpoint: Endpoint, provider: ProviderConfig, call: Call) -> str:
         """The provider URL of this request: `provider`'s base URL and the endpoint's
         `upstream_path` with `call.params` filled in, plus the query the provider needs (a
@@ -221,4 +228,16 @@ class ProviderApi(Protocol):
     def error_headers(self, status: int, error_type: str, code: str | None) -> dict[str, str]:
         """Headers this API's errors carry besides the error's own (AWS `x-amzn-ErrorType`);
         usually none."""
+        ...
+
+    def error_status(self, status: int, error_type: str, code: str | None) -> int:
+        """The status a gateway error is answered with on this API's routes: `status`, unless
+        the API's SDK reads another one as meaning the same (Bedrock: a bad key is a 403, an
+        exhausted monthly quota a 400 that botocore does not retry)."""
+        ...
+
+    async def warm_up(self, providers: Mapping[str, ProviderConfig]) -> None:
+        """At start and after a reload, with the configured providers: fetch off the request
+        path what signing will need (Bedrock: the AWS credential chain, in a thread). Never
+        raises: what is missing is logged and the requests that need it answer 503."""
         ...

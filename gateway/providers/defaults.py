@@ -60,6 +60,9 @@ class DefaultHooks:
     def catalog_model(self, provider: ProviderConfig, requested: str) -> str | None:
         return requested
 
+    def may_ask_usage(self, endpoint: Endpoint, provider: ProviderConfig, call: Call) -> bool:
+        return True
+
     def upstream_url(self, endpoint: Endpoint, provider: ProviderConfig, call: Call) -> str:
         return provider.base_url.rstrip("/") + fill_path(endpoint.upstream_path, call.params)
 
@@ -72,3 +75,9 @@ class DefaultHooks:
 
     def error_headers(self, status: int, error_type: str, code: str | None) -> dict[str, str]:
         return {}
+
+    def error_status(self, status: int, error_type: str, code: str | None) -> int:
+        return status
+
+    async def warm_up(self, providers: Mapping[str, ProviderConfig]) -> None:
+        return None

@@ -115,11 +115,14 @@ class ChatStreamMeter:
             if chunk is not None and usage is not None:
                 return self._take_usage(chunk, usage)
         if not self._first_seen:
-            # The first chunk names the completion; later chunks repeat the same id.
-            self._first_seen = True
+            # The first chunk names the completion; later chunks repeat the same id. Azure
+            # opens with a content-filter chunk (`choices: []`, an empty id): then the next.
             chunk = load_object(data)
-            if chunk is not None:
+            if chunk is None:
+                self._first_seen = True
+            else:
                 self._upstream_id = text_id(chunk.get("id"))
+                self._first_seen = self._upstream_id is not None or bool(chunk.get("choices"))
                 self._text.add_parsed(chunk)
                 return True
         self._text.add(data)

@@ -18,17 +18,28 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
 from gateway.providers.anthropic import AnthropicApi
 from gateway.providers.base import NO_CALL_DETAILS, Call, Endpoint, ProviderApi
+from gateway.providers.bedrock import BedrockApi
 from gateway.providers.openai import OpenAIApi
 
-ALL_APIS: tuple[ProviderApi, ...] = (OpenAIApi(), AnthropicApi())
+ALL_APIS: tuple[ProviderApi, ...] = (OpenAIApi(), AnthropicApi(), BedrockApi())
 KINDS: tuple[str, ...] = tuple(api.kind for api in ALL_APIS)
+
+if TYPE_CHECKING:
+    from gateway.config import ProviderConfig
 
 Route = tuple[ProviderApi, Endpoint]
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+async def warm_up(providers: Mapping[str, ProviderConfig]) -> None:
+    """Let every adapter fetch what it signs with (`ProviderApi.warm_up`); never raises."""
+    for api in ALL_APIS:
+        await api.warm_up(providers)
 
 
 def api_for_kind(kind: str) -> ProviderApi:
