@@ -234,7 +234,9 @@ async def prepare(
         )
 
     streaming = api.is_streaming(endpoint, body)
-    strip_usage = api.prepare_body(endpoint, body) if endpoint.metered else False
+    strip_usage = (api.prepare_body(endpoint, body)
+                   if endpoint.metered and api.may_ask_usage(endpoint, provider, call)
+                   else False)
     try:
         payload = orjson.dumps(body) if strip_usage else raw
     except orjson.JSONEncodeError:

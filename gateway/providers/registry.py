@@ -22,11 +22,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
 from gateway.providers.anthropic import AnthropicApi
+from gateway.providers.azure_openai import AzureOpenAIApi
 from gateway.providers.base import NO_CALL_DETAILS, Call, Endpoint, ProviderApi
 from gateway.providers.bedrock import BedrockApi
+from gateway.providers.gemini import GeminiApi
 from gateway.providers.openai import OpenAIApi
 
-ALL_APIS: tuple[ProviderApi, ...] = (OpenAIApi(), AnthropicApi(), BedrockApi())
+ALL_APIS: tuple[ProviderApi, ...] = (OpenAIApi(), AnthropicApi(), AzureOpenAIApi(), GeminiApi(),
+                                      BedrockApi())
 KINDS: tuple[str, ...] = tuple(api.kind for api in ALL_APIS)
 
 if TYPE_CHECKING:
