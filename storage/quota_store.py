@@ -25,6 +25,8 @@ Failure: a full local connection pool (`MaxConnectionsError`) is `QuotaStoreBusy
 that is refused, never mistaken for an outage. Redis unreachable or timing out (redis-py
 `ConnectionError` / `TimeoutError`, raised after the batcher's or the client's own retries)
 is translated here, once, into `QuotaStoreUnavailable`; the caller decides what that means.
+So is a script refused before it ran by a primary that may not write (NOREPLICAS under
+`min-replicas-to-write` while a failover takes its replica, MASTERDOWN).
 Any other Redis error (a refused script, out of memory)
 propagates unchanged: it is a bug or an operator problem, not an outage to paper over.
 A retried admit cannot reserve twice: a request id that already holds a reservation is
@@ -80,7 +82,12 @@ def _script(name: str) -> LuaScript:
     return LuaScript(lua_source("quota_lib.lua") + "\n" + lua_source(name))
 
 
-_OUTAGE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# A script refused, before it ran, by a primary that may not write now: its replicas are gone
+# (`min-replicas-to-write`, e.g. while Sentinel promotes one) or its primary is (MASTERDOWN).
+_NO_WRITABLE_PRIMARY = ("NOREPLICAS", "MASTERDOWN")
+
+_OUTAGE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+           redis.exceptions.ResponseError)  # translate() lets most ResponseErrors through
 
 
 def translate(exc: BaseException) -> BaseException:
@@ -89,6 +96,9 @@ def translate(exc: BaseException) -> BaseException:
         return QuotaStoreBusy("no free quota store connection in this process")
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
         return QuotaStoreUnavailable(f"quota store unreachable: {exc}")
+    if isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(
+            _NO_WRITABLE_PRIMARY):
+        return QuotaStoreUnavailable(f"quota store has no writable primary: {exc}")
     return exc
 
 
@@ -247,7 +257,10 @@ class QuotaStore:
         try:
             return await self._scripts.call_packed(script, packed)
         except _OUTAGE as exc:
-            raise translate(exc) from exc
+            error = translate(exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     async def admit(
         self,
@@ -283,7 +296,10 @@ class QuotaStore:
         try:
             return SettleReply.from_reply(await future)
         except _OUTAGE as exc:
-            raise translate(exc) from exc
+            error = translate(exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     def settle_soon(
         self, *, customer_id: str, request_id: str, tokens: int, spend_micros: int,
@@ -316,10 +332,16 @@ class QuotaStore:
         try:
             return bool(await self._redis.set(key, "1", nx=True, ex=_ALERT_TTL_S))
         except _OUTAGE as exc:
-            raise translate(exc) from exc
+            error = translate(exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     async def ping(self) -> None:
         try:
             await self._redis.ping()
         except _OUTAGE as exc:
-            raise translate(exc) from exc
+            error = translate(exc)
+            if error is exc:
+                raise
+            raise error from exc

@@ -21,9 +21,10 @@ reached with the same credentials.
 - Cluster: a `RedisCluster` (redis-py follows MOVED and ASK and refreshes its slot map);
   the quota scripts go through `storage.cluster_batcher`, pipelined per primary;
 - Sentinel: a client whose pool asks the sentinels for the current primary on every new
-  connection; a connection still on a demoted primary turns its READONLY reply into a
-  `ConnectionError` (redis-py's `SentinelManagedConnection`), so the script batcher drops it
-  and sends again on a connection to the new primary.
+  connection; a connection still on a demoted primary turns its READONLY reply (or, under
+  `min-replicas-to-write`, a NOREPLICAS one from a primary whose replica was promoted) into
+  a `ConnectionError`, so the script batcher drops it and sends again on a connection to
+  the new primary.
 Short timeouts everywhere: `quotas.on_redis_error` decides what an outage means, not a long
 retry. An unusable URL raises `ValueError` naming what is wrong.
 """
@@ -38,7 +39,11 @@ import redis.asyncio as redis
 from redis import __version__ as redis_version
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.driver_info import DriverInfo
 
@@ -146,9 +151,50 @@ def connect(url: str, *, max_connections: int) -> QuotaRedis:
             driver_info=driver,
             **common,
         )
-    sentinel = Sentinel(list(target.nodes), sentinel_kwargs=dict(common), **common)
+    sentinel_kwargs = dict(common)
+    common.pop("ssl", None)  # the data nodes' TLS is the connection class's
+    sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs, **common)
     assert target.service is not None
     client: redis.Redis = sentinel.master_for(
         target.service, db=target.db, max_connections=max_connections, retry=_retry(),
-        driver_info=driver)
+        driver_info=driver,
+        connection_class=_PrimaryTLSConnection if target.tls else _PrimaryConnection)
     return client
+
+
+class _FollowsPrimary(SentinelManagedConnection):
+    """A connection to Sentinel's primary that also leaves a primary refusing writes for want
+    of replicas (NOREPLICAS, under `min-replicas-to-write`: its replica was just promoted and
+    Sentinel has not demoted it yet, which takes it some seconds): the reply becomes a
+    `ConnectionError`, so the caller reconnects, asking the sentinels again, and resends.
+    READONLY (already demoted) is handled the same way by redis-py itself. A reconnect made
+    while sending asks the sentinels too."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self.is_connected:
+            # Through connect(), which asks the sentinels: redis-py's own reconnect here
+            # would go back to the last address, the old primary.
+            await self.connect()  # type: ignore[no-untyped-call]
+        await super().send_packed_command(command, check_health)
+
+    async def read_response(self, disable_decoding: bool = False,
+                            timeout: float | None = None, *,  # noqa: ASYNC109 (redis-py's)
+                            disconnect_on_error: float | None = True,
+                            push_request: bool | None = False) -> Any:
+        try:
+            return await super().read_response(
+                disable_decoding=disable_decoding, timeout=timeout,
+                disconnect_on_error=disconnect_on_error, push_request=push_request)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("NOREPLICAS") or not self.connection_pool.is_master:
+                raise
+            await self.disconnect()
+            raise redis.ConnectionError(f"the primary refuses writes: {exc}") from exc
+
+
+class _PrimaryConnection(_FollowsPrimary):
+    pass
+
+
+class _PrimaryTLSConnection(_FollowsPrimary, SentinelManagedSSLConnection):
+    pass

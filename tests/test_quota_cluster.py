@@ -4,7 +4,9 @@ Two stores, each with its own `RedisCluster` client (two gateway processes), adm
 customers whose slots cover every primary, limit 5 requests a month each, 300 requests at
 once: every customer is admitted exactly 5. The same holds while a replica takes over its
 primary (`CLUSTER FAILOVER`), while a hot customer's slot is migrated to another primary
-(MIGRATING / IMPORTING, keys moved with MIGRATE: ASK and TRYAGAIN replies, then MOVED).
+(MIGRATING / IMPORTING, keys moved with MIGRATE: ASK and TRYAGAIN replies, then MOVED),
+and when a primary is killed (its replica promoted after the 1 s node timeout; what was
+written before is kept).
 A store call that fails during those seconds is retried with the same request id, as the
 batcher's own resend does: the scripts' idempotency is what keeps the count exact.
 """
@@ -160,6 +162,39 @@ async def test_migrating_a_hot_customers_slot_under_load_keeps_quotas_exact(
     assert {c: admitted[c] for c in unique} == dict.fromkeys(unique, 5)
     for customer in unique:
         assert (await stores[0].usage(customer)).month_requests == 5
+
+
+async def test_a_killed_primary_is_replaced_and_its_quota_state_is_kept(
+    cluster: Cluster, stores: list[QuotaStore]
+) -> None:
+    customers = customers_on_every_primary(cluster, stores[0]._redis)  # type: ignore[arg-type]
+    victim = cluster.primaries()[1]
+    replica = cluster.replica_of(victim)
+    on_victim = [c for c in customers if _owns(cluster, victim, int(
+        cli(victim, "CLUSTER", "KEYSLOT", f"{{{c}}}").strip()))]
+    assert on_victim and len(on_victim) < len(customers)
+    # Written before the failover: kept by the replica that takes over.
+    kept = on_victim[0]
+    for i in range(5):
+        reply = await stores[0].admit(customer_id=kept, request_id=f"pre-{i}", limits=LIMITS,
+                                      tokens=1, spend_micros=0, reservation_ttl_ms=60_000)
+        assert reply.admitted
+    others = [c for c in customers if c != kept]
+
+    load = asyncio.create_task(admit_all(stores, others, spread_s=3.0))
+    await asyncio.sleep(0.5)
+    killed_at = time.monotonic()
+    cluster.kill(victim)
+    admitted, resent = await load
+    await asyncio.to_thread(wait_until, lambda: cluster.role(replica) == "master", 15,
+                            "the replica's promotion")
+    assert resent > 0  # the failover seconds were felt, and bounded:
+    assert time.monotonic() - killed_at < 30
+    assert (await stores[1].usage(kept)).month_requests == 5
+    assert not (await stores[1].admit(customer_id=kept, request_id="after", limits=LIMITS,
+                                      tokens=1, spend_micros=0,
+                                      reservation_ttl_ms=60_000)).admitted
+    await assert_exact(stores, others, admitted)
 
 
 def _owns(cluster: Cluster, port: int, slot: int) -> bool:

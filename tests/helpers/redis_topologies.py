@@ -80,8 +80,9 @@ class Topology:
             conf.write_text(sentinel_conf)
             args = [SERVER, str(conf), "--sentinel", "--port", str(port)]
         else:
+            # No persistence; a replica's first sync starts at once (not after 5 s).
             args = [SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no", *extra]
+                    "--appendonly", "no", "--repl-diskless-sync-delay", "0", *extra]
         self.processes[port] = subprocess.Popen(
             [*args, "--dir", str(workdir)], cwd=workdir,
             stdout=(workdir / "log").open("wb"), stderr=subprocess.STDOUT)
@@ -142,6 +143,9 @@ def start_cluster(primaries: int = 3, replicas: int = 1) -> Cluster:
             raise RuntimeError(f"cluster create failed: {out}")
         wait_until(cluster.healthy, 30, "cluster_state:ok on every node")
         wait_until(lambda: len(cluster.primaries()) == primaries, 30, "primaries")
+        wait_until(lambda: all("master_link_status:up" in cli(p, "INFO", "replication")
+                               for p in cluster.ports if cluster.role(p) == "slave"),
+                   30, "every replica in sync")
         return cluster
     except BaseException:
         cluster.stop()
