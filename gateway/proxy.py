@@ -91,7 +91,8 @@ def response_headers(upstream: UpstreamResponse, secret: str) -> dict[str, str]:
         if lower in _DROP_RESPONSE_HEADERS or lower.startswith(_DROP_RESPONSE_PREFIXES):
             continue
         out[name] = value.replace(secret, "[redacted]") if secret and secret in value else value
-    upstream_id = upstream.headers.get("x-request-id") or upstream.headers.get("request-id")
+    upstream_id = (upstream.headers.get("x-request-id") or upstream.headers.get("request-id")
+                   or upstream.headers.get("x-amzn-requestid"))  # AWS (Bedrock)
     if upstream_id:
         out["x-upstream-request-id"] = upstream_id
     return out

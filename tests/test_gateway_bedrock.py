@@ -134,6 +134,7 @@ async def test_converse_is_metered_as_reported_with_cache_rates(
             row["output_tokens"]) == (10 + 700 + 500, 700, 500, 6)
     assert (row["cost_usd"], row["price_usd"]) == expected_money(row, cache_write_1h=200)
     assert meta(row)["requested_model"] == MODEL
+    assert row["upstream_request_id"] == answer["ResponseMetadata"]["RequestId"]
     assert meta(row)["cache_write_1h_tokens"] == 200
 
 
