@@ -54,7 +54,7 @@ async def stores(cluster: Cluster) -> AsyncIterator[list[QuotaStore]]:
 def customers_on_every_primary(cluster: Cluster, client: RedisCluster) -> list[str]:
     prefix = uuid.uuid4().hex[:6]
     names = [f"{prefix}-c{i}" for i in range(CUSTOMERS)]
-    owners = {cli(cluster.ports[0], "CLUSTER", "KEYSLOT", f"{{{n}}}").strip() for n in names}
+    owners = {cluster.slot_of(n) for n in names}
     assert len(owners) > 30  # many slots, hence every primary
     return names
 
@@ -133,9 +133,9 @@ async def test_migrating_a_hot_customers_slot_under_load_keeps_quotas_exact(
 ) -> None:
     customers = customers_on_every_primary(cluster, stores[0]._redis)  # type: ignore[arg-type]
     hot = customers[0]
-    slot = cli(cluster.ports[0], "CLUSTER", "KEYSLOT", f"{{{hot}}}").strip()
+    slot = str(cluster.slot_of(hot))
     ids = {port: cli(port, "CLUSTER", "MYID").strip() for port in cluster.primaries()}
-    source = next(p for p in ids if _owns(cluster, p, int(slot)))
+    source = next(p for p in ids if cluster.owns(p, int(slot)))
     target = next(p for p in ids if p != source)
     # The hot customer gets many more requests than the others.
     hot_customers = [hot] * 20 + customers[1:]
@@ -157,7 +157,7 @@ async def test_migrating_a_hot_customers_slot_under_load_keeps_quotas_exact(
     load = asyncio.create_task(admit_all(stores, hot_customers, spread_s=2.0))
     await migrate()
     admitted, _ = await load
-    assert _owns(cluster, target, int(slot))
+    assert cluster.owns(target, int(slot))
     unique = sorted(set(hot_customers))
     assert {c: admitted[c] for c in unique} == dict.fromkeys(unique, 5)
     for customer in unique:
@@ -170,8 +170,7 @@ async def test_a_killed_primary_is_replaced_and_its_quota_state_is_kept(
     customers = customers_on_every_primary(cluster, stores[0]._redis)  # type: ignore[arg-type]
     victim = cluster.primaries()[1]
     replica = cluster.replica_of(victim)
-    on_victim = [c for c in customers if _owns(cluster, victim, int(
-        cli(victim, "CLUSTER", "KEYSLOT", f"{{{c}}}").strip()))]
+    on_victim = [c for c in customers if cluster.owns(victim, cluster.slot_of(c))]
     assert on_victim and len(on_victim) < len(customers)
     # Written before the failover: kept by the replica that takes over.
     kept = on_victim[0]
@@ -195,18 +194,3 @@ async def test_a_killed_primary_is_replaced_and_its_quota_state_is_kept(
                                       tokens=1, spend_micros=0,
                                       reservation_ttl_ms=60_000)).admitted
     await assert_exact(stores, others, admitted)
-
-
-def _owns(cluster: Cluster, port: int, slot: int) -> bool:
-    """Whether `port` serves `slot`, as `port` itself sees the cluster (CLUSTER NODES)."""
-    for line in cli(port, "CLUSTER", "NODES").splitlines():
-        fields = line.split()
-        if len(fields) < 8 or not fields[1].startswith(f"127.0.0.1:{port}@"):
-            continue
-        for part in fields[8:]:
-            if part.startswith("["):
-                continue
-            start, _, end = part.partition("-")
-            if int(start) <= slot <= int(end or start):
-                return True
-    return False

@@ -123,6 +123,22 @@ class Cluster(Topology):
                 return port
         raise RuntimeError(f"no replica of {primary}")
 
+    def slot_of(self, customer_id: str) -> int:
+        """The slot of a customer's quota keys (its hash tag)."""
+        return int(cli(self.ports[0], "CLUSTER", "KEYSLOT", f"{{{customer_id}}}").strip())
+
+    def owns(self, port: int, slot: int) -> bool:
+        """Whether `port` serves `slot`, as `port` itself sees the cluster (CLUSTER NODES)."""
+        for line in cli(port, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if len(fields) < 8 or not fields[1].startswith(f"127.0.0.1:{port}@"):
+                continue
+            for part in fields[8:]:
+                start, _, end = part.partition("-")
+                if start.isdigit() and int(start) <= slot <= int(end or start):
+                    return True
+        return False
+
     def healthy(self) -> bool:
         return all("cluster_state:ok" in cli(p, "CLUSTER", "INFO", timeout=2)
                    for p in self.processes)
