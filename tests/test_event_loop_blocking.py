@@ -19,30 +19,39 @@ runs exactly as it would unwatched, and the test fails at the end listing every 
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from traceback import StackSummary, walk_stack
 from typing import Any
+from unittest import mock
 
 import aiohttp
 import anthropic
 import blockbuster.blockbuster as blockbuster_module
+import boto3
 import openai
 import pytest
 from anthropic.types import MessageParam
 from blockbuster import BlockBuster, BlockingError
+from botocore.config import Config
 from openai.types.chat import ChatCompletionMessageParam
 
 from gateway import keys
+from gateway.mock_provider import MockOptions
 from storage.accounts import AccountStore
 from tests.harness import Gateway, running_gateway
+from tests.helpers.tls import self_signed
 
 CHAT: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Count the stars in the sky tonight please"}]
 MESSAGES: list[MessageParam] = [{"role": "user", "content": "Name three rivers please"}]
 CLAUDE = "claude-sonnet-4-5"
+BEDROCK_MODEL = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
 FILE_WRITES = ("io.TextIOWrapper.write", "io.BufferedWriter.write")
 
 # (blockbuster's name for the call, file, functions under which the gateway may make it)
@@ -123,6 +132,7 @@ def watching_the_loop(monkeypatch: pytest.MonkeyPatch,
         buster.functions[call].can_block_in(filename, function)
     for check in buster.functions.values():
         check.can_block_in(__file__, "drive_traffic")  # the SDK clients, the test's reads
+        check.can_block_in(__file__, "drive_bedrock_traffic")
         check.can_block_in("_pytest/logging.py", "emit")  # pytest's live log, if enabled
     # pytest's log-file handler (os.devnull unless --log-file) is handed every record the
     # gateway logs; in production those go to a StreamHandler on sys.stderr instead.
@@ -226,6 +236,56 @@ async def drive_traffic(gw: Gateway, capped: str) -> None:
     rows = await gw.events(wait_for=10)
     assert len(rows) == 10
     assert [row["status_code"] for row in rows].count(500) == 1
+
+
+async def drive_bedrock_traffic(gw: Gateway, ca: str) -> None:
+    """boto3 runs in worker threads (it blocks by design); the gateway's side, SigV4 signing
+    and the event-stream relay included, runs on the watched loop."""
+
+    def make() -> Any:
+        with mock.patch.dict(os.environ, {"AWS_BEARER_TOKEN_BEDROCK": gw.key}):
+            return boto3.client("bedrock-runtime", region_name="us-east-1",
+                                endpoint_url=gw.base_url, verify=ca,
+                                config=Config(signature_version="bearer",
+                                              retries={"max_attempts": 1, "mode": "standard"}))
+
+    client = await asyncio.to_thread(make)
+    messages: Any = [{"role": "user", "content": [{"text": "Name three rivers please"}]}]
+    reply = await asyncio.to_thread(client.converse, modelId=BEDROCK_MODEL, messages=messages)
+    assert reply["usage"]["outputTokens"] > 0
+
+    def stream() -> list[Any]:
+        return list(client.converse_stream(modelId=BEDROCK_MODEL, messages=messages)["stream"])
+
+    assert "metadata" in (await asyncio.to_thread(stream))[-1]
+    rows = await gw.events(wait_for=2)
+    assert [row["usage_source"] for row in rows] == ["provider", "provider"]
+
+
+async def test_bedrock_signing_and_relay_make_no_blocking_call_in_the_event_loop(
+    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+    pytestconfig: pytest.Config, tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDLOOPTEST00000001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "loop-test-secret")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    cert = self_signed(tmp_path)
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, tls=cert.server_context(),
+        mock_options=MockOptions(aws_region="us-east-1"),
+        providers=lambda url: {"bedrock": {"kind": "bedrock", "region": "us-east-1",
+                                           "endpoint_url": url}},
+    ) as gw:
+        with watching_the_loop(monkeypatch, pytestconfig) as found:
+            try:
+                await drive_bedrock_traffic(gw, str(cert.cert_path))
+            except Exception as exc:
+                if found:
+                    exc.add_note(report(found))
+                raise
+    if found:
+        pytest.fail(report(found), pytrace=False)
 
 
 async def test_hot_paths_make_no_blocking_call_in_the_event_loop(
