@@ -1,4 +1,4 @@
-"""`tollbooth mock-provider`: serve the fake OpenAI + Anthropic provider on a port.
+"""`tollbooth mock-provider`: serve the fake provider (every API family) on a port.
 
 Prints `mock provider listening on http://HOST:PORT` once the socket is bound (with the real
 port when `--port 0` asked for any free one), then serves until SIGINT or SIGTERM and exits
@@ -24,8 +24,9 @@ from gateway.mock_provider import MockOptions, create_mock_app
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "mock-provider",
-        help="serve a fake OpenAI + Anthropic API (tests and benchmarks)",
-        description="Serve a fake OpenAI + Anthropic API with deterministic token counts "
+        help="serve a fake provider API: OpenAI, Anthropic, Azure, Gemini, Bedrock (tests)",
+        description="Serve a fake OpenAI, Anthropic, Azure OpenAI, Gemini and Bedrock API "
+        "with deterministic token counts "
         "and x-mock-* fault-injection headers.",
     )
     add_config_option(parser)
