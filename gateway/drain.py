@@ -46,7 +46,7 @@ log = logging.getLogger("tollbooth.drain")
 INTERRUPTED = "drain_timeout"  # metadata.interrupted of an exchange the drain cut
 EXIT_MARGIN_S = 5.0  # the process exits within drain_timeout_s + this
 CUT_SETTLE_S = 2.0  # how long cut exchanges get to record and answer after the cut
-_EXIT_RESERVE_S = 1.0  # of the exit margin, kept for closing pools and the exit itself
+_EXIT_RESERVE_S = 3.0  # of the exit margin: closing pools, the interpreter's own exit (~1 s)
 CUT_MESSAGE = ("The gateway is restarting and could not finish this request in time; "
                "retry it.")
 

@@ -11,6 +11,7 @@ in Postgres at exit are there because the drain wrote them. The mock provider pa
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.helpers.pg_link import PostgresLink
 from tests.helpers.serve_process import Serve, mock_provider, serve_env
 
 PROMPT = [{"role": "user", "content": "tell me a long story"}]
@@ -289,3 +291,51 @@ async def test_two_workers_drain_and_the_supervisor_exits_0(
     assert all(b"data: [DONE]" in s.body for s in states)
     assert sorted(e["id"] for e in events) == sorted(s.request_id for s in states)
     assert gw.journal_files() == [], gw.output
+
+
+async def test_postgres_down_at_the_drain_leaves_the_events_in_the_journal_and_says_so(
+    tmp_path: Path, fresh_database_url: str, redis_url: str, mock: str,
+) -> None:
+    link = PostgresLink(fresh_database_url)
+    await link.start()
+    gw = await gateway(tmp_path, link.url, redis_url, mock, "drp",
+                       {"drain_grace_s": 0.5, "drain_timeout_s": 6})
+    assert gw.proc is not None
+    states = [Streamed(anthropic=False) for _ in range(4)]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        done = [await chat(gw) for _ in range(3)]
+        streams = [asyncio.create_task(stream(session, gw, s, tokens=40, delay_ms=40))
+                   for s in states]
+        await all_producing(states, 4)
+        await link.cut()
+        signalled = time.monotonic()
+        gw.proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*streams)
+    code = await asyncio.to_thread(gw.proc.wait, 30)
+    exited_after = time.monotonic() - signalled
+    output = gw.output
+    served = [rid for _, rid in done] + [s.request_id for s in states]
+    left = re.search(r"Postgres did not take (\d+) events", output)
+    print(f"\nPostgres down: exit {code} after {exited_after:.1f} s; "
+          f"{left.group(0) if left else 'nothing said'}; "
+          f"journal files: {len(gw.journal_files())}")
+    assert code == 0, output
+    assert exited_after < 6 + 5, output
+    assert all(b"data: [DONE]" in s.body for s in states)
+    assert left is not None and int(left.group(1)) == len(served), output
+    assert gw.journal_files(), output
+
+    # Postgres back: the next start on this data dir writes them, once each.
+    await link.start()
+    gw.write_config(mock, {}, {"writer_flush_interval_s": 0.05})
+    await gw.start()
+    try:
+        for _ in range(100):
+            if (await probe(gw.base, "/health"))[1]["writer"]["backlog"] == 0:
+                break
+            await asyncio.sleep(0.1)
+        events = await gw.events()
+    finally:
+        assert await gw.stop() == 0
+        await link.cut()
+    assert sorted(e["id"] for e in events) == sorted(served), gw.output
