@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import boto3
 import pytest
+import yaml
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
@@ -307,3 +308,25 @@ async def test_a_per_minute_limit_is_retried_and_a_monthly_one_is_not(
         assert error["ResponseMetadata"]["HTTPStatusCode"] == 400
         assert error["ResponseMetadata"]["RetryAttempts"] == 0  # boto3 stopped at once
         assert error["ResponseMetadata"]["HTTPHeaders"]["x-should-retry"] == "false"
+
+
+async def test_a_bedrock_provider_a_reload_adds_is_ready_for_its_first_request(
+    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+    cert: SelfSigned, aws_env: None, tmp_path: Path,
+) -> None:
+    config_path = tmp_path / "tollbooth.yaml"
+    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
+                               tls=cert.server_context(), config_path=config_path,
+                               mock_options=MockOptions(aws_region=REGION)) as gw:
+        client = make_client(gw, cert)
+        with pytest.raises(ClientError) as unconfigured:
+            await asyncio.to_thread(client.converse, modelId=MODEL, messages=MESSAGES)
+        assert unconfigured.value.response["Error"]["Code"] == "ValidationException"
+
+        config = yaml.safe_load(config_path.read_bytes())
+        config["providers"].update(bedrock_provider(gw.mock_url))
+        config_path.write_bytes(yaml.safe_dump(config).encode())
+        assert await gw.app[keys.config_watcher].reload()
+        await asyncio.sleep(0.5)  # the credential chain is read in a worker thread
+        answer = await asyncio.to_thread(client.converse, modelId=MODEL, messages=MESSAGES)
+        assert answer["usage"]["outputTokens"] == 20
