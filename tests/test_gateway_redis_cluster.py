@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 
@@ -20,12 +19,9 @@ import aiohttp
 import pytest
 
 from gateway import keys
-from tests.harness import Gateway, running_gateway
+from tests.harness import running_gateway
+from tests.helpers.quota_traffic import TIERS, add_customers, post
 from tests.helpers.redis_topologies import Cluster, start_cluster
-
-BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
-TIERS = {"free": {"limits": {"requests_per_month": 5}},
-         "big": {"limits": {"requests_per_month": 100_000}}}
 
 
 @pytest.fixture
@@ -35,27 +31,6 @@ def cluster() -> Iterator[Cluster]:
         yield started
     finally:
         started.stop()
-
-
-async def add_customers(gw: Gateway, count: int, tier: str) -> dict[str, str]:
-    """`count` new customers of `tier`, with one key each: customer id -> key."""
-    accounts = gw.app[keys.accounts]
-    made = {}
-    prefix = uuid.uuid4().hex[:6]
-    for i in range(count):
-        customer = f"cust_{prefix}_{i}"
-        await accounts.create_customer(customer, tier=tier)
-        _, key = await accounts.create_key(customer, project_id="web", user_id="u1",
-                                           name="t")
-        made[customer] = key
-    return made
-
-
-async def post(session: aiohttp.ClientSession, gw: Gateway, key: str) -> int:
-    async with session.post(f"{gw.openai_base_url}/chat/completions", json=BODY,
-                            headers={"Authorization": f"Bearer {key}"}) as reply:
-        await reply.read()
-        return reply.status
 
 
 async def test_two_gateways_admit_each_customer_exactly_its_limit(
