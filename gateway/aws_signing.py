@@ -78,6 +78,13 @@ class AwsSigning:
             self._start(profile)
             await asyncio.shield(self._pending[profile])
 
+    def state(self, profile: str | None) -> str:
+        """For /health: `set` (resolved), `missing` (the chain found none), `resolving`."""
+        if profile in self._credentials:
+            return "set"
+        pending = self._pending.get(profile)
+        return "resolving" if pending is not None and not pending.done() else "missing"
+
     def sign(self, method: str, url: str, headers: dict[str, str], body: bytes, *,
              region: str, profile: str | None = None, service: str = SERVICE) -> None:
         """Add the SigV4 headers (`Authorization`, `X-Amz-Date`, and `X-Amz-Security-Token`

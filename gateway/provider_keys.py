@@ -8,6 +8,9 @@ missing. Only variable names are ever reported, never a value. Nothing here rais
 
 States: `set`; `missing` (the variable is unset or empty); `not_required` (the provider
 names no variable: the gateway sends it no key, as a local OpenAI-compatible server expects).
+A provider whose API signs with other credentials (Bedrock: the AWS chain) reports their
+state instead (`set`, `missing`, `resolving`: `ProviderApi.credential_state`), with no
+variable name; it is not warned about here (the signer logs what it cannot find).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import os
 
 from gateway.config import Settings
+from gateway.providers.registry import api_for_kind
 
 log = logging.getLogger("tollbooth.providers")
 
@@ -28,6 +32,10 @@ def key_states(settings: Settings) -> dict[str, dict[str, str]]:
     """Provider name -> {"key": state, "api_key_env": variable name (when one is named)}."""
     states: dict[str, dict[str, str]] = {}
     for name, provider in settings.providers.items():
+        signed = api_for_kind(provider.kind).credential_state(provider)
+        if signed is not None:
+            states[name] = {"key": signed}
+            continue
         if not provider.api_key_env:
             states[name] = {"key": NOT_REQUIRED}
             continue
@@ -41,7 +49,7 @@ def missing_keys(settings: Settings) -> dict[str, str]:
     return {
         name: state["api_key_env"]
         for name, state in key_states(settings).items()
-        if state["key"] == MISSING
+        if state["key"] == MISSING and "api_key_env" in state
     }
 
 

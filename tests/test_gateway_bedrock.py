@@ -17,6 +17,7 @@ from typing import Any
 from unittest import mock
 from urllib.parse import quote
 
+import aiohttp
 import boto3
 import pytest
 import yaml
@@ -185,6 +186,14 @@ async def test_the_provider_gets_sigv4_and_never_the_tb_key(
     string_to_sign = signer.string_to_sign(request, signer.canonical_request(request))
     assert authorization.endswith("Signature=" + signer.signature(string_to_sign, request))
     assert "x-amz-date" in signed and "host" in signed
+
+
+async def test_health_reports_the_aws_credentials(gw: Gateway, cert: SelfSigned) -> None:
+    async with aiohttp.ClientSession() as session, session.get(
+            gw.base_url + "/health", ssl=cert.client_context()) as health:
+        body = await health.json()
+    assert body["providers"]["bedrock"] == {"key": "set"}
+    assert AWS_SECRET not in json.dumps(body) and AWS_KEY_ID not in json.dumps(body)
 
 
 async def test_the_bearer_token_from_the_environment_as_users_set_it(

@@ -236,6 +236,12 @@ class ProviderApi(Protocol):
         exhausted monthly quota a 400 that botocore does not retry)."""
         ...
 
+    def credential_state(self, provider: ProviderConfig) -> str | None:
+        """For /health: the state of the credentials this API signs `provider`'s requests
+        with (`set`, `missing`, `resolving`), or None when its key comes from `api_key_env`
+        (reported from that variable)."""
+        ...
+
     async def warm_up(self, providers: Mapping[str, ProviderConfig]) -> None:
         """At start and after a reload, with the configured providers: fetch off the request
         path what signing will need (Bedrock: the AWS credential chain, in a thread). Never

@@ -121,6 +121,9 @@ class BedrockApi(DefaultHooks):
                 "This gateway has no AWS credentials to reach Bedrock with right now."
             ) from None
 
+    def credential_state(self, provider: ProviderConfig) -> str | None:
+        return self.signing.state(None)
+
     async def warm_up(self, providers: Mapping[str, ProviderConfig]) -> None:
         if any(provider.kind == self.kind for provider in providers.values()):
             await self.signing.prepare({None})

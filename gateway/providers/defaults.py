@@ -79,5 +79,8 @@ class DefaultHooks:
     def error_status(self, status: int, error_type: str, code: str | None) -> int:
         return status
 
+    def credential_state(self, provider: ProviderConfig) -> str | None:
+        return None
+
     async def warm_up(self, providers: Mapping[str, ProviderConfig]) -> None:
         return None
