@@ -200,3 +200,46 @@ async def test_drill_down_and_portal_link_need_csrf(dashboard: tuple[Gateway, Se
     async with _client() as customer, customer.get(url) as opened:
         assert opened.status == 200 and str(opened.url).endswith("/portal")
         assert "Acme Corp" in await opened.text()
+
+
+@pytest.fixture
+async def with_stripe(fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+                      ) -> AsyncIterator[tuple[Gateway, Seed]]:
+    monkeypatch.setenv("TOLLBOOTH_ADMIN_TOKEN", TOKEN)
+    config = {**portal_config(), "billing": {"stripe": {"window": "1h"}}}
+    async with running_gateway(fresh_database_url, redis_url, monkeypatch, tiers=PORTAL_TIERS,
+                               extra_config=config) as gw:
+        seed = await seed_portal(gw.app)
+        await gw.app[keys.redis_client].flushdb()
+        yield gw, seed
+
+
+async def test_reconcile_runs_on_a_post_with_csrf(with_stripe: tuple[Gateway, Seed]) -> None:
+    gw, _ = with_stripe
+    pool = gw.app[keys.pool]
+    await pool.execute(
+        "INSERT INTO billing_sync (identifier, customer_id, stripe_customer_id, dimension, "
+        "event_name, window_start, window_end, version, seq, value, status) VALUES "
+        "('x1', 'acme', 'cus_ACMESECRET123', 'requests', 'tollbooth_requests', $1::timestamptz, "
+        "$1::timestamptz + interval '1 hour', 1, 0, 5, 'sent')", MONTH_START)
+    want = await pool.fetchval(
+        "SELECT count(*) FROM usage_events WHERE customer_id = 'acme' AND status_code < 400 "
+        "AND created_at >= $1 AND created_at < $2", MONTH_START, MONTH_START + timedelta(days=31))
+    async with _client() as client:
+        await sign_in(client, gw)
+        _, html, _ = await _page(client, gw, f"{BASE}/system")
+        assert 'data-sync-status="sent"' in html and "cus_ACMESECRET123" not in html
+        path = f"{gw.base_url}{BASE}/system/reconcile"
+        async with client.post(path, params=MONTH_QUERY, data={}) as answer:
+            assert answer.status == 403
+        async with client.post(path, params=MONTH_QUERY, data={"csrf": _csrf(html)}) as answer:
+            assert answer.status == 200
+            page = await answer.text()
+    assert "October 2025" in page and "cus_ACMESECRET123" not in page
+    row = re.search(r'<tr data-meter="requests">(.*?)</tr>', page, re.S)
+    assert row is not None
+    cells = dict(re.findall(r'data-metric="([^"]+)" data-value="([^"]*)"', row.group(1)))
+    assert int(cells["sent"]) == 5
+    ours = int(cells["ours"])
+    assert ours >= want  # acme's requests, plus beta's
+    assert int(cells["difference"]) == ours - 5

@@ -5,6 +5,8 @@
                                                side (`q`, `sort`, `order`, `page`)
     GET  /admin/dashboard/system               traffic, models, writer, dead letters,
                                                Stripe sync, config (gateway.web.dashboard_system)
+    POST /admin/dashboard/system/reconcile     (CSRF) the month's reconciliation
+                                               (gateway.web.dashboard_reconcile)
     GET  /admin/dashboard/customers/{id}       one customer as its portal shows it
                                                (gateway.web.portal_views.overview), `project=`
                                                narrows it, plus its newest events
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -40,29 +41,20 @@ from gateway.web.dashboard_auth import (
     message,
 )
 from gateway.web.dashboard_customers import SORT_KEYS, customers_view
+from gateway.web.dashboard_page import layout
+from gateway.web.dashboard_reconcile import reconcile_page
 from gateway.web.dashboard_system import system_view
-from gateway.web.periods import PERIOD_LABELS, ViewPeriod
 from gateway.web.portal_links import issue_link, link_url
 from gateway.web.portal_page import BadParameter, view_period
 from gateway.web.portal_views import HEADLINE, key_names, overview
 from gateway.web.render import render
 from gateway.web.server_timing import server_timing
-from gateway.web.sessions import Session, csrf_ok
+from gateway.web.sessions import csrf_ok
 from storage.rollups import UsageFilter
 from storage.usage_breakdown import events_page
 
 RECENT_EVENTS = 20
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def layout(session: Session, period: ViewPeriod, active: str) -> dict[str, Any]:
-    query = urlencode(period.query())
-    nav = [{"href": f"{href}?{query}", "label": label, "active": name == active}
-           for name, href, label in (("customers", BASE, "Customers"),
-                                     ("system", f"{BASE}/system", "System"))]
-    return {"nav": nav, "csrf": session.csrf, "period": period,
-            "period_labels": PERIOD_LABELS, "tz_name": period.tz_name,
-            "period_query": query, "active": active}
 
 
 def _int(request: web.Request, name: str, default: int) -> int:
@@ -169,6 +161,7 @@ def add_dashboard_routes(app: web.Application) -> None:
     r = app.router
     r.add_get(BASE, _page(customers_page))
     r.add_get(f"{BASE}/system", _page(system_page))
+    r.add_post(f"{BASE}/system/reconcile", _page(reconcile_page))
     r.add_get(BASE + "/customers/{customer_id}", _page(customer_page))
     r.add_post(BASE + "/customers/{customer_id}/portal-link", _page(portal_link))
     r.add_get(f"{BASE}/login", _page(login_form))
