@@ -76,6 +76,20 @@ async def _seed(gw: ThreadedGateway) -> Seed:
     await insert_events(gw.app[keys.pool], [dataclasses.replace(
         make_event(MONTH_START + timedelta(days=3, hours=n), customer_id=XSS_CUSTOMER,
                    project_id=None), key_id="key_00000000000000aa") for n in range(5)])
+    # What a Stripe sync run and a refused event would have left.
+    await gw.app[keys.pool].execute(
+        "INSERT INTO billing_sync (identifier, customer_id, stripe_customer_id, dimension, "
+        "event_name, window_start, window_end, version, seq, value, status, sent_at) "
+        "SELECT d || n, 'acme', 'cus_ACMESECRET123', d, 'tollbooth_' || d, "
+        "$1::timestamptz + n * interval '1 hour', $1::timestamptz + (n + 1) * interval '1 hour', "
+        "1, 0, 10 * n, CASE WHEN n < 40 THEN 'sent' WHEN n < 45 THEN 'pending' ELSE 'failed' END, "
+        "CASE WHEN n < 40 THEN $1::timestamptz + (n + 2) * interval '1 hour' END "
+        "FROM generate_series(0, 47) AS n, unnest(ARRAY['requests', 'input_tokens']) AS d",
+        MONTH_START)
+    await gw.app[keys.pool].execute(
+        "INSERT INTO usage_dead_letters (event_id, journal_line, error, first_failed_at) "
+        "VALUES (gen_random_uuid(), 'line', '22P02: invalid input', $1::timestamptz)",
+        MONTH_START + timedelta(days=9))
     return found
 
 
@@ -84,8 +98,8 @@ def site(dashboard_db: str, redis_url: str) -> Iterator[tuple[ThreadedGateway, S
     saved = os.environ.get("TOLLBOOTH_ADMIN_TOKEN")
     os.environ["TOLLBOOTH_ADMIN_TOKEN"] = TOKEN
     try:
-        with ThreadedGateway(dashboard_db, redis_url, tiers=TIERS,
-                             extra_config=portal_config()) as gw:
+        config = {**portal_config(), "billing": {"stripe": {"window": "1h"}}}
+        with ThreadedGateway(dashboard_db, redis_url, tiers=TIERS, extra_config=config) as gw:
             yield gw, gw.run(_seed(gw))
     finally:
         if saved is None:
@@ -280,7 +294,9 @@ def test_screenshot(chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]
     _open(chrome, gw)
     DOCS.mkdir(exist_ok=True)
     assert chrome.save_screenshot(str(DOCS / "dashboard.png"))
+    chrome.set_window_size(1280, 1700 + frame)
     _open(chrome, gw, "/admin/dashboard/system")
+    assert "cus_ACMESECRET123" not in chrome.page_source
     assert chrome.save_screenshot(str(DOCS / "dashboard-system.png"))
     chrome.set_window_size(1280, 900)
     _no_console_errors(chrome)
