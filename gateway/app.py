@@ -101,7 +101,7 @@ def create_app(
         access_log.flush()
 
     async def postgres(app: web.Application) -> AsyncIterator[None]:
-        pool = await create_pool(database_url)
+        pool = await create_pool(database_url, pgbouncer=settings.storage.pgbouncer)
         await migrate(pool)
         app[keys.pool] = pool
         accounts = AccountStore(pool)
