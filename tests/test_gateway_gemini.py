@@ -203,3 +203,29 @@ async def test_stream_cut_by_the_provider_is_estimated_and_flagged(gw: Gateway) 
     assert row["usage_source"] == "estimated"
     assert row["input_tokens"] == last.prompt_token_count  # the reported prompt side is kept
     assert row["output_tokens"] >= 7 and row["price_usd"] > 0
+
+
+async def test_a_chunked_request_served_by_aiohttp_is_routed_and_metered_alike(
+    gw: Gateway,
+) -> None:
+    body = orjson.dumps({"contents": [{"role": "user", "parts": [{"text": PROMPT}]}]})
+
+    async def chunked() -> Any:  # no Content-Length: the front hands it to aiohttp
+        yield body[:10]
+        yield body[10:]
+
+    url = f"{gw.base_url}/v1/models/gemini-2.5-flash:streamGenerateContent?alt=sse&key={gw.key}"
+    async with aiohttp.ClientSession() as session, session.post(
+            url, data=chunked(), headers={"content-type": "application/json"}) as response:
+        raw = await response.read()
+        assert response.status == 200 and raw.endswith(b"\r\n\r\n")
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{gw.base_url}/v1/models/gemini-2.5-flash:noSuchMethod", data=chunked(),
+            headers={"x-goog-api-key": gw.key}) as missing:
+        assert missing.status == 404
+    [row] = await gw.events()
+    assert (row["model"], row["endpoint"], row["streamed"]) == (
+        "gemini-2.5-flash", "streamGenerateContent", True)
+    assert row["usage_source"] == "provider"
+    assert gw.mock_requests[0].query == "alt=sse"
+    assert_no_client_key_upstream(gw)
