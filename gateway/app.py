@@ -131,7 +131,7 @@ def create_app(
         await asyncio.gather(maintenance, return_exceptions=True)
         # Every event to Postgres before exiting; what it does not take in time stays in the
         # journal (the writer logs how many).
-        await writer.close(timeout_s=drain.exit_budget_s(default_s=10.0))
+        await writer.close(timeout_s=drain.exit_budget_s(default_s=10.0, use_all=True))
         try:
             await asyncio.wait_for(pool.close(), drain.exit_budget_s(default_s=10.0))
         except TimeoutError:

@@ -139,13 +139,15 @@ class Drain:
             return self.timeout_s
         return max(0.0, self._began + self.timeout_s - self._clock())
 
-    def exit_budget_s(self, default_s: float) -> float:
+    def exit_budget_s(self, default_s: float, *, use_all: bool = False) -> float:
         """How long a closing step may take so the process still exits within
-        drain_timeout_s + EXIT_MARGIN_S of the signal; `default_s` when not draining."""
+        drain_timeout_s + EXIT_MARGIN_S of the signal: at most `default_s`, or all that is
+        left with `use_all` (the usage writer: every event in Postgres is worth the wait);
+        `default_s` when not draining."""
         if self._began is None:
             return default_s
         left = self._began + self.timeout_s + EXIT_MARGIN_S - _EXIT_RESERVE_S - self._clock()
-        return max(0.5, min(default_s, left))
+        return max(0.5, left if use_all else min(default_s, left))
 
     def close(self) -> None:
         if self._timer is not None:

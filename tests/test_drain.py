@@ -23,6 +23,7 @@ import aiohttp
 import orjson
 import pytest
 
+from gateway.drain import EXIT_MARGIN_S, Drain
 from tests.helpers.pg_link import PostgresLink
 from tests.helpers.serve_process import Serve, mock_provider, serve_env
 
@@ -339,3 +340,56 @@ async def test_postgres_down_at_the_drain_leaves_the_events_in_the_journal_and_s
         assert await gw.stop() == 0
         await link.cut()
     assert sorted(e["id"] for e in events) == sorted(served), gw.output
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_drain_budgets_count_from_the_signal() -> None:
+    clock = Clock()
+    drain = Drain(grace_s=5, timeout_s=30, clock=clock)
+    assert not drain.draining
+    assert drain.seconds_to_cut() == 30
+    assert drain.exit_budget_s(10) == 10  # not draining: the caller's default
+    drain.begin()
+    try:
+        clock.now += 12
+        assert drain.draining and drain.seconds_to_cut() == 18
+        # The exit bound is 30 + EXIT_MARGIN_S after the signal, less a reserve for exiting.
+        assert drain.exit_budget_s(10) == 10
+        assert 18 < drain.exit_budget_s(10, use_all=True) < 18 + EXIT_MARGIN_S
+        clock.now += 40
+        assert drain.seconds_to_cut() == 0 and drain.exit_budget_s(10) == 0.5
+    finally:
+        drain.close()
+    assert Drain(grace_s=5, timeout_s=2).grace_s == 2  # the grace fits in the timeout
+
+
+async def test_an_exchange_waiting_for_its_head_is_cancelled_and_a_late_one_cut_at_once(
+) -> None:
+    drain = Drain(grace_s=0, timeout_s=0)
+    cuts = []
+
+    async def exchange() -> None:
+        cut = drain.track()
+        cuts.append(cut)
+        try:
+            await asyncio.sleep(30)  # waiting for the provider's response head
+        finally:
+            cut.release()
+
+    early = asyncio.create_task(exchange())
+    await asyncio.sleep(0)
+    drain.cut_all()
+    with pytest.raises(asyncio.CancelledError):
+        await early
+    assert cuts[0].fired and cuts[0].waiting_for_head
+    late = asyncio.create_task(exchange())
+    with pytest.raises(asyncio.CancelledError):
+        await late
+    assert cuts[1].fired and drain.in_flight == 0
