@@ -405,8 +405,7 @@ async def _exchange(app: web.Application, api: ProviderApi, endpoint: Endpoint,
             )
 
         sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
-        if sse:
-            no_buffering(out_headers)
+        no_buffering(out_headers)  # any stream: SSE, or a framing such as AWS event-stream
 
         def was_cut() -> bool:  # by the drain, before the stream's terminal event
             return cut.fired and not meter.finished
@@ -448,8 +447,8 @@ _SSE_HEADER_NAMES = frozenset(name.lower() for name in _SSE_HEADERS)
 
 
 def no_buffering(headers: dict[str, str]) -> None:
-    """An SSE response's headers: no proxy buffering, no caching (the provider's own
-    values for those two headers replaced)."""
+    """A streamed response's headers (SSE, AWS event-stream): no proxy buffering, no
+    caching (the provider's own values for those two headers replaced)."""
     for name in [n for n in headers if n.lower() in _SSE_HEADER_NAMES]:
         del headers[name]
     headers.update(_SSE_HEADERS)

@@ -145,14 +145,16 @@ async def test_converse_stream_is_relayed_and_metered_from_metadata(
 ) -> None:
     client = make_client(gw, cert, **CACHE_HEADERS)
 
-    def run() -> list[dict[str, Any]]:
+    def run() -> tuple[list[dict[str, Any]], dict[str, str]]:
         answer = client.converse_stream(modelId=MODEL, messages=MESSAGES)
-        return list(answer["stream"])
+        return list(answer["stream"]), answer["ResponseMetadata"]["HTTPHeaders"]
 
-    events = await asyncio.to_thread(run)
+    events, headers = await asyncio.to_thread(run)
     assert [next(iter(event)) for event in events] == [
         "messageStart", *["contentBlockDelta"] * 6, "contentBlockStop", "messageStop",
         "metadata"]
+    assert headers["content-type"] == "application/vnd.amazon.eventstream"
+    assert headers["x-accel-buffering"] == "no"  # a proxy in front must not hold it back
     reported = events[-1]["metadata"]["usage"]
     [row] = await gw.events()
     assert row["streamed"] is True and row["endpoint"] == "converse-stream"
