@@ -16,20 +16,24 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 
+from gateway import keys
 from storage.postgres import create_pool, migrate
 from storage.stripe_client import StripeApi
 from storage.stripe_sync import SYNC_LOCK_KEY, MeterSync, SyncBusyError, SyncPolicy
 from storage.usage_event import UsageEvent
 from storage.usage_writer import UsageWriter
 from tests.fake_stripe import API_KEY, running_fake_stripe
+from tests.harness import running_gateway
 from tests.helpers.pgbouncer import PgBouncer, start_pgbouncer
 from tests.usage_fixtures import make_event
 
@@ -165,3 +169,36 @@ async def test_stripe_sync_sends_once_and_its_lock_ends_with_the_run(pool: async
             assert len(fake.meter_event_posts) == 6
         finally:
             await api.close()
+
+
+async def test_gateway_serves_and_meters_through_the_bouncer(
+    bounced_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = {"pgbouncer": True, "writer_flush_interval_s": 0.05,
+               "data_dir": tempfile.mkdtemp(prefix="tollbooth-gw-")}
+    async with running_gateway(bounced_url, redis_url, monkeypatch,
+                               extra_config={"storage": storage}) as gw:
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
+
+        async def one(session: aiohttp.ClientSession) -> int:
+            async with session.post(f"{gw.openai_base_url}/chat/completions", json=body,
+                                    headers={"Authorization": f"Bearer {gw.key}"}) as reply:
+                await reply.read()
+                return reply.status
+
+        async with aiohttp.ClientSession() as session:
+            statuses = await asyncio.gather(*(one(session) for _ in range(30)))
+        assert statuses == [200] * 30
+        writer = gw.app[keys.writer]
+        for _ in range(200):  # the writer flushes every 50 ms
+            if writer.written >= 30:
+                break
+            await asyncio.sleep(0.05)
+        count = await gw.app[keys.pool].fetchval(
+            "SELECT count(*) FROM usage_events WHERE customer_id = $1", gw.customer_id)
+        assert count == 30
+        # The app's own pool, many statements at once over the bouncer's two connections.
+        pool = gw.app[keys.pool]
+        sums = await asyncio.gather(*(pool.fetchval("SELECT $1::int + 1", i)
+                                      for i in range(300)))
+        assert sums == [i + 1 for i in range(300)]
