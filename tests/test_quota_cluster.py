@@ -126,6 +126,7 @@ async def test_a_replica_taking_over_under_load_keeps_quotas_exact(
     await asyncio.to_thread(wait_until, lambda: cluster.role(replica) == "master", 10,
                             "the replica's promotion")
     await assert_exact(stores, customers, admitted)
+    assert sum(s._scripts.rerouted for s in stores) > 0  # type: ignore[union-attr]  # MOVED
 
 
 async def test_migrating_a_hot_customers_slot_under_load_keeps_quotas_exact(
@@ -158,6 +159,8 @@ async def test_migrating_a_hot_customers_slot_under_load_keeps_quotas_exact(
     await migrate()
     admitted, _ = await load
     assert cluster.owns(target, int(slot))
+    # The hot customer's calls met the migration (ASK, TRYAGAIN, MOVED) and were sent again.
+    assert sum(s._scripts.rerouted for s in stores) > 0  # type: ignore[union-attr]
     unique = sorted(set(hot_customers))
     assert {c: admitted[c] for c in unique} == dict.fromkeys(unique, 5)
     for customer in unique:
