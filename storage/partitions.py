@@ -10,9 +10,19 @@ month that has rows in the default partition, creates that month's partition and
 rows into it (the default partition is meant to stay empty; rows found there are reported).
 `apply_retention` drops every month partition that ends at or before `now - days`, and
 deletes default-partition rows older than that: raw events are removed, the hourly rollups
-are kept (neither operation goes through the rollup triggers). `maintain_partitions` runs
-both at once and then once a day, for `serve`; `tollbooth maintenance` runs them by hand.
-All of it is idempotent: a second run finds nothing to do.
+are kept (neither operation goes through the rollup triggers). In the same transaction as
+each drop or delete it raises the retention horizon (`usage_retention_horizon`,
+storage/schema/051_retention.sql): the instant before which raw events may be gone, the
+dropped month's end, or the hour after the newest default row deleted. Only what was
+actually removed moves it: a fresh database has no horizon, whatever its first partition.
+`retention_horizon` reads it; storage/rollups.py checks and rebuilds rollups only after it.
+It also records, per customer and month, the last removed event and its tier
+(`usage_expired_month_tiers`), which invoices are billed under and rollups do not hold.
+`maintain_partitions` runs both at once and then once a day, for `serve`; `tollbooth
+maintenance` runs them by hand. All of it is idempotent: a second run finds nothing to do.
+
+`ensure_partitions`, `apply_retention` and `run_maintenance` take `now` (default: the wall
+clock), so what they do on any day of a month can be run, and tested, as of that day.
 
 Failure semantics: each month is created, moved or dropped in its own transaction, under an
 advisory lock (so two processes maintaining at once serialize) and a `lock_timeout` of
@@ -107,6 +117,8 @@ class RetentionReport:
     dry_run: bool
     dropped: list[MonthPartition] = field(default_factory=list)
     default_rows_deleted: int = 0
+    # After the run (a dry run: what it would be): raw events before it may be gone.
+    horizon: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +127,7 @@ class RetentionReport:
             "dry_run": self.dry_run,
             "dropped": [p.to_json() for p in self.dropped],
             "default_rows_deleted": self.default_rows_deleted,
+            "horizon": self.horizon.isoformat() if self.horizon else None,
         }
 
 
@@ -126,6 +139,60 @@ _DEFAULT_MONTHS = f"""
 SELECT date_trunc('month', created_at, 'UTC') AS month, count(*) AS n
 FROM {DEFAULT_PARTITION} GROUP BY 1 ORDER BY 1
 """
+
+
+_HORIZON = "SELECT horizon FROM usage_retention_horizon"
+_RAISE_HORIZON = """
+INSERT INTO usage_retention_horizon AS h (horizon) VALUES ($1)
+ON CONFLICT (singleton) DO UPDATE SET horizon = excluded.horizon, updated_at = now()
+WHERE excluded.horizon > h.horizon
+"""
+# The last event per (customer, month) among the rows of `gone`, kept where it is later
+# than the one already recorded (storage/invoice_queries.py `billing_tier` reads them).
+_KEEP_TIERS = """
+INSERT INTO usage_expired_month_tiers AS t
+    (customer_id, month, last_event_at, last_event_id, tier)
+SELECT DISTINCT ON (customer_id, month) customer_id, month, created_at, id, tier
+FROM (SELECT *, date_trunc('month', created_at, 'UTC') AS month FROM gone) AS g
+ORDER BY customer_id, month, created_at DESC, id DESC
+ON CONFLICT (customer_id, month) DO UPDATE
+SET last_event_at = excluded.last_event_at, last_event_id = excluded.last_event_id,
+    tier = excluded.tier
+WHERE (excluded.last_event_at, excluded.last_event_id) > (t.last_event_at, t.last_event_id)
+"""
+_GONE_SUMMARY = """
+SELECT count(*) AS n, date_trunc('hour', max(created_at), 'UTC') + interval '1 hour' AS horizon
+FROM gone
+"""
+# Count of the default partition's rows older than $1 and the hour after the newest of them.
+_DEFAULT_HORIZON = f"""
+WITH gone AS (SELECT created_at FROM {DEFAULT_PARTITION} WHERE created_at < $1)
+{_GONE_SUMMARY}
+"""
+_DELETE_DEFAULT = f"""
+WITH gone AS (
+    DELETE FROM {DEFAULT_PARTITION} WHERE created_at < $1
+    RETURNING id, created_at, customer_id, tier
+), kept AS ({_KEEP_TIERS})
+{_GONE_SUMMARY}
+"""
+
+
+def _drop_sql(partition: MonthPartition) -> tuple[str, str]:
+    """Record the partition's last event per customer, then drop it."""
+    keep = f"WITH gone AS (SELECT id, created_at, customer_id, tier FROM {partition.name})"
+    return keep + _KEEP_TIERS, f"DROP TABLE {partition.name}"
+
+
+async def retention_horizon(conn: asyncpg.Connection | asyncpg.Pool) -> datetime | None:
+    """The instant before which retention may have removed raw events; None: it never
+    removed any. From it on, every raw event is still stored."""
+    horizon: datetime | None = await conn.fetchval(_HORIZON)
+    return horizon
+
+
+def _later(first: datetime | None, second: datetime | None) -> datetime | None:
+    return max((m for m in (first, second) if m is not None), default=None)
 
 
 async def list_partitions(conn: asyncpg.Connection | asyncpg.Pool) -> list[MonthPartition]:
@@ -244,7 +311,8 @@ async def apply_retention(
     now: datetime | None = None,
     dry_run: bool = False,
 ) -> RetentionReport:
-    """Drop the month partitions ending at or before `now - days`; delete older default rows."""
+    """Drop the month partitions ending at or before `now - days`; delete older default rows;
+    raise the retention horizon past what was removed (see the module docstring)."""
     if days < 1:
         raise ValueError(f"days must be >= 1, got {days}")
     cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
@@ -252,22 +320,27 @@ async def apply_retention(
     expired = [p for p in await list_partitions(pool) if p.end <= cutoff]
     if dry_run:
         report.dropped = expired
-        report.default_rows_deleted = await pool.fetchval(
-            f"SELECT count(*) FROM {DEFAULT_PARTITION} WHERE created_at < $1", cutoff
-        )
+        stale = await pool.fetchrow(_DEFAULT_HORIZON, cutoff)
+        report.default_rows_deleted = stale["n"]
+        report.horizon = _later(await retention_horizon(pool), stale["horizon"])
+        if expired:
+            report.horizon = _later(report.horizon, expired[-1].end)
         return report
     for partition in expired:
         async with pool.acquire() as conn, conn.transaction():
             await _locked(conn)
             if partition in await list_partitions(conn):
-                await conn.execute(f"DROP TABLE {partition.name}")
+                for statement in _drop_sql(partition):
+                    await conn.execute(statement)
+                await conn.execute(_RAISE_HORIZON, partition.end)
                 report.dropped.append(partition)
     async with pool.acquire() as conn, conn.transaction():
         await _locked(conn)
-        status = await conn.execute(
-            f"DELETE FROM {DEFAULT_PARTITION} WHERE created_at < $1", cutoff
-        )
-        report.default_rows_deleted = int(status.rsplit(" ", 1)[1])
+        gone = await conn.fetchrow(_DELETE_DEFAULT, cutoff)
+        report.default_rows_deleted = gone["n"]
+        if gone["n"]:
+            await conn.execute(_RAISE_HORIZON, gone["horizon"])
+        report.horizon = await retention_horizon(conn)
     return report
 
 

@@ -20,9 +20,13 @@ its sums equal the raw rows exactly while at most two hours are read raw.
 
 `verify_rollups` compares rollups with the raw rows over whole hours; `rebuild_rollups`
 recomputes a range from the raw rows (after something wrote to a partition by name, which
-bypasses the triggers). Only where raw rows are still retained, or the rebuild would erase
-history: both refuse a range older than the oldest month partition. Database errors are
-asyncpg's, unchanged.
+bypasses the triggers). Both work only where every raw row is still stored, from the
+retention horizon on (storage/partitions.py `retention_horizon`: what retention actually
+removed, not the first partition, which on a fresh database is just the month it was
+created): a range reaching further back is cut to start at the horizon, and the result says
+which hours were covered (`RollupWindow`). So a rebuild never erases the rollup history of
+hours whose raw events are gone, which is the only record left of them. Database errors
+are asyncpg's, unchanged.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any
 
 import asyncpg
 
-from storage.partitions import list_partitions
+from storage.partitions import MAINTENANCE_LOCK_KEY, retention_horizon
 
 HOUR = timedelta(hours=1)
 
@@ -173,36 +177,78 @@ class RollupMismatch:
     raw: int | Decimal
 
 
-async def _oldest_retained(conn: asyncpg.Connection | asyncpg.Pool) -> datetime | None:
-    months = await list_partitions(conn)
-    return months[0].start if months else None
+@dataclass(frozen=True, slots=True)
+class RollupWindow:
+    """The whole hours [start, end) a check or rebuild covered: those asked for
+    ([requested_start, end)), from the retention horizon on. start == end: no hour asked
+    for still has its raw events."""
 
+    requested_start: datetime
+    start: datetime
+    end: datetime
+    horizon: datetime | None  # see storage.partitions.retention_horizon
 
-async def _check_range(conn: asyncpg.Connection, since: datetime, until: datetime) -> None:
-    oldest = await _oldest_retained(conn)
-    if oldest is not None and since < oldest:
-        raise ValueError(
-            f"raw events before {oldest.isoformat()} are no longer retained; "
-            "rollups can only be checked or rebuilt from there on"
-        )
+    @classmethod
+    def retained(cls, since: datetime, until: datetime, horizon: datetime | None
+                 ) -> RollupWindow:
+        start, end = floor_hour(since), ceil_hour(until)
+        if end < start:
+            raise ValueError("until must not be before since")
+        if horizon is None or horizon <= start:
+            return cls(start, start, end, horizon)
+        return cls(start, min(ceil_hour(horizon), end), end, horizon)
 
+    @property
+    def clamped(self) -> bool:
+        """Whether hours asked for were left out, their raw events removed by retention."""
+        return self.start > self.requested_start
 
-async def verify_rollups(
-    pool: asyncpg.Pool, *, since: datetime, until: datetime
-) -> list[RollupMismatch]:
-    """Differences between rollups and raw rows for the whole hours covering [since, until)."""
-    start, end = floor_hour(since), ceil_hour(until)
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-        await _check_range(conn, start, end)
-        raw = {tuple(r[k] for k in _KEY): r for r in await conn.fetch(_RAW_BY_KEY, start, end)}
-        rolled = {
-            tuple(r[k] for k in _KEY): r
-            for r in await conn.fetch(
-                "SELECT * FROM usage_rollups_hourly WHERE hour >= $1 AND hour < $2", start, end
-            )
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requested_start": self.requested_start.isoformat(),
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "horizon": self.horizon.isoformat() if self.horizon else None,
+            "clamped": self.clamped,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class RollupCheck:
+    window: RollupWindow
+    mismatches: list[RollupMismatch]
+
+
+@dataclass(frozen=True, slots=True)
+class RollupRebuild:
+    window: RollupWindow
+    rows: int  # rollup rows written
+
+
+async def verify_rollups(pool: asyncpg.Pool, *, since: datetime, until: datetime) -> RollupCheck:
+    """Differences between rollups and raw rows for the whole hours covering [since, until),
+    from the retention horizon on."""
+    async with pool.acquire() as conn:
+        async with conn.transaction(isolation="repeatable_read"):
+            window = RollupWindow.retained(since, until, await retention_horizon(conn))
+            raw = {tuple(r[k] for k in _KEY): r
+                   for r in await conn.fetch(_RAW_BY_KEY, window.start, window.end)}
+            rolled = {
+                tuple(r[k] for k in _KEY): r
+                for r in await conn.fetch(
+                    "SELECT * FROM usage_rollups_hourly WHERE hour >= $1 AND hour < $2",
+                    window.start, window.end,
+                )
+            }
+        # A partition dropped by retention after this snapshot was taken is missing from the
+        # raw rows read above; the horizon it raised, read now, leaves its hours out.
+        horizon = await retention_horizon(conn)
+    if horizon != window.horizon:
+        window = RollupWindow.retained(since, until, horizon)
     mismatches = []
     for key in sorted(raw.keys() | rolled.keys(), key=lambda k: (k[0], k[1], k[2] or "", k[3])):
+        if key[0] < window.start:
+            continue
         for column in _ROLLUP_COLUMNS:
             have = rolled[key][column] if key in rolled else 0
             want = raw[key][column] if key in raw else 0
@@ -210,24 +256,32 @@ async def verify_rollups(
                 hour, customer_id, project_id, model = key
                 mismatches.append(RollupMismatch(hour, customer_id, project_id, model,
                                                  column, have, want))
-    return mismatches
+    return RollupCheck(window, mismatches)
 
 
-async def rebuild_rollups(pool: asyncpg.Pool, *, since: datetime, until: datetime) -> int:
-    """Recompute the rollups of the whole hours covering [since, until) from the raw rows;
-    returns the number of rollup rows written. Writers wait for it (table lock), briefly."""
-    start, end = floor_hour(since), ceil_hour(until)
+async def rebuild_rollups(
+    pool: asyncpg.Pool, *, since: datetime, until: datetime
+) -> RollupRebuild:
+    """Recompute the rollups of the whole hours covering [since, until) from the raw rows,
+    from the retention horizon on; the rollups of older hours are left as they are. Writers
+    wait for it (table lock), briefly."""
     columns = ", ".join(_KEY + _ROLLUP_COLUMNS)
     async with pool.acquire() as conn, conn.transaction():
-        await _check_range(conn, start, end)
+        # Retention drops partitions under this lock, raising the horizon in the same
+        # transaction: holding it, the horizon read here stays true until the rebuild commits.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MAINTENANCE_LOCK_KEY)
+        window = RollupWindow.retained(since, until, await retention_horizon(conn))
+        if window.start == window.end:
+            return RollupRebuild(window, 0)
         # SHARE ROW EXCLUSIVE blocks the triggers' upserts, so no writer commits rows this
         # statement cannot see while their rollup delta lands on rows deleted here.
         await conn.execute("LOCK TABLE usage_rollups_hourly IN SHARE ROW EXCLUSIVE MODE")
         await conn.execute(
-            "DELETE FROM usage_rollups_hourly WHERE hour >= $1 AND hour < $2", start, end
+            "DELETE FROM usage_rollups_hourly WHERE hour >= $1 AND hour < $2",
+            window.start, window.end,
         )
         status = await conn.execute(
             f"INSERT INTO usage_rollups_hourly ({columns}) "
-            f"SELECT {columns} FROM ({_RAW_BY_KEY}) AS raw", start, end
+            f"SELECT {columns} FROM ({_RAW_BY_KEY}) AS raw", window.start, window.end
         )
-    return int(status.rsplit(" ", 1)[1])
+    return RollupRebuild(window, int(status.rsplit(" ", 1)[1]))

@@ -1,6 +1,7 @@
 """Monthly partitions of usage_events: the migration that converts an existing table, months
 created ahead and idempotently, the default partition as a safety net, and retention that
-drops raw months while the hourly rollups keep counting them."""
+drops raw months while the hourly rollups keep counting them. The maintenance tasks are run
+as of chosen days (the 1st, 4th and 28th of a month, New Year), never the real date."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -22,14 +24,17 @@ import storage.postgres
 from storage.partitions import (
     DEFAULT_PARTITION,
     MonthPartition,
+    add_months,
     apply_retention,
     ensure_partitions,
     list_partitions,
     maintain_partitions,
+    retention_horizon,
     run_maintenance,
 )
 from storage.postgres import create_pool, load_migrations, migrate
-from storage.usage_queries import usage_summary
+from storage.rollups import RollupWindow, ceil_hour, floor_hour, rebuild_rollups, verify_rollups
+from storage.usage_queries import report_window, usage_summary
 from tests.usage_fixtures import insert_events, make_event
 
 NOW = datetime(2026, 5, 20, 12, 30, tzinfo=UTC)
@@ -211,7 +216,155 @@ async def test_maintain_partitions_runs_at_once_then_on_schedule(pool: asyncpg.P
     assert MonthPartition.of(datetime.now(UTC)).name in names
 
 
+# ------------------------------------------------------- maintenance as of a given day
+
+# Minutes into the 1st (a fresh database's first partition is today's month), the 4th (a
+# 7-day window still reaches into last month), the 28th (it does not; February's last
+# minutes), New Year at midnight, minutes into March after a short February.
+TODAYS = [
+    datetime(2026, 12, 1, 0, 3, tzinfo=UTC),
+    datetime(2026, 12, 4, 14, 30, tzinfo=UTC),
+    datetime(2027, 2, 28, 23, 58, tzinfo=UTC),
+    datetime(2027, 1, 1, 0, 0, tzinfo=UTC),
+    datetime(2027, 3, 1, 0, 10, tzinfo=UTC),
+]
+
+
+async def created_on(pool: asyncpg.Pool, today: datetime) -> None:
+    """Make the (empty) migrated database look as if created on `today`: 030 made the
+    server's current month and two after it; replace them with today's."""
+    for partition in await list_partitions(pool):
+        await pool.execute(f"DROP TABLE {partition.name}")
+    await ensure_partitions(pool, months_ahead=2, now=today)
+
+
+def month_names(first: datetime, count: int) -> list[str]:
+    return [MonthPartition.of(add_months(MonthPartition.of(first).start, k)).name
+            for k in range(count)]
+
+
+@pytest.mark.parametrize("today", TODAYS, ids=lambda t: f"{t:%Y-%m-%dT%H:%M}")
+async def test_maintenance_on_a_fresh_database(pool: asyncpg.Pool, today: datetime) -> None:
+    await created_on(pool, today)
+    # Events of the last week: on the 1st and the 4th some are last month's, which has no
+    # partition yet (they wait in the default partition).
+    ages = [timedelta(minutes=1), timedelta(hours=1), timedelta(days=3, hours=2),
+            timedelta(days=6, hours=23)]
+    events = [make_event(today - age, price_usd=Decimal("0.25")) for age in ages]
+    await insert_events(pool, events)
+    last_month = {e.created_at for e in events} - {
+        e.created_at for e in events if e.created_at >= MonthPartition.of(today).start}
+
+    # rollups, then rollups --rebuild: the first partition is no horizon.
+    since, until = report_window(7, today)
+    window = RollupWindow(floor_hour(since), floor_hour(since), ceil_hour(until), None)
+    check = await verify_rollups(pool, since=since, until=until)
+    assert (check.window, check.mismatches, check.window.clamped) == (window, [], False)
+    rebuilt = await rebuild_rollups(pool, since=since, until=until)
+    assert (rebuilt.window, rebuilt.rows) == (window, len({floor_hour(e.created_at)
+                                                          for e in events}))
+    assert (await verify_rollups(pool, since=since, until=until)).mismatches == []
+
+    # retention (30 days): nothing is old enough; no horizon.
+    for dry_run in (True, False):
+        kept = await apply_retention(pool, days=30, now=today, dry_run=dry_run)
+        assert (kept.dropped, kept.default_rows_deleted, kept.horizon) == ([], 0, None)
+    assert await retention_horizon(pool) is None
+
+    # partitions (3 ahead): last month gets its partition if it has events.
+    report = await ensure_partitions(pool, months_ahead=3, now=today)
+    assert report.default_rows == len(last_month) == report.moved_rows
+    first = today - timedelta(days=7) if last_month else today
+    assert [p.name for p in report.partitions] == month_names(
+        first, 5 if last_month else 4)
+    assert DEFAULT_PARTITION not in await where(pool)
+
+    check = await verify_rollups(pool, since=since, until=until)
+    assert (check.window, check.mismatches) == (window, [])
+    summary = await usage_summary(pool, days=7, customer_id="acme", now=today)
+    assert (summary.totals.requests, summary.totals.price_usd) == (4, Decimal("1.00"))
+
+
+@pytest.mark.parametrize("today", TODAYS, ids=lambda t: f"{t:%Y-%m-%dT%H:%M}")
+async def test_maintenance_after_retention(pool: asyncpg.Pool, today: datetime) -> None:
+    await created_on(pool, today)
+    ages = [timedelta(days=75), timedelta(days=45), timedelta(days=29, hours=23),
+            timedelta(minutes=1)]
+    events = [make_event(today - age) for age in ages]
+    await insert_events(pool, events)
+    await ensure_partitions(pool, months_ahead=3, now=today)
+    cutoff = today - timedelta(days=30)
+    gone = sorted({MonthPartition.of(e.created_at) for e in events
+                   if MonthPartition.of(e.created_at).end <= cutoff})
+    assert gone  # 75 days back is always two months or more before the cutoff's month end
+
+    dry = await apply_retention(pool, days=30, now=today, dry_run=True)
+    assert (dry.dropped, dry.horizon) == (gone, gone[-1].end)
+    assert await retention_horizon(pool) is None
+    report = await apply_retention(pool, days=30, now=today)
+    assert (report.dropped, report.horizon) == (gone, gone[-1].end)
+    assert await retention_horizon(pool) == gone[-1].end
+
+    # rollups over 90 days: from the horizon on, where every raw event is still stored.
+    since, until = report_window(90, today)
+    check = await verify_rollups(pool, since=since, until=until)
+    assert check.window == RollupWindow(floor_hour(since), gone[-1].end, ceil_hour(until),
+                                        gone[-1].end)
+    assert check.window.clamped and check.mismatches == []
+    rebuilt = await rebuild_rollups(pool, since=since, until=until)
+    assert rebuilt.window == check.window
+    assert rebuilt.rows == sum(e.created_at >= gone[-1].end for e in events)
+    # The rollups of the dropped months are kept: all four events are still counted.
+    assert await rollup_requests(pool) == 4
+    summary = await usage_summary(pool, days=90, customer_id="acme", now=today)
+    assert summary.totals.requests == 4
+    again = await apply_retention(pool, days=30, now=today)
+    assert (again.dropped, again.horizon) == ([], gone[-1].end)
+
+
+async def test_retention_of_default_rows_sets_the_horizon_at_the_next_hour(
+    pool: asyncpg.Pool,
+) -> None:
+    rows = [datetime(2019, 1, 5, 10, 20, tzinfo=UTC), datetime(2019, 3, 2, 7, 59, tzinfo=UTC),
+            datetime(2040, 1, 5, tzinfo=UTC)]
+    await insert_events(pool, [make_event(at) for at in rows])
+    dry = await apply_retention(pool, days=90, now=NOW, dry_run=True)
+    assert (dry.default_rows_deleted, dry.horizon) == (2, datetime(2019, 3, 2, 8, tzinfo=UTC))
+    report = await apply_retention(pool, days=90, now=NOW)
+    assert (report.default_rows_deleted, report.horizon) == (2, dry.horizon)
+    # The horizon only moves forward.
+    await insert_events(pool, [make_event(datetime(2018, 1, 1, tzinfo=UTC))])
+    assert (await apply_retention(pool, days=90, now=NOW)).horizon == dry.horizon
+
+
+async def test_an_upgraded_database_finds_the_horizon_of_earlier_retention(
+    fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    everything = load_migrations()
+    monkeypatch.setattr(storage.postgres, "load_migrations",
+                        lambda: [m for m in everything if m.version < "051"])
+    pool = await create_pool(fresh_database_url)
+    try:
+        await migrate(pool)
+        await ensure_partitions(pool, months_ahead=0, now=datetime(2026, 1, 10, tzinfo=UTC))
+        await insert_events(pool, [make_event(datetime(2026, 1, 10, 5, 30, tzinfo=UTC)),
+                                   make_event(NOW)])
+        await ensure_partitions(pool, months_ahead=0, now=NOW)
+        await pool.execute("DROP TABLE usage_events_y2026m01")  # retention, before 051
+        monkeypatch.setattr(storage.postgres, "load_migrations", lambda: everything)
+        await migrate(pool)
+        assert await retention_horizon(pool) == datetime(2026, 1, 10, 6, tzinfo=UTC)
+    finally:
+        await pool.close()
+
+
+async def test_a_fresh_or_unexpired_database_has_no_horizon(pool: asyncpg.Pool) -> None:
+    assert await retention_horizon(pool) is None
+
+
 def test_maintenance_commands(tmp_path: Path, fresh_database_url: str, redis_url: str) -> None:
+    """The CLI once, on the wall clock: whatever the date, a fresh database is maintained and
+    checked, and after retention the check starts at the horizon (events of 2020 expire)."""
     (tmp_path / "config.yaml").write_text(
         "providers: {openai: {kind: openai, base_url: https://api.openai.com/v1}}\n"
         "retention: {raw_events_days: 30, partitions_ahead_months: 3}\n"
@@ -223,18 +376,53 @@ def test_maintenance_commands(tmp_path: Path, fresh_database_url: str, redis_url
         return subprocess.run([sys.executable, "-m", "gateway.cli.main", "maintenance", *args],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
+    async def database(work: Callable[[asyncpg.Pool], Awaitable[Any]]) -> Any:
+        pool = await create_pool(fresh_database_url)
+        try:
+            return await work(pool)
+        finally:
+            await pool.close()
+
+    before = datetime.now(UTC)
     done = cli("partitions", "--format", "json")
     assert done.returncode == 0, done.stderr
     body = json.loads(done.stdout)
-    current = MonthPartition.of(datetime.now(UTC))
     ahead = {p["name"] for p in body["partitions"]}
-    assert current.name in ahead and len(ahead) >= 4 and body["default_rows"] == 0
+    assert {MonthPartition.of(at).name for at in (before, datetime.now(UTC))} <= ahead
+    assert len(ahead) >= 4 and body["default_rows"] == 0
+
+    expired = datetime(2020, 1, 15, 8, 30, tzinfo=UTC)
+    asyncio.run(database(lambda pool: insert_events(
+        pool, [make_event(expired), make_event(datetime.now(UTC) - timedelta(minutes=1))])))
+    done = cli("partitions")
+    assert done.returncode == 0 and "usage_events_y2020m01" in done.stdout, done.stderr
 
     done = cli("retention", "--dry-run", "--format", "json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert (report["days"], report["dry_run"], report["dropped"]) == (30, True, [])
-    assert "dropped" in cli("retention", "--days", "400").stdout
+    assert (report["days"], report["dry_run"]) == (30, True)
+    assert [p["name"] for p in report["dropped"]] == ["usage_events_y2020m01"]
+    assert report["horizon"] == "2020-02-01T00:00:00+00:00"
     assert cli("retention", "--days", "0").returncode == 2
+    done = cli("retention")
+    assert done.returncode == 0, done.stderr
+    assert "dropped usage_events_y2020m01" in done.stdout
+    assert "retention horizon: 2020-02-01 00:00:00Z" in done.stdout
+    assert "dropped no partition" in cli("retention", "--days", "400").stdout
+
     done = cli("rollups")
-    assert done.returncode == 0 and "match" in done.stdout
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "checked the hours from" in done.stdout and "match" in done.stdout
+    assert "removed by retention" not in done.stdout
+    done = cli("rollups", "--days", "3660", "--format", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    body = json.loads(done.stdout)
+    assert body["mismatches"] == []
+    assert body["window"]["start"] == body["window"]["horizon"] == "2020-02-01T00:00:00+00:00"
+    assert body["window"]["clamped"] is True
+    done = cli("rollups", "--days", "3660", "--rebuild")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("rebuilt the hours from 2020-02-01 00:00:00Z to ")
+    assert "removed by retention" in done.stdout
+    assert "1 rollup rows written" in done.stdout
+    assert asyncio.run(database(rollup_requests)) == 2  # 2020's hour is still counted

@@ -12,7 +12,10 @@
         retention.raw_events_days) and older rows of the default partition; rollups stay
     rollups [--days N] [--rebuild]
         compare the hourly rollups of the last N days (default 7) with the raw events and
-        list the differences (exit 1 if any); --rebuild recomputes them from the raw events
+        list the differences (exit 1 if any); --rebuild recomputes them from the raw events.
+        Only hours whose raw events are all still stored are covered: from the retention
+        horizon on (the end of what `retention` removed), never the rollups before it, which
+        are then the only record; the output says which hours were covered
 
 `--format table|json`. Exit 2 for bad usage, 1 for a database error or a lock not obtained
 within storage.partitions.LOCK_TIMEOUT_S (nothing half-done: run it again).
@@ -22,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.cli.main import add_config_option
 from gateway.cli.runtime import (
     OUTPUT_FORMATS,
     Runtime,
-    UsageError,
     add_format_option,
     render_table,
     run_command,
@@ -37,8 +38,8 @@ from gateway.cli.runtime import (
     usage_error,
 )
 from storage.partitions import apply_retention, ensure_partitions
-from storage.rollups import rebuild_rollups, verify_rollups
-from storage.usage_queries import MAX_DAYS, decimal_str
+from storage.rollups import RollupWindow, rebuild_rollups, verify_rollups
+from storage.usage_queries import MAX_DAYS, decimal_str, report_window
 
 
 def register(subparsers: Any) -> None:
@@ -120,6 +121,9 @@ def _retention(args: argparse.Namespace) -> int:
             f"{report.default_rows_deleted} rows of the default partition"
             f"{' would be' if args.dry_run else ''} deleted\n"
         )
+        if report.horizon is not None:
+            text += (f"retention horizon{' would be' if args.dry_run else ''}: "
+                     f"{short_time(report.horizon)} (rollups before it are kept as they are)\n")
         _print(report.to_json(), args.format, text)
         return 0
 
@@ -131,31 +135,39 @@ def _rollups(args: argparse.Namespace) -> int:
         return usage_error(f"--days must be between 1 and {MAX_DAYS}, got {args.days}")
 
     async def body(runtime: Runtime) -> int:
-        until = datetime.now(UTC)
-        since = until - timedelta(days=args.days)
-        try:
-            if args.rebuild:
-                written = await rebuild_rollups(runtime.pool, since=since, until=until)
-                _print({"rebuilt_rows": written}, args.format,
-                       f"rebuilt {written} rollup rows from the raw events\n")
-                return 0
-            mismatches = await verify_rollups(runtime.pool, since=since, until=until)
-        except ValueError as exc:  # the range reaches past the retained raw events
-            raise UsageError(str(exc)) from None
+        since, until = report_window(args.days, None)
+        if args.rebuild:
+            rebuilt = await rebuild_rollups(runtime.pool, since=since, until=until)
+            _print({"rebuilt_rows": rebuilt.rows, "window": rebuilt.window.to_json()},
+                   args.format, _covered(rebuilt.window, "rebuilt")
+                   + f"{rebuilt.rows} rollup rows written from the raw events\n")
+            return 0
+        check = await verify_rollups(runtime.pool, since=since, until=until)
         found = [
             {"hour": m.hour.isoformat(), "customer_id": m.customer_id,
              "project_id": m.project_id, "model": m.model, "column": m.column,
              "rollup": _number(m.rollup), "raw": _number(m.raw)}
-            for m in mismatches
+            for m in check.mismatches
         ]
         rows = [[f["hour"], f["customer_id"], f["project_id"], f["model"], f["column"],
                  f["rollup"], f["raw"]] for f in found]
-        text = (render_table(["HOUR", "CUSTOMER", "PROJECT", "MODEL", "COLUMN", "ROLLUP", "RAW"],
-                             rows) if rows else "rollups match the raw events\n")
-        _print({"mismatches": found}, args.format, text)
+        text = _covered(check.window, "checked") + (
+            render_table(["HOUR", "CUSTOMER", "PROJECT", "MODEL", "COLUMN", "ROLLUP", "RAW"],
+                         rows) if rows else "rollups match the raw events\n")
+        _print({"mismatches": found, "window": check.window.to_json()}, args.format, text)
         return 1 if found else 0
 
     return run_command(args, body)
+
+
+def _covered(window: RollupWindow, verb: str) -> str:
+    """Which hours a check or rebuild covered, and why fewer than asked for, if so."""
+    line = f"{verb} the hours from {short_time(window.start)} to {short_time(window.end)}"
+    if window.clamped:
+        line += (f" (asked from {short_time(window.requested_start)}; raw events before "
+                 f"{short_time(window.horizon)} were removed by retention, their rollups "
+                 "are left as they are)")
+    return line + "\n"
 
 
 def _number(value: Any) -> Any:
