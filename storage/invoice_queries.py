@@ -3,10 +3,15 @@
 `month_usage(pool, customer_id, month)` sums one customer's events of one UTC calendar month
 ([start, end)) into a `pricing.invoice.MonthUsage`: successful requests (status < 400) and
 their duration in milliseconds, failed requests, token counts over every event, and money as
-exact NUMERIC sums (an unpriced event adds 0 and is counted in `unpriced_requests`).
+exact NUMERIC sums (an unpriced event adds 0 and is counted in `unpriced_requests`). It reads
+the hourly rollups (storage/rollups.py), not the raw events: a month is whole UTC hours, the
+rollups hold every figure it needs per (hour, model) and equal the raw rows exactly, and they
+outlive retention, so a month's invoice is the same before and after its raw events expire.
 `billing_tier(pool, customer_id, month)` is the tier whose plan the month is billed under: the
 tier on the customer's last event of the month (the plan in force at the month's end), or the
-customer's current tier if the month has no events; None if the customer does not exist.
+customer's current tier if the month has no events; None if the customer does not exist. The
+last event is looked up among the raw events and, for events retention removed, in the
+record retention keeps of them (`usage_expired_month_tiers`, storage/partitions.py).
 
 `rerate_events(pool, rules, since=...)` prices every event created at or after `since` (of
 one model, optionally: any name that resolves to the same catalog entry) again with `rules`,
@@ -43,32 +48,45 @@ from pricing.rules import PricingRules
 DEFAULT_BATCH_SIZE = 1000
 _ZERO = Decimal(0)
 
+# From the rollups: every event counts once in `requests`, a failed one (status >= 400) in
+# `error_requests` too; `compute_ms` sums latency_ms of status < 400 only. A rollup row whose
+# events were all deleted or moved (re-rating an event to another customer) stays with zeros:
+# HAVING leaves such a model out, as the raw rows would.
 _MONTH_BY_MODEL = """
 SELECT model,
-       count(*) FILTER (WHERE status_code < 400)                     AS requests,
-       count(*) FILTER (WHERE status_code >= 400)                    AS failed_requests,
-       coalesce(sum(input_tokens), 0)::bigint                        AS input_tokens,
-       coalesce(sum(output_tokens), 0)::bigint                       AS output_tokens,
-       coalesce(sum(latency_ms) FILTER (WHERE status_code < 400), 0)::bigint AS compute_ms,
-       coalesce(sum(price_usd), 0)::numeric                          AS price_usd,
-       coalesce(sum(cost_usd), 0)::numeric                           AS cost_usd,
-       count(*) FILTER (WHERE price_usd IS NULL)                     AS unpriced_requests
-FROM usage_events
-WHERE customer_id = $1 AND created_at >= $2 AND created_at < $3
+       sum(requests - error_requests)::bigint AS requests,
+       sum(error_requests)::bigint            AS failed_requests,
+       sum(input_tokens)::bigint              AS input_tokens,
+       sum(output_tokens)::bigint             AS output_tokens,
+       sum(compute_ms)::bigint                AS compute_ms,
+       sum(price_usd)                         AS price_usd,
+       sum(cost_usd)                          AS cost_usd,
+       sum(unpriced_requests)::bigint         AS unpriced_requests
+FROM usage_rollups_hourly
+WHERE customer_id = $1 AND hour >= $2 AND hour < $3
 GROUP BY model
+HAVING sum(requests) <> 0
 ORDER BY model
 """
 
+# The last event of the month: the last retained raw one or the last one retention removed.
 _LAST_TIER = """
-SELECT tier FROM usage_events
-WHERE customer_id = $1 AND created_at >= $2 AND created_at < $3
+SELECT tier FROM (
+    (SELECT created_at, id, tier FROM usage_events
+     WHERE customer_id = $1 AND created_at >= $2 AND created_at < $3
+     ORDER BY created_at DESC, id DESC
+     LIMIT 1)
+    UNION ALL
+    (SELECT last_event_at, last_event_id, tier FROM usage_expired_month_tiers
+     WHERE customer_id = $1 AND month = $2)
+) AS last
 ORDER BY created_at DESC, id DESC
 LIMIT 1
 """
 
 
 async def month_usage(pool: asyncpg.Pool, customer_id: str, month: BillingMonth) -> MonthUsage:
-    """One customer's usage in `month`, summed exactly."""
+    """One customer's usage in `month`, summed exactly (from the rollups: whole hours)."""
     rows = await pool.fetch(_MONTH_BY_MODEL, customer_id, month.start, month.end)
     by_model = tuple(
         ModelUsage(

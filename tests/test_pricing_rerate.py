@@ -1,9 +1,11 @@
 """storage/invoice_queries.py on a real Postgres: a customer-month's usage, the tier it is
-billed under, and re-rating stored events (exact, batched, idempotent, never erasing money)."""
+billed under (the same before and after retention removes the month's raw events), and
+re-rating stored events (exact, batched, idempotent, never erasing money)."""
 
 from __future__ import annotations
 
 import json
+import random
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +21,9 @@ from pricing.months import BillingMonth
 from pricing.overrides import apply_overrides
 from pricing.rules import PricingRules, RateOverride
 from storage.invoice_queries import billing_tier, month_usage, rerate_events
+from storage.partitions import apply_retention, ensure_partitions, list_partitions
 from storage.postgres import create_pool, migrate
+from tests.usage_fixtures import insert_events, random_events
 
 D = Decimal
 CATALOG = Catalog.load_default()
@@ -107,6 +111,119 @@ async def test_billing_tier_is_the_last_events_tier_else_the_current_one(
     assert await billing_tier(pool, "acme", OCT) == "team"
     assert await billing_tier(pool, "acme", BillingMonth(2026, 9)) == "pro"  # no events
     assert await billing_tier(pool, "nobody", OCT) is None
+
+
+# What month_usage summed before it read the rollups: the reference, from the raw rows.
+_RAW_MONTH_BY_MODEL = """
+SELECT model,
+       count(*) FILTER (WHERE status_code < 400)                     AS requests,
+       count(*) FILTER (WHERE status_code >= 400)                    AS failed_requests,
+       coalesce(sum(input_tokens), 0)::bigint                        AS input_tokens,
+       coalesce(sum(output_tokens), 0)::bigint                       AS output_tokens,
+       coalesce(sum(latency_ms) FILTER (WHERE status_code < 400), 0)::bigint AS compute_ms,
+       coalesce(sum(price_usd), 0)::numeric                          AS price_usd,
+       coalesce(sum(cost_usd), 0)::numeric                           AS cost_usd,
+       count(*) FILTER (WHERE price_usd IS NULL)                     AS unpriced_requests
+FROM usage_events
+WHERE customer_id = $1 AND created_at >= $2 AND created_at < $3
+GROUP BY model
+ORDER BY model
+"""
+
+
+async def raw_month(pool: asyncpg.Pool, customer_id: str, month: BillingMonth
+                    ) -> list[dict[str, Any]]:
+    rows = await pool.fetch(_RAW_MONTH_BY_MODEL, customer_id, month.start, month.end)
+    return [dict(row) for row in rows]
+
+
+def by_model(usage: Any) -> list[dict[str, Any]]:
+    """month_usage's figures per model, shaped as _RAW_MONTH_BY_MODEL's rows."""
+    return [{"model": m.model, "requests": m.requests, "failed_requests": m.failed_requests,
+             "input_tokens": m.input_tokens, "output_tokens": m.output_tokens,
+             "price_usd": m.price_usd} for m in usage.by_model]
+
+
+async def test_month_usage_equals_the_raw_events_exactly(pool: asyncpg.Pool) -> None:
+    rng = random.Random(11)
+    # 40 days around the turn of October into November, latencies, errors, unpriced money.
+    events = random_events(rng, datetime(2026, 11, 20, 12, 7, tzinfo=UTC), 1500)
+    for event in events:
+        object.__setattr__(event, "latency_ms", rng.randint(0, 90_000))
+    await insert_events(pool, events)
+    # Rollup rows left at zero: re-rated to another customer, deleted.
+    await pool.execute("UPDATE usage_events SET customer_id = 'moved' WHERE id = $1",
+                       events[0].id)
+    await pool.execute("DELETE FROM usage_events WHERE model = 'claude-x' AND customer_id = "
+                       "'beta' AND created_at < '2026-11-01'")
+    for customer in ("acme", "beta", "gamma", "moved"):
+        for month in (BillingMonth(2026, 10), BillingMonth(2026, 11)):
+            raw = await raw_month(pool, customer, month)
+            usage = await month_usage(pool, customer, month)
+            assert by_model(usage) == [{k: v for k, v in r.items() if k in {
+                "model", "requests", "failed_requests", "input_tokens", "output_tokens",
+                "price_usd"}} for r in raw]
+            assert usage.compute_ms == sum(r["compute_ms"] for r in raw)
+            assert usage.cost_usd == sum((r["cost_usd"] for r in raw), D(0))
+            assert usage.unpriced_requests == sum(r["unpriced_requests"] for r in raw)
+            assert usage.requests == sum(r["requests"] for r in raw)
+    assert "claude-x" not in [m.model for m in (await month_usage(
+        pool, "beta", BillingMonth(2026, 10))).by_model]
+
+
+async def test_an_invoice_is_the_same_after_retention_drops_its_month(
+    pool: asyncpg.Pool,
+) -> None:
+    march = BillingMonth(2026, 3)
+    await ensure_partitions(pool, months_ahead=0, now=march.start)
+    await insert_event(pool, at=march.start, input_tokens=10, output_tokens=1, latency_ms=900,
+                       price_usd=D("0.0000000007"), cost_usd=D("0.0000000005"))
+    await insert_event(pool, at=datetime(2026, 3, 14, 9, 59, 59, tzinfo=UTC), model="o3",
+                       tier="team", input_tokens=5, latency_ms=1200, price_usd=D("1.25"),
+                       cost_usd=D(1))
+    await insert_event(pool, at=datetime(2026, 3, 20, tzinfo=UTC), status_code=502,
+                       tier="team", input_tokens=3, latency_ms=60_000, price_usd=D(0))
+    await insert_event(pool, at=march.end - timedelta(microseconds=1), model="local",
+                       tier="team", input_tokens=2, latency_ms=7)  # unpriced, last of March
+    await insert_event(pool, at=march.end, tier="free", price_usd=D(9))  # April
+    await insert_event(pool, customer_id="bob", at=datetime(2026, 3, 2, tzinfo=UTC),
+                       tier="free", price_usd=D(3))
+    before = {c: (await month_usage(pool, c, march), await billing_tier(pool, c, march))
+              for c in ("acme", "bob")}
+    assert before["acme"][1] == "team" and before["acme"][0].requests == 3
+
+    # The customer moves to another tier; March's raw events expire.
+    await pool.execute("UPDATE customers SET tier = 'free' WHERE id = 'acme'")
+    report = await apply_retention(pool, days=30, now=datetime(2026, 5, 20, tzinfo=UTC))
+    assert [p.name for p in report.dropped] == ["usage_events_y2026m03"]
+    assert await pool.fetchval("SELECT count(*) FROM usage_events WHERE created_at < $1",
+                               march.end) == 0
+    after = {c: (await month_usage(pool, c, march), await billing_tier(pool, c, march))
+             for c in ("acme", "bob")}
+    assert after == before
+
+
+async def test_an_invoice_is_the_same_after_retention_deletes_default_rows(
+    pool: asyncpg.Pool,
+) -> None:
+    # No partition for 2019: the events wait in the default partition, which retention
+    # empties row by row, older than its cutoff: first part of the month, then the rest.
+    month = BillingMonth(2019, 6)
+    assert all(p.start > month.start for p in await list_partitions(pool))
+    for day, tier in ((3, "free"), (28, "team"), (10, "pro")):
+        await insert_event(pool, at=datetime(2019, 6, day, tzinfo=UTC), tier=tier,
+                           input_tokens=day, price_usd=D("0.1"))
+    before = (await month_usage(pool, "acme", month), await billing_tier(pool, "acme", month))
+    assert before[1] == "team"
+    assert (await apply_retention(pool, days=30, now=datetime(2019, 7, 15, tzinfo=UTC))
+            ).default_rows_deleted == 2  # the 3rd and the 10th; the 28th is kept
+    await pool.execute("UPDATE customers SET tier = 'free' WHERE id = 'acme'")
+    assert (await month_usage(pool, "acme", month), await billing_tier(pool, "acme", month)
+            ) == before
+    assert (await apply_retention(pool, days=30, now=datetime(2019, 12, 1, tzinfo=UTC))
+            ).default_rows_deleted == 1
+    assert (await month_usage(pool, "acme", month), await billing_tier(pool, "acme", month)
+            ) == before
 
 
 # ----------------------------------------------------------------------------- re-rating
