@@ -4,6 +4,9 @@ Both come from the same wheels the product uses for its zero-setup default, star
 test session in a temporary directory, listen on loopback (Postgres on a unix socket in its
 data dir, Valkey on 127.0.0.1), and are stopped when the session ends. Tests that need a clean
 slate create their own database (`fresh_database_url`) or flush Valkey themselves.
+
+No test starts in the last MONTH_END_MARGIN_S seconds of a UTC calendar month: it waits for
+the month to turn (`_not_across_a_month_end`), see there.
 """
 
 from __future__ import annotations
@@ -11,12 +14,32 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import pytest
+
+MONTH_END_MARGIN_S = 60.0
+
+
+@pytest.fixture(autouse=True)
+def _not_across_a_month_end() -> None:
+    """Monthly quotas, spend caps and usage alerts count per UTC calendar month on the Redis
+    server's clock (this host's, and not injectable: one clock for every gateway process). A
+    test that admits a request in a month's last second and reads the counter in the next
+    sees it reset, whatever the date it was written for. So a test that would start within
+    MONTH_END_MARGIN_S of a month's end (longer than any such test runs) waits until the
+    month has turned; any other test starts at once."""
+    now = datetime.now(UTC)
+    index = now.year * 12 + now.month  # the next month, counted from year 0
+    following = datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC)
+    left = (following - now).total_seconds()
+    if left < MONTH_END_MARGIN_S:
+        time.sleep(left + 0.1)
 
 
 @pytest.fixture(scope="session")

@@ -38,6 +38,8 @@ def hour_start(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
+# The syncs below run on this clock, fixed when the module is imported: a test that ran more
+# than an hour later on the wall clock would otherwise find THIS_HOUR's "open" window closed.
 NOW = datetime.now(UTC)
 THIS_HOUR = hour_start(NOW)
 
@@ -81,7 +83,8 @@ def syncer(pool: asyncpg.Pool, api: object, sleeps: Sleeps | None = None,
            **policy: object) -> MeterSync:
     settings: dict[str, object] = {"meters": METERS, "window_s": 3600, "settle_delay_s": 900}
     settings.update(policy)
-    return MeterSync(pool, api, SyncPolicy(**settings), sleep=sleeps or Sleeps())  # type: ignore[arg-type]
+    return MeterSync(pool, api, SyncPolicy(**settings), clock=lambda: NOW,  # type: ignore[arg-type]
+                     sleep=sleeps or Sleeps())
 
 
 async def add_customer(pool: asyncpg.Pool, customer_id: str, stripe_id: str | None) -> None:
