@@ -70,10 +70,11 @@ class AwsSigning:
 
     async def prepare(self, profiles: set[str | None]) -> None:
         """Resolve these profiles' credentials now (at start, after a reload), each in a
-        thread; log (never raise) what is missing: requests then answer 503."""
+        thread, even those resolved before: the chain may have changed (another app in this
+        process, rotated files). Until a new resolution lands, the current credentials keep
+        signing; one that finds none keeps them too and logs it (never raises): without any,
+        requests answer 503."""
         for profile in profiles:
-            if profile in self._credentials:
-                continue
             self._missing_until.pop(profile, None)
             self._start(profile)
             await asyncio.shield(self._pending[profile])
