@@ -143,7 +143,8 @@ def create_app(
         # timeouts (quotas.on_redis_error decides what a down Redis means, not a long retry;
         # retrying is safe: a retried admit reserves once, settle is idempotent).
         client = connect_redis(redis_url, max_connections=settings.quotas.redis_max_connections)
-        store = QuotaStore(client, window_ms=quota_window_ms)
+        store = QuotaStore(client, window_ms=quota_window_ms,
+                           wait_replicas=settings.quotas.redis_wait_replicas)
         # Alerts hear of every settle and monthly refusal from the policy.
         app[keys.alerts] = alerts = AlertNotifier(store, app[keys.http], settings.alerts)
         app[keys.quotas] = QuotaPolicy(store, settings.quotas, alerts)

@@ -403,6 +403,9 @@ class QuotasConfig(_Model):
     reservation_ttl_s: int = Field(default=900, ge=1)
     # Redis connections per gateway process; a burst waits for a free one.
     redis_max_connections: int = Field(default=64, ge=1)
+    # Answer a quota call only once this many replicas have its writes (Redis WAIT), so a
+    # Sentinel or Cluster failover cannot lose an admission; 0 = the primary's word suffices.
+    redis_wait_replicas: int = Field(default=0, ge=0)
 
 
 class AlertsConfig(_Model):

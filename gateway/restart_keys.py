@@ -24,6 +24,7 @@ RESTART_ONLY: tuple[str, ...] = (
     "logging",
     "retention",
     "quotas.redis_max_connections",
+    "quotas.redis_wait_replicas",
 )
 # Read from the live snapshot by each request although its section is restart-only.
 LIVE_EXCEPTIONS: tuple[str, ...] = ("server.disconnect_drain_s", "server.cors_origins")

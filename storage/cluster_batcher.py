@@ -81,9 +81,10 @@ def first_key(packed: bytes) -> bytes:
 
 class ClusterScriptBatcher:
     def __init__(self, cluster: RedisCluster, *, retries: int = 2,
-                 reroute_for_s: float = REROUTE_FOR_S) -> None:
+                 reroute_for_s: float = REROUTE_FOR_S, wait_replicas: int = 0) -> None:
         self._cluster = cluster
         self._retries = retries
+        self._wait_replicas = wait_replicas
         self._reroute_for_s = reroute_for_s
         self._nodes: dict[str, tuple[Redis, ScriptBatcher]] = {}
         self._rerouting: set[asyncio.Task[None]] = set()
@@ -136,8 +137,8 @@ class ClusterScriptBatcher:
             pool = ConnectionPool(connection_class=node.connection_class, max_connections=2,
                                   **kwargs)
             client = Redis(connection_pool=pool)
-            entry = self._nodes[node.name] = (client, ScriptBatcher(client,
-                                                                    retries=self._retries))
+            entry = self._nodes[node.name] = (client, ScriptBatcher(
+                client, retries=self._retries, wait_replicas=self._wait_replicas))
         return entry[1]
 
     def _answered(self, inner: asyncio.Future[Any], outer: asyncio.Future[Any],

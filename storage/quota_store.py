@@ -231,19 +231,21 @@ class QuotaStore:
     """Admit, settle and read one customer's quota windows, each in one atomic Lua call.
 
     `window_ms` is the length of the per-minute windows: 60 000 in production; tests pass a
-    short one instead of waiting a minute.
+    short one instead of waiting a minute. `wait_replicas` > 0: a call is answered only once
+    that many replicas have its writes (`ScriptBatcher`), so a failover loses no admission.
     """
 
     def __init__(self, client: Redis | RedisCluster, *,
-                 window_ms: int = PRODUCTION_WINDOW_MS) -> None:
+                 window_ms: int = PRODUCTION_WINDOW_MS, wait_replicas: int = 0) -> None:
         if window_ms < 1:
             raise ValueError(f"window_ms must be positive, got {window_ms}")
         self.window_ms = window_ms
         self._redis = client
         # On a Cluster, each call goes to its customer's slot's primary, pipelined per node.
         self._scripts: ScriptBatcher | ClusterScriptBatcher = (
-            ClusterScriptBatcher(client) if isinstance(client, RedisCluster)
-            else ScriptBatcher(client))
+            ClusterScriptBatcher(client, wait_replicas=wait_replicas)
+            if isinstance(client, RedisCluster)
+            else ScriptBatcher(client, wait_replicas=wait_replicas))
         self._admit = _script("admit.lua")
         self._settle = _script("settle.lua")
         self._status = _script("status.lua")

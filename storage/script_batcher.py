@@ -22,6 +22,14 @@ Failure semantics, per call:
   `duplicate`, a second settle is a no-op);
 - no connection can be checked out of a full pool: `redis.exceptions.MaxConnectionsError`.
 A call whose caller was cancelled still runs; its reply is dropped.
+
+Replicated acknowledgement (`wait_replicas` > 0, for a primary that may fail over, as under
+Sentinel): each batch ends with `WAIT wait_replicas WAIT_TIMEOUT_MS`, and its replies are
+handed out only once that many replicas have the batch's writes. Fewer in time counts as a
+broken connection: it is dropped and the whole batch sent again (on a new connection, so
+after a failover to the new primary). Without it, an admit the old primary answered but never
+shipped is lost when its replica is promoted, and the customer is admitted once more than
+its limit.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 512
 RETRY_BACKOFF_S = (0.01, 0.05, 0.1)
+WAIT_TIMEOUT_MS = 250  # how long a batch waits for its replicas (wait_replicas > 0)
 
 Arg = bytes | str | int
 
@@ -103,9 +112,12 @@ class _Unanswered(Exception):
 
 
 class ScriptBatcher:
-    def __init__(self, client: Redis, *, retries: int = 2) -> None:
+    def __init__(self, client: Redis, *, retries: int = 2, wait_replicas: int = 0) -> None:
         self._pool = client.connection_pool
         self._retries = retries
+        self._wait = (b"*3\r\n$4\r\nWAIT\r\n" + _bulk(wait_replicas) + _bulk(WAIT_TIMEOUT_MS)
+                      if wait_replicas > 0 else None)
+        self._wait_replicas = wait_replicas
         self._queue: collections.deque[_Call] = collections.deque()
         self._connection: AbstractConnection | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -226,24 +238,41 @@ class ScriptBatcher:
         self.batches += 1
         unanswered = collections.deque(batch)
         missing_script: list[_Call] = []
+        # With `wait_replicas`, replies are held until WAIT confirms them (and the calls stay
+        # unanswered: a shortfall sends the whole batch again).
+        held: list[tuple[_Call, Any]] | None = [] if self._wait is not None else None
+        commands = [c.packed for c in batch]
+        if self._wait is not None:
+            commands.append(self._wait)
         try:
             async with asyncio.timeout(self._timeout_s):
-                await connection.send_packed_command([c.packed for c in batch],
-                                                     check_health=False)
-                while unanswered:
-                    call = unanswered[0]
+                await connection.send_packed_command(commands, check_health=False)
+                for call in batch:
+                    outcome: Any
                     try:
-                        reply = await connection.read_response(timeout=math.inf)
+                        outcome = await connection.read_response(timeout=math.inf)
                     except redis.exceptions.NoScriptError as exc:
-                        if reloaded:  # loaded a moment ago and gone again: give up on it
-                            _resolve(call, exc)
-                        else:
+                        if not reloaded:
                             missing_script.append(call)
+                            unanswered.remove(call)
+                            continue
+                        outcome = exc  # loaded a moment ago and gone again: give up on it
                     except redis.exceptions.ResponseError as exc:
-                        _resolve(call, exc)
+                        outcome = exc
+                    if held is None:
+                        _resolve(call, outcome)
+                        unanswered.popleft()
                     else:
-                        _resolve(call, reply)
-                    unanswered.popleft()
+                        held.append((call, outcome))
+                if held is not None:
+                    acked = await connection.read_response(timeout=math.inf)
+                    if not isinstance(acked, int) or acked < self._wait_replicas:
+                        raise redis.exceptions.ConnectionError(
+                            f"the batch reached {acked} of {self._wait_replicas} replicas "
+                            f"within {WAIT_TIMEOUT_MS} ms")
+                    for call, outcome in held:
+                        _resolve(call, outcome)
+                    unanswered.clear()
                 for script in {c.script.sha: c.script for c in missing_script}.values():
                     await connection.send_command("SCRIPT", "LOAD", script.source,
                                                   check_health=False)

@@ -37,7 +37,8 @@ async def test_two_gateways_through_a_sentinel_failover_admit_exactly_the_limit(
     async with AsyncExitStack() as stack:
         gateways = [await stack.enter_async_context(running_gateway(
             fresh_database_url, sentinel.url, monkeypatch, tiers=TIERS,
-            extra_config={"quotas": {"on_redis_error": "reject"}})) for _ in range(2)]
+            extra_config={"quotas": {"on_redis_error": "reject",
+                                             "redis_wait_replicas": 1}})) for _ in range(2)]
         customers = await add_customers(gateways[0], 40, "free")
         ids = list(customers)
         unavailable = 0

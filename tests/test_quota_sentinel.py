@@ -43,7 +43,8 @@ def sentinel() -> Iterator[SentinelSet]:
 @pytest.fixture
 async def stores(sentinel: SentinelSet) -> AsyncIterator[list[QuotaStore]]:
     clients = [connect(sentinel.url, max_connections=32) for _ in range(2)]
-    made = [QuotaStore(client) for client in clients]
+    # Answered only once the replica holds each batch: the failover loses no admission.
+    made = [QuotaStore(client, wait_replicas=1) for client in clients]
     try:
         yield made
     finally:

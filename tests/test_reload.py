@@ -160,7 +160,7 @@ def test_restart_only_keys_are_the_ones_read_at_start() -> None:
     for key in ("server.host", "server.port", "server.workers", "server.client_timeout_s",
                 "storage.redis_url", "storage.journal_dir", "storage.journal_fsync_interval_s",
                 "logging.requests", "retention.raw_events_days",
-                "quotas.redis_max_connections"):
+                "quotas.redis_max_connections", "quotas.redis_wait_replicas"):
         assert needs_restart(key), key
     for key in ("server.disconnect_drain_s", "server.cors_origins",
                 "tiers.free.limits.requests_per_minute",

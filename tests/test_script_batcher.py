@@ -75,6 +75,22 @@ async def test_a_redis_error_fails_only_its_own_call(client: Redis) -> None:
     assert "refused by script" in str(outcomes[1])
 
 
+async def test_a_batch_no_replica_confirms_is_never_answered_as_done(client: Redis) -> None:
+    # The session's Valkey has no replica: WAIT 1 finds none, as after a failover the old
+    # primary does. The calls are sent again (applied once) and then fail, never answered.
+    batcher = ScriptBatcher(client, retries=2, wait_replicas=1)
+    key = f"t:{uuid.uuid4()}"
+    outcomes = await asyncio.gather(batcher.call(ADD_ONCE, [key], [1, "a"]),
+                                    batcher.call(ADD_ONCE, [key], [1, "b"]),
+                                    return_exceptions=True)
+    await batcher.aclose()
+    for outcome in outcomes:
+        assert isinstance(outcome, redis.exceptions.ConnectionError)
+        assert "0 of 1 replicas" in str(outcome)
+    assert batcher.batches == 3  # the first try and two resends
+    assert int(await client.get(key)) == 2  # each call applied once on the primary
+
+
 async def test_a_flushed_script_cache_is_reloaded_transparently(client: Redis) -> None:
     batcher = ScriptBatcher(client)
     key = f"t:{uuid.uuid4()}"
