@@ -27,20 +27,23 @@ sys.stdout.write(metrics.render().decode())
 """
 
 
-def record(directory: Path, how: str) -> tuple[str, list[str]]:
-    """The /metrics text and the file names (pid as PID) of a process that recorded."""
+def record(directory: Path, how: str) -> tuple[list[str], list[str]]:
+    """The /metrics lines and the file names (pid as PID) of a process that recorded. The
+    lines come sorted: the collector reads the files in the directory's listing order, which
+    differs between two directories, and so does the order of the families it renders."""
     directory.mkdir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
     text = subprocess.run([sys.executable, "-c", RECORD, how], env=env, capture_output=True,
                           text=True, check=True, timeout=60).stdout
-    return text, sorted(re.sub(r"_\d+\.db$", "_PID.db", name) for name in os.listdir(directory))
+    return sorted(text.splitlines()), sorted(re.sub(r"_\d+\.db$", "_PID.db", name)
+                                             for name in os.listdir(directory))
 
 
 def test_a_prepared_worker_records_what_prometheus_client_records(tmp_path: Path) -> None:
     default = record(tmp_path / "default", "default")
     prepared = record(tmp_path / "prepared", "prepared")
     assert prepared == default
-    text, files = prepared
+    lines, files = prepared
     assert files == ["counter_PID.db", "histogram_PID.db"]
     assert 'tollbooth_requests_total{model="gpt-4o",provider="openai",route="chat.completions",' \
-           'status="200"} 2.0' in text
+           'status="200"} 2.0' in lines
