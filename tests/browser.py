@@ -6,6 +6,10 @@ script errors with `console_errors(driver)`. When the two programs are missing a
 run as root, the fixture installs them with apt-get (`chromium chromium-driver`) rather than
 skipping, so the README's test command works on a fresh machine; otherwise it fails with a
 message saying what to install. Import the fixture into a test module to use it.
+
+`screenshots_dir()` is where the pages' screenshots go: a temporary directory, or the
+repository's docs/ (the README's pictures) when TOLLBOOTH_UPDATE_SCREENSHOTS=1, so a test run
+leaves the checkout as it found it.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +27,12 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
 PACKAGES = ("chromium", "chromium-driver")
+
+
+def screenshots_dir() -> Path:
+    if os.environ.get("TOLLBOOTH_UPDATE_SCREENSHOTS") == "1":
+        return Path(__file__).resolve().parent.parent / "docs"
+    return Path(tempfile.mkdtemp(prefix="tollbooth-screenshots-"))
 
 
 def _programs() -> tuple[str | None, str | None]:

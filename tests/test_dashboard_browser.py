@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from urllib.parse import urlencode
 
 import aiohttp
@@ -26,7 +25,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from gateway import keys
 from gateway.bench.portal_seed import SeedPlan, seed
-from tests.browser import chrome, console_errors
+from tests.browser import chrome, console_errors, screenshots_dir
 from tests.portal_fixtures import (
     MONTH_QUERY,
     MONTH_START,
@@ -41,7 +40,7 @@ from tests.usage_fixtures import insert_events, make_event
 
 __all__ = ["chrome"]  # the fixture, used by name
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = screenshots_dir()
 TOKEN = "dash-" + uuid.uuid4().hex
 XSS_CUSTOMER = "xss-co"
 XSS_CUSTOMER_NAME = "<img src=x onerror=alert(1)>"

@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -28,7 +27,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from gateway import keys
 from gateway.web import keys as web_keys
 from gateway.web.portal_links import issue_link, link_url
-from tests.browser import chrome, console_errors
+from tests.browser import chrome, console_errors, screenshots_dir
 from tests.portal_fixtures import (
     BETA_MODEL,
     BETA_PROJECT,
@@ -46,7 +45,7 @@ from tests.portal_fixtures import (
 
 __all__ = ["chrome"]  # the fixture, used by name
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = screenshots_dir()
 HEADLINE = ("requests", "input_tokens", "output_tokens", "cached_input_tokens",
             "reasoning_tokens")
 
