@@ -45,7 +45,7 @@ import orjson
 
 from gateway.config import AlertsConfig, TierConfig, TierLimits
 from gateway.quotas import Admission
-from storage.quota_store import (
+from storage.quota.store import (
     QuotaStore,
     QuotaStoreBusy,
     QuotaStoreUnavailable,

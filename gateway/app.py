@@ -15,10 +15,8 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway import keys
-from gateway.admin_routes import add_admin_routes
 from gateway.alerts import AlertNotifier
 from gateway.auth import Authenticator
-from gateway.billing_routes import add_billing_routes
 from gateway.client_timeout import client_timeout_middleware
 from gateway.config import Settings
 from gateway.cors import install as install_cors
@@ -27,24 +25,26 @@ from gateway.logs import AccessLog
 from gateway.metering import Recorder, interrupted_pricer
 from gateway.metrics import LiveValues, Metrics
 from gateway.middleware import error_middleware
-from gateway.operator_routes import add_operator_routes
 from gateway.probes import add_probe_routes
 from gateway.providers.registry import FORWARDED, TEMPLATED, aiohttp_path, warm_up
 from gateway.proxy import make_handler
 from gateway.quotas import QuotaPolicy
 from gateway.reload import ConfigWatcher
+from gateway.routes.admin import add_admin_routes
+from gateway.routes.billing import add_billing_routes
+from gateway.routes.operator import add_operator_routes
+from gateway.routes.usage import add_usage_routes
 from gateway.runtime import Runtime
 from gateway.tokens import TokenCounter
 from gateway.upstream import UpstreamClient, create_session
-from gateway.usage_routes import add_usage_routes
 from gateway.web.routes import add_web_routes
 from pricing.catalog import Catalog
 from storage.accounts import AccountStore
-from storage.partitions import maintain_partitions
 from storage.postgres import create_pool, migrate
-from storage.quota_store import QuotaStore
-from storage.redis_connect import connect as connect_redis
-from storage.usage_writer import UsageWriter
+from storage.quota.redis_connect import connect as connect_redis
+from storage.quota.store import QuotaStore
+from storage.usage.partitions import maintain_partitions
+from storage.usage.writer import UsageWriter
 
 _MB = 1024 * 1024
 
@@ -138,7 +138,7 @@ def create_app(
             pool.terminate()
 
     async def quotas(app: web.Application) -> AsyncIterator[None]:
-        # One node, a Cluster or Sentinel, by the URL's scheme (storage.redis_connect): a
+        # One node, a Cluster or Sentinel, by the URL's scheme (storage.quota.redis_connect): a
         # blocking pool on one node (a full pool must never look like an outage), short
         # timeouts (quotas.on_redis_error decides what a down Redis means, not a long retry;
         # retrying is safe: a retried admit reserves once, settle is idempotent).

@@ -1,7 +1,7 @@
 """The client read timeout: a request's body must arrive whole within `server.client_timeout_s`
 of its headers, or the client gets a 408 (slow-loris defence).
 
-This module is aiohttp's half, for the requests the fast front hands over; `gateway.front`
+This module is aiohttp's half, for the requests the fast front hands over; `gateway.front.server`
 applies the same two deadlines (head, then body) to the requests it serves itself.
 
 `client_timeout_middleware(timeout_s)` runs the handler under an `asyncio.timeout` armed when

@@ -33,7 +33,7 @@ from pydantic import (
 from pricing.overrides import check_override
 from pricing.plans import Dimension, OveragePrice, Plan, PriceTier
 from pricing.rules import RateOverride
-from storage.redis_connect import REDIS_URL_SCHEMES
+from storage.quota.redis_connect import REDIS_URL_SCHEMES
 
 DATABASE_URL_ENV = "TOLLBOOTH_DATABASE_URL"
 REDIS_URL_ENV = "TOLLBOOTH_REDIS_URL"
@@ -156,7 +156,7 @@ class ServerConfig(_Model):
 
 
 class StorageConfig(_Model):
-    """`journal_*`: the usage journal (storage.journal); `writer_*`: the usage writer.
+    """`journal_*`: the usage journal (storage.usage.journal); `writer_*`: the usage writer.
     `writer_queue_max` bounds the events kept in memory when the journal's disk refuses a
     write; `journal_max_mb` is the journal's disk budget, past which `journal_full_policy`
     applies: `serve` keeps serving and alerts, `refuse` answers 503 to new requests."""
@@ -164,7 +164,7 @@ class StorageConfig(_Model):
     database_url: str | None = None
     # database_url is a PgBouncer in transaction pooling mode: no named prepared statements.
     pgbouncer: bool = False
-    redis_url: str | None = None  # storage.redis_connect: one node, Cluster or Sentinel
+    redis_url: str | None = None  # storage.quota.redis_connect: one node, Cluster or Sentinel
     data_dir: str = ".tollbooth"
     writer_batch_size: int = Field(default=5000, ge=1)
     writer_flush_interval_s: float = Field(default=0.2, gt=0)
@@ -526,7 +526,7 @@ class StripeConfig(_Model):
 
     @model_validator(mode="after")
     def _check_stripe(self) -> StripeConfig:
-        # Keep in step with storage.usage_windows.DIMENSIONS (a test checks they match).
+        # Keep in step with storage.reports.usage_windows.DIMENSIONS (a test checks they match).
         dimensions = (
             "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
             "reasoning_tokens", "requests", "price_micros",

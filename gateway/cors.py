@@ -31,7 +31,7 @@ A header not allowed is left out of the answer, and the browser then refuses the
 Both servers apply this, reading `server.cors_origins` from the live settings snapshot (a
 reload changes it for the next request): aiohttp through `install(app)` (a middleware that
 answers preflights, a response-prepare hook that adds the headers), the fast front by calling
-`preflight_headers` and `response_headers` itself (`gateway.front_connection`).
+`preflight_headers` and `response_headers` itself (`gateway.front.connection`).
 """
 
 from __future__ import annotations

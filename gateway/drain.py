@@ -17,7 +17,7 @@ Timeline, with t the moment SIGTERM (or SIGINT, SIGQUIT, a lost supervisor) arri
   "drain_timeout"` and `usage_source = estimated` unless the provider's usage had arrived.
 - then: the usage writer is given what is left of drain_timeout_s + EXIT_MARGIN_S
   (`exit_budget_s`) to put every journaled event in Postgres; whatever Postgres does not take
-  in that time stays in the journal, and the writer logs how many (storage.usage_writer).
+  in that time stays in the journal, and the writer logs how many (storage.usage.writer).
 
 Failure semantics: nothing here raises into a request. A cut never loses or doubles an event:
 an exchange is recorded by the proxy's own path (the same `Recorder.finish` as any request),

@@ -21,7 +21,7 @@ from gateway.runtime import Runtime
 from gateway.tokens import TokenCounter
 from gateway.upstream_client import UpstreamClient
 from storage.accounts import AccountStore
-from storage.usage_writer import UsageWriter
+from storage.usage.writer import UsageWriter
 
 runtime = web.AppKey("runtime", Runtime)
 http = web.AppKey("http", aiohttp.ClientSession)  # the gateway's own calls (webhooks)

@@ -5,10 +5,10 @@ before it goes upstream (the event it gets if the gateway is killed before it fi
 `status_code` 502, `usage_source = estimated`, `metadata.interrupted = "gateway_stopped"`,
 the prompt-token estimate as input, no money), and the progress callback of
 `stream_progress` journals it again, with the output counted so far, when the relay calls it
-(about once a second). Both cost one encoded line and one os.write (storage.journal_open),
+(about once a second). Both cost one encoded line and one os.write (storage.usage.journal_open),
 no pricing and no await; neither raises into the request path. If the process dies, the next
 start prices those events with `interrupted_pricer` and records the ones that never got a
-real event (storage.interrupted). 502 because the exchange did fail, from the client's side;
+real event (storage.usage.interrupted). 502 because the exchange did fail, from the client's side;
 it is priced as a failed request: the tokens, no per-request or compute fee.
 
 `Recorder.finish` runs exactly once per forwarded request, whatever happened (success,
@@ -46,9 +46,9 @@ from gateway.runtime import Runtime, Snapshot
 from gateway.tokens import TokenCounter
 from pricing.models import Charge, Usage
 from storage.accounts import KeyPrincipal
-from storage.journal_format import encode_provisional
-from storage.usage_event import UsageEvent
-from storage.usage_writer import UsageWriter
+from storage.usage.event import UsageEvent
+from storage.usage.journal_format import encode_provisional
+from storage.usage.writer import UsageWriter
 
 log = logging.getLogger("tollbooth.metering")
 

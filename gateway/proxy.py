@@ -1,6 +1,6 @@
 """The forwarded routes: authenticate, validate, admit, forward, relay, record.
 
-Two servers feed it: the fast front (`gateway.front`) calls `prepare` and `forward` itself;
+Two servers feed it: the fast front (`gateway.front.server`) calls `prepare` and `forward` itself;
 aiohttp calls the handler `make_handler` builds (for the requests the front hands over). Both
 answer through a `gateway.reply.Reply`. In order, for each request:
 1. the key (where the route's API sends it: the adapter's `client_key`) is resolved to a
@@ -59,7 +59,7 @@ from gateway.providers.registry import match
 from gateway.relay import relay_stream
 from gateway.reply import AiohttpReply, Reply
 from gateway.upstream import UpstreamResponse, check_forwardable, read_body, send
-from storage.usage_writer import JournalFullError
+from storage.usage.writer import JournalFullError
 
 log = logging.getLogger("tollbooth.proxy")
 

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from gateway.config import TierLimits
-from storage.quota_store import UsageSnapshot
+from storage.quota.store import UsageSnapshot
 
 Status = Literal["ok", "approaching_limit", "over_limit"]
 

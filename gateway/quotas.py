@@ -3,7 +3,7 @@
 `QuotaPolicy` turns a tier's limits and a request's worst-case estimate (prompt tokens plus
 its max output tokens, and that estimate's price) into an `Admission` or a `RateLimitError`,
 and gives the OpenAI rate-limit headers of the per-minute windows. The counting itself is
-`storage.quota_store.QuotaStore`: one atomic Lua call per decision, on the Redis every gateway
+`storage.quota.store.QuotaStore`: one atomic Lua call per decision, on the Redis every gateway
 process shares, with the Redis server's clock. Counted per customer (all its keys together);
 months are UTC calendar months; spend is counted in whole micro-dollars, rounded up.
 
@@ -57,7 +57,7 @@ from gateway.errors import RateLimitError, ServiceUnavailableError
 from gateway.quota_status import QuotaStatus, build_status, utc_from_ms
 from gateway.traffic import MinuteTraffic
 from pricing.cost import usd_to_micros_ceil
-from storage.quota_store import (
+from storage.quota.store import (
     AdmitReply,
     QuotaLimits,
     QuotaStore,

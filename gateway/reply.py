@@ -1,7 +1,7 @@
 """How the proxy answers its client, whichever server took the request.
 
-The forwarded routes are served by two servers: the fast front (`gateway.front`) for the
-plain requests SDKs send, and aiohttp for everything else (`gateway.front` hands it those
+The forwarded routes are served by two servers: the fast front (`gateway.front.server`) for the
+plain requests SDKs send, and aiohttp for everything else (`gateway.front.server` hands it those
 connections). The proxy writes its answer through a `Reply`, so one exchange logic serves both:
 - `send(status, headers, body)`: a whole response (JSON, an error from the provider);
 - `open_stream(status, headers)`: the head of a streamed response, returning the `StreamSink`

@@ -20,7 +20,7 @@ import logging
 import os
 
 from gateway.config import StripeConfig
-from storage.stripe_client import StripeApi
+from storage.stripe.client import StripeApi
 
 log = logging.getLogger("tollbooth.billing")
 

@@ -2,7 +2,7 @@
 
 When both are set, `serve` listens with HTTPS: the SSL context made here goes on the listening
 socket (`web.TCPSite(..., ssl_context=...)`), so every connection is TLS before any protocol
-sees it — the fast front (`gateway.front`) and aiohttp alike, including a connection the
+sees it — the fast front (`gateway.front.server`) and aiohttp alike, including a connection the
 front hands over to aiohttp. Clients that send a key only over HTTPS (boto3's Bedrock bearer
 token) need this, or a TLS-terminating proxy in front of a plain-HTTP `serve`.
 

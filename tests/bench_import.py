@@ -27,9 +27,9 @@ from pathlib import Path
 
 import psutil
 
-from storage.embedded_servers import start_postgres, stop_postgres
+from storage.embedded.servers import start_postgres, stop_postgres
 from storage.postgres import create_pool
-from storage.rollups import verify_rollups
+from storage.reports.rollups import verify_rollups
 from tests.import_fixtures import Cli, new_database, write_usage_csv
 
 

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import asyncpg
 
-from storage.embedded_servers import start_postgres, stop_postgres
-from storage.journal import Journal
-from storage.journal_format import encode_event
+from storage.embedded.servers import start_postgres, stop_postgres
 from storage.postgres import create_pool, migrate
-from storage.usage_batches import database_key
-from storage.usage_writer import UsageWriter
+from storage.usage.batches import database_key
+from storage.usage.journal import Journal
+from storage.usage.journal_format import encode_event
+from storage.usage.writer import UsageWriter
 from tests.test_usage_writer import make_event
 
 

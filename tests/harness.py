@@ -26,7 +26,7 @@ from aiohttp.web import BaseRunner
 from gateway import keys
 from gateway.app import create_app
 from gateway.config import parse_settings
-from gateway.front import FrontRunner
+from gateway.front.server import FrontRunner
 from gateway.mock_provider.app import MOCK_REQUESTS, MockOptions, create_mock_app
 from storage.accounts import AccountStore
 

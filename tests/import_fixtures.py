@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 
-from storage.usage_event import UsageEvent
+from storage.usage.event import UsageEvent
 
 CONFIG = """
 providers:

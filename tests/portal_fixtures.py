@@ -27,7 +27,7 @@ import asyncpg
 from aiohttp import web
 
 from gateway import keys
-from storage.usage_event import UsageEvent
+from storage.usage.event import UsageEvent
 from tests.harness import Gateway, running_gateway
 from tests.usage_fixtures import insert_events, make_event
 

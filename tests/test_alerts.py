@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from gateway.alerts import crossed
 from gateway.config import TierLimits
-from storage.quota_store import SettleReply, UsageSnapshot
+from storage.quota.store import SettleReply, UsageSnapshot
 
 
 def _usage(*, requests: int = 0, tokens: int = 0, spend_micros: int = 0) -> UsageSnapshot:

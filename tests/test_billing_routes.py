@@ -24,10 +24,10 @@ from aiohttp.test_utils import TestServer
 
 from gateway import keys
 from gateway.auth import Authenticator
-from gateway.billing_routes import add_billing_routes
 from gateway.config import parse_settings
 from gateway.metrics import Metrics
 from gateway.middleware import error_middleware
+from gateway.routes.billing import add_billing_routes
 from gateway.runtime import Runtime
 from pricing.catalog import Catalog
 from storage.accounts import AccountStore

@@ -12,15 +12,15 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from storage.daily_rollups import daily_rows_sql, verify_daily_rollups
-from storage.dashboard_queries import customers_usage
-from storage.key_rollups import verify_key_rollups
-from storage.partitions import ensure_partitions
 from storage.postgres import create_pool, migrate
-from storage.rollups import Params, UsageFilter, rebuild_rollups
-from storage.system_queries import models_usage
-from storage.usage_breakdown import usage_by_key
-from storage.usage_queries import UsageTotals, usage_totals
+from storage.reports.breakdown import usage_by_key
+from storage.reports.daily_rollups import daily_rows_sql, verify_daily_rollups
+from storage.reports.dashboard_queries import customers_usage
+from storage.reports.key_rollups import verify_key_rollups
+from storage.reports.rollups import Params, UsageFilter, rebuild_rollups
+from storage.reports.system_queries import models_usage
+from storage.reports.usage_queries import UsageTotals, usage_totals
+from storage.usage.partitions import ensure_partitions
 from tests.usage_fixtures import insert_events, random_events
 
 NOW = datetime(2026, 5, 20, 12, 30, tzinfo=UTC)

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 
 from gateway import keys
-from storage.rollups import UsageFilter
-from storage.usage_queries import usage_totals
+from storage.reports.rollups import UsageFilter
+from storage.reports.usage_queries import usage_totals
 from tests.harness import Gateway, running_gateway
 from tests.portal_fixtures import (
     MONTH_QUERY,

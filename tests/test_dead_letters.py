@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 from gateway.cli import usage_replay
-from storage.dead_letters import replay_dead_letters
-from storage.journal_format import encode_event
 from storage.postgres import create_pool, migrate
-from storage.usage_event import UsageEvent
-from storage.usage_writer import UsageWriter
+from storage.usage.dead_letters import replay_dead_letters
+from storage.usage.event import UsageEvent
+from storage.usage.journal_format import encode_event
+from storage.usage.writer import UsageWriter
 from tests.test_usage_writer import make_event
 
 NUL_AT, OVERFLOW_AT = 137, 802

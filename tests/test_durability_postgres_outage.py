@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from gateway import keys
-from storage.embedded_servers import PostgresInstance, start_postgres, stop_postgres
+from storage.embedded.servers import PostgresInstance, start_postgres, stop_postgres
 from tests.harness import Gateway, running_gateway
 
 OUTAGE_S = 30.0

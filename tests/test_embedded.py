@@ -15,13 +15,13 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 import redis
 
-from storage.embedded import EmbeddedError, infrastructure
+from storage.embedded.default import EmbeddedError, infrastructure
 
 CHILD_PRELUDE = """
 import asyncio, json, os, signal, sys
 from pathlib import Path
 import asyncpg, psutil, redis
-from storage.embedded import infrastructure
+from storage.embedded.default import infrastructure
 data_dir = Path(sys.argv[1])
 announce = lambda line: print(line, file=sys.stderr, flush=True)
 """

@@ -58,13 +58,13 @@ FILE_WRITES = ("io.TextIOWrapper.write", "io.BufferedWriter.write")
 BLOCKING_BY_DESIGN: list[tuple[str, str, str]] = [
     # The usage journal's append is one os.write of one line to a regular file: it lands in
     # the page cache in microseconds, and making it inline is what lets an event survive a
-    # SIGKILL the moment the request completes (storage/journal.py's docstring).
-    ("os.write", "storage/journal.py", "append"),
+    # SIGKILL the moment the request completes (storage/usage/journal.py's docstring).
+    ("os.write", "storage/usage/journal.py", "append"),
     # The same for the provisional record of an exchange in flight, written as it is
     # admitted (and about once a second while it streams) so a gateway killed mid-request
     # still bills it: one os.write of one line to the slot's `.open` file (the header line
-    # too when that file rotates, inside `record`); storage/journal_open.py's docstring.
-    ("os.write", "storage/journal_open.py", "record"),
+    # too when that file rotates, inside `record`); storage/usage/journal_open.py's docstring.
+    ("os.write", "storage/usage/journal_open.py", "record"),
     # The access log writes its buffered lines to stderr in one write per batch, at most
     # every FLUSH_INTERVAL_S (gateway/logs.py's docstring); blockbuster lets writes to the
     # sys.stderr object itself pass, not those to its buffer when stderr is a pipe or file.

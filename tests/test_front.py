@@ -1,4 +1,5 @@
-"""The fast front (gateway.front): what it serves itself, what it hands to aiohttp, and that a
+"""The fast front (gateway.front.server): what it serves itself, what it hands to aiohttp, and that
+a
 client cannot tell the difference.
 
 Requests go over raw sockets so keep-alive, pipelining and framing are under the test's

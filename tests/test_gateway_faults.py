@@ -131,7 +131,7 @@ async def test_journal_full_under_refuse_policy_is_503_before_the_provider(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from gateway import keys
-    from storage.usage_writer import JournalFullError
+    from storage.usage.writer import JournalFullError
 
     async with running_gateway(fresh_database_url, redis_url, monkeypatch) as gw:
         def full() -> None:

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from gateway import keys
-from storage.usage_event import UsageEvent
+from storage.usage.event import UsageEvent
 from tests.harness import Gateway, running_gateway
 
 

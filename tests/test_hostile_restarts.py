@@ -41,7 +41,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.mock_provider.app import MOCK_REQUESTS, MockOptions, create_mock_app
 from storage.accounts import AccountStore
-from storage.embedded_servers import (
+from storage.embedded.servers import (
     PostgresInstance,
     start_postgres,
     start_valkey,

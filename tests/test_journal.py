@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from storage.journal import Journal, JournalBatch
-from storage.journal_format import encode_event, header
-from storage.usage_event import UsageEvent
+from storage.usage.event import UsageEvent
+from storage.usage.journal import Journal, JournalBatch
+from storage.usage.journal_format import encode_event, header
 
 HEADER_BYTES = len(header())
 
@@ -111,7 +111,7 @@ def test_a_live_owners_segments_are_not_adopted(tmp_path: Path) -> None:
 _CRASHING_WRITER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from storage.journal import Journal
+    from storage.usage.journal import Journal
     journal = Journal.open(Path(sys.argv[1]), segment_bytes=int(sys.argv[3]))
     for i in range(int(sys.argv[2])):
         journal.append(f"event-{i:06d}\\t{'x' * 40}\\n".encode())
@@ -149,7 +149,7 @@ def test_a_torn_last_line_is_cut_off_safely(
     last = segments(tmp_path)[-1]
     with open(last, "ab") as f:
         f.write(b"event-999999\txxxx")  # a write cut short: no newline
-    with caplog.at_level(logging.WARNING, logger="storage.journal"):
+    with caplog.at_level(logging.WARNING, logger="storage.usage.journal"):
         journal = Journal.open(tmp_path)
     assert any("torn line (17 bytes)" in r.getMessage() for r in caplog.records)
     replayed = [ln for b in read_all(journal) for ln in b.lines()]
@@ -166,7 +166,7 @@ def test_a_segment_of_an_unknown_format_is_moved_aside(
     orphan = tmp_path / "p1-dead"
     orphan.mkdir()
     (orphan / "000000000001.seg").write_bytes(b"#tollbooth-usage-journal v99\tid\nabc\n")
-    with caplog.at_level(logging.ERROR, logger="storage.journal"):
+    with caplog.at_level(logging.ERROR, logger="storage.usage.journal"):
         journal = Journal.open(tmp_path)
     assert journal.pending == 0
     [aside] = (tmp_path / "unreadable").iterdir()
@@ -178,7 +178,7 @@ def test_a_segment_of_an_unknown_format_is_moved_aside(
 _FULL_DISK = textwrap.dedent("""
     import json, resource, signal, sys
     from pathlib import Path
-    from storage.journal import Journal
+    from storage.usage.journal import Journal
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
     journal = Journal.open(Path(sys.argv[1]), segment_bytes=1_000_000)
     _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)

@@ -1,4 +1,5 @@
-"""Provisional usage events of exchanges in flight (storage.journal_open, storage.interrupted,
+"""Provisional usage events of exchanges in flight (storage.usage.journal_open,
+storage.usage.interrupted,
 the writer's replay, metering's open/progress): the latest record wins, settled exchanges
 leave no file behind and never hold a segment back, a killed process's records survive (a
 torn line ignored), and at the next start every exchange with no event gets its provisional
@@ -36,14 +37,14 @@ from gateway.tokens import TokenCounter
 from pricing.catalog import Catalog
 from pricing.models import Usage
 from storage.accounts import KeyPrincipal
-from storage.journal import Journal
-from storage.journal_format import encode_event, encode_provisional, event_from_line
-from storage.journal_open import OpenLog
 from storage.postgres import create_pool, migrate
-from storage.quota_store import QuotaStore
-from storage.usage_batches import database_key
-from storage.usage_event import UsageEvent
-from storage.usage_writer import UsageWriter
+from storage.quota.store import QuotaStore
+from storage.usage.batches import database_key
+from storage.usage.event import UsageEvent
+from storage.usage.journal import Journal
+from storage.usage.journal_format import encode_event, encode_provisional, event_from_line
+from storage.usage.journal_open import OpenLog
+from storage.usage.writer import UsageWriter
 
 SETTINGS = parse_settings(b"providers: {anthropic: {kind: anthropic, base_url: http://x}}\n"
                           b"tiers: {pro: {limits: {}}}\n")
@@ -134,7 +135,7 @@ def test_segments_are_deleted_when_committed_while_an_exchange_is_open(
 _CRASHING = textwrap.dedent("""
     import json, os, signal, sys, uuid
     from pathlib import Path
-    from storage.journal import Journal
+    from storage.usage.journal import Journal
     journal = Journal.open(Path(sys.argv[1]))
     for action, *args in json.load(open(sys.argv[2])):
         if action == "record":
@@ -170,7 +171,7 @@ def test_a_killed_process_leaves_the_latest_record_of_each_exchange(
     [record_file] = open_files(directory)
     with open(record_file, "ab") as f:
         f.write(provisional(b, output=99)[:50])  # a write the kill cut short
-    with caplog.at_level(logging.WARNING, logger="storage.journal"):
+    with caplog.at_level(logging.WARNING, logger="storage.usage.journal"):
         journal = Journal.open(directory)
     assert any("torn line (50 bytes)" in r.getMessage() for r in caplog.records)
     orphans = {r.event_id: r for r in journal.open_log.orphans}
@@ -274,7 +275,7 @@ async def test_without_pricing_an_interrupted_exchange_is_recorded_with_null_mon
     assert first.open_exchanges == 1 and len(open_files(tmp_path)) == 1
 
     second = UsageWriter(pool, journal_dir=tmp_path, flush_interval_s=0.05)
-    with caplog.at_level(logging.ERROR, logger="storage.usage_writer"):
+    with caplog.at_level(logging.ERROR, logger="storage.usage.writer"):
         await second.start()
         await drained(second)
     rows = await stored(pool)

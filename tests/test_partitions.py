@@ -21,7 +21,16 @@ import asyncpg
 import pytest
 
 import storage.postgres
-from storage.partitions import (
+from storage.postgres import create_pool, load_migrations, migrate
+from storage.reports.rollups import (
+    RollupWindow,
+    ceil_hour,
+    floor_hour,
+    rebuild_rollups,
+    verify_rollups,
+)
+from storage.reports.usage_queries import report_window, usage_summary
+from storage.usage.partitions import (
     DEFAULT_PARTITION,
     MonthPartition,
     add_months,
@@ -32,9 +41,6 @@ from storage.partitions import (
     retention_horizon,
     run_maintenance,
 )
-from storage.postgres import create_pool, load_migrations, migrate
-from storage.rollups import RollupWindow, ceil_hour, floor_hour, rebuild_rollups, verify_rollups
-from storage.usage_queries import report_window, usage_summary
 from tests.usage_fixtures import insert_events, make_event
 
 NOW = datetime(2026, 5, 20, 12, 30, tzinfo=UTC)
@@ -156,7 +162,7 @@ async def test_rows_without_a_month_land_in_default_and_are_moved(
     assert "usage_events_y2033m07" in {p.name for p in dry.created}
     assert await where(pool) == {DEFAULT_PARTITION: 3}
 
-    with caplog.at_level(logging.WARNING, logger="storage.partitions"):
+    with caplog.at_level(logging.WARNING, logger="storage.usage.partitions"):
         report, _ = await run_maintenance(pool, months_ahead=0, raw_events_days=None, now=NOW)
     assert (report.default_rows, report.moved_rows) == (3, 3)
     assert any("default partition" in r.getMessage() for r in caplog.records)

@@ -28,10 +28,10 @@ import pytest
 
 from gateway import keys
 from storage.postgres import create_pool, migrate
-from storage.stripe_client import StripeApi
-from storage.stripe_sync import SYNC_LOCK_KEY, MeterSync, SyncBusyError, SyncPolicy
-from storage.usage_event import UsageEvent
-from storage.usage_writer import UsageWriter
+from storage.stripe.client import StripeApi
+from storage.stripe.sync import SYNC_LOCK_KEY, MeterSync, SyncBusyError, SyncPolicy
+from storage.usage.event import UsageEvent
+from storage.usage.writer import UsageWriter
 from tests.fake_stripe import API_KEY, running_fake_stripe
 from tests.harness import running_gateway
 from tests.helpers.pgbouncer import PgBouncer, start_pgbouncer

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from storage.postgres import create_pool, load_migrations, migrate
-from storage.usage_event import UsageEvent
+from storage.usage.event import UsageEvent
 
 
 @pytest.fixture

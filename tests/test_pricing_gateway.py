@@ -13,8 +13,8 @@ import pytest
 
 from gateway import keys
 from pricing.rules import PricingRules
-from storage.invoice_queries import rerate_events
 from storage.postgres import create_pool
+from storage.reports.invoice_queries import rerate_events
 from tests.harness import Gateway, running_gateway
 
 D = Decimal

@@ -1,4 +1,4 @@
-"""storage/invoice_queries.py on a real Postgres: a customer-month's usage, the tier it is
+"""storage/reports/invoice_queries.py on a real Postgres: a customer-month's usage, the tier it is
 billed under (the same before and after retention removes the month's raw events), and
 re-rating stored events (exact, batched, idempotent, never erasing money)."""
 
@@ -20,9 +20,9 @@ from pricing.models import Usage
 from pricing.months import BillingMonth
 from pricing.overrides import apply_overrides
 from pricing.rules import PricingRules, RateOverride
-from storage.invoice_queries import billing_tier, month_usage, rerate_events
-from storage.partitions import apply_retention, ensure_partitions, list_partitions
 from storage.postgres import create_pool, migrate
+from storage.reports.invoice_queries import billing_tier, month_usage, rerate_events
+from storage.usage.partitions import apply_retention, ensure_partitions, list_partitions
 from tests.usage_fixtures import insert_events, random_events
 
 D = Decimal

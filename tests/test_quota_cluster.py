@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from storage.quota_store import QuotaLimits, QuotaStore, QuotaStoreUnavailable
-from storage.redis_connect import connect
+from storage.quota.redis_connect import connect
+from storage.quota.store import QuotaLimits, QuotaStore, QuotaStoreUnavailable
 from tests.helpers.redis_topologies import Cluster, cli, start_cluster, wait_until
 
 LIMITS = QuotaLimits(requests_per_month=5)

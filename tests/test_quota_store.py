@@ -15,8 +15,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from storage.quota_keys import customer_keys
-from storage.quota_store import (
+from storage.quota.keys import customer_keys
+from storage.quota.store import (
     AdmitReply,
     QuotaLimits,
     QuotaStore,
@@ -398,7 +398,7 @@ async def test_admit_and_settle_send_exactly_the_evalsha_of_their_keys_and_args(
     # pack_evalsha makes of the whole key and argument lists.
     from typing import Any
 
-    from storage.script_batcher import LuaScript, pack_evalsha
+    from storage.quota.script_batcher import LuaScript, pack_evalsha
 
     sent: list[tuple[LuaScript, bytes]] = []
 

@@ -30,7 +30,7 @@ from gateway.quotas import (
     openai_duration,
 )
 from pricing.cost import usd_to_micros_ceil
-from storage.quota_store import QuotaStore
+from storage.quota.store import QuotaStore
 
 WINDOW_MS = 2000
 

@@ -30,8 +30,8 @@ from redis.asyncio import Redis
 from gateway.config import QuotasConfig, TierConfig, TierLimits
 from gateway.errors import RateLimitError
 from gateway.quotas import QuotaPolicy
-from storage.quota_keys import customer_keys
-from storage.quota_store import QuotaStore
+from storage.quota.keys import customer_keys
+from storage.quota.store import QuotaStore
 
 PROCESSES = 3
 PER_PROCESS = 70

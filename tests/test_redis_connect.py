@@ -1,4 +1,4 @@
-"""`storage.redis_connect`: the redis_url forms, and the client each one builds."""
+"""`storage.quota.redis_connect`: the redis_url forms, and the client each one builds."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import redis.asyncio as redis
 from redis.asyncio.cluster import RedisCluster
 
 from gateway.config import ConfigError, parse_settings
-from storage.redis_connect import connect, parse_redis_url
+from storage.quota.redis_connect import connect, parse_redis_url
 
 
 def test_one_node_urls_are_passed_through_unchanged() -> None:

@@ -13,9 +13,8 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from storage.partitions import apply_retention, ensure_partitions
 from storage.postgres import create_pool, migrate
-from storage.rollups import (
+from storage.reports.rollups import (
     RollupMismatch,
     RollupWindow,
     WindowSplit,
@@ -23,6 +22,7 @@ from storage.rollups import (
     split_window,
     verify_rollups,
 )
+from storage.usage.partitions import apply_retention, ensure_partitions
 from tests.usage_fixtures import insert_events, make_event, random_events
 
 NOW = datetime(2026, 5, 20, 12, 30, tzinfo=UTC)

@@ -13,7 +13,7 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from storage.script_batcher import LuaScript, ScriptBatcher, pack_evalsha
+from storage.quota.script_batcher import LuaScript, ScriptBatcher, pack_evalsha
 
 # Adds ARGV[1] to a counter once per id (ARGV[2]): safe to send again, like the quota scripts.
 ADD_ONCE = LuaScript(

@@ -12,16 +12,16 @@ import pytest
 
 from gateway.config import StripeConfig
 from storage.postgres import create_pool, migrate
-from storage.stripe_client import MeterEventAnswer, MeterEventRequest, StripeApi
-from storage.stripe_reconcile import reconcile
-from storage.stripe_sync import (
+from storage.reports.usage_windows import DIMENSIONS
+from storage.stripe.client import MeterEventAnswer, MeterEventRequest, StripeApi
+from storage.stripe.reconcile import reconcile
+from storage.stripe.sync import (
     SYNC_LOCK_KEY,
     MeterSync,
     SyncBusyError,
     SyncPolicy,
     meter_identifier,
 )
-from storage.usage_windows import DIMENSIONS
 from tests.fake_stripe import API_KEY, FakeStripe, running_fake_stripe
 
 METERS = {

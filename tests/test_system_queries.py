@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from storage.postgres import create_pool, migrate
-from storage.system_queries import dead_letter_state, stripe_sync_state
+from storage.reports.system_queries import dead_letter_state, stripe_sync_state
 
 MONTH = datetime(2026, 3, 1, tzinfo=UTC)
 

@@ -28,11 +28,11 @@ from gateway.config import load_settings
 from gateway.runtime import build_pricing
 from pricing.catalog import Catalog
 from pricing.models import Usage
-from storage.partitions import list_partitions
+from storage.imports.run import ImportOptions, import_usage
 from storage.postgres import create_pool, migrate
-from storage.rollups import verify_rollups
-from storage.usage_event import UsageEvent
-from storage.usage_import import ImportOptions, import_usage
+from storage.reports.rollups import verify_rollups
+from storage.usage.event import UsageEvent
+from storage.usage.partitions import list_partitions
 from tests.import_fixtures import Cli, new_database, write_usage_csv
 from tests.usage_fixtures import insert_events, make_event, random_events
 

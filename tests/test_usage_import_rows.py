@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from storage.import_fast import fast_line
-from storage.import_litellm import check_customer_from, litellm_event
-from storage.import_read import ImportFileError, guess_format, read_records
-from storage.import_rows import derived_id, mark_imported, tollbooth_event, tollbooth_values
-from storage.import_values import RowError
-from storage.journal_format import encode_event
-from storage.usage_event import UsageEvent
+from storage.imports.fast import fast_line
+from storage.imports.litellm import check_customer_from, litellm_event
+from storage.imports.read import ImportFileError, guess_format, read_records
+from storage.imports.rows import derived_id, mark_imported, tollbooth_event, tollbooth_values
+from storage.imports.values import RowError
+from storage.usage.event import UsageEvent
+from storage.usage.journal_format import encode_event
 
 NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
 ROW = {

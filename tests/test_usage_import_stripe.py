@@ -12,11 +12,11 @@ import asyncpg
 import pytest
 
 from gateway.config import StripeConfig
+from storage.imports.run import ImportOptions, import_usage
 from storage.postgres import create_pool, migrate
-from storage.stripe_client import StripeApi
-from storage.stripe_reconcile import reconcile
-from storage.stripe_sync import MeterSync, SyncPolicy
-from storage.usage_import import ImportOptions, import_usage
+from storage.stripe.client import StripeApi
+from storage.stripe.reconcile import reconcile
+from storage.stripe.sync import MeterSync, SyncPolicy
 from tests.fake_stripe import API_KEY, FakeStripe, running_fake_stripe
 from tests.usage_fixtures import insert_events, make_event
 

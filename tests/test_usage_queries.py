@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from storage.postgres import create_pool, migrate
-from storage.usage_queries import decimal_str, usage_summary
+from storage.reports.usage_queries import decimal_str, usage_summary
 
 NOW = datetime(2026, 5, 20, 12, 0, tzinfo=UTC)
 

@@ -22,12 +22,10 @@ import asyncpg
 import pytest
 
 from gateway.cli.usage_render import DAILY_CSV_COLUMNS, PROJECTS_CSV_COLUMNS, TOTAL_COLUMNS
-from storage.partitions import ensure_partitions
 from storage.postgres import create_pool, migrate
-from storage.rollups import UsageFilter
-from storage.usage_event import UsageEvent
-from storage.usage_event_queries import export_events, usage_events_page
-from storage.usage_queries import (
+from storage.reports.event_queries import export_events, usage_events_page
+from storage.reports.rollups import UsageFilter
+from storage.reports.usage_queries import (
     UsageTotals,
     report_period,
     usage_daily,
@@ -35,6 +33,8 @@ from storage.usage_queries import (
     usage_summary,
     usage_totals,
 )
+from storage.usage.event import UsageEvent
+from storage.usage.partitions import ensure_partitions
 from tests.usage_fixtures import insert_events, make_event, random_events, raw_totals
 
 NOW = datetime(2026, 5, 20, 12, 30, 15, 500_000, tzinfo=UTC)  # not on an hour

@@ -22,7 +22,7 @@ from gateway import keys
 from gateway.app import create_app
 from gateway.config import parse_settings
 from gateway.mock_provider.app import MockOptions, create_mock_app
-from gateway.usage_routes import add_usage_routes
+from gateway.routes.usage import add_usage_routes
 from storage.accounts import AccountStore
 from tests.harness import PROVIDER_KEY, gateway_config
 from tests.usage_fixtures import insert_events, make_event, raw_totals

@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 
 from storage.postgres import create_pool, migrate
-from storage.usage_event import UsageEvent
-from storage.usage_writer import JournalFullError, UsageWriter
+from storage.usage.event import UsageEvent
+from storage.usage.writer import JournalFullError, UsageWriter
 
 
 def make_event(i: int, **changes: object) -> UsageEvent:
@@ -151,7 +151,7 @@ async def test_connection_killed_mid_batch_loses_nothing(
                 """
             )
 
-    with caplog.at_level(logging.WARNING, logger="storage.usage_writer"):
+    with caplog.at_level(logging.WARNING, logger="storage.usage.writer"):
         await writer.start()
         killer = asyncio.create_task(kill_backends())
         for i in range(2_000):
@@ -189,7 +189,7 @@ async def test_a_refused_batch_is_kept_and_retried_loudly(
     )
     writer = UsageWriter(pool, journal_dir=tmp_path, batch_size=10, flush_interval_s=0.01,
                          retry_max_s=0.2)
-    with caplog.at_level(logging.WARNING, logger="storage.usage_writer"):
+    with caplog.at_level(logging.WARNING, logger="storage.usage.writer"):
         await writer.start()
         for i in range(25):
             await writer.submit(make_event(i))
@@ -315,7 +315,7 @@ async def test_each_database_has_its_own_journal(
         await migrate(other_pool)
         before = await other_pool.fetchval("SELECT count(*) FROM usage_events")
         other = UsageWriter(other_pool, journal_dir=tmp_path)
-        with caplog.at_level(logging.WARNING, logger="storage.usage_writer"):
+        with caplog.at_level(logging.WARNING, logger="storage.usage.writer"):
             await other.start()
         assert other.backlog == 0
         await other.close()
@@ -365,7 +365,7 @@ async def test_serve_policy_keeps_accepting_and_alerts(
     writer = UsageWriter(pool, journal_dir=tmp_path, retry_max_s=0.1, max_bytes=50_000,
                          full_policy="serve")
     await writer.start()
-    with caplog.at_level(logging.ERROR, logger="storage.usage_writer"):
+    with caplog.at_level(logging.ERROR, logger="storage.usage.writer"):
         for i in range(2_000):
             await writer.submit(make_event(i))
             writer.check_accepting()

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from storage.usage_event import UsageEvent
+from storage.usage.event import UsageEvent
 
 _COLUMNS = ", ".join(UsageEvent.COLUMNS)
 

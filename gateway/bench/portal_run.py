@@ -35,11 +35,11 @@ from gateway.bench import procs
 from gateway.bench.portal_report import PortalBenchReport
 from gateway.bench.portal_seed import DEFAULT_BATCH, SeedPlan, seed
 from gateway.bench.portal_views import time_views
-from storage.daily_rollups import verify_daily_rollups
-from storage.dashboard_queries import customers_usage
-from storage.embedded import EmbeddedError, infrastructure
+from storage.embedded.default import EmbeddedError, infrastructure
 from storage.postgres import create_pool, migrate
-from storage.rollups import verify_rollups
+from storage.reports.daily_rollups import verify_daily_rollups
+from storage.reports.dashboard_queries import customers_usage
+from storage.reports.rollups import verify_rollups
 
 
 class PortalBenchError(Exception):

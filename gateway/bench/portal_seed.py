@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from storage.partitions import ensure_partitions
+from storage.usage.partitions import ensure_partitions
 
 TIERS = ("free", "pro", "enterprise")
 PROJECTS = ("web", "batch-jobs", None)  # key slots 0, 1, 2

@@ -38,9 +38,9 @@ from gateway.web.dashboard_system import system_view
 from gateway.web.periods import ViewPeriod, parse_period
 from gateway.web.portal_links import issue_link
 from gateway.web.portal_views import overview
-from storage.rollups import UsageFilter
-from storage.usage_breakdown import events_page
-from storage.usage_event_queries import EventCursor
+from storage.reports.breakdown import events_page
+from storage.reports.event_queries import EventCursor
+from storage.reports.rollups import UsageFilter
 
 ADMIN_TOKEN_ENV = "TOLLBOOTH_BENCH_ADMIN_TOKEN"
 PORTAL_PAGE = 50

@@ -52,7 +52,7 @@ from gateway.bench.scenarios import (
 )
 from gateway.cli.runtime import infrastructure_for
 from gateway.config import load_settings
-from storage.embedded_servers import EmbeddedError
+from storage.embedded.servers import EmbeddedError
 
 PROVIDER_KEY = "sk-bench-mock-provider"
 STARTUP_S = 1.5  # a generator process is ready well within this (interpreter + uvloop)

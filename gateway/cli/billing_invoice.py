@@ -1,7 +1,8 @@
 """`tollbooth billing invoice --customer ID --month YYYY-MM [--format table|json] [-o FILE]`.
 
 Builds one customer's invoice for one UTC calendar month from the stored usage events: the
-plan of the tier the month is billed under (storage.invoice_queries.billing_tier: the tier of
+plan of the tier the month is billed under (storage.reports.invoice_queries.billing_tier: the tier
+of
 the customer's last event of the month, else the current one), its base fee and metered
 dimensions, the usage charges (sum of the events' `price_usd`), the tax rate of
 `billing.tax` (the customer's, else the default) and `billing.currency`. The arithmetic and
@@ -35,7 +36,7 @@ from gateway.runtime import plans_of
 from pricing.invoice import Invoice, InvoiceLine, build_invoice, cents_str, decimal_str
 from pricing.months import BillingMonth
 from storage.accounts import CUSTOMER_ID_PATTERN
-from storage.invoice_queries import billing_tier, month_usage
+from storage.reports.invoice_queries import billing_tier, month_usage
 
 
 def add_commands(subparsers: Any) -> None:

@@ -2,7 +2,7 @@
 
 `sync [--dry-run] [--until ISO_TIME] [--every DURATION] [--format table|json]` sends every
 window closed `billing.stripe.settle_delay` before --until (default: now) that is not yet in
-Stripe, and resumes what an earlier run left (storage.stripe_sync). It prints what was sent,
+Stripe, and resumes what an earlier run left (storage.stripe.sync). It prints what was sent,
 what failed, what is still pending, what was skipped (older than Stripe's 35 days) and the
 customers skipped for having no stripe_customer_id. `--dry-run` records and sends nothing and
 lists what a run would send. `--every 1h` runs a pass now and then every hour until SIGINT or
@@ -12,7 +12,7 @@ another sync holds the lock), 2 for bad usage. An ISO time without an offset is 
 
 `reconcile --month YYYY-MM [--format table|json] [--offline]` compares, per customer and
 meter, our totals with what billing_sync says was sent and, unless --offline, with Stripe's
-meter event summaries (storage.stripe_reconcile). JSON: {"month", "start", "end",
+meter event summaries (storage.stripe.reconcile). JSON: {"month", "start", "end",
 "differences", "lines": [{"customer_id", "stripe_customer_id", "dimension", "event_name",
 "ours", "sent", "unsent", "skipped", "stripe", "difference", "stripe_difference",
 "imported_unsent"}]}, where "stripe" and "stripe_difference" are decimal strings or null.
@@ -49,9 +49,9 @@ from gateway.cli.runtime import (
 )
 from gateway.config import Settings, StripeConfig
 from storage.accounts import AccountStore, Customer
-from storage.stripe_client import StripeApi, StripeApiError
-from storage.stripe_reconcile import ReconcileLine, reconcile
-from storage.stripe_sync import MeterSync, SyncBusyError, SyncPolicy, SyncReport, SyncRow
+from storage.stripe.client import StripeApi, StripeApiError
+from storage.stripe.reconcile import ReconcileLine, reconcile
+from storage.stripe.sync import MeterSync, SyncBusyError, SyncPolicy, SyncReport, SyncRow
 
 _MONTH = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 

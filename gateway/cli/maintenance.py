@@ -1,6 +1,6 @@
 """`tollbooth maintenance partitions|retention|rollups`: the usage_events housekeeping by hand.
 
-`serve` does the first two by itself at start and once a day (storage.partitions
+`serve` does the first two by itself at start and once a day (storage.usage.partitions
 `maintain_partitions`); these commands run them now, or show what they would do.
 
     partitions [--months-ahead N] [--dry-run]
@@ -18,7 +18,7 @@
         are then the only record; the output says which hours were covered
 
 `--format table|json`. Exit 2 for bad usage, 1 for a database error or a lock not obtained
-within storage.partitions.LOCK_TIMEOUT_S (nothing half-done: run it again).
+within storage.usage.partitions.LOCK_TIMEOUT_S (nothing half-done: run it again).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from gateway.cli.runtime import (
     short_time,
     usage_error,
 )
-from storage.partitions import apply_retention, ensure_partitions
-from storage.rollups import RollupWindow, rebuild_rollups, verify_rollups
-from storage.usage_queries import MAX_DAYS, decimal_str, report_window
+from storage.reports.rollups import RollupWindow, rebuild_rollups, verify_rollups
+from storage.reports.usage_queries import MAX_DAYS, decimal_str, report_window
+from storage.usage.partitions import apply_retention, ensure_partitions
 
 
 def register(subparsers: Any) -> None:

@@ -8,7 +8,7 @@
 - `check`: validates the catalog and the config's pricing (overrides, rates, plans, tax), and
   warns about a plan that bills requests twice; exit 1 with every error on stderr.
 - `rerate --since DATE [--model M] [--dry-run] [--batch-size N] [--format table|json]`:
-  prices stored events again with the current catalog and config (storage.invoice_queries)
+  prices stored events again with the current catalog and config (storage.reports.invoice_queries)
   and prints the money difference per customer. DATE is YYYY-MM-DD (midnight UTC) or an ISO
   time (UTC if it has no offset).
 `list`, `show` and `check` need no database; without a config file at the default path they
@@ -41,7 +41,7 @@ from pricing.invoice import decimal_str
 from pricing.models import ModelPrice
 from pricing.rules import PricingRules
 from storage.accounts import CUSTOMER_ID_PATTERN
-from storage.invoice_queries import DEFAULT_BATCH_SIZE, RerateReport, rerate_events
+from storage.reports.invoice_queries import DEFAULT_BATCH_SIZE, RerateReport, rerate_events
 
 DEFAULT_CONFIG = "config.yaml"
 PRICE_COLUMNS = (

@@ -1,6 +1,7 @@
 """What every admin command shares: a migrated database, one-line errors, and plain output.
 
-`open_runtime(config_path)` loads the settings, enters `storage.embedded.infrastructure` (the
+`open_runtime(config_path)` loads the settings, enters `storage.embedded.default.infrastructure`
+(the
 configured URLs, or the embedded servers: reused while `serve` runs on the same data dir,
 otherwise started here and stopped on exit), opens a small asyncpg pool, applies the schema,
 and yields a `Runtime`. Where the servers are is printed to stderr, so stdout stays parseable.
@@ -27,7 +28,7 @@ import asyncpg
 from gateway.admin import AdminError, UnknownTierError
 from gateway.config import Settings, load_settings
 from storage.accounts import AccountError
-from storage.embedded import EmbeddedError, Infrastructure, infrastructure
+from storage.embedded.default import EmbeddedError, Infrastructure, infrastructure
 from storage.postgres import MigrationError, create_pool, migrate
 
 OUTPUT_FORMATS = ("table", "json")
@@ -59,7 +60,8 @@ def announce(line: str) -> None:
 
 @contextmanager
 def infrastructure_for(settings: Settings) -> Iterator[Infrastructure]:
-    """The configured servers, or the embedded ones (announced on stderr); see storage.embedded."""
+    """The configured servers, or the embedded ones (announced on stderr); see
+    storage.embedded.default."""
     with infrastructure(
         settings.storage.database_url,
         settings.storage.redis_url,

@@ -4,7 +4,7 @@ The parent process resolves the infrastructure once (starting the embedded Postg
 Valkey when no URL is configured, or reusing the ones another process started), then runs
 one worker in-process, or `--workers N` processes bound to the same port with SO_REUSEPORT,
 under a supervisor (gateway.cli.supervisor: signals, restarts, metrics summed over workers).
-Each worker serves through `gateway.front.FrontRunner` (the fast front before aiohttp).
+Each worker serves through `gateway.front.server.FrontRunner` (the fast front before aiohttp).
 SIGINT/SIGTERM/SIGQUIT drain (gateway.drain): not ready at once, new requests still served
 for `server.drain_grace_s`, then the listener closes and in-flight requests finish, cut at
 `server.drain_timeout_s` after the signal; every event is written to Postgres (within the
@@ -69,7 +69,7 @@ async def _serve(settings: Settings, host: str, port: int, database_url: str, re
     from gateway import keys
     from gateway.app import create_app
     from gateway.drain import CUT_SETTLE_S
-    from gateway.front import FrontRunner
+    from gateway.front.server import FrontRunner
 
     app = create_app(settings, database_url=database_url, redis_url=redis_url,
                      watch_config=True, access_log_to_stderr=True)

@@ -39,14 +39,14 @@ from gateway.cli.usage_render import (
     write_export,
 )
 from storage.accounts import CUSTOMER_ID_PATTERN
-from storage.usage_event_queries import (
+from storage.reports.event_queries import (
     DEFAULT_EVENTS_LIMIT,
     MAX_EVENTS_LIMIT,
     EventCursor,
     export_events,
     usage_events_page,
 )
-from storage.usage_queries import (
+from storage.reports.usage_queries import (
     MAX_DAYS,
     Period,
     report_period,

@@ -6,7 +6,7 @@
 
 `--source tollbooth` (default) reads what `tollbooth usage export --format csv|json` writes
 (every column round-trips); `--source litellm` reads a LiteLLM SpendLogs export (mapping in
-storage/import_litellm.py and the README). `--format` defaults to the file name's extension
+storage/imports/litellm.py and the README). `--format` defaults to the file name's extension
 (.csv, .json, .jsonl/.ndjson); FILE `-` is stdin. The customer of a LiteLLM row is its
 `customer_id` column, or what `--customer-from` names. Rows of a customer that does not
 exist are refused unless `--create-customers` (created on the config's first tier).
@@ -33,10 +33,10 @@ from gateway.cli.main import add_config_option
 from gateway.cli.runtime import CommandError, Runtime, run_command, usage_error, write_output
 from gateway.runtime import build_pricing
 from pricing.catalog import Catalog
-from storage.import_batch import DEFAULT_BATCH_SIZE
-from storage.import_litellm import check_customer_from
-from storage.import_read import FORMATS, ImportFileError, guess_format
-from storage.usage_import import SOURCES, ImportOptions, ImportReport, import_usage
+from storage.imports.batch import DEFAULT_BATCH_SIZE
+from storage.imports.litellm import check_customer_from
+from storage.imports.read import FORMATS, ImportFileError, guess_format
+from storage.imports.run import SOURCES, ImportOptions, ImportReport, import_usage
 
 SHOWN_REFUSALS = 1000
 

@@ -1,6 +1,6 @@
 """How `tollbooth usage` prints its reports: a table for people, JSON and CSV for programs.
 
-JSON is each report's `to_json()` (storage.usage_queries, storage.usage_event_queries),
+JSON is each report's `to_json()` (storage.reports.usage_queries, storage.reports.event_queries),
 indented. CSV has one header row, then one row per model (summary), UTC day (daily),
 (customer, project) (projects) or event (events, export); the report's totals are the
 column sums, never an extra row. Cells: integers, money as exact decimal strings, "" for
@@ -20,9 +20,8 @@ import asyncpg
 import orjson
 
 from gateway.cli.runtime import render_table, short_time
-from storage.usage_event import UsageEvent
-from storage.usage_event_queries import EventsPage, event_csv_values, event_json
-from storage.usage_queries import (
+from storage.reports.event_queries import EventsPage, event_csv_values, event_json
+from storage.reports.usage_queries import (
     DailyUsage,
     Period,
     ProjectsUsage,
@@ -30,6 +29,7 @@ from storage.usage_queries import (
     UsageTotals,
     decimal_str,
 )
+from storage.usage.event import UsageEvent
 
 TOTAL_COLUMNS = tuple(UsageTotals().to_json())
 SUMMARY_CSV_COLUMNS = ("model", *TOTAL_COLUMNS)

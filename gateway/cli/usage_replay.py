@@ -1,5 +1,5 @@
 """`tollbooth usage replay-dead-letters [--limit N] [--dry-run]`: retry the usage events
-PostgreSQL refused (storage.dead_letters).
+PostgreSQL refused (storage.usage.dead_letters).
 
 Oldest first, one transaction per event: an event PostgreSQL now accepts moves to
 `usage_events` (never doubled) and leaves `usage_dead_letters`; one still refused stays, with
@@ -28,7 +28,7 @@ from gateway.cli.runtime import (
     usage_error,
     write_output,
 )
-from storage.dead_letters import ReplayOutcome, replay_dead_letters
+from storage.usage.dead_letters import ReplayOutcome, replay_dead_letters
 
 
 def add_commands(actions: Any) -> None:

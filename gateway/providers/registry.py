@@ -7,7 +7,7 @@ kind raises `KeyError` naming the kinds that exist (config validation should ref
 and its `aliases`) to the adapter and endpoint serving it; `TEMPLATED` holds the paths with
 `{name}` parameters (`/v1beta/models/{model}:generateContent`), each a compiled pattern behind
 its literal prefix. `match(target)` resolves a request target (path and query, as sent) for
-both servers: the fast front (`gateway.front`) and aiohttp's router (`gateway.app`). An exact
+both servers: the fast front (`gateway.front.server`) and aiohttp's router (`gateway.app`). An exact
 path costs one dict lookup; only a miss tries the templates. A path parameter never matches
 an empty segment, `.` or `..` (it is put back into the provider's URL).
 """

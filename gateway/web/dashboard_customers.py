@@ -1,6 +1,6 @@
 """The operator dashboard's customer table: every customer's usage over the page's period.
 
-`customers_view` reads `storage.dashboard_queries.customers_usage` (the same rows as
+`customers_view` reads `storage.reports.dashboard_queries.customers_usage` (the same rows as
 `tollbooth usage summary`, so the headline totals equal the all-customer summary of the same
 window), then searches, sorts and pages in Python: 1,000 customers are a few hundred
 microseconds of work once their sums are read, and the sums are the cost.
@@ -29,8 +29,8 @@ import asyncpg
 
 from gateway.config import TierConfig
 from gateway.web.periods import ViewPeriod
-from storage.dashboard_queries import CustomerUsage, customers_usage
-from storage.usage_queries import UsageTotals
+from storage.reports.dashboard_queries import CustomerUsage, customers_usage
+from storage.reports.usage_queries import UsageTotals
 
 PAGE_SIZE = 100
 SORT_KEYS = ("customer", "name", "tier", "status", "requests", "tokens", "spend", "share",

@@ -1,6 +1,6 @@
 """`POST /admin/dashboard/system/reconcile` (CSRF): the month's reconciliation, on demand.
 
-It runs `storage.stripe_reconcile.reconcile` for the UTC calendar month holding the page's
+It runs `storage.stripe.reconcile.reconcile` for the UTC calendar month holding the page's
 period start, as `tollbooth billing reconcile --month YYYY-MM --offline` does: our usage per
 customer and meter (raw events per sync window, price rounded as the sync sends it) against
 what `billing_sync` recorded as sent, unsent and skipped. Stripe itself is not asked (that
@@ -24,7 +24,7 @@ from gateway.web.dashboard_page import layout
 from gateway.web.portal_page import view_period
 from gateway.web.render import render
 from gateway.web.sessions import csrf_ok
-from storage.stripe_reconcile import ReconcileLine, reconcile
+from storage.stripe.reconcile import ReconcileLine, reconcile
 
 MAX_SHOWN = 50
 

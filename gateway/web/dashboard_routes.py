@@ -50,8 +50,8 @@ from gateway.web.portal_views import HEADLINE, key_names, overview
 from gateway.web.render import render
 from gateway.web.server_timing import server_timing
 from gateway.web.sessions import csrf_ok
-from storage.rollups import UsageFilter
-from storage.usage_breakdown import events_page
+from storage.reports.breakdown import events_page
+from storage.reports.rollups import UsageFilter
 
 RECENT_EVENTS = 20
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

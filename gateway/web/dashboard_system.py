@@ -5,13 +5,14 @@ Where each number comes from:
 - requests and 429s per minute by tier: `QuotaPolicy.traffic` (gateway.traffic), counted in
   this process where the quota decides, the last 60 minutes. Per instance: with several
   instances or `serve --workers N`, the page shows the one that served it.
-- models (top by spend, unpriced, the estimated share): `storage.system_queries.models_usage`
+- models (top by spend, unpriced, the estimated share):
+  `storage.reports.system_queries.models_usage`
   over the page's period, all customers; the same sums as `tollbooth usage summary`.
 - the writer's backlog and journal size, events dead-lettered and lost since start: this
   process's `UsageWriter`, as /health shows them.
 - dead letters: `usage_dead_letters` (how many, the oldest), shared by every instance.
 - Stripe: `billing_sync` rows of the period's windows by status, the newest recorded and
-  sent times (storage.system_queries.stripe_sync_state); absent without `billing.stripe`.
+  sent times (storage.reports.system_queries.stripe_sync_state); absent without `billing.stripe`.
 - config: the loaded file's hash, a refused reload's error and the keys waiting for a
   restart, as /health shows them.
 
@@ -29,8 +30,8 @@ from aiohttp import web
 from gateway import keys
 from gateway.traffic import MinuteCounts
 from gateway.web.periods import ViewPeriod
-from storage.system_queries import dead_letter_state, models_usage, stripe_sync_state
-from storage.usage_queries import UsageTotals, decimal_str
+from storage.reports.system_queries import dead_letter_state, models_usage, stripe_sync_state
+from storage.reports.usage_queries import UsageTotals, decimal_str
 
 TOP_MODELS = 10
 _TICK = timedelta(microseconds=1)

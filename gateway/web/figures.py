@@ -13,7 +13,7 @@ from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from storage.usage_queries import decimal_str
+from storage.reports.usage_queries import decimal_str
 
 _CENT = Decimal("0.01")
 

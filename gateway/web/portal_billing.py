@@ -19,7 +19,7 @@ import logging
 from aiohttp import web
 
 from gateway import keys
-from gateway.billing_routes import stripe_clients
+from gateway.routes.billing import stripe_clients
 from gateway.web import keys as web_keys
 from gateway.web.portal_auth import page, refusal
 from gateway.web.portal_invoices import (
@@ -31,7 +31,7 @@ from gateway.web.portal_invoices import (
 from gateway.web.portal_page import BadParameter, page_context, view_period, viewer_or_login
 from gateway.web.sessions import csrf_ok
 from pricing.months import BillingMonth
-from storage.stripe_client import StripeApiError
+from storage.stripe.client import StripeApiError
 
 log = logging.getLogger("tollbooth.portal")
 

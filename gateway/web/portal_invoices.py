@@ -1,6 +1,6 @@
 """A customer's invoices for the web pages: the current month's preview and past months.
 
-Built exactly as `tollbooth billing invoice` builds them (storage.invoice_queries for the
+Built exactly as `tollbooth billing invoice` builds them (storage.reports.invoice_queries for the
 month's usage and billing tier, pricing.invoice for the arithmetic and rounding, the tax rate
 and currency of `billing:`), and itemized in the same rows (`invoice_rows`: item, quantity,
 included, billable, unit price, amount). Nothing is stored. A month billed under a tier that
@@ -18,7 +18,7 @@ from gateway.config import Settings
 from gateway.runtime import plans_of
 from pricing.invoice import Invoice, InvoiceLine, build_invoice, cents_str, decimal_str
 from pricing.months import BillingMonth
-from storage.invoice_queries import billing_tier, month_usage
+from storage.reports.invoice_queries import billing_tier, month_usage
 
 
 class InvoiceUnavailable(Exception):

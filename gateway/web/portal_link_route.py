@@ -15,8 +15,9 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.admin import Admin, ConflictError
-from gateway.admin_routes import _admin_route, _body, _text
 from gateway.errors import InvalidRequestError
+from gateway.routes.admin_access import admin_route
+from gateway.routes.common import json_object, text_field
 from gateway.web import keys as web_keys
 from gateway.web.portal_links import issue_link, link_url
 
@@ -24,11 +25,11 @@ MAX_TTL_S = 90 * 86_400
 
 
 async def create_portal_link(request: web.Request, admin: Admin) -> Any:
-    body = await _body(request)
-    customer_id = _text(body, "customer")
+    body = await json_object(request)
+    customer_id = text_field(body, "customer")
     if not customer_id:
         raise InvalidRequestError("customer is required", param="customer")
-    project_id = _text(body, "project")
+    project_id = text_field(body, "project")
     portal = request.app[keys.runtime].current.settings.portal
     ttl_s = body.get("ttl_s", portal.link_ttl_s)
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 60 <= ttl_s <= MAX_TTL_S:
@@ -44,4 +45,4 @@ async def create_portal_link(request: web.Request, admin: Admin) -> Any:
 
 
 def add_portal_link_route(app: web.Application) -> None:
-    app.router.add_post("/admin/portal-links", _admin_route(create_portal_link))
+    app.router.add_post("/admin/portal-links", admin_route(create_portal_link))

@@ -31,9 +31,9 @@ from gateway.web.portal_auth import Viewer, exchange_link, login, login_form, lo
 from gateway.web.portal_billing import invoices_page, manage_billing
 from gateway.web.portal_page import BadParameter, page_context, view_period, viewer_or_login
 from gateway.web.portal_views import events_view, overview
-from storage.rollups import UsageFilter
-from storage.usage_breakdown import StatusFilter, export_rows
-from storage.usage_queries import Period
+from storage.reports.breakdown import StatusFilter, export_rows
+from storage.reports.rollups import UsageFilter
+from storage.reports.usage_queries import Period
 
 PAGE_SIZE = 50
 _FLUSH_BYTES = 64 * 1024

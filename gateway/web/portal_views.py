@@ -3,8 +3,9 @@
 Each view (`overview`, `events_view`) takes `(app, customer_id, project_id | None, period)`
 and returns the template's context, whoever asks: the customer portal with a customer
 session, the operator dashboard with an admin session. Every figure comes from the queries
-the CLI and /usage/* use (`storage.usage_queries.usage_totals`, `storage.rollups.usage_rows_sql`
-through `storage.usage_breakdown`); quota windows from `QuotaPolicy.status` (Redis, what the
+the CLI and /usage/* use (`storage.reports.usage_queries.usage_totals`,
+`storage.reports.rollups.usage_rows_sql`
+through `storage.reports.breakdown`); quota windows from `QuotaPolicy.status` (Redis, what the
 gateway enforces); the plan from the tier's config. Money stays Decimal; charts receive it as exact
 strings. A project view shows that project's usage only: quotas, plan and invoices are the
 customer's as a whole, so they are left out of it.
@@ -27,8 +28,7 @@ from gateway.quota_status import WindowStatus
 from gateway.runtime import plans_of
 from gateway.web.periods import ViewPeriod
 from storage.accounts import KEY_PREFIX
-from storage.rollups import UsageFilter
-from storage.usage_breakdown import (
+from storage.reports.breakdown import (
     DayGroupUsage,
     GroupBy,
     StatusFilter,
@@ -37,7 +37,8 @@ from storage.usage_breakdown import (
     usage_by_day_and_key,
     usage_by_key,
 )
-from storage.usage_queries import UsageTotals, decimal_str, usage_totals
+from storage.reports.rollups import UsageFilter
+from storage.reports.usage_queries import UsageTotals, decimal_str, usage_totals
 
 HEADLINE = (
     ("requests", "Requests"), ("input_tokens", "Input tokens"),

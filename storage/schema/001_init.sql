@@ -30,7 +30,7 @@ CREATE TABLE api_keys (
 
 CREATE INDEX api_keys_customer_idx ON api_keys (customer_id);
 
--- Columns exactly as storage/usage_event.py UsageEvent.COLUMNS. No foreign keys and no CHECK
+-- Columns exactly as storage/usage/event.py UsageEvent.COLUMNS. No foreign keys and no CHECK
 -- constraints here on purpose: an event must never be refused by the database (the writer
 -- retries a refused batch, so a constraint would stall metering); values are validated in
 -- Python before they are queued. `id` stays the primary key until monthly partitioning.

@@ -4,7 +4,7 @@
 -- usage_events_yYYYYmMM and bounded [first instant of the month, first instant of the next)
 -- in UTC, plus usage_events_default, a DEFAULT partition that catches a row no month partition
 -- holds (a month whose partition was never created or already dropped), so an insert never
--- fails for a missing partition. storage/partitions.py creates the months ahead of time,
+-- fails for a missing partition. storage/usage/partitions.py creates the months ahead of time,
 -- moves rows out of the default partition into their month, and drops expired months
 -- (retention). This file bootstraps the months the existing rows need, plus the current month
 -- and the two after it.

@@ -20,7 +20,7 @@
 -- deleting from a partition by name (retention of the default partition) leave the
 -- rollups as they were: raw events expire, the hourly history stays. Writes must go through
 -- `usage_events`, never a partition by name, or the rollups miss them
--- (storage/rollups.py `rebuild_rollups` repairs a range from the raw rows).
+-- (storage/reports/rollups.py `rebuild_rollups` repairs a range from the raw rows).
 --
 -- Each statement aggregates its transition table first, so a batch of N events costs one
 -- upsert per distinct (customer, hour, project, model), not N. The upserts go in key

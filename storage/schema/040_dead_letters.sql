@@ -1,9 +1,9 @@
 -- 040_dead_letters: usage events PostgreSQL refused for what they hold.
 --
--- The usage writer (storage/usage_writer.py) bisects a batch PostgreSQL refuses for a data
+-- The usage writer (storage/usage/writer.py) bisects a batch PostgreSQL refuses for a data
 -- reason (SQLSTATE class 22 or 23) until the refused rows are isolated, writes the rest, and
 -- stores each refused row here instead of dropping it. `tollbooth usage replay-dead-letters`
--- (storage/dead_letters.py) retries them: a row that is now accepted moves to usage_events
+-- (storage/usage/dead_letters.py) retries them: a row that is now accepted moves to usage_events
 -- and is deleted from here in the same transaction; one still refused stays, attempts + 1.
 --
 --   event_id       the event's id (for a line too damaged to hold one: a UUIDv5 of its bytes)

@@ -1,6 +1,6 @@
 -- 051_retention: what retention leaves behind when it removes raw usage events.
 --
--- Retention (storage/partitions.py `apply_retention`) drops expired month partitions of
+-- Retention (storage/usage/partitions.py `apply_retention`) drops expired month partitions of
 -- usage_events and deletes old rows of the default partition. The hourly rollups keep
 -- counting those events (031_rollups); these two tables keep the rest of what later
 -- readers need, written in the same transaction as the drop or the delete.
@@ -9,7 +9,7 @@
 -- usage_events rows may have been removed; from it on, every raw row is still there.
 -- Dropping a month partition raises it to that month's end; deleting old rows of the
 -- default partition raises it to the hour after the newest row deleted. It only moves
--- forward. No row: retention never removed anything. storage/rollups.py checks and rebuilds
+-- forward. No row: retention never removed anything. storage/reports/rollups.py checks and rebuilds
 -- the rollups only from the horizon on: before it the rollups are the only record of those
 -- hours, and a rebuild would erase them. The first month partition of a database is not a
 -- horizon: a fresh database has nothing before it, and nothing was removed.
@@ -17,7 +17,7 @@
 -- usage_expired_month_tiers: per (customer_id, UTC month), the last of the customer's
 -- removed events of that month, (last_event_at, last_event_id) and its tier. An invoice is
 -- billed under the tier of the customer's last event of the month
--- (storage/invoice_queries.py `billing_tier`), which the rollups do not hold: with this, the
+-- (storage/reports/invoice_queries.py `billing_tier`), which the rollups do not hold: with this, the
 -- last event is the later of the last retained raw event and this row, exactly as before
 -- the removal.
 --

@@ -1,0 +1,75 @@
+"""How the fast front answers: a response's bytes on the connection (`proxy.Reply`)."""
+
+from __future__ import annotations
+
+import contextlib
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from gateway.reply import StreamSink
+
+if TYPE_CHECKING:
+    from gateway.front.connection import FrontProtocol
+
+
+class FrontReply:
+    """`proxy.Reply` for the front: the response as bytes on the connection. `cors`: the
+    CORS headers every response of this request carries (`gateway.cors`), or None."""
+
+    def __init__(self, conn: FrontProtocol, cors: dict[str, str] | None = None) -> None:
+        self._conn = conn
+        self._cors = cors
+        self.head_sent = False
+
+    async def send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.write_whole(status, headers, body)
+
+    def write_whole(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        head = _head(status, headers, self._conn.closing_after,
+                     f"Content-Length: {len(body)}\r\n", self._conn.http_date(), self._cors)
+        self.head_sent = True
+        with contextlib.suppress(ConnectionResetError):  # gone; the exchange is recorded anyway
+            self._conn.write(head + body)
+
+    def write_no_content(self, headers: dict[str, str]) -> None:
+        """A 204: no body and, as RFC 9110 requires, no Content-Length."""
+        head = _head(204, headers, self._conn.closing_after, "", self._conn.http_date(), None)
+        self.head_sent = True
+        with contextlib.suppress(ConnectionResetError):
+            self._conn.write(head)
+
+    async def open_stream(self, status: int, headers: dict[str, str]) -> StreamSink:
+        head = _head(status, headers, self._conn.closing_after,
+                     "Transfer-Encoding: chunked\r\n", self._conn.http_date(), self._cors)
+        self.head_sent = True
+        with contextlib.suppress(ConnectionResetError):  # noticed by the relay's first write
+            self._conn.write(head)
+        return self
+
+    async def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self._conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+        await self._conn.drain()
+
+    async def write_eof(self) -> None:
+        self._conn.write(b"0\r\n\r\n")
+
+
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+
+
+def _head(status: int, headers: dict[str, str], close: bool, framing: str, date: str,
+          cors: dict[str, str] | None) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n",
+             f"Date: {date}\r\n", framing]
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            raise ValueError(f"header {name!r} holds a line break")
+        lines.append(f"{name}: {value}\r\n")
+    if cors is not None:  # lines of their own: a provider's Vary stays beside ours
+        lines.extend(f"{name}: {value}\r\n" for name, value in cors.items())
+    if close:
+        lines.append("Connection: close\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")

@@ -1,0 +1,1 @@
+"""The HTTP routes beside the proxy: admin, billing, operator and usage endpoints."""

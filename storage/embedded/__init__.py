@@ -1,0 +1,1 @@
+"""The embedded default: private PostgreSQL and Valkey servers for zero setup and tests."""

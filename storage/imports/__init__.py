@@ -1,0 +1,1 @@
+"""`tollbooth usage import`: files of past usage read, checked and written once."""

@@ -1,0 +1,1 @@
+"""The quota counters in Redis: keys, Lua scripts, batching, and the client for each topology."""

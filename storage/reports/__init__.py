@@ -1,0 +1,1 @@
+"""What reports, invoices, the web pages and Stripe windows read from Postgres."""

@@ -1,0 +1,1 @@
+"""Stripe Billing: the SDK client, meter sync, reconciliation and webhooks."""
