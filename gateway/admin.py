@@ -87,19 +87,30 @@ class Admin:
             )
         return tier
 
-    async def create_customer(self, customer_id: str, *, tier: str | None = None,
-                              name: str | None = None, email: str | None = None,
-                              stripe_customer_id: str | None = None) -> Customer:
+    async def create_customer(
+        self,
+        customer_id: str,
+        *,
+        tier: str | None = None,
+        name: str | None = None,
+        email: str | None = None,
+        stripe_customer_id: str | None = None,
+    ) -> Customer:
         chosen = self.check_tier(tier or next(iter(self._settings.tiers)))
         try:
             return await self._accounts.create_customer(
-                customer_id, tier=chosen, name=name, email=email,
-                stripe_customer_id=stripe_customer_id)
+                customer_id,
+                tier=chosen,
+                name=name,
+                email=email,
+                stripe_customer_id=stripe_customer_id,
+            )
         except AccountError as exc:
             raise _translate(exc) from None
 
-    async def update_customer(self, customer_id: str, changes: dict[str, str | bool | None]
-                              ) -> Customer:
+    async def update_customer(
+        self, customer_id: str, changes: dict[str, str | bool | None]
+    ) -> Customer:
         if not changes:
             raise AdminError("nothing to update")
         allowed = {"tier", "name", "email", "stripe_customer_id", "suspended"}
@@ -122,12 +133,18 @@ class Admin:
     async def list_customers(self) -> list[Customer]:
         return await self._accounts.list_customers()
 
-    async def create_key(self, customer_id: str, *, project_id: str | None = None,
-                         user_id: str | None = None, name: str | None = None
-                         ) -> tuple[ApiKey, str]:
+    async def create_key(
+        self,
+        customer_id: str,
+        *,
+        project_id: str | None = None,
+        user_id: str | None = None,
+        name: str | None = None,
+    ) -> tuple[ApiKey, str]:
         try:
             return await self._accounts.create_key(
-                customer_id, project_id=project_id, user_id=user_id, name=name)
+                customer_id, project_id=project_id, user_id=user_id, name=name
+            )
         except AccountError as exc:
             raise _translate(exc) from None
 

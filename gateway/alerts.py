@@ -57,9 +57,11 @@ log = logging.getLogger("tollbooth.alerts")
 
 Trigger = Literal["admission", "settlement", "refusal"]
 # The admit script's name of a refusing limit -> the alert's (and config's) name.
-_ALERT_LIMIT = {"requests_per_month": "requests_per_month",
-                "tokens_per_month": "tokens_per_month",
-                "spend_per_month": "spend_per_month_usd"}
+_ALERT_LIMIT = {
+    "requests_per_month": "requests_per_month",
+    "tokens_per_month": "tokens_per_month",
+    "spend_per_month": "spend_per_month_usd",
+}
 _SEEN_MAX = 100_000  # claims remembered per process; past it the memory starts over
 
 
@@ -79,8 +81,9 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac.hexdigest()}"
 
 
-def crossed(limits: TierLimits, usage: MonthUsage, thresholds: list[int],
-            exhausted: str | None = None) -> list[tuple[str, int, Any, Any]]:
+def crossed(
+    limits: TierLimits, usage: MonthUsage, thresholds: list[int], exhausted: str | None = None
+) -> list[tuple[str, int, Any, Any]]:
     """(limit, threshold, used, limit value) for every threshold the usage has reached;
     `exhausted` names a limit that refused a request: its thresholds up to 100 are reached."""
     monthly: list[tuple[str, Any, Any]] = [
@@ -88,8 +91,13 @@ def crossed(limits: TierLimits, usage: MonthUsage, thresholds: list[int],
         ("tokens_per_month", usage.month_tokens, limits.tokens_per_month),
     ]
     if limits.spend_per_month_usd:  # the Decimal is made only when there is a cap to check
-        monthly.append(("spend_per_month_usd", Decimal(usage.month_spend_micros).scaleb(-6),
-                        limits.spend_per_month_usd))
+        monthly.append(
+            (
+                "spend_per_month_usd",
+                Decimal(usage.month_spend_micros).scaleb(-6),
+                limits.spend_per_month_usd,
+            )
+        )
     return [
         (name, pct, used, limit)
         for name, used, limit in monthly
@@ -100,8 +108,7 @@ def crossed(limits: TierLimits, usage: MonthUsage, thresholds: list[int],
 
 
 def _has_monthly_limit(limits: TierLimits) -> bool:
-    return bool(limits.requests_per_month or limits.tokens_per_month
-                or limits.spend_per_month_usd)
+    return bool(limits.requests_per_month or limits.tokens_per_month or limits.spend_per_month_usd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +122,9 @@ class _Crossing:
 
 
 class AlertNotifier:
-    def __init__(self, store: QuotaStore, session: aiohttp.ClientSession,
-                 settings: AlertsConfig) -> None:
+    def __init__(
+        self, store: QuotaStore, session: aiohttp.ClientSession, settings: AlertsConfig
+    ) -> None:
         self._store = store
         self._session = session
         self.settings = settings
@@ -135,27 +143,57 @@ class AlertNotifier:
         """Called on every admission: cheap unless a threshold is crossed."""
         if admission.usage is None or not _has_monthly_limit(admission.limits):
             return
-        self._notify(admission.customer_id, admission.tier_name, admission.request_id,
-                     admission.usage.month, "admission",
-                     crossed(admission.limits, admission.usage, self._thresholds(tier)))
+        self._notify(
+            admission.customer_id,
+            admission.tier_name,
+            admission.request_id,
+            admission.usage.month,
+            "admission",
+            crossed(admission.limits, admission.usage, self._thresholds(tier)),
+        )
 
     def settled(self, admission: Admission, reply: SettleReply) -> None:
         """Called on every settle that went through, with the month's counters after it."""
         if reply.month is None or not _has_monthly_limit(admission.limits):
             return
-        self._notify(admission.customer_id, admission.tier_name, admission.request_id,
-                     reply.month, "settlement",
-                     crossed(admission.limits, reply, self._thresholds(admission.tier)))
+        self._notify(
+            admission.customer_id,
+            admission.tier_name,
+            admission.request_id,
+            reply.month,
+            "settlement",
+            crossed(admission.limits, reply, self._thresholds(admission.tier)),
+        )
 
-    def refused(self, *, customer_id: str, tier_name: str, tier: TierConfig, request_id: str,
-                limit: str, usage: UsageSnapshot) -> None:
+    def refused(
+        self,
+        *,
+        customer_id: str,
+        tier_name: str,
+        tier: TierConfig,
+        request_id: str,
+        limit: str,
+        usage: UsageSnapshot,
+    ) -> None:
         """Called when a monthly limit or the spend cap refuses a request."""
-        self._notify(customer_id, tier_name, request_id, usage.month, "refusal",
-                     crossed(tier.limits, usage, self._thresholds(tier),
-                             exhausted=_ALERT_LIMIT.get(limit)))
+        self._notify(
+            customer_id,
+            tier_name,
+            request_id,
+            usage.month,
+            "refusal",
+            crossed(tier.limits, usage, self._thresholds(tier), exhausted=_ALERT_LIMIT.get(limit)),
+        )
 
-    def _notify(self, customer_id: str, tier_name: str, request_id: str, month: str,
-                trigger: Trigger, found: list[tuple[str, int, Any, Any]]) -> None:
+    def _notify(
+        self,
+        customer_id: str,
+        tier_name: str,
+        request_id: str,
+        month: str,
+        trigger: Trigger,
+        found: list[tuple[str, int, Any, Any]],
+    ) -> None:
         new = [c for c in found if (customer_id, c[0], c[1], month) not in self._seen]
         if not new:
             return
@@ -174,8 +212,9 @@ class AlertNotifier:
     async def _claim_and_send(self, crossing: _Crossing) -> None:
         for limit, pct, used, value in crossing.limits:
             try:
-                claimed = await self._store.claim_alert(crossing.customer_id, limit, pct,
-                                                        crossing.month)
+                claimed = await self._store.claim_alert(
+                    crossing.customer_id, limit, pct, crossing.month
+                )
             except (QuotaStoreBusy, QuotaStoreUnavailable) as exc:
                 log.warning("usage alert not claimed (quota store): %s", exc)
                 self._seen.discard((crossing.customer_id, limit, pct, crossing.month))
@@ -207,12 +246,17 @@ class AlertNotifier:
         delay = 1.0
         for attempt in range(1, self.settings.max_attempts + 1):
             stamp = int(time.time())
-            headers = {"Content-Type": "application/json",
-                       "X-Tollbooth-Signature": sign(secret, stamp, body)}
+            headers = {
+                "Content-Type": "application/json",
+                "X-Tollbooth-Signature": sign(secret, stamp, body),
+            }
             try:
                 async with self._session.post(
-                        url, data=body, headers=headers,
-                        timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s)) as r:
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s),
+                ) as r:
                     if r.status < 300:
                         self.sent += 1
                         return
@@ -223,5 +267,9 @@ class AlertNotifier:
                 await asyncio.sleep(delay)
                 delay *= 2
         self.failed += 1
-        log.error("usage alert webhook failed after %d attempts (%s)",
-                  self.settings.max_attempts, reason, extra={"fields": alert})
+        log.error(
+            "usage alert webhook failed after %d attempts (%s)",
+            self.settings.max_attempts,
+            reason,
+            extra={"fields": alert},
+        )

@@ -66,24 +66,30 @@ def create_app(
     whoever hosts the app in process."""
     app = web.Application(
         # error_middleware first (outermost): it renders and counts the timeout's 408.
-        middlewares=[error_middleware,
-                     client_timeout_middleware(settings.server.client_timeout_s)],
+        middlewares=[error_middleware, client_timeout_middleware(settings.server.client_timeout_s)],
         client_max_size=settings.server.max_body_mb * _MB,
         # keepalive_timeout also bounds a request's headers (aiohttp starts it when the
         # connection opens and after each response): slow-loris headers are cut off.
-        handler_args={"max_field_size": 16 * 1024, "max_line_size": 16 * 1024,
-                      "keepalive_timeout": settings.server.client_timeout_s},
+        handler_args={
+            "max_field_size": 16 * 1024,
+            "max_line_size": 16 * 1024,
+            "keepalive_timeout": settings.server.client_timeout_s,
+        },
     )
     install_cors(app)  # innermost middleware (its 403 rendered by error_middleware), and a hook
     app[keys.runtime] = Runtime(settings, catalog or Catalog.load_default())
     app[keys.tokens] = TokenCounter()
     app[keys.metrics] = metrics = Metrics()
     # `serve` begins it on SIGTERM; the closing steps below fit in what it leaves.
-    app[keys.drain] = drain = Drain(grace_s=settings.server.drain_grace_s,
-                                    timeout_s=settings.server.drain_timeout_s)
+    app[keys.drain] = drain = Drain(
+        grace_s=settings.server.drain_grace_s, timeout_s=settings.server.drain_timeout_s
+    )
 
-    access_log = AccessLog(enabled=settings.logging.requests, fmt=settings.logging.format,
-                           echo_to_logging=not access_log_to_stderr)
+    access_log = AccessLog(
+        enabled=settings.logging.requests,
+        fmt=settings.logging.format,
+        echo_to_logging=not access_log_to_stderr,
+    )
 
     async def http_session(app: web.Application) -> AsyncIterator[None]:
         server = settings.server
@@ -123,9 +129,13 @@ def create_app(
         await writer.start()  # replays what a stopped process left in the journal
         app[keys.writer] = writer
         retention = settings.retention
-        maintenance = asyncio.create_task(maintain_partitions(
-            pool, months_ahead=retention.partitions_ahead_months,
-            raw_events_days=retention.raw_events_days))
+        maintenance = asyncio.create_task(
+            maintain_partitions(
+                pool,
+                months_ahead=retention.partitions_ahead_months,
+                raw_events_days=retention.raw_events_days,
+            )
+        )
         yield
         maintenance.cancel()
         await asyncio.gather(maintenance, return_exceptions=True)
@@ -143,30 +153,34 @@ def create_app(
         # timeouts (quotas.on_redis_error decides what a down Redis means, not a long retry;
         # retrying is safe: a retried admit reserves once, settle is idempotent).
         client = connect_redis(redis_url, max_connections=settings.quotas.redis_max_connections)
-        store = QuotaStore(client, window_ms=quota_window_ms,
-                           wait_replicas=settings.quotas.redis_wait_replicas)
+        store = QuotaStore(
+            client, window_ms=quota_window_ms, wait_replicas=settings.quotas.redis_wait_replicas
+        )
         # Alerts hear of every settle and monthly refusal from the policy.
         app[keys.alerts] = alerts = AlertNotifier(store, app[keys.http], settings.alerts)
         app[keys.quotas] = QuotaPolicy(store, settings.quotas, alerts)
         app[keys.redis_client] = client  # also the web pages' (login rate limit)
         policy = app[keys.quotas]
         writer = app[keys.writer]
-        recorder = app[keys.recorder] = Recorder(writer, policy, app[keys.tokens], metrics,
-                                                   access_log)
-        metrics.watch(lambda: LiveValues(
-            writer_backlog=writer.backlog,
-            writer_written=writer.written,
-            inflight=recorder.inflight,
-            quota_refusals=dict(policy.refusals),
-            redis_error_admissions=policy.redis_error_admissions,
-            quota_settle_failures=policy.settle_failures,
-            shadow_refusals=policy.shadow_refusals,
-            journal_bytes=writer.journal_bytes,
-            journal_over_budget=writer.journal_over_budget,
-            dead_lettered=writer.dead_lettered,
-            events_lost=writer.events_lost,
-            journal_errors=writer.journal_errors,
-        ))
+        recorder = app[keys.recorder] = Recorder(
+            writer, policy, app[keys.tokens], metrics, access_log
+        )
+        metrics.watch(
+            lambda: LiveValues(
+                writer_backlog=writer.backlog,
+                writer_written=writer.written,
+                inflight=recorder.inflight,
+                quota_refusals=dict(policy.refusals),
+                redis_error_admissions=policy.redis_error_admissions,
+                quota_settle_failures=policy.settle_failures,
+                shadow_refusals=policy.shadow_refusals,
+                journal_bytes=writer.journal_bytes,
+                journal_over_budget=writer.journal_over_budget,
+                dead_lettered=writer.dead_lettered,
+                events_lost=writer.events_lost,
+                journal_errors=writer.journal_errors,
+            )
+        )
         yield
         await metrics.aclose()
         await policy.aclose()  # settles still queued go out before the client closes
@@ -186,8 +200,13 @@ def create_app(
         if not (watch_config and settings.source_path):
             yield
             return
-        watcher = ConfigWatcher(Path(settings.source_path), app[keys.runtime], app[keys.quotas],
-                                app[keys.alerts], metrics)
+        watcher = ConfigWatcher(
+            Path(settings.source_path),
+            app[keys.runtime],
+            app[keys.quotas],
+            app[keys.alerts],
+            metrics,
+        )
         app[keys.config_watcher] = watcher
         watcher.start()
         yield
@@ -202,15 +221,17 @@ def create_app(
         alerts = app[keys.alerts]
         await alerts.drain(drain.exit_budget_s(default_s=alerts.settings.timeout_s))
 
-    app.cleanup_ctx.extend([http_session, postgres, quotas, tokenizer, provider_credentials,
-                            config_watcher, inflight])
+    app.cleanup_ctx.extend(
+        [http_session, postgres, quotas, tokenizer, provider_credentials, config_watcher, inflight]
+    )
 
     for path, (api, endpoint) in FORWARDED.items():  # the fast front serves the same table
         app.router.add_route(endpoint.method, path, make_handler(api, endpoint))
     for template in TEMPLATED:  # the handler re-matches with registry.match, as the front does
         api, endpoint = template.route
-        app.router.add_route(endpoint.method, aiohttp_path(template.path),
-                             make_handler(api, endpoint))
+        app.router.add_route(
+            endpoint.method, aiohttp_path(template.path), make_handler(api, endpoint)
+        )
     add_operator_routes(app)
     add_probe_routes(app)
     add_admin_routes(app)

@@ -74,9 +74,7 @@ class Authenticator:
             stale = self._cache.get(digest)
             if stale is not None:  # known before: keep serving through a database outage
                 return stale[1]
-            raise ServiceUnavailableError(
-                "The key store is unavailable; retry shortly."
-            ) from exc
+            raise ServiceUnavailableError("The key store is unavailable; retry shortly.") from exc
         self._cache[digest] = (time.monotonic() + self._ttl_s, principal)
         self._cache.move_to_end(digest)
         while len(self._cache) > self._max_entries:

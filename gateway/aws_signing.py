@@ -86,8 +86,17 @@ class AwsSigning:
         pending = self._pending.get(profile)
         return "resolving" if pending is not None and not pending.done() else "missing"
 
-    def sign(self, method: str, url: str, headers: dict[str, str], body: bytes, *,
-             region: str, profile: str | None = None, service: str = SERVICE) -> None:
+    def sign(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+        *,
+        region: str,
+        profile: str | None = None,
+        service: str = SERVICE,
+    ) -> None:
         """Add the SigV4 headers (`Authorization`, `X-Amz-Date`, and `X-Amz-Security-Token`
         for temporary credentials) to `headers` in place. Every header given is signed, so
         nothing may change them, the URL or the body afterwards. Raises
@@ -110,7 +119,8 @@ class AwsSigning:
             self._start(profile, credentials)
             if frozen is None or credentials.refresh_needed(0):  # expired: nothing valid
                 raise AwsCredentialsMissing(
-                    f"AWS credentials of {_name(profile)} expired and are being refreshed")
+                    f"AWS credentials of {_name(profile)} expired and are being refreshed"
+                )
             return frozen
         frozen = credentials.get_frozen_credentials()  # no refresh due: no I/O
         if not frozen.access_key or not frozen.secret_key:
@@ -134,13 +144,22 @@ class AwsSigning:
         self._pending[profile] = done
         future.add_done_callback(lambda f: self._settled(profile, credentials, f, done))
 
-    def _settled(self, profile: str | None, refreshed: Credentials | None,
-                 future: asyncio.Future[Any], done: asyncio.Future[None]) -> None:
+    def _settled(
+        self,
+        profile: str | None,
+        refreshed: Credentials | None,
+        future: asyncio.Future[Any],
+        done: asyncio.Future[None],
+    ) -> None:
         try:
             result = future.result()
         except BotoCoreError as exc:
-            log.error("AWS credentials of %s could not be %s: %s", _name(profile),
-                      "refreshed" if refreshed is not None else "resolved", type(exc).__name__)
+            log.error(
+                "AWS credentials of %s could not be %s: %s",
+                _name(profile),
+                "refreshed" if refreshed is not None else "resolved",
+                type(exc).__name__,
+            )
             result = None
         if refreshed is not None:
             if isinstance(result, ReadOnlyCredentials):
@@ -152,8 +171,11 @@ class AwsSigning:
             credentials, frozen = result
             self._credentials[profile] = credentials
             self._frozen[profile] = frozen
-            log.info("AWS credentials of %s resolved (%s)", _name(profile),
-                     getattr(credentials, "method", "unknown source"))
+            log.info(
+                "AWS credentials of %s resolved (%s)",
+                _name(profile),
+                getattr(credentials, "method", "unknown source"),
+            )
         if not done.done():
             done.set_result(None)
 
@@ -163,5 +185,7 @@ def _name(profile: str | None) -> str:
 
 
 def _missing(profile: str | None) -> str:
-    return (f"no AWS credentials found in {_name(profile)} (environment, shared config and "
-            "credentials files, SSO, container or instance role)")
+    return (
+        f"no AWS credentials found in {_name(profile)} (environment, shared config and "
+        "credentials files, SSO, container or instance role)"
+    )

@@ -66,8 +66,7 @@ def client_timeout_middleware(timeout_s: float) -> Middleware:
             if not deadline.expired():
                 raise  # the handler's own timeout, not the client's
             raise RequestTimeoutError(
-                f"The request body was not received within {timeout_s:g} seconds of its "
-                "headers."
+                f"The request body was not received within {timeout_s:g} seconds of its headers."
             ) from None
         finally:
             handling = False

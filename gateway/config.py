@@ -47,13 +47,11 @@ def _exact_decimal(value: Any) -> Any:
     # Money is written as strings ("5.00") so YAML never turns it into a float. A bare int is
     # exact too; a float is refused because its decimal value is already rounded.
     if isinstance(value, bool):
-        raise ValueError("expected a decimal amount written as a string, e.g. \"5.00\"")
+        raise ValueError('expected a decimal amount written as a string, e.g. "5.00"')
     if isinstance(value, int):
         return Decimal(value)
     if isinstance(value, float):
-        raise ValueError(
-            f"got the float {value!r}; write money as a quoted string, e.g. \"{value}\""
-        )
+        raise ValueError(f'got the float {value!r}; write money as a quoted string, e.g. "{value}"')
     if isinstance(value, str):
         try:
             return Decimal(value.strip())
@@ -89,7 +87,8 @@ class ServerConfig(_Model):
     # The former name of drain_timeout_s, still accepted (used when drain_timeout_s is not set).
     shutdown_grace_s: float | None = Field(default=None, ge=0)
     client_timeout_s: float = Field(
-        default=30.0, gt=0,
+        default=30.0,
+        gt=0,
         description=(
             "The longest a client may take to send a request. Headers: counted from the "
             "connection's opening or its previous response (also how long an idle keep-alive "
@@ -114,10 +113,13 @@ class ServerConfig(_Model):
     @model_validator(mode="after")
     def _tls_both_or_neither(self) -> ServerConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
-            given, missing = (("tls_cert", "tls_key") if self.tls_key is None
-                              else ("tls_key", "tls_cert"))
-            raise ValueError(f"{given} is set but {missing} is not; TLS needs both (a PEM "
-                             "certificate chain and its private key), or neither")
+            given, missing = (
+                ("tls_cert", "tls_key") if self.tls_key is None else ("tls_key", "tls_cert")
+            )
+            raise ValueError(
+                f"{given} is set but {missing} is not; TLS needs both (a PEM "
+                "certificate chain and its private key), or neither"
+            )
         return self
 
     @model_validator(mode="before")
@@ -135,7 +137,8 @@ class ServerConfig(_Model):
             raise ValueError(
                 f"drain_grace_s ({self.drain_grace_s:g}) must not exceed drain_timeout_s "
                 f"({self.drain_timeout_s:g}): the timeout counts from SIGTERM, the grace "
-                "included; raise drain_timeout_s or lower drain_grace_s")
+                "included; raise drain_timeout_s or lower drain_grace_s"
+            )
         return self
 
     @field_validator("cors_origins")
@@ -150,7 +153,8 @@ class ServerConfig(_Model):
                 raise ValueError(
                     f"{origin!r} is not an origin; write scheme://host[:port] with no path "
                     "(e.g. 'https://app.example.com' or 'http://localhost:5173'), or '*' for "
-                    "any origin")
+                    "any origin"
+                )
             checked.append(lowered)
         return tuple(checked)
 
@@ -220,31 +224,39 @@ class ProviderConfig(_Model):
         if not isinstance(data, dict) or data.get("kind") != "bedrock":
             return data
         if "base_url" in data:
-            raise ValueError("base_url: a bedrock provider takes endpoint_url (or region) "
-                             "instead; remove base_url")
+            raise ValueError(
+                "base_url: a bedrock provider takes endpoint_url (or region) "
+                "instead; remove base_url"
+            )
         region, endpoint = data.get("region"), data.get("endpoint_url")
         if not isinstance(region, str) or not _REGION.fullmatch(region):
-            raise ValueError(f"region: a bedrock provider needs its AWS region, e.g. "
-                             f"us-east-1 (got {region!r})")
+            raise ValueError(
+                f"region: a bedrock provider needs its AWS region, e.g. us-east-1 (got {region!r})"
+            )
         return {**data, "base_url": endpoint or f"https://bedrock-runtime.{region}.amazonaws.com"}
 
     @model_validator(mode="after")
     def _check_base_url(self) -> ProviderConfig:
         if not self.base_url.startswith(("http://", "https://")):
             where = "endpoint_url" if self.kind == "bedrock" else "base_url"
-            raise ValueError(
-                f"{where} must start with http:// or https://, got {self.base_url!r}")
+            raise ValueError(f"{where} must start with http:// or https://, got {self.base_url!r}")
         for key, kinds in _KIND_KEYS.items():
             if key in self.model_fields_set and self.kind not in kinds:
-                raise ValueError(f"{key}: only a provider of kind {' or '.join(sorted(kinds))} "
-                                 f"takes it (this one is {self.kind}); remove it")
+                raise ValueError(
+                    f"{key}: only a provider of kind {' or '.join(sorted(kinds))} "
+                    f"takes it (this one is {self.kind}); remove it"
+                )
         if self.kind == "bedrock" and self.api_key_env is not None:
-            raise ValueError("api_key_env: a bedrock provider signs with the AWS credentials "
-                             "of the environment (env, profile, role); remove it")
+            raise ValueError(
+                "api_key_env: a bedrock provider signs with the AWS credentials "
+                "of the environment (env, profile, role); remove it"
+            )
         for name, model in self.deployments.items():
             if not name.strip() or "/" in name or not model.strip():
-                raise ValueError(f"deployments.{name}: a deployment name (no '/') maps to "
-                                 f"the catalog model it is priced as, got {model!r}")
+                raise ValueError(
+                    f"deployments.{name}: a deployment name (no '/') maps to "
+                    f"the catalog model it is priced as, got {model!r}"
+                )
         return self
 
     def api_key(self) -> str | None:
@@ -443,8 +455,10 @@ class PortalConfig(_Model):
     def _check_sources(cls, sources: list[str]) -> list[str]:
         for source in sources:
             if not source or any(c in source for c in ";,'\"") or source.split() != [source]:
-                raise ValueError(f"{source!r} is not a CSP source; write an origin such as "
-                                 "'https://app.example.com' (no quotes, spaces, ';' or ',')")
+                raise ValueError(
+                    f"{source!r} is not a CSP source; write an origin such as "
+                    "'https://app.example.com' (no quotes, spaces, ';' or ',')"
+                )
         return sources
 
 
@@ -501,8 +515,9 @@ class StripeConfig(_Model):
             try:
                 value = datetime.fromisoformat(value.strip())
             except ValueError:
-                raise ValueError(f"{value!r} is not an ISO time, e.g. 2026-01-01T00:00:00Z"
-                                 ) from None
+                raise ValueError(
+                    f"{value!r} is not an ISO time, e.g. 2026-01-01T00:00:00Z"
+                ) from None
         if isinstance(value, datetime):
             return value.replace(tzinfo=UTC) if value.tzinfo is None else value
         return value
@@ -513,7 +528,7 @@ class StripeConfig(_Model):
         units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
         value = text.strip().lower()
         if len(value) < 2 or value[-1] not in units or not value[:-1].isdigit():
-            raise ValueError(f"{text!r} is not a duration; write e.g. \"30s\", \"15m\", \"1h\"")
+            raise ValueError(f'{text!r} is not a duration; write e.g. "30s", "15m", "1h"')
         return int(value[:-1]) * units[value[-1]]
 
     @property
@@ -528,14 +543,19 @@ class StripeConfig(_Model):
     def _check_stripe(self) -> StripeConfig:
         # Keep in step with storage.reports.usage_windows.DIMENSIONS (a test checks they match).
         dimensions = (
-            "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
-            "reasoning_tokens", "requests", "price_micros",
+            "input_tokens",
+            "output_tokens",
+            "cached_input_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "requests",
+            "price_micros",
         )
         window_s = self.window_s
         if not 60 <= window_s <= 86400 or 86400 % window_s or window_s % 60:
             raise ValueError(
                 f"window: got {self.window!r}; use whole minutes that divide a day, "
-                "e.g. \"15m\", \"1h\", \"1d\""
+                'e.g. "15m", "1h", "1d"'
             )
         self.parse_duration(self.settle_delay)
         for dimension, event_name in self.meters.items():
@@ -610,8 +630,7 @@ class Settings(_Model):
             if route.provider not in self.providers:
                 known = ", ".join(sorted(self.providers))
                 raise ValueError(
-                    f"models[{i}].provider: {route.provider!r} is not a provider "
-                    f"(known: {known})"
+                    f"models[{i}].provider: {route.provider!r} is not a provider (known: {known})"
                 )
         if not self.tiers:
             raise ValueError("at least one tier is required")

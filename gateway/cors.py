@@ -49,14 +49,34 @@ from gateway.providers.registry import FORWARDED, match_path
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
 MAX_AGE_S = 7200  # two hours: Chromium's ceiling (Firefox allows a day)
-ALLOWED_HEADERS = frozenset({
-    "authorization", "x-api-key", "api-key", "x-goog-api-key", "content-type", "accept",
-    "anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access"})
+ALLOWED_HEADERS = frozenset(
+    {
+        "authorization",
+        "x-api-key",
+        "api-key",
+        "x-goog-api-key",
+        "content-type",
+        "accept",
+        "anthropic-version",
+        "anthropic-beta",
+        "anthropic-dangerous-direct-browser-access",
+    }
+)
 ALLOWED_HEADER_PREFIXES = ("openai-", "x-stainless-")
-EXPOSE_HEADERS = ", ".join((
-    "x-request-id", "x-upstream-request-id", "retry-after", "retry-after-ms", "x-should-retry",
-    *(f"x-ratelimit-{what}-{unit}" for unit in ("requests", "tokens")
-      for what in ("limit", "remaining", "reset"))))
+EXPOSE_HEADERS = ", ".join(
+    (
+        "x-request-id",
+        "x-upstream-request-id",
+        "retry-after",
+        "retry-after-ms",
+        "x-should-retry",
+        *(
+            f"x-ratelimit-{what}-{unit}"
+            for unit in ("requests", "tokens")
+            for what in ("limit", "remaining", "reset")
+        ),
+    )
+)
 _PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 _TOKEN = re.compile(r"[a-z0-9!#$%&'*+.^_`|~-]+", re.ASCII)  # an HTTP header name
 _MAX_ORIGIN = 512
@@ -64,8 +84,12 @@ _MAX_ORIGIN = 512
 
 def applies(path: str) -> bool:
     """True for the paths CORS covers (when it is on)."""
-    return (path in FORWARDED or path == "/v1/models" or path.startswith("/usage/")
-            or match_path(path) is not None)
+    return (
+        path in FORWARDED
+        or path == "/v1/models"
+        or path.startswith("/usage/")
+        or match_path(path) is not None
+    )
 
 
 def allowed(origins: tuple[str, ...], origin: str | None) -> bool:
@@ -78,14 +102,18 @@ def allowed(origins: tuple[str, ...], origin: str | None) -> bool:
     return "*" in origins or lowered in origins
 
 
-def response_headers(origins: tuple[str, ...],
-                     request_headers: Mapping[str, str]) -> dict[str, str] | None:
+def response_headers(
+    origins: tuple[str, ...], request_headers: Mapping[str, str]
+) -> dict[str, str] | None:
     """The headers an actual response carries, or None (no Origin, or one not allowed)."""
     origin = request_headers.get("origin")
     if origin is None or not allowed(origins, origin):
         return None
-    return {"Access-Control-Allow-Origin": origin,
-            "Access-Control-Expose-Headers": EXPOSE_HEADERS, "Vary": "Origin"}
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Expose-Headers": EXPOSE_HEADERS,
+        "Vary": "Origin",
+    }
 
 
 def is_preflight(request_headers: Mapping[str, str]) -> bool:
@@ -93,18 +121,25 @@ def is_preflight(request_headers: Mapping[str, str]) -> bool:
     return "origin" in request_headers and "access-control-request-method" in request_headers
 
 
-def preflight_headers(origins: tuple[str, ...],
-                      request_headers: Mapping[str, str]) -> dict[str, str] | None:
+def preflight_headers(
+    origins: tuple[str, ...], request_headers: Mapping[str, str]
+) -> dict[str, str] | None:
     """The 204's headers for a preflight, or None when its origin is not allowed (403)."""
     origin = request_headers.get("origin")
     if origin is None or not allowed(origins, origin):
         return None
-    headers = {"Access-Control-Allow-Origin": origin,
-               "Access-Control-Allow-Methods": ALLOW_METHODS,
-               "Access-Control-Max-Age": str(MAX_AGE_S), "Vary": _PREFLIGHT_VARY}
+    headers = {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Methods": ALLOW_METHODS,
+        "Access-Control-Max-Age": str(MAX_AGE_S),
+        "Vary": _PREFLIGHT_VARY,
+    }
     requested = request_headers.get("access-control-request-headers", "")
-    names = [name for name in (part.strip().lower() for part in requested.split(","))
-             if _header_allowed(name)]
+    names = [
+        name
+        for name in (part.strip().lower() for part in requested.split(","))
+        if _header_allowed(name)
+    ]
     if names:
         headers["Access-Control-Allow-Headers"] = ", ".join(dict.fromkeys(names))
     return headers
@@ -119,7 +154,9 @@ def _header_allowed(name: str) -> bool:
 def origin_refused() -> PermissionDeniedError:
     return PermissionDeniedError(
         "This origin may not call the gateway from a browser (it is not in the gateway's "
-        "CORS origins).", code="cors_origin_not_allowed")
+        "CORS origins).",
+        code="cors_origin_not_allowed",
+    )
 
 
 # aiohttp's half

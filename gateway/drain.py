@@ -47,8 +47,7 @@ INTERRUPTED = "drain_timeout"  # metadata.interrupted of an exchange the drain c
 EXIT_MARGIN_S = 5.0  # the process exits within drain_timeout_s + this
 CUT_SETTLE_S = 2.0  # how long cut exchanges get to record and answer after the cut
 _EXIT_RESERVE_S = 3.0  # of the exit margin: closing pools, the interpreter's own exit (~1 s)
-CUT_MESSAGE = ("The gateway is restarting and could not finish this request in time; "
-               "retry it.")
+CUT_MESSAGE = "The gateway is restarting and could not finish this request in time; retry it."
 
 
 class Abortable(Protocol):
@@ -86,8 +85,9 @@ class Cut:
 
 
 class Drain:
-    def __init__(self, *, grace_s: float, timeout_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, grace_s: float, timeout_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.grace_s = min(grace_s, timeout_s)
         self.timeout_s = timeout_s
         self._clock = clock
@@ -110,9 +110,13 @@ class Drain:
             return
         self._began = self._clock()
         self._timer = asyncio.get_running_loop().call_later(self.timeout_s, self.cut_all)
-        log.warning("draining: not ready; serving new requests for %.1f s, then finishing "
-                    "%d requests in flight for up to %.1f s after the signal",
-                    self.grace_s, len(self._cuts), self.timeout_s)
+        log.warning(
+            "draining: not ready; serving new requests for %.1f s, then finishing "
+            "%d requests in flight for up to %.1f s after the signal",
+            self.grace_s,
+            len(self._cuts),
+            self.timeout_s,
+        )
 
     def track(self) -> Cut:
         """Track the calling task's exchange until `Cut.release()`; call just before it goes
@@ -128,8 +132,11 @@ class Drain:
         self._deadline_passed = True
         running = list(self._cuts)
         if running:
-            log.warning("drain timeout (%.1f s): cutting %d requests still running",
-                        self.timeout_s, len(running))
+            log.warning(
+                "drain timeout (%.1f s): cutting %d requests still running",
+                self.timeout_s,
+                len(running),
+            )
         for cut in running:
             cut.fire()
 
@@ -157,8 +164,7 @@ class Drain:
 def cut_event(api: ProviderApi) -> bytes:
     """The SSE event that ends a cut stream: an `error` event whose data is the called API's
     error body (both official SDKs raise on it)."""
-    body = api.error_body(503, ServiceUnavailableError.error_type, CUT_MESSAGE, INTERRUPTED,
-                          None)
+    body = api.error_body(503, ServiceUnavailableError.error_type, CUT_MESSAGE, INTERRUPTED, None)
     return b"event: error\ndata: " + body + b"\n\n"
 
 
@@ -171,5 +177,10 @@ async def record_cut(recorder: Recorder, ex: Exchange) -> None:
     """Record an exchange cut before its response began (a 503 to the client): estimated,
     the prompt estimate as input, priced like a failed request (its tokens, no fees)."""
     ex.metadata["interrupted"] = INTERRUPTED
-    await recorder.finish(ex, status=cut_error().status, usage=None, upstream_id=None,
-                          partial_usage=Usage(input_tokens=ex.prompt_tokens))
+    await recorder.finish(
+        ex,
+        status=cut_error().status,
+        usage=None,
+        upstream_id=None,
+        partial_usage=Usage(input_tokens=ex.prompt_tokens),
+    )

@@ -61,35 +61,78 @@ def _one(read: Callable[[LiveValues], int]) -> Callable[[LiveValues], Samples]:
 
 
 LIVE: tuple[LiveMetric, ...] = (
-    LiveMetric("tollbooth_writer_backlog", "Usage events waiting to be written.", "gauge",
-               _one(lambda v: v.writer_backlog)),
-    LiveMetric("tollbooth_writer_written", "Usage events written to Postgres.", "counter",
-               _one(lambda v: v.writer_written)),
-    LiveMetric("tollbooth_inflight_exchanges", "Forwarded requests in progress.", "gauge",
-               _one(lambda v: v.inflight)),
-    LiveMetric("tollbooth_quota_refusals", "429s by the limit that refused.", "counter",
-               lambda v: (((limit,), n) for limit, n in sorted(v.quota_refusals.items())),
-               labels=("limit",)),
-    LiveMetric("tollbooth_redis_errors", "Quota store failures, by what was done.", "counter",
-               lambda v: ((("admitted_without_quota",), v.redis_error_admissions),
-                          (("settle_failed",), v.quota_settle_failures)),
-               labels=("action",)),
-    LiveMetric("tollbooth_journal_bytes", "Usage journal size on disk.", "gauge",
-               _one(lambda v: v.journal_bytes)),
-    LiveMetric("tollbooth_journal_over_budget",
-               "1 while the journal is over storage.journal_max_mb.", "gauge",
-               _one(lambda v: int(v.journal_over_budget)), merge="livemax"),
-    LiveMetric("tollbooth_dead_lettered_events",
-               "Events Postgres refused, kept in usage_dead_letters.", "counter",
-               _one(lambda v: v.dead_lettered)),
-    LiveMetric("tollbooth_events_lost",
-               "Events lost (disk refused the journal and memory was full).", "counter",
-               _one(lambda v: v.events_lost)),
-    LiveMetric("tollbooth_journal_errors", "Journal write or sync failures.", "counter",
-               _one(lambda v: v.journal_errors)),
-    LiveMetric("tollbooth_shadow_refusals",
-               "Refusals a shadow tier logged but did not enforce.", "counter",
-               _one(lambda v: v.shadow_refusals)),
+    LiveMetric(
+        "tollbooth_writer_backlog",
+        "Usage events waiting to be written.",
+        "gauge",
+        _one(lambda v: v.writer_backlog),
+    ),
+    LiveMetric(
+        "tollbooth_writer_written",
+        "Usage events written to Postgres.",
+        "counter",
+        _one(lambda v: v.writer_written),
+    ),
+    LiveMetric(
+        "tollbooth_inflight_exchanges",
+        "Forwarded requests in progress.",
+        "gauge",
+        _one(lambda v: v.inflight),
+    ),
+    LiveMetric(
+        "tollbooth_quota_refusals",
+        "429s by the limit that refused.",
+        "counter",
+        lambda v: (((limit,), n) for limit, n in sorted(v.quota_refusals.items())),
+        labels=("limit",),
+    ),
+    LiveMetric(
+        "tollbooth_redis_errors",
+        "Quota store failures, by what was done.",
+        "counter",
+        lambda v: (
+            (("admitted_without_quota",), v.redis_error_admissions),
+            (("settle_failed",), v.quota_settle_failures),
+        ),
+        labels=("action",),
+    ),
+    LiveMetric(
+        "tollbooth_journal_bytes",
+        "Usage journal size on disk.",
+        "gauge",
+        _one(lambda v: v.journal_bytes),
+    ),
+    LiveMetric(
+        "tollbooth_journal_over_budget",
+        "1 while the journal is over storage.journal_max_mb.",
+        "gauge",
+        _one(lambda v: int(v.journal_over_budget)),
+        merge="livemax",
+    ),
+    LiveMetric(
+        "tollbooth_dead_lettered_events",
+        "Events Postgres refused, kept in usage_dead_letters.",
+        "counter",
+        _one(lambda v: v.dead_lettered),
+    ),
+    LiveMetric(
+        "tollbooth_events_lost",
+        "Events lost (disk refused the journal and memory was full).",
+        "counter",
+        _one(lambda v: v.events_lost),
+    ),
+    LiveMetric(
+        "tollbooth_journal_errors",
+        "Journal write or sync failures.",
+        "counter",
+        _one(lambda v: v.journal_errors),
+    ),
+    LiveMetric(
+        "tollbooth_shadow_refusals",
+        "Refusals a shadow tier logged but did not enforce.",
+        "counter",
+        _one(lambda v: v.shadow_refusals),
+    ),
 )
 
 
@@ -116,8 +159,12 @@ class LiveMirror:
     def __init__(self, read: Callable[[], LiveValues], registry: CollectorRegistry) -> None:
         self._read = read
         self._metrics: list[tuple[LiveMetric, Any]] = [
-            (m, Gauge(m.name, m.help, m.labels, registry=registry, multiprocess_mode=m.merge)
-             if m.kind == "gauge" else Counter(m.name, m.help, m.labels, registry=registry))
+            (
+                m,
+                Gauge(m.name, m.help, m.labels, registry=registry, multiprocess_mode=m.merge)
+                if m.kind == "gauge"
+                else Counter(m.name, m.help, m.labels, registry=registry),
+            )
             for m in LIVE
         ]
         self._published: dict[tuple[str, tuple[str, ...]], int] = {}

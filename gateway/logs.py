@@ -65,8 +65,14 @@ class AccessLog:
 
     NAME = "tollbooth.access"
 
-    def __init__(self, *, enabled: bool, fmt: str = "json", stream: IO[str] | None = None,
-                 echo_to_logging: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        enabled: bool,
+        fmt: str = "json",
+        stream: IO[str] | None = None,
+        echo_to_logging: bool = False,
+    ) -> None:
         self.enabled = enabled
         self._json = fmt == "json"
         self._stream = stream if stream is not None else sys.stderr
@@ -92,11 +98,13 @@ class AccessLog:
             self._stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         ts = f"{self._stamp}.{int((now - second) * 1000):03d}+00:00"
         if self._json:
-            line = orjson.dumps({"ts": ts, "level": "info", "logger": self.NAME,
-                                 "message": "request", **fields}).decode()
+            line = orjson.dumps(
+                {"ts": ts, "level": "info", "logger": self.NAME, "message": "request", **fields}
+            ).decode()
         else:
             line = f"{ts} INFO {self.NAME} request " + " ".join(
-                f"{k}={v}" for k, v in fields.items())
+                f"{k}={v}" for k, v in fields.items()
+            )
         self._buffer.append(line + "\n")
         self._size += len(line) + 1
         if self._size >= _FLUSH_BYTES:

@@ -78,8 +78,14 @@ class Exchange:
 
 
 class Recorder:
-    def __init__(self, writer: UsageWriter, quotas: QuotaPolicy, tokens: TokenCounter,
-                 metrics: Metrics, access_log: AccessLog) -> None:
+    def __init__(
+        self,
+        writer: UsageWriter,
+        quotas: QuotaPolicy,
+        tokens: TokenCounter,
+        metrics: Metrics,
+        access_log: AccessLog,
+    ) -> None:
         self._writer = writer
         self._quotas = quotas
         self._tokens = tokens
@@ -122,12 +128,17 @@ class Recorder:
                         counted_chars = len(text)
                     usage = result.partial_usage or Usage(input_tokens=ex.prompt_tokens)
                     # Never below an output count the provider already reported.
-                    usage = replace(usage, output_tokens=max(output_tokens,
-                                                             usage.output_tokens))
+                    usage = replace(usage, output_tokens=max(output_tokens, usage.output_tokens))
                 latency_ms = int((time.perf_counter() - ex.started) * 1000)
-                line = _provisional_line(ex, usage.input_tokens, usage.output_tokens,
-                                         latency_ms, usage.cached_input_tokens,
-                                         usage.cache_write_tokens, result.upstream_id)
+                line = _provisional_line(
+                    ex,
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    latency_ms,
+                    usage.cached_input_tokens,
+                    usage.cache_write_tokens,
+                    result.upstream_id,
+                )
             except Exception:  # a bug: never break the stream for a progress record
                 log.error("stream progress of %s not recorded", ex.request_id, exc_info=True)
                 return
@@ -143,7 +154,11 @@ class Recorder:
                 log.error("%d exchanges still running at shutdown", len(self._inflight))
 
     def _usage(
-        self, ex: Exchange, status: int, usage: Usage | None, produced_text: str,
+        self,
+        ex: Exchange,
+        status: int,
+        usage: Usage | None,
+        produced_text: str,
         partial: Usage | None,
     ) -> Usage:
         if usage is not None:
@@ -230,38 +245,64 @@ class Recorder:
         price = ex.snapshot.pricing.price(ex.model)
         model_label = price.model if price is not None else "other"  # bounded label values
         route = ex.endpoint.name
-        self._metrics.observe_request(route, ex.provider, model_label, event.status_code,
-                                      time.perf_counter() - ex.started)
+        self._metrics.observe_request(
+            route, ex.provider, model_label, event.status_code, time.perf_counter() - ex.started
+        )
         self._metrics.observe_usage(ex.provider, usage, event.cost_usd, event.price_usd)
         if self._access_log.enabled:
-            self._access_log.write({
-                "request_id": str(event.id),
-                "customer_id": event.customer_id,
-                "key_id": event.key_id,
-                "provider": event.provider,
-                "model": event.model,
-                "endpoint": route,
-                "status": event.status_code,
-                "streamed": event.streamed,
-                "input_tokens": event.input_tokens,
-                "output_tokens": event.output_tokens,
-                "usage_source": event.usage_source,
-                "price_usd": None if event.price_usd is None else str(event.price_usd),
-                "latency_ms": event.latency_ms,
-            })
+            self._access_log.write(
+                {
+                    "request_id": str(event.id),
+                    "customer_id": event.customer_id,
+                    "key_id": event.key_id,
+                    "provider": event.provider,
+                    "model": event.model,
+                    "endpoint": route,
+                    "status": event.status_code,
+                    "streamed": event.streamed,
+                    "input_tokens": event.input_tokens,
+                    "output_tokens": event.output_tokens,
+                    "usage_source": event.usage_source,
+                    "price_usd": None if event.price_usd is None else str(event.price_usd),
+                    "latency_ms": event.latency_ms,
+                }
+            )
 
 
-def _provisional_line(ex: Exchange, input_tokens: int, output_tokens: int, latency_ms: int,
-                      cached_input_tokens: int = 0, cache_write_tokens: int = 0,
-                      upstream_id: str | None = None) -> bytes:
+def _provisional_line(
+    ex: Exchange,
+    input_tokens: int,
+    output_tokens: int,
+    latency_ms: int,
+    cached_input_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    upstream_id: str | None = None,
+) -> bytes:
     p = ex.principal
     return encode_provisional(
-        ex.request_id, ex.created_at, p.customer_id, p.project_id, p.user_id, p.key_id, p.tier,
-        ex.provider, ex.model, ex.endpoint.name, INTERRUPTED_STATUS, ex.streamed,
-        input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, latency_ms,
+        ex.request_id,
+        ex.created_at,
+        p.customer_id,
+        p.project_id,
+        p.user_id,
+        p.key_id,
+        p.tier,
+        ex.provider,
+        ex.model,
+        ex.endpoint.name,
+        INTERRUPTED_STATUS,
+        ex.streamed,
+        input_tokens,
+        output_tokens,
+        cached_input_tokens,
+        cache_write_tokens,
+        latency_ms,
         upstream_id,
-        {"config_hash": ex.snapshot.settings.source_hash, **ex.metadata,
-         "interrupted": INTERRUPTED},
+        {
+            "config_hash": ex.snapshot.settings.source_hash,
+            **ex.metadata,
+            "interrupted": INTERRUPTED,
+        },
     )
 
 
@@ -281,12 +322,21 @@ def interrupted_pricer(runtime: Runtime) -> Callable[[UsageEvent], UsageEvent]:
             source="estimated",
         )
         charge = pricing.charge(
-            event.model, usage, at=event.created_at, customer_id=event.customer_id,
-            tier=event.tier, duration_ms=event.latency_ms, succeeded=event.status_code < 400,
+            event.model,
+            usage,
+            at=event.created_at,
+            customer_id=event.customer_id,
+            tier=event.tier,
+            duration_ms=event.latency_ms,
+            succeeded=event.status_code < 400,
         )
         if charge is None:
             return event
-        return replace(event, cost_usd=charge.cost_usd, price_usd=charge.price_usd,
-                       price_version=charge.price_version)
+        return replace(
+            event,
+            cost_usd=charge.cost_usd,
+            price_usd=charge.price_usd,
+            price_version=charge.price_version,
+        )
 
     return reprice

@@ -34,7 +34,23 @@ PUBLISH_INTERVAL_S = 1.0
 log = logging.getLogger("tollbooth.metrics")
 
 _LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
 )
 
 
@@ -44,38 +60,63 @@ class Metrics:
         r = self.registry
         # Several workers: what a scrape answers is every worker's files summed.
         shared_dir = metrics_multiprocess.active_dir()
-        self._merged = (None if shared_dir is None
-                        else metrics_multiprocess.merged_registry(shared_dir))
+        self._merged = (
+            None if shared_dir is None else metrics_multiprocess.merged_registry(shared_dir)
+        )
         self._mirror: LiveMirror | None = None
         self._publisher: asyncio.Task[None] | None = None
         self.requests = Counter(
-            "tollbooth_requests", "Forwarded requests by outcome.",
-            ["route", "provider", "model", "status"], registry=r)
+            "tollbooth_requests",
+            "Forwarded requests by outcome.",
+            ["route", "provider", "model", "status"],
+            registry=r,
+        )
         self.refused = Counter(
-            "tollbooth_refused_requests", "Requests the gateway answered itself (never forwarded).",
-            ["route", "status"], registry=r)
+            "tollbooth_refused_requests",
+            "Requests the gateway answered itself (never forwarded).",
+            ["route", "status"],
+            registry=r,
+        )
         self.latency = Histogram(
-            "tollbooth_request_duration_seconds", "Gateway request latency, end to end.",
-            ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+            "tollbooth_request_duration_seconds",
+            "Gateway request latency, end to end.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.ttfb = Histogram(
-            "tollbooth_time_to_first_byte_seconds", "Time to the first streamed byte.",
-            ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+            "tollbooth_time_to_first_byte_seconds",
+            "Time to the first streamed byte.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.tokens = Counter(
-            "tollbooth_tokens", "Tokens metered, by kind.", ["provider", "kind"], registry=r)
+            "tollbooth_tokens", "Tokens metered, by kind.", ["provider", "kind"], registry=r
+        )
         self.cost_micros = Counter(
-            "tollbooth_cost_micro_usd", "Provider list price of metered usage, micro-dollars.",
-            ["provider"], registry=r)
+            "tollbooth_cost_micro_usd",
+            "Provider list price of metered usage, micro-dollars.",
+            ["provider"],
+            registry=r,
+        )
         self.price_micros = Counter(
-            "tollbooth_price_micro_usd", "What customers are charged, micro-dollars.",
-            ["provider"], registry=r)
+            "tollbooth_price_micro_usd",
+            "What customers are charged, micro-dollars.",
+            ["provider"],
+            registry=r,
+        )
         self.estimated = Counter(
-            "tollbooth_usage_estimated", "Events whose usage was estimated with tiktoken.",
-            registry=r)
+            "tollbooth_usage_estimated",
+            "Events whose usage was estimated with tiktoken.",
+            registry=r,
+        )
         self.unpriced = Counter(
-            "tollbooth_usage_unpriced", "Events recorded without money (unknown model).",
-            registry=r)
+            "tollbooth_usage_unpriced", "Events recorded without money (unknown model).", registry=r
+        )
         self.config_reloads = Counter(
-            "tollbooth_config_reloads", "Config reloads by outcome.", ["outcome"], registry=r)
+            "tollbooth_config_reloads", "Config reloads by outcome.", ["outcome"], registry=r
+        )
         # Labelled children by (metric, label values): `labels()` costs a lock and a few
         # lookups per call, and the label values are bounded, so each child is looked up once.
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -91,15 +132,17 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def observe_request(self, route: str, provider: str, model: str, status: int,
-                        seconds: float) -> None:
+    def observe_request(
+        self, route: str, provider: str, model: str, status: int, seconds: float
+    ) -> None:
         """One forwarded request done: `model` must be a bounded label (catalog name/other)."""
         key = (route, provider, model, status)
         children = self._request_children.get(key)
         if children is None:
             children = self._request_children[key] = (
                 self._child(self.requests, route, provider, model, str(status)),
-                self._child(self.latency, route))
+                self._child(self.latency, route),
+            )
         children[0].inc()
         children[1].observe(seconds)
 
@@ -136,13 +179,16 @@ class Metrics:
         if self._mirror is not None:
             self._mirror.publish()
 
-    def observe_usage(self, provider: str, usage: Usage, cost_usd: Decimal | None,
-                      price_usd: Decimal | None) -> None:
+    def observe_usage(
+        self, provider: str, usage: Usage, cost_usd: Decimal | None, price_usd: Decimal | None
+    ) -> None:
         tokens, child = self.tokens, self._child
         children = self._token_children.get(provider)
         if children is None:
             children = self._token_children[provider] = (
-                child(tokens, provider, "input"), child(tokens, provider, "output"))
+                child(tokens, provider, "input"),
+                child(tokens, provider, "output"),
+            )
         children[0].inc(usage.input_tokens)
         children[1].inc(usage.output_tokens)
         if usage.cached_input_tokens:
@@ -160,7 +206,9 @@ class Metrics:
         money = self._money_children.get(provider)
         if money is None:
             money = self._money_children[provider] = (
-                child(self.cost_micros, provider), child(self.price_micros, provider))
+                child(self.cost_micros, provider),
+                child(self.price_micros, provider),
+            )
         money[0].inc(usd_to_micros_ceil(cost_usd))
         money[1].inc(usd_to_micros_ceil(price_usd))
 

@@ -49,7 +49,8 @@ def prepare_worker() -> None:
     if getattr(values.ValueClass, "_multiprocess", False):
         pid = os.getpid()
         values.ValueClass = values.MultiProcessValue(  # type: ignore[no-untyped-call]
-            process_identifier=lambda: pid)
+            process_identifier=lambda: pid
+        )
 
 
 def merged_registry(path: str) -> CollectorRegistry:

@@ -58,5 +58,6 @@ def warn_missing_keys(settings: Settings) -> None:
     for name, variable in missing_keys(settings).items():
         log.warning(
             "provider %s: its key variable %s is not set; requests routed to it answer 503",
-            name, variable,
+            name,
+            variable,
         )

@@ -73,15 +73,33 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # headers (aiohttp sets its own), the provider's own limits and account identifiers.
 _DROP_RESPONSE_HEADERS = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-connection", "te", "trailer",
-        "transfer-encoding", "upgrade", "content-length", "date", "server", "set-cookie",
-        "alt-svc", "openai-organization", "openai-project", "x-request-id", "request-id",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "date",
+        "server",
+        "set-cookie",
+        "alt-svc",
+        "openai-organization",
+        "openai-project",
+        "x-request-id",
+        "request-id",
         "content-encoding",  # bodies are decoded on the way in (a provider that gzips anyway)
     }
 )
 # A provider's own CORS answer never reaches the client: the gateway's (gateway.cors) applies.
-_DROP_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "anthropic-organization",
-                           "access-control-")
+_DROP_RESPONSE_PREFIXES = (
+    "x-ratelimit-",
+    "anthropic-ratelimit-",
+    "anthropic-organization",
+    "access-control-",
+)
 
 
 def response_headers(upstream: UpstreamResponse, secret: str) -> dict[str, str]:
@@ -91,8 +109,11 @@ def response_headers(upstream: UpstreamResponse, secret: str) -> dict[str, str]:
         if lower in _DROP_RESPONSE_HEADERS or lower.startswith(_DROP_RESPONSE_PREFIXES):
             continue
         out[name] = value.replace(secret, "[redacted]") if secret and secret in value else value
-    upstream_id = (upstream.headers.get("x-request-id") or upstream.headers.get("request-id")
-                   or upstream.headers.get("x-amzn-requestid"))  # AWS (Bedrock)
+    upstream_id = (
+        upstream.headers.get("x-request-id")
+        or upstream.headers.get("request-id")
+        or upstream.headers.get("x-amzn-requestid")
+    )  # AWS (Bedrock)
     if upstream_id:
         out["x-upstream-request-id"] = upstream_id
     return out
@@ -144,7 +165,8 @@ def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
             found = match(request.raw_path)
             if found is None or found[0][1] is not endpoint:
                 raise NotFoundError(
-                    "Unknown request URL. Tollbooth serves the routes in its README.")
+                    "Unknown request URL. Tollbooth serves the routes in its README."
+                )
             call = found[1]
         elif request.query_string:
             call = Call(MappingProxyType({}), MappingProxyType(dict(request.query)))
@@ -157,8 +179,9 @@ def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
                     "The request body could not be read (bad Content-Encoding or framing)."
                 ) from None
 
-        pending = await prepare(app, api, endpoint, request.headers, read_body,
-                                request[keys.request_id], started, call)
+        pending = await prepare(
+            app, api, endpoint, request.headers, read_body, request[keys.request_id], started, call
+        )
         reply = AiohttpReply(request)
         # Steps 5-7 run as their own task: a handler cancelled because the client left (or
         # the server is stopping) never cancels the forwarding, the drain or the billing.
@@ -195,8 +218,7 @@ async def prepare(
     and query parameters of a templated route or a target with a query."""
     snapshot = app[keys.runtime].current
     settings = snapshot.settings
-    principal = await app[keys.authenticator].authenticate_key(
-        api.client_key(headers, call.query))
+    principal = await app[keys.authenticator].authenticate_key(api.client_key(headers, call.query))
     if principal.suspended:
         raise PaymentRequiredError(
             "This account is suspended for an unpaid invoice. Update your payment method."
@@ -218,11 +240,15 @@ async def prepare(
     if model is None:
         raise InvalidRequestError(
             f"The model or deployment '{requested}' is not mapped to a priced model on this "
-            f"gateway (provider '{provider_name}').", param="model", code="model_not_found")
+            f"gateway (provider '{provider_name}').",
+            param="model",
+            code="model_not_found",
+        )
     provider_key = provider.api_key()
     if provider.api_key_env and provider_key is None:
-        log.error("provider %s: environment variable %s is not set",
-                  provider_name, provider.api_key_env)
+        log.error(
+            "provider %s: environment variable %s is not set", provider_name, provider.api_key_env
+        )
         raise ServiceUnavailableError(
             f"The provider '{provider_name}' has no API key configured on this gateway."
         )
@@ -235,9 +261,11 @@ async def prepare(
         )
 
     streaming = api.is_streaming(endpoint, body)
-    strip_usage = (api.prepare_body(endpoint, body)
-                   if endpoint.metered and api.may_ask_usage(endpoint, provider, call)
-                   else False)
+    strip_usage = (
+        api.prepare_body(endpoint, body)
+        if endpoint.metered and api.may_ask_usage(endpoint, provider, call)
+        else False
+    )
     try:
         payload = orjson.dumps(body) if strip_usage else raw
     except orjson.JSONEncodeError:
@@ -278,12 +306,17 @@ async def prepare(
         elif max_out > MAX_OUTPUT_TOKENS:  # no model writes this much; it would poison quotas
             raise InvalidRequestError(
                 f"The maximum output tokens requested is larger than {MAX_OUTPUT_TOKENS}.",
-                param="max_tokens")
+                param="max_tokens",
+            )
         spend = None  # a spend reservation matters only under a spend cap
         if tier.limits.spend_per_month_usd is not None:
             spend = snapshot.pricing.max_charge(
-                model, prompt_tokens, max_out,
-                customer_id=principal.customer_id, tier=principal.tier)
+                model,
+                prompt_tokens,
+                max_out,
+                customer_id=principal.customer_id,
+                tier=principal.tier,
+            )
         ex.admission = await app[keys.quotas].admit(
             customer_id=principal.customer_id,
             tier_name=principal.tier,
@@ -301,8 +334,9 @@ async def prepare(
         upstream_headers["Content-Type"] = "application/json"
     check_forwardable(upstream_headers)  # 400 now, before a provisional event is journaled
     api.sign(provider, endpoint.method, url, upstream_headers, payload)
-    outgoing = Upstream(endpoint.method, url, upstream_headers, payload,
-                        (provider_key or "").encode())
+    outgoing = Upstream(
+        endpoint.method, url, upstream_headers, payload, (provider_key or "").encode()
+    )
     if endpoint.metered:  # journaled in case the gateway dies mid-request (metering)
         app[keys.recorder].open(ex, prompt_tokens)
     return Pending(ex, outgoing, strip_usage, our_headers)
@@ -323,7 +357,11 @@ def scrub(data: bytes, secret: bytes) -> bytes:
 
 
 async def forward(
-    app: web.Application, api: ProviderApi, endpoint: Endpoint, pending: Pending, reply: Reply,
+    app: web.Application,
+    api: ProviderApi,
+    endpoint: Endpoint,
+    pending: Pending,
+    reply: Reply,
 ) -> None:
     """Steps 5-7: go upstream, answer through `reply`, record. Raises a GatewayError (502,
     504) when the provider could not be reached or read, after recording it; a 503 when the
@@ -344,14 +382,19 @@ async def forward(
         cut.release()
 
 
-async def _exchange(app: web.Application, api: ProviderApi, endpoint: Endpoint,
-                    pending: Pending, reply: Reply, cut: Cut) -> None:
+async def _exchange(
+    app: web.Application,
+    api: ProviderApi,
+    endpoint: Endpoint,
+    pending: Pending,
+    reply: Reply,
+    cut: Cut,
+) -> None:
     ex, call, strip_usage = pending.ex, pending.call, pending.strip_usage
     recorder = app[keys.recorder]
     metered = endpoint.metered
     try:
-        upstream = await send(app[keys.upstream], call.method, call.url, call.headers,
-                              call.body)
+        upstream = await send(app[keys.upstream], call.method, call.url, call.headers, call.body)
     except GatewayError as exc:
         if metered:
             await recorder.finish(ex, status=exc.status, usage=None, upstream_id=None)
@@ -362,8 +405,7 @@ async def _exchange(app: web.Application, api: ProviderApi, endpoint: Endpoint,
         out_headers = response_headers(upstream, call.secret.decode())
         out_headers.update(pending.our_headers)
         header_id = out_headers.get("x-upstream-request-id")
-        is_stream = upstream.headers.get("content-type", "").startswith(
-            api.stream_content_types)
+        is_stream = upstream.headers.get("content-type", "").startswith(api.stream_content_types)
         if is_stream and status < 400:
             ex.streamed = True  # e.g. "stream": 1 that a lax server honoured: meter it as one
         else:
@@ -381,7 +423,9 @@ async def _exchange(app: web.Application, api: ProviderApi, endpoint: Endpoint,
             if metered:
                 found = api.usage_from_body(endpoint, data)
                 await recorder.finish(
-                    ex, status=status, usage=found.usage,
+                    ex,
+                    status=status,
+                    usage=found.usage,
                     upstream_id=found.upstream_id or header_id,
                     produced_text=found.produced_text,
                 )
@@ -399,9 +443,12 @@ async def _exchange(app: web.Application, api: ProviderApi, endpoint: Endpoint,
             ex.metadata.update(_stream_metadata(client_gone, broken, was_cut()))
             result = meter.result()
             await recorder.finish(
-                ex, status=status, usage=result.usage,
+                ex,
+                status=status,
+                usage=result.usage,
                 upstream_id=result.upstream_id or header_id,
-                produced_text=result.produced_text, partial_usage=result.partial_usage,
+                produced_text=result.produced_text,
+                partial_usage=result.partial_usage,
             )
 
         sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
@@ -416,7 +463,10 @@ async def _exchange(app: web.Application, api: ProviderApi, endpoint: Endpoint,
         sink = await reply.open_stream(status, out_headers)
         try:
             outcome = await relay_stream(
-                sink, upstream, meter, record,
+                sink,
+                upstream,
+                meter,
+                record,
                 strip_usage=strip_usage,
                 drain_s=ex.snapshot.settings.server.disconnect_drain_s,
                 started=ex.started,

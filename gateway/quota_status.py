@@ -120,24 +120,39 @@ def build_status(customer_id: str, limits: TierLimits, usage: UsageSnapshot) -> 
     month_end = utc_from_ms(usage.next_month_ms)
     windows = (
         WindowStatus(
-            "requests_per_minute", "requests", usage.minute_requests,
-            limits.requests_per_minute, minute_reset(usage.minute_requests_reset_ms),
+            "requests_per_minute",
+            "requests",
+            usage.minute_requests,
+            limits.requests_per_minute,
+            minute_reset(usage.minute_requests_reset_ms),
         ),
         WindowStatus(
-            "tokens_per_minute", "tokens", usage.minute_tokens,
-            limits.tokens_per_minute, minute_reset(usage.minute_tokens_reset_ms),
+            "tokens_per_minute",
+            "tokens",
+            usage.minute_tokens,
+            limits.tokens_per_minute,
+            minute_reset(usage.minute_tokens_reset_ms),
         ),
         WindowStatus(
-            "requests_per_month", "requests", usage.month_requests,
-            limits.requests_per_month, month_end,
+            "requests_per_month",
+            "requests",
+            usage.month_requests,
+            limits.requests_per_month,
+            month_end,
         ),
         WindowStatus(
-            "tokens_per_month", "tokens", usage.month_tokens,
-            limits.tokens_per_month, month_end,
+            "tokens_per_month",
+            "tokens",
+            usage.month_tokens,
+            limits.tokens_per_month,
+            month_end,
         ),
         WindowStatus(
-            "spend_per_month_usd", "usd", Decimal(usage.month_spend_micros).scaleb(-6),
-            limits.spend_per_month_usd, month_end,
+            "spend_per_month_usd",
+            "usd",
+            Decimal(usage.month_spend_micros).scaleb(-6),
+            limits.spend_per_month_usd,
+            month_end,
         ),
     )
     return QuotaStatus(customer_id, usage.month, utc_from_ms(now), windows)

@@ -145,14 +145,23 @@ class UsageAlerts(Protocol):
     def settled(self, admission: Admission, reply: SettleReply) -> None:
         """`reply` is a settle that went through (`reply.month` set). Must not raise."""
 
-    def refused(self, *, customer_id: str, tier_name: str, tier: TierConfig, request_id: str,
-                limit: str, usage: UsageSnapshot) -> None:
+    def refused(
+        self,
+        *,
+        customer_id: str,
+        tier_name: str,
+        tier: TierConfig,
+        request_id: str,
+        limit: str,
+        usage: UsageSnapshot,
+    ) -> None:
         """A request refused by `limit` (one of MONTHLY_LIMITS). Must not raise."""
 
 
 class QuotaPolicy:
-    def __init__(self, store: QuotaStore, settings: QuotasConfig,
-                 alerts: UsageAlerts | None = None) -> None:
+    def __init__(
+        self, store: QuotaStore, settings: QuotasConfig, alerts: UsageAlerts | None = None
+    ) -> None:
         self._store = store
         self._settings = settings
         self._alerts = alerts
@@ -202,15 +211,14 @@ class QuotaPolicy:
             )
         except QuotaStoreBusy as exc:
             log.warning("quota store busy; request %s refused with 503: %s", request_id, exc)
-            raise ServiceUnavailableError(
-                "The gateway is overloaded; retry shortly."
-            ) from exc
+            raise ServiceUnavailableError("The gateway is overloaded; retry shortly.") from exc
         except QuotaStoreUnavailable as exc:
             # A shadow tier refuses nothing, not even for want of Redis.
             if self._settings.on_redis_error == "reject" and not tier.shadow:
                 log.warning(
                     "quota store unreachable; request %s refused (on_redis_error: reject): %s",
-                    request_id, exc,
+                    request_id,
+                    exc,
                 )
                 raise ServiceUnavailableError(
                     "The quota service is unavailable; retry shortly."
@@ -220,23 +228,33 @@ class QuotaPolicy:
             log.warning(
                 "quota store unreachable; request %s of customer %s admitted without quota "
                 "(on_redis_error: allow): %s",
-                request_id, customer_id, exc,
+                request_id,
+                customer_id,
+                exc,
             )
             return Admission(request_id, customer_id, tier_name, tier.limits, False, None)
         if not reply.admitted:
             self.refusals[reply.limit or "unknown"] += 1
             self.traffic.count(tier_name, refused=True)
             if self._alerts is not None and reply.limit in MONTHLY_LIMITS:
-                self._alerts.refused(customer_id=customer_id, tier_name=tier_name, tier=tier,
-                                     request_id=request_id, limit=reply.limit,
-                                     usage=reply.usage)
+                self._alerts.refused(
+                    customer_id=customer_id,
+                    tier_name=tier_name,
+                    tier=tier,
+                    request_id=request_id,
+                    limit=reply.limit,
+                    usage=reply.usage,
+                )
             raise self._refusal(reply, tier.limits, tokens)
         self.traffic.count(tier_name, refused=False)
         if reply.limit is not None:
             self.shadow_refusals += 1
             log.info(
                 "shadow mode: request %s of customer %s (tier %s) would be refused by %s",
-                request_id, customer_id, tier_name, reply.limit,
+                request_id,
+                customer_id,
+                tier_name,
+                reply.limit,
             )
         return Admission(
             request_id, customer_id, tier_name, tier.limits, True, reply.usage, reply.limit, tier
@@ -249,7 +267,11 @@ class QuotaPolicy:
             await asyncio.wait({future})
 
     def settle_soon(
-        self, admission: Admission, *, tokens: int, spend_usd: Decimal | None,
+        self,
+        admission: Admission,
+        *,
+        tokens: int,
+        spend_usd: Decimal | None,
         defer_s: float = SETTLE_DEFER_S,
     ) -> asyncio.Future[Any] | None:
         """Queue the settle and return at once: it rides with the next admit's Redis round
@@ -260,8 +282,11 @@ class QuotaPolicy:
         spend_micros = 0 if spend_usd is None else usd_to_micros_ceil(spend_usd)
         try:
             future = self._store.settle_soon(
-                customer_id=admission.customer_id, request_id=admission.request_id,
-                tokens=tokens, spend_micros=spend_micros, defer_s=defer_s,
+                customer_id=admission.customer_id,
+                request_id=admission.request_id,
+                tokens=tokens,
+                spend_micros=spend_micros,
+                defer_s=defer_s,
             )
         except Exception as exc:  # the request path must not fail on its bookkeeping
             self._settle_failed(admission, tokens, spend_usd, exc)
@@ -279,20 +304,26 @@ class QuotaPolicy:
             elif reply.outcome == "unknown":
                 log.warning(
                     "quota settle for request %s found no reservation (expired); usage not "
-                    "counted in quotas", admission.request_id,
+                    "counted in quotas",
+                    admission.request_id,
                 )
 
         future.add_done_callback(done)
         return future
 
-    def _settle_failed(self, admission: Admission, tokens: int, spend_usd: Decimal | None,
-                       exc: BaseException) -> None:
+    def _settle_failed(
+        self, admission: Admission, tokens: int, spend_usd: Decimal | None, exc: BaseException
+    ) -> None:
         self.settle_failures += 1
         log.error(
             "quota settle failed for request %s of customer %s (%s tokens, spend %s USD); "
             "its reservation is released after %ss: %r",
-            admission.request_id, admission.customer_id, tokens, spend_usd,
-            self._settings.reservation_ttl_s, exc,
+            admission.request_id,
+            admission.customer_id,
+            tokens,
+            spend_usd,
+            self._settings.reservation_ttl_s,
+            exc,
         )
 
     async def aclose(self) -> None:

@@ -54,9 +54,17 @@ class RelayOutcome:
 
 
 class _Relay:
-    def __init__(self, response: StreamSink, meter: StreamMeter, finalize: Finalize,
-                 *, strip_usage: bool, drain_s: float, started: float,
-                 framer: Framer | None = None) -> None:
+    def __init__(
+        self,
+        response: StreamSink,
+        meter: StreamMeter,
+        finalize: Finalize,
+        *,
+        strip_usage: bool,
+        drain_s: float,
+        started: float,
+        framer: Framer | None = None,
+    ) -> None:
         self.response = response
         self.meter = meter
         self.finalize = finalize
@@ -141,8 +149,15 @@ async def relay_stream(
     """`framer`: how the stream's bytes split into events; None for SSE. `trailer`: called
     once the stream ended and was recorded; what it returns is written last, on a new event
     (the drain's error event for a stream it cut, gateway.drain)."""
-    relay = _Relay(response, meter, finalize, strip_usage=strip_usage, drain_s=drain_s,
-                   started=started, framer=framer)
+    relay = _Relay(
+        response,
+        meter,
+        finalize,
+        strip_usage=strip_usage,
+        drain_s=drain_s,
+        started=started,
+        framer=framer,
+    )
     chunks = iter_chunks(upstream)
     next_progress = time.monotonic() + PROGRESS_INTERVAL_S
     try:

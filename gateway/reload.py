@@ -34,8 +34,16 @@ log = logging.getLogger("tollbooth.reload")
 
 
 class ConfigWatcher:
-    def __init__(self, path: Path, runtime: Runtime, quotas: QuotaPolicy, alerts: AlertNotifier,
-                 metrics: Metrics, *, interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        runtime: Runtime,
+        quotas: QuotaPolicy,
+        alerts: AlertNotifier,
+        metrics: Metrics,
+        *,
+        interval_s: float = 1.0,
+    ) -> None:
         self._path = path
         self._runtime = runtime
         self._quotas = quotas
@@ -126,8 +134,11 @@ class ConfigWatcher:
         if keys == self.restart_required:
             return
         if keys:
-            log.warning("config keys that take effect only after a restart changed (their "
-                        "running values stay until then): %s", ", ".join(keys))
+            log.warning(
+                "config keys that take effect only after a restart changed (their "
+                "running values stay until then): %s",
+                ", ".join(keys),
+            )
         else:
             log.info("config keys that need a restart are back to their running values")
         self.restart_required = keys

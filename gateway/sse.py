@@ -160,9 +160,10 @@ def _parse_block(raw: bytes, *, lf_only: bool) -> SSEEvent:
             return SSEEvent(None, raw[6:-2], raw)
         if raw.startswith(b"event: "):
             newline = raw.find(b"\n")
-            if raw.startswith(b"data: ", newline + 1) and raw.find(b"\n", newline + 1) == len(
-                raw
-            ) - 2:
+            if (
+                raw.startswith(b"data: ", newline + 1)
+                and raw.find(b"\n", newline + 1) == len(raw) - 2
+            ):
                 name = raw[7:newline].decode("utf-8", "replace")
                 return SSEEvent(name, raw[newline + 7 : -2], raw)
     event: str | None = None

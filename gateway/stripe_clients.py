@@ -39,8 +39,12 @@ class StripeClients:
     def get(self, config: StripeConfig) -> StripeApi | None:
         """The client for `config`, or None while its API key variable is unset."""
         key = os.environ.get(config.api_key_env) or ""
-        identity = (config.api_key_env, hashlib.sha256(key.encode()).hexdigest(),
-                    config.api_base, config.request_timeout_s)
+        identity = (
+            config.api_key_env,
+            hashlib.sha256(key.encode()).hexdigest(),
+            config.api_base,
+            config.request_timeout_s,
+        )
         if identity == self._identity:
             return self._api
         if self._api is not None and self._identity is not None:

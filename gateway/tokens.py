@@ -84,7 +84,16 @@ _SPECIAL_TOKENS = {
     O200K_BASE: {_ENDOFTEXT: 199999, _ENDOFPROMPT: 200018},
 }
 _O200K_PREFIXES = (
-    "gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-", "gpt-oss", "codex-",
+    "gpt-4o",
+    "gpt-4.1",
+    "gpt-4.5",
+    "gpt-5",
+    "o1",
+    "o3",
+    "o4",
+    "chatgpt-",
+    "gpt-oss",
+    "codex-",
 )
 
 

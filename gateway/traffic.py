@@ -38,8 +38,9 @@ class MinuteCounts:
 
 
 class MinuteTraffic:
-    def __init__(self, minutes: int = DEFAULT_MINUTES,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, minutes: int = DEFAULT_MINUTES, clock: Callable[[], float] = time.time
+    ) -> None:
         if minutes < 1:
             raise ValueError(f"minutes must be >= 1, got {minutes}")
         self._slots = [_Slot() for _ in range(minutes)]
@@ -63,11 +64,13 @@ class MinuteTraffic:
         series = []
         for minute in range(now - len(self._slots) + 1, now + 1):
             slot = found.get(minute)
-            series.append(MinuteCounts(
-                minute,
-                dict(slot.requests) if slot is not None else {},
-                dict(slot.refused) if slot is not None else {},
-            ))
+            series.append(
+                MinuteCounts(
+                    minute,
+                    dict(slot.requests) if slot is not None else {},
+                    dict(slot.refused) if slot is not None else {},
+                )
+            )
         return series
 
     def tiers(self) -> list[str]:

@@ -32,9 +32,16 @@ from gateway.upstream_client import (
 )
 from gateway.upstream_client import UpstreamClient as UpstreamClient
 
-__all__ = ["UpstreamBroken", "UpstreamClient", "UpstreamResponse", "check_forwardable",
-           "create_session",
-           "iter_chunks", "read_body", "send"]
+__all__ = [
+    "UpstreamBroken",
+    "UpstreamClient",
+    "UpstreamResponse",
+    "check_forwardable",
+    "create_session",
+    "iter_chunks",
+    "read_body",
+    "send",
+]
 
 
 class UpstreamBroken(Exception):

@@ -95,8 +95,9 @@ def check_headers(headers: Mapping[str, str]) -> None:
             raise UnsafeHeaderError("a header name or value holds CR, LF or a colon")
 
 
-def _head(method: str, target: str, host: bytes, headers: Mapping[str, str],
-          body_length: int) -> bytes:
+def _head(
+    method: str, target: str, host: bytes, headers: Mapping[str, str], body_length: int
+) -> bytes:
     check_headers(headers)
     lines = [f"{method} {target} HTTP/1.1\r\n".encode(), b"Host: " + host + b"\r\n"]
     for name, value in headers.items():
@@ -241,15 +242,19 @@ class _Connection(asyncio.Protocol):
                 async with asyncio.timeout(timeout_s):
                     await self._wake
             except TimeoutError:
-                raise UpstreamBodyTimeout(
-                    f"no data from the provider for {timeout_s:g}s") from None
+                raise UpstreamBodyTimeout(f"no data from the provider for {timeout_s:g}s") from None
             finally:
                 self._wake = None
 
     @property
     def reusable(self) -> bool:
-        return (self._complete and self.keep_alive and not self.closed and self._error is None
-                and not self._chunks)
+        return (
+            self._complete
+            and self.keep_alive
+            and not self.closed
+            and self._error is None
+            and not self._chunks
+        )
 
     def idle(self) -> None:
         self._head = None
@@ -276,8 +281,9 @@ class UpstreamResponse:
     """A response whose head has arrived; its body is read with `read` or `iter_chunks`.
     Use `async with` (or `release()`) so the connection is pooled or closed."""
 
-    def __init__(self, connection: _Connection, client: UpstreamClient,
-                 read_timeout_s: float) -> None:
+    def __init__(
+        self, connection: _Connection, client: UpstreamClient, read_timeout_s: float
+    ) -> None:
         self._connection = connection
         self._client = client
         self._read_timeout_s = read_timeout_s
@@ -341,16 +347,22 @@ class UpstreamResponse:
 
 
 class UpstreamClient:
-    def __init__(self, *, connect_timeout_s: float, read_timeout_s: float,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self._ssl = ssl_context
         self._idle: dict[Origin, list[_Connection]] = {}
         self._all: set[_Connection] = set()
 
-    async def request(self, method: str, url: str, headers: Mapping[str, str],
-                      body: bytes | None) -> UpstreamResponse:
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None
+    ) -> UpstreamResponse:
         """Send the request; return once the response head has arrived."""
         origin, target, host = _split(url)
         data = _head(method, target, host, headers, len(body or b"")) + (body or b"")
@@ -362,7 +374,8 @@ class UpstreamClient:
         except TimeoutError:
             connection.close()
             raise UpstreamReadTimeout(
-                f"no response head from the provider within {self.read_timeout_s:g}s") from None
+                f"no response head from the provider within {self.read_timeout_s:g}s"
+            ) from None
         except BaseException:
             connection.close()
             raise
@@ -393,15 +406,20 @@ class UpstreamClient:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, protocol = await loop.create_connection(
-                    lambda: _Connection(self, origin), hostname, port, ssl=context,
-                    server_hostname=hostname if context is not None else None)
+                    lambda: _Connection(self, origin),
+                    hostname,
+                    port,
+                    ssl=context,
+                    server_hostname=hostname if context is not None else None,
+                )
         except TimeoutError:
             raise UpstreamConnectTimeout(
                 f"could not connect to the provider within {self.connect_timeout_s:g}s"
             ) from None
         except (OSError, ssl.SSLError) as exc:
             raise UpstreamConnectError(
-                f"could not connect to the provider ({type(exc).__name__})") from None
+                f"could not connect to the provider ({type(exc).__name__})"
+            ) from None
         self._all.add(protocol)
         return protocol
 

@@ -132,8 +132,9 @@ class Catalog:
         priced = [self.lookup(model, at) for model in self._periods]
         return [price for price in priced if price is not None]
 
-    def with_periods(self, periods: Mapping[str, Sequence[ModelPrice]],
-                     names: Mapping[str, str]) -> Catalog:
+    def with_periods(
+        self, periods: Mapping[str, Sequence[ModelPrice]], names: Mapping[str, str]
+    ) -> Catalog:
         """A catalog of the same version with these periods and names (for overrides)."""
         return Catalog(self._version, periods, names)
 

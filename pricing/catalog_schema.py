@@ -63,7 +63,7 @@ def parse_periods(name: str, entry: Any, where: str) -> tuple[ModelPrice, ...]:
     refuse_unknown(entry, MODEL_FIELDS, where)
     provider = entry.get("provider")
     if not isinstance(provider, str) or not provider:
-        raise CatalogError(f"{where}.provider: required, a provider name such as \"openai\"")
+        raise CatalogError(f'{where}.provider: required, a provider name such as "openai"')
     history = entry.get("history") or []
     if not isinstance(history, list):
         raise CatalogError(f"{where}.history: must be a list of earlier price periods")
@@ -152,7 +152,7 @@ def parse_amount(value: Any, where: str, *, per_mtok: bool = True) -> Decimal:
     unit = "USD per 1M tokens" if per_mtok else "USD"
     if isinstance(value, float):
         raise CatalogError(
-            f"{where}: got the float {value!r}; write prices as quoted strings, e.g. \"{value}\", "
+            f'{where}: got the float {value!r}; write prices as quoted strings, e.g. "{value}", '
             f"so they stay exact"
         )
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
@@ -166,7 +166,7 @@ def parse_amount(value: Any, where: str, *, per_mtok: bool = True) -> Decimal:
     if per_mtok and 0 < amount < MIN_NONZERO_PER_MTOK:
         raise CatalogError(
             f"{where}: {value!r} looks like a per-token price; this field is USD per 1M "
-            f"tokens (multiply by 1,000,000, e.g. 0.0000025 -> \"2.50\")"
+            f'tokens (multiply by 1,000,000, e.g. 0.0000025 -> "2.50")'
         )
     return amount
 
@@ -180,10 +180,10 @@ def parse_effective_from(value: Any, where: str) -> datetime:
     elif isinstance(value, str):
         moment = _parse_time_text(value, where)
     else:
-        raise CatalogError(f"{where}: got {value!r}; write a date as \"YYYY-MM-DD\"")
+        raise CatalogError(f'{where}: got {value!r}; write a date as "YYYY-MM-DD"')
     if moment.tzinfo is None:
         raise CatalogError(
-            f"{where}: {value!r} has no time zone; add one (e.g. \"Z\") or write a date only"
+            f'{where}: {value!r} has no time zone; add one (e.g. "Z") or write a date only'
         )
     return moment.astimezone(UTC)
 
@@ -197,8 +197,8 @@ def _parse_time_text(value: str, where: str) -> datetime:
         return datetime.fromisoformat(text)
     except ValueError:
         raise CatalogError(
-            f"{where}: {value!r} is not a date; write \"YYYY-MM-DD\" (midnight UTC) or an "
-            f"ISO time with its offset, e.g. \"2025-06-10T17:00:00Z\""
+            f'{where}: {value!r} is not a date; write "YYYY-MM-DD" (midnight UTC) or an '
+            f'ISO time with its offset, e.g. "2025-06-10T17:00:00Z"'
         ) from None
 
 
@@ -227,13 +227,12 @@ def _check_dates(earlier: list[ModelPrice], current: ModelPrice, where: str) -> 
     if current.effective_from is None:
         raise CatalogError(
             f"{where}.effective_from: required when the model has a history: the date its "
-            f"current prices started, e.g. \"2025-06-10\""
+            f'current prices started, e.g. "2025-06-10"'
         )
     undated = [p for p in earlier if p.effective_from is None]
     if len(undated) > 1:
         raise CatalogError(
-            f"{where}.history: only the oldest period may omit effective_from "
-            f"({len(undated)} do)"
+            f"{where}.history: only the oldest period may omit effective_from ({len(undated)} do)"
         )
     dates = [p.effective_from for p in earlier if p.effective_from is not None]
     if len(set(dates)) != len(dates):

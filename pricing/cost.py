@@ -77,7 +77,10 @@ def quantize_cents(amount: Decimal) -> Decimal:
 
 
 _TOKEN_FIELDS = (
-    "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
     "cache_write_1h_tokens",
 )
 
@@ -111,11 +114,7 @@ def cost_of(
         ) / TOKENS_PER_PRICE_UNIT
         if not succeeded:
             return tokens
-        return (
-            tokens
-            + price.per_request_usd
-            + price.per_second_usd * duration_ms / MS_PER_SECOND
-        )
+        return tokens + price.per_request_usd + price.per_second_usd * duration_ms / MS_PER_SECOND
 
 
 def max_cost_of(price: ModelPrice, input_tokens: int, max_output_tokens: int) -> Decimal:

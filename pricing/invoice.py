@@ -149,9 +149,7 @@ def build_invoice(
             label = DIMENSION_LABELS[dimension]
             lines.append(_line("metered", label, charge.amount_usd, charge=charge))
     if "price_usd" not in dimensions and (usage.price_usd != 0 or _has_events(usage)):
-        lines.append(
-            _line("usage", "usage charges", usage.price_usd, by_model=usage.by_model)
-        )
+        lines.append(_line("usage", "usage charges", usage.price_usd, by_model=usage.by_model))
     subtotal = sum((line.amount for line in lines), _ZERO)
     tax = quantize_cents(subtotal * tax_percent / 100)
     return Invoice(
@@ -198,9 +196,9 @@ def _line_json(line: InvoiceLine) -> dict[str, Any]:
             quantity=decimal_str(charge.quantity),
             included=None if charge.included is None else decimal_str(charge.included),
             billable=decimal_str(charge.billable),
-            unit_price=None if charge.unit_price_usd is None else decimal_str(
-                charge.unit_price_usd
-            ),
+            unit_price=None
+            if charge.unit_price_usd is None
+            else decimal_str(charge.unit_price_usd),
             per_units=charge.per_units,
             mode=charge.mode,
             tiers=[
@@ -244,4 +242,3 @@ def decimal_str(value: Decimal) -> str:
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat()
-

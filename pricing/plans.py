@@ -74,8 +74,10 @@ class OveragePrice:
 
         if self.mode not in get_args(Mode):
             raise PlanError(f"{at('mode')}: got {self.mode!r}; write graduated or volume")
-        if isinstance(self.per_units, bool) or not isinstance(self.per_units, int) or (
-            self.per_units < 1
+        if (
+            isinstance(self.per_units, bool)
+            or not isinstance(self.per_units, int)
+            or (self.per_units < 1)
         ):
             raise PlanError(f"{at('per_units')}: got {self.per_units!r}; a whole number >= 1")
         if not self.tiers:
@@ -157,8 +159,9 @@ class DimensionCharge:
     tiers: tuple[TierCharge, ...]
 
 
-def price_dimension(plan: Plan, dimension: Dimension, base_quantity: Decimal | int
-                    ) -> DimensionCharge:
+def price_dimension(
+    plan: Plan, dimension: Dimension, base_quantity: Decimal | int
+) -> DimensionCharge:
     """Price `base_quantity` of `dimension` (milliseconds for compute_minutes) under `plan`."""
     scale = SCALE.get(dimension, 1)
     overage = plan.overage_for(dimension)

@@ -83,9 +83,7 @@ class RateOverride:
         return Rates(
             markup_percent=_pick(self.markup_percent, base.markup_percent),
             per_request_usd=_pick(self.per_request_usd, base.per_request_usd),
-            per_compute_minute_usd=_pick(
-                self.per_compute_minute_usd, base.per_compute_minute_usd
-            ),
+            per_compute_minute_usd=_pick(self.per_compute_minute_usd, base.per_compute_minute_usd),
         )
 
 
@@ -132,14 +130,17 @@ class PricingRules:
         """The rates of a customer on a tier: customer override > tier override > global."""
         return self._resolved(customer_id, tier)[0]
 
-    def _resolved(self, customer_id: str | None, tier: str | None
-                  ) -> tuple[Rates, Markup | None]:
+    def _resolved(self, customer_id: str | None, tier: str | None) -> tuple[Rates, Markup | None]:
         key = (customer_id, tier)
         found = self._rates.get(key)
         if found is None:
             rates = self._resolve(customer_id, tier)
-            found = (rates, Markup.of(rates.markup_percent, rates.per_request_usd,
-                                      rates.per_compute_minute_usd))
+            found = (
+                rates,
+                Markup.of(
+                    rates.markup_percent, rates.per_request_usd, rates.per_compute_minute_usd
+                ),
+            )
             if len(self._rates) < _RATES_CACHE_MAX:
                 self._rates[key] = found
         return found
@@ -202,24 +203,46 @@ class PricingRules:
             price_version=self._version,
         )
 
-    def _fast_charge(self, price: ModelPrice, markup: Markup | None, usage: Usage,
-                     duration_ms: int, succeeded: bool) -> Charge | None:
+    def _fast_charge(
+        self,
+        price: ModelPrice,
+        markup: Markup | None,
+        usage: Usage,
+        duration_ms: int,
+        succeeded: bool,
+    ) -> Charge | None:
         """`charge` in integers (pricing.tariff): the same Charge, or None for the general
         path (which also raises the errors of bad input)."""
         tariff = self._tariff(price)
-        if tariff is None or markup is None or (succeeded and duration_ms
-                                                and markup.per_minute_fee):
+        if (
+            tariff is None
+            or markup is None
+            or (succeeded and duration_ms and markup.per_minute_fee)
+        ):
             return None
         input_tokens = usage.input_tokens
         cached = usage.cached_input_tokens
         write = usage.cache_write_tokens
         write_1h = usage.cache_write_1h_tokens
         output = usage.output_tokens
-        if (input_tokens < 0 or cached < 0 or write < 0 or write_1h < 0 or output < 0
-                or write_1h > write or duration_ms < 0):
+        if (
+            input_tokens < 0
+            or cached < 0
+            or write < 0
+            or write_1h < 0
+            or output < 0
+            or write_1h > write
+            or duration_ms < 0
+        ):
             return None
-        cost = tariff.tokens(input_tokens, cached, write - write_1h, write_1h, output,
-                             max(0, input_tokens - cached - write))
+        cost = tariff.tokens(
+            input_tokens,
+            cached,
+            write - write_1h,
+            write_1h,
+            output,
+            max(0, input_tokens - cached - write),
+        )
         if succeeded:
             cost += tariff.per_request + tariff.per_ms * duration_ms
         if not within_bound(cost):
@@ -256,11 +279,16 @@ class PricingRules:
             return None
         rates, markup = self._resolved(customer_id, tier)
         tariff = self._tariff(price)
-        if (tariff is not None and markup is not None and input_tokens >= 0
-                and max_output_tokens >= 0):
+        if (
+            tariff is not None
+            and markup is not None
+            and input_tokens >= 0
+            and max_output_tokens >= 0
+        ):
             r = tariff.rates(input_tokens)
-            cost = (input_tokens * r.dearest_input + max_output_tokens * r.output
-                    + tariff.per_request)
+            cost = (
+                input_tokens * r.dearest_input + max_output_tokens * r.output + tariff.per_request
+            )
             priced = markup.price(cost, tariff.exponent, fees=True) if within_bound(cost) else None
             if priced is not None:
                 return quantize_scaled(*priced)

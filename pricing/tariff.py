@@ -98,9 +98,16 @@ class PeriodTariff:
             base = table.input_per_mtok
             write = _or(table.cache_write_per_mtok, base)
             # USD per token: per 1M tokens, so 6 places further right.
-            parts += [_shift(split(rate), -6) for rate in (
-                base, _or(table.cached_input_per_mtok, base), write,
-                _or(table.cache_write_1h_per_mtok, write), table.output_per_mtok)]
+            parts += [
+                _shift(split(rate), -6)
+                for rate in (
+                    base,
+                    _or(table.cached_input_per_mtok, base),
+                    write,
+                    _or(table.cache_write_1h_per_mtok, write),
+                    table.output_per_mtok,
+                )
+            ]
         parts.append(split(price.per_request_usd))
         parts.append(_shift(split(price.per_second_usd), -3))  # per millisecond
         known = [p for p in parts if p is not None]
@@ -127,13 +134,23 @@ class PeriodTariff:
         return self.base
 
     def tokens(
-        self, input_tokens: int, cached: int, write_5m: int, write_1h: int, output: int,
+        self,
+        input_tokens: int,
+        cached: int,
+        write_5m: int,
+        write_1h: int,
+        output: int,
         uncached: int,
     ) -> int:
         """The tokens' list price, x 10^exponent USD (counts already checked >= 0)."""
         r = self.rates(input_tokens)
-        return (uncached * r.input + cached * r.cached + write_5m * r.write
-                + write_1h * r.write_1h + output * r.output)
+        return (
+            uncached * r.input
+            + cached * r.cached
+            + write_5m * r.write
+            + write_1h * r.write_1h
+            + output * r.output
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +165,9 @@ class Markup:
     per_minute_fee: bool
 
     @classmethod
-    def of(cls, markup_percent: Decimal, per_request_usd: Decimal,
-           per_compute_minute_usd: Decimal) -> Markup | None:
+    def of(
+        cls, markup_percent: Decimal, per_request_usd: Decimal, per_compute_minute_usd: Decimal
+    ) -> Markup | None:
         markup = _split_signed(markup_percent)
         fee = split(per_request_usd)
         per_minute = split(per_compute_minute_usd)
@@ -158,7 +176,7 @@ class Markup:
         # 1 + markup/100, exactly: (10^-e + m x 10^(em-2-e)) x 10^e with e = min(0, em-2).
         coefficient, exp = markup
         factor_exponent = min(0, exp - 2)
-        factor = 10 ** -factor_exponent + coefficient * 10 ** (exp - 2 - factor_exponent)
+        factor = 10**-factor_exponent + coefficient * 10 ** (exp - 2 - factor_exponent)
         if factor < 0:
             return None
         return cls(factor, factor_exponent, fee[0], fee[1], per_minute[0] != 0)

@@ -112,9 +112,7 @@ def validate_customer_id(customer_id: str) -> str:
 
 def _validate_label(kind: str, value: str | None) -> str | None:
     if value is not None and not LABEL_ID_PATTERN.fullmatch(value):
-        raise InvalidIdError(
-            f"invalid {kind} {value!r}: use 1 to 128 characters without spaces"
-        )
+        raise InvalidIdError(f"invalid {kind} {value!r}: use 1 to 128 characters without spaces")
     return value
 
 

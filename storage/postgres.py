@@ -75,8 +75,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10,
-                      pgbouncer: bool = False) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, min_size: int = 1, max_size: int = 10, pgbouncer: bool = False
+) -> asyncpg.Pool:
     """An asyncpg pool on `url` whose connections map jsonb to dicts.
 
     `pgbouncer`: `url` is a PgBouncer in transaction (or statement) pooling mode, where a

@@ -19,6 +19,8 @@ async def load_or_create_secret(pool: asyncpg.Pool, name: str = "web") -> bytes:
     async with pool.acquire() as conn:
         await conn.execute(
             "INSERT INTO web_secrets (name, secret) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-            name, secrets.token_bytes(SECRET_BYTES))
+            name,
+            secrets.token_bytes(SECRET_BYTES),
+        )
         secret: bytes = await conn.fetchval("SELECT secret FROM web_secrets WHERE name = $1", name)
     return secret

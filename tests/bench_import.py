@@ -58,8 +58,14 @@ def _lines(path: Path) -> int:
         return sum(1 for _ in handle) - 1
 
 
-def bench(server_url: str, rows: int, path: Path, batch_size: int, workdir: Path,
-          server_pid: int | None = None) -> None:
+def bench(
+    server_url: str,
+    rows: int,
+    path: Path,
+    batch_size: int,
+    workdir: Path,
+    server_pid: int | None = None,
+) -> None:
     now = datetime.now(UTC)
     if not path.exists() or _lines(path) != rows:
         started = time.monotonic()
@@ -70,15 +76,21 @@ def bench(server_url: str, rows: int, path: Path, batch_size: int, workdir: Path
     cli.ok("migrate")
     for attempt in ("first", "second"):
         started, cpu, server_cpu = time.monotonic(), _child_cpu_s(), _server_cpu_s(server_pid)
-        out = cli.ok("usage", "import", str(path), "--create-customers",
-                     "--batch-size", str(batch_size))
+        out = cli.ok(
+            "usage", "import", str(path), "--create-customers", "--batch-size", str(batch_size)
+        )
         elapsed = time.monotonic() - started
         after = _server_cpu_s(server_pid)
-        spent = "" if after is None or server_cpu is None else (
-            f", PostgreSQL {after - server_cpu:.1f}s")
-        print(f"{attempt} run: {elapsed:.1f}s wall ({rows / elapsed:,.0f} rows/s); CPU: the "
-              f"command {_child_cpu_s() - cpu:.1f}s{spent}: {out.strip().splitlines()[-1]}",
-              flush=True)
+        spent = (
+            ""
+            if after is None or server_cpu is None
+            else (f", PostgreSQL {after - server_cpu:.1f}s")
+        )
+        print(
+            f"{attempt} run: {elapsed:.1f}s wall ({rows / elapsed:,.0f} rows/s); CPU: the "
+            f"command {_child_cpu_s() - cpu:.1f}s{spent}: {out.strip().splitlines()[-1]}",
+            flush=True,
+        )
 
     async def check() -> None:
         pool = await create_pool(url)
@@ -92,11 +104,13 @@ def bench(server_url: str, rows: int, path: Path, batch_size: int, workdir: Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--file", type=Path,
-                        default=Path(tempfile.gettempdir()) / "tollbooth-import-bench.csv")
+    parser.add_argument(
+        "--file", type=Path, default=Path(tempfile.gettempdir()) / "tollbooth-import-bench.csv"
+    )
     parser.add_argument("--batch-size", type=int, default=10_000)
     parser.add_argument("--database-url", default=os.environ.get("TOLLBOOTH_DATABASE_URL"))
     args = parser.parse_args()
@@ -107,8 +121,14 @@ def main() -> None:
         pgdata = Path(tmp) / "pg"
         instance = start_postgres(pgdata)
         try:
-            bench(instance.url("postgres"), args.rows, args.file, args.batch_size, Path(tmp),
-                  instance.proc.pid)
+            bench(
+                instance.url("postgres"),
+                args.rows,
+                args.file,
+                args.batch_size,
+                Path(tmp),
+                instance.proc.pid,
+            )
         finally:
             stop_postgres(pgdata, instance.proc)
 

@@ -86,8 +86,9 @@ def main() -> None:
     for gap in (float(g) for g in args.gaps_ms.split(",")):
         count = args.messages if gap < 1 else max(200, args.messages // int(gap))
         per = measure(count, gap / 1000)
-        print(f"gap {gap:g} ms: {per * 1e6:.1f} us of echo-server CPU per message "
-              f"({count} messages)")
+        print(
+            f"gap {gap:g} ms: {per * 1e6:.1f} us of echo-server CPU per message ({count} messages)"
+        )
 
 
 if __name__ == "__main__":

@@ -40,29 +40,37 @@ async def bench(url: str, events: int, batch_size: int, parallel: int) -> None:
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
     head, _, query = url.partition("?")
-    pool = await create_pool(f"{head.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else ""),
-                             max_size=4)
+    pool = await create_pool(
+        f"{head.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else ""), max_size=4
+    )
     try:
         await migrate(pool)
         made = [make_event(i) for i in range(events)]
         with tempfile.TemporaryDirectory() as journal_dir:
-            writer = UsageWriter(pool, journal_dir=Path(journal_dir), batch_size=batch_size,
-                                 flush_interval_s=0.05, parallel_batches=parallel)
+            writer = UsageWriter(
+                pool,
+                journal_dir=Path(journal_dir),
+                batch_size=batch_size,
+                flush_interval_s=0.05,
+                parallel_batches=parallel,
+            )
             await writer.start()
             started = time.perf_counter()
             submitting = 0.0  # CPU time of this thread: what a request pays, not the wait
             for offset in range(0, events, 1000):
                 t0 = time.thread_time()
-                for event in made[offset:offset + 1000]:
+                for event in made[offset : offset + 1000]:
                     writer.submit_nowait(event)
                 submitting += time.thread_time() - t0
                 await asyncio.sleep(0)
             await drained(writer)
             elapsed = time.perf_counter() - started
             await writer.close()
-        print(f"live:   {events} events, batch_size {batch_size}, parallel {parallel}: "
-              f"submit {submitting / events * 1e6:.1f} us/event (CPU), "
-              f"{elapsed:.2f} s = {events / elapsed:,.0f} events/s")
+        print(
+            f"live:   {events} events, batch_size {batch_size}, parallel {parallel}: "
+            f"submit {submitting / events * 1e6:.1f} us/event (CPU), "
+            f"{elapsed:.2f} s = {events / elapsed:,.0f} events/s"
+        )
 
         await pool.execute("TRUNCATE usage_events")
         with tempfile.TemporaryDirectory() as journal_dir:
@@ -70,15 +78,21 @@ async def bench(url: str, events: int, batch_size: int, parallel: int) -> None:
             for event in made:
                 journal.append(encode_event(event))
             journal.close()  # nothing committed: it all stays for the writer to replay
-            writer = UsageWriter(pool, journal_dir=Path(journal_dir), batch_size=batch_size,
-                                 parallel_batches=parallel)
+            writer = UsageWriter(
+                pool,
+                journal_dir=Path(journal_dir),
+                batch_size=batch_size,
+                parallel_batches=parallel,
+            )
             started = time.perf_counter()
             await writer.start()
             await drained(writer)
             elapsed = time.perf_counter() - started
             await writer.close()
-        print(f"replay: {events} events, batch_size {batch_size}, parallel {parallel}: "
-              f"{elapsed:.2f} s = {events / elapsed:,.0f} events/s")
+        print(
+            f"replay: {events} events, batch_size {batch_size}, parallel {parallel}: "
+            f"{elapsed:.2f} s = {events / elapsed:,.0f} events/s"
+        )
         stored = await pool.fetchval("SELECT count(*) FROM usage_events")
         assert stored == events, (stored, events)
     finally:
@@ -106,8 +120,9 @@ def main() -> None:
         pgdata = Path(tmp) / "pg"
         instance = start_postgres(pgdata)
         try:
-            asyncio.run(bench(instance.url("postgres"), args.events, args.batch_size,
-                              args.parallel))
+            asyncio.run(
+                bench(instance.url("postgres"), args.events, args.batch_size, args.parallel)
+            )
         finally:
             stop_postgres(pgdata, instance.proc)
 

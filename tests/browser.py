@@ -53,8 +53,11 @@ def find_browser() -> tuple[str, str]:
         _install()
         browser, driver = _programs()
     if browser is None or driver is None:
-        pytest.fail("the browser tests need Chromium and its driver: "
-                    "apt-get install -y chromium chromium-driver (as root)", pytrace=False)
+        pytest.fail(
+            "the browser tests need Chromium and its driver: "
+            "apt-get install -y chromium chromium-driver (as root)",
+            pytrace=False,
+        )
     return browser, driver
 
 
@@ -63,8 +66,15 @@ def chrome() -> Iterator[webdriver.Chrome]:
     browser, driver_path = find_browser()
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1280,900", "--lang=en-US", "--force-device-scale-factor=1"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,900",
+        "--lang=en-US",
+        "--force-device-scale-factor=1",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(driver_path))

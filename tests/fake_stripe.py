@@ -43,7 +43,11 @@ _MAX_AGE_S = 35 * 86400
 _MAX_AHEAD_S = 300
 _WHOLE = re.compile(r"-?[0-9]+")
 _METER_EVENT_PARAMS = {
-    "event_name", "identifier", "timestamp", "payload[stripe_customer_id]", "payload[value]",
+    "event_name",
+    "identifier",
+    "timestamp",
+    "payload[stripe_customer_id]",
+    "payload[value]",
 }
 
 
@@ -122,8 +126,11 @@ class FakeStripe:
         if request.path == "/v2/billing/meter_event_stream":
             expires = self._tokens.get(key)
             if expires is None or expires < self.clock():
-                return _error(401, "Meter event session expired or unknown.",
-                              type_="temporary_session_expired")
+                return _error(
+                    401,
+                    "Meter event session expired or unknown.",
+                    type_="temporary_session_expired",
+                )
         elif key != self.api_key:
             return _error(401, "Invalid API Key provided: sk_test_****")
         response: web.StreamResponse = await handler(request)
@@ -139,10 +146,18 @@ class FakeStripe:
             await asyncio.sleep(fault.stall_s)
             return _error(500, "stalled answer (the client should have given up)")
         if fault.status == 429:
-            return _error(429, "Request rate limit exceeded.", code="rate_limit",
-                          should_retry=fault.should_retry)
-        return _error(fault.status, "An unknown error occurred.", type_="api_error",
-                      should_retry=fault.should_retry)
+            return _error(
+                429,
+                "Request rate limit exceeded.",
+                code="rate_limit",
+                should_retry=fault.should_retry,
+            )
+        return _error(
+            fault.status,
+            "An unknown error occurred.",
+            type_="api_error",
+            should_retry=fault.should_retry,
+        )
 
     async def _meter_event(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -172,26 +187,36 @@ class FakeStripe:
         if faulted is not None:
             return faulted
         if identifier in self.meter_events:
-            return _error(400, f"An event already exists with identifier {identifier}.",
-                          should_retry="false")
+            return _error(
+                400, f"An event already exists with identifier {identifier}.", should_retry="false"
+            )
         record()
         return web.json_response(event, headers=_request_id())
 
     def _check_meter_event(self, fields: dict[str, str]) -> web.Response | None:
         for name in fields:
             if name not in _METER_EVENT_PARAMS:
-                return _error(400, f"Received unknown parameter: {name}", param=name,
-                              code="parameter_unknown")
+                return _error(
+                    400, f"Received unknown parameter: {name}", param=name, code="parameter_unknown"
+                )
         for name in ("event_name", "payload[stripe_customer_id]", "payload[value]"):
             if not fields.get(name):
-                return _error(400, f"Missing required param: {name}.", param=name,
-                              code="parameter_missing")
+                return _error(
+                    400, f"Missing required param: {name}.", param=name, code="parameter_missing"
+                )
         if fields["event_name"] not in self.meters:
-            return _error(400, f"No active meter was found for event_name "
-                               f"'{fields['event_name']}'.", param="event_name")
+            return _error(
+                400,
+                f"No active meter was found for event_name '{fields['event_name']}'.",
+                param="event_name",
+            )
         if fields["payload[stripe_customer_id]"] not in self.customers:
-            return _error(400, f"No such customer: '{fields['payload[stripe_customer_id]']}'",
-                          param="payload[stripe_customer_id]", code="resource_missing")
+            return _error(
+                400,
+                f"No such customer: '{fields['payload[stripe_customer_id]']}'",
+                param="payload[stripe_customer_id]",
+                code="resource_missing",
+            )
         if not _WHOLE.fullmatch(fields["payload[value]"]):
             return _error(400, "The value must be a whole number.", param="payload[value]")
         if len(fields.get("identifier", "")) > 100:
@@ -203,8 +228,12 @@ class FakeStripe:
                 return _error(400, "Invalid integer: " + fields["timestamp"], param="timestamp")
             now = self.clock()
             if not now - _MAX_AGE_S <= stamp <= now + _MAX_AHEAD_S:
-                return _error(400, "Timestamp must be within the past 35 calendar days or up "
-                                   "to 5 minutes in the future.", param="timestamp")
+                return _error(
+                    400,
+                    "Timestamp must be within the past 35 calendar days or up "
+                    "to 5 minutes in the future.",
+                    param="timestamp",
+                )
         return None
 
     async def _list_meters(self, request: web.Request) -> web.Response:
@@ -217,8 +246,14 @@ class FakeStripe:
         if after:
             meters = meters[[m["id"] for m in meters].index(after) + 1 :]
         page = meters[:limit]
-        return web.json_response({"object": "list", "url": "/v1/billing/meters",
-                                  "has_more": len(meters) > limit, "data": page})
+        return web.json_response(
+            {
+                "object": "list",
+                "url": "/v1/billing/meters",
+                "has_more": len(meters) > limit,
+                "data": page,
+            }
+        )
 
     async def _summaries(self, request: web.Request) -> web.Response:
         meter_id = request.match_info["id"]
@@ -228,8 +263,9 @@ class FakeStripe:
         query = request.query
         for name in ("customer", "start_time", "end_time"):
             if name not in query:
-                return _error(400, f"Missing required param: {name}.", param=name,
-                              code="parameter_missing")
+                return _error(
+                    400, f"Missing required param: {name}.", param=name, code="parameter_missing"
+                )
         start, end = int(query["start_time"]), int(query["end_time"])
         if start % 60 or end % 60:
             return _error(400, "start_time and end_time must be aligned with minute boundaries.")
@@ -240,11 +276,23 @@ class FakeStripe:
             and e["payload"]["stripe_customer_id"] == query["customer"]
             and start <= e["timestamp"] < end
         )
-        summary = {"id": f"mtrusg_test_{next(self._ids)}", "object": "billing.meter_event_summary",
-                   "aggregated_value": float(total), "start_time": start, "end_time": end,
-                   "livemode": False, "meter": meter_id}
-        return web.json_response({"object": "list", "has_more": False, "data": [summary],
-                                  "url": f"/v1/billing/meters/{meter_id}/event_summaries"})
+        summary = {
+            "id": f"mtrusg_test_{next(self._ids)}",
+            "object": "billing.meter_event_summary",
+            "aggregated_value": float(total),
+            "start_time": start,
+            "end_time": end,
+            "livemode": False,
+            "meter": meter_id,
+        }
+        return web.json_response(
+            {
+                "object": "list",
+                "has_more": False,
+                "data": [summary],
+                "url": f"/v1/billing/meters/{meter_id}/event_summaries",
+            }
+        )
 
     async def _create_customer(self, request: web.Request) -> web.Response:
         key = request.headers.get("Idempotency-Key")
@@ -252,10 +300,16 @@ class FakeStripe:
             return web.json_response(self._idempotent[key], headers={"Idempotent-Replayed": "true"})
         form = await request.post()
         customer_id = f"cus_{secrets.token_hex(7)}"
-        metadata = {k[len("metadata[") : -1]: str(v) for k, v in form.items()
-                    if k.startswith("metadata[")}
-        customer = {"id": customer_id, "object": "customer", "name": form.get("name"),
-                    "email": form.get("email"), "metadata": metadata}
+        metadata = {
+            k[len("metadata[") : -1]: str(v) for k, v in form.items() if k.startswith("metadata[")
+        }
+        customer = {
+            "id": customer_id,
+            "object": "customer",
+            "name": form.get("name"),
+            "email": form.get("email"),
+            "metadata": metadata,
+        }
         self.customers[customer_id] = customer
         if key:
             self._idempotent[key] = customer
@@ -265,16 +319,23 @@ class FakeStripe:
         form = await request.post()
         customer = str(form.get("customer") or "")
         if not customer:
-            return _error(400, "Missing required param: customer.", param="customer",
-                          code="parameter_missing")
+            return _error(
+                400, "Missing required param: customer.", param="customer", code="parameter_missing"
+            )
         if customer not in self.customers:
-            return _error(400, f"No such customer: '{customer}'", param="customer",
-                          code="resource_missing")
+            return _error(
+                400, f"No such customer: '{customer}'", param="customer", code="resource_missing"
+            )
         session_id = f"bps_{secrets.token_hex(8)}"
-        session = {"id": session_id, "object": "billing_portal.session", "customer": customer,
-                   "return_url": form.get("return_url"), "livemode": False,
-                   "created": int(self.clock()),
-                   "url": f"https://billing.stripe.com/p/session/test_{session_id}"}
+        session = {
+            "id": session_id,
+            "object": "billing_portal.session",
+            "customer": customer,
+            "return_url": form.get("return_url"),
+            "livemode": False,
+            "created": int(self.clock()),
+            "url": f"https://billing.stripe.com/p/session/test_{session_id}",
+        }
         self.portal_sessions.append(session)
         return web.json_response(session, headers=_request_id())
 
@@ -282,11 +343,16 @@ class FakeStripe:
         token = f"mes_tok_{secrets.token_hex(12)}"
         expires = self.clock() + 900
         self._tokens[token] = expires
-        return web.json_response({
-            "id": f"mes_{secrets.token_hex(8)}", "object": "v2.billing.meter_event_session",
-            "authentication_token": token, "livemode": False,
-            "created": _iso(self.clock()), "expires_at": _iso(expires),
-        })
+        return web.json_response(
+            {
+                "id": f"mes_{secrets.token_hex(8)}",
+                "object": "v2.billing.meter_event_session",
+                "authentication_token": token,
+                "livemode": False,
+                "created": _iso(self.clock()),
+                "expires_at": _iso(expires),
+            }
+        )
 
     async def _stream(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -303,12 +369,17 @@ class FakeStripe:
         self.stream_batches.append(batch)
         for raw in batch:  # validated asynchronously by Stripe; duplicates are dropped
             identifier = raw["identifier"]
-            stamp = int(datetime.fromisoformat(raw["timestamp"].replace("Z", "+00:00"))
-                        .timestamp())
-            self.meter_events.setdefault(identifier, {
-                "object": "billing.meter_event", "event_name": raw["event_name"],
-                "identifier": identifier, "payload": dict(raw["payload"]), "timestamp": stamp,
-            })
+            stamp = int(datetime.fromisoformat(raw["timestamp"].replace("Z", "+00:00")).timestamp())
+            self.meter_events.setdefault(
+                identifier,
+                {
+                    "object": "billing.meter_event",
+                    "event_name": raw["event_name"],
+                    "identifier": identifier,
+                    "payload": dict(raw["payload"]),
+                    "timestamp": stamp,
+                },
+            )
         return web.json_response({})
 
 

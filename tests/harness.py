@@ -87,20 +87,32 @@ class Gateway:
             await conn.close()
 
 
-def gateway_config(mock_url: str, *, tiers: dict[str, Any] | None = None,
-                   pricing: dict[str, Any] | None = None,
-                   extra: dict[str, Any] | None = None,
-                   providers: dict[str, Any] | None = None) -> bytes:
+def gateway_config(
+    mock_url: str,
+    *,
+    tiers: dict[str, Any] | None = None,
+    pricing: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    providers: dict[str, Any] | None = None,
+) -> bytes:
     """`providers`: entries added beside the OpenAI and Anthropic ones."""
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0, "disconnect_drain_s": 5},
-        "storage": {"writer_flush_interval_s": 0.05,
-                    "data_dir": tempfile.mkdtemp(prefix="tollbooth-gw-")},
+        "storage": {
+            "writer_flush_interval_s": 0.05,
+            "data_dir": tempfile.mkdtemp(prefix="tollbooth-gw-"),
+        },
         "providers": {
-            "openai": {"kind": "openai", "base_url": f"{mock_url}/v1",
-                       "api_key_env": "TB_TEST_OPENAI_KEY"},
-            "anthropic": {"kind": "anthropic", "base_url": mock_url,
-                          "api_key_env": "TB_TEST_ANTHROPIC_KEY"},
+            "openai": {
+                "kind": "openai",
+                "base_url": f"{mock_url}/v1",
+                "api_key_env": "TB_TEST_OPENAI_KEY",
+            },
+            "anthropic": {
+                "kind": "anthropic",
+                "base_url": mock_url,
+                "api_key_env": "TB_TEST_ANTHROPIC_KEY",
+            },
             **(providers or {}),
         },
         "models": [
@@ -108,8 +120,8 @@ def gateway_config(mock_url: str, *, tiers: dict[str, Any] | None = None,
             {"match": "claude-*", "provider": "anthropic"},
         ],
         "tiers": tiers or {"free": {"limits": {}}, "pro": {"limits": {}}},
-        "pricing": pricing or {"markup_percent": "20", "per_request_usd": "0.001",
-                               "unknown_model": "reject"},
+        "pricing": pricing
+        or {"markup_percent": "20", "per_request_usd": "0.001", "unknown_model": "reject"},
     }
     config.update(extra or {})
     for provider in config["providers"].values():  # "{mock_url}": where the mock listens
@@ -143,21 +155,30 @@ async def running_gateway(
     mock = TestServer(create_mock_app(mock_options or MockOptions()), host="127.0.0.1")
     await mock.start_server()
     mock_url = str(mock.make_url("")).rstrip("/")
-    raw = gateway_config(mock_url, tiers=tiers, pricing=pricing, extra=extra_config,
-                         providers=providers(mock_url) if providers is not None else None)
+    raw = gateway_config(
+        mock_url,
+        tiers=tiers,
+        pricing=pricing,
+        extra=extra_config,
+        providers=providers(mock_url) if providers is not None else None,
+    )
     if config_path is not None:
         await asyncio.to_thread(config_path.write_bytes, raw)
     settings = parse_settings(raw, str(config_path or "test.yaml"))
-    app = create_app(settings, database_url=database_url, redis_url=redis_url,
-                     quota_window_ms=quota_window_ms, watch_config=config_path is not None)
+    app = create_app(
+        settings,
+        database_url=database_url,
+        redis_url=redis_url,
+        quota_window_ms=quota_window_ms,
+        watch_config=config_path is not None,
+    )
     server = FrontTestServer(app, host="127.0.0.1")
     await server.start_server(ssl=tls)
     try:
         customer_id = "cust_" + uuid.uuid4().hex[:10]
         accounts: AccountStore = app[keys.accounts]
         await accounts.create_customer(customer_id, tier=tier)
-        _, key = await accounts.create_key(customer_id, project_id="web", user_id="u1",
-                                           name="test")
+        _, key = await accounts.create_key(customer_id, project_id="web", user_id="u1", name="test")
         yield Gateway(app, server, mock, key, customer_id, database_url)
     finally:
         await server.close()

@@ -44,11 +44,18 @@ MODELS = ("gpt-4o", "gpt-4o-mini", "claude-sonnet-4-5", "o3-mini")
 PORTAL_TIERS: dict[str, Any] = {
     "free": {"limits": {"requests_per_minute": 60}},
     "pro": {
-        "limits": {"requests_per_minute": 600, "tokens_per_minute": 2_000_000,
-                   "requests_per_month": 10_000, "tokens_per_month": 50_000_000,
-                   "spend_per_month_usd": "250.00"},
-        "plan": {"base_price_usd": "49", "included": {"tokens": 10_000_000},
-                 "overage": {"tokens": {"unit_price_usd": "0.000002"}}},
+        "limits": {
+            "requests_per_minute": 600,
+            "tokens_per_minute": 2_000_000,
+            "requests_per_month": 10_000,
+            "tokens_per_month": 50_000_000,
+            "spend_per_month_usd": "250.00",
+        },
+        "plan": {
+            "base_price_usd": "49",
+            "included": {"tokens": 10_000_000},
+            "overage": {"tokens": {"unit_price_usd": "0.000002"}},
+        },
     },
 }
 
@@ -69,50 +76,92 @@ class Seed:
 def _events(key_ids: dict[str, str]) -> list[UsageEvent]:
     rng = random.Random(20251001)
     found: list[UsageEvent] = []
-    plans = [("acme", "web", "web"), ("acme", "batch", "all"), ("acme", XSS_PROJECT, "xss"),
-             ("beta", BETA_PROJECT, "beta")]
+    plans = [
+        ("acme", "web", "web"),
+        ("acme", "batch", "all"),
+        ("acme", XSS_PROJECT, "xss"),
+        ("beta", BETA_PROJECT, "beta"),
+    ]
     for day in range(31):
         for customer, project, key in plans:
             for _ in range(rng.randint(1, 4)):
                 at = MONTH_START + timedelta(days=day, seconds=rng.randint(0, 86_399))
                 model = BETA_MODEL if customer == "beta" else rng.choice(MODELS)
                 event = make_event(
-                    at, customer_id=customer, project_id=project, model=model,
-                    input_tokens=rng.randint(200, 90_000), output_tokens=rng.randint(20, 9000),
-                    cached_input_tokens=rng.randint(0, 150), reasoning_tokens=rng.randint(0, 90),
+                    at,
+                    customer_id=customer,
+                    project_id=project,
+                    model=model,
+                    input_tokens=rng.randint(200, 90_000),
+                    output_tokens=rng.randint(20, 9000),
+                    cached_input_tokens=rng.randint(0, 150),
+                    reasoning_tokens=rng.randint(0, 90),
                     price_usd=Decimal(rng.randint(1, 9_000_000)) / 10**7,
-                    cost_usd=Decimal(rng.randint(1, 5_000_000)) / 10**7)
-                found.append(dataclasses.replace(event, key_id=key_ids[key],
-                                                 streamed=rng.random() < 0.5))
+                    cost_usd=Decimal(rng.randint(1, 5_000_000)) / 10**7,
+                )
+                found.append(
+                    dataclasses.replace(event, key_id=key_ids[key], streamed=rng.random() < 0.5)
+                )
     # Boundary rows: the first and last instants of the month, an estimate, an error.
-    found.append(dataclasses.replace(make_event(
-        MONTH_START, customer_id="acme", project_id="web", model="gpt-4o",
-        usage_source="estimated", input_tokens=777, output_tokens=77,
-        price_usd=Decimal("0.0000001")), key_id=key_ids["web"]))
-    found.append(dataclasses.replace(make_event(
-        MONTH_START + timedelta(days=31) - timedelta(microseconds=1), customer_id="acme",
-        project_id="web", model="gpt-4o-mini", status_code=500, input_tokens=5,
-        output_tokens=0, price_usd=Decimal("0")), key_id=key_ids["web"]))
+    found.append(
+        dataclasses.replace(
+            make_event(
+                MONTH_START,
+                customer_id="acme",
+                project_id="web",
+                model="gpt-4o",
+                usage_source="estimated",
+                input_tokens=777,
+                output_tokens=77,
+                price_usd=Decimal("0.0000001"),
+            ),
+            key_id=key_ids["web"],
+        )
+    )
+    found.append(
+        dataclasses.replace(
+            make_event(
+                MONTH_START + timedelta(days=31) - timedelta(microseconds=1),
+                customer_id="acme",
+                project_id="web",
+                model="gpt-4o-mini",
+                status_code=500,
+                input_tokens=5,
+                output_tokens=0,
+                price_usd=Decimal("0"),
+            ),
+            key_id=key_ids["web"],
+        )
+    )
     # Outside the month: never counted in it.
-    found.append(dataclasses.replace(make_event(
-        MONTH_START + timedelta(days=31), customer_id="acme", project_id="web",
-        input_tokens=999_999, price_usd=Decimal("99")), key_id=key_ids["web"]))
+    found.append(
+        dataclasses.replace(
+            make_event(
+                MONTH_START + timedelta(days=31),
+                customer_id="acme",
+                project_id="web",
+                input_tokens=999_999,
+                price_usd=Decimal("99"),
+            ),
+            key_id=key_ids["web"],
+        )
+    )
     return found
 
 
 async def seed_portal(app: web.Application) -> Seed:
     accounts = app[keys.accounts]
-    await accounts.create_customer("acme", tier="pro", name="Acme Corp",
-                                   stripe_customer_id="cus_ACMESECRET123")
+    await accounts.create_customer(
+        "acme", tier="pro", name="Acme Corp", stripe_customer_id="cus_ACMESECRET123"
+    )
     await accounts.create_customer("beta", tier="pro", name="Beta LLC")
-    web_key, acme_web_key = await accounts.create_key("acme", project_id="web",
-                                                      name="web backend")
+    web_key, acme_web_key = await accounts.create_key("acme", project_id="web", name="web backend")
     all_key, acme_key = await accounts.create_key("acme", name="ops")
     xss_key, _ = await accounts.create_key("acme", project_id=XSS_PROJECT, name=XSS_NAME)
-    beta_key_row, beta_key = await accounts.create_key("beta", project_id=BETA_PROJECT,
-                                                       name="beta key")
-    key_ids = {"web": web_key.id, "all": all_key.id, "xss": xss_key.id,
-               "beta": beta_key_row.id}
+    beta_key_row, beta_key = await accounts.create_key(
+        "beta", project_id=BETA_PROJECT, name="beta key"
+    )
+    key_ids = {"web": web_key.id, "all": all_key.id, "xss": xss_key.id, "beta": beta_key_row.id}
     events = _events(key_ids)
     await insert_events(app[keys.pool], events)
     return Seed(acme_key, acme_web_key, beta_key, key_ids, events)
@@ -131,9 +180,13 @@ WHERE customer_id = $1 AND created_at >= $2 AND created_at < $3
 """
 
 
-async def raw_totals(pool: asyncpg.Pool, customer_id: str, project_id: str | None = None,
-                     since: datetime = MONTH_START,
-                     until: datetime = MONTH_START + timedelta(days=31)) -> dict[str, Any]:
+async def raw_totals(
+    pool: asyncpg.Pool,
+    customer_id: str,
+    project_id: str | None = None,
+    since: datetime = MONTH_START,
+    until: datetime = MONTH_START + timedelta(days=31),
+) -> dict[str, Any]:
     row = await pool.fetchrow(_RAW, customer_id, since, until, project_id)
     assert row is not None
     return dict(row)

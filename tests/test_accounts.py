@@ -39,14 +39,20 @@ async def test_customer_create_get_update_list(store: AccountStore) -> None:
         "acme", tier="free", name="Acme", email="ops@acme.test", stripe_customer_id="cus_1"
     )
     assert (created.id, created.tier, created.name, created.suspended) == (
-        "acme", "free", "Acme", False
+        "acme",
+        "free",
+        "Acme",
+        False,
     )
     assert created.created_at.tzinfo is not None
     await store.create_customer("beta.co", tier="pro")
 
     updated = await store.update_customer("acme", tier="pro", suspended=True, email=None)
     assert (updated.tier, updated.suspended, updated.email, updated.name) == (
-        "pro", True, None, "Acme"
+        "pro",
+        True,
+        None,
+        "Acme",
     )
     assert updated.updated_at >= created.updated_at
     assert await store.get_customer("acme") == updated
@@ -69,8 +75,9 @@ async def test_customer_refusals(store: AccountStore) -> None:
 
 async def test_key_create_lookup_revoke(store: AccountStore) -> None:
     await store.create_customer("acme", tier="pro")
-    record, key = await store.create_key("acme", project_id="proj-1", user_id="u@acme.test",
-                                         name="ci")
+    record, key = await store.create_key(
+        "acme", project_id="proj-1", user_id="u@acme.test", name="ci"
+    )
     assert re.fullmatch(r"tb_[A-Za-z0-9_-]{32,}", key)
     assert re.fullmatch(r"key_[0-9a-f]{16}", record.id)
     assert record.prefix == key[3:11]
@@ -78,8 +85,12 @@ async def test_key_create_lookup_revoke(store: AccountStore) -> None:
 
     principal = await store.lookup_key(key)
     assert principal == KeyPrincipal(
-        key_id=record.id, customer_id="acme", project_id="proj-1", user_id="u@acme.test",
-        tier="pro", suspended=False,
+        key_id=record.id,
+        customer_id="acme",
+        project_id="proj-1",
+        user_id="u@acme.test",
+        tier="pro",
+        suspended=False,
     )
     await store.update_customer("acme", suspended=True, tier="free")
     principal = await store.lookup_key(key)

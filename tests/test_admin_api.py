@@ -22,16 +22,23 @@ async def gw(fresh_database_url: str, redis_url: str, monkeypatch: pytest.Monkey
         yield gateway
 
 
-async def call(gw: Gateway, method: str, path: str, *, token: str | None = TOKEN,
-               body: dict[str, Any] | None = None) -> tuple[int, Any]:
+async def call(
+    gw: Gateway,
+    method: str,
+    path: str,
+    *,
+    token: str | None = TOKEN,
+    body: dict[str, Any] | None = None,
+) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with aiohttp.ClientSession() as session, session.request(
-            method, gw.base_url + path, json=body, headers=headers) as r:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, gw.base_url + path, json=body, headers=headers) as r,
+    ):
         return r.status, await r.json()
 
 
-async def test_admin_routes_need_the_token(gw: Gateway,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_admin_routes_need_the_token(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     status, body = await call(gw, "GET", "/admin/customers", token=None)
     assert status == 401 and body["error"]["code"] == "invalid_admin_token"
     status, _ = await call(gw, "GET", "/admin/customers", token="wrong")
@@ -44,8 +51,9 @@ async def test_admin_routes_need_the_token(gw: Gateway,
 
 
 async def test_customer_and_key_lifecycle(gw: Gateway) -> None:
-    status, created = await call(gw, "POST", "/admin/customers",
-                                 body={"id": "beta", "tier": "free", "name": "Beta Inc"})
+    status, created = await call(
+        gw, "POST", "/admin/customers", body={"id": "beta", "tier": "free", "name": "Beta Inc"}
+    )
     assert status == 201 and created["tier"] == "free"
     status, body = await call(gw, "POST", "/admin/customers", body={"id": "beta"})
     assert status == 409
@@ -56,8 +64,9 @@ async def test_customer_and_key_lifecycle(gw: Gateway) -> None:
     status, _ = await call(gw, "PATCH", "/admin/customers/nobody", body={"tier": "pro"})
     assert status == 404
 
-    status, key = await call(gw, "POST", "/admin/keys",
-                             body={"customer_id": "beta", "project_id": "api"})
+    status, key = await call(
+        gw, "POST", "/admin/keys", body={"customer_id": "beta", "project_id": "api"}
+    )
     assert status == 201 and key["key"].startswith("tb_")
     status, listed = await call(gw, "GET", "/admin/keys?customer=beta")
     assert [k["id"] for k in listed["data"]] == [key["id"]]
@@ -65,7 +74,8 @@ async def test_customer_and_key_lifecycle(gw: Gateway) -> None:
 
     client = openai.AsyncOpenAI(api_key=key["key"], base_url=gw.openai_base_url, max_retries=0)
     await client.chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "hi"}])  # type: ignore[list-item]
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+    )  # type: ignore[list-item]
     for _ in range(100):  # the writer flushes off the request path
         status, usage = await call(gw, "GET", "/admin/usage/summary?customer=beta&days=1")
         if usage["requests"]:

@@ -65,7 +65,8 @@ async def test_a_burst_with_one_key_costs_one_query(store: CountingStore) -> Non
     _, key = await new_key(store)
     auth = Authenticator(store)
     results = await asyncio.gather(
-        *(auth.authenticate(request(Authorization=f"Bearer {key}")) for _ in range(50)))
+        *(auth.authenticate(request(Authorization=f"Bearer {key}")) for _ in range(50))
+    )
     assert {r.customer_id for r in results} == {"acme"}
     assert store.lookups == 1
 

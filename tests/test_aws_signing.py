@@ -20,16 +20,26 @@ from gateway.aws_signing import AwsCredentialsMissing, AwsSigning
 
 URL = "https://bedrock-runtime.eu-west-1.amazonaws.com/model/amazon.nova-pro-v1%3A0/converse"
 BODY = b'{"messages":[]}'
-_AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=AKIDTESTSIGNING0001/(\d{8})/eu-west-1/"
-                   r"bedrock/aws4_request, SignedHeaders=([a-z0-9;-]+), Signature=[0-9a-f]{64}")
+_AUTH = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=AKIDTESTSIGNING0001/(\d{8})/eu-west-1/"
+    r"bedrock/aws4_request, SignedHeaders=([a-z0-9;-]+), Signature=[0-9a-f]{64}"
+)
 
 
 @pytest.fixture
 def no_aws_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_BEARER_TOKEN_BEDROCK",
-                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_BEARER_TOKEN_BEDROCK",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
@@ -37,7 +47,8 @@ def no_aws_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 async def test_signs_with_the_environments_credentials(
-    no_aws_config: None, monkeypatch: pytest.MonkeyPatch,
+    no_aws_config: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTESTSIGNING0001")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-never-logged")
@@ -56,15 +67,18 @@ async def test_signs_with_the_environments_credentials(
     unsigned = {name: value for name, value in headers.items() if name != "Authorization"}
     request = AWSRequest(method="POST", url=URL, data=BODY, headers=unsigned)
     request.context["timestamp"] = headers["X-Amz-Date"]
-    credentials = Credentials("AKIDTESTSIGNING0001", "test-secret-never-logged",
-                              "test-session-token")
+    credentials = Credentials(
+        "AKIDTESTSIGNING0001", "test-secret-never-logged", "test-session-token"
+    )
     expected = SigV4Auth(credentials, "bedrock", "eu-west-1")
     string_to_sign = expected.string_to_sign(request, expected.canonical_request(request))
     assert headers["Authorization"].endswith(expected.signature(string_to_sign, request))
 
 
 async def test_no_credentials_refuse_and_are_retried_later(
-    no_aws_config: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    no_aws_config: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(aws_signing, "RETRY_MISSING_S", 0.2)
     signing = AwsSigning()
@@ -89,7 +103,8 @@ async def test_no_credentials_refuse_and_are_retried_later(
 
 
 async def test_a_due_refresh_runs_in_a_thread_while_signing_goes_on(
-    no_aws_config: None, monkeypatch: pytest.MonkeyPatch,
+    no_aws_config: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     loop_thread = threading.get_ident()
     refreshed_in: list[int] = []
@@ -100,14 +115,20 @@ async def test_a_due_refresh_runs_in_a_thread_while_signing_goes_on(
         time.sleep(0.2)  # a slow STS call: must not stall the loop
         # 12 minutes left: inside botocore's advisory window (15), outside the mandatory (10).
         expiry = datetime.now(UTC) + timedelta(minutes=12)
-        return {"access_key": f"AKIDTESTSIGNING000{next(generation)}", "secret_key": "s",
-                "token": "t", "expiry_time": expiry.isoformat()}
+        return {
+            "access_key": f"AKIDTESTSIGNING000{next(generation)}",
+            "secret_key": "s",
+            "token": "t",
+            "expiry_time": expiry.isoformat(),
+        }
 
     credentials = RefreshableCredentials.create_from_metadata(
-        refresh(), refresh_using=refresh, method="sts-assume-role")
+        refresh(), refresh_using=refresh, method="sts-assume-role"
+    )
     refreshed_in.clear()
-    monkeypatch.setattr(aws_signing, "_resolve",
-                        lambda profile: (credentials, credentials.get_frozen_credentials()))
+    monkeypatch.setattr(
+        aws_signing, "_resolve", lambda profile: (credentials, credentials.get_frozen_credentials())
+    )
     signing = AwsSigning()
     await signing.prepare({None})
     refreshed_in.clear()

@@ -28,8 +28,11 @@ from pricing.catalog import Catalog
         ("us.meta.llama4-maverick-17b-instruct-v1:0", "llama4-maverick-17b-instruct"),
         ("openai.gpt-oss-120b-1:0", "gpt-oss-120b"),
         ("arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-lite-v1:0", "nova-lite"),
-        ("arn:aws:bedrock:us-east-1:123456789012:inference-profile/"
-         "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5"),
+        (
+            "arn:aws:bedrock:us-east-1:123456789012:inference-profile/"
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "claude-sonnet-4-5",
+        ),
         ("Anthropic.Claude-Sonnet-4-5-20250929-V1:0", "claude-sonnet-4-5"),
     ],
 )
@@ -39,19 +42,27 @@ def test_model_ids_resolve_to_catalog_names(model_id: str, expected: str) -> Non
 
 def test_resolved_names_are_priced_by_the_catalog() -> None:
     catalog = Catalog.load_default()
-    for model_id in ("us.anthropic.claude-sonnet-4-5-20250929-v1:0", "amazon.nova-pro-v1:0",
-                     "amazon.nova-lite-v1:0", "amazon.nova-micro-v1:0",
-                     "us.amazon.nova-premier-v1:0", "meta.llama3-1-8b-instruct-v1:0",
-                     "meta.llama4-scout-17b-instruct-v1:0"):
+    for model_id in (
+        "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "amazon.nova-pro-v1:0",
+        "amazon.nova-lite-v1:0",
+        "amazon.nova-micro-v1:0",
+        "us.amazon.nova-premier-v1:0",
+        "meta.llama3-1-8b-instruct-v1:0",
+        "meta.llama4-scout-17b-instruct-v1:0",
+    ):
         assert catalog.lookup(catalog_model(model_id)) is not None, model_id
 
 
 def test_ids_that_are_not_foundation_models_stay_as_they_are() -> None:
     # An application inference profile's opaque id: the pricing refuses it (unknown model).
     assert catalog_model("a1b2c3d4e5") == "a1b2c3d4e5"
-    assert catalog_model(
-        "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3d4e5"
-    ) == "a1b2c3d4e5"
+    assert (
+        catalog_model(
+            "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3d4e5"
+        )
+        == "a1b2c3d4e5"
+    )
     assert catalog_model("") == ""
 
 

@@ -15,19 +15,33 @@ from gateway.providers.eventstream import event_message, exception_message
 from pricing.models import Usage
 
 USAGE: dict[str, Any] = {
-    "inputTokens": 12, "outputTokens": 3, "totalTokens": 45,
-    "cacheReadInputTokens": 20, "cacheWriteInputTokens": 10,
+    "inputTokens": 12,
+    "outputTokens": 3,
+    "totalTokens": 45,
+    "cacheReadInputTokens": 20,
+    "cacheWriteInputTokens": 10,
     "cacheDetails": [{"ttl": "1h", "inputTokens": 4}, {"ttl": "5m", "inputTokens": 6}],
 }
-EXPECTED = Usage(input_tokens=42, output_tokens=3, cached_input_tokens=20,
-                 cache_write_tokens=10, cache_write_1h_tokens=4)
+EXPECTED = Usage(
+    input_tokens=42,
+    output_tokens=3,
+    cached_input_tokens=20,
+    cache_write_tokens=10,
+    cache_write_1h_tokens=4,
+)
 
 
-def stream(usage: dict[str, Any] | None = USAGE, words: tuple[str, ...] = ("Hi", " there", "!"),
-           ) -> list[bytes]:
+def stream(
+    usage: dict[str, Any] | None = USAGE,
+    words: tuple[str, ...] = ("Hi", " there", "!"),
+) -> list[bytes]:
     frames = [event_message("messageStart", b'{"role":"assistant"}')]
-    frames += [event_message("contentBlockDelta", orjson.dumps(
-        {"contentBlockIndex": 0, "delta": {"text": word}})) for word in words]
+    frames += [
+        event_message(
+            "contentBlockDelta", orjson.dumps({"contentBlockIndex": 0, "delta": {"text": word}})
+        )
+        for word in words
+    ]
     frames.append(event_message("contentBlockStop", b'{"contentBlockIndex":0}'))
     frames.append(event_message("messageStop", b'{"stopReason":"end_turn"}'))
     metadata: dict[str, Any] = {"metrics": {"latencyMs": 9}}
@@ -54,14 +68,19 @@ def meter_over(chunks: list[bytes]) -> tuple[ConverseStreamMeter, EventStreamFra
 def test_usage_maps_cache_reads_writes_and_the_one_hour_split() -> None:
     assert converse_usage(USAGE) == EXPECTED
     assert converse_usage({"inputTokens": 5, "outputTokens": 2, "totalTokens": 7}) == Usage(
-        input_tokens=5, output_tokens=2)
+        input_tokens=5, output_tokens=2
+    )
     assert converse_usage({"inputTokens": 5}) is None
     assert converse_usage("nonsense") is None
     # A 1-hour detail larger than the writes reported is capped at them.
     odd = {**USAGE, "cacheDetails": [{"ttl": "1h", "inputTokens": 99}]}
-    assert converse_usage(odd) == Usage(input_tokens=42, output_tokens=3,
-                                        cached_input_tokens=20, cache_write_tokens=10,
-                                        cache_write_1h_tokens=10)
+    assert converse_usage(odd) == Usage(
+        input_tokens=42,
+        output_tokens=3,
+        cached_input_tokens=20,
+        cache_write_tokens=10,
+        cache_write_1h_tokens=10,
+    )
 
 
 def test_metadata_is_the_terminal_event_and_carries_the_usage() -> None:
@@ -79,10 +98,17 @@ def test_every_split_point_gives_the_same_usage() -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.data(), st.lists(st.text(min_size=1, max_size=8), max_size=12),
-       st.integers(0, 10**6), st.integers(0, 10**6))
+@given(
+    st.data(),
+    st.lists(st.text(min_size=1, max_size=8), max_size=12),
+    st.integers(0, 10**6),
+    st.integers(0, 10**6),
+)
 def test_any_chunking_gives_the_same_usage_and_bytes(
-    data: st.DataObject, words: list[str], uncached: int, output: int,
+    data: st.DataObject,
+    words: list[str],
+    uncached: int,
+    output: int,
 ) -> None:
     usage = {"inputTokens": uncached, "outputTokens": output, "totalTokens": uncached + output}
     whole = b"".join(stream(usage, tuple(words)))

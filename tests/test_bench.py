@@ -23,12 +23,23 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def bench(*args: str, database_url: str, redis_url: str) -> dict[str, Any]:
-    env = {**os.environ, "TOLLBOOTH_DATABASE_URL": database_url,
-           "TOLLBOOTH_REDIS_URL": redis_url}
+    env = {**os.environ, "TOLLBOOTH_DATABASE_URL": database_url, "TOLLBOOTH_REDIS_URL": redis_url}
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli.main", "bench", "--json", "--duration", "1",
-         "--warmup", "0.2", *args],
-        env=env, capture_output=True, timeout=220,
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli.main",
+            "bench",
+            "--json",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        timeout=220,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     report: dict[str, Any] = orjson.loads(done.stdout)
@@ -50,15 +61,24 @@ def assert_consistent(phase: dict[str, Any]) -> None:
 async def test_bench_counts_one_usage_event_per_request_in_every_scenario(
     fresh_database_url: str, redis_url: str
 ) -> None:
-    report = bench("--concurrency", "2", "--paced-concurrency", "1",
-                   database_url=fresh_database_url, redis_url=redis_url)
+    report = bench(
+        "--concurrency",
+        "2",
+        "--paced-concurrency",
+        "1",
+        database_url=fresh_database_url,
+        redis_url=redis_url,
+    )
 
     assert report["command"].startswith("tollbooth bench --json")
     assert report["machine"]["nproc"] >= 1 and report["machine"]["memory_gib"] > 0
     phases = report["phases"]
     shapes = {(p["scenario"], p["target"], p["concurrency"]) for p in phases}
-    assert shapes == {(s, t, c) for s, c in (("chat", 2), ("stream", 2), ("paced", 1))
-                      for t in ("gateway", "direct")}
+    assert shapes == {
+        (s, t, c)
+        for s, c in (("chat", 2), ("stream", 2), ("paced", 1))
+        for t in ("gateway", "direct")
+    }
     for phase in phases:
         assert_consistent(phase)
         if phase["target"] == "gateway":
@@ -75,14 +95,16 @@ async def test_bench_counts_one_usage_event_per_request_in_every_scenario(
     comparisons = report["comparisons"]
     assert len(comparisons) == 3
     for row in comparisons:
-        gateway = next(p for p in phases if p["target"] == "gateway"
-                       and p["scenario"] == row["scenario"])
-        direct = next(p for p in phases if p["target"] == "direct"
-                      and p["scenario"] == row["scenario"])
-        assert row["added_p50_ms"] == pytest.approx(gateway["p50_ms"] - direct["p50_ms"],
-                                                     abs=1e-3)
-        assert row["ratio_gateway_direct"] == pytest.approx(gateway["rps"] / direct["rps"],
-                                                            rel=1e-2)
+        gateway = next(
+            p for p in phases if p["target"] == "gateway" and p["scenario"] == row["scenario"]
+        )
+        direct = next(
+            p for p in phases if p["target"] == "direct" and p["scenario"] == row["scenario"]
+        )
+        assert row["added_p50_ms"] == pytest.approx(gateway["p50_ms"] - direct["p50_ms"], abs=1e-3)
+        assert row["ratio_gateway_direct"] == pytest.approx(
+            gateway["rps"] / direct["rps"], rel=1e-2
+        )
         assert row["events_written"] == row["requests_completed"] == gateway["completed"]
     events_target = next(t for t in report["targets"] if t["target"] == "events")
     assert events_target["met"] is True
@@ -91,14 +113,29 @@ async def test_bench_counts_one_usage_event_per_request_in_every_scenario(
 async def test_raw_upstream_and_two_workers_are_metered_alike(
     fresh_database_url: str, redis_url: str
 ) -> None:
-    report = bench("--upstream", "raw", "--scenarios", "chat,stream", "--concurrency", "4",
-                   "--compare-workers", "1,2", "--loadgen-procs", "2",
-                   database_url=fresh_database_url, redis_url=redis_url)
+    report = bench(
+        "--upstream",
+        "raw",
+        "--scenarios",
+        "chat,stream",
+        "--concurrency",
+        "4",
+        "--compare-workers",
+        "1,2",
+        "--loadgen-procs",
+        "2",
+        database_url=fresh_database_url,
+        redis_url=redis_url,
+    )
 
     phases = report["phases"]
     gateway = [p for p in phases if p["target"] == "gateway"]
     assert sorted((p["scenario"], p["workers"]) for p in gateway) == [
-        ("chat", 1), ("chat", 2), ("stream", 1), ("stream", 2)]
+        ("chat", 1),
+        ("chat", 2),
+        ("stream", 1),
+        ("stream", 2),
+    ]
     for phase in phases:
         assert_consistent(phase)
         assert phase["loadgen_procs"] == 2
@@ -111,30 +148,40 @@ def test_profile_summary_counts_self_and_cumulative_samples(tmp_path: Path) -> N
     # py-spy's `--format raw`: one stack per line, root first, then the sample count.
     raw = tmp_path / "profile.txt"
     raw.write_text(
-        "process 7:\"python -m gateway.cli.main serve\";run (gateway/cli/serve.py:50);"
+        'process 7:"python -m gateway.cli.main serve";run (gateway/cli/serve.py:50);'
         "handle (gateway/proxy.py:120);admit (gateway/quotas.py:80) 6\n"
-        "process 7:\"python -m gateway.cli.main serve\";run (gateway/cli/serve.py:50);"
+        'process 7:"python -m gateway.cli.main serve";run (gateway/cli/serve.py:50);'
         "handle (gateway/proxy.py:131) 3\n"
-        "process 7:\"python -m gateway.cli.main serve\";run (gateway/cli/serve.py:50);"
+        'process 7:"python -m gateway.cli.main serve";run (gateway/cli/serve.py:50);'
         "handle (gateway/proxy.py:120);handle (gateway/proxy.py:140) 1\n"
     )
 
     summary = summarize(raw)
 
     assert summary.samples == 10
-    assert summary.top_self(2) == [("admit (gateway/quotas.py)", 6, 60.0),
-                                   ("handle (gateway/proxy.py)", 4, 40.0)]
+    assert summary.top_self(2) == [
+        ("admit (gateway/quotas.py)", 6, 60.0),
+        ("handle (gateway/proxy.py)", 4, 40.0),
+    ]
     cumulative = dict((f, c) for f, c, _ in summary.top_cumulative(10))
-    assert cumulative == {"run (gateway/cli/serve.py)": 10, "handle (gateway/proxy.py)": 10,
-                          "admit (gateway/quotas.py)": 6}
+    assert cumulative == {
+        "run (gateway/cli/serve.py)": 10,
+        "handle (gateway/proxy.py)": 10,
+        "admit (gateway/quotas.py)": 6,
+    }
 
 
 def test_a_soak_is_reported_sample_by_sample() -> None:
     settings = BenchOptions(soak_s=60).to_json([])
-    report = BenchReport(command="tollbooth bench --soak 60", machine=machine_info(),
-                         settings=settings,
-                         soak=[{"elapsed_s": 0.0, "events": 0, "gateway_rss_mib": 187.6},
-                               {"elapsed_s": 60.0, "events": 58_123, "gateway_rss_mib": 188.9}])
+    report = BenchReport(
+        command="tollbooth bench --soak 60",
+        machine=machine_info(),
+        settings=settings,
+        soak=[
+            {"elapsed_s": 0.0, "events": 0, "gateway_rss_mib": 187.6},
+            {"elapsed_s": 60.0, "events": 58_123, "gateway_rss_mib": 188.9},
+        ],
+    )
     text = render_text(report)
     assert "soak: steady non-streaming chat" in text
     assert "         60         58,123            188.9" in text

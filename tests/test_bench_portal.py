@@ -10,9 +10,15 @@ import sys
 from gateway.bench.portal_report import percentile
 from gateway.bench.portal_run import with_database
 
-VIEWS = ("portal: month view (both pages)", "portal: overview page",
-         "portal: events, first page", "portal: events, deep page (cursor)",
-         "dashboard: all customers", "dashboard: system", "dashboard: customer drill-down")
+VIEWS = (
+    "portal: month view (both pages)",
+    "portal: overview page",
+    "portal: events, first page",
+    "portal: events, deep page (cursor)",
+    "dashboard: all customers",
+    "dashboard: system",
+    "dashboard: customer drill-down",
+)
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -24,19 +30,41 @@ def test_percentile_is_nearest_rank() -> None:
 
 
 def test_with_database_swaps_only_the_name() -> None:
-    assert with_database("postgresql://u:p@h:5432/db?sslmode=require", "x") == \
-        "postgresql://u:p@h:5432/x?sslmode=require"
-    assert with_database("postgresql://postgres:@/tollbooth?host=/tmp/pg", "x") == \
-        "postgresql://postgres:@/x?host=/tmp/pg"
+    assert (
+        with_database("postgresql://u:p@h:5432/db?sslmode=require", "x")
+        == "postgresql://u:p@h:5432/x?sslmode=require"
+    )
+    assert (
+        with_database("postgresql://postgres:@/tollbooth?host=/tmp/pg", "x")
+        == "postgresql://postgres:@/x?host=/tmp/pg"
+    )
 
 
 def test_small_run_prints_the_table_and_its_numbers_equal_the_rows(
-        postgres_url: str, redis_url: str) -> None:
+    postgres_url: str, redis_url: str
+) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli.main", "bench", "portal", "--events", "20000",
-         "--customers", "20", "--runs", "2", "--database-url", postgres_url,
-         "--redis-url", redis_url],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli.main",
+            "bench",
+            "portal",
+            "--events",
+            "20000",
+            "--customers",
+            "20",
+            "--runs",
+            "2",
+            "--database-url",
+            postgres_url,
+            "--redis-url",
+            redis_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert out.startswith("$ tollbooth bench portal --events 20000 --customers 20")

@@ -49,19 +49,26 @@ class Billing:
 
 
 def settings_yaml(fake_url: str, database_url: str) -> bytes:
-    return yaml.safe_dump({
-        "storage": {"database_url": database_url},
-        "providers": {"openai": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-        "tiers": {"free": {"limits": {}}, "pro": {"limits": {}}, "team": {"limits": {}}},
-        "billing": {"stripe": {
-            "api_key_env": "TB_TEST_STRIPE_KEY",
-            "api_base": fake_url,
-            "webhook_secret_env": "TB_TEST_STRIPE_WHSEC",
-            "portal_return_url": RETURN_URL,
-            "price_tiers": {"price_pro_monthly": "pro", "price_team_monthly": "team",
-                            "price_ghost": "enterprise"},
-        }},
-    }).encode()
+    return yaml.safe_dump(
+        {
+            "storage": {"database_url": database_url},
+            "providers": {"openai": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+            "tiers": {"free": {"limits": {}}, "pro": {"limits": {}}, "team": {"limits": {}}},
+            "billing": {
+                "stripe": {
+                    "api_key_env": "TB_TEST_STRIPE_KEY",
+                    "api_base": fake_url,
+                    "webhook_secret_env": "TB_TEST_STRIPE_WHSEC",
+                    "portal_return_url": RETURN_URL,
+                    "price_tiers": {
+                        "price_pro_monthly": "pro",
+                        "price_team_monthly": "team",
+                        "price_ghost": "enterprise",
+                    },
+                }
+            },
+        }
+    ).encode()
 
 
 def sign(payload: bytes, *, secret: str = WEBHOOK_SECRET, at: int | None = None) -> str:
@@ -72,16 +79,27 @@ def sign(payload: bytes, *, secret: str = WEBHOOK_SECRET, at: int | None = None)
 
 
 def event(event_type: str, obj: dict[str, Any], *, created: int | None = None) -> bytes:
-    return json.dumps({
-        "id": f"evt_{uuid.uuid4().hex[:24]}", "object": "event", "type": event_type,
-        "created": int(time.time()) if created is None else created, "livemode": False,
-        "api_version": "2025-04-30.basil", "data": {"object": obj},
-    }).encode()
+    return json.dumps(
+        {
+            "id": f"evt_{uuid.uuid4().hex[:24]}",
+            "object": "event",
+            "type": event_type,
+            "created": int(time.time()) if created is None else created,
+            "livemode": False,
+            "api_version": "2025-04-30.basil",
+            "data": {"object": obj},
+        }
+    ).encode()
 
 
 def subscription(customer: str, price: str, status: str = "active") -> dict[str, Any]:
-    return {"id": "sub_123", "object": "subscription", "customer": customer, "status": status,
-            "items": {"object": "list", "data": [{"id": "si_1", "price": {"id": price}}]}}
+    return {
+        "id": "sub_123",
+        "object": "subscription",
+        "customer": customer,
+        "status": status,
+        "items": {"object": "list", "data": [{"id": "si_1", "price": {"id": price}}]},
+    }
 
 
 @pytest.fixture
@@ -114,18 +132,23 @@ async def billing(
             await pool.close()
 
 
-async def post(url: str, *, body: bytes = b"", headers: dict[str, str] | None = None
-               ) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as session, session.post(
-        url, data=body, headers=headers or {}
-    ) as response:
+async def post(
+    url: str, *, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers=headers or {}) as response,
+    ):
         return response.status, await response.json()
 
 
-async def webhook(b: Billing, payload: bytes, signature: str | None = None
-                  ) -> tuple[int, dict[str, Any]]:
-    headers = {"Content-Type": "application/json",
-               "Stripe-Signature": sign(payload) if signature is None else signature}
+async def webhook(
+    b: Billing, payload: bytes, signature: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    headers = {
+        "Content-Type": "application/json",
+        "Stripe-Signature": sign(payload) if signature is None else signature,
+    }
     return await post(f"{b.url}/stripe/webhook", body=payload, headers=headers)
 
 
@@ -141,12 +164,16 @@ async def customer_row(b: Billing) -> asyncpg.Record:
 async def test_portal_returns_the_fake_stripe_session_url_for_the_key_customer(
     billing: Billing,
 ) -> None:
-    status, body = await post(f"{billing.url}/billing/portal",
-                              headers={"Authorization": f"Bearer {billing.key}"})
+    status, body = await post(
+        f"{billing.url}/billing/portal", headers={"Authorization": f"Bearer {billing.key}"}
+    )
     assert status == 200
     session = billing.fake.portal_sessions[-1]
-    assert body == {"object": "billing_portal.session", "url": session["url"],
-                    "return_url": RETURN_URL}
+    assert body == {
+        "object": "billing_portal.session",
+        "url": session["url"],
+        "return_url": RETURN_URL,
+    }
     assert session["customer"] == billing.stripe_customer_id
     assert session["return_url"] == RETURN_URL
 
@@ -166,8 +193,9 @@ async def test_portal_refuses_a_missing_key_and_an_unlinked_customer(billing: Bi
     status, body = await post(f"{billing.url}/billing/portal")
     assert status == 401 and body["error"]["code"] == "invalid_api_key"
     await billing.pool.execute("UPDATE customers SET stripe_customer_id = NULL")
-    status, body = await post(f"{billing.url}/billing/portal",
-                              headers={"Authorization": f"Bearer {billing.key}"})
+    status, body = await post(
+        f"{billing.url}/billing/portal", headers={"Authorization": f"Bearer {billing.key}"}
+    )
     assert status == 400 and body["error"]["code"] == "billing_account_missing"
     assert billing.fake.portal_sessions == []
 
@@ -176,22 +204,28 @@ async def test_portal_refuses_a_missing_key_and_an_unlinked_customer(billing: Bi
 
 
 async def test_good_signature_subscription_sets_the_tier_from_the_price(billing: Billing) -> None:
-    payload = event("customer.subscription.created",
-                    subscription(billing.stripe_customer_id, "price_pro_monthly"))
+    payload = event(
+        "customer.subscription.created",
+        subscription(billing.stripe_customer_id, "price_pro_monthly"),
+    )
     status, body = await webhook(billing, payload)
     assert (status, body["action"]) == (200, "tier")
     assert (await customer_row(billing))["tier"] == "pro"
 
-    deleted = event("customer.subscription.deleted",
-                    subscription(billing.stripe_customer_id, "price_pro_monthly", "canceled"))
+    deleted = event(
+        "customer.subscription.deleted",
+        subscription(billing.stripe_customer_id, "price_pro_monthly", "canceled"),
+    )
     status, body = await webhook(billing, deleted)
     assert (status, body["action"]) == (200, "tier")
     assert (await customer_row(billing))["tier"] == "free"  # the first tier
 
 
 async def test_bad_signature_is_refused_and_changes_nothing(billing: Billing) -> None:
-    payload = event("customer.subscription.created",
-                    subscription(billing.stripe_customer_id, "price_pro_monthly"))
+    payload = event(
+        "customer.subscription.created",
+        subscription(billing.stripe_customer_id, "price_pro_monthly"),
+    )
     for signature in (sign(payload, secret="whsec_wrong"), "t=1,v1=deadbeef", "garbage"):
         status, body = await webhook(billing, payload, signature)
         assert status == 400 and body["error"]["code"] == "invalid_signature"
@@ -205,14 +239,17 @@ async def test_bad_signature_is_refused_and_changes_nothing(billing: Billing) ->
 async def test_replayed_event_is_applied_once_and_a_stale_signature_is_refused(
     billing: Billing,
 ) -> None:
-    failed = event("invoice.payment_failed",
-                   {"id": "in_1", "object": "invoice", "customer": billing.stripe_customer_id},
-                   created=int(time.time()) - 60)
+    failed = event(
+        "invoice.payment_failed",
+        {"id": "in_1", "object": "invoice", "customer": billing.stripe_customer_id},
+        created=int(time.time()) - 60,
+    )
     failed_signature = sign(failed)
     assert (await webhook(billing, failed, failed_signature))[1]["action"] == "suspend"
     assert (await customer_row(billing))["suspended"] is True
-    paid = event("invoice.paid",
-                 {"id": "in_1", "object": "invoice", "customer": billing.stripe_customer_id})
+    paid = event(
+        "invoice.paid", {"id": "in_1", "object": "invoice", "customer": billing.stripe_customer_id}
+    )
     assert (await webhook(billing, paid))[1]["action"] == "unsuspend"
 
     status, body = await webhook(billing, failed, failed_signature)  # replayed delivery
@@ -220,8 +257,10 @@ async def test_replayed_event_is_applied_once_and_a_stale_signature_is_refused(
     assert (await customer_row(billing))["suspended"] is False
     assert await billing.pool.fetchval("SELECT count(*) FROM stripe_webhook_events") == 2
 
-    replay = event("invoice.payment_failed",
-                   {"id": "in_2", "object": "invoice", "customer": billing.stripe_customer_id})
+    replay = event(
+        "invoice.payment_failed",
+        {"id": "in_2", "object": "invoice", "customer": billing.stripe_customer_id},
+    )
     status, _ = await webhook(billing, replay, sign(replay, at=int(time.time()) - 3600))
     assert status == 400  # outside the 300 s tolerance
     assert (await customer_row(billing))["suspended"] is False
@@ -229,10 +268,16 @@ async def test_replayed_event_is_applied_once_and_a_stale_signature_is_refused(
 
 async def test_an_older_event_arriving_late_is_recorded_not_applied(billing: Billing) -> None:
     now = int(time.time())
-    newer = event("customer.subscription.updated",
-                  subscription(billing.stripe_customer_id, "price_team_monthly"), created=now)
-    older = event("customer.subscription.updated",
-                  subscription(billing.stripe_customer_id, "price_pro_monthly"), created=now - 30)
+    newer = event(
+        "customer.subscription.updated",
+        subscription(billing.stripe_customer_id, "price_team_monthly"),
+        created=now,
+    )
+    older = event(
+        "customer.subscription.updated",
+        subscription(billing.stripe_customer_id, "price_pro_monthly"),
+        created=now - 30,
+    )
     assert (await webhook(billing, newer))[1]["action"] == "tier"
     assert (await webhook(billing, older))[1]["action"] == "stale"
     assert (await customer_row(billing))["tier"] == "team"
@@ -241,8 +286,9 @@ async def test_an_older_event_arriving_late_is_recorded_not_applied(billing: Bil
 async def test_a_price_mapped_to_an_unconfigured_tier_is_left_for_redelivery(
     billing: Billing,
 ) -> None:
-    payload = event("customer.subscription.created",
-                    subscription(billing.stripe_customer_id, "price_ghost"))
+    payload = event(
+        "customer.subscription.created", subscription(billing.stripe_customer_id, "price_ghost")
+    )
     status, _ = await webhook(billing, payload)
     assert status == 503
     assert await billing.pool.fetchval("SELECT count(*) FROM stripe_webhook_events") == 0
@@ -254,10 +300,14 @@ async def test_payment_failure_makes_the_gateway_answer_402_until_invoice_paid(
 ) -> None:
     async with running_gateway(fresh_database_url, redis_url, monkeypatch) as gateway:
         stripe_id = billing.fake.add_customer("Gateway customer")
-        await billing.pool.execute("UPDATE customers SET stripe_customer_id = $1 WHERE id = $2",
-                                   stripe_id, gateway.customer_id)
-        client = openai.AsyncOpenAI(api_key=gateway.key, base_url=gateway.openai_base_url,
-                                    max_retries=0)
+        await billing.pool.execute(
+            "UPDATE customers SET stripe_customer_id = $1 WHERE id = $2",
+            stripe_id,
+            gateway.customer_id,
+        )
+        client = openai.AsyncOpenAI(
+            api_key=gateway.key, base_url=gateway.openai_base_url, max_retries=0
+        )
         messages: Any = [{"role": "user", "content": "hi"}]
         await client.chat.completions.create(model="gpt-4o-mini", messages=messages)
 

@@ -39,7 +39,11 @@ class Cli:
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "gateway.cli.main", *args],
-            cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=120,
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     def ok(self, *args: str) -> str:
@@ -80,8 +84,17 @@ def test_migrate_then_nothing_left(cli: Cli) -> None:
 
 
 def test_customers_and_keys(cli: Cli, fresh_database_url: str) -> None:
-    cli.ok("customers", "create", "acme", "--name", "Acme", "--email", "ops@acme.test",
-           "--stripe-customer", "cus_123")
+    cli.ok(
+        "customers",
+        "create",
+        "acme",
+        "--name",
+        "Acme",
+        "--email",
+        "ops@acme.test",
+        "--stripe-customer",
+        "cus_123",
+    )
     cli.ok("customers", "create", "beta")  # default tier: the first in config.yaml
     duplicate = cli("customers", "create", "acme")
     assert duplicate.returncode == 1
@@ -98,8 +111,9 @@ def test_customers_and_keys(cli: Cli, fresh_database_url: str) -> None:
     assert customers[0]["stripe_customer_id"] == "cus_123"
     assert "acme" in cli.ok("customers", "list")
 
-    out = cli.ok("keys", "create", "--customer", "acme", "--project", "web", "--user", "u1",
-                 "--name", "ci")
+    out = cli.ok(
+        "keys", "create", "--customer", "acme", "--project", "web", "--user", "u1", "--name", "ci"
+    )
     lines = out.rstrip("\n").split("\n")
     key = lines[-1]
     assert re.fullmatch(r"tb_[A-Za-z0-9_-]{32,}", key)
@@ -108,7 +122,10 @@ def test_customers_and_keys(cli: Cli, fresh_database_url: str) -> None:
     principal = run_db(fresh_database_url, lambda pool: AccountStore(pool).lookup_key(key))
     assert principal is not None
     assert (principal.customer_id, principal.project_id, principal.user_id, principal.tier) == (
-        "acme", "web", "u1", "pro"
+        "acme",
+        "web",
+        "u1",
+        "pro",
     )
 
     listed_text = cli.ok("keys", "list", "--format", "json")
@@ -117,7 +134,10 @@ def test_customers_and_keys(cli: Cli, fresh_database_url: str) -> None:
     assert listed["id"] == principal.key_id
     assert listed["prefix"] == key[:11]
     assert (listed["customer_id"], listed["project_id"], listed["user_id"], listed["name"]) == (
-        "acme", "web", "u1", "ci"
+        "acme",
+        "web",
+        "u1",
+        "ci",
     )
     assert listed["revoked_at"] is None
     assert key[3:] not in cli.ok("keys", "list")
@@ -154,7 +174,14 @@ async def _insert_usage(pool: asyncpg.Pool) -> None:
             VALUES ($1, $2, $3, 'key_0123456789abcdef', 'pro', 'openai', $4,
                 '/v1/chat/completions', 200, true, $5, $6, 'provider', $7, $8, 5)
             """,
-            uuid.uuid4(), at, customer, model, inp, out, Decimal(cost), Decimal(price),
+            uuid.uuid4(),
+            at,
+            customer,
+            model,
+            inp,
+            out,
+            Decimal(cost),
+            Decimal(price),
         )
 
 
@@ -165,20 +192,49 @@ def test_usage_summary_reports_the_inserted_rows(
     run_db(fresh_database_url, _insert_usage)
 
     body = json.loads(cli.ok("usage", "summary", "--customer", "acme", "--format", "json"))
-    assert {k: body[k] for k in ("customer_id", "period_days", "requests", "input_tokens",
-                                 "output_tokens", "cost_usd", "price_usd")} == {
-        "customer_id": "acme", "period_days": 30, "requests": 3, "input_tokens": 250,
-        "output_tokens": 60, "cost_usd": "0.252", "price_usd": "0.3024",
+    assert {
+        k: body[k]
+        for k in (
+            "customer_id",
+            "period_days",
+            "requests",
+            "input_tokens",
+            "output_tokens",
+            "cost_usd",
+            "price_usd",
+        )
+    } == {
+        "customer_id": "acme",
+        "period_days": 30,
+        "requests": 3,
+        "input_tokens": 250,
+        "output_tokens": 60,
+        "cost_usd": "0.252",
+        "price_usd": "0.3024",
     }
     assert [
-        {k: m[k] for k in ("model", "requests", "input_tokens", "output_tokens", "cost_usd",
-                           "price_usd")}
+        {
+            k: m[k]
+            for k in ("model", "requests", "input_tokens", "output_tokens", "cost_usd", "price_usd")
+        }
         for m in body["by_model"]
     ] == [
-        {"model": "claude-x", "requests": 1, "input_tokens": 50, "output_tokens": 10,
-         "cost_usd": "0.25", "price_usd": "0.3"},
-        {"model": "gpt-4o", "requests": 2, "input_tokens": 200, "output_tokens": 50,
-         "cost_usd": "0.002", "price_usd": "0.0024"},
+        {
+            "model": "claude-x",
+            "requests": 1,
+            "input_tokens": 50,
+            "output_tokens": 10,
+            "cost_usd": "0.25",
+            "price_usd": "0.3",
+        },
+        {
+            "model": "gpt-4o",
+            "requests": 2,
+            "input_tokens": 200,
+            "output_tokens": 50,
+            "cost_usd": "0.002",
+            "price_usd": "0.0024",
+        },
     ]
 
     everyone = json.loads(cli.ok("usage", "summary", "--days", "1", "--format", "json"))
@@ -186,11 +242,13 @@ def test_usage_summary_reports_the_inserted_rows(
     assert everyone["price_usd"] == "1.50144"
 
     report = tmp_path / "usage.csv"
-    assert cli.ok("usage", "summary", "--customer", "acme", "--format", "csv",
-                  "-o", str(report)) == ""
+    assert (
+        cli.ok("usage", "summary", "--customer", "acme", "--format", "csv", "-o", str(report)) == ""
+    )
     rows = list(csv.DictReader(io.StringIO(report.read_text())))
     assert [(r["model"], r["requests"], r["price_usd"]) for r in rows] == [
-        ("claude-x", "1", "0.3"), ("gpt-4o", "2", "0.0024")
+        ("claude-x", "1", "0.3"),
+        ("gpt-4o", "2", "0.0024"),
     ]
     table = cli.ok("usage", "summary", "--customer", "acme")
     assert "gpt-4o" in table and "TOTAL" in table and "0.3024" in table

@@ -70,8 +70,14 @@ class Cli:
         return [sys.executable, "-c", RUNNER, *args, "--config", str(self.workdir / "c.yaml")]
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.command(*args), cwd=self.workdir, env=self.env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            self.command(*args),
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     def json(self, *args: str, code: int = 0) -> Any:
         done = self(*args, "--format", "json")
@@ -98,12 +104,20 @@ class Cli:
             VALUES ($1, $2, $3, 'key_0000000000000000', 'free', 'openai', 'gpt-4o-mini',
                 'chat_completions', 200, false, $4, 10, 'provider', $5, $5, 5)
             """,
-            uuid.uuid4(), at, customer_id, input_tokens, Decimal("0.00012345"),
+            uuid.uuid4(),
+            at,
+            customer_id,
+            input_tokens,
+            Decimal("0.00012345"),
         )
 
 
-def write_config(path: Path, database_url: str, redis_url: str, stripe: dict[str, Any] | None,
-                 ) -> None:
+def write_config(
+    path: Path,
+    database_url: str,
+    redis_url: str,
+    stripe: dict[str, Any] | None,
+) -> None:
     config: dict[str, Any] = {
         "storage": {"database_url": database_url, "redis_url": redis_url},
         "providers": {"openai": {"kind": "openai", "base_url": "https://api.openai.com/v1"}},
@@ -116,10 +130,16 @@ def write_config(path: Path, database_url: str, redis_url: str, stripe: dict[str
 
 @pytest.fixture
 def cli(tmp_path: Path, fresh_database_url: str, redis_url: str, fake: FakeStripe) -> Cli:
-    write_config(tmp_path / "c.yaml", fresh_database_url, redis_url,
-                 {"api_base": fake.url, "max_retries": 0,
-                  "meters": {"input_tokens": "tollbooth_input_tokens",
-                             "requests": "tollbooth_requests"}})
+    write_config(
+        tmp_path / "c.yaml",
+        fresh_database_url,
+        redis_url,
+        {
+            "api_base": fake.url,
+            "max_retries": 0,
+            "meters": {"input_tokens": "tollbooth_input_tokens", "requests": "tollbooth_requests"},
+        },
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLBOOTH_")}
     env["TB_TEST_STRIPE_KEY"] = API_KEY
     return Cli(tmp_path, env, fresh_database_url)
@@ -127,8 +147,11 @@ def cli(tmp_path: Path, fresh_database_url: str, redis_url: str, fake: FakeStrip
 
 def seed(cli: Cli, fake: FakeStripe) -> str:
     stripe_id = fake.add_customer("Acme")
-    cli.sql("INSERT INTO customers (id, tier, stripe_customer_id) VALUES ('acme', 'free', $1),"
-            " ('nolink', 'free', NULL)", stripe_id)
+    cli.sql(
+        "INSERT INTO customers (id, tier, stripe_customer_id) VALUES ('acme', 'free', $1),"
+        " ('nolink', 'free', NULL)",
+        stripe_id,
+    )
     for minutes in (1, 30, 59):
         cli.add_event("acme", WINDOW + timedelta(minutes=minutes))
     cli.add_event("nolink", WINDOW)
@@ -140,8 +163,10 @@ def test_sync_twice_sends_each_identifier_once(cli: Cli, fake: FakeStripe) -> No
     first = cli.json("billing", "sync")
     assert (first["ok"], first["sent"], first["failed"], first["pending"]) == (True, 2, [], [])
     assert first["missing_stripe_customer"] == [{"customer_id": "nolink", "windows": 1}]
-    assert fake.totals() == {(stripe_id, "tollbooth_input_tokens"): 300,
-                             (stripe_id, "tollbooth_requests"): 3}
+    assert fake.totals() == {
+        (stripe_id, "tollbooth_input_tokens"): 300,
+        (stripe_id, "tollbooth_requests"): 3,
+    }
 
     second = cli.json("billing", "sync")
     assert second["ok"] and second["sent"] == 0
@@ -160,9 +185,7 @@ def test_sync_dry_run_lists_and_sends_nothing(cli: Cli, fake: FakeStripe) -> Non
     assert cli.sql("SELECT count(*) AS n FROM billing_sync")[0]["n"] == 0
 
 
-def test_sync_exits_1_and_keeps_rows_pending_while_stripe_fails(
-    cli: Cli, fake: FakeStripe
-) -> None:
+def test_sync_exits_1_and_keeps_rows_pending_while_stripe_fails(cli: Cli, fake: FakeStripe) -> None:
     seed(cli, fake)
     fake.fail_next(503, count=5)
     report = cli.json("billing", "sync", code=1)
@@ -173,9 +196,14 @@ def test_sync_exits_1_and_keeps_rows_pending_while_stripe_fails(
 
 def test_sync_every_repeats_until_sigterm(cli: Cli, fake: FakeStripe) -> None:
     stripe_id = seed(cli, fake)
-    process = subprocess.Popen(cli.command("billing", "sync", "--every", "1s"), cwd=cli.workdir,
-                               env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        cli.command("billing", "sync", "--every", "1s"),
+        cwd=cli.workdir,
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_until(lambda: len(fake.meter_events) == 2)
         cli.add_event("acme", WINDOW + timedelta(minutes=45), input_tokens=7)  # late event
@@ -208,8 +236,16 @@ def test_reconcile_compares_ours_sent_and_stripe(cli: Cli, fake: FakeStripe) -> 
 
 
 def test_customers_create_in_stripe_stores_the_new_stripe_id(cli: Cli, fake: FakeStripe) -> None:
-    done = cli("customers", "create", "acme", "--name", "Acme", "--email", "ops@acme.test",
-               "--create-in-stripe")
+    done = cli(
+        "customers",
+        "create",
+        "acme",
+        "--name",
+        "Acme",
+        "--email",
+        "ops@acme.test",
+        "--create-in-stripe",
+    )
     assert done.returncode == 0, done.stderr
     stored = cli.sql("SELECT stripe_customer_id FROM customers WHERE id = 'acme'")[0][0]
     assert stored in fake.customers and stored in done.stdout

@@ -56,7 +56,11 @@ class Cli:
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "gateway.cli.main", *args],
-            cwd=self.workdir, env=self.env, capture_output=True, text=True, timeout=120,
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     def ok(self, *args: str) -> str:
@@ -95,9 +99,17 @@ def insert_events(url: str, events: list[dict[str, Any]]) -> None:
                 VALUES ($1, $2, $3, 'key_0123456789abcdef', $4, 'openai', $5, 'chat', $6,
                     false, $7, $8, 'provider', $9, $10, 'old+1', $11)
                 """,
-                uuid.uuid4(), e["at"], e["customer"], e.get("tier", "pro"), e["model"],
-                e.get("status", 200), e["input"], e.get("output", 0), e.get("cost"),
-                e.get("price"), e.get("latency_ms", 0),
+                uuid.uuid4(),
+                e["at"],
+                e["customer"],
+                e.get("tier", "pro"),
+                e["model"],
+                e.get("status", 200),
+                e["input"],
+                e.get("output", 0),
+                e.get("cost"),
+                e.get("price"),
+                e.get("latency_ms", 0),
             )
 
     run_db(url, work)
@@ -123,7 +135,9 @@ def test_show_resolves_a_snapshot_and_lists_its_periods_and_rates(cli: Cli) -> N
     body = json.loads(cli.ok("pricing", "show", "o3-2025-04-16", "--format", "json"))
     assert (body["requested"], body["model"]) == ("o3-2025-04-16", "o3")
     assert [p["effective_from"] for p in body["periods"]] == [
-        "2025-04-16T00:00:00+00:00", "2025-06-10T00:00:00+00:00"]
+        "2025-04-16T00:00:00+00:00",
+        "2025-06-10T00:00:00+00:00",
+    ]
     rates = {r["scope"]: r for r in body["rates"]}
     assert rates["global"]["per_request_usd"] == "1"
     assert rates["tier pro"]["per_request_usd"] == "0"
@@ -145,14 +159,15 @@ def test_check_passes_a_good_config_and_warns_about_double_billing(cli: Cli) -> 
 @pytest.mark.parametrize(
     ("replace", "by", "expected"),
     [
-        ('llama-70b: {provider: vllm, ', "llama-70b: {", "add provider"),
+        ("llama-70b: {provider: vllm, ", "llama-70b: {", "add provider"),
         ('gpt-4o: {input_per_mtok: "2.00"}', "gpt-4o: {input_per_mtok: 2.00}", "got the float"),
         ('overage: {requests: "1.00"}', 'overage: {requestz: "1.00"}', "requestz"),
         ("acme: {markup", '"ac me": {markup', "can never match a customer id"),
     ],
 )
-def test_check_fails_a_bad_config_with_a_clear_error(cli: Cli, replace: str, by: str,
-                                                     expected: str) -> None:
+def test_check_fails_a_bad_config_with_a_clear_error(
+    cli: Cli, replace: str, by: str, expected: str
+) -> None:
     config = cli.workdir / "config.yaml"
     assert replace in CONFIG
     config.write_text(CONFIG.replace(replace, by))
@@ -167,20 +182,44 @@ def test_rerate_prints_per_customer_differences_and_is_idempotent(
 ) -> None:
     cli.ok("migrate")
     at = datetime(2026, 10, 5, tzinfo=UTC)
-    insert_events(fresh_database_url, [
-        # acme on pro: 1M input x 2.00 (override) = 2; x 1.10 (acme) + 0 fee (pro) = 2.2
-        {"customer": "acme", "model": "gpt-4o", "input": 1_000_000, "at": at,
-         "cost": D("2.5"), "price": D("3")},
-        # bob on free, unpriced before: 1M x 0.50 = 0.5; x 1.2 + 1.00 + 1 min x 0.01 = 1.61
-        {"customer": "bob", "tier": "free", "model": "llama-70b", "input": 1_000_000, "at": at,
-         "latency_ms": 60_000},
-        {"customer": "bob", "model": "gpt-4o", "input": 5, "at": datetime(2026, 9, 1, tzinfo=UTC)},
-    ])
-    dry = json.loads(cli.ok("pricing", "rerate", "--since", "2026-10-01", "--dry-run",
-                            "--format", "json"))
+    insert_events(
+        fresh_database_url,
+        [
+            # acme on pro: 1M input x 2.00 (override) = 2; x 1.10 (acme) + 0 fee (pro) = 2.2
+            {
+                "customer": "acme",
+                "model": "gpt-4o",
+                "input": 1_000_000,
+                "at": at,
+                "cost": D("2.5"),
+                "price": D("3"),
+            },
+            # bob on free, unpriced before: 1M x 0.50 = 0.5; x 1.2 + 1.00 + 1 min x 0.01 = 1.61
+            {
+                "customer": "bob",
+                "tier": "free",
+                "model": "llama-70b",
+                "input": 1_000_000,
+                "at": at,
+                "latency_ms": 60_000,
+            },
+            {
+                "customer": "bob",
+                "model": "gpt-4o",
+                "input": 5,
+                "at": datetime(2026, 9, 1, tzinfo=UTC),
+            },
+        ],
+    )
+    dry = json.loads(
+        cli.ok("pricing", "rerate", "--since", "2026-10-01", "--dry-run", "--format", "json")
+    )
     assert dry["dry_run"] is True and dry["events_changed"] == 2
-    real = json.loads(cli.ok("pricing", "rerate", "--since", "2026-10-01", "--format", "json",
-                             "--batch-size", "1"))
+    real = json.loads(
+        cli.ok(
+            "pricing", "rerate", "--since", "2026-10-01", "--format", "json", "--batch-size", "1"
+        )
+    )
     customers = {c["customer_id"]: c for c in real["customers"]}
     assert (customers["acme"]["price_after"], customers["acme"]["price_delta"]) == ("2.2", "-0.8")
     assert customers["bob"]["newly_priced"] == 1
@@ -198,20 +237,34 @@ def test_rerate_prints_per_customer_differences_and_is_idempotent(
 def test_invoice_of_a_pro_customer_from_stored_events(cli: Cli, fresh_database_url: str) -> None:
     cli.ok("customers", "create", "acme", "--tier", "pro")
     at = datetime(2026, 10, 9, 8, tzinfo=UTC)
-    events = [{"customer": "acme", "model": "gpt-4o", "input": 1, "at": at,
-               "price": D("0.0123456789")} for _ in range(103)]
-    events.append({"customer": "acme", "model": "gpt-4o", "input": 1, "at": at,
-                   "status": 502, "price": D(0)})
-    events.append({"customer": "acme", "model": "gpt-4o", "input": 1, "price": D(100),
-                   "at": datetime(2026, 11, 1, tzinfo=UTC)})  # November
+    events = [
+        {"customer": "acme", "model": "gpt-4o", "input": 1, "at": at, "price": D("0.0123456789")}
+        for _ in range(103)
+    ]
+    events.append(
+        {"customer": "acme", "model": "gpt-4o", "input": 1, "at": at, "status": 502, "price": D(0)}
+    )
+    events.append(
+        {
+            "customer": "acme",
+            "model": "gpt-4o",
+            "input": 1,
+            "price": D(100),
+            "at": datetime(2026, 11, 1, tzinfo=UTC),
+        }
+    )  # November
     insert_events(fresh_database_url, events)
 
-    body = json.loads(cli.ok("billing", "invoice", "--customer", "acme", "--month", "2026-10",
-                             "--format", "json"))
+    body = json.loads(
+        cli.ok("billing", "invoice", "--customer", "acme", "--month", "2026-10", "--format", "json")
+    )
     # base 29.00; 103 tasks - 100 included = 3 x 1.00; usage 103 x 0.0123456789 = 1.2716049267
     # -> 1.27. Subtotal 33.27; tax 8% = 2.6616 -> 2.66; total 35.93.
     assert [(line["kind"], line["amount"]) for line in body["lines"]] == [
-        ("base_fee", "29.00"), ("metered", "3.00"), ("usage", "1.27")]
+        ("base_fee", "29.00"),
+        ("metered", "3.00"),
+        ("usage", "1.27"),
+    ]
     assert body["lines"][1]["quantity"] == "103"
     assert (body["subtotal"], body["tax"], body["total"]) == ("33.27", "2.66", "35.93")
     assert (body["plan"], body["currency"], body["failed_requests"]) == ("pro", "usd", 1)
@@ -228,9 +281,14 @@ def test_invoice_refuses_unknown_customers_and_bad_months(cli: Cli) -> None:
 
 def test_list_without_a_config_file_shows_the_catalog_alone(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLBOOTH_")}
-    done = subprocess.run([sys.executable, "-m", "gateway.cli.main", "pricing", "list",
-                           "--format", "json"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli.main", "pricing", "list", "--format", "json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "catalog alone" in done.stderr
     models = {m["model"]: m for m in json.loads(done.stdout)}

@@ -34,10 +34,14 @@ def base_env() -> dict[str, str]:
 
 
 def write_config(path: Path, providers: dict[str, Any]) -> None:
-    path.write_text(yaml.safe_dump({
-        "providers": providers,
-        "tiers": {"free": {"limits": {"requests_per_minute": 20}}},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "providers": providers,
+                "tiers": {"free": {"limits": {"requests_per_minute": 20}}},
+            }
+        )
+    )
 
 
 def openai_provider(variable: str) -> dict[str, str]:
@@ -48,18 +52,34 @@ def openai_provider(variable: str) -> dict[str, str]:
 def serving(config: Path, port: int, env: dict[str, str]) -> Iterator[list[str]]:
     """`tollbooth serve` until it listens; yields its output lines (stdout and stderr)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli.main", "serve", "--config", str(config),
-         "--port", str(port)],
-        cwd=config.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli.main",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+        ],
+        cwd=config.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: list[str] = []
     assert proc.stdout is not None
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
-                              daemon=True)  # type: ignore[union-attr]
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True
+    )  # type: ignore[union-attr]
     reader.start()
     try:
-        wait_for(lambda: any("listening on" in line for line in lines) or proc.poll() is not None,
-                 "serve listening", lines)
+        wait_for(
+            lambda: any("listening on" in line for line in lines) or proc.poll() is not None,
+            "serve listening",
+            lines,
+        )
         assert proc.poll() is None, "".join(lines)
         yield lines
     finally:
@@ -93,9 +113,21 @@ def test_serve_on_a_port_in_use_says_so_in_one_line_and_starts_nothing(tmp_path:
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "gateway.cli.main", "serve", "--config", str(config),
-             "--port", str(port)],
-            cwd=tmp_path, env=base_env(), capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli.main",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+            ],
+            cwd=tmp_path,
+            env=base_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     assert done.returncode == 1
     assert done.stderr == (
@@ -111,10 +143,15 @@ def test_an_unset_provider_key_is_warned_at_start_shown_in_health_and_rechecked_
     tmp_path: Path, fresh_database_url: str, redis_url: str
 ) -> None:
     config = tmp_path / "local.yaml"
-    write_config(config, {"openai": openai_provider("TB_UNSET_OPENAI_KEY"),
-                          "backup": openai_provider("TB_SET_KEY")})
-    env = base_env() | {"TOLLBOOTH_DATABASE_URL": fresh_database_url,
-                        "TOLLBOOTH_REDIS_URL": redis_url, "TB_SET_KEY": SECRET}
+    write_config(
+        config,
+        {"openai": openai_provider("TB_UNSET_OPENAI_KEY"), "backup": openai_provider("TB_SET_KEY")},
+    )
+    env = base_env() | {
+        "TOLLBOOTH_DATABASE_URL": fresh_database_url,
+        "TOLLBOOTH_REDIS_URL": redis_url,
+        "TB_SET_KEY": SECRET,
+    }
     env.pop("TB_UNSET_OPENAI_KEY", None)
     env.pop("TB_UNSET_AGAIN", None)
     port = free_port()

@@ -29,7 +29,11 @@ tiers: [
 def tollbooth(workdir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli.main", *args],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=120,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -64,7 +68,8 @@ def test_an_unknown_tier_names_the_config_file_given(
 ) -> None:
     (tmp_path / "local.yaml").write_text(CONFIG)
     env = base_env() | {
-        "TOLLBOOTH_DATABASE_URL": fresh_database_url, "TOLLBOOTH_REDIS_URL": redis_url,
+        "TOLLBOOTH_DATABASE_URL": fresh_database_url,
+        "TOLLBOOTH_REDIS_URL": redis_url,
     }
     done = tollbooth(
         tmp_path, env, "customers", "create", "acme", "--tier", "gold", "--config", "local.yaml"

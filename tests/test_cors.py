@@ -26,14 +26,23 @@ from tests.harness import Gateway, gateway_config, running_gateway
 
 APP = "https://app.example.com"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
-MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 16,
-           "messages": [{"role": "user", "content": "hello there"}]}
-PREFLIGHT = {"Origin": APP, "Access-Control-Request-Method": "POST",
-             "Access-Control-Request-Headers":
-                 "authorization, content-type, x-stainless-os, openai-organization, "
-                 "anthropic-dangerous-direct-browser-access, x-api-key, x-evil"}
-ECHOED = ("authorization, content-type, x-stainless-os, openai-organization, "
-          "anthropic-dangerous-direct-browser-access, x-api-key")
+MESSAGE = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 16,
+    "messages": [{"role": "user", "content": "hello there"}],
+}
+PREFLIGHT = {
+    "Origin": APP,
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": (
+        "authorization, content-type, x-stainless-os, openai-organization, "
+        "anthropic-dangerous-direct-browser-access, x-api-key, x-evil"
+    ),
+}
+ECHOED = (
+    "authorization, content-type, x-stainless-os, openai-organization, "
+    "anthropic-dangerous-direct-browser-access, x-api-key"
+)
 TIERS = {"free": {"limits": {}}, "tiny": {"limits": {"requests_per_minute": 1}}}
 
 
@@ -42,8 +51,11 @@ def served_by_aiohttp(response: aiohttp.ClientResponse) -> bool:
 
 
 def cors_of(response: aiohttp.ClientResponse) -> dict[str, str]:
-    return {name.lower(): value for name, value in response.headers.items()
-            if name.lower().startswith("access-control-")}
+    return {
+        name.lower(): value
+        for name, value in response.headers.items()
+        if name.lower().startswith("access-control-")
+    }
 
 
 async def chunks(data: bytes) -> AsyncIterator[bytes]:
@@ -51,21 +63,35 @@ async def chunks(data: bytes) -> AsyncIterator[bytes]:
 
 
 def headers_for(key: str, origin: str | None = APP) -> dict[str, str]:
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
-               "anthropic-version": "2023-06-01"}
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Content-Type": "application/json",
+        "anthropic-version": "2023-06-01",
+    }
     if origin is not None:
         headers["Origin"] = origin
     return headers
 
 
-async def post(gw: Gateway, path: str, body: dict[str, Any], *, key: str | None = None,
-               origin: str | None = APP, chunked: bool = False) -> tuple[
-                   aiohttp.ClientResponse, bytes]:
+async def post(
+    gw: Gateway,
+    path: str,
+    body: dict[str, Any],
+    *,
+    key: str | None = None,
+    origin: str | None = APP,
+    chunked: bool = False,
+) -> tuple[aiohttp.ClientResponse, bytes]:
     """One request on a new connection (so it starts at the front)."""
     data = orjson.dumps(body)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s, \
-            s.post(gw.base_url + path, data=chunks(data) if chunked else data,
-                   headers=headers_for(key or gw.key, origin)) as response:
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s,
+        s.post(
+            gw.base_url + path,
+            data=chunks(data) if chunked else data,
+            headers=headers_for(key or gw.key, origin),
+        ) as response,
+    ):
         return response, await response.read()
 
 
@@ -73,18 +99,26 @@ def assert_actual_cors(response: aiohttp.ClientResponse, label: str) -> None:
     cors = cors_of(response)
     assert cors.get("access-control-allow-origin") == APP, (label, cors)
     exposed = {name.strip() for name in cors["access-control-expose-headers"].split(",")}
-    assert {"x-request-id", "retry-after", "retry-after-ms", "x-should-retry",
-            "x-ratelimit-remaining-requests", "x-ratelimit-reset-tokens"} <= exposed, label
+    assert {
+        "x-request-id",
+        "retry-after",
+        "retry-after-ms",
+        "x-should-retry",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-tokens",
+    } <= exposed, label
     assert "Origin" in response.headers.getall("Vary", []), label
     assert "access-control-allow-credentials" not in cors, label
 
 
 @pytest.fixture
-async def gw(fresh_database_url: str, redis_url: str,
-             monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Gateway]:
+async def gw(
+    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Gateway]:
     server = {"host": "127.0.0.1", "port": 0, "disconnect_drain_s": 5, "cors_origins": [APP]}
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch, tiers=TIERS,
-                               extra_config={"server": server}) as gateway:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, tiers=TIERS, extra_config={"server": server}
+    ) as gateway:
         yield gateway
 
 
@@ -92,8 +126,13 @@ async def test_preflights_are_answered_by_both_servers_without_a_key(gw: Gateway
     connector = aiohttp.TCPConnector(limit=1)  # one kept-alive connection, reused in turn
     async with aiohttp.ClientSession(connector=connector) as session:
         answers = []
-        for path in ("/v1/chat/completions", "/v1/v1/messages", "/v1/models",
-                     "/usage/summary", "/v1/messages"):
+        for path in (
+            "/v1/chat/completions",
+            "/v1/v1/messages",
+            "/v1/models",
+            "/usage/summary",
+            "/v1/messages",
+        ):
             async with session.options(gw.base_url + path, headers=PREFLIGHT) as response:
                 assert await response.read() == b""
                 answers.append((path, response))
@@ -128,9 +167,11 @@ async def test_a_preflight_from_another_origin_is_refused_with_no_cors_header(
     evil = {**PREFLIGHT, "Origin": "https://evil.example.net"}
     null = {**PREFLIGHT, "Origin": "null"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
-        for path, headers, anthropic in (("/v1/chat/completions", evil, False),
-                                         ("/v1/messages", null, True),
-                                         ("/v1/models", evil, False)):
+        for path, headers, anthropic in (
+            ("/v1/chat/completions", evil, False),
+            ("/v1/messages", null, True),
+            ("/v1/models", evil, False),
+        ):
             async with s.options(gw.base_url + path, headers=headers) as response:
                 body = orjson.loads(await response.read())
                 assert response.status == 403, path
@@ -138,8 +179,9 @@ async def test_a_preflight_from_another_origin_is_refused_with_no_cors_header(
                 assert (body.get("type") == "error") is anthropic, path
                 assert served_by_aiohttp(response) is (path == "/v1/models"), path
         # From another origin an actual request is served, without CORS headers.
-        response, _ = await post(gw, "/v1/chat/completions", CHAT,
-                                 origin="https://evil.example.net")
+        response, _ = await post(
+            gw, "/v1/chat/completions", CHAT, origin="https://evil.example.net"
+        )
         assert response.status == 200 and cors_of(response) == {}
         response, _ = await post(gw, "/v1/chat/completions", CHAT, origin=None)
         assert response.status == 200 and cors_of(response) == {}
@@ -175,8 +217,7 @@ async def test_actual_responses_carry_cors_headers_from_both_servers(gw: Gateway
             if status == 429:
                 assert "retry-after" in response.headers
     async with aiohttp.ClientSession() as session:
-        for path, covered in (("/v1/models", True), ("/usage/summary", True),
-                              ("/health", False)):
+        for path, covered in (("/v1/models", True), ("/usage/summary", True), ("/health", False)):
             async with session.get(gw.base_url + path, headers=headers_for(gw.key)) as response:
                 assert response.status == 200 or not covered, path
                 if covered:
@@ -194,51 +235,79 @@ async def test_a_providers_cors_headers_never_reach_the_client(
     async def chat(request: web.Request) -> web.Response:
         await request.read()
         return web.json_response(
-            {"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini",
-             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
-                          "finish_reason": "stop"}],
-             "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}},
-            headers={"Access-Control-Allow-Origin": "*",
-                     "Access-Control-Expose-Headers": "*"})
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "model": "gpt-4o-mini",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "hi"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+            },
+            headers={"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "*"},
+        )
 
     provider = web.Application()
     provider.router.add_post("/v1/chat/completions", chat)
     fake = TestServer(provider, host="127.0.0.1")
     await fake.start_server()
     try:
-        providers = {"openai": {"kind": "openai", "base_url": str(fake.make_url("/v1")),
-                                "api_key_env": "TB_TEST_OPENAI_KEY"}}
-        async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                                   extra_config={"providers": providers,
-                                                 "models": []}) as gw:
+        providers = {
+            "openai": {
+                "kind": "openai",
+                "base_url": str(fake.make_url("/v1")),
+                "api_key_env": "TB_TEST_OPENAI_KEY",
+            }
+        }
+        async with running_gateway(
+            fresh_database_url,
+            redis_url,
+            monkeypatch,
+            extra_config={"providers": providers, "models": []},
+        ) as gw:
             for chunked in (False, True):
                 response, _ = await post(gw, "/v1/chat/completions", CHAT, chunked=chunked)
                 assert response.status == 200
                 assert cors_of(response) == {}, chunked  # CORS is off: no header at all
-                async with aiohttp.ClientSession() as session, session.options(
-                        gw.base_url + "/v1/chat/completions", headers=PREFLIGHT) as answer:
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.options(
+                        gw.base_url + "/v1/chat/completions", headers=PREFLIGHT
+                    ) as answer,
+                ):
                     assert answer.status == 405 and cors_of(answer) == {}
     finally:
         await fake.close()
 
 
 async def test_cors_origins_apply_on_reload(
-    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+    fresh_database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
     config = tmp_path / "tollbooth.yaml"
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               config_path=config) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, config_path=config
+    ) as gw:
+
         async def preflight_status() -> int:
-            async with aiohttp.ClientSession() as session, session.options(
-                    gw.base_url + "/v1/chat/completions", headers=PREFLIGHT) as response:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.options(
+                    gw.base_url + "/v1/chat/completions", headers=PREFLIGHT
+                ) as response,
+            ):
                 return response.status
 
         assert await preflight_status() == 405
         response, _ = await post(gw, "/v1/chat/completions", CHAT)
         assert cors_of(response) == {}
-        server = {"host": "127.0.0.1", "port": 0, "disconnect_drain_s": 5,
-                  "cors_origins": ["*"]}
+        server = {"host": "127.0.0.1", "port": 0, "disconnect_drain_s": 5, "cors_origins": ["*"]}
         raw = gateway_config(gw.mock_url, extra={"server": server})
         await asyncio.to_thread(config.write_bytes, raw)
         for _ in range(50):  # the file is checked every second
@@ -260,7 +329,10 @@ def test_cors_origins_are_checked_and_normalised_at_load() -> None:
 
     assert load([]) == ()
     assert load(["https://App.Example.com/", "http://localhost:5173", "*"]) == (
-        APP, "http://localhost:5173", "*")
+        APP,
+        "http://localhost:5173",
+        "*",
+    )
     for bad in ("app.example.com", "https://app.example.com/chat", "null", "https://a, https://b"):
         with pytest.raises(ConfigError) as raised:
             load([bad])

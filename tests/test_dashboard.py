@@ -36,11 +36,17 @@ BASE = "/admin/dashboard"
 
 
 @pytest.fixture
-async def dashboard(fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
-                    ) -> AsyncIterator[tuple[Gateway, Seed]]:
+async def dashboard(
+    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Gateway, Seed]]:
     monkeypatch.setenv("TOLLBOOTH_ADMIN_TOKEN", TOKEN)
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch, tiers=PORTAL_TIERS,
-                               extra_config=portal_config(login_attempts_per_minute=3)) as gw:
+    async with running_gateway(
+        fresh_database_url,
+        redis_url,
+        monkeypatch,
+        tiers=PORTAL_TIERS,
+        extra_config=portal_config(login_attempts_per_minute=3),
+    ) as gw:
         seed = await seed_portal(gw.app)
         await gw.app[keys.accounts].create_customer("xss", tier="free", name=XSS_CUSTOMER_NAME)
         await gw.app[keys.redis_client].flushdb()
@@ -57,41 +63,51 @@ def _csrf(html: str) -> str:
     return found.group(1)
 
 
-async def sign_in(client: aiohttp.ClientSession, gw: Gateway, token: str = TOKEN
-                  ) -> aiohttp.ClientResponse:
+async def sign_in(
+    client: aiohttp.ClientSession, gw: Gateway, token: str = TOKEN
+) -> aiohttp.ClientResponse:
     async with client.get(f"{gw.base_url}{BASE}/login") as form:
         html = await form.text()
-    return await client.post(f"{gw.base_url}{BASE}/login", allow_redirects=False,
-                             data={"csrf": _csrf(html), "token": token})
+    return await client.post(
+        f"{gw.base_url}{BASE}/login",
+        allow_redirects=False,
+        data={"csrf": _csrf(html), "token": token},
+    )
 
 
 def figures(html: str) -> dict[str, str]:
     """The headline figures: data-metric -> data-value (the first of each name)."""
     found: dict[str, str] = {}
-    for name, value in re.findall(r'class="figure-value" data-metric="([^"]+)" '
-                                  r'data-value="([^"]*)"', html):
+    for name, value in re.findall(
+        r'class="figure-value" data-metric="([^"]+)" '
+        r'data-value="([^"]*)"',
+        html,
+    ):
         found.setdefault(name, value)
     return found
 
 
 def customer_rows(html: str) -> dict[str, dict[str, str]]:
     rows: dict[str, dict[str, str]] = {}
-    for customer, body in re.findall(r'<tr data-customer="([^"]+)"[^>]*>(.*?)</tr>', html,
-                                     re.S):
+    for customer, body in re.findall(r'<tr data-customer="([^"]+)"[^>]*>(.*?)</tr>', html, re.S):
         rows[unescape(customer)] = dict(
-            re.findall(r'data-metric="([^"]+)" data-value="([^"]*)"', body))
+            re.findall(r'data-metric="([^"]+)" data-value="([^"]*)"', body)
+        )
     return rows
 
 
-async def _page(client: aiohttp.ClientSession, gw: Gateway, path: str,
-                params: dict[str, Any] | None = None) -> tuple[int, str, Any]:
-    async with client.get(f"{gw.base_url}{path}", params=params or MONTH_QUERY,
-                          allow_redirects=False) as response:
+async def _page(
+    client: aiohttp.ClientSession, gw: Gateway, path: str, params: dict[str, Any] | None = None
+) -> tuple[int, str, Any]:
+    async with client.get(
+        f"{gw.base_url}{path}", params=params or MONTH_QUERY, allow_redirects=False
+    ) as response:
         return response.status, await response.text(), response.headers
 
 
 async def test_sign_in_sets_a_strict_session_and_the_table_equals_the_raw_rows(
-        dashboard: tuple[Gateway, Seed]) -> None:
+    dashboard: tuple[Gateway, Seed],
+) -> None:
     gw, _ = dashboard
     async with _client() as client:
         status, _, headers = await _page(client, gw, BASE)
@@ -116,11 +132,19 @@ async def test_sign_in_sets_a_strict_session_and_the_table_equals_the_raw_rows(
         assert Decimal(rows[customer]["price_usd"]) == raw["price_usd"]
         assert int(rows[customer]["tokens"]) == raw["input_tokens"] + raw["output_tokens"]
     # The same numbers as the reports (`tollbooth usage summary`) over the same window.
-    want = await usage_totals(gw.app[keys.pool], since=MONTH_START,
-                              until=MONTH_START + timedelta(days=31, microseconds=-1),
-                              usage_filter=UsageFilter())
-    for name in ("requests", "input_tokens", "output_tokens", "cached_input_tokens",
-                 "reasoning_tokens"):
+    want = await usage_totals(
+        gw.app[keys.pool],
+        since=MONTH_START,
+        until=MONTH_START + timedelta(days=31, microseconds=-1),
+        usage_filter=UsageFilter(),
+    )
+    for name in (
+        "requests",
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+        "reasoning_tokens",
+    ):
         assert int(head[name]) == getattr(want, name)
     assert Decimal(head["price_usd"]) == want.price_usd
     # Escaped, and no secret: the Stripe id and the token never reach the page.
@@ -128,26 +152,28 @@ async def test_sign_in_sets_a_strict_session_and_the_table_equals_the_raw_rows(
     assert "cus_ACMESECRET123" not in html and TOKEN not in html
 
 
-async def test_search_sort_and_paging_happen_on_the_server(
-        dashboard: tuple[Gateway, Seed]) -> None:
+async def test_search_sort_and_paging_happen_on_the_server(dashboard: tuple[Gateway, Seed]) -> None:
     gw, _ = dashboard
     async with _client() as client:
         await sign_in(client, gw)
         _, html, _ = await _page(client, gw, BASE, {**MONTH_QUERY, "q": "ACME"})
         assert list(customer_rows(html)) == ["acme"]
-        _, html, _ = await _page(client, gw, BASE, {**MONTH_QUERY, "sort": "requests",
-                                                    "order": "asc"})
+        _, html, _ = await _page(
+            client, gw, BASE, {**MONTH_QUERY, "sort": "requests", "order": "asc"}
+        )
         requests = [int(r["requests"]) for r in customer_rows(html).values()]
         assert requests == sorted(requests)
-        _, html, _ = await _page(client, gw, BASE, {**MONTH_QUERY, "sort": "customer",
-                                                    "order": "desc"})
+        _, html, _ = await _page(
+            client, gw, BASE, {**MONTH_QUERY, "sort": "customer", "order": "desc"}
+        )
         assert list(customer_rows(html)) == sorted(customer_rows(html), reverse=True)
         status, html, _ = await _page(client, gw, BASE, {**MONTH_QUERY, "sort": "nope"})
         assert status == 400 and "sort" in html
 
 
 async def test_wrong_token_is_refused_and_failures_are_limited_per_ip(
-        dashboard: tuple[Gateway, Seed]) -> None:
+    dashboard: tuple[Gateway, Seed],
+) -> None:
     gw, _ = dashboard
     async with _client() as client:
         for _ in range(3):
@@ -158,14 +184,18 @@ async def test_wrong_token_is_refused_and_failures_are_limited_per_ip(
         status, _, _ = await _page(client, gw, BASE)
         assert status == 303
     await gw.app[keys.redis_client].flushdb()
-    async with _client() as client, client.post(
-            f"{gw.base_url}{BASE}/login", allow_redirects=False,
-            data={"token": TOKEN}) as answer:  # no CSRF value
+    async with (
+        _client() as client,
+        client.post(
+            f"{gw.base_url}{BASE}/login", allow_redirects=False, data={"token": TOKEN}
+        ) as answer,
+    ):  # no CSRF value
         assert answer.status == 403
 
 
-async def test_dashboard_is_off_without_a_token(dashboard: tuple[Gateway, Seed],
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_dashboard_is_off_without_a_token(
+    dashboard: tuple[Gateway, Seed], monkeypatch: pytest.MonkeyPatch
+) -> None:
     gw, _ = dashboard
     async with _client() as client:
         await sign_in(client, gw)
@@ -203,12 +233,14 @@ async def test_drill_down_and_portal_link_need_csrf(dashboard: tuple[Gateway, Se
 
 
 @pytest.fixture
-async def with_stripe(fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
-                      ) -> AsyncIterator[tuple[Gateway, Seed]]:
+async def with_stripe(
+    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Gateway, Seed]]:
     monkeypatch.setenv("TOLLBOOTH_ADMIN_TOKEN", TOKEN)
     config = {**portal_config(), "billing": {"stripe": {"window": "1h"}}}
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch, tiers=PORTAL_TIERS,
-                               extra_config=config) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, tiers=PORTAL_TIERS, extra_config=config
+    ) as gw:
         seed = await seed_portal(gw.app)
         await gw.app[keys.redis_client].flushdb()
         yield gw, seed
@@ -221,10 +253,15 @@ async def test_reconcile_runs_on_a_post_with_csrf(with_stripe: tuple[Gateway, Se
         "INSERT INTO billing_sync (identifier, customer_id, stripe_customer_id, dimension, "
         "event_name, window_start, window_end, version, seq, value, status) VALUES "
         "('x1', 'acme', 'cus_ACMESECRET123', 'requests', 'tollbooth_requests', $1::timestamptz, "
-        "$1::timestamptz + interval '1 hour', 1, 0, 5, 'sent')", MONTH_START)
+        "$1::timestamptz + interval '1 hour', 1, 0, 5, 'sent')",
+        MONTH_START,
+    )
     want = await pool.fetchval(
         "SELECT count(*) FROM usage_events WHERE customer_id = 'acme' AND status_code < 400 "
-        "AND created_at >= $1 AND created_at < $2", MONTH_START, MONTH_START + timedelta(days=31))
+        "AND created_at >= $1 AND created_at < $2",
+        MONTH_START,
+        MONTH_START + timedelta(days=31),
+    )
     async with _client() as client:
         await sign_in(client, gw)
         _, html, _ = await _page(client, gw, f"{BASE}/system")

@@ -44,8 +44,7 @@ DOCS = screenshots_dir()
 TOKEN = "dash-" + uuid.uuid4().hex
 XSS_CUSTOMER = "xss-co"
 XSS_CUSTOMER_NAME = "<img src=x onerror=alert(1)>"
-HEADLINE = ("requests", "input_tokens", "output_tokens", "cached_input_tokens",
-            "reasoning_tokens")
+HEADLINE = ("requests", "input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
 TIERS = {**PORTAL_TIERS, "enterprise": {"limits": {"spend_per_month_usd": "5000"}}}
 
 
@@ -68,13 +67,25 @@ def dashboard_db(postgres_url: str) -> str:
 async def _seed(gw: ThreadedGateway) -> Seed:
     found = await seed_portal(gw.app)
     # Forty more customers with a month of skewed traffic, as the benchmark seeds them.
-    await seed(gw.app[keys.pool], SeedPlan(6000, 40, MONTH_START,
-                                           MONTH_START + timedelta(days=31), seed=0.3))
-    await gw.app[keys.accounts].create_customer(XSS_CUSTOMER, tier="free",
-                                                name=XSS_CUSTOMER_NAME)
-    await insert_events(gw.app[keys.pool], [dataclasses.replace(
-        make_event(MONTH_START + timedelta(days=3, hours=n), customer_id=XSS_CUSTOMER,
-                   project_id=None), key_id="key_00000000000000aa") for n in range(5)])
+    await seed(
+        gw.app[keys.pool],
+        SeedPlan(6000, 40, MONTH_START, MONTH_START + timedelta(days=31), seed=0.3),
+    )
+    await gw.app[keys.accounts].create_customer(XSS_CUSTOMER, tier="free", name=XSS_CUSTOMER_NAME)
+    await insert_events(
+        gw.app[keys.pool],
+        [
+            dataclasses.replace(
+                make_event(
+                    MONTH_START + timedelta(days=3, hours=n),
+                    customer_id=XSS_CUSTOMER,
+                    project_id=None,
+                ),
+                key_id="key_00000000000000aa",
+            )
+            for n in range(5)
+        ],
+    )
     # What a Stripe sync run and a refused event would have left.
     await gw.app[keys.pool].execute(
         "INSERT INTO billing_sync (identifier, customer_id, stripe_customer_id, dimension, "
@@ -84,11 +95,13 @@ async def _seed(gw: ThreadedGateway) -> Seed:
         "1, 0, 10 * n, CASE WHEN n < 40 THEN 'sent' WHEN n < 45 THEN 'pending' ELSE 'failed' END, "
         "CASE WHEN n < 40 THEN $1::timestamptz + (n + 2) * interval '1 hour' END "
         "FROM generate_series(0, 47) AS n, unnest(ARRAY['requests', 'input_tokens']) AS d",
-        MONTH_START)
+        MONTH_START,
+    )
     await gw.app[keys.pool].execute(
         "INSERT INTO usage_dead_letters (event_id, journal_line, error, first_failed_at) "
         "VALUES (gen_random_uuid(), 'line', '22P02: invalid input', $1::timestamptz)",
-        MONTH_START + timedelta(days=9))
+        MONTH_START + timedelta(days=9),
+    )
     return found
 
 
@@ -113,28 +126,36 @@ def _sign_in(driver: webdriver.Chrome, gw: ThreadedGateway, token: str = TOKEN) 
     driver.find_element(By.ID, "token").send_keys(token)
     driver.find_element(By.ID, "sign-in").click()
     # The answer: the dashboard (a table of customers) or the form again with its error.
-    WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR,
-                                                              "table.customers, p.error"))
+    WebDriverWait(driver, 10).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "table.customers, p.error")
+    )
 
 
-def _open(driver: webdriver.Chrome, gw: ThreadedGateway, path: str = "/admin/dashboard",
-          **query: str) -> None:
+def _open(
+    driver: webdriver.Chrome, gw: ThreadedGateway, path: str = "/admin/dashboard", **query: str
+) -> None:
     driver.get(f"{gw.base_url}{path}?{urlencode({**MONTH_QUERY, **query})}")
     if "/login" not in driver.current_url:
-        assert driver.find_element(By.CSS_SELECTOR, "[data-period]").get_attribute(
-            "data-period") == "custom"  # October 2025, not the current month
+        assert (
+            driver.find_element(By.CSS_SELECTOR, "[data-period]").get_attribute("data-period")
+            == "custom"
+        )  # October 2025, not the current month
 
 
 def _headline(driver: webdriver.Chrome) -> dict[str, str]:
-    return {e.get_attribute("data-metric") or "": e.get_attribute("data-value") or ""
-            for e in driver.find_elements(By.CSS_SELECTOR, ".figure-value[data-metric]")}
+    return {
+        e.get_attribute("data-metric") or "": e.get_attribute("data-value") or ""
+        for e in driver.find_elements(By.CSS_SELECTOR, ".figure-value[data-metric]")
+    }
 
 
 def _rows(driver: webdriver.Chrome) -> dict[str, dict[str, str]]:
     rows = {}
     for row in driver.find_elements(By.CSS_SELECTOR, "tr[data-customer]"):
-        cells = {c.get_attribute("data-metric") or "": c.get_attribute("data-value") or ""
-                 for c in row.find_elements(By.CSS_SELECTOR, "[data-metric]")}
+        cells = {
+            c.get_attribute("data-metric") or "": c.get_attribute("data-value") or ""
+            for c in row.find_elements(By.CSS_SELECTOR, "[data-metric]")
+        }
         rows[row.get_attribute("data-customer") or ""] = cells
     return rows
 
@@ -144,8 +165,9 @@ def _no_console_errors(driver: webdriver.Chrome) -> None:
     assert errors == [], errors
 
 
-def test_wrong_token_is_refused(chrome: webdriver.Chrome,
-                                site: tuple[ThreadedGateway, Seed]) -> None:
+def test_wrong_token_is_refused(
+    chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]
+) -> None:
     gw, _ = site
     _sign_in(chrome, gw, "not-the-token")
     assert "That token is not the admin token." in chrome.page_source
@@ -154,11 +176,13 @@ def test_wrong_token_is_refused(chrome: webdriver.Chrome,
     assert chrome.current_url.startswith(f"{gw.base_url}/admin/dashboard/login")
     assert [e["message"] for e in console_errors(chrome)] == [
         f"{gw.base_url}/admin/dashboard/login - Failed to load resource: the server "
-        "responded with a status of 401 (Unauthorized)"]  # the refusal, and nothing else
+        "responded with a status of 401 (Unauthorized)"
+    ]  # the refusal, and nothing else
 
 
 def test_table_figures_equal_the_rows_search_and_sort(
-        chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]) -> None:
+    chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]
+) -> None:
     gw, _ = site
     _sign_in(chrome, gw)
     _open(chrome, gw)
@@ -170,10 +194,14 @@ def test_table_figures_equal_the_rows_search_and_sort(
     raw = gw.run(raw_totals(pool, "acme"))
     assert int(rows["acme"]["requests"]) == raw["requests"]
     assert Decimal(rows["acme"]["price_usd"]) == raw["price_usd"]
-    everyone = gw.run(pool.fetchrow(
-        "SELECT count(*) AS n, sum(price_usd) AS price, sum(input_tokens) AS input "
-        "FROM usage_events WHERE created_at >= $1 AND created_at < $2",
-        MONTH_START, MONTH_START + timedelta(days=31)))
+    everyone = gw.run(
+        pool.fetchrow(
+            "SELECT count(*) AS n, sum(price_usd) AS price, sum(input_tokens) AS input "
+            "FROM usage_events WHERE created_at >= $1 AND created_at < $2",
+            MONTH_START,
+            MONTH_START + timedelta(days=31),
+        )
+    )
     assert int(head["requests"]) == everyone["n"]
     assert int(head["input_tokens"]) == everyone["input"]
     assert Decimal(head["price_usd"]) == everyone["price"]
@@ -194,8 +222,9 @@ def test_table_figures_equal_the_rows_search_and_sort(
     _no_console_errors(chrome)
 
 
-def test_xss_payload_stays_text(chrome: webdriver.Chrome,
-                                site: tuple[ThreadedGateway, Seed]) -> None:
+def test_xss_payload_stays_text(
+    chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]
+) -> None:
     gw, _ = site
     _sign_in(chrome, gw)
     _open(chrome, gw, q="xss")
@@ -208,13 +237,13 @@ def test_xss_payload_stays_text(chrome: webdriver.Chrome,
 
 
 def test_drill_down_issues_a_portal_link_that_opens(
-        chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]) -> None:
+    chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]
+) -> None:
     gw, _ = site
     _sign_in(chrome, gw)
     _open(chrome, gw)
     chrome.find_element(By.CSS_SELECTOR, "a[data-drill=acme]").click()
-    WebDriverWait(chrome, 10).until(lambda d: "/admin/dashboard/customers/acme" in
-                                    d.current_url)
+    WebDriverWait(chrome, 10).until(lambda d: "/admin/dashboard/customers/acme" in d.current_url)
     head = _headline(chrome)
     raw = gw.run(raw_totals(gw.app[keys.pool], "acme"))
     for name in HEADLINE:
@@ -232,7 +261,8 @@ def test_drill_down_issues_a_portal_link_that_opens(
 
 
 def test_a_form_without_its_csrf_value_is_refused(
-        chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]) -> None:
+    chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]
+) -> None:
     gw, _ = site
     _sign_in(chrome, gw)
     _open(chrome, gw)
@@ -241,9 +271,12 @@ def test_a_form_without_its_csrf_value_is_refused(
 
     async def post(path: str) -> int:
         jar = aiohttp.CookieJar(unsafe=True)
-        async with aiohttp.ClientSession(cookie_jar=jar, cookies={"tb_admin": cookie["value"]}
-                                         ) as client, client.post(
-                f"{gw.base_url}{path}", data={"project": ""}, allow_redirects=False) as answer:
+        async with (
+            aiohttp.ClientSession(cookie_jar=jar, cookies={"tb_admin": cookie["value"]}) as client,
+            client.post(
+                f"{gw.base_url}{path}", data={"project": ""}, allow_redirects=False
+            ) as answer,
+        ):
             return answer.status
 
     assert gw.run(post("/admin/dashboard/customers/acme/portal-link")) == 403
@@ -256,9 +289,11 @@ async def _traffic(gw: ThreadedGateway, count: int) -> list[int]:
     headers = {"Authorization": f"Bearer {gw.gateway.key}"}
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
     async with aiohttp.ClientSession() as client:
+
         async def one() -> int:
-            async with client.post(f"{gw.base_url}/v1/chat/completions", json=body,
-                                   headers=headers) as answer:
+            async with client.post(
+                f"{gw.base_url}/v1/chat/completions", json=body, headers=headers
+            ) as answer:
                 await answer.read()
                 return answer.status
 
@@ -266,20 +301,24 @@ async def _traffic(gw: ThreadedGateway, count: int) -> list[int]:
 
 
 def test_system_panel_counts_requests_and_429s_by_tier(
-        chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]) -> None:
+    chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]
+) -> None:
     gw, _ = site
     statuses = gw.run(_traffic(gw, 70))
     assert statuses.count(200) == 60 and statuses.count(429) == 10
     _sign_in(chrome, gw)
     _open(chrome, gw, "/admin/dashboard/system")
     row = chrome.find_element(By.CSS_SELECTOR, "tr[data-tier=free]")
-    cells = {c.get_attribute("data-metric"): c.get_attribute("data-value")
-             for c in row.find_elements(By.CSS_SELECTOR, "[data-metric]")}
+    cells = {
+        c.get_attribute("data-metric"): c.get_attribute("data-value")
+        for c in row.find_elements(By.CSS_SELECTOR, "[data-metric]")
+    }
     assert cells == {"tier-requests": "70", "tier-refused": "10"}
     assert chrome.find_element(By.CSS_SELECTOR, "tr[data-unpriced-model]")  # seeded: one
     drawn = chrome.execute_script(
         "return Array.from(document.querySelectorAll('canvas[data-chart]'))"
-        ".map(c => window.Chart.getChart(c) !== undefined)")
+        ".map(c => window.Chart.getChart(c) !== undefined)"
+    )
     assert drawn == [True, True]
     _no_console_errors(chrome)
 

@@ -37,8 +37,7 @@ async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 async def write(pool: asyncpg.Pool, journal_dir: Path, events: list[UsageEvent]) -> UsageWriter:
     """Submit `events` as one batch and close (which writes it)."""
-    writer = UsageWriter(pool, journal_dir=journal_dir, batch_size=len(events),
-                         flush_interval_s=5)
+    writer = UsageWriter(pool, journal_dir=journal_dir, batch_size=len(events), flush_interval_s=5)
     await writer.start()
     for event in events:
         await writer.submit(event)
@@ -106,7 +105,9 @@ async def test_replay_writes_fixed_rows_and_keeps_bad_ones_with_one_more_attempt
     # An operator corrects the overflowing value; the NUL one is left as it is.
     await pool.execute(
         "UPDATE usage_dead_letters SET event = jsonb_set(event, '{latency_ms}', '5') "
-        "WHERE event_id = $1", overflow_id)
+        "WHERE event_id = $1",
+        overflow_id,
+    )
     second = {o.event_id: o for o in await replay_dead_letters(pool)}
     assert second[overflow_id].written
     assert not second[nul_id].written and second[nul_id].attempts == 3
@@ -124,10 +125,12 @@ async def test_replay_writes_fixed_rows_and_keeps_bad_ones_with_one_more_attempt
 async def test_rows_a_constraint_refused_are_written_once_it_is_lifted(
     pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    await pool.execute("ALTER TABLE usage_events ADD CONSTRAINT no_beta "
-                       "CHECK (model <> 'beta-model')")
-    events = [make_event(i, model="beta-model" if i % 100 == 7 else "gpt-4o-mini")
-              for i in range(300)]
+    await pool.execute(
+        "ALTER TABLE usage_events ADD CONSTRAINT no_beta CHECK (model <> 'beta-model')"
+    )
+    events = [
+        make_event(i, model="beta-model" if i % 100 == 7 else "gpt-4o-mini") for i in range(300)
+    ]
     writer = await write(pool, tmp_path, events)
     assert (writer.written, writer.dead_lettered) == (297, 3)
     errors = await pool.fetch("SELECT error FROM usage_dead_letters")
@@ -160,17 +163,24 @@ def run_cli(config: Path, *argv: str) -> int:
 
 
 def test_the_cli_replays_and_reports(
-    fresh_database_url: str, redis_url: str, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    fresh_database_url: str,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("TOLLBOOTH_DATABASE_URL", fresh_database_url)
     monkeypatch.setenv("TOLLBOOTH_REDIS_URL", redis_url)
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "storage": {"data_dir": str(tmp_path / "data")},
-        "providers": {"openai": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-        "tiers": {"free": {"limits": {}}},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "storage": {"data_dir": str(tmp_path / "data")},
+                "providers": {"openai": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+                "tiers": {"free": {"limits": {}}},
+            }
+        )
+    )
     events = poisoned_batch()
 
     async def setup() -> None:
@@ -180,7 +190,9 @@ def test_the_cli_replays_and_reports(
             await write(pool, tmp_path / "journal", events)
             await pool.execute(
                 "UPDATE usage_dead_letters SET event = jsonb_set(event, '{latency_ms}', '7') "
-                "WHERE event_id = $1", events[OVERFLOW_AT].id)
+                "WHERE event_id = $1",
+                events[OVERFLOW_AT].id,
+            )
         finally:
             await pool.close()
 

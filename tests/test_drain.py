@@ -47,22 +47,30 @@ class Streamed:
     first_chunk_at: float | None = None
 
 
-def stream_request(gw: Serve, anthropic: bool, tokens: int, delay_ms: int,
-                   include_usage: bool = False) -> tuple[str, dict[str, Any], dict[str, str]]:
+def stream_request(
+    gw: Serve, anthropic: bool, tokens: int, delay_ms: int, include_usage: bool = False
+) -> tuple[str, dict[str, Any], dict[str, str]]:
     pace = {"x-mock-output-tokens": str(tokens), "x-mock-token-delay-ms": str(delay_ms)}
     if anthropic:
-        return (gw.base + "/v1/messages",
-                {"model": "claude-sonnet-4-5", "max_tokens": 1000, "messages": PROMPT,
-                 "stream": True},
-                {"x-api-key": gw.key, "anthropic-version": "2023-06-01", **pace})
+        return (
+            gw.base + "/v1/messages",
+            {"model": "claude-sonnet-4-5", "max_tokens": 1000, "messages": PROMPT, "stream": True},
+            {"x-api-key": gw.key, "anthropic-version": "2023-06-01", **pace},
+        )
     body: dict[str, Any] = {"model": "gpt-4o", "messages": PROMPT, "stream": True}
     if include_usage:
         body["stream_options"] = {"include_usage": True}
     return gw.base + "/v1/chat/completions", body, {"Authorization": f"Bearer {gw.key}", **pace}
 
 
-async def stream(session: aiohttp.ClientSession, gw: Serve, state: Streamed, tokens: int,
-                 delay_ms: int, include_usage: bool = False) -> None:
+async def stream(
+    session: aiohttp.ClientSession,
+    gw: Serve,
+    state: Streamed,
+    tokens: int,
+    delay_ms: int,
+    include_usage: bool = False,
+) -> None:
     url, body, headers = stream_request(gw, state.anthropic, tokens, delay_ms, include_usage)
     async with session.post(url, json=body, headers=headers) as response:
         state.status = response.status
@@ -85,9 +93,14 @@ async def all_producing(states: list[Streamed], count: int, timeout_s: float = 2
 async def chat(gw: Serve) -> tuple[int, str]:
     """One plain request on a new connection (so it goes through the listener)."""
     connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session, session.post(
-            gw.base + "/v1/chat/completions", json={"model": "gpt-4o", "messages": PROMPT},
-            headers={"Authorization": f"Bearer {gw.key}"}) as response:
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(
+            gw.base + "/v1/chat/completions",
+            json={"model": "gpt-4o", "messages": PROMPT},
+            headers={"Authorization": f"Bearer {gw.key}"},
+        ) as response,
+    ):
         await response.read()
         return response.status, response.headers.get("x-request-id", "")
 
@@ -97,8 +110,15 @@ async def probe(base: str, path: str) -> tuple[int, dict[str, Any]]:
         return response.status, await response.json()
 
 
-async def gateway(tmp_path: Path, database_url: str, redis_url: str, mock: str, prefix: str,
-                  server: dict[str, Any], *workers: str) -> Serve:
+async def gateway(
+    tmp_path: Path,
+    database_url: str,
+    redis_url: str,
+    mock: str,
+    prefix: str,
+    server: dict[str, Any],
+    *workers: str,
+) -> Serve:
     gw = Serve(tmp_path, database_url, serve_env(database_url, redis_url))
     gw.write_config(mock, server, JOURNAL_ONLY)
     await gw.create_customer(prefix)
@@ -119,17 +139,27 @@ def last_event(body: bytes) -> tuple[str | None, Any]:
 
 
 async def test_sigterm_finishes_every_stream_and_writes_every_event_before_exit_0(
-    tmp_path: Path, fresh_database_url: str, redis_url: str, mock: str,
+    tmp_path: Path,
+    fresh_database_url: str,
+    redis_url: str,
+    mock: str,
 ) -> None:
     grace_s, timeout_s = 2.0, 20.0
-    gw = await gateway(tmp_path, fresh_database_url, redis_url, mock, "drn",
-                       {"drain_grace_s": grace_s, "drain_timeout_s": timeout_s})
+    gw = await gateway(
+        tmp_path,
+        fresh_database_url,
+        redis_url,
+        mock,
+        "drn",
+        {"drain_grace_s": grace_s, "drain_timeout_s": timeout_s},
+    )
     assert gw.proc is not None
     assert await probe(gw.base, "/health/ready") == (200, {"status": "ready"})
     states = [Streamed(anthropic=i % 5 == 4) for i in range(20)]  # 16 OpenAI, 4 Anthropic
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        streams = [asyncio.create_task(stream(session, gw, s, tokens=100, delay_ms=40))
-                   for s in states]
+        streams = [
+            asyncio.create_task(stream(session, gw, s, tokens=100, delay_ms=40)) for s in states
+        ]
         await all_producing(states, 20)
         signalled = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
@@ -163,11 +193,13 @@ async def test_sigterm_finishes_every_stream_and_writes_every_event_before_exit_
     events = await gw.events()
     by_id = {e["id"]: e for e in events}
     completed = [s.request_id for s in states] + [rid for _, rid in trickle]
-    print(f"\nready 503 after {not_ready_after * 1000:.0f} ms; trickle served during grace: "
-          f"{len(trickle)}; streams completed: "
-          f"{sum(b'[DONE]' in s.body or b'message_stop' in s.body for s in states)}/20; "
-          f"exit {code} after {exited_after:.1f} s; events in Postgres: {len(events)} "
-          f"for {len(completed)} requests; journal files left: {len(gw.journal_files())}")
+    print(
+        f"\nready 503 after {not_ready_after * 1000:.0f} ms; trickle served during grace: "
+        f"{len(trickle)}; streams completed: "
+        f"{sum(b'[DONE]' in s.body or b'message_stop' in s.body for s in states)}/20; "
+        f"exit {code} after {exited_after:.1f} s; events in Postgres: {len(events)} "
+        f"for {len(completed)} requests; journal files left: {len(gw.journal_files())}"
+    )
     assert code == 0, output
     assert exited_after < timeout_s + 5
     for s in states:
@@ -183,27 +215,47 @@ async def test_sigterm_finishes_every_stream_and_writes_every_event_before_exit_
 
 
 async def test_streams_past_the_drain_timeout_are_cut_with_an_error_event_metered_once(
-    tmp_path: Path, fresh_database_url: str, redis_url: str, mock: str,
+    tmp_path: Path,
+    fresh_database_url: str,
+    redis_url: str,
+    mock: str,
 ) -> None:
     grace_s, timeout_s = 0.5, 2.5
-    gw = await gateway(tmp_path, fresh_database_url, redis_url, mock, "drc",
-                       {"drain_grace_s": grace_s, "drain_timeout_s": timeout_s})
+    gw = await gateway(
+        tmp_path,
+        fresh_database_url,
+        redis_url,
+        mock,
+        "drc",
+        {"drain_grace_s": grace_s, "drain_timeout_s": timeout_s},
+    )
     assert gw.proc is not None
     states = [Streamed(anthropic=i >= 6) for i in range(8)]  # 6 OpenAI, 2 Anthropic
     slow: dict[str, Any] = {}
 
     async def slow_call(session: aiohttp.ClientSession) -> None:
         async with session.post(
-                gw.base + "/v1/chat/completions", json={"model": "gpt-4o", "messages": PROMPT},
-                headers={"Authorization": f"Bearer {gw.key}", "x-mock-error": "slow",
-                         "x-mock-delay-ms": "8000"}) as response:
-            slow.update(status=response.status, id=response.headers["x-request-id"],
-                        body=await response.json())
+            gw.base + "/v1/chat/completions",
+            json={"model": "gpt-4o", "messages": PROMPT},
+            headers={
+                "Authorization": f"Bearer {gw.key}",
+                "x-mock-error": "slow",
+                "x-mock-delay-ms": "8000",
+            },
+        ) as response:
+            slow.update(
+                status=response.status,
+                id=response.headers["x-request-id"],
+                body=await response.json(),
+            )
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        tasks = [asyncio.create_task(stream(session, gw, s, tokens=200, delay_ms=30,
-                                            include_usage=i % 2 == 1))
-                 for i, s in enumerate(states)]
+        tasks = [
+            asyncio.create_task(
+                stream(session, gw, s, tokens=200, delay_ms=30, include_usage=i % 2 == 1)
+            )
+            for i, s in enumerate(states)
+        ]
         tasks.append(asyncio.create_task(slow_call(session)))
         await all_producing(states, 8)
         await asyncio.sleep(0.3)
@@ -216,11 +268,16 @@ async def test_streams_past_the_drain_timeout_are_cut_with_an_error_event_metere
     output = gw.output
     events = await gw.events()
     by_id = {e["id"]: e for e in events}
-    print(f"\nstreams cut after {streams_ended_after:.1f} s; exit {code} after "
-          f"{exited_after:.1f} s; events: {len(events)} for {len(states) + 1} requests: " +
-          ", ".join(f"{'stream' if e['streamed'] else 'call'} {e['status_code']} "
-                    f"{e['usage_source']} out={e['output_tokens']} "
-                    f"{e['metadata'].get('interrupted')}" for e in events))
+    print(
+        f"\nstreams cut after {streams_ended_after:.1f} s; exit {code} after "
+        f"{exited_after:.1f} s; events: {len(events)} for {len(states) + 1} requests: "
+        + ", ".join(
+            f"{'stream' if e['streamed'] else 'call'} {e['status_code']} "
+            f"{e['usage_source']} out={e['output_tokens']} "
+            f"{e['metadata'].get('interrupted')}"
+            for e in events
+        )
+    )
     assert code == 0, output
     assert exited_after < timeout_s + 5
     assert timeout_s - 0.2 < streams_ended_after < timeout_s + 2
@@ -264,10 +321,21 @@ async def test_streams_past_the_drain_timeout_are_cut_with_an_error_event_metere
 
 
 async def test_two_workers_drain_and_the_supervisor_exits_0(
-    tmp_path: Path, fresh_database_url: str, redis_url: str, mock: str,
+    tmp_path: Path,
+    fresh_database_url: str,
+    redis_url: str,
+    mock: str,
 ) -> None:
-    gw = await gateway(tmp_path, fresh_database_url, redis_url, mock, "drw",
-                       {"drain_grace_s": 1, "drain_timeout_s": 15}, "--workers", "2")
+    gw = await gateway(
+        tmp_path,
+        fresh_database_url,
+        redis_url,
+        mock,
+        "drw",
+        {"drain_grace_s": 1, "drain_timeout_s": 15},
+        "--workers",
+        "2",
+    )
     assert gw.proc is not None
     for _ in range(100):  # /health answers once one worker listens; wait for both
         if gw.output.count("listening on") == 2:
@@ -275,10 +343,12 @@ async def test_two_workers_drain_and_the_supervisor_exits_0(
         await asyncio.sleep(0.1)
     states = [Streamed(anthropic=False) for _ in range(8)]
     connector = aiohttp.TCPConnector(force_close=True)  # spread over both workers
-    async with aiohttp.ClientSession(connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=60)) as session:
-        streams = [asyncio.create_task(stream(session, gw, s, tokens=60, delay_ms=40))
-                   for s in states]
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
+        streams = [
+            asyncio.create_task(stream(session, gw, s, tokens=60, delay_ms=40)) for s in states
+        ]
         await all_producing(states, 8)
         signalled = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
@@ -286,8 +356,10 @@ async def test_two_workers_drain_and_the_supervisor_exits_0(
     code = await asyncio.to_thread(gw.proc.wait, 30)
     exited_after = time.monotonic() - signalled
     events = await gw.events()
-    print(f"\n--workers 2: exit {code} after {exited_after:.1f} s; streams completed "
-          f"{sum(b'[DONE]' in s.body for s in states)}/8; events {len(events)}")
+    print(
+        f"\n--workers 2: exit {code} after {exited_after:.1f} s; streams completed "
+        f"{sum(b'[DONE]' in s.body for s in states)}/8; events {len(events)}"
+    )
     assert code == 0, gw.output
     assert all(b"data: [DONE]" in s.body for s in states)
     assert sorted(e["id"] for e in events) == sorted(s.request_id for s in states)
@@ -295,18 +367,23 @@ async def test_two_workers_drain_and_the_supervisor_exits_0(
 
 
 async def test_postgres_down_at_the_drain_leaves_the_events_in_the_journal_and_says_so(
-    tmp_path: Path, fresh_database_url: str, redis_url: str, mock: str,
+    tmp_path: Path,
+    fresh_database_url: str,
+    redis_url: str,
+    mock: str,
 ) -> None:
     link = PostgresLink(fresh_database_url)
     await link.start()
-    gw = await gateway(tmp_path, link.url, redis_url, mock, "drp",
-                       {"drain_grace_s": 0.5, "drain_timeout_s": 6})
+    gw = await gateway(
+        tmp_path, link.url, redis_url, mock, "drp", {"drain_grace_s": 0.5, "drain_timeout_s": 6}
+    )
     assert gw.proc is not None
     states = [Streamed(anthropic=False) for _ in range(4)]
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         done = [await chat(gw) for _ in range(3)]
-        streams = [asyncio.create_task(stream(session, gw, s, tokens=40, delay_ms=40))
-                   for s in states]
+        streams = [
+            asyncio.create_task(stream(session, gw, s, tokens=40, delay_ms=40)) for s in states
+        ]
         await all_producing(states, 4)
         await link.cut()
         signalled = time.monotonic()
@@ -317,9 +394,11 @@ async def test_postgres_down_at_the_drain_leaves_the_events_in_the_journal_and_s
     output = gw.output
     served = [rid for _, rid in done] + [s.request_id for s in states]
     left = re.search(r"Postgres did not take (\d+) events", output)
-    print(f"\nPostgres down: exit {code} after {exited_after:.1f} s; "
-          f"{left.group(0) if left else 'nothing said'}; "
-          f"journal files: {len(gw.journal_files())}")
+    print(
+        f"\nPostgres down: exit {code} after {exited_after:.1f} s; "
+        f"{left.group(0) if left else 'nothing said'}; "
+        f"journal files: {len(gw.journal_files())}"
+    )
     assert code == 0, output
     assert exited_after < 6 + 5, output
     assert all(b"data: [DONE]" in s.body for s in states)
@@ -370,8 +449,7 @@ async def test_drain_budgets_count_from_the_signal() -> None:
     assert Drain(grace_s=5, timeout_s=2).grace_s == 2  # the grace fits in the timeout
 
 
-async def test_an_exchange_waiting_for_its_head_is_cancelled_and_a_late_one_cut_at_once(
-) -> None:
+async def test_an_exchange_waiting_for_its_head_is_cancelled_and_a_late_one_cut_at_once() -> None:
     drain = Drain(grace_s=0, timeout_s=0)
     cuts = []
 

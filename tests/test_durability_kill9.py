@@ -49,39 +49,65 @@ JOURNAL_ONLY = {"writer_flush_interval_s": 600, "writer_batch_size": 1_000_000}
 
 
 def write_config(path: Path, mock: str, data_dir: Path, storage: dict[str, Any]) -> None:
-    path.write_text(yaml.safe_dump({
-        "server": {"host": "127.0.0.1"},
-        "storage": {"data_dir": str(data_dir), **storage},
-        "providers": {
-            "openai": {"kind": "openai", "base_url": mock + "/v1",
-                       "api_key_env": "MOCK_PROVIDER_KEY"},
-            "anthropic": {"kind": "anthropic", "base_url": mock,
-                          "api_key_env": "MOCK_PROVIDER_KEY"},
-        },
-        "tiers": {"open": {"limits": {}}},
-        "pricing": {"markup_percent": "20"},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"host": "127.0.0.1"},
+                "storage": {"data_dir": str(data_dir), **storage},
+                "providers": {
+                    "openai": {
+                        "kind": "openai",
+                        "base_url": mock + "/v1",
+                        "api_key_env": "MOCK_PROVIDER_KEY",
+                    },
+                    "anthropic": {
+                        "kind": "anthropic",
+                        "base_url": mock,
+                        "api_key_env": "MOCK_PROVIDER_KEY",
+                    },
+                },
+                "tiers": {"open": {"limits": {}}},
+                "pricing": {"markup_percent": "20"},
+            }
+        )
+    )
 
 
 def start_serve(config: Path, port: int, env: dict[str, str]) -> subprocess.Popen[str]:
     # --workers 1 runs the worker in this very process: its pid is the one to kill.
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli.main", "serve", "--config", str(config),
-         "--port", str(port), "--workers", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli.main",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
-async def customer_and_serve(config: Path, env: dict[str, str], prefix: str
-                             ) -> tuple[str, str, int, subprocess.Popen[str], list[str]]:
+async def customer_and_serve(
+    config: Path, env: dict[str, str], prefix: str
+) -> tuple[str, str, int, subprocess.Popen[str], list[str]]:
     """A new customer on tier `open` with a key, then `serve` on a free port, healthy: the
     customer id, the key, the port, the process and the list its output lines go to."""
     customer = f"{prefix}{os.getpid()}{free_port()}"
     cfg = ["--config", str(config)]
-    await asyncio.to_thread(tollbooth, "customers", "create", customer, "--tier", "open",
-                            *cfg, env=env)
-    created = await asyncio.to_thread(tollbooth, "keys", "create", "--customer", customer,
-                                      *cfg, env=env)
+    await asyncio.to_thread(
+        tollbooth, "customers", "create", customer, "--tier", "open", *cfg, env=env
+    )
+    created = await asyncio.to_thread(
+        tollbooth, "keys", "create", "--customer", customer, *cfg, env=env
+    )
     key = created.stdout.strip().splitlines()[-1]
     port = free_port()
     lines: list[str] = []
@@ -110,14 +136,19 @@ class Killable:
         return f"http://127.0.0.1:{self.port}"
 
 
-async def journal_only_gateway(tmp_path: Path, database_url: str, redis_url: str, mock: str,
-                               prefix: str) -> Killable:
+async def journal_only_gateway(
+    tmp_path: Path, database_url: str, redis_url: str, mock: str, prefix: str
+) -> Killable:
     """`serve` on a private data dir with a writer that does not flush (JOURNAL_ONLY)."""
     data_dir = tmp_path / "data"
     config = tmp_path / "config.yaml"
     write_config(config, mock, data_dir, JOURNAL_ONLY)
-    env = {**os.environ, "TOLLBOOTH_DATABASE_URL": database_url,
-           "TOLLBOOTH_REDIS_URL": redis_url, "MOCK_PROVIDER_KEY": "sk-mock"}
+    env = {
+        **os.environ,
+        "TOLLBOOTH_DATABASE_URL": database_url,
+        "TOLLBOOTH_REDIS_URL": redis_url,
+        "MOCK_PROVIDER_KEY": "sk-mock",
+    }
     customer, key, port, serve, lines = await customer_and_serve(config, env, prefix)
     return Killable(config, data_dir, env, customer, key, port, serve, lines)
 
@@ -148,8 +179,9 @@ async def wait_drained(base: str) -> None:
     raise AssertionError("the restarted gateway never drained its journal")
 
 
-async def load_until_killed(base: str, key: str, serve: subprocess.Popen[str]
-                            ) -> tuple[list[str], int]:
+async def load_until_killed(
+    base: str, key: str, serve: subprocess.Popen[str]
+) -> tuple[list[str], int]:
     """Concurrent requests until the gateway dies; the x-request-ids of completed 200s and
     how many requests were cut off."""
     completed: list[str] = []
@@ -162,8 +194,9 @@ async def load_until_killed(base: str, key: str, serve: subprocess.Popen[str]
         nonlocal cut_off
         while not dead.is_set():
             try:
-                async with session.post(base + "/v1/chat/completions", json=body,
-                                        headers=headers) as response:
+                async with session.post(
+                    base + "/v1/chat/completions", json=body, headers=headers
+                ) as response:
                     await response.read()  # the whole body: the response completed
                     assert response.status == 200, response.status
                     completed.append(response.headers["x-request-id"])
@@ -211,8 +244,10 @@ async def test_kill_9_under_load_loses_and_doubles_nothing(
         restarted.send_signal(signal.SIGTERM)
         await asyncio.to_thread(restarted.wait, 60)
 
-    print(f"\ncompleted 200s before kill -9: {len(completed)}; cut off: {cut_off}; "
-          f"events after replay: {len(ids)}")
+    print(
+        f"\ncompleted 200s before kill -9: {len(completed)}; cut off: {cut_off}; "
+        f"events after replay: {len(ids)}"
+    )
     assert len(ids) == len(set(ids)), "an event was doubled"
     assert set(completed) <= set(ids), "a completed response's event was lost"
     # Any other event is a request the kill cut off after its event was journaled.

@@ -67,10 +67,14 @@ async def finished_requests(session: aiohttp.ClientSession, base: str, key: str)
     ids = []
     for stream in (False, False, True, True):
         body = {"model": "gpt-4o", "messages": PROMPT, "stream": stream}
-        async with session.post(base + "/v1/chat/completions", json=body,
-                                headers={"Authorization": f"Bearer {key}",
-                                         "x-mock-output-tokens": str(FINISHED_OUTPUT_TOKENS)},
-                                ) as response:
+        async with session.post(
+            base + "/v1/chat/completions",
+            json=body,
+            headers={
+                "Authorization": f"Bearer {key}",
+                "x-mock-output-tokens": str(FINISHED_OUTPUT_TOKENS),
+            },
+        ) as response:
             text = await response.text()
             assert response.status == 200, text
             assert not stream or "[DONE]" in text
@@ -78,8 +82,9 @@ async def finished_requests(session: aiohttp.ClientSession, base: str, key: str)
     return ids
 
 
-async def in_flight_until_killed(session: aiohttp.ClientSession, base: str, mock: str,
-                                 key: str, serve: subprocess.Popen[str]) -> Traffic:
+async def in_flight_until_killed(
+    session: aiohttp.ClientSession, base: str, mock: str, key: str, serve: subprocess.Popen[str]
+) -> Traffic:
     traffic = Traffic()
     auth = {"Authorization": f"Bearer {key}"}
 
@@ -87,12 +92,21 @@ async def in_flight_until_killed(session: aiohttp.ClientSession, base: str, mock
         state = Stream()
         traffic.streams.append(state)
         if anthropic:
-            url, body = base + "/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 1000,
-                                                "messages": PROMPT, "stream": True}
+            url, body = (
+                base + "/v1/messages",
+                {
+                    "model": "claude-sonnet-4-5",
+                    "max_tokens": 1000,
+                    "messages": PROMPT,
+                    "stream": True,
+                },
+            )
             headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
         else:
-            url, body = base + "/v1/chat/completions", {"model": "gpt-4o", "messages": PROMPT,
-                                                        "stream": True}
+            url, body = (
+                base + "/v1/chat/completions",
+                {"model": "gpt-4o", "messages": PROMPT, "stream": True},
+            )
             headers = dict(auth)
         headers.update({"x-mock-output-tokens": "300", "x-mock-token-delay-ms": "20"})
         try:
@@ -111,8 +125,9 @@ async def in_flight_until_killed(session: aiohttp.ClientSession, base: str, mock
         body = {"model": "gpt-4o", "messages": PROMPT}
         headers = {**auth, "x-mock-error": "slow", "x-mock-delay-ms": "8000"}
         try:
-            async with session.post(base + "/v1/chat/completions", json=body,
-                                    headers=headers) as response:
+            async with session.post(
+                base + "/v1/chat/completions", json=body, headers=headers
+            ) as response:
                 await response.read()
             raise AssertionError("a slow call completed before the kill")
         except (TimeoutError, aiohttp.ClientError):
@@ -123,19 +138,23 @@ async def in_flight_until_killed(session: aiohttp.ClientSession, base: str, mock
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             producing = [s.first_chunk_at for s in traffic.streams]
-            if (len(producing) == LONG_STREAMS + ANTHROPIC_STREAMS
-                    and all(t is not None and time.monotonic() - t >= PRODUCING_S
-                            for t in producing)
-                    and await slow_calls_received(session, mock) == SLOW_CALLS):
+            if (
+                len(producing) == LONG_STREAMS + ANTHROPIC_STREAMS
+                and all(t is not None and time.monotonic() - t >= PRODUCING_S for t in producing)
+                and await slow_calls_received(session, mock) == SLOW_CALLS
+            ):
                 break
         else:
             raise AssertionError("the in-flight requests never got going")
         os.kill(serve.pid, signal.SIGKILL)
         await asyncio.to_thread(serve.wait, 30)
 
-    await asyncio.gather(killer(), *(stream(False) for _ in range(LONG_STREAMS)),
-                         *(stream(True) for _ in range(ANTHROPIC_STREAMS)),
-                         *(slow() for _ in range(SLOW_CALLS)))
+    await asyncio.gather(
+        killer(),
+        *(stream(False) for _ in range(LONG_STREAMS)),
+        *(stream(True) for _ in range(ANTHROPIC_STREAMS)),
+        *(slow() for _ in range(SLOW_CALLS)),
+    )
     return traffic
 
 
@@ -146,8 +165,9 @@ async def provider_log(session: aiohttp.ClientSession, mock: str) -> list[dict[s
 
 
 async def slow_calls_received(session: aiohttp.ClientSession, mock: str) -> int:
-    return sum(e["headers"].get("x-mock-error") == "slow"
-               for e in await provider_log(session, mock))
+    return sum(
+        e["headers"].get("x-mock-error") == "slow" for e in await provider_log(session, mock)
+    )
 
 
 async def stored_events(database_url: str, customer: str) -> list[dict[str, Any]]:
@@ -156,7 +176,9 @@ async def stored_events(database_url: str, customer: str) -> list[dict[str, Any]
         rows = await conn.fetch(
             "SELECT id::text AS id, status_code, streamed, input_tokens, output_tokens, "
             "usage_source, price_usd, metadata::text AS metadata FROM usage_events "
-            "WHERE customer_id = $1", customer)
+            "WHERE customer_id = $1",
+            customer,
+        )
     finally:
         await conn.close()
     return [{**dict(r), "metadata": json.loads(r["metadata"])} for r in rows]
@@ -165,8 +187,7 @@ async def stored_events(database_url: str, customer: str) -> list[dict[str, Any]
 async def test_kill_9_mid_stream_bills_every_request_that_reached_the_provider_once(
     tmp_path: Path, fresh_database_url: str, redis_url: str, mock_provider: str
 ) -> None:
-    gw = await journal_only_gateway(tmp_path, fresh_database_url, redis_url, mock_provider,
-                                    "k9s")
+    gw = await journal_only_gateway(tmp_path, fresh_database_url, redis_url, mock_provider, "k9s")
     customer, key, serve, lines, base = gw.customer, gw.key, gw.serve, gw.lines, gw.base
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
         finished = await finished_requests(session, base, key)
@@ -189,11 +210,16 @@ async def test_kill_9_mid_stream_bills_every_request_that_reached_the_provider_o
     output = "".join(lines)
 
     by_id = {e["id"]: e for e in events}
-    print(f"\nreached the provider: {len(reached)}; events after restart: {len(events)}; "
-          "interrupted: " + ", ".join(
-              f"{'stream' if e['streamed'] else 'call'} in={e['input_tokens']} "
-              f"out={e['output_tokens']} price={e['price_usd']}"
-              for e in events if "interrupted" in e["metadata"]))
+    print(
+        f"\nreached the provider: {len(reached)}; events after restart: {len(events)}; "
+        "interrupted: "
+        + ", ".join(
+            f"{'stream' if e['streamed'] else 'call'} in={e['input_tokens']} "
+            f"out={e['output_tokens']} price={e['price_usd']}"
+            for e in events
+            if "interrupted" in e["metadata"]
+        )
+    )
     assert len(by_id) == len(events), "an event was doubled"
     assert len(events) == len(reached), output  # exactly one per request that reached it
 
@@ -201,7 +227,9 @@ async def test_kill_9_mid_stream_bills_every_request_that_reached_the_provider_o
         event = by_id[request_id]
         assert event["usage_source"] == "provider" and event["status_code"] == 200
         assert (event["input_tokens"], event["output_tokens"]) == (
-            FINISHED_INPUT_TOKENS, FINISHED_OUTPUT_TOKENS)
+            FINISHED_INPUT_TOKENS,
+            FINISHED_OUTPUT_TOKENS,
+        )
         assert "interrupted" not in event["metadata"]
         assert event["price_usd"] is not None and event["price_usd"] > 0
 

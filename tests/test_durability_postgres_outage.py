@@ -78,8 +78,9 @@ class Load:
         headers = {"Authorization": f"Bearer {self.gateway.key}"}
         while not self.stopped.is_set():
             try:
-                async with session.post(self.gateway.openai_base_url + "/chat/completions",
-                                        json=body, headers=headers) as response:
+                async with session.post(
+                    self.gateway.openai_base_url + "/chat/completions", json=body, headers=headers
+                ) as response:
                     await response.read()
                     self.statuses[response.status] += 1
                     if response.status == 200:
@@ -90,11 +91,13 @@ class Load:
 
 
 @pytest.fixture
-async def gateway(own_postgres: OwnPostgres, redis_url: str, tmp_path: Path,
-                  monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Gateway]:
+async def gateway(
+    own_postgres: OwnPostgres, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Gateway]:
     storage = {"writer_flush_interval_s": 0.05, "data_dir": str(tmp_path / "data")}
-    async with running_gateway(own_postgres.url, redis_url, monkeypatch,
-                               extra_config={"storage": storage}) as gw:
+    async with running_gateway(
+        own_postgres.url, redis_url, monkeypatch, extra_config={"storage": storage}
+    ) as gw:
         yield gw
 
 
@@ -128,14 +131,17 @@ async def test_thirty_seconds_without_postgres_fail_no_request_and_lose_no_event
 
     conn = await asyncpg.connect(own_postgres.url)
     try:
-        rows = await conn.fetch("SELECT id FROM usage_events WHERE customer_id = $1",
-                                gateway.customer_id)
+        rows = await conn.fetch(
+            "SELECT id FROM usage_events WHERE customer_id = $1", gateway.customer_id
+        )
     finally:
         await conn.close()
     stored = [str(r["id"]) for r in rows]
-    print(f"\nPostgres down {outage_s:.1f}s: {served_during_outage} requests served meanwhile, "
-          f"backlog peaked at {backlog_at_peak} events ({journal_bytes_at_peak} journal "
-          f"bytes); outcomes {dict(load.statuses)}; events stored {len(stored)}")
+    print(
+        f"\nPostgres down {outage_s:.1f}s: {served_during_outage} requests served meanwhile, "
+        f"backlog peaked at {backlog_at_peak} events ({journal_bytes_at_peak} journal "
+        f"bytes); outcomes {dict(load.statuses)}; events stored {len(stored)}"
+    )
     assert set(load.statuses) == {200}, load.statuses  # 0 failed requests
     assert served_during_outage > 100
     assert backlog_at_peak > 100  # the events waited in the journal

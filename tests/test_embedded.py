@@ -112,12 +112,14 @@ def test_starts_both_servers_on_loopback_and_stops_them_on_exit(tmp_path: Path) 
         assert infra.redis_url.startswith("redis://127.0.0.1:")
         pids = server_pids(data_dir)
         valkey_listeners = [
-            c.laddr.ip for c in psutil.Process(pids["valkey"]).net_connections("inet")
+            c.laddr.ip
+            for c in psutil.Process(pids["valkey"]).net_connections("inet")
             if c.status == psutil.CONN_LISTEN
         ]
         assert valkey_listeners == ["127.0.0.1"]
         postgres_listeners = [
-            c for c in psutil.Process(pids["postgres"]).net_connections("inet")
+            c
+            for c in psutil.Process(pids["postgres"]).net_connections("inet")
             if c.status == psutil.CONN_LISTEN
         ]
         assert postgres_listeners == []  # a unix socket in the data dir only
@@ -151,7 +153,9 @@ def test_a_second_process_reuses_the_servers_and_leaves_them_running(tmp_path: P
         assert done.returncode == 0, done.stderr
         seen = json.loads(done.stdout.splitlines()[-1])
         assert seen == {
-            "database_url": infra.database_url, "redis_url": infra.redis_url, "started": []
+            "database_url": infra.database_url,
+            "redis_url": infra.redis_url,
+            "started": [],
         }
         assert "reused" in done.stderr
         # The child is gone; the servers it borrowed still serve this process.
@@ -166,7 +170,9 @@ def test_the_last_user_out_stops_servers_another_process_started(tmp_path: Path)
     with infrastructure(None, None, data_dir, lambda _: None) as infra:
         holder = subprocess.Popen(
             child(REUSE_AND_REPORT, str(data_dir), "hold"),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert holder.stdout is not None and holder.stdin is not None
         assert json.loads(holder.stdout.readline())["started"] == []
@@ -183,7 +189,9 @@ def test_the_last_user_out_stops_servers_another_process_started(tmp_path: Path)
 def test_servers_of_a_killed_process_are_adopted(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     crashed = subprocess.run(
-        child(WRITE_THEN_CRASH, str(data_dir), "orphan"), capture_output=True, text=True,
+        child(WRITE_THEN_CRASH, str(data_dir), "orphan"),
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert crashed.returncode == -9, crashed.stderr
@@ -199,7 +207,9 @@ def test_servers_of_a_killed_process_are_adopted(tmp_path: Path) -> None:
 def test_killed_servers_restart_on_the_same_data(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     crashed = subprocess.run(
-        child(WRITE_THEN_CRASH, str(data_dir), "kill-servers"), capture_output=True, text=True,
+        child(WRITE_THEN_CRASH, str(data_dir), "kill-servers"),
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert crashed.returncode == -9, crashed.stderr
@@ -216,7 +226,9 @@ def test_given_urls_start_nothing(tmp_path: Path) -> None:
         "postgresql://u@db.example/app", "redis://cache.example:6379/0", data_dir, lines.append
     ) as infra:
         assert (infra.database_url, infra.redis_url, infra.started) == (
-            "postgresql://u@db.example/app", "redis://cache.example:6379/0", []
+            "postgresql://u@db.example/app",
+            "redis://cache.example:6379/0",
+            [],
         )
     assert lines == []
     assert not data_dir.exists()

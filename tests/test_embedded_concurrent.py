@@ -31,8 +31,11 @@ def tollbooth(workdir: Path, *args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLBOOTH_")}
     return subprocess.Popen(
         [sys.executable, "-m", "gateway.cli.main", *args, "--config", "local.yaml"],
-        cwd=workdir, env=env | {"MOCK_PROVIDER_KEY": "sk-mock"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=workdir,
+        env=env | {"MOCK_PROVIDER_KEY": "sk-mock"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -57,12 +60,21 @@ def test_serve_and_a_command_launched_together_share_one_set_of_servers(
     tmp_path: Path, first: str
 ) -> None:
     port = free_port()
-    (tmp_path / "local.yaml").write_text(yaml.safe_dump({
-        "server": {"port": port},
-        "providers": {"openai": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1",
-                                 "api_key_env": "MOCK_PROVIDER_KEY"}},
-        "tiers": {"free": {"limits": {"requests_per_minute": 20}}},
-    }))
+    (tmp_path / "local.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "server": {"port": port},
+                "providers": {
+                    "openai": {
+                        "kind": "openai",
+                        "base_url": "http://127.0.0.1:9/v1",
+                        "api_key_env": "MOCK_PROVIDER_KEY",
+                    }
+                },
+                "tiers": {"free": {"limits": {"requests_per_minute": 20}}},
+            }
+        )
+    )
     launch = {
         "serve": lambda: tollbooth(tmp_path, "serve"),
         "command": lambda: tollbooth(tmp_path, "customers", "create", "acme"),

@@ -48,7 +48,8 @@ from tests.harness import Gateway, running_gateway
 from tests.helpers.tls import self_signed
 
 CHAT: list[ChatCompletionMessageParam] = [
-    {"role": "user", "content": "Count the stars in the sky tonight please"}]
+    {"role": "user", "content": "Count the stars in the sky tonight please"}
+]
 MESSAGES: list[MessageParam] = [{"role": "user", "content": "Name three rivers please"}]
 CLAUDE = "claude-sonnet-4-5"
 BEDROCK_MODEL = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
@@ -86,11 +87,12 @@ class Blocked:
         # (pytest, the loop) and blockbuster's and this module's below it say nothing.
         frames = list(self.stack)
         starts = [i for i, f in enumerate(frames) if f.filename.endswith("asyncio/events.py")]
-        frames = frames[starts[-1] + 1 if starts else 0:]
+        frames = frames[starts[-1] + 1 if starts else 0 :]
         while frames and frames[-1].filename.endswith((__file__, "blockbuster.py")):
             frames.pop()
-        return (f"blocking call to {self.call} on the event loop:\n"
-                + "".join(StackSummary.from_list(frames).format()))
+        return f"blocking call to {self.call} on the event loop:\n" + "".join(
+            StackSummary.from_list(frames).format()
+        )
 
 
 def report(found: list[Blocked]) -> str:
@@ -102,8 +104,14 @@ def recording_checks(found: list[Blocked]) -> Callable[..., Callable[..., Any]]:
     """A stand-in for blockbuster's `_wrap_blocking` that records instead of raising."""
     wrap = blockbuster_module._wrap_blocking
 
-    def wrap_recording(modules: Any, excluded: Any, func: Callable[..., Any], func_name: str,
-                       can_block: Any, predicate: Any) -> Callable[..., Any]:
+    def wrap_recording(
+        modules: Any,
+        excluded: Any,
+        func: Callable[..., Any],
+        func_name: str,
+        can_block: Any,
+        predicate: Any,
+    ) -> Callable[..., Any]:
         check = wrap(modules, excluded, func, func_name, can_block, predicate)
 
         def checked(*args: Any, **kwargs: Any) -> Any:
@@ -122,8 +130,9 @@ def recording_checks(found: list[Blocked]) -> Callable[..., Callable[..., Any]]:
 
 
 @contextmanager
-def watching_the_loop(monkeypatch: pytest.MonkeyPatch,
-                      config: pytest.Config) -> Iterator[list[Blocked]]:
+def watching_the_loop(
+    monkeypatch: pytest.MonkeyPatch, config: pytest.Config
+) -> Iterator[list[Blocked]]:
     """Every blocking call made on the loop while inside, with its stack."""
     found: list[Blocked] = []
     monkeypatch.setattr(blockbuster_module, "_wrap_blocking", recording_checks(found))
@@ -155,12 +164,14 @@ def watching_the_loop(monkeypatch: pytest.MonkeyPatch,
 
 
 @pytest.fixture
-async def gw(fresh_database_url: str, redis_url: str,
-             monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Gateway]:
-    tiers: dict[str, Any] = {"free": {"limits": {}},
-                             "capped": {"limits": {"requests_per_minute": 1}}}
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               tiers=tiers) as gateway:
+async def gw(
+    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Gateway]:
+    tiers: dict[str, Any] = {
+        "free": {"limits": {}},
+        "capped": {"limits": {"requests_per_minute": 1}},
+    }
+    async with running_gateway(fresh_database_url, redis_url, monkeypatch, tiers=tiers) as gateway:
         yield gateway
 
 
@@ -169,15 +180,13 @@ async def capped_key(gw: Gateway) -> str:
     accounts: AccountStore = gw.app[keys.accounts]
     customer_id = gw.customer_id + "_capped"
     await accounts.create_customer(customer_id, tier="capped")
-    _, key = await accounts.create_key(customer_id, project_id="web", user_id="u1",
-                                       name="capped")
+    _, key = await accounts.create_key(customer_id, project_id="web", user_id="u1", name="capped")
     return key
 
 
 async def drive_traffic(gw: Gateway, capped: str) -> None:
     oai = openai.AsyncOpenAI(api_key=gw.key, base_url=gw.openai_base_url, max_retries=0)
-    claude = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url,
-                                      max_retries=0)
+    claude = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url, max_retries=0)
     reply = await oai.chat.completions.create(model="gpt-4o", messages=CHAT)
     assert reply.choices[0].message.content
 
@@ -185,8 +194,8 @@ async def drive_traffic(gw: Gateway, capped: str) -> None:
     chunks = [chunk async for chunk in stream]
     assert chunks and all(chunk.usage is None for chunk in chunks)
     stream = await oai.chat.completions.create(
-        model="gpt-4o", messages=CHAT, stream=True,
-        stream_options={"include_usage": True})
+        model="gpt-4o", messages=CHAT, stream=True, stream_options={"include_usage": True}
+    )
     assert [chunk async for chunk in stream][-1].usage is not None
 
     embedded = await oai.embeddings.create(model="text-embedding-3-small", input=["one two"])
@@ -194,8 +203,7 @@ async def drive_traffic(gw: Gateway, capped: str) -> None:
 
     response = await oai.responses.create(model="gpt-5", input="Write one short line")
     assert response.usage is not None
-    events = await oai.responses.create(model="gpt-5", input="Write one short line",
-                                        stream=True)
+    events = await oai.responses.create(model="gpt-5", input="Write one short line", stream=True)
     assert "response.completed" in [event.type async for event in events]
 
     message = await claude.messages.create(model=CLAUDE, max_tokens=16, messages=MESSAGES)
@@ -208,19 +216,22 @@ async def drive_traffic(gw: Gateway, capped: str) -> None:
     with pytest.raises(openai.RateLimitError):  # the gateway's own 429
         await limited.chat.completions.create(model="gpt-4o", messages=CHAT)
 
-    stranger = openai.AsyncOpenAI(api_key="tb_wrong", base_url=gw.openai_base_url,
-                                  max_retries=0)
+    stranger = openai.AsyncOpenAI(api_key="tb_wrong", base_url=gw.openai_base_url, max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         await stranger.chat.completions.create(model="gpt-4o", messages=CHAT)
 
     with pytest.raises(openai.InternalServerError):
-        await oai.chat.completions.create(model="gpt-4o", messages=CHAT,
-                                          extra_headers={"x-mock-error": "500"})
+        await oai.chat.completions.create(
+            model="gpt-4o", messages=CHAT, extra_headers={"x-mock-error": "500"}
+        )
 
     # A client that hangs up after the first chunk of a paced stream (20 tokens, 20 ms apart).
     slow = await oai.chat.completions.create(
-        model="gpt-4o", messages=CHAT, stream=True,
-        extra_headers={"x-mock-token-delay-ms": "20", "x-mock-output-tokens": "20"})
+        model="gpt-4o",
+        messages=CHAT,
+        stream=True,
+        extra_headers={"x-mock-token-delay-ms": "20", "x-mock-output-tokens": "20"},
+    )
     async for _ in slow:
         break
     await slow.close()
@@ -244,10 +255,15 @@ async def drive_bedrock_traffic(gw: Gateway, ca: str) -> None:
 
     def make() -> Any:
         with mock.patch.dict(os.environ, {"AWS_BEARER_TOKEN_BEDROCK": gw.key}):
-            return boto3.client("bedrock-runtime", region_name="us-east-1",
-                                endpoint_url=gw.base_url, verify=ca,
-                                config=Config(signature_version="bearer",
-                                              retries={"max_attempts": 1, "mode": "standard"}))
+            return boto3.client(
+                "bedrock-runtime",
+                region_name="us-east-1",
+                endpoint_url=gw.base_url,
+                verify=ca,
+                config=Config(
+                    signature_version="bearer", retries={"max_attempts": 1, "mode": "standard"}
+                ),
+            )
 
     client = await asyncio.to_thread(make)
     messages: Any = [{"role": "user", "content": [{"text": "Name three rivers please"}]}]
@@ -263,8 +279,11 @@ async def drive_bedrock_traffic(gw: Gateway, ca: str) -> None:
 
 
 async def test_bedrock_signing_and_relay_make_no_blocking_call_in_the_event_loop(
-    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch,
-    pytestconfig: pytest.Config, tmp_path: Path,
+    fresh_database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    pytestconfig: pytest.Config,
+    tmp_path: Path,
 ) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDLOOPTEST00000001")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "loop-test-secret")
@@ -272,10 +291,14 @@ async def test_bedrock_signing_and_relay_make_no_blocking_call_in_the_event_loop
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
     cert = self_signed(tmp_path)
     async with running_gateway(
-        fresh_database_url, redis_url, monkeypatch, tls=cert.server_context(),
+        fresh_database_url,
+        redis_url,
+        monkeypatch,
+        tls=cert.server_context(),
         mock_options=MockOptions(aws_region="us-east-1"),
-        providers=lambda url: {"bedrock": {"kind": "bedrock", "region": "us-east-1",
-                                           "endpoint_url": url}},
+        providers=lambda url: {
+            "bedrock": {"kind": "bedrock", "region": "us-east-1", "endpoint_url": url}
+        },
     ) as gw:
         with watching_the_loop(monkeypatch, pytestconfig) as found:
             try:

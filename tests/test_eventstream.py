@@ -29,12 +29,16 @@ header_values = st.one_of(
     st.text(max_size=40),
     st.binary(max_size=40),
     st.integers(min_value=-(2**40), max_value=2**40).map(
-        lambda ms: _EPOCH + timedelta(milliseconds=ms)),
+        lambda ms: _EPOCH + timedelta(milliseconds=ms)
+    ),
     st.uuids(),
 )
 messages = st.tuples(
-    st.dictionaries(st.text(min_size=1, max_size=20).filter(lambda s: len(s.encode()) < 256),
-                    header_values, max_size=5),
+    st.dictionaries(
+        st.text(min_size=1, max_size=20).filter(lambda s: len(s.encode()) < 256),
+        header_values,
+        max_size=5,
+    ),
     st.binary(max_size=300),
 )
 
@@ -49,21 +53,31 @@ def decode(chunks: list[bytes]) -> tuple[list[EventStreamMessage], bool]:
 
 
 def bedrock_stream() -> bytes:
-    return b"".join([
-        event_message("messageStart", b'{"role":"assistant"}'),
-        event_message("contentBlockDelta", b'{"contentBlockIndex":0,"delta":{"text":"Hi"}}'),
-        event_message("contentBlockStop", b'{"contentBlockIndex":0}'),
-        event_message("messageStop", b'{"stopReason":"end_turn"}'),
-        event_message("metadata", b'{"usage":{"inputTokens":3,"outputTokens":1,'
-                                  b'"totalTokens":4},"metrics":{"latencyMs":5}}'),
-    ])
+    return b"".join(
+        [
+            event_message("messageStart", b'{"role":"assistant"}'),
+            event_message("contentBlockDelta", b'{"contentBlockIndex":0,"delta":{"text":"Hi"}}'),
+            event_message("contentBlockStop", b'{"contentBlockIndex":0}'),
+            event_message("messageStop", b'{"stopReason":"end_turn"}'),
+            event_message(
+                "metadata",
+                b'{"usage":{"inputTokens":3,"outputTokens":1,'
+                b'"totalTokens":4},"metrics":{"latencyMs":5}}',
+            ),
+        ]
+    )
 
 
 def test_bedrock_sequence_decodes_with_names_and_types() -> None:
     found, broken = decode([bedrock_stream()])
     assert not broken
     assert [m.event_type for m in found] == [
-        "messageStart", "contentBlockDelta", "contentBlockStop", "messageStop", "metadata"]
+        "messageStart",
+        "contentBlockDelta",
+        "contentBlockStop",
+        "messageStop",
+        "metadata",
+    ]
     assert all(m.message_type == "event" for m in found)
     assert found[-1].headers[":content-type"] == "application/json"
     error = decode([exception_message("throttlingException", b'{"message":"slow"}')])[0][0]
@@ -77,7 +91,7 @@ def test_every_split_point_yields_the_same_messages() -> None:
         found, broken = decode([stream[:cut], stream[cut:]])
         assert not broken
         assert [m.raw for m in found] == [m.raw for m in whole]
-    found, broken = decode([stream[i:i + 1] for i in range(len(stream))])
+    found, broken = decode([stream[i : i + 1] for i in range(len(stream))])
     assert [m.raw for m in found] == [m.raw for m in whole] and not broken
 
 
@@ -115,7 +129,7 @@ def _as_botocore(value: HeaderValue) -> Any:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400), st.integers(1, 64))
 def test_garbage_never_raises(garbage: bytes, step: int) -> None:
-    decode([garbage[i:i + step] for i in range(0, len(garbage), step)])
+    decode([garbage[i : i + step] for i in range(0, len(garbage), step)])
 
 
 @settings(max_examples=300, deadline=None)
@@ -124,10 +138,10 @@ def test_a_corrupted_byte_breaks_the_stream_after_the_good_messages(data: st.Dat
     stream = bedrock_stream()
     at = data.draw(st.integers(0, len(stream) - 1))
     flip = data.draw(st.integers(1, 255))
-    corrupted = stream[:at] + bytes((stream[at] ^ flip,)) + stream[at + 1:]
+    corrupted = stream[:at] + bytes((stream[at] ^ flip,)) + stream[at + 1 :]
     found, broken = decode([corrupted])
     assert broken
-    assert b"".join(m.raw for m in found) == stream[:len(b"".join(m.raw for m in found))]
+    assert b"".join(m.raw for m in found) == stream[: len(b"".join(m.raw for m in found))]
     assert sum(len(m.raw) for m in found) <= at
 
 

@@ -34,14 +34,25 @@ class Response:
         return "aiohttp" in self.headers.get("server", "")
 
 
-def request(gw: Gateway, body: dict[str, object] | None = None, *, method: str = "POST",
-            path: str = "/v1/chat/completions", extra: bytes = b"",
-            raw_body: bytes | None = None) -> bytes:
+def request(
+    gw: Gateway,
+    body: dict[str, object] | None = None,
+    *,
+    method: str = "POST",
+    path: str = "/v1/chat/completions",
+    extra: bytes = b"",
+    raw_body: bytes | None = None,
+) -> bytes:
     data = raw_body if raw_body is not None else orjson.dumps(body or CHAT)
     framing = b"" if b"Transfer-Encoding" in extra else b"Content-Length: %d\r\n" % len(data)
-    return (f"{method} {path} HTTP/1.1\r\nHost: gateway\r\n"
-            f"Authorization: Bearer {gw.key}\r\nContent-Type: application/json\r\n".encode()
-            + extra + framing + b"\r\n" + data)
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: gateway\r\n"
+        f"Authorization: Bearer {gw.key}\r\nContent-Type: application/json\r\n".encode()
+        + extra
+        + framing
+        + b"\r\n"
+        + data
+    )
 
 
 async def read_response(reader: asyncio.StreamReader) -> Response:
@@ -90,10 +101,12 @@ async def event_ids(gw: Gateway, count: int) -> set[str]:
 
 
 @pytest.fixture
-async def gw(fresh_database_url: str, redis_url: str,
-             monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Gateway]:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               mock_options=MockOptions(latency_ms=0)) as gateway:
+async def gw(
+    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Gateway]:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, mock_options=MockOptions(latency_ms=0)
+    ) as gateway:
         yield gateway
 
 
@@ -101,8 +114,10 @@ async def test_keep_alive_requests_are_served_by_the_front(gw: Gateway) -> None:
     responses = await exchange(gw, request(gw), request(gw), request(gw))
     assert [r.status for r in responses] == [200, 200, 200]
     assert not any(r.from_aiohttp for r in responses)
-    assert all("date" in r.headers and r.headers["content-type"].startswith("application/json")
-               for r in responses)
+    assert all(
+        "date" in r.headers and r.headers["content-type"].startswith("application/json")
+        for r in responses
+    )
     ids = [r.headers["x-request-id"] for r in responses]
     assert len(set(ids)) == 3
     assert await event_ids(gw, 3) == set(ids)
@@ -116,14 +131,16 @@ async def test_another_route_hands_the_connection_to_aiohttp(gw: Gateway) -> Non
     assert not first.from_aiohttp
     assert second.from_aiohttp and orjson.loads(second.body)["status"]
     assert third.from_aiohttp  # the connection stays with aiohttp
-    assert await event_ids(gw, 2) == {first.headers["x-request-id"],
-                                      third.headers["x-request-id"]}
+    assert await event_ids(gw, 2) == {first.headers["x-request-id"], third.headers["x-request-id"]}
 
 
 async def test_chunked_and_compressed_bodies_are_served_by_aiohttp(gw: Gateway) -> None:
     body = orjson.dumps(CHAT)
-    chunked = request(gw, extra=b"Transfer-Encoding: chunked\r\n",
-                      raw_body=b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body))
+    chunked = request(
+        gw,
+        extra=b"Transfer-Encoding: chunked\r\n",
+        raw_body=b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body),
+    )
     compressed = request(gw, extra=b"Content-Encoding: gzip\r\n", raw_body=gzip.compress(body))
     responses = [(await exchange(gw, data))[0] for data in (chunked, compressed)]
     assert [r.status for r in responses] == [200, 200]
@@ -132,39 +149,51 @@ async def test_chunked_and_compressed_bodies_are_served_by_aiohttp(gw: Gateway) 
 
 
 async def test_the_anthropic_v1_alias_is_served_by_both_servers(gw: Gateway) -> None:
-    message = {"model": "claude-sonnet-4-5", "max_tokens": 16,
-               "messages": [{"role": "user", "content": "hello there"}]}
+    message = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "hello there"}],
+    }
     body = orjson.dumps(message)
     version = b"anthropic-version: 2023-06-01\r\n"
     fast = request(gw, message, path="/v1/v1/messages", extra=version)
-    chunked = request(gw, path="/v1/v1/messages",
-                      extra=version + b"Transfer-Encoding: chunked\r\n",
-                      raw_body=b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body))
+    chunked = request(
+        gw,
+        path="/v1/v1/messages",
+        extra=version + b"Transfer-Encoding: chunked\r\n",
+        raw_body=b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body),
+    )
     stranger = chunked.replace(gw.key.encode(), b"tb_" + b"z" * 40)
-    served, handed, refused = [(await exchange(gw, data))[0]
-                               for data in (fast, chunked, stranger)]
+    served, handed, refused = [(await exchange(gw, data))[0] for data in (fast, chunked, stranger)]
     assert (served.status, handed.status, refused.status) == (200, 200, 401)
     assert not served.from_aiohttp and handed.from_aiohttp and refused.from_aiohttp
     assert orjson.loads(refused.body)["error"]["type"] == "authentication_error"
     rows = await gw.events(wait_for=2)
-    assert {str(row["id"]) for row in rows} == {served.headers["x-request-id"],
-                                                handed.headers["x-request-id"]}
+    assert {str(row["id"]) for row in rows} == {
+        served.headers["x-request-id"],
+        handed.headers["x-request-id"],
+    }
     assert [row["endpoint"] for row in rows] == ["messages", "messages"]
     assert [sent.path for sent in gw.mock_requests] == ["/v1/messages", "/v1/messages"]
     metrics = b"GET /metrics HTTP/1.1\r\nHost: gateway\r\n\r\n"
     (scrape,) = await exchange(gw, metrics)
-    refusals = [line for line in scrape.body.decode().splitlines()
-                if line.startswith("tollbooth_refused_requests_total{")]
+    refusals = [
+        line
+        for line in scrape.body.decode().splitlines()
+        if line.startswith("tollbooth_refused_requests_total{")
+    ]
     assert refusals and all('route="/v1/messages"' in line for line in refusals), refusals
 
 
 async def test_pipelined_requests_are_answered_in_order(gw: Gateway) -> None:
     models = ["gpt-4o-mini", "gpt-4o", "gpt-4o-mini"]
-    responses = await exchange(gw, *(request(gw, {**CHAT, "model": m}) for m in models),
-                               pipelined=True)
+    responses = await exchange(
+        gw, *(request(gw, {**CHAT, "model": m}) for m in models), pipelined=True
+    )
     assert [r.status for r in responses] == [200, 200, 200]
-    assert all(orjson.loads(r.body)["model"].startswith(m)
-               for r, m in zip(responses, models, strict=True))
+    assert all(
+        orjson.loads(r.body)["model"].startswith(m) for r, m in zip(responses, models, strict=True)
+    )
     rows = await gw.events(wait_for=3)
     by_id = {str(row["id"]): row["model"] for row in rows}
     assert [by_id[r.headers["x-request-id"]] for r in responses] == models
@@ -200,10 +229,12 @@ async def test_a_client_that_half_closes_gets_its_answer(gw: Gateway) -> None:
 async def test_refusals_on_the_front_keep_the_api_shape_and_the_connection(gw: Gateway) -> None:
     bad_key = request(gw).replace(gw.key.encode(), b"tb_" + b"x" * 40)
     no_model = request(gw, {"messages": []})
-    anthropic = request(gw, {"model": "claude-sonnet-4-5", "messages": []},
-                        path="/v1/messages").replace(gw.key.encode(), b"tb_" + b"y" * 40)
+    anthropic = request(
+        gw, {"model": "claude-sonnet-4-5", "messages": []}, path="/v1/messages"
+    ).replace(gw.key.encode(), b"tb_" + b"y" * 40)
     refused_key, refused_model, refused_anthropic, ok = await exchange(
-        gw, bad_key, no_model, anthropic, request(gw))
+        gw, bad_key, no_model, anthropic, request(gw)
+    )
     assert (refused_key.status, refused_model.status, refused_anthropic.status) == (401, 400, 401)
     assert orjson.loads(refused_key.body)["error"]["code"] == "invalid_api_key"
     assert orjson.loads(refused_model.body)["error"]["param"] == "model"
@@ -227,11 +258,11 @@ async def test_a_stream_is_chunked_and_whole(gw: Gateway) -> None:
 async def test_shutdown_finishes_the_request_in_flight(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               mock_options=MockOptions(latency_ms=400)) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, mock_options=MockOptions(latency_ms=400)
+    ) as gw:
         reader, writer = await asyncio.open_connection(gw.server.host, gw.server.port)
-        idle_reader, idle_writer = await asyncio.open_connection(gw.server.host,
-                                                                 gw.server.port)
+        idle_reader, idle_writer = await asyncio.open_connection(gw.server.host, gw.server.port)
         writer.write(request(gw))
         await asyncio.sleep(0.1)  # the request is upstream now
         closing = asyncio.ensure_future(gw.server.close())

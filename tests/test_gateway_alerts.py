@@ -67,25 +67,32 @@ async def hook(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Hook]:
 
 
 def client(gw: Gateway, base_url: str | None = None) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key=gw.key, base_url=base_url or gw.openai_base_url,
-                              max_retries=0)
+    return openai.AsyncOpenAI(
+        api_key=gw.key, base_url=base_url or gw.openai_base_url, max_retries=0
+    )
 
 
-async def chat(api: openai.AsyncOpenAI, *, max_tokens: int, output_tokens: int,
-               delay_ms: int = 0) -> None:
+async def chat(
+    api: openai.AsyncOpenAI, *, max_tokens: int, output_tokens: int, delay_ms: int = 0
+) -> None:
     headers = {"x-mock-output-tokens": str(output_tokens)}
     if delay_ms:
         headers |= {"x-mock-error": "slow", "x-mock-delay-ms": str(delay_ms)}
-    await api.chat.completions.create(model="gpt-4o", messages=PROMPT,  # type: ignore[arg-type]
-                                      max_tokens=max_tokens, extra_headers=headers)
+    await api.chat.completions.create(
+        model="gpt-4o",
+        messages=PROMPT,  # type: ignore[arg-type]
+        max_tokens=max_tokens,
+        extra_headers=headers,
+    )
 
 
 async def month_used(gw: Gateway, limit: str, until: int | str) -> Any:
     """/usage/limits' `current` of `limit`, once it reads `until` (settles lag a moment)."""
     async with aiohttp.ClientSession() as session:
         for _ in range(100):
-            async with session.get(gw.base_url + "/usage/limits",
-                                   headers={"Authorization": f"Bearer {gw.key}"}) as r:
+            async with session.get(
+                gw.base_url + "/usage/limits", headers={"Authorization": f"Bearer {gw.key}"}
+            ) as r:
                 window = (await r.json())["limits"][limit]
             if window["current"] == until:
                 return window
@@ -96,9 +103,13 @@ async def month_used(gw: Gateway, limit: str, until: int | str) -> Any:
 async def test_a_threshold_crossed_when_the_request_is_settled_is_alerted(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, hook: Hook
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               tiers={"free": {"limits": {"tokens_per_month": 100}}},
-                               extra_config={"alerts": {"webhook_url": hook.url}}) as gw:
+    async with running_gateway(
+        fresh_database_url,
+        redis_url,
+        monkeypatch,
+        tiers={"free": {"limits": {"tokens_per_month": 100}}},
+        extra_config={"alerts": {"webhook_url": hook.url}},
+    ) as gw:
         counter = gw.app[keys.tokens]
         assert counter.reservation_tokens("gpt-4o", "one two three four five") + 70 == 75
         await chat(client(gw), max_tokens=70, output_tokens=70)  # reserved 75, used 12 + 70
@@ -107,8 +118,10 @@ async def test_a_threshold_crossed_when_the_request_is_settled_is_alerted(
         assert await hook.settled(1) == [("tokens_per_month", 80, "settlement")]
         with pytest.raises(openai.RateLimitError):  # 82 + 75 > 100
             await chat(client(gw), max_tokens=70, output_tokens=70)
-        assert await hook.settled(2) == [("tokens_per_month", 80, "settlement"),
-                                         ("tokens_per_month", 100, "refusal")]
+        assert await hook.settled(2) == [
+            ("tokens_per_month", 80, "settlement"),
+            ("tokens_per_month", 100, "refusal"),
+        ]
     first, limit_reached = sorted(hook.alerts, key=lambda a: a["threshold_percent"])
     assert first["type"] == "usage.threshold_crossed" and first["used"] == "82"
     assert first["limit_value"] == "100" and first["customer_id"] == gw.customer_id
@@ -121,16 +134,23 @@ async def test_a_threshold_crossed_when_the_request_is_settled_is_alerted(
 async def test_a_spend_cap_crossed_by_one_request_is_alerted(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, hook: Hook
 ) -> None:
-    dollar_a_token = {"markup_percent": "0", "per_request_usd": "0",
-                      "models": {"gpt-4o": {"input_per_mtok": "1000000",
-                                            "output_per_mtok": "1000000"}}}
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               tiers={"free": {"limits": {"spend_per_month_usd": "100.00"}}},
-                               pricing=dollar_a_token,
-                               extra_config={"alerts": {"webhook_url": hook.url}}) as gw:
+    dollar_a_token = {
+        "markup_percent": "0",
+        "per_request_usd": "0",
+        "models": {"gpt-4o": {"input_per_mtok": "1000000", "output_per_mtok": "1000000"}},
+    }
+    async with running_gateway(
+        fresh_database_url,
+        redis_url,
+        monkeypatch,
+        tiers={"free": {"limits": {"spend_per_month_usd": "100.00"}}},
+        pricing=dollar_a_token,
+        extra_config={"alerts": {"webhook_url": hook.url}},
+    ) as gw:
         pricing = gw.app[keys.runtime].current.pricing
-        assert pricing.max_charge("gpt-4o", 5, 70, customer_id=gw.customer_id,
-                                  tier="free") == Decimal(75)  # the reservation: under 80 %
+        assert pricing.max_charge(
+            "gpt-4o", 5, 70, customer_id=gw.customer_id, tier="free"
+        ) == Decimal(75)  # the reservation: under 80 %
         await chat(client(gw), max_tokens=70, output_tokens=70)
         [event] = await gw.events(wait_for=1)
         assert event["price_usd"] == Decimal(82)
@@ -138,8 +158,10 @@ async def test_a_spend_cap_crossed_by_one_request_is_alerted(
         assert await hook.settled(1) == [("spend_per_month_usd", 80, "settlement")]
         with pytest.raises(openai.RateLimitError):
             await chat(client(gw), max_tokens=70, output_tokens=70)
-        assert await hook.settled(2) == [("spend_per_month_usd", 80, "settlement"),
-                                         ("spend_per_month_usd", 100, "refusal")]
+        assert await hook.settled(2) == [
+            ("spend_per_month_usd", 80, "settlement"),
+            ("spend_per_month_usd", 100, "refusal"),
+        ]
     assert {a["used"] for a in hook.alerts} == {"82.000000"}
 
 
@@ -147,9 +169,13 @@ async def test_a_refusal_sends_the_limit_reached_alert_once(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, hook: Hook
 ) -> None:
     tier = {"limits": {"tokens_per_month": 100}, "alert_thresholds_percent": [100]}
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               tiers={"free": tier},
-                               extra_config={"alerts": {"webhook_url": hook.url}}) as gw:
+    async with running_gateway(
+        fresh_database_url,
+        redis_url,
+        monkeypatch,
+        tiers={"free": tier},
+        extra_config={"alerts": {"webhook_url": hook.url}},
+    ) as gw:
         await chat(client(gw), max_tokens=20, output_tokens=5)  # 17 used
         await month_used(gw, "tokens_per_month", 17)
         for _ in range(2):  # 17 + 5 + 95 > 100: refused, with code insufficient_quota
@@ -162,11 +188,13 @@ async def test_a_refusal_sends_the_limit_reached_alert_once(
 
 
 @asynccontextmanager
-async def second_gateway(gw: Gateway, database_url: str, redis_url: str,
-                         config: bytes) -> AsyncIterator[str]:
+async def second_gateway(
+    gw: Gateway, database_url: str, redis_url: str, config: bytes
+) -> AsyncIterator[str]:
     """Another gateway app on the same Postgres and Redis; its OpenAI base URL."""
-    app = create_app(parse_settings(config, "second.yaml"), database_url=database_url,
-                     redis_url=redis_url)
+    app = create_app(
+        parse_settings(config, "second.yaml"), database_url=database_url, redis_url=redis_url
+    )
     server = FrontTestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
@@ -178,28 +206,44 @@ async def second_gateway(gw: Gateway, database_url: str, redis_url: str,
 async def test_two_gateways_on_one_redis_send_one_webhook_per_threshold(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, hook: Hook
 ) -> None:
-    tiers = {"free": {"limits": {"tokens_per_month": 100},
-                      "alert_thresholds_percent": [50, 80, 100]}}
+    tiers = {
+        "free": {"limits": {"tokens_per_month": 100}, "alert_thresholds_percent": [50, 80, 100]}
+    }
     alerts = {"alerts": {"webhook_url": hook.url}}
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch, tiers=tiers,
-                               extra_config=alerts) as gw, \
-            second_gateway(gw, fresh_database_url, redis_url,
-                           gateway_config(gw.mock_url, tiers=tiers, extra=alerts)) as other:
+    async with (
+        running_gateway(
+            fresh_database_url, redis_url, monkeypatch, tiers=tiers, extra_config=alerts
+        ) as gw,
+        second_gateway(
+            gw,
+            fresh_database_url,
+            redis_url,
+            gateway_config(gw.mock_url, tiers=tiers, extra=alerts),
+        ) as other,
+    ):
         a, b = client(gw), client(gw, other)
         # Each request reserves 5 + 10 and uses 12 + 10; each pair is admitted before either
         # settles (the provider takes 300 ms), one request through each gateway.
-        pair = [chat(a, max_tokens=10, output_tokens=10, delay_ms=300),
-                chat(b, max_tokens=10, output_tokens=10, delay_ms=300)]
+        pair = [
+            chat(a, max_tokens=10, output_tokens=10, delay_ms=300),
+            chat(b, max_tokens=10, output_tokens=10, delay_ms=300),
+        ]
         await asyncio.gather(*pair)  # admitted at 15 and 30, settled at 44
         await month_used(gw, "tokens_per_month", 44)
-        pair = [chat(a, max_tokens=10, output_tokens=10, delay_ms=300),
-                chat(b, max_tokens=10, output_tokens=10, delay_ms=300)]
+        pair = [
+            chat(a, max_tokens=10, output_tokens=10, delay_ms=300),
+            chat(b, max_tokens=10, output_tokens=10, delay_ms=300),
+        ]
         await asyncio.gather(*pair)  # admitted at 59 and 74 (50 %), settled at 88 (80 %)
         await month_used(gw, "tokens_per_month", 88)
-        refusals = await asyncio.gather(chat(a, max_tokens=10, output_tokens=10),
-                                        chat(b, max_tokens=10, output_tokens=10),
-                                        return_exceptions=True)  # 88 + 15 > 100 (100 %)
+        refusals = await asyncio.gather(
+            chat(a, max_tokens=10, output_tokens=10),
+            chat(b, max_tokens=10, output_tokens=10),
+            return_exceptions=True,
+        )  # 88 + 15 > 100 (100 %)
         assert all(isinstance(r, openai.RateLimitError) for r in refusals), refusals
-        assert await hook.settled(3) == [("tokens_per_month", 50, "admission"),
-                                         ("tokens_per_month", 80, "settlement"),
-                                         ("tokens_per_month", 100, "refusal")]
+        assert await hook.settled(3) == [
+            ("tokens_per_month", 50, "admission"),
+            ("tokens_per_month", 80, "settlement"),
+            ("tokens_per_month", 100, "refusal"),
+        ]

@@ -36,7 +36,8 @@ def expected_money(row: Any) -> tuple[Decimal, Decimal]:
     ) / Decimal(1_000_000)
     cost = cost.quantize(TEN_PLACES, rounding=ROUND_HALF_EVEN)
     charged = (cost * Decimal("1.20") + Decimal("0.001")).quantize(
-        TEN_PLACES, rounding=ROUND_HALF_EVEN)
+        TEN_PLACES, rounding=ROUND_HALF_EVEN
+    )
     return cost, charged
 
 
@@ -60,10 +61,13 @@ CACHE_HEADERS = {"x-mock-cached-tokens": "40", "x-mock-cache-write-tokens": "25"
 
 
 async def test_message_with_cache_tokens_is_priced_per_kind(gw: Gateway) -> None:
-    client = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url,
-                                      max_retries=0)
-    reply = await client.messages.create(model=MODEL, max_tokens=16, messages=MESSAGES,  # type: ignore[arg-type]
-                                         extra_headers=CACHE_HEADERS)
+    client = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url, max_retries=0)
+    reply = await client.messages.create(
+        model=MODEL,
+        max_tokens=16,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        extra_headers=CACHE_HEADERS,
+    )
     assert reply.usage.cache_read_input_tokens == 40
     [row] = await gw.events()
     check_row(row, gw, reply.usage, streamed=False)
@@ -71,10 +75,14 @@ async def test_message_with_cache_tokens_is_priced_per_kind(gw: Gateway) -> None
 
 
 async def test_streamed_message_takes_last_cumulative_delta(gw: Gateway) -> None:
-    client = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url,
-                                      max_retries=0)
-    stream = await client.messages.create(model=MODEL, max_tokens=30, messages=MESSAGES,  # type: ignore[arg-type]
-                                          stream=True, extra_headers=CACHE_HEADERS)
+    client = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url, max_retries=0)
+    stream = await client.messages.create(
+        model=MODEL,
+        max_tokens=30,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        stream=True,
+        extra_headers=CACHE_HEADERS,
+    )
     start_usage = None
     output_tokens = 0
     text = ""
@@ -93,9 +101,12 @@ async def test_streamed_message_takes_last_cumulative_delta(gw: Gateway) -> None
 
 async def test_stream_helper_and_bearer_auth(gw: Gateway) -> None:
     # anthropic SDK 2.x sends `Authorization: Bearer` when given auth_token.
-    client = anthropic.AsyncAnthropic(auth_token=gw.key, base_url=gw.anthropic_base_url,
-                                      max_retries=0,
-                                      default_headers={"anthropic-beta": "test-beta-1"})
+    client = anthropic.AsyncAnthropic(
+        auth_token=gw.key,
+        base_url=gw.anthropic_base_url,
+        max_retries=0,
+        default_headers={"anthropic-beta": "test-beta-1"},
+    )
     async with client.messages.stream(model=MODEL, max_tokens=10, messages=MESSAGES) as s:  # type: ignore[arg-type]
         text = await s.get_final_text()
         final = await s.get_final_message()
@@ -111,8 +122,7 @@ async def test_stream_helper_and_bearer_auth(gw: Gateway) -> None:
 
 
 async def test_count_tokens_is_forwarded_but_not_recorded(gw: Gateway) -> None:
-    client = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url,
-                                      max_retries=0)
+    client = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url, max_retries=0)
     counted = await client.messages.count_tokens(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
     assert counted.input_tokens > 0
     assert gw.mock_requests and gw.mock_requests[-1].path == "/v1/messages/count_tokens"
@@ -120,8 +130,9 @@ async def test_count_tokens_is_forwarded_but_not_recorded(gw: Gateway) -> None:
 
 
 async def test_errors_have_anthropic_shape(gw: Gateway) -> None:
-    client = anthropic.AsyncAnthropic(api_key="tb_nope", base_url=gw.anthropic_base_url,
-                                      max_retries=0)
+    client = anthropic.AsyncAnthropic(
+        api_key="tb_nope", base_url=gw.anthropic_base_url, max_retries=0
+    )
     with pytest.raises(anthropic.AuthenticationError) as err:
         await client.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES)  # type: ignore[arg-type]
     body = err.value.body
@@ -131,11 +142,14 @@ async def test_errors_have_anthropic_shape(gw: Gateway) -> None:
 
 
 async def test_provider_error_is_recorded_with_its_status(gw: Gateway) -> None:
-    client = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url,
-                                      max_retries=0)
+    client = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url, max_retries=0)
     with pytest.raises(anthropic.InternalServerError):
-        await client.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES,  # type: ignore[arg-type]
-                                     extra_headers={"x-mock-error": "500"})
+        await client.messages.create(
+            model=MODEL,
+            max_tokens=5,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            extra_headers={"x-mock-error": "500"},
+        )
     [row] = await gw.events()
     assert row["status_code"] == 500
     assert row["input_tokens"] == row["output_tokens"] == 0
@@ -143,18 +157,22 @@ async def test_provider_error_is_recorded_with_its_status(gw: Gateway) -> None:
 
 
 async def test_models_list_in_anthropic_shape(gw: Gateway) -> None:
-    client = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url,
-                                      max_retries=0)
+    client = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url, max_retries=0)
     ids = [m.id async for m in client.models.list()]
     assert MODEL in ids and not any(i.startswith("gpt") for i in ids)
 
 
 async def test_base_url_ending_in_v1_is_served_as_messages(gw: Gateway) -> None:
     # base_url=".../v1" (the OpenAI SDK's habit) makes the SDK call /v1/v1/messages.
-    client = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url + "/v1",
-                                      max_retries=0)
-    reply = await client.messages.create(model=MODEL, max_tokens=16, messages=MESSAGES,  # type: ignore[arg-type]
-                                         extra_headers=CACHE_HEADERS)
+    client = anthropic.AsyncAnthropic(
+        api_key=gw.key, base_url=gw.anthropic_base_url + "/v1", max_retries=0
+    )
+    reply = await client.messages.create(
+        model=MODEL,
+        max_tokens=16,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        extra_headers=CACHE_HEADERS,
+    )
     [row] = await gw.events()
     check_row(row, gw, reply.usage, streamed=False)
     assert row["upstream_request_id"] == reply.id
@@ -162,10 +180,15 @@ async def test_base_url_ending_in_v1_is_served_as_messages(gw: Gateway) -> None:
 
 
 async def test_base_url_ending_in_v1_streams_are_metered(gw: Gateway) -> None:
-    client = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url + "/v1",
-                                      max_retries=0)
-    async with client.messages.stream(model=MODEL, max_tokens=30, messages=MESSAGES,  # type: ignore[arg-type]
-                                      extra_headers=CACHE_HEADERS) as stream:
+    client = anthropic.AsyncAnthropic(
+        api_key=gw.key, base_url=gw.anthropic_base_url + "/v1", max_retries=0
+    )
+    async with client.messages.stream(
+        model=MODEL,
+        max_tokens=30,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        extra_headers=CACHE_HEADERS,
+    ) as stream:
         assert await stream.get_final_text()
         final = await stream.get_final_message()
     [row] = await gw.events()
@@ -176,13 +199,15 @@ async def test_base_url_ending_in_v1_streams_are_metered(gw: Gateway) -> None:
 async def test_base_url_ending_in_v1_counts_tokens_and_keeps_the_error_shape(
     gw: Gateway,
 ) -> None:
-    client = anthropic.AsyncAnthropic(api_key=gw.key, base_url=gw.anthropic_base_url + "/v1",
-                                      max_retries=0)
+    client = anthropic.AsyncAnthropic(
+        api_key=gw.key, base_url=gw.anthropic_base_url + "/v1", max_retries=0
+    )
     counted = await client.messages.count_tokens(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
     assert counted.input_tokens > 0
     assert [sent.path for sent in gw.mock_requests] == ["/v1/messages/count_tokens"]
-    stranger = anthropic.AsyncAnthropic(api_key="tb_nope",
-                                        base_url=gw.anthropic_base_url + "/v1", max_retries=0)
+    stranger = anthropic.AsyncAnthropic(
+        api_key="tb_nope", base_url=gw.anthropic_base_url + "/v1", max_retries=0
+    )
     with pytest.raises(anthropic.AuthenticationError) as err:
         await stranger.messages.create(model=MODEL, max_tokens=5, messages=MESSAGES)  # type: ignore[arg-type]
     assert isinstance(err.value.body, dict) and err.value.body["type"] == "error"

@@ -19,26 +19,49 @@ from tests.test_gateway_openai import expected_money
 
 API_VERSION = "2024-10-21"
 OLD_API_VERSION = "2024-06-01"  # before streamed usage (stream_options)
-DEPLOYMENTS = {"prod-4o": "gpt-4o", "mini": "gpt-4o-mini", "embed": "text-embedding-3-small",
-               "instruct": "gpt-3.5-turbo-instruct"}
+DEPLOYMENTS = {
+    "prod-4o": "gpt-4o",
+    "mini": "gpt-4o-mini",
+    "embed": "text-embedding-3-small",
+    "instruct": "gpt-3.5-turbo-instruct",
+}
 MESSAGES: Any = [{"role": "user", "content": "Name three rivers of Europe please"}]
 
 
 def azure_config(**entry: Any) -> dict[str, Any]:
-    return {"providers": {
-        "openai": {"kind": "openai", "base_url": "{mock_url}/v1",
-                   "api_key_env": "TB_TEST_OPENAI_KEY"},
-        "anthropic": {"kind": "anthropic", "base_url": "{mock_url}",
-                      "api_key_env": "TB_TEST_ANTHROPIC_KEY"},
-        "azure": {"kind": "azure_openai", "base_url": "{mock_url}",
-                  "api_key_env": "TB_TEST_OPENAI_KEY", "deployments": DEPLOYMENTS, **entry}}}
+    return {
+        "providers": {
+            "openai": {
+                "kind": "openai",
+                "base_url": "{mock_url}/v1",
+                "api_key_env": "TB_TEST_OPENAI_KEY",
+            },
+            "anthropic": {
+                "kind": "anthropic",
+                "base_url": "{mock_url}",
+                "api_key_env": "TB_TEST_ANTHROPIC_KEY",
+            },
+            "azure": {
+                "kind": "azure_openai",
+                "base_url": "{mock_url}",
+                "api_key_env": "TB_TEST_OPENAI_KEY",
+                "deployments": DEPLOYMENTS,
+                **entry,
+            },
+        }
+    }
 
 
-async def start(fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch,
-                **entry: Any) -> Any:
-    return running_gateway(fresh_database_url, redis_url, monkeypatch,
-                           mock_options=MockOptions(api_key=PROVIDER_KEY, token_delay_ms=0),
-                           extra_config=azure_config(**entry))
+async def start(
+    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, **entry: Any
+) -> Any:
+    return running_gateway(
+        fresh_database_url,
+        redis_url,
+        monkeypatch,
+        mock_options=MockOptions(api_key=PROVIDER_KEY, token_delay_ms=0),
+        extra_config=azure_config(**entry),
+    )
 
 
 @pytest.fixture
@@ -48,13 +71,13 @@ async def gw(fresh_database_url: str, redis_url: str, monkeypatch: pytest.Monkey
 
 
 def azure(gw: Gateway, api_version: str = API_VERSION) -> openai.AsyncAzureOpenAI:
-    return openai.AsyncAzureOpenAI(azure_endpoint=gw.base_url, api_key=gw.key,
-                                   api_version=api_version, max_retries=0)
+    return openai.AsyncAzureOpenAI(
+        azure_endpoint=gw.base_url, api_key=gw.key, api_version=api_version, max_retries=0
+    )
 
 
 def v1(gw: Gateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=gw.base_url + "/openai/v1", api_key=gw.key,
-                              max_retries=0)
+    return openai.AsyncOpenAI(base_url=gw.base_url + "/openai/v1", api_key=gw.key, max_retries=0)
 
 
 def assert_priced(row: Any, model: str) -> None:
@@ -76,7 +99,8 @@ def assert_no_client_key_upstream(gw: Gateway) -> None:
 
 async def test_deployment_chat_is_priced_as_the_mapped_model(gw: Gateway) -> None:
     reply = await azure(gw).chat.completions.create(
-        model="prod-4o", messages=MESSAGES, extra_headers={"x-mock-cached-tokens": "3"})
+        model="prod-4o", messages=MESSAGES, extra_headers={"x-mock-cached-tokens": "3"}
+    )
     assert reply.usage is not None
     [row] = await gw.events()
     assert_priced(row, "gpt-4o")
@@ -96,8 +120,7 @@ async def test_deployment_chat_is_priced_as_the_mapped_model(gw: Gateway) -> Non
 async def test_deployment_stream_keeps_the_filter_chunk_and_hides_injected_usage(
     gw: Gateway,
 ) -> None:
-    stream = await azure(gw).chat.completions.create(model="mini", messages=MESSAGES,
-                                                     stream=True)
+    stream = await azure(gw).chat.completions.create(model="mini", messages=MESSAGES, stream=True)
     chunks = [chunk async for chunk in stream]
     assert chunks[0].choices == []
     assert chunks[0].model_extra and "prompt_filter_results" in chunks[0].model_extra
@@ -113,8 +136,8 @@ async def test_deployment_stream_keeps_the_filter_chunk_and_hides_injected_usage
 
 async def test_stream_with_include_usage_passes_it_through(gw: Gateway) -> None:
     stream = await azure(gw).chat.completions.create(
-        model="prod-4o", messages=MESSAGES, stream=True,
-        stream_options={"include_usage": True})
+        model="prod-4o", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
     chunks = [chunk async for chunk in stream]
     usage = chunks[-1].usage
     assert usage is not None
@@ -125,7 +148,8 @@ async def test_stream_with_include_usage_passes_it_through(gw: Gateway) -> None:
 
 async def test_old_api_version_stream_is_estimated_never_zero(gw: Gateway) -> None:
     stream = await azure(gw, OLD_API_VERSION).chat.completions.create(
-        model="prod-4o", messages=MESSAGES, stream=True)
+        model="prod-4o", messages=MESSAGES, stream=True
+    )
     chunks = [chunk async for chunk in stream]
     assert chunks
     [row] = await gw.events()
@@ -139,12 +163,13 @@ async def test_old_api_version_stream_is_estimated_never_zero(gw: Gateway) -> No
 async def test_entry_api_version_wins_over_the_clients(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with await start(fresh_database_url, redis_url, monkeypatch,
-                           api_version=API_VERSION) as gw:
-        await azure(gw, OLD_API_VERSION).chat.completions.create(
-            model="prod-4o", messages=MESSAGES)
+    async with await start(
+        fresh_database_url, redis_url, monkeypatch, api_version=API_VERSION
+    ) as gw:
+        await azure(gw, OLD_API_VERSION).chat.completions.create(model="prod-4o", messages=MESSAGES)
         stream = await azure(gw, OLD_API_VERSION).chat.completions.create(
-            model="prod-4o", messages=MESSAGES, stream=True)
+            model="prod-4o", messages=MESSAGES, stream=True
+        )
         _ = [chunk async for chunk in stream]
         rows = await gw.events(wait_for=2)
         assert [sent.query for sent in gw.mock_requests] == [f"api-version={API_VERSION}"] * 2
@@ -164,29 +189,36 @@ async def test_deployment_embeddings_and_completions(gw: Gateway) -> None:
     assert completed.usage is not None
     assert rows[1]["output_tokens"] == completed.usage.completion_tokens
     assert [sent.path for sent in gw.mock_requests] == [
-        "/openai/deployments/embed/embeddings", "/openai/deployments/instruct/completions"]
+        "/openai/deployments/embed/embeddings",
+        "/openai/deployments/instruct/completions",
+    ]
 
 
 async def test_v1_routes_take_the_deployment_from_the_body(gw: Gateway) -> None:
     client = v1(gw)
     chat = await client.chat.completions.create(model="prod-4o", messages=MESSAGES)
     response = await client.responses.create(model="mini", input="Hello there")
-    stream = await client.chat.completions.create(model="mini", messages=MESSAGES,
-                                                  stream=True)
+    stream = await client.chat.completions.create(model="mini", messages=MESSAGES, stream=True)
     _ = [chunk async for chunk in stream]
     embedded = await client.embeddings.create(model="embed", input="a b c")
     rows = await gw.events(wait_for=4)
     assert [(r["endpoint"], r["model"]) for r in rows] == [
-        ("chat.completions", "gpt-4o"), ("responses", "gpt-4o-mini"),
-        ("chat.completions", "gpt-4o-mini"), ("embeddings", "text-embedding-3-small")]
+        ("chat.completions", "gpt-4o"),
+        ("responses", "gpt-4o-mini"),
+        ("chat.completions", "gpt-4o-mini"),
+        ("embeddings", "text-embedding-3-small"),
+    ]
     assert chat.usage is not None and rows[0]["input_tokens"] == chat.usage.prompt_tokens
     assert response.usage is not None
     assert rows[1]["output_tokens"] == response.usage.output_tokens
     assert rows[2]["usage_source"] == "provider"
     assert rows[3]["input_tokens"] == embedded.usage.prompt_tokens
     assert [sent.path for sent in gw.mock_requests] == [
-        "/openai/v1/chat/completions", "/openai/v1/responses", "/openai/v1/chat/completions",
-        "/openai/v1/embeddings"]
+        "/openai/v1/chat/completions",
+        "/openai/v1/responses",
+        "/openai/v1/chat/completions",
+        "/openai/v1/embeddings",
+    ]
     assert_no_client_key_upstream(gw)
 
 
@@ -203,8 +235,9 @@ async def test_unmapped_deployment_is_refused_before_the_provider(gw: Gateway) -
 
 
 async def test_wrong_key_is_refused_in_openai_shape(gw: Gateway) -> None:
-    client = openai.AsyncAzureOpenAI(azure_endpoint=gw.base_url, api_key="tb_wrong",
-                                     api_version=API_VERSION, max_retries=0)
+    client = openai.AsyncAzureOpenAI(
+        azure_endpoint=gw.base_url, api_key="tb_wrong", api_version=API_VERSION, max_retries=0
+    )
     with pytest.raises(openai.AuthenticationError) as refused:
         await client.chat.completions.create(model="prod-4o", messages=MESSAGES)
     assert isinstance(refused.value.body, dict)
@@ -214,19 +247,29 @@ async def test_wrong_key_is_refused_in_openai_shape(gw: Gateway) -> None:
 
 @pytest.mark.parametrize("drain_s, source", [(5, "provider"), (0, "estimated")])
 async def test_client_leaving_mid_stream_is_drained_and_metered(
-    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch,
-    drain_s: float, source: str,
+    fresh_database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    drain_s: float,
+    source: str,
 ) -> None:
-    extra = {**azure_config(), "server": {"host": "127.0.0.1", "port": 0,
-                                          "disconnect_drain_s": drain_s}}
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               mock_options=MockOptions(token_delay_ms=30, output_tokens=20),
-                               extra_config=extra) as gw:
+    extra = {
+        **azure_config(),
+        "server": {"host": "127.0.0.1", "port": 0, "disconnect_drain_s": drain_s},
+    }
+    async with running_gateway(
+        fresh_database_url,
+        redis_url,
+        monkeypatch,
+        mock_options=MockOptions(token_delay_ms=30, output_tokens=20),
+        extra_config=extra,
+    ) as gw:
         body = orjson.dumps({"messages": MESSAGES, "stream": True})
         url = f"{gw.base_url}/openai/deployments/prod-4o/chat/completions?api-version={API_VERSION}"
         async with aiohttp.ClientSession() as session:
-            response = await session.post(url, data=body, headers={
-                "api-key": gw.key, "content-type": "application/json"})
+            response = await session.post(
+                url, data=body, headers={"api-key": gw.key, "content-type": "application/json"}
+            )
             await response.content.readany()  # the first bytes, then hang up
             response.close()
         [row] = await gw.events()
@@ -239,8 +282,8 @@ async def test_client_leaving_mid_stream_is_drained_and_metered(
 
 async def test_stream_cut_by_the_provider_is_estimated_and_flagged(gw: Gateway) -> None:
     stream = await azure(gw).chat.completions.create(
-        model="prod-4o", messages=MESSAGES, stream=True,
-        extra_headers={"x-mock-error": "truncate"})
+        model="prod-4o", messages=MESSAGES, stream=True, extra_headers={"x-mock-error": "truncate"}
+    )
     _ = [chunk async for chunk in stream]
     [row] = await gw.events()
     assert row["usage_source"] == "estimated"

@@ -63,35 +63,64 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
-async def start(fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch,
-                cert: SelfSigned, **options: Any) -> Any:
-    return running_gateway(fresh_database_url, redis_url, monkeypatch,
-                           tls=cert.server_context(), providers=bedrock_provider,
-                           mock_options=MockOptions(aws_region=REGION), **options)
+async def start(
+    fresh_database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    cert: SelfSigned,
+    **options: Any,
+) -> Any:
+    return running_gateway(
+        fresh_database_url,
+        redis_url,
+        monkeypatch,
+        tls=cert.server_context(),
+        providers=bedrock_provider,
+        mock_options=MockOptions(aws_region=REGION),
+        **options,
+    )
 
 
 @pytest.fixture
-async def gw(fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch,
-             cert: SelfSigned, aws_env: None) -> AsyncIterator[Gateway]:
+async def gw(
+    fresh_database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    cert: SelfSigned,
+    aws_env: None,
+) -> AsyncIterator[Gateway]:
     async with await start(fresh_database_url, redis_url, monkeypatch, cert) as gateway:
         yield gateway
 
 
-def make_client(gw: Gateway, cert: SelfSigned, key: str | None = None, *,
-                retries: dict[str, Any] | None = None, **headers: str) -> Any:
+def make_client(
+    gw: Gateway,
+    cert: SelfSigned,
+    key: str | None = None,
+    *,
+    retries: dict[str, Any] | None = None,
+    **headers: str,
+) -> Any:
     """A bedrock-runtime client whose bearer token is `key` (the customer's by default).
     The token is in the environment only while the client is made; `signature_version`
     "bearer" binds it then (botocore otherwise reads the variable again per request)."""
     with mock.patch.dict(os.environ, {"AWS_BEARER_TOKEN_BEDROCK": key or gw.key}):
         client = boto3.client(
-            "bedrock-runtime", region_name=REGION, endpoint_url=gw.base_url,
+            "bedrock-runtime",
+            region_name=REGION,
+            endpoint_url=gw.base_url,
             verify=str(cert.cert_path),
-            config=Config(signature_version="bearer",
-                          retries=retries or {"max_attempts": 1, "mode": "standard"}))
+            config=Config(
+                signature_version="bearer",
+                retries=retries or {"max_attempts": 1, "mode": "standard"},
+            ),
+        )
     if headers:
+
         def add(request: Any, **_: Any) -> None:
             for name, value in headers.items():
                 request.headers[name] = value
+
         client.meta.events.register("before-sign.bedrock-runtime.*", add)
     return client
 
@@ -106,34 +135,50 @@ def expected_money(row: Any, cache_write_1h: int = 0) -> tuple[Decimal, Decimal]
     assert price is not None and price.cache_write_per_mtok and price.cache_write_1h_per_mtok
     assert price.cached_input_per_mtok is not None
     uncached = row["input_tokens"] - row["cached_input_tokens"] - row["cache_write_tokens"]
-    cost = (uncached * price.input_per_mtok
-            + row["cached_input_tokens"] * price.cached_input_per_mtok
-            + (row["cache_write_tokens"] - cache_write_1h) * price.cache_write_per_mtok
-            + cache_write_1h * price.cache_write_1h_per_mtok
-            + row["output_tokens"] * price.output_per_mtok) / Decimal(1_000_000)
+    cost = (
+        uncached * price.input_per_mtok
+        + row["cached_input_tokens"] * price.cached_input_per_mtok
+        + (row["cache_write_tokens"] - cache_write_1h) * price.cache_write_per_mtok
+        + cache_write_1h * price.cache_write_1h_per_mtok
+        + row["output_tokens"] * price.output_per_mtok
+    ) / Decimal(1_000_000)
     cost = cost.quantize(TEN_PLACES, rounding=ROUND_HALF_EVEN)
     return cost, (cost * MARKUP + FEE).quantize(TEN_PLACES, rounding=ROUND_HALF_EVEN)
 
 
-CACHE_HEADERS = {"x-mock-cached-tokens": "700", "x-mock-cache-write-tokens": "500",
-                 "x-mock-cache-write-1h-tokens": "200", "x-mock-output-tokens": "6"}
+CACHE_HEADERS = {
+    "x-mock-cached-tokens": "700",
+    "x-mock-cache-write-tokens": "500",
+    "x-mock-cache-write-1h-tokens": "200",
+    "x-mock-output-tokens": "6",
+}
 
 
 async def test_converse_is_metered_as_reported_with_cache_rates(
-    gw: Gateway, cert: SelfSigned,
+    gw: Gateway,
+    cert: SelfSigned,
 ) -> None:
     client = make_client(gw, cert, **CACHE_HEADERS)
     answer = await asyncio.to_thread(client.converse, modelId=MODEL, messages=MESSAGES)
     assert answer["usage"]["inputTokens"] == 10
-    assert answer["usage"]["cacheDetails"] == [{"ttl": "1h", "inputTokens": 200},
-                                               {"ttl": "5m", "inputTokens": 300}]
+    assert answer["usage"]["cacheDetails"] == [
+        {"ttl": "1h", "inputTokens": 200},
+        {"ttl": "5m", "inputTokens": 300},
+    ]
     [row] = await gw.events()
-    assert (row["provider"], row["model"], row["endpoint"]) == ("bedrock", CATALOG_MODEL,
-                                                                "converse")
+    assert (row["provider"], row["model"], row["endpoint"]) == (
+        "bedrock",
+        CATALOG_MODEL,
+        "converse",
+    )
     assert row["status_code"] == 200 and row["streamed"] is False
     assert row["usage_source"] == "provider"
-    assert (row["input_tokens"], row["cached_input_tokens"], row["cache_write_tokens"],
-            row["output_tokens"]) == (10 + 700 + 500, 700, 500, 6)
+    assert (
+        row["input_tokens"],
+        row["cached_input_tokens"],
+        row["cache_write_tokens"],
+        row["output_tokens"],
+    ) == (10 + 700 + 500, 700, 500, 6)
     assert (row["cost_usd"], row["price_usd"]) == expected_money(row, cache_write_1h=200)
     assert meta(row)["requested_model"] == MODEL
     assert row["upstream_request_id"] == answer["ResponseMetadata"]["RequestId"]
@@ -141,7 +186,8 @@ async def test_converse_is_metered_as_reported_with_cache_rates(
 
 
 async def test_converse_stream_is_relayed_and_metered_from_metadata(
-    gw: Gateway, cert: SelfSigned,
+    gw: Gateway,
+    cert: SelfSigned,
 ) -> None:
     client = make_client(gw, cert, **CACHE_HEADERS)
 
@@ -151,22 +197,30 @@ async def test_converse_stream_is_relayed_and_metered_from_metadata(
 
     events, headers = await asyncio.to_thread(run)
     assert [next(iter(event)) for event in events] == [
-        "messageStart", *["contentBlockDelta"] * 6, "contentBlockStop", "messageStop",
-        "metadata"]
+        "messageStart",
+        *["contentBlockDelta"] * 6,
+        "contentBlockStop",
+        "messageStop",
+        "metadata",
+    ]
     assert headers["content-type"] == "application/vnd.amazon.eventstream"
     assert headers["x-accel-buffering"] == "no"  # a proxy in front must not hold it back
     reported = events[-1]["metadata"]["usage"]
     [row] = await gw.events()
     assert row["streamed"] is True and row["endpoint"] == "converse-stream"
     assert row["usage_source"] == "provider"
-    assert row["input_tokens"] == (reported["inputTokens"] + reported["cacheReadInputTokens"]
-                                   + reported["cacheWriteInputTokens"])
+    assert row["input_tokens"] == (
+        reported["inputTokens"]
+        + reported["cacheReadInputTokens"]
+        + reported["cacheWriteInputTokens"]
+    )
     assert row["output_tokens"] == reported["outputTokens"] == 6
     assert (row["cost_usd"], row["price_usd"]) == expected_money(row, cache_write_1h=200)
 
 
 async def test_the_provider_gets_sigv4_and_never_the_tb_key(
-    gw: Gateway, cert: SelfSigned,
+    gw: Gateway,
+    cert: SelfSigned,
 ) -> None:
     client = make_client(gw, cert)
     await asyncio.to_thread(client.converse, modelId=MODEL, messages=MESSAGES)
@@ -174,15 +228,21 @@ async def test_the_provider_gets_sigv4_and_never_the_tb_key(
     assert gw.key not in repr(seen.headers) and gw.key.encode() not in seen.body
     assert "tb_" not in repr(seen.headers)
     authorization = seen.headers["authorization"]
-    assert re.fullmatch(rf"AWS4-HMAC-SHA256 Credential={AWS_KEY_ID}/\d{{8}}/{REGION}/bedrock/"
-                        r"aws4_request, SignedHeaders=[a-z0-9;-]+, Signature=[0-9a-f]{64}",
-                        authorization)
+    assert re.fullmatch(
+        rf"AWS4-HMAC-SHA256 Credential={AWS_KEY_ID}/\d{{8}}/{REGION}/bedrock/"
+        r"aws4_request, SignedHeaders=[a-z0-9;-]+, Signature=[0-9a-f]{64}",
+        authorization,
+    )
     # The signature is right for what arrived (recomputed with the gateway's secret).
     signed = authorization.split("SignedHeaders=")[1].split(",")[0].split(";")
     host = seen.headers["host"]
     url = f"http://{host}/model/{quote(MODEL, safe='-_.~')}/converse"
-    request = AWSRequest(method="POST", url=url, data=seen.body,
-                         headers={name: seen.headers[name] for name in signed if name != "host"})
+    request = AWSRequest(
+        method="POST",
+        url=url,
+        data=seen.body,
+        headers={name: seen.headers[name] for name in signed if name != "host"},
+    )
     request.context["timestamp"] = seen.headers["x-amz-date"]
     signer = SigV4Auth(Credentials(AWS_KEY_ID, AWS_SECRET), "bedrock", REGION)
     string_to_sign = signer.string_to_sign(request, signer.canonical_request(request))
@@ -191,31 +251,37 @@ async def test_the_provider_gets_sigv4_and_never_the_tb_key(
 
 
 async def test_health_reports_the_aws_credentials(gw: Gateway, cert: SelfSigned) -> None:
-    async with aiohttp.ClientSession() as session, session.get(
-            gw.base_url + "/health", ssl=cert.client_context()) as health:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(gw.base_url + "/health", ssl=cert.client_context()) as health,
+    ):
         body = await health.json()
     assert body["providers"]["bedrock"] == {"key": "set"}
     assert AWS_SECRET not in json.dumps(body) and AWS_KEY_ID not in json.dumps(body)
 
 
 async def test_the_bearer_token_from_the_environment_as_users_set_it(
-    gw: Gateway, cert: SelfSigned, monkeypatch: pytest.MonkeyPatch,
+    gw: Gateway,
+    cert: SelfSigned,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", gw.key)
-    client = boto3.client("bedrock-runtime", region_name=REGION, endpoint_url=gw.base_url,
-                          verify=str(cert.cert_path))
-    answer = await asyncio.to_thread(client.converse, modelId="amazon.nova-pro-v1:0",
-                                     messages=MESSAGES)
+    client = boto3.client(
+        "bedrock-runtime", region_name=REGION, endpoint_url=gw.base_url, verify=str(cert.cert_path)
+    )
+    answer = await asyncio.to_thread(
+        client.converse, modelId="amazon.nova-pro-v1:0", messages=MESSAGES
+    )
     assert answer["usage"]["outputTokens"] == 20
     [row] = await gw.events()
     assert row["model"] == "nova-pro" and row["usage_source"] == "provider"
 
 
 async def test_a_client_that_leaves_mid_stream_is_drained_and_metered(
-    gw: Gateway, cert: SelfSigned,
+    gw: Gateway,
+    cert: SelfSigned,
 ) -> None:
-    client = make_client(gw, cert, **{"x-mock-output-tokens": "30",
-                                      "x-mock-token-delay-ms": "20"})
+    client = make_client(gw, cert, **{"x-mock-output-tokens": "30", "x-mock-token-delay-ms": "20"})
 
     def leave_early() -> None:
         answer = client.converse_stream(modelId=MODEL, messages=MESSAGES)
@@ -233,7 +299,9 @@ async def test_a_client_that_leaves_mid_stream_is_drained_and_metered(
 
 @pytest.mark.parametrize("fault", ["reset", "truncate", "stream-error"])
 async def test_a_stream_the_provider_cuts_is_estimated(
-    gw: Gateway, cert: SelfSigned, fault: str,
+    gw: Gateway,
+    cert: SelfSigned,
+    fault: str,
 ) -> None:
     client = make_client(gw, cert, **{"x-mock-error": fault, "x-mock-output-tokens": "10"})
 
@@ -254,10 +322,10 @@ async def test_a_stream_the_provider_cuts_is_estimated(
 
 
 async def test_a_bad_event_payload_does_not_lose_the_reported_usage(
-    gw: Gateway, cert: SelfSigned,
+    gw: Gateway,
+    cert: SelfSigned,
 ) -> None:
-    client = make_client(gw, cert, **{"x-mock-error": "invalid-json",
-                                      "x-mock-output-tokens": "10"})
+    client = make_client(gw, cert, **{"x-mock-error": "invalid-json", "x-mock-output-tokens": "10"})
 
     def run() -> None:
         try:
@@ -279,8 +347,9 @@ async def test_errors_have_bedrocks_shape(gw: Gateway, cert: SelfSigned) -> None
     assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
     client = make_client(gw, cert)
     with pytest.raises(ClientError) as unknown:
-        await asyncio.to_thread(client.converse, modelId="amazon.unknown-model-v1:0",
-                                messages=MESSAGES)
+        await asyncio.to_thread(
+            client.converse, modelId="amazon.unknown-model-v1:0", messages=MESSAGES
+        )
     assert unknown.value.response["Error"]["Code"] == "ValidationException"
     assert "unknown-model" in unknown.value.response["Error"]["Message"]
     assert gw.mock_requests == []  # refused before anything reached the provider
@@ -288,13 +357,18 @@ async def test_errors_have_bedrocks_shape(gw: Gateway, cert: SelfSigned) -> None
 
 @pytest.mark.parametrize("mode", ["legacy", "standard"])
 async def test_a_per_minute_limit_is_retried_and_a_monthly_one_is_not(
-    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch,
-    cert: SelfSigned, aws_env: None, mode: str,
+    fresh_database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    cert: SelfSigned,
+    aws_env: None,
+    mode: str,
 ) -> None:
-    tiers = {"free": {"limits": {"requests_per_minute": 1}},
-             "pro": {"limits": {"requests_per_month": 1}}}
-    async with await start(fresh_database_url, redis_url, monkeypatch, cert,
-                           tiers=tiers) as gw:
+    tiers = {
+        "free": {"limits": {"requests_per_minute": 1}},
+        "pro": {"limits": {"requests_per_month": 1}},
+    }
+    async with await start(fresh_database_url, redis_url, monkeypatch, cert, tiers=tiers) as gw:
         retries = {"total_max_attempts": 3, "mode": mode}
         client = make_client(gw, cert, retries=retries)
         await asyncio.to_thread(client.converse, modelId=MODEL, messages=MESSAGES)
@@ -308,8 +382,9 @@ async def test_a_per_minute_limit_is_retried_and_a_monthly_one_is_not(
         accounts = gw.app[keys.accounts]
         monthly = "cust_monthly_" + mode
         await accounts.create_customer(monthly, tier="pro")
-        _, monthly_key = await accounts.create_key(monthly, project_id="web", user_id="u2",
-                                                   name="monthly")
+        _, monthly_key = await accounts.create_key(
+            monthly, project_id="web", user_id="u2", name="monthly"
+        )
         client = make_client(gw, cert, key=monthly_key, retries=retries)
         await asyncio.to_thread(client.converse, modelId=MODEL, messages=MESSAGES)
         with pytest.raises(ClientError) as exhausted:
@@ -322,13 +397,22 @@ async def test_a_per_minute_limit_is_retried_and_a_monthly_one_is_not(
 
 
 async def test_a_bedrock_provider_a_reload_adds_is_ready_for_its_first_request(
-    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch,
-    cert: SelfSigned, aws_env: None, tmp_path: Path,
+    fresh_database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    cert: SelfSigned,
+    aws_env: None,
+    tmp_path: Path,
 ) -> None:
     config_path = tmp_path / "tollbooth.yaml"
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               tls=cert.server_context(), config_path=config_path,
-                               mock_options=MockOptions(aws_region=REGION)) as gw:
+    async with running_gateway(
+        fresh_database_url,
+        redis_url,
+        monkeypatch,
+        tls=cert.server_context(),
+        config_path=config_path,
+        mock_options=MockOptions(aws_region=REGION),
+    ) as gw:
         client = make_client(gw, cert)
         with pytest.raises(ClientError) as unconfigured:
             await asyncio.to_thread(client.converse, modelId=MODEL, messages=MESSAGES)

@@ -28,9 +28,14 @@ async def post(gw: Gateway, path: str, body: bytes, **headers: str) -> aiohttp.C
     session = aiohttp.ClientSession()
     try:
         response = await session.post(
-            gw.base_url + path, data=body,
-            headers={"Authorization": f"Bearer {gw.key}", "content-type": "application/json",
-                     **headers})
+            gw.base_url + path,
+            data=body,
+            headers={
+                "Authorization": f"Bearer {gw.key}",
+                "content-type": "application/json",
+                **headers,
+            },
+        )
         await response.read()
         return response
     finally:
@@ -41,8 +46,9 @@ async def test_first_event_reaches_client_before_upstream_finishes(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     options = MockOptions(token_delay_ms=100, output_tokens=10)
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               mock_options=options) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, mock_options=options
+    ) as gw:
         client = openai.AsyncOpenAI(api_key=gw.key, base_url=gw.openai_base_url, max_retries=0)
         started = time.perf_counter()
         stream = await client.chat.completions.create(stream=True, **CHAT)  # type: ignore[call-overload]
@@ -58,18 +64,27 @@ async def test_first_event_reaches_client_before_upstream_finishes(
 
 @pytest.mark.parametrize("drain_s, source", [(5, "provider"), (0, "estimated")])
 async def test_client_disconnect_mid_stream_is_still_billed(
-    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch,
-    drain_s: float, source: str,
+    fresh_database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    drain_s: float,
+    source: str,
 ) -> None:
     options = MockOptions(token_delay_ms=30, output_tokens=20)
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch, mock_options=options,
-                               extra_config=server_config(disconnect_drain_s=drain_s)) as gw:
+    async with running_gateway(
+        fresh_database_url,
+        redis_url,
+        monkeypatch,
+        mock_options=options,
+        extra_config=server_config(disconnect_drain_s=drain_s),
+    ) as gw:
         body = orjson.dumps({**CHAT, "stream": True})
         async with aiohttp.ClientSession() as session:
             response = await session.post(
-                gw.openai_base_url + "/chat/completions", data=body,
-                headers={"Authorization": f"Bearer {gw.key}",
-                         "content-type": "application/json"})
+                gw.openai_base_url + "/chat/completions",
+                data=body,
+                headers={"Authorization": f"Bearer {gw.key}", "content-type": "application/json"},
+            )
             await response.content.readany()  # the first bytes, then hang up
             response.close()
         [row] = await gw.events()
@@ -86,11 +101,11 @@ async def test_response_without_usage_is_estimated_not_zero(
 ) -> None:
     async with running_gateway(fresh_database_url, redis_url, monkeypatch) as gw:
         client = openai.AsyncOpenAI(api_key=gw.key, base_url=gw.openai_base_url, max_retries=0)
-        reply = await client.chat.completions.create(
-            extra_headers={"x-mock-no-usage": "1"}, **CHAT)  # type: ignore[call-overload]
+        reply = await client.chat.completions.create(extra_headers={"x-mock-no-usage": "1"}, **CHAT)  # type: ignore[call-overload]
         assert reply.usage is None
         stream = await client.chat.completions.create(
-            stream=True, extra_headers={"x-mock-no-usage": "1"}, **CHAT)  # type: ignore[call-overload]
+            stream=True, extra_headers={"x-mock-no-usage": "1"}, **CHAT
+        )  # type: ignore[call-overload]
         _ = [c async for c in stream]
         rows = await gw.events(wait_for=2)
         for row in rows:
@@ -104,8 +119,9 @@ async def test_documented_error_statuses(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     extra = server_config(max_body_mb=1, upstream_read_timeout_s=0.5)
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config=extra) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config=extra
+    ) as gw:
         malformed = await post(gw, "/v1/chat/completions", b"{not json")
         assert malformed.status == 400
         missing_model = await post(gw, "/v1/chat/completions", b'{"messages": []}')
@@ -117,8 +133,9 @@ async def test_documented_error_statuses(
         anthropic_shape = await post(gw, "/v1/messages", b"[1]")
         assert anthropic_shape.status == 400
         assert gw.mock_requests == []
-        slow = await post(gw, "/v1/chat/completions", orjson.dumps(CHAT),
-                          **{"x-mock-error": "slow"})
+        slow = await post(
+            gw, "/v1/chat/completions", orjson.dumps(CHAT), **{"x-mock-error": "slow"}
+        )
         assert slow.status == 504
         await gw.mock.close()
         gone = await post(gw, "/v1/chat/completions", orjson.dumps(CHAT))
@@ -134,6 +151,7 @@ async def test_journal_full_under_refuse_policy_is_503_before_the_provider(
     from storage.usage.writer import JournalFullError
 
     async with running_gateway(fresh_database_url, redis_url, monkeypatch) as gw:
+
         def full() -> None:
             raise JournalFullError("journal over its budget")
 

@@ -42,7 +42,11 @@ def free_port() -> int:
 def tollbooth(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli.main", *args],
-        env=env, capture_output=True, text=True, timeout=120, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
 
 
@@ -52,9 +56,10 @@ def mock_provider_process(*options: str, kill: bool = False) -> Iterator[str]:
     stop it with SIGKILL (slow handlers may still be sleeping for a gateway that is gone)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli.main", "mock-provider", "--port", str(port),
-         *options],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "gateway.cli.main", "mock-provider", "--port", str(port), *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     assert "listening" in proc.stdout.readline()
@@ -76,9 +81,21 @@ def mock_provider() -> Iterator[str]:
 
 def start_serve(cfg: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli.main", "serve", *cfg, "--port", str(port),
-         "--workers", "2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli.main",
+            "serve",
+            *cfg,
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -115,28 +132,45 @@ def collect(stream: IO[str], lines: list[str]) -> None:
 
 
 @asynccontextmanager
-async def two_workers(tmp_path: Path, database_url: str, redis_url: str, mock: str,
-                      tier_limits: dict[str, int], extra: dict[str, Any] | None = None,
-                      env_extra: dict[str, str] | None = None
-                      ) -> AsyncIterator[RunningGateway]:
+async def two_workers(
+    tmp_path: Path,
+    database_url: str,
+    redis_url: str,
+    mock: str,
+    tier_limits: dict[str, int],
+    extra: dict[str, Any] | None = None,
+    env_extra: dict[str, str] | None = None,
+) -> AsyncIterator[RunningGateway]:
     config = {
         "server": {"host": "127.0.0.1"},
-        "providers": {"openai": {"kind": "openai", "base_url": mock + "/v1",
-                                 "api_key_env": "MOCK_PROVIDER_KEY"}},
+        "providers": {
+            "openai": {
+                "kind": "openai",
+                "base_url": mock + "/v1",
+                "api_key_env": "MOCK_PROVIDER_KEY",
+            }
+        },
         "tiers": {"tight": {"limits": tier_limits}},
         "pricing": {"markup_percent": "20"},
         **(extra or {}),
     }
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "TOLLBOOTH_DATABASE_URL": database_url,
-           "TOLLBOOTH_REDIS_URL": redis_url, "MOCK_PROVIDER_KEY": "sk-mock",
-           **(env_extra or {})}
+    env = {
+        **os.environ,
+        "TOLLBOOTH_DATABASE_URL": database_url,
+        "TOLLBOOTH_REDIS_URL": redis_url,
+        "MOCK_PROVIDER_KEY": "sk-mock",
+        **(env_extra or {}),
+    }
     customer = f"mp{os.getpid()}{free_port()}"
     cfg = ["--config", str(config_path)]
     tollbooth("customers", "create", customer, "--tier", "tight", *cfg, env=env)
-    key = tollbooth("keys", "create", "--customer", customer, *cfg,
-                    env=env).stdout.strip().splitlines()[-1]
+    key = (
+        tollbooth("keys", "create", "--customer", customer, *cfg, env=env)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     port = free_port()
     serve = await asyncio.to_thread(start_serve, cfg, port, env)
     lines: list[str] = []
@@ -164,8 +198,11 @@ async def burst(gw: RunningGateway, count: int) -> Counter[int]:
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def one() -> int:
-            async with session.post(gw.base + "/v1/chat/completions", json=body,
-                                    headers={"Authorization": f"Bearer {gw.key}"}) as r:
+            async with session.post(
+                gw.base + "/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {gw.key}"},
+            ) as r:
                 await r.read()
                 return r.status
 
@@ -175,8 +212,11 @@ async def burst(gw: RunningGateway, count: int) -> Counter[int]:
 async def count_events(database_url: str, customer: str) -> int:
     conn = await asyncpg.connect(database_url)
     try:
-        return int(await conn.fetchval(
-            "SELECT count(*) FROM usage_events WHERE customer_id = $1", customer))
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM usage_events WHERE customer_id = $1", customer
+            )
+        )
     finally:
         await conn.close()
 
@@ -184,15 +224,20 @@ async def count_events(database_url: str, customer: str) -> int:
 async def test_two_workers_admit_exactly_the_limit(
     tmp_path: Path, fresh_database_url: str, redis_url: str, mock_provider: str
 ) -> None:
-    async with two_workers(tmp_path, fresh_database_url, redis_url, mock_provider,
-                           {"requests_per_minute": LIMIT}) as gw:
+    async with two_workers(
+        tmp_path, fresh_database_url, redis_url, mock_provider, {"requests_per_minute": LIMIT}
+    ) as gw:
         statuses = await burst(gw, REQUESTS)
-        async with aiohttp.ClientSession() as session, \
-                session.get(mock_provider + "/_mock/requests") as r:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(mock_provider + "/_mock/requests") as r,
+        ):
             reached = len(await r.json())
     output = gw.output
-    print(f"\nadmitted across 2 workers: {statuses[200]} of {REQUESTS} (limit {LIMIT}); "
-          f"refused 429: {statuses[429]}; reached provider: {reached}")
+    print(
+        f"\nadmitted across 2 workers: {statuses[200]} of {REQUESTS} (limit {LIMIT}); "
+        f"refused 429: {statuses[429]}; reached provider: {reached}"
+    )
     assert statuses == {200: LIMIT, 429: REQUESTS - LIMIT}, output
     assert reached == LIMIT
     assert output.count("listening on") == 2, output  # two worker processes served
@@ -213,12 +258,19 @@ async def test_an_alert_fires_once_per_threshold_across_two_workers(
     server = TestServer(receiver, host="127.0.0.1")
     await server.start_server()
     secret = "whsec-test-secret"
-    alerts = {"alerts": {"webhook_url": str(server.make_url("/hook")),
-                         "thresholds_percent": [50, 100]}}
+    alerts = {
+        "alerts": {"webhook_url": str(server.make_url("/hook")), "thresholds_percent": [50, 100]}
+    }
     try:
-        async with two_workers(tmp_path, fresh_database_url, redis_url, mock_provider,
-                               {"requests_per_month": 10}, extra=alerts,
-                               env_extra={"TOLLBOOTH_ALERT_SECRET": secret}) as gw:
+        async with two_workers(
+            tmp_path,
+            fresh_database_url,
+            redis_url,
+            mock_provider,
+            {"requests_per_month": 10},
+            extra=alerts,
+            env_extra={"TOLLBOOTH_ALERT_SECRET": secret},
+        ) as gw:
             statuses = await burst(gw, 30)
             await asyncio.sleep(1.0)  # deliveries run in the background
     finally:
@@ -226,7 +278,8 @@ async def test_an_alert_fires_once_per_threshold_across_two_workers(
     assert statuses == {200: 10, 429: 20}
     alerts_seen = sorted(
         (orjson.loads(body)["limit"], orjson.loads(body)["threshold_percent"])
-        for body, _ in received)
+        for body, _ in received
+    )
     assert alerts_seen == [("requests_per_month", 50), ("requests_per_month", 100)]
     for body, header in received:
         stamp = int(header.split(",")[0].removeprefix("t="))

@@ -39,13 +39,22 @@ async def get(gw: Gateway, path: str) -> tuple[int, str]:
 async def test_metrics_count_a_scripted_session(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               tiers={"free": {"limits": {"requests_per_month": 3}}}) as gw:
+    async with running_gateway(
+        fresh_database_url,
+        redis_url,
+        monkeypatch,
+        tiers={"free": {"limits": {"requests_per_month": 3}}},
+    ) as gw:
         client = openai.AsyncOpenAI(api_key=gw.key, base_url=gw.openai_base_url, max_retries=0)
-        replies = [await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
-                   for _ in range(2)]
-        await client.chat.completions.create(model="gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
-                                             extra_headers={"x-mock-no-usage": "1"})
+        replies = [
+            await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+            for _ in range(2)
+        ]
+        await client.chat.completions.create(
+            model="gpt-4o",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            extra_headers={"x-mock-no-usage": "1"},
+        )
         with pytest.raises(openai.RateLimitError):
             await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
         bad = openai.AsyncOpenAI(api_key="tb_bad", base_url=gw.openai_base_url, max_retries=0)
@@ -55,8 +64,17 @@ async def test_metrics_count_a_scripted_session(
         status, text = await get(gw, "/metrics")
     assert status == 200
     route = "chat.completions"
-    assert metric(text, "tollbooth_requests_total", route=route, provider="openai",
-                  model="gpt-4o", status="200") == 3
+    assert (
+        metric(
+            text,
+            "tollbooth_requests_total",
+            route=route,
+            provider="openai",
+            model="gpt-4o",
+            status="200",
+        )
+        == 3
+    )
     assert metric(text, "tollbooth_refused_requests_total", status="401") == 1
     assert metric(text, "tollbooth_refused_requests_total", status="429") == 1
     assert metric(text, "tollbooth_quota_refusals_total", limit="requests_per_month") == 1
@@ -72,9 +90,13 @@ async def test_reload_valid_then_invalid_file_under_traffic(
     tmp_path: Path, fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config_path = tmp_path / "config.yaml"
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               tiers={"free": {"limits": {"requests_per_minute": 1000}}},
-                               config_path=config_path) as gw:
+    async with running_gateway(
+        fresh_database_url,
+        redis_url,
+        monkeypatch,
+        tiers={"free": {"limits": {"requests_per_minute": 1000}}},
+        config_path=config_path,
+    ) as gw:
         client = openai.AsyncOpenAI(api_key=gw.key, base_url=gw.openai_base_url, max_retries=0)
         statuses: list[int] = []
         stop = asyncio.Event()
@@ -82,7 +104,8 @@ async def test_reload_valid_then_invalid_file_under_traffic(
         async def traffic() -> None:
             while not stop.is_set():
                 raw = await client.chat.completions.with_raw_response.create(
-                    model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+                    model="gpt-4o", messages=MESSAGES
+                )  # type: ignore[arg-type]
                 statuses.append(raw.http_response.status_code)
 
         runner = asyncio.ensure_future(traffic())
@@ -92,7 +115,8 @@ async def test_reload_valid_then_invalid_file_under_traffic(
         config_path.write_text(yaml.safe_dump(config))
         for _ in range(50):
             raw = await client.chat.completions.with_raw_response.create(
-                model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+                model="gpt-4o", messages=MESSAGES
+            )  # type: ignore[arg-type]
             if raw.http_response.headers["x-ratelimit-limit-requests"] == "2000":
                 break
             await asyncio.sleep(0.1)
@@ -113,7 +137,8 @@ async def test_reload_valid_then_invalid_file_under_traffic(
         stop.set()
         await runner
         raw = await client.chat.completions.with_raw_response.create(
-            model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+            model="gpt-4o", messages=MESSAGES
+        )  # type: ignore[arg-type]
         assert raw.http_response.headers["x-ratelimit-limit-requests"] == "2000"
         assert statuses and set(statuses) == {200}
         _, text = await get(gw, "/metrics")
@@ -122,22 +147,31 @@ async def test_reload_valid_then_invalid_file_under_traffic(
 
 
 async def test_no_secret_in_any_log_line(
-    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+    fresh_database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     async with running_gateway(fresh_database_url, redis_url, monkeypatch) as gw:
         client = openai.AsyncOpenAI(api_key=gw.key, base_url=gw.openai_base_url, max_retries=0)
         await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
-        stream = await client.chat.completions.create(model="gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
-                                                      stream=True)
+        stream = await client.chat.completions.create(
+            model="gpt-4o",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+        )
         _ = [c async for c in stream]
         with pytest.raises(openai.InternalServerError):
-            await client.chat.completions.create(model="gpt-4o", messages=MESSAGES,  # type: ignore[arg-type]
-                                                 extra_headers={"x-mock-error": "500"})
+            await client.chat.completions.create(
+                model="gpt-4o",
+                messages=MESSAGES,  # type: ignore[arg-type]
+                extra_headers={"x-mock-error": "500"},
+            )
         with pytest.raises(openai.AuthenticationError):
-            await openai.AsyncOpenAI(api_key="tb_wrong_secret_value", max_retries=0,
-                                     base_url=gw.openai_base_url).models.list()
+            await openai.AsyncOpenAI(
+                api_key="tb_wrong_secret_value", max_retries=0, base_url=gw.openai_base_url
+            ).models.list()
         await gw.events(wait_for=3)
     text = "\n".join(
         record.getMessage() + " " + str(getattr(record, "fields", "")) for record in caplog.records

@@ -25,15 +25,20 @@ def tiers(**limits: object) -> dict[str, object]:
 async def test_per_minute_refusal_is_retried_by_the_sdk_and_succeeds(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               tiers=tiers(requests_per_minute=2),
-                               quota_window_ms=WINDOW_MS) as gw:
+    async with running_gateway(
+        fresh_database_url,
+        redis_url,
+        monkeypatch,
+        tiers=tiers(requests_per_minute=2),
+        quota_window_ms=WINDOW_MS,
+    ) as gw:
         client = openai.AsyncOpenAI(api_key=gw.key, base_url=gw.openai_base_url, max_retries=2)
         for _ in range(2):
             await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
         started = time.monotonic()
         reply = await client.chat.completions.with_raw_response.create(
-            model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+            model="gpt-4o", messages=MESSAGES
+        )  # type: ignore[arg-type]
         waited = time.monotonic() - started
         assert reply.http_response.status_code == 200
         assert reply.retries_taken >= 1  # it was refused, then let in after Retry-After
@@ -46,8 +51,9 @@ async def test_per_minute_refusal_is_retried_by_the_sdk_and_succeeds(
 async def test_monthly_refusal_stops_the_sdk_at_once(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               tiers=tiers(requests_per_month=1)) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, tiers=tiers(requests_per_month=1)
+    ) as gw:
         client = openai.AsyncOpenAI(api_key=gw.key, base_url=gw.openai_base_url, max_retries=2)
         await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
         with pytest.raises(openai.RateLimitError) as refused:
@@ -64,11 +70,13 @@ async def test_monthly_refusal_stops_the_sdk_at_once(
 async def test_rate_limit_headers_on_proxied_responses(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               tiers=tiers(requests_per_minute=10)) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, tiers=tiers(requests_per_minute=10)
+    ) as gw:
         client = openai.AsyncOpenAI(api_key=gw.key, base_url=gw.openai_base_url, max_retries=0)
         raw = await client.chat.completions.with_raw_response.create(
-            model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+            model="gpt-4o", messages=MESSAGES
+        )  # type: ignore[arg-type]
         headers = raw.http_response.headers
         assert headers["x-ratelimit-limit-requests"] == "10"
         assert headers["x-ratelimit-remaining-requests"] == "9"
@@ -80,8 +88,9 @@ async def test_rate_limit_headers_on_proxied_responses(
 async def test_customer_reads_its_limits_and_status(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               tiers=tiers(requests_per_month=5)) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, tiers=tiers(requests_per_month=5)
+    ) as gw:
         client = openai.AsyncOpenAI(api_key=gw.key, base_url=gw.openai_base_url, max_retries=0)
         for _ in range(4):
             await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]

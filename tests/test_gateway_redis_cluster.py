@@ -37,15 +37,20 @@ async def test_two_gateways_admit_each_customer_exactly_its_limit(
     cluster: Cluster, fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with AsyncExitStack() as stack:
-        gateways = [await stack.enter_async_context(running_gateway(
-            fresh_database_url, cluster.url, monkeypatch, tiers=TIERS)) for _ in range(2)]
+        gateways = [
+            await stack.enter_async_context(
+                running_gateway(fresh_database_url, cluster.url, monkeypatch, tiers=TIERS)
+            )
+            for _ in range(2)
+        ]
         customers = await add_customers(gateways[0], 40, "free")
         slots = {cluster.slot_of(c) for c in customers}
         assert len(slots) > 30  # spread over the slots, hence every primary
         ids = list(customers)
         async with aiohttp.ClientSession() as session:
-            statuses = await asyncio.gather(*(
-                post(session, gateways[i % 2], customers[ids[i % 40]]) for i in range(300)))
+            statuses = await asyncio.gather(
+                *(post(session, gateways[i % 2], customers[ids[i % 40]]) for i in range(300))
+            )
         per_customer = dict.fromkeys(ids, 0)
         for i, status in enumerate(statuses):
             assert status in (200, 429), status
@@ -59,9 +64,15 @@ async def test_a_killed_primary_the_policy_decides_the_seconds_then_normal_servi
     cluster: Cluster, fresh_database_url: str, monkeypatch: pytest.MonkeyPatch, policy: str
 ) -> None:
     async with AsyncExitStack() as stack:
-        gw = await stack.enter_async_context(running_gateway(
-            fresh_database_url, cluster.url, monkeypatch, tiers=TIERS,
-            extra_config={"quotas": {"on_redis_error": policy}}))
+        gw = await stack.enter_async_context(
+            running_gateway(
+                fresh_database_url,
+                cluster.url,
+                monkeypatch,
+                tiers=TIERS,
+                extra_config={"quotas": {"on_redis_error": policy}},
+            )
+        )
         victim = cluster.primaries()[0]
         replica = cluster.replica_of(victim)
         customers = await add_customers(gw, 30, "big")

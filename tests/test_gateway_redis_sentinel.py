@@ -35,10 +35,18 @@ async def test_two_gateways_through_a_sentinel_failover_admit_exactly_the_limit(
     sentinel: SentinelSet, fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with AsyncExitStack() as stack:
-        gateways = [await stack.enter_async_context(running_gateway(
-            fresh_database_url, sentinel.url, monkeypatch, tiers=TIERS,
-            extra_config={"quotas": {"on_redis_error": "reject",
-                                             "redis_wait_replicas": 1}})) for _ in range(2)]
+        gateways = [
+            await stack.enter_async_context(
+                running_gateway(
+                    fresh_database_url,
+                    sentinel.url,
+                    monkeypatch,
+                    tiers=TIERS,
+                    extra_config={"quotas": {"on_redis_error": "reject", "redis_wait_replicas": 1}},
+                )
+            )
+            for _ in range(2)
+        ]
         customers = await add_customers(gateways[0], 40, "free")
         ids = list(customers)
         unavailable = 0
@@ -56,12 +64,16 @@ async def test_two_gateways_through_a_sentinel_failover_admit_exactly_the_limit(
         async with aiohttp.ClientSession() as session:
             load = asyncio.gather(*(one(session, i) for i in range(300)))
             await asyncio.sleep(0.5)
-            assert "OK" in await asyncio.to_thread(cli, sentinel.sentinels[0], "SENTINEL",
-                                                   "FAILOVER", "mymaster")
+            assert "OK" in await asyncio.to_thread(
+                cli, sentinel.sentinels[0], "SENTINEL", "FAILOVER", "mymaster"
+            )
             statuses = await asyncio.wait_for(load, 60)
-        await asyncio.to_thread(wait_until,
-                                lambda: sentinel.current_primary() == sentinel.replica, 15,
-                                "the replica's promotion")
+        await asyncio.to_thread(
+            wait_until,
+            lambda: sentinel.current_primary() == sentinel.replica,
+            15,
+            "the replica's promotion",
+        )
         per_customer = dict.fromkeys(ids, 0)
         for i, status in enumerate(statuses):
             assert status in (200, 429), status

@@ -60,7 +60,8 @@ STREAMS: list[tuple[str, ProviderApi, Endpoint, bool]] = [
     ("anthropic/message_stream_overloaded.sse", ANTHROPIC, MESSAGES, False),
 ]
 ENDPOINTS: list[tuple[ProviderApi, Endpoint]] = [
-    (api, endpoint) for api in ALL_APIS for endpoint in api.endpoints]
+    (api, endpoint) for api in ALL_APIS for endpoint in api.endpoints
+]
 
 
 class FakeUpstream:
@@ -111,8 +112,9 @@ class Run:
     received_at_finalize: bytes  # what the client had when it was
 
 
-def relay(case: int, chunks: list[bytes], *, hang_up_after: int | None = None,
-          cut_at: int | None = None) -> Run:
+def relay(
+    case: int, chunks: list[bytes], *, hang_up_after: int | None = None, cut_at: int | None = None
+) -> Run:
     _, api, endpoint, strip = STREAMS[case]
     client = FakeClient(hang_up_after)
     meter = api.stream_meter(endpoint, strip)
@@ -125,11 +127,22 @@ def relay(case: int, chunks: list[bytes], *, hang_up_after: int | None = None,
         return await relay_stream(
             cast(web.StreamResponse, client),
             cast(UpstreamResponse, FakeUpstream(chunks, cut_at)),
-            meter, finalize, strip_usage=strip, drain_s=5.0, started=time.perf_counter())
+            meter,
+            finalize,
+            strip_usage=strip,
+            drain_s=5.0,
+            started=time.perf_counter(),
+        )
 
     outcome = asyncio.run(run())
-    return Run(outcome, bytes(client.received), client.ended, meter.result(),
-               len(at_finalize), at_finalize[0] if at_finalize else b"")
+    return Run(
+        outcome,
+        bytes(client.received),
+        client.ended,
+        meter.result(),
+        len(at_finalize),
+        at_finalize[0] if at_finalize else b"",
+    )
 
 
 def cut(stream: bytes, offsets: list[int]) -> list[bytes]:
@@ -154,8 +167,11 @@ def test_the_reference_relay_forwards_everything_but_the_usage_it_asked_for() ->
     for case, (path, _, _, strip) in enumerate(STREAMS):
         run = REFERENCE[case]
         stream = stream_bytes(case)
-        usage_events = [block + b"\n\n" for block in stream.split(b"\n\n")
-                        if re.search(rb'"choices": ?\[\]', block)]
+        usage_events = [
+            block + b"\n\n"
+            for block in stream.split(b"\n\n")
+            if re.search(rb'"choices": ?\[\]', block)
+        ]
         if strip and usage_events:
             [usage_event] = usage_events
             assert run.received == stream.replace(usage_event, b""), path
@@ -169,8 +185,12 @@ def test_the_reference_relay_forwards_everything_but_the_usage_it_asked_for() ->
 def terminal(case: int) -> bytes | None:
     """The terminal event of this stream (its exact bytes), if it has one."""
     stream = stream_bytes(case)
-    for marker in (b"data: [DONE]", b"event: message_stop", b"event: response.completed",
-                   b"event: response.incomplete"):
+    for marker in (
+        b"data: [DONE]",
+        b"event: message_stop",
+        b"event: response.completed",
+        b"event: response.incomplete",
+    ):
         start = stream.find(marker)
         if start >= 0:
             return stream[start : stream.index(b"\n\n", start) + 2]
@@ -229,27 +249,61 @@ def test_an_upstream_cut_after_any_chunk_never_raises(
 def assert_sane(usage: Usage | None) -> None:
     if usage is None:
         return
-    counts = (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens,
-              usage.cache_write_tokens, usage.reasoning_tokens)
+    counts = (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cached_input_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
+    )
     assert all(isinstance(n, int) and n >= 0 for n in counts), usage
     assert usage.cached_input_tokens <= usage.input_tokens, usage
     assert usage.reasoning_tokens <= usage.output_tokens, usage
 
 
 USAGE_WORDS = [
-    "usage", "prompt_tokens", "completion_tokens", "total_tokens", "input_tokens",
-    "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens",
-    "prompt_tokens_details", "completion_tokens_details", "input_tokens_details",
-    "output_tokens_details", "cached_tokens", "reasoning_tokens", "thinking_tokens", "id",
-    "type", "choices", "message", "content", "text", "delta", "response", "output",
-    "tool_calls", "function", "arguments", "name", "thinking", "partial_json",
+    "usage",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+    "input_tokens_details",
+    "output_tokens_details",
+    "cached_tokens",
+    "reasoning_tokens",
+    "thinking_tokens",
+    "id",
+    "type",
+    "choices",
+    "message",
+    "content",
+    "text",
+    "delta",
+    "response",
+    "output",
+    "tool_calls",
+    "function",
+    "arguments",
+    "name",
+    "thinking",
+    "partial_json",
 ]
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
     | st.sampled_from(["message_start", "message_delta", "[DONE]", "response.completed"]),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.sampled_from(USAGE_WORDS) | st.text(max_size=4), inner, max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(USAGE_WORDS) | st.text(max_size=4), inner, max_size=6)
+    ),
     max_leaves=15,
 )
 payloads = st.one_of(
@@ -257,11 +311,22 @@ payloads = st.one_of(
     json_values.map(orjson.dumps).flatmap(lambda b: st.integers(0, len(b)).map(lambda n: b[:n])),
     st.binary(max_size=200),
 )
-event_names = st.sampled_from([
-    None, "message_start", "message_delta", "content_block_delta", "message_stop", "error",
-    "ping", "response.created", "response.output_text.delta", "response.completed",
-    "response.incomplete", "response.failed",
-]) | st.text(max_size=10)
+event_names = st.sampled_from(
+    [
+        None,
+        "message_start",
+        "message_delta",
+        "content_block_delta",
+        "message_stop",
+        "error",
+        "ping",
+        "response.created",
+        "response.output_text.delta",
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+    ]
+) | st.text(max_size=10)
 
 
 @settings(max_examples=200, deadline=None)
@@ -274,8 +339,11 @@ def test_usage_from_any_body_never_raises_and_is_sane(index: int, body: bytes) -
 
 
 @settings(max_examples=100, deadline=None)
-@given(index=st.integers(0, len(ENDPOINTS) - 1), strip=st.booleans(),
-       events=st.lists(st.tuples(event_names, payloads), max_size=10))
+@given(
+    index=st.integers(0, len(ENDPOINTS) - 1),
+    strip=st.booleans(),
+    events=st.lists(st.tuples(event_names, payloads), max_size=10),
+)
 def test_stream_meters_never_raise_on_any_events(
     index: int, strip: bool, events: list[tuple[str | None, bytes]]
 ) -> None:
@@ -288,11 +356,14 @@ def test_stream_meters_never_raise_on_any_events(
     assert_sane(result.partial_usage)
 
 
-@settings(max_examples=300, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(case=cases, edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 40),
-                                            st.binary(max_size=12)), max_size=6),
-       split=offsets)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    case=cases,
+    edits=st.lists(
+        st.tuples(st.integers(0, 10_000), st.integers(0, 40), st.binary(max_size=12)), max_size=6
+    ),
+    split=offsets,
+)
 def test_corrupted_streams_through_parser_and_meter_never_raise(
     case: int, edits: list[tuple[int, int, bytes]], split: list[int]
 ) -> None:
@@ -313,12 +384,32 @@ def test_corrupted_streams_through_parser_and_meter_never_raise(
 
 
 @settings(max_examples=80, deadline=None)
-@given(index=st.integers(0, len(ENDPOINTS) - 1),
-       body=st.dictionaries(st.sampled_from(
-           ["model", "stream", "stream_options", "messages", "prompt", "input", "system",
-            "instructions", "tools", "functions", "max_tokens", "max_completion_tokens",
-            "max_output_tokens", "include_usage"]) | st.text(max_size=4), json_values,
-           max_size=8))
+@given(
+    index=st.integers(0, len(ENDPOINTS) - 1),
+    body=st.dictionaries(
+        st.sampled_from(
+            [
+                "model",
+                "stream",
+                "stream_options",
+                "messages",
+                "prompt",
+                "input",
+                "system",
+                "instructions",
+                "tools",
+                "functions",
+                "max_tokens",
+                "max_completion_tokens",
+                "max_output_tokens",
+                "include_usage",
+            ]
+        )
+        | st.text(max_size=4),
+        json_values,
+        max_size=8,
+    ),
+)
 def test_request_side_never_raises_on_any_json_object(index: int, body: dict[str, Any]) -> None:
     api, endpoint = ENDPOINTS[index]
     assert isinstance(api.is_streaming(endpoint, body), bool)
@@ -343,8 +434,10 @@ SPECIAL = st.sampled_from(["<|endoftext|>", "<|fim_prefix|>", "<|endofprompt|>",
 
 def test_token_counter_counts_any_text(counter: TokenCounter) -> None:
     @settings(max_examples=300, deadline=None)
-    @given(model=st.sampled_from(["gpt-4o", "gpt-4", "claude-sonnet-4-5", "", "ft:x"]),
-           text=st.lists(st.text(max_size=30) | SPECIAL, max_size=6).map("".join))
+    @given(
+        model=st.sampled_from(["gpt-4o", "gpt-4", "claude-sonnet-4-5", "", "ft:x"]),
+        text=st.lists(st.text(max_size=30) | SPECIAL, max_size=6).map("".join),
+    )
     def check(model: str, text: str) -> None:
         tokens = counter.count(model, text)
         assert tokens >= 0 and (tokens > 0) == bool(text)
@@ -353,13 +446,16 @@ def test_token_counter_counts_any_text(counter: TokenCounter) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(status=st.integers(100, 999), message=st.text(max_size=50),
-       code=st.none() | st.text(max_size=10), param=st.none() | st.text(max_size=10))
+@given(
+    status=st.integers(100, 999),
+    message=st.text(max_size=50),
+    code=st.none() | st.text(max_size=10),
+    param=st.none() | st.text(max_size=10),
+)
 def test_error_bodies_are_json_in_the_api_shape(
     status: int, message: str, code: str | None, param: str | None
 ) -> None:
     openai_error = orjson.loads(OPENAI.error_body(status, "api_error", message, code, param))
     assert openai_error["error"]["message"] == message
-    anthropic_error = orjson.loads(ANTHROPIC.error_body(status, "api_error", message, code,
-                                                        param))
+    anthropic_error = orjson.loads(ANTHROPIC.error_body(status, "api_error", message, code, param))
     assert anthropic_error["type"] == "error" and anthropic_error["error"]["message"] == message

@@ -31,17 +31,24 @@ from tests.harness import Gateway, running_gateway
 from tests.test_hostile_requests import events_with_sentinel
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there friend"}]}
-MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 64,
-           "messages": [{"role": "user", "content": "hello there friend"}]}
+MESSAGE = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "hello there friend"}],
+}
 RESPONSES = {"model": "gpt-4o", "input": "hello there friend"}
 ROUTES: list[tuple[str, dict[str, Any]]] = [
-    ("/v1/chat/completions", CHAT), ("/v1/messages", MESSAGE), ("/v1/responses", RESPONSES)]
+    ("/v1/chat/completions", CHAT),
+    ("/v1/messages", MESSAGE),
+    ("/v1/responses", RESPONSES),
+]
 # The last bytes a complete stream ends with, per route; a cut stream lacks them.
-STREAM_END = {"/v1/chat/completions": b"data: [DONE]\n\n",
-              "/v1/messages": b"event: message_stop",
-              "/v1/responses": b"event: response.completed"}
-SERVER = {"host": "127.0.0.1", "port": 0, "disconnect_drain_s": 2,
-          "upstream_read_timeout_s": 0.5}
+STREAM_END = {
+    "/v1/chat/completions": b"data: [DONE]\n\n",
+    "/v1/messages": b"event: message_stop",
+    "/v1/responses": b"event: response.completed",
+}
+SERVER = {"host": "127.0.0.1", "port": 0, "disconnect_drain_s": 2, "upstream_read_timeout_s": 0.5}
 
 
 @dataclass(frozen=True)
@@ -61,16 +68,28 @@ class Answer:
         return f"{self.route} stream={self.streamed}"
 
 
-async def call(gw: Gateway, route: str, body: dict[str, Any], stream: bool,
-               **headers: str) -> Answer:
+async def call(
+    gw: Gateway, route: str, body: dict[str, Any], stream: bool, **headers: str
+) -> Answer:
     async with aiohttp.ClientSession() as session:
         response = await session.post(
-            gw.base_url + route, data=orjson.dumps({**body, "stream": stream}),
-            headers={"Authorization": f"Bearer {gw.key}", "content-type": "application/json",
-                     "anthropic-version": "2023-06-01", **headers})
+            gw.base_url + route,
+            data=orjson.dumps({**body, "stream": stream}),
+            headers={
+                "Authorization": f"Bearer {gw.key}",
+                "content-type": "application/json",
+                "anthropic-version": "2023-06-01",
+                **headers,
+            },
+        )
         data = await response.read()
-        return Answer(route, stream, response.status,
-                      {k.lower(): v for k, v in response.headers.items()}, data)
+        return Answer(
+            route,
+            stream,
+            response.status,
+            {k.lower(): v for k, v in response.headers.items()},
+            data,
+        )
 
 
 async def ledger(gw: Gateway, answers: list[Answer], *, others: int = 0) -> dict[str, Any]:
@@ -87,8 +106,9 @@ async def ledger(gw: Gateway, answers: list[Answer], *, others: int = 0) -> dict
 async def test_provider_error_statuses_pass_through_with_zero_tokens(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
         answers = []
         for status in (500, 503, 529, 400, 404):
             for route, body in ROUTES:
@@ -109,27 +129,34 @@ async def test_provider_error_statuses_pass_through_with_zero_tokens(
 async def test_provider_429_retry_after_reaches_the_client_unchanged(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
         answers = []
         for retry_after in ("0", "7", "120"):
             for route, body in ROUTES:
                 for stream in (False, True):
-                    answer = await call(gw, route, body, stream, **{
-                        "x-mock-error": "429", "x-mock-retry-after": retry_after})
+                    answer = await call(
+                        gw,
+                        route,
+                        body,
+                        stream,
+                        **{"x-mock-error": "429", "x-mock-retry-after": retry_after},
+                    )
                     assert answer.status == 429, answer.label
                     assert answer.headers["retry-after"] == retry_after, answer.label
                     answers.append(answer)
-        overloaded = await call(gw, "/v1/messages", MESSAGE, False, **{
-            "x-mock-error": "529", "x-mock-retry-after": "9"})
+        overloaded = await call(
+            gw, "/v1/messages", MESSAGE, False, **{"x-mock-error": "529", "x-mock-retry-after": "9"}
+        )
         assert (overloaded.status, overloaded.headers["retry-after"]) == (529, "9")
         answers.append(overloaded)
         # What an SDK sees: the provider's 429 and its Retry-After, no retry by the gateway.
         client = openai.AsyncOpenAI(api_key=gw.key, base_url=gw.openai_base_url, max_retries=0)
         with pytest.raises(openai.RateLimitError) as refused:
             await client.chat.completions.create(
-                extra_headers={"x-mock-error": "429", "x-mock-retry-after": "7"},
-                **CHAT)  # type: ignore[call-overload]
+                extra_headers={"x-mock-error": "429", "x-mock-retry-after": "7"}, **CHAT
+            )  # type: ignore[call-overload]
         assert refused.value.response.headers["retry-after"] == "7"
         events = await ledger(gw, answers, others=1)  # the SDK's request, once
         assert all(row["output_tokens"] == 0 for row in events.values())
@@ -138,18 +165,25 @@ async def test_provider_429_retry_after_reaches_the_client_unchanged(
 async def test_connection_reset_is_502_before_the_answer_and_a_cut_stream_after(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
-        answers = [await call(gw, route, body, stream, **{"x-mock-error": "reset"})
-                   for route, body in ROUTES for stream in (False, True)]
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
+        answers = [
+            await call(gw, route, body, stream, **{"x-mock-error": "reset"})
+            for route, body in ROUTES
+            for stream in (False, True)
+        ]
         events = await ledger(gw, answers)
         for answer in answers:
             row = events[answer.request_id]
             if not answer.streamed:
                 assert answer.status == 502, answer.label
                 error = orjson.loads(answer.body)
-                assert (error["error"]["type"] == "api_error" if answer.route == "/v1/messages"
-                        else error["error"]["code"] == "upstream_unreachable"), answer.label
+                assert (
+                    error["error"]["type"] == "api_error"
+                    if answer.route == "/v1/messages"
+                    else error["error"]["code"] == "upstream_unreachable"
+                ), answer.label
                 assert (row["input_tokens"], row["output_tokens"]) == (0, 0), answer.label
             else:  # the head was sent: the client gets what was produced, then the end
                 assert answer.status == 200, answer.label
@@ -166,10 +200,12 @@ async def test_streams_that_end_without_usage_are_estimated(
     """`truncate` ends the stream cleanly before its usage and final events; `stream-error`
     sends the provider's error event half-way. Both: the client gets every byte, the text
     produced is billed as an estimate."""
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
-        answers = [await call(gw, route, body, True, **{"x-mock-error": mode})
-                   for route, body in ROUTES]
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
+        answers = [
+            await call(gw, route, body, True, **{"x-mock-error": mode}) for route, body in ROUTES
+        ]
         events = await ledger(gw, answers)
         for answer in answers:
             row = events[answer.request_id]
@@ -185,10 +221,12 @@ async def test_streams_that_end_without_usage_are_estimated(
 async def test_unreadable_json_bodies_pass_through_and_are_estimated(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
-        answers = [await call(gw, route, body, False, **{"x-mock-error": mode})
-                   for route, body in ROUTES]
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
+        answers = [
+            await call(gw, route, body, False, **{"x-mock-error": mode}) for route, body in ROUTES
+        ]
         events = await ledger(gw, answers)
         for answer in answers:
             with pytest.raises(orjson.JSONDecodeError):
@@ -201,10 +239,13 @@ async def test_unreadable_json_bodies_pass_through_and_are_estimated(
 async def test_an_invalid_event_mid_stream_does_not_lose_the_usage(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
-        answers = [await call(gw, route, body, True, **{"x-mock-error": "invalid-json"})
-                   for route, body in ROUTES]
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
+        answers = [
+            await call(gw, route, body, True, **{"x-mock-error": "invalid-json"})
+            for route, body in ROUTES
+        ]
         events = await ledger(gw, answers)
         for answer in answers:
             assert answer.status == 200 and STREAM_END[answer.route] in answer.body
@@ -215,10 +256,14 @@ async def test_an_invalid_event_mid_stream_does_not_lose_the_usage(
 async def test_missing_usage_is_estimated_on_every_route(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
-        answers = [await call(gw, route, body, stream, **{"x-mock-no-usage": "1"})
-                   for route, body in ROUTES for stream in (False, True)]
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
+        answers = [
+            await call(gw, route, body, stream, **{"x-mock-no-usage": "1"})
+            for route, body in ROUTES
+            for stream in (False, True)
+        ]
         events = await ledger(gw, answers)
         for answer in answers:
             row = events[answer.request_id]
@@ -234,10 +279,11 @@ async def test_slow_provider_against_the_read_timeout(
     """upstream_read_timeout_s = 0.5 bounds the silence between bytes, not the whole answer:
     no head within it is a 504; a stream whose tokens come 150 ms apart runs to its end
     (longer than the timeout in total); one whose tokens come 900 ms apart is cut."""
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
-        async def timed(route: str, body: dict[str, Any], **headers: str
-                        ) -> tuple[Answer, float]:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
+
+        async def timed(route: str, body: dict[str, Any], **headers: str) -> tuple[Answer, float]:
             started = time.perf_counter()
             answer = await call(gw, route, body, True, **headers)
             return answer, time.perf_counter() - started
@@ -245,13 +291,17 @@ async def test_slow_provider_against_the_read_timeout(
         late_headers = {"x-mock-error": "slow", "x-mock-delay-ms": "3000"}
         paced_headers = {"x-mock-token-delay-ms": "150", "x-mock-output-tokens": "6"}
         stalled_headers = {"x-mock-token-delay-ms": "900", "x-mock-output-tokens": "6"}
-        runs = await asyncio.gather(*(
-            timed(route, body, **headers)
-            for route, body in ROUTES
-            for headers in (late_headers, paced_headers, stalled_headers)))
+        runs = await asyncio.gather(
+            *(
+                timed(route, body, **headers)
+                for route, body in ROUTES
+                for headers in (late_headers, paced_headers, stalled_headers)
+            )
+        )
         answers = [answer for answer, _ in runs]
         for (late, late_s), (paced, _), (stalled, stalled_s) in zip(
-                runs[::3], runs[1::3], runs[2::3], strict=True):
+            runs[::3], runs[1::3], runs[2::3], strict=True
+        ):
             assert late.status == 504 and late_s < 2.0, late.label
             assert paced.status == 200 and STREAM_END[paced.route] in paced.body, paced.label
             assert stalled.status == 200 and STREAM_END[stalled.route] not in stalled.body
@@ -269,14 +319,27 @@ async def test_slow_provider_against_the_read_timeout(
 
 # A tiny OpenAI-compatible upstream that answers in small chunked pieces, gzip-encoded when
 # asked (`x-test-gzip: 1`) although the gateway sends `accept-encoding: identity`.
-REPLY = {"id": "chatcmpl-up", "object": "chat.completion", "model": "gpt-4o",
-         "choices": [{"index": 0, "finish_reason": "stop",
-                      "message": {"role": "assistant", "content": "hello back to you, friend"}}],
-         "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}
-CONTENT_CHUNK = (b'data: {"id":"chatcmpl-up","object":"chat.completion.chunk","choices":'
-                 b'[{"index":0,"delta":{"content":"hello back to you, friend"}}],"usage":null}\n\n')
-USAGE_CHUNK = (b'data: {"id":"chatcmpl-up","object":"chat.completion.chunk","choices":[],'
-               b'"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}}\n\n')
+REPLY = {
+    "id": "chatcmpl-up",
+    "object": "chat.completion",
+    "model": "gpt-4o",
+    "choices": [
+        {
+            "index": 0,
+            "finish_reason": "stop",
+            "message": {"role": "assistant", "content": "hello back to you, friend"},
+        }
+    ],
+    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+}
+CONTENT_CHUNK = (
+    b'data: {"id":"chatcmpl-up","object":"chat.completion.chunk","choices":'
+    b'[{"index":0,"delta":{"content":"hello back to you, friend"}}],"usage":null}\n\n'
+)
+USAGE_CHUNK = (
+    b'data: {"id":"chatcmpl-up","object":"chat.completion.chunk","choices":[],'
+    b'"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18}}\n\n'
+)
 DONE = b"data: [DONE]\n\n"
 
 
@@ -309,11 +372,15 @@ async def gateway_on_custom_upstream(
     upstream = TestServer(app, host="127.0.0.1")
     await upstream.start_server()
     base = str(upstream.make_url("/v1"))
-    extra = {"server": SERVER, "models": [], "providers": {
-        "openai": {"kind": "openai", "base_url": base, "api_key_env": "TB_TEST_OPENAI_KEY"}}}
+    extra = {
+        "server": SERVER,
+        "models": [],
+        "providers": {
+            "openai": {"kind": "openai", "base_url": base, "api_key_env": "TB_TEST_OPENAI_KEY"}
+        },
+    }
     try:
-        async with running_gateway(database_url, redis_url, monkeypatch,
-                                   extra_config=extra) as gw:
+        async with running_gateway(database_url, redis_url, monkeypatch, extra_config=extra) as gw:
             yield gw
     finally:
         await upstream.close()
@@ -330,7 +397,10 @@ async def test_chunked_upstream_bodies_are_relayed_and_metered_exactly(
         rows = await events_with_sentinel(gw, 2)
         for row in rows:
             assert (row["usage_source"], row["input_tokens"], row["output_tokens"]) == (
-                "provider", 11, 7)
+                "provider",
+                11,
+                7,
+            )
 
 
 async def test_gzip_upstream_bodies_pass_through_and_are_metered(
@@ -347,10 +417,10 @@ async def test_gzip_upstream_bodies_pass_through_and_are_metered(
             problems.append("plain: the client did not get the provider's JSON")
         if streamed.body != CONTENT_CHUNK + DONE:
             problems.append(f"stream: the client got {streamed.body!r}")
-        for answer, row in zip((plain, streamed), await events_with_sentinel(gw, 2),
-                               strict=True):
+        for answer, row in zip((plain, streamed), await events_with_sentinel(gw, 2), strict=True):
             metered = (row["usage_source"], row["input_tokens"], row["output_tokens"])
             if metered != ("provider", 11, 7) and not (
-                    row["usage_source"] == "estimated" and row["output_tokens"] > 0):
+                row["usage_source"] == "estimated" and row["output_tokens"] > 0
+            ):
                 problems.append(f"{answer.label}: metered as {metered}")
         assert not problems, "\n".join(problems)

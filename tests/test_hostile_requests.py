@@ -29,8 +29,11 @@ from tests.harness import Gateway, running_gateway
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there"}]}
 CHAT_BODY = orjson.dumps(CHAT)
-MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 64,
-           "messages": [{"role": "user", "content": "hello there"}]}
+MESSAGE = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "hello there"}],
+}
 SERVER = {"host": "127.0.0.1", "port": 0, "disconnect_drain_s": 5, "max_body_mb": 1}
 OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 ANTHROPIC_ROUTES = ("/v1/messages", "/v1/messages/count_tokens")
@@ -43,16 +46,33 @@ class RawResponse:
     body: bytes
 
 
-def http_request(gw: Gateway, method: str, target: str, body: bytes = b"",
-                 headers: bytes = b"", *, key: str | None = None, anonymous: bool = False,
-                 length: bool = True) -> bytes:
+def http_request(
+    gw: Gateway,
+    method: str,
+    target: str,
+    body: bytes = b"",
+    headers: bytes = b"",
+    *,
+    key: str | None = None,
+    anonymous: bool = False,
+    length: bool = True,
+) -> bytes:
     """One HTTP/1.1 request as bytes, with `key` (default: the gateway's) unless anonymous."""
     key = gw.key if key is None else key
     auth = b"" if anonymous else b"Authorization: Bearer " + key.encode() + b"\r\n"
     size = b"Content-Length: %d\r\n" % len(body) if length else b""
-    return (method.encode() + b" " + target.encode() + b" HTTP/1.1\r\nHost: gateway\r\n" + auth
-            + b"Content-Type: application/json\r\nanthropic-version: 2023-06-01\r\n" + headers
-            + size + b"Connection: close\r\n\r\n" + body)
+    return (
+        method.encode()
+        + b" "
+        + target.encode()
+        + b" HTTP/1.1\r\nHost: gateway\r\n"
+        + auth
+        + b"Content-Type: application/json\r\nanthropic-version: 2023-06-01\r\n"
+        + headers
+        + size
+        + b"Connection: close\r\n\r\n"
+        + body
+    )
 
 
 async def raw_exchange(gw: Gateway, data: bytes, *, timeout_s: float = 5.0) -> RawResponse:
@@ -71,7 +91,7 @@ async def raw_exchange(gw: Gateway, data: bytes, *, timeout_s: float = 5.0) -> R
 
 
 def refusal_problem(response: RawResponse, status: int, *, anthropic: bool = False) -> str:
-    """"" if `response` is a refusal with `status` in the shape of the API called (and no
+    """ "" if `response` is a refusal with `status` in the shape of the API called (and no
     traceback), else what is wrong with it."""
     seen = f"got {response.status} {response.body[:160]!r}"
     if response.status != status or b"Traceback" in response.body:
@@ -87,8 +107,9 @@ def refusal_problem(response: RawResponse, status: int, *, anthropic: bool = Fal
     return "" if message and shaped else seen
 
 
-def assert_refused(response: RawResponse, status: int, *, anthropic: bool = False,
-                   label: str = "") -> None:
+def assert_refused(
+    response: RawResponse, status: int, *, anthropic: bool = False, label: str = ""
+) -> None:
     problem = refusal_problem(response, status, anthropic=anthropic)
     assert not problem, f"{label}: {problem}"
 
@@ -127,8 +148,10 @@ MALFORMED: list[tuple[str, bytes]] = [
     ("NaN", b'{"model": "gpt-4o", "messages": [], "temperature": NaN}'),
     ("number overflow", b'{"model": "gpt-4o", "messages": [], "temperature": 1e400}'),
     ("100k nested arrays", b"[" * 100_000 + b"]" * 100_000),
-    ("100k nested arrays as messages",
-     b'{"model": "gpt-4o", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    (
+        "100k nested arrays as messages",
+        b'{"model": "gpt-4o", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ),
     ("100k nested objects", nested(100_000)),
     ("missing model", b'{"messages": [{"role": "user", "content": "hi"}]}'),
     ("model null", b'{"model": null, "messages": []}'),
@@ -145,8 +168,9 @@ MALFORMED: list[tuple[str, bytes]] = [
 async def test_malformed_bodies_get_400_before_the_provider(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
         problems: list[str] = []
         for route in OPENAI_ROUTES + ANTHROPIC_ROUTES:
             anthropic = route in ANTHROPIC_ROUTES
@@ -168,16 +192,29 @@ async def test_nesting_the_parser_accepts_is_never_a_5xx(
     """orjson parses up to 1024 levels but serializes only ~254: a body in between must be
     forwarded (and metered) or refused with a 400, in particular when the gateway rewrites it
     (a stream without include_usage gets stream_options added and is re-serialized)."""
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
         cases = []
         for route in ("/v1/chat/completions", "/v1/completions"):
             for stream in (b"true", b"false"):
-                cases.append((route, b'{"model": "gpt-4o", "prompt": "hi", "stream": ' + stream
-                              + b', "messages": [{"role": "user", "content": "hi"}], '
-                              + b'"metadata": ' + nested(300) + b"}"))
-        cases.append(("/v1/chat/completions",
-                      b'{"model": "gpt-4o", "messages": ' + b"[" * 1000 + b"]" * 1000 + b"}"))
+                cases.append(
+                    (
+                        route,
+                        b'{"model": "gpt-4o", "prompt": "hi", "stream": '
+                        + stream
+                        + b', "messages": [{"role": "user", "content": "hi"}], '
+                        + b'"metadata": '
+                        + nested(300)
+                        + b"}",
+                    )
+                )
+        cases.append(
+            (
+                "/v1/chat/completions",
+                b'{"model": "gpt-4o", "messages": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+            )
+        )
         forwarded_statuses = []
         for route, body in cases:
             before = len(gw.mock_requests)
@@ -209,8 +246,7 @@ WRONG_TYPES: list[tuple[str, dict[str, Any]]] = [
     ("/v1/chat/completions", {**CHAT, "messages": {}}),
     ("/v1/chat/completions", {**CHAT, "messages": [1, 2]}),
     ("/v1/chat/completions", {**CHAT, "messages": None}),
-    ("/v1/chat/completions",
-     {**CHAT, "messages": [{"role": "user", "content": {"deep": [[1]]}}]}),
+    ("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": {"deep": [[1]]}}]}),
     ("/v1/chat/completions", {**CHAT, "temperature": "hot", "tools": "none"}),
     ("/v1/responses", {"model": "gpt-4o", "input": 5}),
     ("/v1/responses", {"model": "gpt-4o", "input": [{"content": 7}]}),
@@ -225,8 +261,9 @@ WRONG_TYPES: list[tuple[str, dict[str, Any]]] = [
 async def test_wrong_field_types_are_never_a_5xx_and_are_metered_as_forwarded(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
         problems: list[str] = []
         forwarded: list[tuple[str, int]] = []  # (label, status the client saw)
         for route, body in WRONG_TYPES:
@@ -246,8 +283,10 @@ async def test_wrong_field_types_are_never_a_5xx_and_are_metered_as_forwarded(
             if row["status_code"] != status:
                 problems.append(f"{label}: event status {row['status_code']}, client {status}")
             elif status == 200 and row["output_tokens"] == 0 and row["endpoint"] != "embeddings":
-                problems.append(f"{label}: served, metered with zero output tokens "
-                                f"({row['usage_source']}, streamed={row['streamed']})")
+                problems.append(
+                    f"{label}: served, metered with zero output tokens "
+                    f"({row['usage_source']}, streamed={row['streamed']})"
+                )
             elif status != 200 and (row["input_tokens"], row["output_tokens"]) != (0, 0):
                 problems.append(f"{label}: provider error metered with tokens")
         assert not problems, "\n".join(problems)
@@ -256,11 +295,13 @@ async def test_wrong_field_types_are_never_a_5xx_and_are_metered_as_forwarded(
 async def test_body_over_max_body_mb_gets_413_before_the_provider(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:  # max_body_mb: 1
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:  # max_body_mb: 1
         big = orjson.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * 1_100_000}]})
         anthropic_big = orjson.dumps(
-            {**MESSAGE, "messages": [{"role": "user", "content": "x" * 1_100_000}]})
+            {**MESSAGE, "messages": [{"role": "user", "content": "x" * 1_100_000}]}
+        )
         chunk = b"x" * 0x10000
         chunked = b"".join(b"10000\r\n" + chunk + b"\r\n" for _ in range(20)) + b"0\r\n\r\n"
         bomb = gzip.compress(b'{"model": "gpt-4o", "pad": "' + b"0" * 50_000_000 + b'"}')
@@ -268,10 +309,25 @@ async def test_body_over_max_body_mb_gets_413_before_the_provider(
         attacks = [
             ("content-length", http_request(gw, "POST", "/v1/chat/completions", big), False),
             ("anthropic", http_request(gw, "POST", "/v1/messages", anthropic_big), True),
-            ("chunked", http_request(gw, "POST", "/v1/chat/completions", chunked,
-                                     b"Transfer-Encoding: chunked\r\n", length=False), False),
-            ("gzip bomb", http_request(gw, "POST", "/v1/chat/completions", bomb,
-                                       b"Content-Encoding: gzip\r\n"), False),
+            (
+                "chunked",
+                http_request(
+                    gw,
+                    "POST",
+                    "/v1/chat/completions",
+                    chunked,
+                    b"Transfer-Encoding: chunked\r\n",
+                    length=False,
+                ),
+                False,
+            ),
+            (
+                "gzip bomb",
+                http_request(
+                    gw, "POST", "/v1/chat/completions", bomb, b"Content-Encoding: gzip\r\n"
+                ),
+                False,
+            ),
         ]
         for label, data, anthropic in attacks:
             reply = await raw_exchange(gw, data)
@@ -280,8 +336,9 @@ async def test_body_over_max_body_mb_gets_413_before_the_provider(
                 assert orjson.loads(reply.body)["error"]["type"] == "request_too_large"
         # Just under the limit is served: the limit is the configured one, not a lower one.
         fits = orjson.dumps({**CHAT, "messages": [{"role": "user", "content": "ab " * 300_000}]})
-        assert (await raw_exchange(gw, http_request(gw, "POST", "/v1/chat/completions",
-                                                    fits))).status == 200
+        assert (
+            await raw_exchange(gw, http_request(gw, "POST", "/v1/chat/completions", fits))
+        ).status == 200
         assert len(gw.mock_requests) == 1
         [row] = await events_with_sentinel(gw, 1)
         assert row["status_code"] == 200
@@ -290,8 +347,9 @@ async def test_body_over_max_body_mb_gets_413_before_the_provider(
 def labelled(data: bytes, content_type: bytes | None) -> bytes:
     """`data` (from http_request) with another Content-Type, or none."""
     old = b"Content-Type: application/json\r\n"
-    return data.replace(old, b"" if content_type is None
-                        else b"Content-Type: " + content_type + b"\r\n")
+    return data.replace(
+        old, b"" if content_type is None else b"Content-Type: " + content_type + b"\r\n"
+    )
 
 
 def chunked(body: bytes) -> bytes:
@@ -299,16 +357,27 @@ def chunked(body: bytes) -> bytes:
 
 
 async def refused_400_count(gw: Gateway) -> float:
-    async with aiohttp.ClientSession() as session, \
-            session.get(gw.base_url + "/metrics") as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(gw.base_url + "/metrics") as response,
+    ):
         text = await response.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("tollbooth_refused_requests_total{")
-               and 'status="400"' in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("tollbooth_refused_requests_total{") and 'status="400"' in line
+    )
 
 
-NOT_JSON = (b"text/plain", b"text/plain;charset=UTF-8", b"application/x-www-form-urlencoded",
-            b"multipart/form-data; boundary=b", b"application/jsonl", b"x/y", b"")
+NOT_JSON = (
+    b"text/plain",
+    b"text/plain;charset=UTF-8",
+    b"application/x-www-form-urlencoded",
+    b"multipart/form-data; boundary=b",
+    b"application/jsonl",
+    b"x/y",
+    b"",
+)
 
 
 async def test_a_body_labelled_other_than_json_is_refused_before_the_provider(
@@ -317,17 +386,28 @@ async def test_a_body_labelled_other_than_json_is_refused_before_the_provider(
     """A JSON body labelled text/plain, a form or anything but application/json gets the 400
     OpenAI answers (in the called API's shape), from the fast front and from aiohttp alike;
     application/json with parameters, and an unlabelled body, are served."""
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
         refusals_before = await refused_400_count(gw)
         sent = 0
-        for route, body, anthropic in (("/v1/chat/completions", CHAT_BODY, False),
-                                       ("/v1/messages", orjson.dumps(MESSAGE), True)):
+        for route, body, anthropic in (
+            ("/v1/chat/completions", CHAT_BODY, False),
+            ("/v1/messages", orjson.dumps(MESSAGE), True),
+        ):
             for content_type in NOT_JSON:
                 fast = labelled(http_request(gw, "POST", route, body), content_type)
-                handed = labelled(http_request(gw, "POST", route, chunked(body),
-                                               b"Transfer-Encoding: chunked\r\n",
-                                               length=False), content_type)
+                handed = labelled(
+                    http_request(
+                        gw,
+                        "POST",
+                        route,
+                        chunked(body),
+                        b"Transfer-Encoding: chunked\r\n",
+                        length=False,
+                    ),
+                    content_type,
+                )
                 for data, by_aiohttp in ((fast, False), (handed, True)):
                     reply = await raw_exchange(gw, data)
                     sent += 1
@@ -338,7 +418,8 @@ async def test_a_body_labelled_other_than_json_is_refused_before_the_provider(
                     shown = content_type.decode()
                     assert error["message"].startswith(
                         f"Unsupported content type: '{shown}'. This API method only accepts "
-                        "'application/json' requests"), label
+                        "'application/json' requests"
+                    ), label
                     if not anthropic:
                         assert error["code"] == "unsupported_content_type", label
                         assert error["type"] == "invalid_request_error", label
@@ -348,16 +429,26 @@ async def test_a_body_labelled_other_than_json_is_refused_before_the_provider(
         route = "/v1/chat/completions"
         for content_type in (b"application/json; charset=utf-8", b"Application/JSON", None):
             fast = labelled(http_request(gw, "POST", route, CHAT_BODY), content_type)
-            handed = labelled(http_request(gw, "POST", route, chunked(CHAT_BODY),
-                                           b"Transfer-Encoding: chunked\r\n", length=False),
-                              content_type)
+            handed = labelled(
+                http_request(
+                    gw,
+                    "POST",
+                    route,
+                    chunked(CHAT_BODY),
+                    b"Transfer-Encoding: chunked\r\n",
+                    length=False,
+                ),
+                content_type,
+            )
             for data in (fast, handed):
                 reply = await raw_exchange(gw, data)
                 assert reply.status == 200, (content_type, reply.body[:300])
         assert len(gw.mock_requests) == 6
         # An unlabelled body goes upstream labelled: providers refuse one without the label.
-        upstream = [{k.lower(): v for k, v in r.headers.items()}["content-type"]
-                    for r in gw.mock_requests[-2:]]
+        upstream = [
+            {k.lower(): v for k, v in r.headers.items()}["content-type"]
+            for r in gw.mock_requests[-2:]
+        ]
         assert upstream == ["application/json", "application/json"]
         rows = await events_with_sentinel(gw, 6)
         assert [r["status_code"] for r in rows] == [200] * 6
@@ -369,18 +460,29 @@ async def test_compressed_request_bodies_are_decoded_or_refused(
     """The server decodes a `Content-Encoding` request body; what goes upstream must then be
     consistent (the decoded bytes, without the encoding header), and a body that cannot be
     decoded is the client's error (400), never a 500."""
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
         route = "/v1/chat/completions"
         problems: list[str] = []
-        good = await raw_exchange(gw, http_request(gw, "POST", route, gzip.compress(CHAT_BODY),
-                                                   b"Content-Encoding: gzip\r\n"))
+        good = await raw_exchange(
+            gw,
+            http_request(
+                gw, "POST", route, gzip.compress(CHAT_BODY), b"Content-Encoding: gzip\r\n"
+            ),
+        )
         if good.status != 200 and not 400 <= good.status < 500:
             problems.append(f"valid gzip body: {good.status} {good.body[:120]!r}")
-        for encoding, body in ((b"deflate", b"not deflate"), (b"gzip", b"not gzip"),
-                               (b"br", CHAT_BODY), (b"zstd", CHAT_BODY)):
-            reply = await raw_exchange(gw, http_request(
-                gw, "POST", route, body, b"Content-Encoding: " + encoding + b"\r\n"))
+        for encoding, body in (
+            (b"deflate", b"not deflate"),
+            (b"gzip", b"not gzip"),
+            (b"br", CHAT_BODY),
+            (b"zstd", CHAT_BODY),
+        ):
+            reply = await raw_exchange(
+                gw,
+                http_request(gw, "POST", route, body, b"Content-Encoding: " + encoding + b"\r\n"),
+            )
             if reply.status != 400:
                 problems.append(f"undecodable {encoding!r}: {reply.status} {reply.body[:120]!r}")
         assert not problems, "\n".join(problems)
@@ -397,8 +499,9 @@ async def test_absurd_max_tokens_never_corrupts_the_quota_counters(
     2**63 must be served or refused (400/429), never a 500, and must leave the customer's
     counters exact: after settling, the month's tokens are the sum of its events' tokens."""
     tiers = {"free": {"limits": {"requests_per_month": 1000}}}
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch, tiers=tiers,
-                               extra_config={"server": SERVER}) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, tiers=tiers, extra_config={"server": SERVER}
+    ) as gw:
         problems: list[str] = []
         for max_tokens in (100, 10**15, 2**53 + 1, 2**63 - 1, 2**64 - 1):
             body = orjson.dumps({**CHAT, "max_tokens": max_tokens})
@@ -407,15 +510,18 @@ async def test_absurd_max_tokens_never_corrupts_the_quota_counters(
                 problems.append(f"max_tokens {max_tokens}: {reply.status}")
         rows = await events_with_sentinel(gw, len(gw.mock_requests))
         async with aiohttp.ClientSession() as session:
-            response = await session.get(gw.base_url + "/usage/limits",
-                                         headers={"Authorization": f"Bearer {gw.key}"})
+            response = await session.get(
+                gw.base_url + "/usage/limits", headers={"Authorization": f"Bearer {gw.key}"}
+            )
             limits = (await response.json())["limits"]
         used = sum(r["input_tokens"] + r["output_tokens"] for r in rows)
         sentinel = (await gw.events(wait_for=len(rows) + 1))[-1]
         used += sentinel["input_tokens"] + sentinel["output_tokens"]
         if limits["tokens_per_month"]["current"] != used:
-            problems.append(f"tokens_per_month counts {limits['tokens_per_month']['current']}, "
-                            f"the events {used}")
+            problems.append(
+                f"tokens_per_month counts {limits['tokens_per_month']['current']}, "
+                f"the events {used}"
+            )
         if Decimal(limits["spend_per_month_usd"]["current"]) < 0:
             problems.append(f"negative spend {limits['spend_per_month_usd']['current']}")
         assert not problems, "\n".join(problems)
@@ -455,8 +561,9 @@ ROUTE_TRICKS: list[tuple[str, str, int]] = [
 async def test_unknown_routes_methods_and_path_tricks_are_404_or_405(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
         problems: list[str] = []
         for method, target, status in ROUTE_TRICKS:
             reply = await raw_exchange(gw, http_request(gw, method, target, CHAT_BODY))
@@ -486,18 +593,36 @@ BROKEN_HTTP: list[tuple[str, bytes]] = [
 async def test_broken_http_is_refused_by_the_parser(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
         attacks = [
-            (label, http_request(gw, "POST", "/v1/chat/completions", CHAT_BODY, header,
-                                 length=label != "non-numeric Content-Length"))
+            (
+                label,
+                http_request(
+                    gw,
+                    "POST",
+                    "/v1/chat/completions",
+                    CHAT_BODY,
+                    header,
+                    length=label != "non-numeric Content-Length",
+                ),
+            )
             for label, header in BROKEN_HTTP
         ]
         attacks += [
-            ("request line over 16 KB",
-             http_request(gw, "POST", "/v1/" + "a" * 20_000, CHAT_BODY)),
-            ("bad chunk size", http_request(gw, "POST", "/v1/chat/completions", b"zz\r\n{}\r\n",
-                                            b"Transfer-Encoding: chunked\r\n", length=False)),
+            ("request line over 16 KB", http_request(gw, "POST", "/v1/" + "a" * 20_000, CHAT_BODY)),
+            (
+                "bad chunk size",
+                http_request(
+                    gw,
+                    "POST",
+                    "/v1/chat/completions",
+                    b"zz\r\n{}\r\n",
+                    b"Transfer-Encoding: chunked\r\n",
+                    length=False,
+                ),
+            ),
             ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
             ("TLS client hello", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\0" * 64),
         ]
@@ -509,9 +634,13 @@ async def test_broken_http_is_refused_by_the_parser(
         assert not problems, "\n".join(problems)
         # Header bytes that parse but are not ASCII are served, never a 5xx.
         for value in (b"caf\xe9", b"\xff\xfe", "日本".encode()):
-            data = http_request(gw, "POST", "/v1/chat/completions", CHAT_BODY,
-                                b"X-Custom: " + value + b"\r\nOpenAI-Organization: " + value
-                                + b"\r\n")
+            data = http_request(
+                gw,
+                "POST",
+                "/v1/chat/completions",
+                CHAT_BODY,
+                b"X-Custom: " + value + b"\r\nOpenAI-Organization: " + value + b"\r\n",
+            )
             assert (await raw_exchange(gw, data)).status == 200, value
         assert len(gw.mock_requests) == 3
         for recorded in gw.mock_requests:
@@ -527,8 +656,9 @@ async def test_slow_loris_clients_do_not_starve_other_clients(
     ordinary requests alongside them are all served promptly, and the stalled ones never
     reach the provider nor leave an event (within `server.client_timeout_s`, 30 s here; that
     they are then cut off is tests/test_hostile_slow_clients.py)."""
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
         host, port = gw.server.host, gw.server.port
         stalled: list[asyncio.StreamWriter] = []
         try:
@@ -537,14 +667,27 @@ async def test_slow_loris_clients_do_not_starve_other_clients(
                 if i % 2:
                     writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n")
                 else:  # complete headers, a body that never comes
-                    writer.write(http_request(gw, "POST", "/v1/chat/completions", b"{",
-                                              b"Content-Length: 100000\r\n", length=False))
+                    writer.write(
+                        http_request(
+                            gw,
+                            "POST",
+                            "/v1/chat/completions",
+                            b"{",
+                            b"Content-Length: 100000\r\n",
+                            length=False,
+                        )
+                    )
                 await writer.drain()
                 stalled.append(writer)
             async with asyncio.timeout(10):
-                replies = await asyncio.gather(*(
-                    raw_exchange(gw, http_request(gw, "POST", "/v1/chat/completions", CHAT_BODY))
-                    for _ in range(20)))
+                replies = await asyncio.gather(
+                    *(
+                        raw_exchange(
+                            gw, http_request(gw, "POST", "/v1/chat/completions", CHAT_BODY)
+                        )
+                        for _ in range(20)
+                    )
+                )
             assert [r.status for r in replies] == [200] * 20
             for writer in stalled:  # trickle one more byte: still nothing may go upstream
                 writer.write(b"X")
@@ -569,17 +712,21 @@ async def hang_up(gw: Gateway, data: bytes, *, read_bytes: int = 0, pause_s: flo
 
 
 async def test_clients_that_hang_up_at_every_phase(
-    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+    fresh_database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING)
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
         route = "/v1/chat/completions"
         full = http_request(gw, "POST", route, CHAT_BODY)
         headers_end = full.index(b"\r\n\r\n") + 4
-        chunked = http_request(gw, "POST", route, b"", b"Transfer-Encoding: chunked\r\n",
-                               length=False)
+        chunked = http_request(
+            gw, "POST", route, b"", b"Transfer-Encoding: chunked\r\n", length=False
+        )
         # Phases before the body is complete: nothing may go upstream.
         await hang_up(gw, full[:20])  # inside the request line
         await hang_up(gw, full[: headers_end - 30])  # inside the headers
@@ -592,23 +739,33 @@ async def test_clients_that_hang_up_at_every_phase(
         # billed once, with the provider's usage whether the client asked to stream or not.
         slow = b"x-mock-error: slow\r\nx-mock-delay-ms: 300\r\n"
         await hang_up(gw, http_request(gw, "POST", route, CHAT_BODY, slow))
-        await hang_up(gw, http_request(gw, "POST", route,
-                                       orjson.dumps({**CHAT, "stream": True}), slow))
+        await hang_up(
+            gw, http_request(gw, "POST", route, orjson.dumps({**CHAT, "stream": True}), slow)
+        )
         # Mid-stream, every streaming API: the provider's final usage is still read.
         paced = b"x-mock-token-delay-ms: 30\r\n"
-        for path, body in (("/v1/messages", MESSAGE), ("/v1/responses",
-                                                        {"model": "gpt-4o", "input": "hi"})):
-            await hang_up(gw, http_request(gw, "POST", path,
-                                           orjson.dumps({**body, "stream": True}), paced),
-                          read_bytes=200)
+        for path, body in (
+            ("/v1/messages", MESSAGE),
+            ("/v1/responses", {"model": "gpt-4o", "input": "hi"}),
+        ):
+            await hang_up(
+                gw,
+                http_request(gw, "POST", path, orjson.dumps({**body, "stream": True}), paced),
+                read_bytes=200,
+            )
         await asyncio.sleep(1.5)  # the drains finish (20 tokens x 30 ms)
         assert len(gw.mock_requests) == 4
         rows = await events_with_sentinel(gw, 4)
     expected = (200, "provider", 20)
-    problems = [f"{r['endpoint']} streamed={r['streamed']}: {r['status_code']} "
-                f"{r['usage_source']} output={r['output_tokens']}"
-                for r in rows
-                if (r["status_code"], r["usage_source"], r["output_tokens"]) != expected]
-    problems += [f"log: {r.name} {r.getMessage()}" for r in caplog.records
-                 if r.levelno >= logging.ERROR and r.name.startswith("tollbooth")]
+    problems = [
+        f"{r['endpoint']} streamed={r['streamed']}: {r['status_code']} "
+        f"{r['usage_source']} output={r['output_tokens']}"
+        for r in rows
+        if (r["status_code"], r["usage_source"], r["output_tokens"]) != expected
+    ]
+    problems += [
+        f"log: {r.name} {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and r.name.startswith("tollbooth")
+    ]
     assert not problems, "\n".join(problems)

@@ -56,8 +56,11 @@ CONCURRENCY = 8
 OUTAGE_S = 3.0
 CAPPED_MONTHLY_REQUESTS = 3
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 16,
-           "messages": [{"role": "user", "content": "hi"}]}
+MESSAGE = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 16,
+    "messages": [{"role": "user", "content": "hi"}],
+}
 
 
 class Infra:
@@ -120,35 +123,68 @@ async def mock() -> AsyncIterator[TestServer]:
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, infra: Infra, mock: TestServer,
-                  storage: dict[str, Any] | None = None) -> AsyncIterator[str]:
+async def serving(
+    tmp_path: Path, infra: Infra, mock: TestServer, storage: dict[str, Any] | None = None
+) -> AsyncIterator[str]:
     """`tollbooth serve` on the private servers; yields its base URL, stops it with SIGTERM
     and requires a clean exit."""
     mock_url = str(mock.make_url("")).rstrip("/")
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "server": {"host": "127.0.0.1"},
-        "storage": {"data_dir": str(tmp_path / "data"), "writer_flush_interval_s": 0.05,
-                    **(storage or {})},
-        "providers": {
-            "openai": {"kind": "openai", "base_url": mock_url + "/v1",
-                       "api_key_env": "MOCK_PROVIDER_KEY"},
-            "anthropic": {"kind": "anthropic", "base_url": mock_url,
-                          "api_key_env": "MOCK_PROVIDER_KEY"},
-        },
-        "tiers": {"open": {"limits": {}},
-                  "capped": {"limits": {"requests_per_month": CAPPED_MONTHLY_REQUESTS}}},
-        "pricing": {"markup_percent": "20"},
-        "logging": {"requests": False},
-    }))
-    env = {**os.environ, "TOLLBOOTH_DATABASE_URL": infra.database_url,
-           "TOLLBOOTH_REDIS_URL": infra.redis_url, "MOCK_PROVIDER_KEY": "sk-mock"}
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"host": "127.0.0.1"},
+                "storage": {
+                    "data_dir": str(tmp_path / "data"),
+                    "writer_flush_interval_s": 0.05,
+                    **(storage or {}),
+                },
+                "providers": {
+                    "openai": {
+                        "kind": "openai",
+                        "base_url": mock_url + "/v1",
+                        "api_key_env": "MOCK_PROVIDER_KEY",
+                    },
+                    "anthropic": {
+                        "kind": "anthropic",
+                        "base_url": mock_url,
+                        "api_key_env": "MOCK_PROVIDER_KEY",
+                    },
+                },
+                "tiers": {
+                    "open": {"limits": {}},
+                    "capped": {"limits": {"requests_per_month": CAPPED_MONTHLY_REQUESTS}},
+                },
+                "pricing": {"markup_percent": "20"},
+                "logging": {"requests": False},
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        "TOLLBOOTH_DATABASE_URL": infra.database_url,
+        "TOLLBOOTH_REDIS_URL": infra.redis_url,
+        "MOCK_PROVIDER_KEY": "sk-mock",
+    }
     port = free_port()
     serve = await asyncio.to_thread(
         subprocess.Popen,
-        [sys.executable, "-m", "gateway.cli.main", "serve", "--config", str(config),
-         "--port", str(port), "--workers", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli.main",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: list[str] = []
     assert serve.stdout is not None
@@ -184,14 +220,16 @@ class Reply:
     body: dict[str, Any]
 
 
-async def call(session: aiohttp.ClientSession, base: str, key: str,
-               route: str = "/v1/chat/completions") -> Reply:
+async def call(
+    session: aiohttp.ClientSession, base: str, key: str, route: str = "/v1/chat/completions"
+) -> Reply:
     payload = MESSAGE if route == "/v1/messages" else CHAT
     headers = {"Authorization": f"Bearer {key}", "anthropic-version": "2023-06-01"}
     async with session.post(base + route, json=payload, headers=headers) as response:
         raw = await response.read()
-        return Reply(time.monotonic(), response.status, response.headers["x-request-id"],
-                     orjson.loads(raw))
+        return Reply(
+            time.monotonic(), response.status, response.headers["x-request-id"], orjson.loads(raw)
+        )
 
 
 class Load:
@@ -205,8 +243,7 @@ class Load:
 
     async def run(self, *, until_status: int | None = None) -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            await asyncio.gather(*(self._client(session, until_status)
-                                   for _ in range(CONCURRENCY)))
+            await asyncio.gather(*(self._client(session, until_status) for _ in range(CONCURRENCY)))
 
     async def _client(self, session: aiohttp.ClientSession, until_status: int | None) -> None:
         while not self.stop.is_set():
@@ -268,15 +305,20 @@ async def wait_health(base: str, ready: Callable[[Health], bool], timeout_s: flo
 
 
 async def admitted_without_quota(base: str) -> float:
-    async with aiohttp.ClientSession() as session, \
-            session.get(base + "/metrics") as response:
+    async with aiohttp.ClientSession() as session, session.get(base + "/metrics") as response:
         text = await response.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith('tollbooth_redis_errors_total{action="admitted_without_quota"}'))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('tollbooth_redis_errors_total{action="admitted_without_quota"}')
+    )
 
 
-async def outage(stop: Callable[[], None], start: Callable[[], None],
-                 meanwhile: Callable[[], Awaitable[None]] | None = None) -> tuple[float, float]:
+async def outage(
+    stop: Callable[[], None],
+    start: Callable[[], None],
+    meanwhile: Callable[[], Awaitable[None]] | None = None,
+) -> tuple[float, float]:
     """Stop a server, keep it down OUTAGE_S (running `meanwhile`), start it again; returns
     when it went down and when it was back."""
     await asyncio.to_thread(stop)
@@ -306,15 +348,19 @@ async def test_postgres_then_redis_restart_under_load_lose_nothing_and_quotas_re
             quota_skips_before = await admitted_without_quota(base)
 
             async def capped_calls_while_redis_is_down() -> None:
-                capped_replies["down"] = [await call(session, base, capped_key)
-                                          for _ in range(CAPPED_MONTHLY_REQUESTS + 2)]
+                capped_replies["down"] = [
+                    await call(session, base, capped_key)
+                    for _ in range(CAPPED_MONTHLY_REQUESTS + 2)
+                ]
 
-            redis_down, redis_back = await outage(infra.stop_valkey, infra.start_valkey,
-                                                  capped_calls_while_redis_is_down)
+            redis_down, redis_back = await outage(
+                infra.stop_valkey, infra.start_valkey, capped_calls_while_redis_is_down
+            )
             await wait_health(base, lambda h: h.status == 200)
             quota_skips = await admitted_without_quota(base) - quota_skips_before
-            capped_replies["back"] = [await call(session, base, capped_key)
-                                      for _ in range(CAPPED_MONTHLY_REQUESTS + 2)]
+            capped_replies["back"] = [
+                await call(session, base, capped_key) for _ in range(CAPPED_MONTHLY_REQUESTS + 2)
+            ]
             await asyncio.sleep(0.5)
             load.stop.set()
             health_log.stop.set()
@@ -326,10 +372,12 @@ async def test_postgres_then_redis_restart_under_load_lose_nothing_and_quotas_re
     # Counted until the restart began (once a server is up again requests speed up).
     served_pg = load.served_between(pg_down, pg_down + OUTAGE_S)
     served_redis = load.served_between(redis_down, redis_down + OUTAGE_S)
-    print(f"\nPostgres down {pg_back - pg_down:.1f}s: {served_pg} requests served; Redis down "
-          f"{redis_back - redis_down:.1f}s: {served_redis} served, {quota_skips:.0f} admitted "
-          f"without quota; outcomes {dict(load.statuses())}, no response {dict(load.failures)}; "
-          f"events {len(ids)}")
+    print(
+        f"\nPostgres down {pg_back - pg_down:.1f}s: {served_pg} requests served; Redis down "
+        f"{redis_back - redis_down:.1f}s: {served_redis} served, {quota_skips:.0f} admitted "
+        f"without quota; outcomes {dict(load.statuses())}, no response {dict(load.failures)}; "
+        f"events {len(ids)}"
+    )
     # No request failed, and each completed one has exactly one event.
     assert set(load.statuses()) == {200} and not load.failures, (load.statuses(), load.failures)
     assert served_pg > 50 and served_redis > 50
@@ -349,10 +397,12 @@ async def test_postgres_then_redis_restart_under_load_lose_nothing_and_quotas_re
     # /health saw each outage (until the restart began), and the recovery.
     pg_samples = health_log.between(pg_down + 0.3, pg_down + OUTAGE_S)
     redis_samples = health_log.between(redis_down + 0.3, redis_down + OUTAGE_S)
-    assert pg_samples and all(h.status == 503 and h.body["postgres"] != "ok"
-                              for h in pg_samples), pg_samples
-    assert redis_samples and all(h.status == 503 and h.body["redis"] != "ok"
-                                 for h in redis_samples), redis_samples
+    assert pg_samples and all(h.status == 503 and h.body["postgres"] != "ok" for h in pg_samples), (
+        pg_samples
+    )
+    assert redis_samples and all(
+        h.status == 503 and h.body["redis"] != "ok" for h in redis_samples
+    ), redis_samples
     assert health_log.samples[-1].status == 200
 
 
@@ -363,8 +413,9 @@ async def test_journal_over_budget_refuses_before_the_provider_until_postgres_is
     storage = {"journal_max_mb": 1, "journal_segment_mb": 1, "journal_full_policy": "refuse"}
     async with serving(tmp_path, infra, mock, storage) as base:
         # Long labels (stored on every event) fill the 1 MB budget in fewer requests.
-        customer, key = await customer_key(infra.database_url, "open",
-                                           project_id="p" * 128, user_id="u" * 128)
+        customer, key = await customer_key(
+            infra.database_url, "open", project_id="p" * 128, user_id="u" * 128
+        )
         async with aiohttp.ClientSession() as session:
             warm = await call(session, base, key)  # the key is cached before Postgres goes
             assert warm.status == 200
@@ -377,17 +428,25 @@ async def test_journal_over_budget_refuses_before_the_provider_until_postgres_is
             assert len(mock.app[MOCK_REQUESTS]) == upstream, "a refused request went upstream"
             full = await health(session, base)
             await asyncio.to_thread(infra.start_postgres)
-            await wait_health(base, lambda h: h.status == 200 and h.body["writer"]["backlog"] == 0
-                              and not h.body["writer"]["over_budget"])
+            await wait_health(
+                base,
+                lambda h: (
+                    h.status == 200
+                    and h.body["writer"]["backlog"] == 0
+                    and not h.body["writer"]["over_budget"]
+                ),
+            )
             after = [await call(session, base, key) for _ in range(5)]
             await wait_health(base, lambda h: h.body["writer"]["backlog"] == 0)
         ids = await stored_ids(infra.database_url, customer)
 
     served = [warm.request_id, *load.ids(200), *(r.request_id for r in after)]
     refused_ids = {*load.ids(503), *(r.request_id for r in refused)}
-    print(f"\njournal over budget after {len(load.ids(200))} requests with Postgres down "
-          f"({full.body['writer']['journal_bytes']} bytes); outcomes {dict(load.statuses())}; "
-          f"events {len(ids)}")
+    print(
+        f"\njournal over budget after {len(load.ids(200))} requests with Postgres down "
+        f"({full.body['writer']['journal_bytes']} bytes); outcomes {dict(load.statuses())}; "
+        f"events {len(ids)}"
+    )
     assert set(load.statuses()) <= {200, 503} and not load.failures, load.statuses()
     assert full.status == 503 and full.body["writer"]["over_budget"], full.body
     for route, reply in zip(routes, refused, strict=True):

@@ -53,8 +53,13 @@ from tests.test_hostile_requests import (
 )
 
 SECRETS = (PROVIDER_KEY, ANTHROPIC_PROVIDER_KEY, "SECRET-0123456789")
-SERVER = {"host": "127.0.0.1", "port": 0, "disconnect_drain_s": 2, "max_body_mb": 1,
-          "upstream_read_timeout_s": 0.5}
+SERVER = {
+    "host": "127.0.0.1",
+    "port": 0,
+    "disconnect_drain_s": 2,
+    "max_body_mb": 1,
+    "upstream_read_timeout_s": 0.5,
+}
 ADMIN_TOKEN = "adm-" + "7" * 40
 
 
@@ -69,7 +74,8 @@ async def stored_text(database_url: str) -> list[tuple[str, str]]:
     try:
         tables = await conn.fetch(
             "SELECT schemaname, tablename FROM pg_tables "
-            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")
+            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        )
         rows: list[tuple[str, str]] = []
         for table in tables:
             name = f'"{table["schemaname"]}"."{table["tablename"]}"'
@@ -103,12 +109,15 @@ async def redis_text(redis_url: str) -> list[bytes]:
 
 
 async def test_provider_key_is_absent_from_responses_logs_rows_and_redis(
-    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+    fresh_database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
         chat, message = "/v1/chat/completions", "/v1/messages"
         stream_chat = orjson.dumps({**CHAT, "stream": True})
         stream_message = orjson.dumps({**MESSAGE, "stream": True})
@@ -118,15 +127,17 @@ async def test_provider_key_is_absent_from_responses_logs_rows_and_redis(
             http_request(gw, "POST", message, orjson.dumps(MESSAGE)),
             http_request(gw, "POST", message, stream_message),
             http_request(gw, "POST", "/v1/responses", b'{"model": "gpt-4o", "input": "hi"}'),
-            http_request(gw, "POST", "/v1/embeddings",
-                         b'{"model": "text-embedding-3-small", "input": "hi"}'),
+            http_request(
+                gw, "POST", "/v1/embeddings", b'{"model": "text-embedding-3-small", "input": "hi"}'
+            ),
             http_request(gw, "POST", "/v1/messages/count_tokens", orjson.dumps(MESSAGE)),
             http_request(gw, "GET", "/v1/models", b""),
         ]
         for fault in (b"500", b"429", b"401", b"403", b"reset", b"slow", b"stream-error"):
             for path, body in ((chat, stream_chat), (message, orjson.dumps(MESSAGE))):
-                attacks.append(http_request(gw, "POST", path, body,
-                                            b"x-mock-error: " + fault + b"\r\n"))
+                attacks.append(
+                    http_request(gw, "POST", path, body, b"x-mock-error: " + fault + b"\r\n")
+                )
         attacks += [
             http_request(gw, "POST", chat, b"{not json"),
             http_request(gw, "POST", chat, CHAT_BODY, key="tb_wrong"),
@@ -143,20 +154,30 @@ async def test_provider_key_is_absent_from_responses_logs_rows_and_redis(
         for path, body in ((chat, CHAT_BODY), (message, orjson.dumps(MESSAGE))):
             replies.append(await raw_exchange(gw, http_request(gw, "POST", path, body)))
         assert replies[-1].status == 502
-        found = [f"response {i}: {leaks(r.head + r.body)}" for i, r in enumerate(replies)
-                 if leaks(r.head + r.body)]
+        found = [
+            f"response {i}: {leaks(r.head + r.body)}"
+            for i, r in enumerate(replies)
+            if leaks(r.head + r.body)
+        ]
         # The keys did go upstream (so the scans below would see a leak), the client's never.
         recorded = gw.mock_requests
         assert any(r.headers.get("authorization") == f"Bearer {PROVIDER_KEY}" for r in recorded)
         assert any(r.headers.get("x-api-key") == ANTHROPIC_PROVIDER_KEY for r in recorded)
-        found += [f"client key upstream: {r.path}" for r in recorded
-                  if gw.key in repr(r.headers) or gw.key.encode() in r.body]
+        found += [
+            f"client key upstream: {r.path}"
+            for r in recorded
+            if gw.key in repr(r.headers) or gw.key.encode() in r.body
+        ]
         await asyncio.sleep(0.5)  # the writer flushes the last events
     formatter = JsonFormatter()
-    found += [f"log {r.name}: {leaks(formatter.format(r))}" for r in caplog.records
-              if leaks(formatter.format(r)) or leaks(repr(r.args))]
-    found += [f"row of {table}" for table, line in await stored_text(fresh_database_url)
-              if leaks(line)]
+    found += [
+        f"log {r.name}: {leaks(formatter.format(r))}"
+        for r in caplog.records
+        if leaks(formatter.format(r)) or leaks(repr(r.args))
+    ]
+    found += [
+        f"row of {table}" for table, line in await stored_text(fresh_database_url) if leaks(line)
+    ]
     found += [f"redis {item[:60]!r}" for item in await redis_text(redis_url) if leaks(item)]
     assert not found, "\n".join(found)
 
@@ -165,10 +186,21 @@ async def echoing_provider(request: web.Request) -> web.Response:
     """A provider that repeats the credentials it was sent, in a header and an error body
     (as some OpenAI-compatible servers' 401s do)."""
     presented = request.headers.get("Authorization", "")
-    body = orjson.dumps({"error": {"message": f"Incorrect API key provided: {presented}",
-                                   "type": "invalid_request_error", "code": "invalid_api_key"}})
-    return web.Response(status=401, body=body, content_type="application/json",
-                        headers={"x-debug-authorization": presented})
+    body = orjson.dumps(
+        {
+            "error": {
+                "message": f"Incorrect API key provided: {presented}",
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+            }
+        }
+    )
+    return web.Response(
+        status=401,
+        body=body,
+        content_type="application/json",
+        headers={"x-debug-authorization": presented},
+    )
 
 
 async def test_a_provider_that_echoes_its_key_does_not_leak_it_to_the_client(
@@ -178,14 +210,24 @@ async def test_a_provider_that_echoes_its_key_does_not_leak_it_to_the_client(
     app.router.add_post("/v1/chat/completions", echoing_provider)
     upstream = TestServer(app, host="127.0.0.1")
     await upstream.start_server()
-    extra = {"server": SERVER, "models": [], "providers": {"openai": {
-        "kind": "openai", "base_url": str(upstream.make_url("/v1")),
-        "api_key_env": "TB_TEST_OPENAI_KEY"}}}
+    extra = {
+        "server": SERVER,
+        "models": [],
+        "providers": {
+            "openai": {
+                "kind": "openai",
+                "base_url": str(upstream.make_url("/v1")),
+                "api_key_env": "TB_TEST_OPENAI_KEY",
+            }
+        },
+    }
     try:
-        async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                                   extra_config=extra) as gw:
-            reply = await raw_exchange(gw, http_request(gw, "POST", "/v1/chat/completions",
-                                                        CHAT_BODY))
+        async with running_gateway(
+            fresh_database_url, redis_url, monkeypatch, extra_config=extra
+        ) as gw:
+            reply = await raw_exchange(
+                gw, http_request(gw, "POST", "/v1/chat/completions", CHAT_BODY)
+            )
             assert reply.status == 401
             assert leaks(reply.head + reply.body) == [], reply.head + reply.body
     finally:
@@ -193,8 +235,10 @@ async def test_a_provider_that_echoes_its_key_does_not_leak_it_to_the_client(
 
 
 async def get_json(gw: Gateway, path: str, key: str, **headers: str) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as session, session.get(
-            gw.base_url + path, headers={"Authorization": f"Bearer {key}", **headers}) as r:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(gw.base_url + path, headers={"Authorization": f"Bearer {key}", **headers}) as r,
+    ):
         return r.status, orjson.loads(await r.read())
 
 
@@ -203,27 +247,38 @@ async def test_a_customer_key_only_ever_shows_that_customers_usage(
 ) -> None:
     monkeypatch.setenv("TOLLBOOTH_ADMIN_TOKEN", ADMIN_TOKEN)
     tiers = {"free": {"limits": {"requests_per_month": 1000, "tokens_per_month": 1_000_000}}}
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch, tiers=tiers,
-                               extra_config={"server": SERVER}) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, tiers=tiers, extra_config={"server": SERVER}
+    ) as gw:
         accounts = gw.app[keys.accounts]
         other = "cust_other_" + gw.customer_id[-6:]
         await accounts.create_customer(other, tier="free")
         _, other_key = await accounts.create_key(other, project_id="p2")
         route = "/v1/chat/completions"
-        mine = await raw_exchange(gw, http_request(gw, "POST", route, CHAT_BODY,
-                                                   b"x-mock-output-tokens: 3\r\n"))
+        mine = await raw_exchange(
+            gw, http_request(gw, "POST", route, CHAT_BODY, b"x-mock-output-tokens: 3\r\n")
+        )
         assert mine.status == 200
         for _ in range(2):
-            theirs = await raw_exchange(gw, http_request(
-                gw, "POST", route, CHAT_BODY, b"x-mock-output-tokens: 11\r\n", key=other_key))
+            theirs = await raw_exchange(
+                gw,
+                http_request(
+                    gw, "POST", route, CHAT_BODY, b"x-mock-output-tokens: 11\r\n", key=other_key
+                ),
+            )
             assert theirs.status == 200
         await events_with_sentinel(gw, 1)  # mine and the sentinel: 2 requests, 3 + 20 tokens
         await asyncio.sleep(0.3)  # the other customer's two events, flushed with them
-        spoofs = ["", f"?customer={other}", f"?customer_id={other}",
-                  f"?customer={other}&customer_id={other}&days=30"]
+        spoofs = [
+            "",
+            f"?customer={other}",
+            f"?customer_id={other}",
+            f"?customer={other}&customer_id={other}&days=30",
+        ]
         for query in spoofs:
-            status, summary = await get_json(gw, "/usage/summary" + query, gw.key,
-                                             **{"x-customer-id": other})
+            status, summary = await get_json(
+                gw, "/usage/summary" + query, gw.key, **{"x-customer-id": other}
+            )
             assert status == 200 and summary["customer_id"] == gw.customer_id, query
             assert (summary["requests"], summary["output_tokens"]) == (2, 23), query
             status, limits = await get_json(gw, "/usage/limits" + query, gw.key)
@@ -233,7 +288,10 @@ async def test_a_customer_key_only_ever_shows_that_customers_usage(
             assert quota["customer_id"] == gw.customer_id, query
         status, summary = await get_json(gw, "/usage/summary", other_key)
         assert (summary["customer_id"], summary["requests"], summary["output_tokens"]) == (
-            other, 2, 22)
+            other,
+            2,
+            22,
+        )
         status, limits = await get_json(gw, "/usage/limits", other_key)
         assert limits["limits"]["requests_per_month"]["current"] == 2
         # The admin view of another customer is not reachable with a customer key.
@@ -245,8 +303,9 @@ async def test_a_customer_key_only_ever_shows_that_customers_usage(
 async def second_instance(gw: Gateway, redis_url: str) -> AsyncIterator[TestServer]:
     """Another gateway process's worth of app on the same database, Redis and provider."""
     settings = parse_settings(gateway_config(gw.mock_url, extra={"server": SERVER}), "b.yaml")
-    server = FrontTestServer(create_app(settings, database_url=gw.database_url,
-                                        redis_url=redis_url), host="127.0.0.1")
+    server = FrontTestServer(
+        create_app(settings, database_url=gw.database_url, redis_url=redis_url), host="127.0.0.1"
+    )
     await server.start_server()
     try:
         yield server
@@ -257,17 +316,21 @@ async def second_instance(gw: Gateway, redis_url: str) -> AsyncIterator[TestServ
 async def test_a_revoked_key_is_refused_within_5_s_on_every_instance(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw, \
-            second_instance(gw, redis_url) as other:
+    async with (
+        running_gateway(
+            fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+        ) as gw,
+        second_instance(gw, redis_url) as other,
+    ):
         bases = [gw.base_url, str(other.make_url("")).rstrip("/")]
         headers = {"Authorization": f"Bearer {gw.key}", "content-type": "application/json"}
         served = 0
         async with aiohttp.ClientSession() as session:
 
             async def status(base: str) -> int:
-                async with session.post(base + "/v1/chat/completions", data=CHAT_BODY,
-                                        headers=headers) as response:
+                async with session.post(
+                    base + "/v1/chat/completions", data=CHAT_BODY, headers=headers
+                ) as response:
                     await response.read()
                     return response.status
 
@@ -308,37 +371,66 @@ async def test_no_client_value_chooses_the_upstream_host(
     url = f"http://{at}"
     pricing = {"markup_percent": "0", "unknown_model": "allow_unpriced"}
     try:
-        async with running_gateway(fresh_database_url, redis_url, monkeypatch, pricing=pricing,
-                                   extra_config={"server": SERVER}) as gw:
+        async with running_gateway(
+            fresh_database_url,
+            redis_url,
+            monkeypatch,
+            pricing=pricing,
+            extra_config={"server": SERVER},
+        ) as gw:
             chat = "/v1/chat/completions"
             redirecting_headers = [
-                f"X-Forwarded-Host: {at}", f"X-Forwarded-Server: {at}",
-                "X-Forwarded-Proto: https", f"X-Forwarded-Port: {decoy.port}",
-                f"Forwarded: host={at};proto=http", f"X-Original-URL: {url}{chat}",
-                f"X-Rewrite-URL: {url}{chat}", f"X-Host: {at}", f"X-HTTP-Host-Override: {at}",
-                f"X-Upstream: {url}", f"X-Base-URL: {url}",
+                f"X-Forwarded-Host: {at}",
+                f"X-Forwarded-Server: {at}",
+                "X-Forwarded-Proto: https",
+                f"X-Forwarded-Port: {decoy.port}",
+                f"Forwarded: host={at};proto=http",
+                f"X-Original-URL: {url}{chat}",
+                f"X-Rewrite-URL: {url}{chat}",
+                f"X-Host: {at}",
+                f"X-HTTP-Host-Override: {at}",
+                f"X-Upstream: {url}",
+                f"X-Base-URL: {url}",
             ]
-            requests = [http_request(gw, "POST", chat, CHAT_BODY, h.encode() + b"\r\n")
-                        for h in redirecting_headers]
-            requests.append(http_request(gw, "POST", chat, CHAT_BODY).replace(
-                b"Host: gateway", f"Host: {at}".encode()))
+            requests = [
+                http_request(gw, "POST", chat, CHAT_BODY, h.encode() + b"\r\n")
+                for h in redirecting_headers
+            ]
+            requests.append(
+                http_request(gw, "POST", chat, CHAT_BODY).replace(
+                    b"Host: gateway", f"Host: {at}".encode()
+                )
+            )
             requests.append(http_request(gw, "POST", f"{url}{chat}", CHAT_BODY))
-            requests.append(http_request(gw, "POST", f"{url}/v1/messages",
-                                         orjson.dumps(MESSAGE)))
-            requests.append(http_request(gw, "POST", f"{chat}?base_url={url}&host={at}",
-                                         CHAT_BODY))
-            for model in (f"{url}/v1", f"//{at}", f"gpt-4o@{at}", f"{at}/v1/chat/completions",
-                          f"../../{at}"):
-                requests.append(http_request(gw, "POST", chat, orjson.dumps(
-                    {**CHAT, "model": model})))
-            requests.append(http_request(gw, "POST", chat, orjson.dumps(
-                {**CHAT, "base_url": url, "api_base": url, "url": url})))
-            requests.append(http_request(gw, "POST", "/v1/messages", orjson.dumps(
-                {**MESSAGE, "model": f"claude-x@{at}"})).replace(
-                    b"Host: gateway", f"Host: {at}".encode()))
+            requests.append(http_request(gw, "POST", f"{url}/v1/messages", orjson.dumps(MESSAGE)))
+            requests.append(http_request(gw, "POST", f"{chat}?base_url={url}&host={at}", CHAT_BODY))
+            for model in (
+                f"{url}/v1",
+                f"//{at}",
+                f"gpt-4o@{at}",
+                f"{at}/v1/chat/completions",
+                f"../../{at}",
+            ):
+                requests.append(
+                    http_request(gw, "POST", chat, orjson.dumps({**CHAT, "model": model}))
+                )
+            requests.append(
+                http_request(
+                    gw,
+                    "POST",
+                    chat,
+                    orjson.dumps({**CHAT, "base_url": url, "api_base": url, "url": url}),
+                )
+            )
+            requests.append(
+                http_request(
+                    gw, "POST", "/v1/messages", orjson.dumps({**MESSAGE, "model": f"claude-x@{at}"})
+                ).replace(b"Host: gateway", f"Host: {at}".encode())
+            )
             replies = [await raw_exchange(gw, data) for data in requests]
             assert [r.status for r in replies] == [200] * len(replies), [
-                (i, r.status, r.body[:100]) for i, r in enumerate(replies) if r.status != 200]
+                (i, r.status, r.body[:100]) for i, r in enumerate(replies) if r.status != 200
+            ]
             for path in (f"{chat}@{at}", f"//{at}{chat}", f"/{url}{chat}"):
                 reply = await raw_exchange(gw, http_request(gw, "POST", path, CHAT_BODY))
                 assert reply.status == 404, path
@@ -372,8 +464,9 @@ async def test_every_admin_route_needs_the_admin_token_and_a_refusal_changes_not
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TOLLBOOTH_ADMIN_TOKEN", raising=False)
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config={"server": SERVER}) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config={"server": SERVER}
+    ) as gw:
         accounts = gw.app[keys.accounts]
         [record] = await accounts.list_keys(gw.customer_id)
 
@@ -381,10 +474,17 @@ async def test_every_admin_route_needs_the_admin_token_and_a_refusal_changes_not
             return path.format(customer=gw.customer_id, key_id=record.id)
 
         async def attempt(method: str, path: str, body: Any, headers: dict[str, str]) -> int:
-            data = orjson.dumps(body).replace(b"{customer}", gw.customer_id.encode()) \
-                if body is not None else None
-            async with aiohttp.ClientSession() as session, session.request(
-                    method, gw.base_url + target(path), data=data, headers=headers) as r:
+            data = (
+                orjson.dumps(body).replace(b"{customer}", gw.customer_id.encode())
+                if body is not None
+                else None
+            )
+            async with (
+                aiohttp.ClientSession() as session,
+                session.request(
+                    method, gw.base_url + target(path), data=data, headers=headers
+                ) as r,
+            ):
                 text = await r.read()
                 assert b"Traceback" not in text
                 return r.status
@@ -396,9 +496,13 @@ async def test_every_admin_route_needs_the_admin_token_and_a_refusal_changes_not
                 problems.append(f"admin off: {method} {path}: {code}")
         monkeypatch.setenv("TOLLBOOTH_ADMIN_TOKEN", ADMIN_TOKEN)
         wrong: list[dict[str, str]] = [
-            {}, {"Authorization": "Bearer"}, {"Authorization": "Bearer wrong"},
-            {"Authorization": f"Bearer {gw.key}"}, {"x-api-key": ADMIN_TOKEN},
-            {"Authorization": f"Basic {ADMIN_TOKEN}"}, {"Authorization": ADMIN_TOKEN},
+            {},
+            {"Authorization": "Bearer"},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": f"Bearer {gw.key}"},
+            {"x-api-key": ADMIN_TOKEN},
+            {"Authorization": f"Basic {ADMIN_TOKEN}"},
+            {"Authorization": ADMIN_TOKEN},
             {"Authorization": f"Bearer {ADMIN_TOKEN[:-1]}"},
             {"Authorization": f"Bearer {ADMIN_TOKEN}x"},
             {"Authorization": f"Bearer {ADMIN_TOKEN.upper()}"},
@@ -410,8 +514,14 @@ async def test_every_admin_route_needs_the_admin_token_and_a_refusal_changes_not
                 if code != 401:
                     problems.append(f"{method} {path} with {headers}: {code}")
         admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        for path in ("/admin/customers/", "/ADMIN/customers", "//admin/customers",
-                     "/admin/./customers", "/v1/../admin/customers", "/admin%2Fcustomers"):
+        for path in (
+            "/admin/customers/",
+            "/ADMIN/customers",
+            "//admin/customers",
+            "/admin/./customers",
+            "/v1/../admin/customers",
+            "/admin%2Fcustomers",
+        ):
             code = await attempt("GET", path, None, {})
             if code == 200:
                 problems.append(f"GET {path} without a token: 200")
@@ -421,7 +531,6 @@ async def test_every_admin_route_needs_the_admin_token_and_a_refusal_changes_not
         customer = await accounts.get_customer(gw.customer_id)
         assert customer is not None and customer.tier == "free" and not customer.suspended
         assert len(await accounts.list_keys(gw.customer_id)) == 1
-        served = await raw_exchange(gw, http_request(gw, "POST", "/v1/chat/completions",
-                                                     CHAT_BODY))
+        served = await raw_exchange(gw, http_request(gw, "POST", "/v1/chat/completions", CHAT_BODY))
         assert served.status == 200  # the key was not revoked
         assert await attempt("GET", "/admin/customers", None, admin) == 200

@@ -43,13 +43,20 @@ async def read_answer(reader: asyncio.StreamReader) -> bytes:
         head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError as exc:
         return exc.partial
-    length = next((int(line.split(b":", 1)[1]) for line in head.lower().split(b"\r\n")
-                   if line.startswith(b"content-length:")), 0)
+    length = next(
+        (
+            int(line.split(b":", 1)[1])
+            for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        ),
+        0,
+    )
     return head + await reader.readexactly(length)
 
 
-async def send_and_dribble(gw: Gateway, head: bytes, trickle: bytes = b"",
-                           every_s: float = 0.1) -> tuple[bytes, float]:
+async def send_and_dribble(
+    gw: Gateway, head: bytes, trickle: bytes = b"", every_s: float = 0.1
+) -> tuple[bytes, float]:
     """Send `head`, then `trickle` one byte every `every_s` (still going when the answer
     comes); return the answer (b"" when the server closed without one) and its seconds."""
     reader, writer = await asyncio.open_connection(gw.server.host, gw.server.port)
@@ -84,7 +91,7 @@ def announced_but_unsent(gw: Gateway, route: str) -> bytes:
 
 
 def timeout_problem(label: str, received: bytes, elapsed: float, *, anthropic: bool) -> str:
-    """"" if this is a 408 in the API's shape, with Connection: close, on time."""
+    """ "" if this is a 408 in the API's shape, with Connection: close, on time."""
     reply = parse(received)
     seen = f"{label}: {reply.status} after {elapsed:.2f}s {reply.head!r} {reply.body[:160]!r}"
     if reply.status != 408 or not TIMEOUT_S <= elapsed < TIMEOUT_S + SLACK_S:
@@ -96,52 +103,70 @@ def timeout_problem(label: str, received: bytes, elapsed: float, *, anthropic: b
     if anthropic:
         shaped = error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
     else:
-        shaped = (error["error"]["code"] == "request_timeout"
-                  and error["error"]["type"] == "invalid_request_error")
+        shaped = (
+            error["error"]["code"] == "request_timeout"
+            and error["error"]["type"] == "invalid_request_error"
+        )
     return "" if shaped and error["error"]["message"] else seen
 
 
 async def refused_408_count(gw: Gateway) -> float:
-    async with aiohttp.ClientSession() as session, \
-            session.get(gw.base_url + "/metrics") as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(gw.base_url + "/metrics") as response,
+    ):
         text = await response.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("tollbooth_refused_requests_total{")
-               and 'status="408"' in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("tollbooth_refused_requests_total{") and 'status="408"' in line
+    )
 
 
 async def test_a_stalled_or_trickling_body_gets_408_in_the_api_shape_and_reaches_nothing(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config=slow_server()) as gw:
-        chunked = http_request(gw, "POST", ROUTE, b"", b"Transfer-Encoding: chunked\r\n",
-                               length=False) + b"40\r\n{"
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config=slow_server()
+    ) as gw:
+        chunked = (
+            http_request(gw, "POST", ROUTE, b"", b"Transfer-Encoding: chunked\r\n", length=False)
+            + b"40\r\n{"
+        )
         cases = [  # label, what is sent at once, what is trickled after, anthropic
             ("openai, body stalled", announced_but_unsent(gw, ROUTE), b"", False),
             ("anthropic, body stalled", announced_but_unsent(gw, "/v1/messages"), b"", True),
-            ("openai, body trickled past the deadline", announced_but_unsent(gw, ROUTE),
-             b" " * 100, False),
+            (
+                "openai, body trickled past the deadline",
+                announced_but_unsent(gw, ROUTE),
+                b" " * 100,
+                False,
+            ),
             ("openai, chunked body stalled", chunked, b"", False),
         ] * 5
-        stalled = [asyncio.create_task(send_and_dribble(gw, head, trickle))
-                   for _, head, trickle, _ in cases]
+        stalled = [
+            asyncio.create_task(send_and_dribble(gw, head, trickle))
+            for _, head, trickle, _ in cases
+        ]
         # Ordinary clients are served while the slow ones hold their connections.
         started = time.monotonic()
-        replies = await asyncio.gather(*(raw_exchange(gw, http_request(gw, "POST", ROUTE,
-                                                                       CHAT_BODY))
-                                         for _ in range(10)))
+        replies = await asyncio.gather(
+            *(raw_exchange(gw, http_request(gw, "POST", ROUTE, CHAT_BODY)) for _ in range(10))
+        )
         served_in = time.monotonic() - started
         assert [r.status for r in replies] == [200] * 10
         assert served_in < TIMEOUT_S
         results = await asyncio.gather(*stalled)
-        problems = [timeout_problem(label, received, elapsed, anthropic=anthropic)
-                    for (label, _, _, anthropic), (received, elapsed)
-                    in zip(cases, results, strict=True)]
+        problems = [
+            timeout_problem(label, received, elapsed, anthropic=anthropic)
+            for (label, _, _, anthropic), (received, elapsed) in zip(cases, results, strict=True)
+        ]
         assert not [p for p in problems if p], "\n".join(p for p in problems if p)
-        print(f"\n{len(cases)} slow clients: 408 after {min(e for _, e in results):.2f}"
-              f"-{max(e for _, e in results):.2f}s (timeout {TIMEOUT_S}s); 10 ordinary "
-              f"requests served meanwhile in {served_in:.2f}s")
+        print(
+            f"\n{len(cases)} slow clients: 408 after {min(e for _, e in results):.2f}"
+            f"-{max(e for _, e in results):.2f}s (timeout {TIMEOUT_S}s); 10 ordinary "
+            f"requests served meanwhile in {served_in:.2f}s"
+        )
         assert len(gw.mock_requests) == 10  # the ordinary ones only
         assert len(await events_with_sentinel(gw, 10)) == 10
         assert await refused_408_count(gw) == len(cases)
@@ -178,19 +203,22 @@ async def test_headers_that_never_finish_get_the_connection_closed(
 ) -> None:
     """aiohttp's keep-alive timer, set to client_timeout_s, bounds the header phase: from the
     connection's opening, and from the end of the previous response on a reused connection."""
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config=slow_server()) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config=slow_server()
+    ) as gw:
         request_line = f"POST {ROUTE} HTTP/1.1\r\nHost: gateway\r\n".encode()
         keep_alive = http_request(gw, "POST", ROUTE, CHAT_BODY).replace(
-            b"Connection: close\r\n", b"")
+            b"Connection: close\r\n", b""
+        )
         cases = [
             ("silent connection", b"", b""),
             ("headers stalled", request_line, b""),
             ("headers trickled", request_line, b"X" * 100),
             ("second request's headers stalled", keep_alive + request_line, b""),
         ]
-        results = await asyncio.gather(*(held_until_closed(gw, head, trickle)
-                                         for _, head, trickle in cases))
+        results = await asyncio.gather(
+            *(held_until_closed(gw, head, trickle) for _, head, trickle in cases)
+        )
         for (label, _, _), (received, elapsed) in zip(cases, results, strict=True):
             print(f"\n{label}: closed after {elapsed:.2f}s, {len(received)} bytes answered")
             assert TIMEOUT_S <= elapsed < TIMEOUT_S + SLACK_S, (label, elapsed)
@@ -204,13 +232,14 @@ async def test_headers_that_never_finish_get_the_connection_closed(
 async def test_a_slow_timely_body_and_a_long_stream_are_served_whole(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               extra_config=slow_server()) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, extra_config=slow_server()
+    ) as gw:
         full = http_request(gw, "POST", ROUTE, CHAT_BODY)
         body_at = full.index(b"\r\n\r\n") + 4
         # The body in 4 pieces over 0.3 s: inside the deadline, so served.
-        pieces = [full[body_at + i * 20: body_at + (i + 1) * 20] for i in range(3)]
-        rest = full[body_at + 60:]
+        pieces = [full[body_at + i * 20 : body_at + (i + 1) * 20] for i in range(3)]
+        rest = full[body_at + 60 :]
         reader, writer = await asyncio.open_connection(gw.server.host, gw.server.port)
         writer.write(full[:body_at])
         for piece in pieces:
@@ -222,9 +251,16 @@ async def test_a_slow_timely_body_and_a_long_stream_are_served_whole(
         writer.close()
         assert slow_body.status == 200, slow_body.body[:300]
         # A response streaming for 20 x 60 ms, twice the timeout: never cut.
-        streamed = await raw_exchange(gw, http_request(
-            gw, "POST", ROUTE, orjson.dumps({**CHAT, "stream": True}),
-            b"x-mock-token-delay-ms: 60\r\n"))
+        streamed = await raw_exchange(
+            gw,
+            http_request(
+                gw,
+                "POST",
+                ROUTE,
+                orjson.dumps({**CHAT, "stream": True}),
+                b"x-mock-token-delay-ms: 60\r\n",
+            ),
+        )
         assert streamed.status == 200
         assert b"data: [DONE]" in streamed.body, streamed.body[-200:]
         rows = await events_with_sentinel(gw, 2)

@@ -123,7 +123,9 @@ _CRASHING_WRITER = textwrap.dedent("""
 def crash_after_appending(directory: Path, count: int, segment_bytes: int = 10_000) -> Path:
     proc = subprocess.run(
         [sys.executable, "-c", _CRASHING_WRITER, str(directory), str(count), str(segment_bytes)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == -9, proc.stderr
     return Path(proc.stdout.strip())
@@ -201,8 +203,12 @@ _FULL_DISK = textwrap.dedent("""
 
 
 def test_a_refused_write_leaves_no_partial_line(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["refused"], "the file size limit never refused a write"
@@ -215,6 +221,7 @@ def test_a_refused_write_leaves_no_partial_line(tmp_path: Path) -> None:
 
 def _reference_line(e: UsageEvent) -> bytes:
     """encode_event written the long way: every text field escaped on its own."""
+
     def text(value: str | None) -> str:
         if value is None:
             return "\\N"
@@ -227,37 +234,85 @@ def _reference_line(e: UsageEvent) -> bytes:
 
     created = e.created_at.isoformat()
     fields = [
-        e.id.hex, created, text(e.customer_id), text(e.project_id), text(e.user_id),
-        text(e.key_id), text(e.tier), text(e.provider), text(e.model), text(e.endpoint),
-        str(e.status_code), "t" if e.streamed else "f", str(e.input_tokens),
-        str(e.output_tokens), str(e.cached_input_tokens), str(e.cache_write_tokens),
-        str(e.reasoning_tokens), text(e.usage_source), plain(e.cost_usd), plain(e.price_usd),
-        text(e.price_version), str(e.latency_ms), text(e.upstream_request_id),
+        e.id.hex,
+        created,
+        text(e.customer_id),
+        text(e.project_id),
+        text(e.user_id),
+        text(e.key_id),
+        text(e.tier),
+        text(e.provider),
+        text(e.model),
+        text(e.endpoint),
+        str(e.status_code),
+        "t" if e.streamed else "f",
+        str(e.input_tokens),
+        str(e.output_tokens),
+        str(e.cached_input_tokens),
+        str(e.cache_write_tokens),
+        str(e.reasoning_tokens),
+        text(e.usage_source),
+        plain(e.cost_usd),
+        plain(e.price_usd),
+        text(e.price_version),
+        str(e.latency_ms),
+        text(e.upstream_request_id),
         json.dumps(e.metadata, separators=(",", ":"), ensure_ascii=False).replace("\\", "\\\\")
-        if e.metadata else "{}",
+        if e.metadata
+        else "{}",
     ]
     return ("\t".join(fields) + "\n").encode("utf-8", "surrogatepass")
 
 
-@pytest.mark.parametrize("odd", [
-    "plain", "tab\there", "new\nline", "back\\slash", "cr\rx", "é ünïcode", "", "\x00nul",
-    "\u2028sep", "\ud800lone",
-])
-@pytest.mark.parametrize("field", ["customer_id", "project_id", "user_id", "model",
-                                   "price_version", "upstream_request_id"])
+@pytest.mark.parametrize(
+    "odd",
+    [
+        "plain",
+        "tab\there",
+        "new\nline",
+        "back\\slash",
+        "cr\rx",
+        "é ünïcode",
+        "",
+        "\x00nul",
+        "\u2028sep",
+        "\ud800lone",
+    ],
+)
+@pytest.mark.parametrize(
+    "field",
+    ["customer_id", "project_id", "user_id", "model", "price_version", "upstream_request_id"],
+)
 def test_encode_event_escapes_exactly_the_fields_that_need_it(odd: str, field: str) -> None:
     event = UsageEvent(
         id=uuid.UUID("0b6c3a52-3c59-4c43-9a4f-1f6b9d8f0c11"),
-        created_at=datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC), customer_id="cust_1",
-        project_id=None, user_id="u", key_id="key_1", tier="pro", provider="openai",
-        model="gpt-4o-mini", endpoint="chat.completions", status_code=200, streamed=True,
-        input_tokens=20, output_tokens=35, cached_input_tokens=3, cache_write_tokens=0,
-        reasoning_tokens=1, usage_source="provider", cost_usd=Decimal("0.0000240000"),
-        price_usd=Decimal("2.88E-8"), price_version=None, latency_ms=312,
-        upstream_request_id="chatcmpl-1", metadata={"config_hash": "abc", "n": 1},
+        created_at=datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC),
+        customer_id="cust_1",
+        project_id=None,
+        user_id="u",
+        key_id="key_1",
+        tier="pro",
+        provider="openai",
+        model="gpt-4o-mini",
+        endpoint="chat.completions",
+        status_code=200,
+        streamed=True,
+        input_tokens=20,
+        output_tokens=35,
+        cached_input_tokens=3,
+        cache_write_tokens=0,
+        reasoning_tokens=1,
+        usage_source="provider",
+        cost_usd=Decimal("0.0000240000"),
+        price_usd=Decimal("2.88E-8"),
+        price_version=None,
+        latency_ms=312,
+        upstream_request_id="chatcmpl-1",
+        metadata={"config_hash": "abc", "n": 1},
     )
     changed: dict[str, Any] = {field: odd}
     event = replace(event, **changed)
     assert encode_event(event) == _reference_line(event)
     assert encode_event(replace(event, cost_usd=None, price_usd=None, metadata={})) == (
-        _reference_line(replace(event, cost_usd=None, price_usd=None, metadata={})))
+        _reference_line(replace(event, cost_usd=None, price_usd=None, metadata={}))
+    )

@@ -46,24 +46,49 @@ from storage.usage.journal_format import encode_event, encode_provisional, event
 from storage.usage.journal_open import OpenLog
 from storage.usage.writer import UsageWriter
 
-SETTINGS = parse_settings(b"providers: {anthropic: {kind: anthropic, base_url: http://x}}\n"
-                          b"tiers: {pro: {limits: {}}}\n")
+SETTINGS = parse_settings(
+    b"providers: {anthropic: {kind: anthropic, base_url: http://x}}\ntiers: {pro: {limits: {}}}\n"
+)
 INTERRUPTED = {"interrupted": "gateway_stopped"}
 
 
-def provisional(event_id: uuid.UUID, *, output: int = 0, streamed: bool = True,
-                model: str = "gpt-4o") -> bytes:
+def provisional(
+    event_id: uuid.UUID, *, output: int = 0, streamed: bool = True, model: str = "gpt-4o"
+) -> bytes:
     return encode_provisional(
-        event_id, datetime.now(UTC), "cust_k9", "proj", None, "key_0123456789abcdef", "pro",
-        "openai", model, "chat.completions", 502, streamed, 10, output, 0, 0, 1234, None,
-        dict(INTERRUPTED))
+        event_id,
+        datetime.now(UTC),
+        "cust_k9",
+        "proj",
+        None,
+        "key_0123456789abcdef",
+        "pro",
+        "openai",
+        model,
+        "chat.completions",
+        502,
+        streamed,
+        10,
+        output,
+        0,
+        0,
+        1234,
+        None,
+        dict(INTERRUPTED),
+    )
 
 
 def final(event_id: uuid.UUID) -> UsageEvent:
     event = event_from_line(UsageEvent.COLUMNS, provisional(event_id)[:-1])
     assert event is not None
-    return replace(event, status_code=200, usage_source="provider", input_tokens=12,
-                   output_tokens=5, metadata={})
+    return replace(
+        event,
+        status_code=200,
+        usage_source="provider",
+        input_tokens=12,
+        output_tokens=5,
+        metadata={},
+    )
 
 
 def open_files(directory: Path) -> list[Path]:
@@ -76,16 +101,31 @@ def open_files(directory: Path) -> list[Path]:
 def test_encode_provisional_writes_what_encode_event_writes(tmp_path: Path) -> None:
     event_id = uuid.uuid4()
     line = encode_provisional(
-        event_id, datetime.now(UTC), "cust\t1", None, "user\\x", "key_0123456789abcdef", "pro",
-        "openai", "gpt-4o\nevil", "chat.completions", 502, False, 10, 3, 2, 1, 77, "chatcmpl-1",
-        {"config_hash": "abc", **INTERRUPTED})
+        event_id,
+        datetime.now(UTC),
+        "cust\t1",
+        None,
+        "user\\x",
+        "key_0123456789abcdef",
+        "pro",
+        "openai",
+        "gpt-4o\nevil",
+        "chat.completions",
+        502,
+        False,
+        10,
+        3,
+        2,
+        1,
+        77,
+        "chatcmpl-1",
+        {"config_hash": "abc", **INTERRUPTED},
+    )
     event = event_from_line(UsageEvent.COLUMNS, line[:-1])
     assert event is not None
     assert encode_event(event) == line  # same columns, same escaping, one format
-    assert (event.model, event.customer_id, event.user_id) == ("gpt-4o\nevil", "cust\t1",
-                                                                "user\\x")
-    assert (event.usage_source, event.price_usd, event.reasoning_tokens) == ("estimated",
-                                                                             None, 0)
+    assert (event.model, event.customer_id, event.user_id) == ("gpt-4o\nevil", "cust\t1", "user\\x")
+    assert (event.usage_source, event.price_usd, event.reasoning_tokens) == ("estimated", None, 0)
 
 
 def test_settled_exchanges_leave_no_file_and_progress_moves_the_pin(tmp_path: Path) -> None:
@@ -152,8 +192,12 @@ _CRASHING = textwrap.dedent("""
 def crash_after(directory: Path, actions: list[list[str]], tmp_path: Path) -> Path:
     script = tmp_path / "actions.json"
     script.write_text(json.dumps(actions))
-    proc = subprocess.run([sys.executable, "-c", _CRASHING, str(directory), str(script)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CRASHING, str(directory), str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == -9, proc.stderr
     return Path(proc.stdout.strip())
 
@@ -163,11 +207,15 @@ def test_a_killed_process_leaves_the_latest_record_of_each_exchange(
 ) -> None:
     a, b = uuid.uuid4(), uuid.uuid4()
     directory = tmp_path / "journal"
-    crash_after(directory, [
-        ["record", a.hex, provisional(a).decode()],
-        ["record", b.hex, provisional(b).decode()],
-        ["record", a.hex, provisional(a, output=42).decode()],
-    ], tmp_path)
+    crash_after(
+        directory,
+        [
+            ["record", a.hex, provisional(a).decode()],
+            ["record", b.hex, provisional(b).decode()],
+            ["record", a.hex, provisional(a, output=42).decode()],
+        ],
+        tmp_path,
+    )
     [record_file] = open_files(directory)
     with open(record_file, "ab") as f:
         f.write(provisional(b, output=99)[:50])  # a write the kill cut short
@@ -223,20 +271,30 @@ async def test_interrupted_exchanges_are_recorded_once_and_a_real_event_always_w
     earlier.submit_nowait(final(committed))
     await earlier.close()
     # `dead`'s event was refused by Postgres: it is in the dead-letter table.
-    await pool.execute("INSERT INTO usage_dead_letters (event_id, journal_line, error) "
-                       "VALUES ($1, 'x', 'refused')", dead)
+    await pool.execute(
+        "INSERT INTO usage_dead_letters (event_id, journal_line, error) "
+        "VALUES ($1, 'x', 'refused')",
+        dead,
+    )
     directory = journal_dir / await database_key(pool)
-    crash_after(directory, [
-        *(["record", i.hex, provisional(i, streamed=i != waiting).decode()]
-          for i in (cut, finished, committed, waiting, dead)),
-        ["record", cut.hex, provisional(cut, output=7).decode()],  # stream progress
-        ["append", encode_event(final(finished)).decode()],  # journaled, not in Postgres
-        ["settle", finished.hex],
-    ], tmp_path)
+    crash_after(
+        directory,
+        [
+            *(
+                ["record", i.hex, provisional(i, streamed=i != waiting).decode()]
+                for i in (cut, finished, committed, waiting, dead)
+            ),
+            ["record", cut.hex, provisional(cut, output=7).decode()],  # stream progress
+            ["append", encode_event(final(finished)).decode()],  # journaled, not in Postgres
+            ["settle", finished.hex],
+        ],
+        tmp_path,
+    )
 
     runtime = Runtime(SETTINGS, Catalog.load_default())
-    writer = UsageWriter(pool, journal_dir=journal_dir, flush_interval_s=0.05,
-                         reprice=interrupted_pricer(runtime))
+    writer = UsageWriter(
+        pool, journal_dir=journal_dir, flush_interval_s=0.05, reprice=interrupted_pricer(runtime)
+    )
     await writer.start()
     await drained(writer)
     rows = await stored(pool)
@@ -253,9 +311,14 @@ async def test_interrupted_exchanges_are_recorded_once_and_a_real_event_always_w
         assert (row["input_tokens"], row["output_tokens"]) == (10, output)
         assert row["metadata"]["interrupted"] == "gateway_stopped"
         charge = runtime.current.pricing.charge(
-            "gpt-4o", Usage(input_tokens=10, output_tokens=output, source="estimated"),
-            at=row["created_at"], customer_id="cust_k9", tier="pro", duration_ms=1234,
-            succeeded=False)
+            "gpt-4o",
+            Usage(input_tokens=10, output_tokens=output, source="estimated"),
+            at=row["created_at"],
+            customer_id="cust_k9",
+            tier="pro",
+            duration_ms=1234,
+            succeeded=False,
+        )
         assert charge is not None and charge.price_usd > 0
         assert (row["cost_usd"], row["price_usd"]) == (charge.cost_usd, charge.price_usd)
     assert open_files(journal_dir) == [] and not directory.exists()
@@ -297,13 +360,27 @@ async def test_stream_progress_records_the_output_so_far_and_the_reported_input(
     await writer.start()
     client = redis.Redis.from_url(redis_url)
     tokens = TokenCounter()
-    recorder = Recorder(writer, QuotaPolicy(QuotaStore(client), QuotasConfig()), tokens,
-                        Metrics(), AccessLog(enabled=False))
+    recorder = Recorder(
+        writer,
+        QuotaPolicy(QuotaStore(client), QuotasConfig()),
+        tokens,
+        Metrics(),
+        AccessLog(enabled=False),
+    )
     api = AnthropicApi()
     principal = KeyPrincipal("key_0123456789abcdef", "cust_k9", None, None, "pro", False)
-    ex = Exchange(uuid.uuid4(), datetime.now(UTC), time.perf_counter(), principal,
-                  Runtime(SETTINGS, Catalog.load_default()).current, "anthropic",
-                  "claude-sonnet-4-5", api.endpoints[0], True, "a prompt")
+    ex = Exchange(
+        uuid.uuid4(),
+        datetime.now(UTC),
+        time.perf_counter(),
+        principal,
+        Runtime(SETTINGS, Catalog.load_default()).current,
+        "anthropic",
+        "claude-sonnet-4-5",
+        api.endpoints[0],
+        True,
+        "a prompt",
+    )
     try:
         recorder.open(ex, 40)
         meter = api.stream_meter(api.endpoints[0], False)
@@ -319,15 +396,26 @@ async def test_stream_progress_records_the_output_so_far_and_the_reported_input(
             return event
 
         assert (latest().input_tokens, latest().output_tokens) == (40, 0)
-        feed("message_start", {"type": "message_start", "message": {
-            "id": "msg_1", "usage": {"input_tokens": 25, "cache_read_input_tokens": 5,
-                                     "output_tokens": 1}}})
+        feed(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_1",
+                    "usage": {"input_tokens": 25, "cache_read_input_tokens": 5, "output_tokens": 1},
+                },
+            },
+        )
         first, second = "Once upon a time, " * 20, "there was a gateway. " * 30
-        feed("content_block_delta", {"type": "content_block_delta",
-                                     "delta": {"type": "text_delta", "text": first}})
+        feed(
+            "content_block_delta",
+            {"type": "content_block_delta", "delta": {"type": "text_delta", "text": first}},
+        )
         progress()
-        feed("content_block_delta", {"type": "content_block_delta",
-                                     "delta": {"type": "text_delta", "text": second}})
+        feed(
+            "content_block_delta",
+            {"type": "content_block_delta", "delta": {"type": "text_delta", "text": second}},
+        )
         progress()
         event = latest()
         assert event.input_tokens == 30 and event.cached_input_tokens == 5  # reported

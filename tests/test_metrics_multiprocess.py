@@ -33,10 +33,17 @@ def record(directory: Path, how: str) -> tuple[list[str], list[str]]:
     differs between two directories, and so does the order of the families it renders."""
     directory.mkdir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
-    text = subprocess.run([sys.executable, "-c", RECORD, how], env=env, capture_output=True,
-                          text=True, check=True, timeout=60).stdout
-    return sorted(text.splitlines()), sorted(re.sub(r"_\d+\.db$", "_PID.db", name)
-                                             for name in os.listdir(directory))
+    text = subprocess.run(
+        [sys.executable, "-c", RECORD, how],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return sorted(text.splitlines()), sorted(
+        re.sub(r"_\d+\.db$", "_PID.db", name) for name in os.listdir(directory)
+    )
 
 
 def test_a_prepared_worker_records_what_prometheus_client_records(tmp_path: Path) -> None:
@@ -45,5 +52,7 @@ def test_a_prepared_worker_records_what_prometheus_client_records(tmp_path: Path
     assert prepared == default
     lines, files = prepared
     assert files == ["counter_PID.db", "histogram_PID.db"]
-    assert 'tollbooth_requests_total{model="gpt-4o",provider="openai",route="chat.completions",' \
-           'status="200"} 2.0' in lines
+    assert (
+        'tollbooth_requests_total{model="gpt-4o",provider="openai",route="chat.completions",'
+        'status="200"} 2.0' in lines
+    )

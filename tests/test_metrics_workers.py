@@ -33,8 +33,9 @@ def mock_provider() -> Iterator[str]:
 
 
 def file_pids(directory: str) -> set[int]:
-    return {int(m.group(1)) for name in os.listdir(directory)
-            if (m := re.search(r"_(\d+)\.db$", name))}
+    return {
+        int(m.group(1)) for name in os.listdir(directory) if (m := re.search(r"_(\d+)\.db$", name))
+    }
 
 
 async def assert_every_scrape(base: str, sample: str, expected: float) -> None:
@@ -53,8 +54,9 @@ async def wait_total(base: str, sample: str, expected: float, timeout_s: float =
 async def test_metrics_are_summed_over_both_workers_on_every_scrape(
     tmp_path: Path, fresh_database_url: str, redis_url: str, mock_provider: str
 ) -> None:
-    async with two_workers(tmp_path, fresh_database_url, redis_url, mock_provider,
-                           {"requests_per_minute": 10_000}) as gw:
+    async with two_workers(
+        tmp_path, fresh_database_url, redis_url, mock_provider, {"requests_per_minute": 10_000}
+    ) as gw:
         workers = await wait_listening(lambda: gw.output, 2)
         directory = metrics_dir(workers[0])
         assert file_pids(directory) <= set(workers)  # nothing left from another run
@@ -73,8 +75,10 @@ async def test_metrics_are_summed_over_both_workers_on_every_scrape(
         dead = workers[0]
         os.kill(dead, signal.SIGKILL)
         replacement = (await wait_listening(lambda: gw.output, 3))[2]
-        assert not any(name.startswith("gauge_live") and name.endswith(f"_{dead}.db")
-                       for name in os.listdir(directory))
+        assert not any(
+            name.startswith("gauge_live") and name.endswith(f"_{dead}.db")
+            for name in os.listdir(directory)
+        )
         await assert_every_scrape(gw.base, "tollbooth_requests_total", REQUESTS)
         assert await burst(gw, 40) == {200: 40}
         await assert_every_scrape(gw.base, "tollbooth_requests_total", REQUESTS + 40)

@@ -41,47 +41,73 @@ def serve(aiohttp_server: AiohttpServer) -> Serve:
 
 
 def client(url: str, region: str = "us-east-1", **headers: str) -> Any:
-    made = boto3.client("bedrock-runtime", region_name=region, endpoint_url=url,
-                        config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+    made = boto3.client(
+        "bedrock-runtime",
+        region_name=region,
+        endpoint_url=url,
+        config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+    )
     if headers:
+
         def add(request: Any, **_: Any) -> None:
             for name, value in headers.items():
                 request.headers[name] = value
+
         made.meta.events.register("before-sign.bedrock-runtime.*", add)
     return made
 
 
 async def test_converse_answers_with_usage_and_cache_details(serve: Serve) -> None:
     url = await serve()
-    bedrock = client(url, **{"x-mock-cached-tokens": "7", "x-mock-cache-write-tokens": "5",
-                             "x-mock-cache-write-1h-tokens": "2", "x-mock-output-tokens": "4"})
+    bedrock = client(
+        url,
+        **{
+            "x-mock-cached-tokens": "7",
+            "x-mock-cache-write-tokens": "5",
+            "x-mock-cache-write-1h-tokens": "2",
+            "x-mock-output-tokens": "4",
+        },
+    )
     answer = await asyncio.to_thread(bedrock.converse, modelId=MODEL, messages=MESSAGES)
     assert answer["output"]["message"]["content"] == [{"text": "tok0 tok1 tok2 tok3"}]
     assert answer["usage"] == {
-        "inputTokens": 10, "outputTokens": 4, "totalTokens": 26,
-        "cacheReadInputTokens": 7, "cacheWriteInputTokens": 5,
+        "inputTokens": 10,
+        "outputTokens": 4,
+        "totalTokens": 26,
+        "cacheReadInputTokens": 7,
+        "cacheWriteInputTokens": 5,
         "cacheDetails": [{"ttl": "1h", "inputTokens": 2}, {"ttl": "5m", "inputTokens": 3}],
     }
     assert answer["stopReason"] == "end_turn"
 
 
-async def test_converse_stream_is_the_bedrock_event_sequence(serve: Serve,
-                                                             aiohttp_server: Any) -> None:
+async def test_converse_stream_is_the_bedrock_event_sequence(
+    serve: Serve, aiohttp_server: Any
+) -> None:
     url = await serve()
     bedrock = client(url, **{"x-mock-output-tokens": "3"})
 
     def run() -> list[dict[str, Any]]:
-        answer = bedrock.converse_stream(modelId=MODEL, messages=MESSAGES,
-                                         inferenceConfig={"maxTokens": 2})
+        answer = bedrock.converse_stream(
+            modelId=MODEL, messages=MESSAGES, inferenceConfig={"maxTokens": 2}
+        )
         return list(answer["stream"])
 
     events = await asyncio.to_thread(run)
     assert [next(iter(event)) for event in events] == [
-        "messageStart", "contentBlockDelta", "contentBlockDelta", "contentBlockStop",
-        "messageStop", "metadata"]
+        "messageStart",
+        "contentBlockDelta",
+        "contentBlockDelta",
+        "contentBlockStop",
+        "messageStop",
+        "metadata",
+    ]
     assert events[-2]["messageStop"]["stopReason"] == "max_tokens"
     assert events[-1]["metadata"]["usage"] == {
-        "inputTokens": 10, "outputTokens": 2, "totalTokens": 12}
+        "inputTokens": 10,
+        "outputTokens": 2,
+        "totalTokens": 12,
+    }
 
 
 async def test_the_model_id_is_read_percent_decoded_and_the_request_recorded(
@@ -96,8 +122,7 @@ async def test_the_model_id_is_read_percent_decoded_and_the_request_recorded(
     assert recorded.headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKID")
     assert "/eu-west-1/bedrock/aws4_request" in recorded.headers["authorization"]
     with pytest.raises(ClientError) as refused:
-        await asyncio.to_thread(client(url, "us-east-1").converse, modelId=MODEL,
-                                messages=MESSAGES)
+        await asyncio.to_thread(client(url, "us-east-1").converse, modelId=MODEL, messages=MESSAGES)
     assert refused.value.response["Error"]["Code"] == "InvalidSignatureException"
     assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
 
@@ -105,26 +130,36 @@ async def test_the_model_id_is_read_percent_decoded_and_the_request_recorded(
 async def test_requests_without_sigv4_are_refused_in_bedrocks_shape(serve: Serve) -> None:
     url = await serve()
     async with aiohttp.ClientSession() as session:
-        for headers in ({}, {"Authorization": "Bearer tb_abc"},
-                        {"Authorization": "AWS4-HMAC-SHA256 Credential=AKIDX/20261204/us-east-1/"
-                         "s3/aws4_request, SignedHeaders=host;x-amz-date, Signature=" + "a" * 64,
-                         "X-Amz-Date": "20261204T000000Z"}):
-            async with session.post(f"{url}/model/{MODEL}/converse", json={},
-                                    headers=headers) as response:
+        for headers in (
+            {},
+            {"Authorization": "Bearer tb_abc"},
+            {
+                "Authorization": "AWS4-HMAC-SHA256 Credential=AKIDX/20261204/us-east-1/"
+                "s3/aws4_request, SignedHeaders=host;x-amz-date, Signature=" + "a" * 64,
+                "X-Amz-Date": "20261204T000000Z",
+            },
+        ):
+            async with session.post(
+                f"{url}/model/{MODEL}/converse", json={}, headers=headers
+            ) as response:
                 assert response.status == 403
                 assert response.headers["x-amzn-ErrorType"].endswith(
-                    ":http://internal.amazon.com/coral/com.amazon.bedrock/")
+                    ":http://internal.amazon.com/coral/com.amazon.bedrock/"
+                )
                 assert set(await response.json()) == {"message"}
 
 
 async def test_injected_errors_are_bedrock_exceptions(serve: Serve) -> None:
     url = await serve()
-    for control, code, status in (("429", "ThrottlingException", 429),
-                                  ("insufficient-quota", "ServiceQuotaExceededException", 400),
-                                  ("503", "ServiceUnavailableException", 503)):
+    for control, code, status in (
+        ("429", "ThrottlingException", 429),
+        ("insufficient-quota", "ServiceQuotaExceededException", 400),
+        ("503", "ServiceUnavailableException", 503),
+    ):
         with pytest.raises(ClientError) as failed:
-            await asyncio.to_thread(client(url, **{"x-mock-error": control}).converse,
-                                    modelId=MODEL, messages=MESSAGES)
+            await asyncio.to_thread(
+                client(url, **{"x-mock-error": control}).converse, modelId=MODEL, messages=MESSAGES
+            )
         assert failed.value.response["Error"]["Code"] == code
         assert failed.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
 

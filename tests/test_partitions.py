@@ -58,8 +58,9 @@ async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 async def where(pool: asyncpg.Pool) -> dict[str, int]:
     """How many events each partition holds."""
-    rows = await pool.fetch("SELECT tableoid::regclass::text AS p, count(*) FROM usage_events "
-                            "GROUP BY 1")
+    rows = await pool.fetch(
+        "SELECT tableoid::regclass::text AS p, count(*) FROM usage_events GROUP BY 1"
+    )
     return {row["p"]: row["count"] for row in rows}
 
 
@@ -71,20 +72,27 @@ async def test_migration_moves_existing_rows_into_month_partitions(
     fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     everything = load_migrations()
-    monkeypatch.setattr(storage.postgres, "load_migrations",
-                        lambda: [m for m in everything if m.version < "030"])
+    monkeypatch.setattr(
+        storage.postgres, "load_migrations", lambda: [m for m in everything if m.version < "030"]
+    )
     pool = await create_pool(fresh_database_url)
     try:
         await migrate(pool)
-        old = [make_event(datetime(2025, 12, 31, 23, 59, 59, tzinfo=UTC)),
-               make_event(datetime(2026, 1, 1, tzinfo=UTC), project_id=None),
-               make_event(datetime(2026, 1, 15, tzinfo=UTC), price_usd=None)]
+        old = [
+            make_event(datetime(2025, 12, 31, 23, 59, 59, tzinfo=UTC)),
+            make_event(datetime(2026, 1, 1, tzinfo=UTC), project_id=None),
+            make_event(datetime(2026, 1, 15, tzinfo=UTC), price_usd=None),
+        ]
         for event in old:  # the pre-030 writer: a primary key on id alone
             await pool.execute(
                 "INSERT INTO usage_events (id, created_at, customer_id, key_id, tier, provider,"
                 " model, endpoint, status_code, streamed, usage_source, price_usd, latency_ms)"
                 " VALUES ($1, $2, 'acme', 'k', 'pro', 'openai', 'gpt-4o', '/v1/x', 200, false,"
-                " 'provider', $3, 5)", event.id, event.created_at, event.price_usd)
+                " 'provider', $3, 5)",
+                event.id,
+                event.created_at,
+                event.price_usd,
+            )
         monkeypatch.setattr(storage.postgres, "load_migrations", lambda: everything)
         assert "030_partitions" in await migrate(pool)
 
@@ -99,7 +107,8 @@ async def test_migration_moves_existing_rows_into_month_partitions(
         key = await pool.fetchval(
             "SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_index i "
             "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
-            "WHERE i.indrelid = 'usage_events'::regclass AND i.indisprimary")
+            "WHERE i.indrelid = 'usage_events'::regclass AND i.indisprimary"
+        )
         assert key == ["created_at", "id"]
     finally:
         await pool.close()
@@ -117,7 +126,9 @@ async def test_partitions_are_created_ahead_once(pool: asyncpg.Pool) -> None:
     later = datetime(2031, 11, 3, tzinfo=UTC)
     report = await ensure_partitions(pool, months_ahead=2, now=later)
     assert [p.name for p in report.created] == [
-        "usage_events_y2031m11", "usage_events_y2031m12", "usage_events_y2032m01"
+        "usage_events_y2031m11",
+        "usage_events_y2031m12",
+        "usage_events_y2032m01",
     ]
     assert report.created[-1].start == datetime(2032, 1, 1, tzinfo=UTC)
     assert report.created[-1].end == datetime(2032, 2, 1, tzinfo=UTC)
@@ -126,14 +137,17 @@ async def test_partitions_are_created_ahead_once(pool: asyncpg.Pool) -> None:
     assert set(report.created) <= set(again.partitions)
 
 
-async def test_concurrent_maintainers_create_each_month_once(fresh_database_url: str,
-                                                             pool: asyncpg.Pool) -> None:
+async def test_concurrent_maintainers_create_each_month_once(
+    fresh_database_url: str, pool: asyncpg.Pool
+) -> None:
     pools = [await create_pool(fresh_database_url) for _ in range(4)]
     try:
-        reports = await asyncio.gather(*(
-            ensure_partitions(p, months_ahead=5, now=datetime(2030, 1, 10, tzinfo=UTC))
-            for p in pools
-        ))
+        reports = await asyncio.gather(
+            *(
+                ensure_partitions(p, months_ahead=5, now=datetime(2030, 1, 10, tzinfo=UTC))
+                for p in pools
+            )
+        )
     finally:
         for p in pools:
             await p.close()
@@ -208,8 +222,9 @@ async def test_retention_deletes_old_rows_of_the_default_partition(pool: asyncpg
 
 async def test_maintain_partitions_runs_at_once_then_on_schedule(pool: asyncpg.Pool) -> None:
     await insert_events(pool, [make_event(datetime(2033, 2, 1, tzinfo=UTC))])
-    task = asyncio.create_task(maintain_partitions(pool, months_ahead=1, raw_events_days=90,
-                                                   interval_s=3600))
+    task = asyncio.create_task(
+        maintain_partitions(pool, months_ahead=1, raw_events_days=90, interval_s=3600)
+    )
     try:
         for _ in range(100):
             if DEFAULT_PARTITION not in await where(pool):
@@ -245,8 +260,9 @@ async def created_on(pool: asyncpg.Pool, today: datetime) -> None:
 
 
 def month_names(first: datetime, count: int) -> list[str]:
-    return [MonthPartition.of(add_months(MonthPartition.of(first).start, k)).name
-            for k in range(count)]
+    return [
+        MonthPartition.of(add_months(MonthPartition.of(first).start, k)).name for k in range(count)
+    ]
 
 
 @pytest.mark.parametrize("today", TODAYS, ids=lambda t: f"{t:%Y-%m-%dT%H:%M}")
@@ -254,12 +270,17 @@ async def test_maintenance_on_a_fresh_database(pool: asyncpg.Pool, today: dateti
     await created_on(pool, today)
     # Events of the last week: on the 1st and the 4th some are last month's, which has no
     # partition yet (they wait in the default partition).
-    ages = [timedelta(minutes=1), timedelta(hours=1), timedelta(days=3, hours=2),
-            timedelta(days=6, hours=23)]
+    ages = [
+        timedelta(minutes=1),
+        timedelta(hours=1),
+        timedelta(days=3, hours=2),
+        timedelta(days=6, hours=23),
+    ]
     events = [make_event(today - age, price_usd=Decimal("0.25")) for age in ages]
     await insert_events(pool, events)
     last_month = {e.created_at for e in events} - {
-        e.created_at for e in events if e.created_at >= MonthPartition.of(today).start}
+        e.created_at for e in events if e.created_at >= MonthPartition.of(today).start
+    }
 
     # rollups, then rollups --rebuild: the first partition is no horizon.
     since, until = report_window(7, today)
@@ -267,8 +288,10 @@ async def test_maintenance_on_a_fresh_database(pool: asyncpg.Pool, today: dateti
     check = await verify_rollups(pool, since=since, until=until)
     assert (check.window, check.mismatches, check.window.clamped) == (window, [], False)
     rebuilt = await rebuild_rollups(pool, since=since, until=until)
-    assert (rebuilt.window, rebuilt.rows) == (window, len({floor_hour(e.created_at)
-                                                          for e in events}))
+    assert (rebuilt.window, rebuilt.rows) == (
+        window,
+        len({floor_hour(e.created_at) for e in events}),
+    )
     assert (await verify_rollups(pool, since=since, until=until)).mismatches == []
 
     # retention (30 days): nothing is old enough; no horizon.
@@ -281,8 +304,7 @@ async def test_maintenance_on_a_fresh_database(pool: asyncpg.Pool, today: dateti
     report = await ensure_partitions(pool, months_ahead=3, now=today)
     assert report.default_rows == len(last_month) == report.moved_rows
     first = today - timedelta(days=7) if last_month else today
-    assert [p.name for p in report.partitions] == month_names(
-        first, 5 if last_month else 4)
+    assert [p.name for p in report.partitions] == month_names(first, 5 if last_month else 4)
     assert DEFAULT_PARTITION not in await where(pool)
 
     check = await verify_rollups(pool, since=since, until=until)
@@ -294,14 +316,23 @@ async def test_maintenance_on_a_fresh_database(pool: asyncpg.Pool, today: dateti
 @pytest.mark.parametrize("today", TODAYS, ids=lambda t: f"{t:%Y-%m-%dT%H:%M}")
 async def test_maintenance_after_retention(pool: asyncpg.Pool, today: datetime) -> None:
     await created_on(pool, today)
-    ages = [timedelta(days=75), timedelta(days=45), timedelta(days=29, hours=23),
-            timedelta(minutes=1)]
+    ages = [
+        timedelta(days=75),
+        timedelta(days=45),
+        timedelta(days=29, hours=23),
+        timedelta(minutes=1),
+    ]
     events = [make_event(today - age) for age in ages]
     await insert_events(pool, events)
     await ensure_partitions(pool, months_ahead=3, now=today)
     cutoff = today - timedelta(days=30)
-    gone = sorted({MonthPartition.of(e.created_at) for e in events
-                   if MonthPartition.of(e.created_at).end <= cutoff})
+    gone = sorted(
+        {
+            MonthPartition.of(e.created_at)
+            for e in events
+            if MonthPartition.of(e.created_at).end <= cutoff
+        }
+    )
     assert gone  # 75 days back is always two months or more before the cutoff's month end
 
     dry = await apply_retention(pool, days=30, now=today, dry_run=True)
@@ -314,8 +345,9 @@ async def test_maintenance_after_retention(pool: asyncpg.Pool, today: datetime) 
     # rollups over 90 days: from the horizon on, where every raw event is still stored.
     since, until = report_window(90, today)
     check = await verify_rollups(pool, since=since, until=until)
-    assert check.window == RollupWindow(floor_hour(since), gone[-1].end, ceil_hour(until),
-                                        gone[-1].end)
+    assert check.window == RollupWindow(
+        floor_hour(since), gone[-1].end, ceil_hour(until), gone[-1].end
+    )
     assert check.window.clamped and check.mismatches == []
     rebuilt = await rebuild_rollups(pool, since=since, until=until)
     assert rebuilt.window == check.window
@@ -331,8 +363,11 @@ async def test_maintenance_after_retention(pool: asyncpg.Pool, today: datetime) 
 async def test_retention_of_default_rows_sets_the_horizon_at_the_next_hour(
     pool: asyncpg.Pool,
 ) -> None:
-    rows = [datetime(2019, 1, 5, 10, 20, tzinfo=UTC), datetime(2019, 3, 2, 7, 59, tzinfo=UTC),
-            datetime(2040, 1, 5, tzinfo=UTC)]
+    rows = [
+        datetime(2019, 1, 5, 10, 20, tzinfo=UTC),
+        datetime(2019, 3, 2, 7, 59, tzinfo=UTC),
+        datetime(2040, 1, 5, tzinfo=UTC),
+    ]
     await insert_events(pool, [make_event(at) for at in rows])
     dry = await apply_retention(pool, days=90, now=NOW, dry_run=True)
     assert (dry.default_rows_deleted, dry.horizon) == (2, datetime(2019, 3, 2, 8, tzinfo=UTC))
@@ -347,14 +382,16 @@ async def test_an_upgraded_database_finds_the_horizon_of_earlier_retention(
     fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     everything = load_migrations()
-    monkeypatch.setattr(storage.postgres, "load_migrations",
-                        lambda: [m for m in everything if m.version < "051"])
+    monkeypatch.setattr(
+        storage.postgres, "load_migrations", lambda: [m for m in everything if m.version < "051"]
+    )
     pool = await create_pool(fresh_database_url)
     try:
         await migrate(pool)
         await ensure_partitions(pool, months_ahead=0, now=datetime(2026, 1, 10, tzinfo=UTC))
-        await insert_events(pool, [make_event(datetime(2026, 1, 10, 5, 30, tzinfo=UTC)),
-                                   make_event(NOW)])
+        await insert_events(
+            pool, [make_event(datetime(2026, 1, 10, 5, 30, tzinfo=UTC)), make_event(NOW)]
+        )
         await ensure_partitions(pool, months_ahead=0, now=NOW)
         await pool.execute("DROP TABLE usage_events_y2026m01")  # retention, before 051
         monkeypatch.setattr(storage.postgres, "load_migrations", lambda: everything)
@@ -376,11 +413,19 @@ def test_maintenance_commands(tmp_path: Path, fresh_database_url: str, redis_url
         "retention: {raw_events_days: 30, partitions_ahead_months: 3}\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLBOOTH_")} | {
-        "TOLLBOOTH_DATABASE_URL": fresh_database_url, "TOLLBOOTH_REDIS_URL": redis_url}
+        "TOLLBOOTH_DATABASE_URL": fresh_database_url,
+        "TOLLBOOTH_REDIS_URL": redis_url,
+    }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gateway.cli.main", "maintenance", *args],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.cli.main", "maintenance", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     async def database(work: Callable[[asyncpg.Pool], Awaitable[Any]]) -> Any:
         pool = await create_pool(fresh_database_url)
@@ -398,8 +443,13 @@ def test_maintenance_commands(tmp_path: Path, fresh_database_url: str, redis_url
     assert len(ahead) >= 4 and body["default_rows"] == 0
 
     expired = datetime(2020, 1, 15, 8, 30, tzinfo=UTC)
-    asyncio.run(database(lambda pool: insert_events(
-        pool, [make_event(expired), make_event(datetime.now(UTC) - timedelta(minutes=1))])))
+    asyncio.run(
+        database(
+            lambda pool: insert_events(
+                pool, [make_event(expired), make_event(datetime.now(UTC) - timedelta(minutes=1))]
+            )
+        )
+    )
     done = cli("partitions")
     assert done.returncode == 0 and "usage_events_y2020m01" in done.stdout, done.stderr
 

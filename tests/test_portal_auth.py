@@ -33,6 +33,7 @@ NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
 # ------------------------------------------------------------------ signing, without HTTP
 
+
 def test_signed_value_refuses_tampering_and_other_purposes() -> None:
     signer = Signer(SECRET, "portal-link")
     token = signer.sign({"c": "acme", "p": None, "exp": 1})
@@ -40,8 +41,7 @@ def test_signed_value_refuses_tampering_and_other_purposes() -> None:
     body, _, mac = token.partition(".")
     forged = Signer(SECRET, "portal-link").sign({"c": "beta", "p": None, "exp": 1})
     assert signer.verify(forged.partition(".")[0] + "." + mac) is None
-    assert signer.verify(body + "." + mac[:-2] + ("A" if mac[-2] != "A" else "B") + mac[-1]) \
-        is None
+    assert signer.verify(body + "." + mac[:-2] + ("A" if mac[-2] != "A" else "B") + mac[-1]) is None
     assert Signer(SECRET, "session").verify(token) is None  # another purpose, another key
     assert Signer(b"t" * 32, "portal-link").verify(token) is None
     assert signer.verify("garbage") is None and signer.verify("a.b.c") is None
@@ -72,12 +72,19 @@ def test_session_expiry_kind_and_csrf() -> None:
 
 # ------------------------------------------------------------------ over HTTP
 
+
 @pytest.fixture
-async def portal(fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
-                 ) -> AsyncIterator[tuple[Gateway, Seed]]:
+async def portal(
+    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Gateway, Seed]]:
     monkeypatch.setenv("TOLLBOOTH_ADMIN_TOKEN", "admin-token-for-tests")
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch, tiers=PORTAL_TIERS,
-                               extra_config=portal_config(login_attempts_per_minute=3)) as gw:
+    async with running_gateway(
+        fresh_database_url,
+        redis_url,
+        monkeypatch,
+        tiers=PORTAL_TIERS,
+        extra_config=portal_config(login_attempts_per_minute=3),
+    ) as gw:
         yield gw, await seed_portal(gw.app)
 
 
@@ -85,10 +92,17 @@ def _client() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
 
 
-def _link(gw: Gateway, customer: str, project: str | None = None, *,
-          ttl: timedelta = timedelta(hours=1), now: datetime | None = None) -> str:
-    token, _ = issue_link(gw.app[web_keys.link_signer], customer, project, ttl=ttl,
-                          now=now or datetime.now(UTC))
+def _link(
+    gw: Gateway,
+    customer: str,
+    project: str | None = None,
+    *,
+    ttl: timedelta = timedelta(hours=1),
+    now: datetime | None = None,
+) -> str:
+    token, _ = issue_link(
+        gw.app[web_keys.link_signer], customer, project, ttl=ttl, now=now or datetime.now(UTC)
+    )
     return token
 
 
@@ -96,14 +110,15 @@ def _figures(html: str) -> dict[str, str]:
     return dict(re.findall(r'data-metric="([^"]+)" data-value="([^"]*)"', html))
 
 
-async def _sign_in(client: aiohttp.ClientSession, gw: Gateway, token: str
-                   ) -> aiohttp.ClientResponse:
-    return await client.get(f"{gw.base_url}/portal", params={"token": token},
-                            allow_redirects=False)
+async def _sign_in(
+    client: aiohttp.ClientSession, gw: Gateway, token: str
+) -> aiohttp.ClientResponse:
+    return await client.get(f"{gw.base_url}/portal", params={"token": token}, allow_redirects=False)
 
 
 async def test_link_becomes_a_session_and_the_token_leaves_the_url(
-        portal: tuple[Gateway, Seed]) -> None:
+    portal: tuple[Gateway, Seed],
+) -> None:
     gw, _ = portal
     async with _client() as client:
         response = await _sign_in(client, gw, _link(gw, "acme"))
@@ -117,8 +132,13 @@ async def test_link_becomes_a_session_and_the_token_leaves_the_url(
         html = await page.text()
     figures = _figures(html)
     expected = await raw_totals(gw.app[keys.pool], "acme")
-    for name in ("requests", "input_tokens", "output_tokens", "cached_input_tokens",
-                 "reasoning_tokens"):
+    for name in (
+        "requests",
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+        "reasoning_tokens",
+    ):
         assert figures[name] == str(expected[name]), name
     assert figures["price_usd"] == format(expected["price_usd"], "f")
     assert figures["quota-requests_per_month-limit"] == "10000"
@@ -130,8 +150,9 @@ async def test_project_link_shows_only_that_project(portal: tuple[Gateway, Seed]
     gw, _ = portal
     async with _client() as client:
         await _sign_in(client, gw, _link(gw, "acme", "web"))
-        html = await (await client.get(f"{gw.base_url}/portal",
-                                       params={**MONTH_QUERY, "project": "batch"})).text()
+        html = await (
+            await client.get(f"{gw.base_url}/portal", params={**MONTH_QUERY, "project": "batch"})
+        ).text()
         invoices = await client.get(f"{gw.base_url}/portal/invoices")
         assert invoices.status == 403
     expected = await raw_totals(gw.app[keys.pool], "acme", "web")
@@ -139,16 +160,17 @@ async def test_project_link_shows_only_that_project(portal: tuple[Gateway, Seed]
     assert "batch" not in html and "quota-" not in html
 
 
-async def test_expired_tampered_and_foreign_links_are_refused(
-        portal: tuple[Gateway, Seed]) -> None:
+async def test_expired_tampered_and_foreign_links_are_refused(portal: tuple[Gateway, Seed]) -> None:
     gw, _ = portal
-    expired = _link(gw, "acme", ttl=timedelta(minutes=1),
-                    now=datetime.now(UTC) - timedelta(hours=1))
+    expired = _link(
+        gw, "acme", ttl=timedelta(minutes=1), now=datetime.now(UTC) - timedelta(hours=1)
+    )
     good = _link(gw, "acme")
     body, _, mac = good.partition(".")
     beta_body = _link(gw, "beta").partition(".")[0]
-    foreign = Signer(b"x" * 32, "portal-link").sign({"c": "acme", "p": None,
-                                                      "exp": 2**40, "n": "n"})
+    foreign = Signer(b"x" * 32, "portal-link").sign(
+        {"c": "acme", "p": None, "exp": 2**40, "n": "n"}
+    )
     async with _client() as client:
         for token in (expired, beta_body + "." + mac, foreign, "nonsense", body + "."):
             response = await _sign_in(client, gw, token)
@@ -175,11 +197,11 @@ async def test_token_and_session_cannot_call_the_api(portal: tuple[Gateway, Seed
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
     async with _client() as client:
         for headers in ({"Authorization": f"Bearer {token}"}, {"x-api-key": token}):
-            response = await client.post(f"{gw.base_url}/v1/chat/completions", json=body,
-                                         headers=headers)
+            response = await client.post(
+                f"{gw.base_url}/v1/chat/completions", json=body, headers=headers
+            )
             assert response.status == 401
-            assert (await client.get(f"{gw.base_url}/usage/daily", headers=headers)).status \
-                == 401
+            assert (await client.get(f"{gw.base_url}/usage/daily", headers=headers)).status == 401
         await _sign_in(client, gw, token)
         assert client.cookie_jar.filter_cookies(URL(gw.base_url)).get("tb_portal") is not None
         response = await client.post(f"{gw.base_url}/v1/chat/completions", json=body)
@@ -187,8 +209,11 @@ async def test_token_and_session_cannot_call_the_api(portal: tuple[Gateway, Seed
         for path in ("/usage/daily", "/usage/summary", "/usage/events", "/usage/limits"):
             assert (await client.get(f"{gw.base_url}{path}")).status == 401, path
         session = client.cookie_jar.filter_cookies(URL(gw.base_url))["tb_portal"].value
-        response = await client.post(f"{gw.base_url}/v1/chat/completions", json=body,
-                                     headers={"Authorization": f"Bearer {session}"})
+        response = await client.post(
+            f"{gw.base_url}/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {session}"},
+        )
         assert response.status == 401
     assert gw.mock_requests == []
 
@@ -196,13 +221,15 @@ async def test_token_and_session_cannot_call_the_api(portal: tuple[Gateway, Seed
 async def test_state_changing_forms_need_csrf(portal: tuple[Gateway, Seed]) -> None:
     gw, seed = portal
     async with _client() as client:
-        response = await client.post(f"{gw.base_url}/portal/login",
-                                     data={"key": seed.acme_key}, allow_redirects=False)
+        response = await client.post(
+            f"{gw.base_url}/portal/login", data={"key": seed.acme_key}, allow_redirects=False
+        )
         assert response.status == 403
         await _sign_in(client, gw, _link(gw, "acme"))
         for path in ("/portal/logout", "/portal/billing"):
-            response = await client.post(f"{gw.base_url}{path}", data={"csrf": "wrong"},
-                                         allow_redirects=False)
+            response = await client.post(
+                f"{gw.base_url}{path}", data={"csrf": "wrong"}, allow_redirects=False
+            )
             assert response.status == 403, path
         assert (await client.get(f"{gw.base_url}/portal", allow_redirects=False)).status == 200
 
@@ -211,12 +238,12 @@ async def _login(client: aiohttp.ClientSession, gw: Gateway, key: str) -> aiohtt
     form = await (await client.get(f"{gw.base_url}/portal/login")).text()
     match = re.search(r'name="csrf" value="([^"]+)"', form)
     assert match is not None
-    return await client.post(f"{gw.base_url}/portal/login",
-                             data={"csrf": match[1], "key": key}, allow_redirects=False)
+    return await client.post(
+        f"{gw.base_url}/portal/login", data={"csrf": match[1], "key": key}, allow_redirects=False
+    )
 
 
-async def test_key_login_and_its_rate_limit(portal: tuple[Gateway, Seed], redis_url: str
-                                            ) -> None:
+async def test_key_login_and_its_rate_limit(portal: tuple[Gateway, Seed], redis_url: str) -> None:
     gw, seed = portal
     await gw.app[keys.redis_client].delete("tb:web1:login:{127.0.0.1}")
     async with _client() as client:
@@ -225,7 +252,8 @@ async def test_key_login_and_its_rate_limit(portal: tuple[Gateway, Seed], redis_
         assert response.status == 303 and response.headers["Location"] == "/portal"
         html = await (await client.get(f"{gw.base_url}/portal", params=MONTH_QUERY)).text()
         assert _figures(html)["requests"] == str(
-            (await raw_totals(gw.app[keys.pool], "acme"))["requests"])
+            (await raw_totals(gw.app[keys.pool], "acme"))["requests"]
+        )
         assert seed.acme_key not in html
         assert (await _login(client, gw, seed.acme_key)).status == 303
         limited = await _login(client, gw, seed.acme_key)  # the 4th attempt this minute
@@ -253,8 +281,11 @@ async def test_admin_portal_links(portal: tuple[Gateway, Seed]) -> None:
     gw, _ = portal
     admin = {"Authorization": "Bearer admin-token-for-tests"}
     async with _client() as client:
-        response = await client.post(f"{gw.base_url}/admin/portal-links", headers=admin,
-                                     json={"customer": "acme", "project": None, "ttl_s": 600})
+        response = await client.post(
+            f"{gw.base_url}/admin/portal-links",
+            headers=admin,
+            json={"customer": "acme", "project": None, "ttl_s": 600},
+        )
         assert response.status == 200
         body: dict[str, Any] = await response.json()
         assert body["url"].startswith(f"{gw.base_url}/portal?token=")
@@ -262,21 +293,30 @@ async def test_admin_portal_links(portal: tuple[Gateway, Seed]) -> None:
         assert timedelta(seconds=590) < expires - datetime.now(UTC) <= timedelta(seconds=600)
         opened = await client.get(body["url"], allow_redirects=False)
         assert opened.status == 303
-        assert (await client.post(f"{gw.base_url}/admin/portal-links", json={"customer": "acme"})
-                ).status == 401
-        missing = await client.post(f"{gw.base_url}/admin/portal-links", headers=admin,
-                                    json={"customer": "nobody-" + uuid.uuid4().hex[:6]})
+        assert (
+            await client.post(f"{gw.base_url}/admin/portal-links", json={"customer": "acme"})
+        ).status == 401
+        missing = await client.post(
+            f"{gw.base_url}/admin/portal-links",
+            headers=admin,
+            json={"customer": "nobody-" + uuid.uuid4().hex[:6]},
+        )
         assert missing.status == 404
-        bad = await client.post(f"{gw.base_url}/admin/portal-links", headers=admin,
-                                json={"customer": "acme", "ttl_s": "1h"})
+        bad = await client.post(
+            f"{gw.base_url}/admin/portal-links",
+            headers=admin,
+            json={"customer": "acme", "ttl_s": "1h"},
+        )
         assert bad.status == 400
 
 
 async def test_embedding_sets_frame_ancestors_and_cross_site_cookies(
-        fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = portal_config(frame_ancestors=["https://app.example.com"], secure_cookies=True)
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch, tiers=PORTAL_TIERS,
-                               extra_config=config) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, tiers=PORTAL_TIERS, extra_config=config
+    ) as gw:
         await seed_portal(gw.app)
         async with _client() as client:
             login = await client.get(f"{gw.base_url}/portal/login")

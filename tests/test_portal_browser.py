@@ -46,8 +46,7 @@ from tests.portal_fixtures import (
 __all__ = ["chrome"]  # the fixture, used by name
 
 DOCS = screenshots_dir()
-HEADLINE = ("requests", "input_tokens", "output_tokens", "cached_input_tokens",
-            "reasoning_tokens")
+HEADLINE = ("requests", "input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +67,26 @@ def portal_db(postgres_url: str) -> str:
 
 @pytest.fixture(scope="module")
 def site(portal_db: str, redis_url: str) -> Iterator[tuple[ThreadedGateway, Seed]]:
-    with ThreadedGateway(portal_db, redis_url, tiers=PORTAL_TIERS,
-                         extra_config=portal_config()) as gw:
+    with ThreadedGateway(
+        portal_db, redis_url, tiers=PORTAL_TIERS, extra_config=portal_config()
+    ) as gw:
         yield gw, gw.run(seed_portal(gw.app))
 
 
-def _sign_in(driver: webdriver.Chrome, gw: ThreadedGateway, customer: str = "acme",
-             project: str | None = None) -> None:
+def _sign_in(
+    driver: webdriver.Chrome,
+    gw: ThreadedGateway,
+    customer: str = "acme",
+    project: str | None = None,
+) -> None:
     driver.delete_all_cookies()
-    token, _ = issue_link(gw.app[web_keys.link_signer], customer, project,
-                          ttl=timedelta(hours=1), now=datetime.now(UTC))
+    token, _ = issue_link(
+        gw.app[web_keys.link_signer],
+        customer,
+        project,
+        ttl=timedelta(hours=1),
+        now=datetime.now(UTC),
+    )
     driver.get(link_url(gw.base_url, token))
     assert driver.current_url == f"{gw.base_url}/portal"  # the token left the address bar
 
@@ -87,8 +96,10 @@ def _open(driver: webdriver.Chrome, gw: ThreadedGateway, path: str, **query: str
 
 
 def _figures(driver: webdriver.Chrome) -> dict[str, str]:
-    return {e.get_attribute("data-metric") or "": e.get_attribute("data-value") or ""
-            for e in driver.find_elements(By.CSS_SELECTOR, "[data-metric]")}
+    return {
+        e.get_attribute("data-metric") or "": e.get_attribute("data-value") or ""
+        for e in driver.find_elements(By.CSS_SELECTOR, "[data-metric]")
+    }
 
 
 def _assert_figures(figures: dict[str, str], expected: dict[str, Any]) -> None:
@@ -104,7 +115,8 @@ def _no_console_errors(driver: webdriver.Chrome) -> None:
 
 
 def test_link_sign_in_shows_figures_equal_to_the_rows(
-        chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]) -> None:
+    chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]
+) -> None:
     gw, _ = site
     _sign_in(chrome, gw)
     _open(chrome, gw, "/portal", **MONTH_QUERY)
@@ -120,7 +132,8 @@ def test_link_sign_in_shows_figures_equal_to_the_rows(
 
 
 def test_key_sign_in_opens_the_keys_project(
-        chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]) -> None:
+    chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]
+) -> None:
     gw, seed = site
     chrome.delete_all_cookies()
     chrome.get(f"{gw.base_url}/portal/login")
@@ -142,8 +155,10 @@ def _cookie_header(driver: webdriver.Chrome) -> dict[str, str]:
 
 def _fetch(gw: ThreadedGateway, url: str, headers: dict[str, str]) -> str:
     async def get() -> str:
-        async with aiohttp.ClientSession() as session, \
-                session.get(url, headers=headers) as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(url, headers=headers) as response,
+        ):
             assert response.status == 200, response.status
             return await response.text()
 
@@ -151,25 +166,36 @@ def _fetch(gw: ThreadedGateway, url: str, headers: dict[str, str]) -> str:
 
 
 async def _rows(pool: asyncpg.Pool, where: str, *args: Any) -> list[asyncpg.Record]:
-    return list(await pool.fetch(
-        f"SELECT * FROM usage_events WHERE {where} ORDER BY created_at DESC, id DESC", *args))
+    return list(
+        await pool.fetch(
+            f"SELECT * FROM usage_events WHERE {where} ORDER BY created_at DESC, id DESC", *args
+        )
+    )
 
 
 def test_events_filters_paging_and_exports_match_the_rows(
-        chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]) -> None:
+    chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]
+) -> None:
     gw, _ = site
     _sign_in(chrome, gw)
     query = {**MONTH_QUERY, "project": "web", "model": "gpt-4o-mini", "status": "ok"}
     _open(chrome, gw, "/portal/events", **query)
-    expected = gw.run(_rows(
-        gw.app[keys.pool], "customer_id = 'acme' AND project_id = 'web' AND model = "
-        "'gpt-4o-mini' AND status_code < 400 AND created_at >= $1 AND created_at < $2",
-        MONTH_START, MONTH_START + timedelta(days=31)))
+    expected = gw.run(
+        _rows(
+            gw.app[keys.pool],
+            "customer_id = 'acme' AND project_id = 'web' AND model = "
+            "'gpt-4o-mini' AND status_code < 400 AND created_at >= $1 AND created_at < $2",
+            MONTH_START,
+            MONTH_START + timedelta(days=31),
+        )
+    )
     assert expected
     shown: list[str] = []
     while True:
-        shown += [e.get_attribute("data-event-id") or ""
-                  for e in chrome.find_elements(By.CSS_SELECTOR, "tr[data-event-id]")]
+        shown += [
+            e.get_attribute("data-event-id") or ""
+            for e in chrome.find_elements(By.CSS_SELECTOR, "tr[data-event-id]")
+        ]
         following = chrome.find_elements(By.CSS_SELECTOR, "a[data-next-page]")
         if not following:
             break
@@ -186,46 +212,60 @@ def test_events_filters_paging_and_exports_match_the_rows(
     headers = _cookie_header(chrome)
     csv_link = chrome.find_element(By.CSS_SELECTOR, "a[data-export=csv]").get_attribute("href")
     json_link = chrome.find_element(By.CSS_SELECTOR, "a[data-export=json]")
-    all_rows = gw.run(_rows(
-        gw.app[keys.pool], "customer_id = 'acme' AND project_id = 'web' AND model = 'gpt-4o' "
-        "AND created_at >= $1 AND created_at < $2", MONTH_START,
-        MONTH_START + timedelta(days=31)))
+    all_rows = gw.run(
+        _rows(
+            gw.app[keys.pool],
+            "customer_id = 'acme' AND project_id = 'web' AND model = 'gpt-4o' "
+            "AND created_at >= $1 AND created_at < $2",
+            MONTH_START,
+            MONTH_START + timedelta(days=31),
+        )
+    )
     assert csv_link is not None
     exported = list(csv.DictReader(io.StringIO(_fetch(gw, csv_link, headers))))
     assert [r["id"] for r in exported] == [str(r["id"]) for r in reversed(all_rows)]
     assert [r["price_usd"] for r in exported] == [
         format(r["price_usd"].normalize(), "f") if r["price_usd"] else "0"
-        for r in reversed(all_rows)]
+        for r in reversed(all_rows)
+    ]
     body = json.loads(_fetch(gw, json_link.get_attribute("href") or "", headers))
     assert [e["id"] for e in body["events"]] == [r["id"] for r in exported]
-    assert [e["input_tokens"] for e in body["events"]] == [
-        int(r["input_tokens"]) for r in exported]
+    assert [e["input_tokens"] for e in body["events"]] == [int(r["input_tokens"]) for r in exported]
 
 
 def test_another_customers_data_never_appears(
-        chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]) -> None:
+    chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]
+) -> None:
     gw, _ = site
     _sign_in(chrome, gw)
-    for path, query in (("/portal", MONTH_QUERY), ("/portal/events", MONTH_QUERY),
-                        ("/portal", {**MONTH_QUERY, "customer": "beta"}),
-                        ("/portal/events", {**MONTH_QUERY, "project": BETA_PROJECT}),
-                        ("/portal/events", {**MONTH_QUERY, "customer": "beta",
-                                            "customer_id": "beta"}),
-                        ("/portal/invoices", {"month": "2025-10", "customer": "beta"})):
+    for path, query in (
+        ("/portal", MONTH_QUERY),
+        ("/portal/events", MONTH_QUERY),
+        ("/portal", {**MONTH_QUERY, "customer": "beta"}),
+        ("/portal/events", {**MONTH_QUERY, "project": BETA_PROJECT}),
+        ("/portal/events", {**MONTH_QUERY, "customer": "beta", "customer_id": "beta"}),
+        ("/portal/invoices", {"month": "2025-10", "customer": "beta"}),
+    ):
         _open(chrome, gw, path, **query)
         page = chrome.page_source  # a filter's own value is echoed in its input: not data
         assert BETA_MODEL not in page and "Beta LLC" not in page and "beta key" not in page
         assert BETA_PROJECT not in chrome.find_element(By.TAG_NAME, "body").text
     assert chrome.find_elements(By.CSS_SELECTOR, "tr[data-event-id]") == []
     headers = _cookie_header(chrome)
-    for query in ({**MONTH_QUERY, "project": BETA_PROJECT},
-                  {**MONTH_QUERY, "customer": "beta", "project": ""}):
-        text = _fetch(gw, f"{gw.base_url}/portal/export?"
-                      f"{urlencode({**query, 'format': 'csv'})}", headers)
+    for query in (
+        {**MONTH_QUERY, "project": BETA_PROJECT},
+        {**MONTH_QUERY, "customer": "beta", "project": ""},
+    ):
+        text = _fetch(
+            gw, f"{gw.base_url}/portal/export?{urlencode({**query, 'format': 'csv'})}", headers
+        )
         rows = list(csv.DictReader(io.StringIO(text)))
         assert {r["customer_id"] for r in rows} <= {"acme"} and BETA_MODEL not in text
-        body = json.loads(_fetch(gw, f"{gw.base_url}/portal/export?"
-                                 f"{urlencode({**query, 'format': 'json'})}", headers))
+        body = json.loads(
+            _fetch(
+                gw, f"{gw.base_url}/portal/export?{urlencode({**query, 'format': 'json'})}", headers
+            )
+        )
         assert body["customer_id"] == "acme"
         assert {e["customer_id"] for e in body["events"]} <= {"acme"}
         assert len(body["events"]) == len(rows)
@@ -233,12 +273,15 @@ def test_another_customers_data_never_appears(
             assert rows == []
 
 
-def test_customer_strings_stay_text(chrome: webdriver.Chrome,
-                                    site: tuple[ThreadedGateway, Seed]) -> None:
+def test_customer_strings_stay_text(
+    chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]
+) -> None:
     gw, _ = site
     _sign_in(chrome, gw)
-    for path, query in (("/portal", MONTH_QUERY),
-                        ("/portal/events", {**MONTH_QUERY, "project": XSS_PROJECT})):
+    for path, query in (
+        ("/portal", MONTH_QUERY),
+        ("/portal/events", {**MONTH_QUERY, "project": XSS_PROJECT}),
+    ):
         _open(chrome, gw, path, **query)
         assert chrome.find_elements(By.TAG_NAME, "img") == []
         with pytest.raises(NoAlertPresentException):
@@ -250,8 +293,7 @@ def test_customer_strings_stay_text(chrome: webdriver.Chrome,
     _no_console_errors(chrome)
 
 
-def _local_day_totals(gw: ThreadedGateway, tz: str, first: date, last: date
-                      ) -> dict[str, Decimal]:
+def _local_day_totals(gw: ThreadedGateway, tz: str, first: date, last: date) -> dict[str, Decimal]:
     zone = ZoneInfo(tz)
     since = datetime.combine(first, time(0), zone)
     until = datetime.combine(last + timedelta(days=1), time(0), zone)
@@ -260,15 +302,21 @@ def _local_day_totals(gw: ThreadedGateway, tz: str, first: date, last: date
         rows = await gw.app[keys.pool].fetch(
             "SELECT (created_at AT TIME ZONE $4)::date AS day, sum(price_usd) AS price "
             "FROM usage_events WHERE customer_id = $1 AND created_at >= $2 "
-            "AND created_at < $3 GROUP BY 1", "acme", since, until, tz)
+            "AND created_at < $3 GROUP BY 1",
+            "acme",
+            since,
+            until,
+            tz,
+        )
         return {row["day"].isoformat(): row["price"] for row in rows}
 
     return gw.run(query())
 
 
 @pytest.mark.parametrize("tz", ["Europe/Paris", "Asia/Kolkata", "UTC"])
-def test_time_zone_days_match_the_export(chrome: webdriver.Chrome,
-                                         site: tuple[ThreadedGateway, Seed], tz: str) -> None:
+def test_time_zone_days_match_the_export(
+    chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed], tz: str
+) -> None:
     gw, _ = site
     _sign_in(chrome, gw)
     query = {"period": "custom", "since": "2025-10-05", "until": "2025-10-26", "tz": tz}
@@ -276,25 +324,37 @@ def test_time_zone_days_match_the_export(chrome: webdriver.Chrome,
     assert chrome.find_element(By.CSS_SELECTOR, "[data-tz]").text == tz
     expected = _local_day_totals(gw, tz, date(2025, 10, 5), date(2025, 10, 26))
     for chart_id in ("chart-spend-model-data", "chart-spend-key-data"):
-        chart = json.loads(chrome.find_element(By.ID, chart_id)
-                           .get_attribute("textContent") or "{}")
+        chart = json.loads(
+            chrome.find_element(By.ID, chart_id).get_attribute("textContent") or "{}"
+        )
         per_day: dict[str, Decimal] = {}
         for series in chart["series"]:
             for label, value in zip(chart["labels"], series["values"], strict=True):
                 per_day[label] = per_day.get(label, Decimal(0)) + Decimal(value)
         assert {d: v for d, v in per_day.items() if v} == {
-            d: v for d, v in expected.items() if v}, chart_id
-    keys_chart = json.loads(chrome.find_element(By.ID, "chart-spend-key-data")
-                            .get_attribute("textContent") or "{}")
+            d: v for d, v in expected.items() if v
+        }, chart_id
+    keys_chart = json.loads(
+        chrome.find_element(By.ID, "chart-spend-key-data").get_attribute("textContent") or "{}"
+    )
     assert {s["label"] for s in keys_chart["series"]} == {"web backend", "ops", XSS_NAME}
     figures = _figures(chrome)
     assert Decimal(figures["price_usd"]) == sum(expected.values(), Decimal(0))
-    exported = list(csv.DictReader(io.StringIO(_fetch(
-        gw, f"{gw.base_url}/portal/export?{urlencode({**query, 'format': 'csv'})}",
-        _cookie_header(chrome)))))
+    exported = list(
+        csv.DictReader(
+            io.StringIO(
+                _fetch(
+                    gw,
+                    f"{gw.base_url}/portal/export?{urlencode({**query, 'format': 'csv'})}",
+                    _cookie_header(chrome),
+                )
+            )
+        )
+    )
     assert len(exported) == int(figures["requests"])
-    assert sum((Decimal(r["price_usd"] or "0") for r in exported), Decimal(0)) == \
-        Decimal(figures["price_usd"])
+    assert sum((Decimal(r["price_usd"] or "0") for r in exported), Decimal(0)) == Decimal(
+        figures["price_usd"]
+    )
 
 
 async def _live_traffic(gw: ThreadedGateway, key: str, requests: int) -> None:
@@ -305,13 +365,17 @@ async def _live_traffic(gw: ThreadedGateway, key: str, requests: int) -> None:
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
     async with aiohttp.ClientSession() as session:
         for _ in range(requests):
-            async with session.post(f"{gw.base_url}/v1/chat/completions", json=body,
-                                    headers={"Authorization": f"Bearer {key}"}) as response:
+            async with session.post(
+                f"{gw.base_url}/v1/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {key}"},
+            ) as response:
                 assert response.status == 200
 
 
-def test_quota_figures_and_screenshot(chrome: webdriver.Chrome,
-                                      site: tuple[ThreadedGateway, Seed]) -> None:
+def test_quota_figures_and_screenshot(
+    chrome: webdriver.Chrome, site: tuple[ThreadedGateway, Seed]
+) -> None:
     gw, seed = site
     gw.run(_live_traffic(gw, seed.acme_key, 3))
     _sign_in(chrome, gw)
@@ -321,7 +385,8 @@ def test_quota_figures_and_screenshot(chrome: webdriver.Chrome,
     assert int(figures["quota-tokens_per_month-used"]) > 0
     drawn = chrome.execute_script(
         "return Array.from(document.querySelectorAll('canvas[data-chart]'))"
-        ".map(c => window.Chart.getChart(c) !== undefined)")
+        ".map(c => window.Chart.getChart(c) !== undefined)"
+    )
     assert drawn == [True, True, True, True]
     _no_console_errors(chrome)
     # A 1280x900 viewport: the window is larger by the browser's own frame.

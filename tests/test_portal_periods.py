@@ -28,13 +28,19 @@ def test_last_days_end_today_and_custom_ranges_include_both_days() -> None:
     week = parse_period({"period": "7d"}, NOW)
     assert (week.first_day, week.last_day) == (date(2026, 2, 23), date(2026, 3, 1))
     assert len(week.days()) == 7
-    custom = parse_period({"period": "custom", "since": "2025-10-05", "until": "2025-10-26",
-                           "tz": "Europe/Paris"}, NOW)
+    custom = parse_period(
+        {"period": "custom", "since": "2025-10-05", "until": "2025-10-26", "tz": "Europe/Paris"},
+        NOW,
+    )
     assert custom.since == datetime(2025, 10, 4, 22, tzinfo=UTC)  # CEST, UTC+2
     assert custom.until == datetime(2025, 10, 26, 23, tzinfo=UTC) - timedelta(microseconds=1)
     assert len(custom.days()) == 22  # the day clocks go back has 25 hours, still one day
-    assert custom.query() == {"period": "custom", "tz": "Europe/Paris",
-                              "since": "2025-10-05", "until": "2025-10-26"}
+    assert custom.query() == {
+        "period": "custom",
+        "tz": "Europe/Paris",
+        "since": "2025-10-05",
+        "until": "2025-10-26",
+    }
 
 
 def test_rollups_serve_whole_hour_zones_only() -> None:
@@ -44,12 +50,17 @@ def test_rollups_serve_whole_hour_zones_only() -> None:
     assert not parse_period({"tz": "Australia/Adelaide"}, NOW).rollups_align
 
 
-@pytest.mark.parametrize("query, name", [
-    ({"tz": "Mars/Olympus"}, "tz"), ({"tz": "../../etc/passwd"}, "tz"),
-    ({"period": "forever"}, "period"), ({"period": "custom", "since": "2025-10-05"}, "until"),
-    ({"period": "custom", "since": "2025-10-05", "until": "2025-10-01"}, "until"),
-    ({"period": "custom", "since": "2020-01-01", "until": "2025-01-01"}, "until"),
-])
+@pytest.mark.parametrize(
+    "query, name",
+    [
+        ({"tz": "Mars/Olympus"}, "tz"),
+        ({"tz": "../../etc/passwd"}, "tz"),
+        ({"period": "forever"}, "period"),
+        ({"period": "custom", "since": "2025-10-05"}, "until"),
+        ({"period": "custom", "since": "2025-10-05", "until": "2025-10-01"}, "until"),
+        ({"period": "custom", "since": "2020-01-01", "until": "2025-01-01"}, "until"),
+    ],
+)
 def test_bad_parameters_are_named(query: dict[str, str], name: str) -> None:
     with pytest.raises(ValueError, match=f"^{name}:"):
         parse_period(query, NOW)

@@ -21,27 +21,38 @@ from pricing.models import Charge, ModelPrice, Usage
 from pricing.rules import PricingRules, RateOverride, Rates
 
 D = Decimal
-CATALOG = Catalog.from_mapping({
-    "version": "t-2",
-    "models": {
-        "all": {
-            "provider": "anthropic",
-            "input_per_mtok": "3.00", "cached_input_per_mtok": "0.30",
-            "cache_write_per_mtok": "3.75", "cache_write_1h_per_mtok": "6.00",
-            "output_per_mtok": "15.00", "per_request_usd": "0.002", "per_second_usd": "0.0001",
-            "long_context": {
-                "above_input_tokens": 1000, "input_per_mtok": "6.00",
-                "cached_input_per_mtok": "0.60", "cache_write_per_mtok": "7.50",
-                "cache_write_1h_per_mtok": "12.00", "output_per_mtok": "22.50",
+CATALOG = Catalog.from_mapping(
+    {
+        "version": "t-2",
+        "models": {
+            "all": {
+                "provider": "anthropic",
+                "input_per_mtok": "3.00",
+                "cached_input_per_mtok": "0.30",
+                "cache_write_per_mtok": "3.75",
+                "cache_write_1h_per_mtok": "6.00",
+                "output_per_mtok": "15.00",
+                "per_request_usd": "0.002",
+                "per_second_usd": "0.0001",
+                "long_context": {
+                    "above_input_tokens": 1000,
+                    "input_per_mtok": "6.00",
+                    "cached_input_per_mtok": "0.60",
+                    "cache_write_per_mtok": "7.50",
+                    "cache_write_1h_per_mtok": "12.00",
+                    "output_per_mtok": "22.50",
+                },
             },
+            "five-minute-only": {
+                "provider": "anthropic",
+                "input_per_mtok": "1",
+                "cache_write_per_mtok": "1.25",
+                "output_per_mtok": "2",
+            },
+            "bare": {"provider": "x", "input_per_mtok": "1", "output_per_mtok": "2"},
         },
-        "five-minute-only": {
-            "provider": "anthropic", "input_per_mtok": "1", "cache_write_per_mtok": "1.25",
-            "output_per_mtok": "2",
-        },
-        "bare": {"provider": "x", "input_per_mtok": "1", "output_per_mtok": "2"},
-    },
-})
+    }
+)
 
 
 def _price(model: str) -> ModelPrice:
@@ -60,56 +71,109 @@ def _price(model: str) -> ModelPrice:
         # reasoning is inside output_tokens: the same 0.005
         ("reasoning", "all", Usage(output_tokens=200, reasoning_tokens=150), 0, True, "0.005"),
         # 600 x 3 + 400 x 0.30 = 1920 -> 0.00192 + 0.002
-        ("cache read", "all", Usage(input_tokens=1000, cached_input_tokens=400), 0, True,
-         "0.00392"),
+        (
+            "cache read",
+            "all",
+            Usage(input_tokens=1000, cached_input_tokens=400),
+            0,
+            True,
+            "0.00392",
+        ),
         # 600 x 3 + 400 x 3.75 = 3300 -> 0.0033 + 0.002
-        ("5-minute write", "all", Usage(input_tokens=1000, cache_write_tokens=400), 0, True,
-         "0.0053"),
+        (
+            "5-minute write",
+            "all",
+            Usage(input_tokens=1000, cache_write_tokens=400),
+            0,
+            True,
+            "0.0053",
+        ),
         # 600 x 3 + 400 x 6 = 4200 -> 0.0042 + 0.002
-        ("1-hour write", "all",
-         Usage(input_tokens=1000, cache_write_tokens=400, cache_write_1h_tokens=400), 0, True,
-         "0.0062"),
+        (
+            "1-hour write",
+            "all",
+            Usage(input_tokens=1000, cache_write_tokens=400, cache_write_1h_tokens=400),
+            0,
+            True,
+            "0.0062",
+        ),
         # 600 x 3 + 300 x 3.75 + 100 x 6 = 3525 -> 0.003525 + 0.002
-        ("both writes", "all",
-         Usage(input_tokens=1000, cache_write_tokens=400, cache_write_1h_tokens=100), 0, True,
-         "0.005525"),
+        (
+            "both writes",
+            "all",
+            Usage(input_tokens=1000, cache_write_tokens=400, cache_write_1h_tokens=100),
+            0,
+            True,
+            "0.005525",
+        ),
         # no tokens: 0.002 per request + 1.5 s x 0.0001
         ("per second", "all", Usage(), 1500, True, "0.00215"),
         # 1000 x 6 + 1 x 0.60 + 10 x 22.50 = 6225.6 -> 0.0062256 + 0.002
-        ("long context", "all", Usage(input_tokens=1001, cached_input_tokens=1,
-                                      output_tokens=10), 0, True, "0.0082256"),
+        (
+            "long context",
+            "all",
+            Usage(input_tokens=1001, cached_input_tokens=1, output_tokens=10),
+            0,
+            True,
+            "0.0082256",
+        ),
         # 1000 x 6 + 1000 x 12 = 18000 -> 0.018 + 0.002
-        ("long context 1-hour write", "all",
-         Usage(input_tokens=2000, cache_write_tokens=1000, cache_write_1h_tokens=1000), 0,
-         True, "0.020"),
+        (
+            "long context 1-hour write",
+            "all",
+            Usage(input_tokens=2000, cache_write_tokens=1000, cache_write_1h_tokens=1000),
+            0,
+            True,
+            "0.020",
+        ),
         # a failed request pays its tokens only: 0.003, no per-request or per-second price
         ("failed", "all", Usage(input_tokens=1000), 5000, False, "0.003"),
         # 1-hour writes fall back to the 5-minute price: 40 x 1.25 + 60 x 1.25 = 125
-        ("1-hour fallback", "five-minute-only",
-         Usage(input_tokens=100, cache_write_tokens=100, cache_write_1h_tokens=60), 0, True,
-         "0.000125"),
+        (
+            "1-hour fallback",
+            "five-minute-only",
+            Usage(input_tokens=100, cache_write_tokens=100, cache_write_1h_tokens=60),
+            0,
+            True,
+            "0.000125",
+        ),
         # every prompt token at the input price: 100 x 1
-        ("all fallbacks", "bare",
-         Usage(input_tokens=100, cached_input_tokens=10, cache_write_tokens=20,
-               cache_write_1h_tokens=5), 0, True, "0.0001"),
+        (
+            "all fallbacks",
+            "bare",
+            Usage(
+                input_tokens=100,
+                cached_input_tokens=10,
+                cache_write_tokens=20,
+                cache_write_1h_tokens=5,
+            ),
+            0,
+            True,
+            "0.0001",
+        ),
     ],
 )
-def test_cost_of_every_catalog_field(case: str, model: str, usage: Usage, duration_ms: int,
-                                     succeeded: bool, expected: str) -> None:
+def test_cost_of_every_catalog_field(
+    case: str, model: str, usage: Usage, duration_ms: int, succeeded: bool, expected: str
+) -> None:
     cost = cost_of(_price(model), usage, succeeded=succeeded, duration_ms=duration_ms)
     assert cost == D(expected), case
 
 
 def test_one_hour_writes_beyond_all_writes_are_refused() -> None:
     with pytest.raises(ValueError, match="cache_write_1h_tokens"):
-        cost_of(_price("all"), Usage(input_tokens=10, cache_write_tokens=1,
-                                     cache_write_1h_tokens=2))
+        cost_of(
+            _price("all"), Usage(input_tokens=10, cache_write_tokens=1, cache_write_1h_tokens=2)
+        )
 
 
 # ----------------------------------------------------------------------------- precedence
 
 RULES = PricingRules(
-    CATALOG, D("20"), D("0.01"), per_compute_minute_usd=D("0.06"),
+    CATALOG,
+    D("20"),
+    D("0.01"),
+    per_compute_minute_usd=D("0.06"),
     tiers={"pro": RateOverride(markup_percent=D("10")), "team": RateOverride(per_request_usd=D(0))},
     customers={
         "acme": RateOverride(markup_percent=D("5"), per_compute_minute_usd=D(0)),
@@ -139,30 +203,40 @@ def test_rates_resolve_customer_then_tier_then_global(
 def test_charge_applies_the_resolved_rates_and_the_compute_fee() -> None:
     # cost: 1000 x 3 -> 0.003 + 0.002 per request + 30 s x 0.0001 = 0.008
     # price (tier pro): 0.008 x 1.10 + 0.01 fee + 0.5 min x 0.06 = 0.0088 + 0.04 = 0.0488
-    charge = RULES.charge("all", Usage(input_tokens=1000), customer_id="x", tier="pro",
-                          duration_ms=30_000)
+    charge = RULES.charge(
+        "all", Usage(input_tokens=1000), customer_id="x", tier="pro", duration_ms=30_000
+    )
     assert charge == Charge(D("0.008"), D("0.0488"), RULES.version)
     # acme on pro: 0.008 x 1.05 + 0.01 + 0 = 0.0184
-    acme = RULES.charge("all", Usage(input_tokens=1000), customer_id="acme", tier="pro",
-                        duration_ms=30_000)
+    acme = RULES.charge(
+        "all", Usage(input_tokens=1000), customer_id="acme", tier="pro", duration_ms=30_000
+    )
     assert acme is not None and acme.price_usd == D("0.0184")
 
 
 def test_compute_fee_is_rounded_once_with_the_price() -> None:
     # 1 ms at $0.06/min = 0.000001 exactly; 7 ms = 0.000007. bare: 1 input token = 0.000001.
-    charge = RULES.charge("bare", Usage(input_tokens=1), customer_id="x", tier="team",
-                          duration_ms=7)
+    charge = RULES.charge(
+        "bare", Usage(input_tokens=1), customer_id="x", tier="team", duration_ms=7
+    )
     # 0.000001 x 1.2 + 0 fee + 0.000007 = 0.0000082
     assert charge is not None and charge.price_usd == D("0.0000082")
     # $0.01/min for 1 ms is 1/6,000,000 of a dollar: 0.0000001666... -> 0.0000001667
-    odd = PricingRules(CATALOG, per_compute_minute_usd=D("0.01")).charge("bare", Usage(),
-                                                                          duration_ms=1)
+    odd = PricingRules(CATALOG, per_compute_minute_usd=D("0.01")).charge(
+        "bare", Usage(), duration_ms=1
+    )
     assert odd is not None and odd.price_usd == D("0.0000001667")
 
 
 def test_failed_request_pays_marked_up_tokens_and_no_fees() -> None:
-    charge = RULES.charge("all", Usage(input_tokens=1000), customer_id="x", tier="pro",
-                          duration_ms=30_000, succeeded=False)
+    charge = RULES.charge(
+        "all",
+        Usage(input_tokens=1000),
+        customer_id="x",
+        tier="pro",
+        duration_ms=30_000,
+        succeeded=False,
+    )
     assert charge == Charge(D("0.003"), D("0.0033"), RULES.version)
 
 
@@ -238,22 +312,43 @@ usages = st.builds(
     Usage,
     input_tokens=st.integers(0, 300_000),
     output_tokens=st.integers(0, 100_000),
-).flatmap(lambda u: st.integers(0, u.input_tokens).flatmap(
-    lambda writes: st.integers(0, writes).map(
-        lambda hour: Usage(u.input_tokens, u.output_tokens, 0, writes, 0, "provider", hour))))
+).flatmap(
+    lambda u: st.integers(0, u.input_tokens).flatmap(
+        lambda writes: st.integers(0, writes).map(
+            lambda hour: Usage(u.input_tokens, u.output_tokens, 0, writes, 0, "provider", hour)
+        )
+    )
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(tier=rates, customer=rates, usage=usages, duration_ms=st.integers(0, 3_600_000),
-       succeeded=st.booleans(), model=st.sampled_from(["all", "five-minute-only", "bare"]))
+@given(
+    tier=rates,
+    customer=rates,
+    usage=usages,
+    duration_ms=st.integers(0, 3_600_000),
+    succeeded=st.booleans(),
+    model=st.sampled_from(["all", "five-minute-only", "bare"]),
+)
 def test_charges_with_any_rates_are_ten_place_decimals_never_below_cost(
-    tier: RateOverride, customer: RateOverride, usage: Usage, duration_ms: int,
-    succeeded: bool, model: str,
+    tier: RateOverride,
+    customer: RateOverride,
+    usage: Usage,
+    duration_ms: int,
+    succeeded: bool,
+    model: str,
 ) -> None:
-    rules = PricingRules(CATALOG, D("20"), D("0.01"), per_compute_minute_usd=D("0.01"),
-                         tiers={"t": tier}, customers={"c": customer})
-    charge = rules.charge(model, usage, customer_id="c", tier="t", duration_ms=duration_ms,
-                          succeeded=succeeded)
+    rules = PricingRules(
+        CATALOG,
+        D("20"),
+        D("0.01"),
+        per_compute_minute_usd=D("0.01"),
+        tiers={"t": tier},
+        customers={"c": customer},
+    )
+    charge = rules.charge(
+        model, usage, customer_id="c", tier="t", duration_ms=duration_ms, succeeded=succeeded
+    )
     assert charge is not None
     for amount in (charge.cost_usd, charge.price_usd):
         assert isinstance(amount, Decimal)

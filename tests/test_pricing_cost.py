@@ -54,7 +54,9 @@ def _price(model: str) -> ModelPrice:
             "anthropic read + write",
             "claude-sonnet-4-5",
             Usage(
-                input_tokens=2_600, cached_input_tokens=2_000, cache_write_tokens=500,
+                input_tokens=2_600,
+                cached_input_tokens=2_000,
+                cache_write_tokens=500,
                 output_tokens=300,
             ),
             "0.007275",
@@ -64,7 +66,9 @@ def _price(model: str) -> ModelPrice:
             "anthropic haiku 3.5",
             "claude-3-5-haiku-20241022",
             Usage(
-                input_tokens=1_000, cached_input_tokens=800, cache_write_tokens=100,
+                input_tokens=1_000,
+                cached_input_tokens=800,
+                cache_write_tokens=100,
                 output_tokens=50,
             ),
             "0.000444",
@@ -154,8 +158,7 @@ def test_usd_to_micros_rounds_up(amount: str, micros: int) -> None:
 
 
 @settings(max_examples=2000, deadline=None)
-@given(st.integers(min_value=-(10**40), max_value=10**40), st.integers(min_value=-60,
-                                                                    max_value=20))
+@given(st.integers(min_value=-(10**40), max_value=10**40), st.integers(min_value=-60, max_value=20))
 def test_usd_to_micros_equals_the_ceiling_at_80_digits(coefficient: int, exponent: int) -> None:
     # The integer shortcut must answer what the 80-digit Decimal ceiling answers.
     from decimal import ROUND_CEILING, localcontext
@@ -255,21 +258,25 @@ def test_rules_refuse_floats_and_impossible_values(markup: object, fee: object) 
 
 # ----------------------------------------------------------------------------- properties
 
-usages = st.integers(0, 2_000_000).flatmap(
-    lambda total: st.tuples(
-        st.just(total),
-        st.integers(0, total),
-        st.integers(0, 1_000_000),
-        st.integers(0, 200_000),
+usages = (
+    st.integers(0, 2_000_000)
+    .flatmap(
+        lambda total: st.tuples(
+            st.just(total),
+            st.integers(0, total),
+            st.integers(0, 1_000_000),
+            st.integers(0, 200_000),
+        )
     )
-).flatmap(
-    lambda t: st.integers(0, t[0] - t[1]).map(
-        lambda write: Usage(
-            input_tokens=t[0],
-            cached_input_tokens=t[1],
-            cache_write_tokens=write,
-            output_tokens=t[2],
-            reasoning_tokens=min(t[3], t[2]),
+    .flatmap(
+        lambda t: st.integers(0, t[0] - t[1]).map(
+            lambda write: Usage(
+                input_tokens=t[0],
+                cached_input_tokens=t[1],
+                cache_write_tokens=write,
+                output_tokens=t[2],
+                reasoning_tokens=min(t[3], t[2]),
+            )
         )
     )
 )

@@ -34,10 +34,12 @@ MESSAGES: Any = [{"role": "user", "content": "Price this request, please"}]
 
 
 @pytest.fixture
-async def gw(fresh_database_url: str, redis_url: str,
-             monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Gateway]:
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch, tier="pro",
-                               tiers=TIERS, pricing=PRICING) as gateway:
+async def gw(
+    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Gateway]:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, tier="pro", tiers=TIERS, pricing=PRICING
+    ) as gateway:
         yield gateway
 
 
@@ -47,13 +49,13 @@ def _rules(gw: Gateway) -> PricingRules:
 
 async def test_request_is_priced_with_override_tier_rates_and_compute_time(gw: Gateway) -> None:
     client = openai.AsyncOpenAI(api_key=gw.key, base_url=gw.openai_base_url, max_retries=0)
-    reply = await client.chat.completions.create(model="gpt-4o", messages=MESSAGES,
-                                                 max_tokens=12)
+    reply = await client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=12)
     assert reply.usage is not None
     [row] = await gw.events()
     # The override's input price (2.00, not the catalog's 2.50), the catalog's output (10.00).
-    cost = (D(reply.usage.prompt_tokens) * D("2.00")
-            + D(reply.usage.completion_tokens) * D("10.00")) / 1_000_000
+    cost = (
+        D(reply.usage.prompt_tokens) * D("2.00") + D(reply.usage.completion_tokens) * D("10.00")
+    ) / 1_000_000
     # Tier pro: markup 50 %, no per-request fee; $0.6 per minute of the request's latency.
     price = cost * D("1.5") + D("0.6") * row["latency_ms"] / 60_000
     assert row["cost_usd"] == cost.quantize(TEN_PLACES, rounding=ROUND_HALF_EVEN)
@@ -71,8 +73,9 @@ async def test_request_is_priced_with_override_tier_rates_and_compute_time(gw: G
 async def test_a_provider_error_pays_no_fees(gw: Gateway) -> None:
     client = openai.AsyncOpenAI(api_key=gw.key, base_url=gw.openai_base_url, max_retries=0)
     with pytest.raises(openai.InternalServerError):
-        await client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=5,
-                                             extra_headers={"x-mock-error": "500"})
+        await client.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, max_tokens=5, extra_headers={"x-mock-error": "500"}
+        )
     [row] = await gw.events()
     assert row["status_code"] == 500
     assert (row["cost_usd"], row["price_usd"]) == (0, 0)  # no tokens, no compute fee

@@ -20,12 +20,16 @@ def test_gemini_2_5_pro_prices_long_prompts_at_the_long_context_rates() -> None:
     pro = price("gemini-2.5-pro")
     at_threshold = Usage(input_tokens=200_000, output_tokens=1_000, cached_input_tokens=100_000)
     assert cost_of(pro, at_threshold) == (
-        Decimal(100_000) * Decimal("1.25") + Decimal(100_000) * Decimal("0.125")
-        + Decimal(1_000) * Decimal("10.00")) / Decimal(1_000_000)
+        Decimal(100_000) * Decimal("1.25")
+        + Decimal(100_000) * Decimal("0.125")
+        + Decimal(1_000) * Decimal("10.00")
+    ) / Decimal(1_000_000)
     long = Usage(input_tokens=200_001, output_tokens=1_000, cached_input_tokens=100_000)
     assert cost_of(pro, long) == (
-        Decimal(100_001) * Decimal("2.50") + Decimal(100_000) * Decimal("0.25")
-        + Decimal(1_000) * Decimal("15.00")) / Decimal(1_000_000)
+        Decimal(100_001) * Decimal("2.50")
+        + Decimal(100_000) * Decimal("0.25")
+        + Decimal(1_000) * Decimal("15.00")
+    ) / Decimal(1_000_000)
 
 
 def test_flash_has_one_tier_and_thoughts_cost_output() -> None:

@@ -33,11 +33,22 @@ def test_month_bounds_are_utc_and_half_open() -> None:
 
 
 def test_lines_round_to_cents_half_even_and_tax_is_on_the_rounded_subtotal() -> None:
-    plan = Plan("pro", base_price_usd=D("10.005"), included={"requests": D(1)},
-                overage={"requests": OveragePrice.flat(D("0.0125"))})
+    plan = Plan(
+        "pro",
+        base_price_usd=D("10.005"),
+        included={"requests": D(1)},
+        overage={"requests": OveragePrice.flat(D("0.0125"))},
+    )
     usage = MonthUsage(requests=3, price_usd=D("0.015"))
-    inv = build_invoice(customer_id="acme", month=MONTH, tier="pro", plan=plan, usage=usage,
-                        tax_percent=D("12.5"), currency="usd")
+    inv = build_invoice(
+        customer_id="acme",
+        month=MONTH,
+        tier="pro",
+        plan=plan,
+        usage=usage,
+        tax_percent=D("12.5"),
+        currency="usd",
+    )
     # base 10.005 -> 10.00 (half even); 2 x 0.0125 = 0.025 -> 0.02; usage 0.015 -> 0.02
     assert [line.amount for line in inv.lines] == [D("10.00"), D("0.02"), D("0.02")]
     assert [line.exact_amount for line in inv.lines] == [D("10.005"), D("0.025"), D("0.015")]
@@ -46,15 +57,32 @@ def test_lines_round_to_cents_half_even_and_tax_is_on_the_rounded_subtotal() -> 
 
 
 def test_invoice_json_shape() -> None:
-    plan = Plan("pro", base_price_usd=D("29"), included={"requests": D(100)},
-                overage={"requests": OveragePrice.flat(D("1.00"))})
+    plan = Plan(
+        "pro",
+        base_price_usd=D("29"),
+        included={"requests": D(100)},
+        overage={"requests": OveragePrice.flat(D("1.00"))},
+    )
     usage = MonthUsage(
-        requests=101, failed_requests=2, input_tokens=5, output_tokens=6, compute_ms=10,
-        price_usd=D("0.5"), cost_usd=D("0.4"), unpriced_requests=1,
+        requests=101,
+        failed_requests=2,
+        input_tokens=5,
+        output_tokens=6,
+        compute_ms=10,
+        price_usd=D("0.5"),
+        cost_usd=D("0.4"),
+        unpriced_requests=1,
         by_model=(ModelUsage("gpt-4o", 101, 2, 5, 6, D("0.5")),),
     )
-    inv = build_invoice(customer_id="acme", month=MONTH, tier="pro", plan=plan, usage=usage,
-                        tax_percent=D("8"), currency="usd")
+    inv = build_invoice(
+        customer_id="acme",
+        month=MONTH,
+        tier="pro",
+        plan=plan,
+        usage=usage,
+        tax_percent=D("8"),
+        currency="usd",
+    )
     body = json.loads(json.dumps(inv.to_json()))
     assert body == {
         "customer_id": "acme",
@@ -65,18 +93,44 @@ def test_invoice_json_shape() -> None:
         "plan": "pro",
         "currency": "usd",
         "lines": [
-            {"kind": "base_fee", "description": "pro plan, 2026-02", "amount": "29.00",
-             "exact_amount": "29"},
-            {"kind": "metered", "description": "requests (tasks)", "amount": "1.00",
-             "exact_amount": "1", "dimension": "requests", "quantity": "101",
-             "included": "100", "billable": "1", "unit_price": "1", "per_units": 1,
-             "mode": "graduated",
-             "tiers": [{"above": "0", "up_to": None, "quantity": "1", "unit_price": "1",
-                        "amount": "1"}]},
-            {"kind": "usage", "description": "usage charges", "amount": "0.50",
-             "exact_amount": "0.5",
-             "by_model": [{"model": "gpt-4o", "requests": 101, "failed_requests": 2,
-                           "input_tokens": 5, "output_tokens": 6, "price_usd": "0.5"}]},
+            {
+                "kind": "base_fee",
+                "description": "pro plan, 2026-02",
+                "amount": "29.00",
+                "exact_amount": "29",
+            },
+            {
+                "kind": "metered",
+                "description": "requests (tasks)",
+                "amount": "1.00",
+                "exact_amount": "1",
+                "dimension": "requests",
+                "quantity": "101",
+                "included": "100",
+                "billable": "1",
+                "unit_price": "1",
+                "per_units": 1,
+                "mode": "graduated",
+                "tiers": [
+                    {"above": "0", "up_to": None, "quantity": "1", "unit_price": "1", "amount": "1"}
+                ],
+            },
+            {
+                "kind": "usage",
+                "description": "usage charges",
+                "amount": "0.50",
+                "exact_amount": "0.5",
+                "by_model": [
+                    {
+                        "model": "gpt-4o",
+                        "requests": 101,
+                        "failed_requests": 2,
+                        "input_tokens": 5,
+                        "output_tokens": 6,
+                        "price_usd": "0.5",
+                    }
+                ],
+            },
         ],
         "subtotal": "30.50",
         "tax_percent": "8",
@@ -89,23 +143,37 @@ def test_invoice_json_shape() -> None:
 
 
 def test_an_empty_month_without_a_plan_has_no_lines() -> None:
-    inv = build_invoice(customer_id="acme", month=MONTH, tier="payg", plan=None,
-                        usage=MonthUsage(), tax_percent=D(0), currency="usd")
+    inv = build_invoice(
+        customer_id="acme",
+        month=MONTH,
+        tier="payg",
+        plan=None,
+        usage=MonthUsage(),
+        tax_percent=D(0),
+        currency="usd",
+    )
     assert inv.lines == () and inv.total == 0
 
 
 def test_a_float_tax_rate_is_refused() -> None:
     with pytest.raises(ValueError, match="tax_percent"):
-        build_invoice(customer_id="a", month=MONTH, tier=None, plan=None, usage=MonthUsage(),
-                      tax_percent=8.0, currency="usd")  # type: ignore[arg-type]
+        build_invoice(
+            customer_id="a",
+            month=MONTH,
+            tier=None,
+            plan=None,
+            usage=MonthUsage(),
+            tax_percent=8.0,
+            currency="usd",
+        )  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- properties
 
-money = st.decimals(min_value=0, max_value=10_000, places=4, allow_nan=False,
-                    allow_infinity=False)
-unit_prices = st.decimals(min_value=0, max_value=50, places=6, allow_nan=False,
-                          allow_infinity=False)
+money = st.decimals(min_value=0, max_value=10_000, places=4, allow_nan=False, allow_infinity=False)
+unit_prices = st.decimals(
+    min_value=0, max_value=50, places=6, allow_nan=False, allow_infinity=False
+)
 
 
 @st.composite
@@ -135,18 +203,27 @@ usages = st.builds(
     input_tokens=st.integers(0, 10**10),
     output_tokens=st.integers(0, 10**10),
     compute_ms=st.integers(0, 10**10),
-    price_usd=st.decimals(min_value=0, max_value=10**6, places=10, allow_nan=False,
-                          allow_infinity=False),
+    price_usd=st.decimals(
+        min_value=0, max_value=10**6, places=10, allow_nan=False, allow_infinity=False
+    ),
 )
 taxes = st.decimals(min_value=0, max_value=100, places=3, allow_nan=False, allow_infinity=False)
 
 
 @settings(max_examples=400, deadline=None)
 @given(plan=st.one_of(st.none(), plans()), usage=usages, tax=taxes)
-def test_an_invoice_total_is_the_sum_of_its_lines(plan: Plan | None, usage: MonthUsage,
-                                                  tax: Decimal) -> None:
-    inv = build_invoice(customer_id="c", month=MONTH, tier="t", plan=plan, usage=usage,
-                        tax_percent=tax, currency="usd")
+def test_an_invoice_total_is_the_sum_of_its_lines(
+    plan: Plan | None, usage: MonthUsage, tax: Decimal
+) -> None:
+    inv = build_invoice(
+        customer_id="c",
+        month=MONTH,
+        tier="t",
+        plan=plan,
+        usage=usage,
+        tax_percent=tax,
+        currency="usd",
+    )
     assert inv.subtotal == sum((line.amount for line in inv.lines), D(0))
     assert inv.tax == quantize_cents(inv.subtotal * tax / 100)
     assert inv.total == inv.subtotal + inv.tax
@@ -155,15 +232,19 @@ def test_an_invoice_total_is_the_sum_of_its_lines(plan: Plan | None, usage: Mont
         assert abs(line.amount - line.exact_amount) <= D("0.005")
     body = inv.to_json()
     assert D(body["total"]) == sum((D(line["amount"]) for line in body["lines"]), D(0)) + D(
-        body["tax"])
+        body["tax"]
+    )
 
 
 def _floats(value: Any, path: str = "invoice") -> list[str]:
     if isinstance(value, float):
         return [path]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [p for f in dataclasses.fields(value)
-                for p in _floats(getattr(value, f.name), f"{path}.{f.name}")]
+        return [
+            p
+            for f in dataclasses.fields(value)
+            for p in _floats(getattr(value, f.name), f"{path}.{f.name}")
+        ]
     if isinstance(value, dict):
         return [p for k, v in value.items() for p in _floats(v, f"{path}.{k}")]
     if isinstance(value, list | tuple):
@@ -178,8 +259,15 @@ def _no_float(text: str) -> Any:
 @settings(max_examples=200, deadline=None)
 @given(plan=st.one_of(st.none(), plans()), usage=usages, tax=taxes)
 def test_no_float_enters_an_invoice(plan: Plan | None, usage: MonthUsage, tax: Decimal) -> None:
-    inv: Invoice = build_invoice(customer_id="c", month=MONTH, tier="t", plan=plan,
-                                 usage=usage, tax_percent=tax, currency="usd")
+    inv: Invoice = build_invoice(
+        customer_id="c",
+        month=MONTH,
+        tier="t",
+        plan=plan,
+        usage=usage,
+        tax_percent=tax,
+        currency="usd",
+    )
     assert _floats(inv) == []
     assert isinstance(inv.total, Decimal) and inv.total.as_tuple().exponent == -2
     json.loads(json.dumps(inv.to_json()), parse_float=_no_float)

@@ -56,12 +56,23 @@ def test_base_overrides_leave_long_context_prices_alone_unless_given() -> None:
 
 
 def test_an_override_can_add_a_model_and_a_differently_priced_snapshot() -> None:
-    priced = apply_overrides(CATALOG, {
-        "llama-3.1-70b": {"provider": "vllm", "input_per_mtok": "0.40", "output_per_mtok": "0.40",
-                          "aliases": ["llama-70b"], "per_second_usd": "0.0002"},
-        "gpt-4o-2024-08-06": {"provider": "openai", "input_per_mtok": "2.00",
-                              "output_per_mtok": "9.00"},
-    })
+    priced = apply_overrides(
+        CATALOG,
+        {
+            "llama-3.1-70b": {
+                "provider": "vllm",
+                "input_per_mtok": "0.40",
+                "output_per_mtok": "0.40",
+                "aliases": ["llama-70b"],
+                "per_second_usd": "0.0002",
+            },
+            "gpt-4o-2024-08-06": {
+                "provider": "openai",
+                "input_per_mtok": "2.00",
+                "output_per_mtok": "9.00",
+            },
+        },
+    )
     llama = priced.lookup("llama-70b")
     assert llama is not None and llama.model == "llama-3.1-70b"
     assert llama.per_second_usd == D("0.0002")
@@ -74,13 +85,19 @@ def test_an_override_can_add_a_model_and_a_differently_priced_snapshot() -> None
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"my-model": {"input_per_mtok": "1"}},
-         "pricing.models.my-model: it is not in the catalog, so the override adds a model; "
-         "add provider, output_per_mtok"),
-        ({"gpt-4o-2024-08-06": {"input_per_mtok": "2"}},
-         "would resolve to 'gpt-4o': override 'gpt-4o' instead"),
-        ({"gpt-4o": {"input_per_mtok": 2.5}},
-         "pricing.models.gpt-4o.input_per_mtok: got the float"),
+        (
+            {"my-model": {"input_per_mtok": "1"}},
+            "pricing.models.my-model: it is not in the catalog, so the override adds a model; "
+            "add provider, output_per_mtok",
+        ),
+        (
+            {"gpt-4o-2024-08-06": {"input_per_mtok": "2"}},
+            "would resolve to 'gpt-4o': override 'gpt-4o' instead",
+        ),
+        (
+            {"gpt-4o": {"input_per_mtok": 2.5}},
+            "pricing.models.gpt-4o.input_per_mtok: got the float",
+        ),
         ({"gpt-4o": {"input_per_mtok": "0.0000025"}}, "looks like a per-token price"),
         ({"gpt-4o": {"cache_read_per_mtok": "1"}}, "pricing.models.gpt-4o: unknown field(s)"),
         ({"gpt-4o": {"effective_from": "2026-01-01"}}, "unknown field(s) effective_from"),
@@ -88,8 +105,9 @@ def test_an_override_can_add_a_model_and_a_differently_priced_snapshot() -> None
         ({"gpt-4o": "cheap"}, "must be a mapping"),
     ],
 )
-def test_bad_overrides_are_refused_naming_model_and_field(overrides: dict[str, Any],
-                                                          expected: str) -> None:
+def test_bad_overrides_are_refused_naming_model_and_field(
+    overrides: dict[str, Any], expected: str
+) -> None:
     with pytest.raises(CatalogError) as info:
         apply_overrides(CATALOG, overrides)
     assert expected in str(info.value)
@@ -107,7 +125,9 @@ def settings(**sections: Any) -> Settings:
 def test_config_sections_become_rules_with_customer_over_tier_over_global() -> None:
     config = settings(
         pricing={
-            "markup_percent": "20", "per_request_usd": "1.00", "per_compute_minute_usd": "0.01",
+            "markup_percent": "20",
+            "per_request_usd": "1.00",
+            "per_compute_minute_usd": "0.01",
             "models": {"gpt-4o": {"input_per_mtok": "2.00"}},
             "customers": {"acme": {"markup_percent": "5"}},
         },
@@ -119,8 +139,14 @@ def test_config_sections_become_rules_with_customer_over_tier_over_global() -> N
     assert rules.rates_for("bob", "free").per_request_usd == D("1.00")
     assert rules.rates_for("bob", "pro").per_compute_minute_usd == D("0.01")
     # gpt-4o at the override: 1M input tokens x 2.00 = 2; pro: x 1.10 + 0 + 1 min x 0.01
-    charge = rules.charge("gpt-4o", Usage(input_tokens=1_000_000), customer_id="bob",
-                          tier="pro", duration_ms=60_000, at=datetime.now(UTC))
+    charge = rules.charge(
+        "gpt-4o",
+        Usage(input_tokens=1_000_000),
+        customer_id="bob",
+        tier="pro",
+        duration_ms=60_000,
+        at=datetime.now(UTC),
+    )
     assert charge is not None
     assert (charge.cost_usd, charge.price_usd) == (D(2), D("2.21"))
     assert build_snapshot(config, CATALOG).pricing.version == rules.version
@@ -129,8 +155,7 @@ def test_config_sections_become_rules_with_customer_over_tier_over_global() -> N
 def test_a_config_that_changes_pricing_changes_the_version() -> None:
     one = build_pricing(settings(pricing={"customers": {"a": {"markup_percent": "5"}}}), CATALOG)
     two = build_pricing(settings(pricing={"customers": {"a": {"markup_percent": "6"}}}), CATALOG)
-    three = build_pricing(settings(pricing={"models": {"o3": {"input_per_mtok": "2.01"}}}),
-                          CATALOG)
+    three = build_pricing(settings(pricing={"models": {"o3": {"input_per_mtok": "2.01"}}}), CATALOG)
     assert len({one.version, two.version, three.version}) == 3
 
 
@@ -146,19 +171,26 @@ def test_an_override_the_catalog_cannot_take_is_a_config_error() -> None:
     ("sections", "expected"),
     [
         ({"pricing": {"markup_percent": "-101"}}, "pricing.markup_percent"),
-        ({"pricing": {"per_compute_minute_usd": 0.01}},
-         "pricing.per_compute_minute_usd: got the float"),
-        ({"pricing": {"customers": {"acme": {"per_request_usd": "-1"}}}},
-         "pricing.customers.acme.per_request_usd"),
-        ({"pricing": {"models": {"gpt-4o": {"output_per_mtok": "0.00001"}}}},
-         "pricing.models: gpt-4o.output_per_mtok: '0.00001' looks like a per-token price"),
+        (
+            {"pricing": {"per_compute_minute_usd": 0.01}},
+            "pricing.per_compute_minute_usd: got the float",
+        ),
+        (
+            {"pricing": {"customers": {"acme": {"per_request_usd": "-1"}}}},
+            "pricing.customers.acme.per_request_usd",
+        ),
+        (
+            {"pricing": {"models": {"gpt-4o": {"output_per_mtok": "0.00001"}}}},
+            "pricing.models: gpt-4o.output_per_mtok: '0.00001' looks like a per-token price",
+        ),
         ({"tiers": {"pro": {"pricing": {"markup": "5"}}}}, "tiers.pro.pricing.markup"),
         ({"billing": {"tax": {"rate_percent": "101"}}}, "billing.tax.rate_percent"),
         ({"billing": {"tax": {"customers": {"acme": "-1"}}}}, "billing.tax.customers.acme"),
     ],
 )
-def test_config_refuses_bad_pricing_naming_the_yaml_path(sections: dict[str, Any],
-                                                         expected: str) -> None:
+def test_config_refuses_bad_pricing_naming_the_yaml_path(
+    sections: dict[str, Any], expected: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         settings(**sections)
     assert expected in str(info.value)
@@ -172,12 +204,19 @@ def test_tax_rate_is_the_customers_else_the_default() -> None:
 
 
 def test_plans_of_gives_each_planned_tier_its_plan() -> None:
-    config = settings(tiers={
-        "free": {"plan": {"included": {"requests": 10}}},
-        "pro": {"plan": {"base_price_usd": "29.00", "included": {"requests": 100},
-                         "overage": {"requests": "1.00"}}},
-        "payg": {},
-    })
+    config = settings(
+        tiers={
+            "free": {"plan": {"included": {"requests": 10}}},
+            "pro": {
+                "plan": {
+                    "base_price_usd": "29.00",
+                    "included": {"requests": 100},
+                    "overage": {"requests": "1.00"},
+                }
+            },
+            "payg": {},
+        }
+    )
     plans = plans_of(config)
     assert sorted(plans) == ["free", "pro"]
     assert plans["pro"].base_price_usd == D("29.00")

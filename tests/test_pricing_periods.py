@@ -27,8 +27,11 @@ def _catalog() -> dict[str, Any]:
                 "output_per_mtok": "8.00",
                 "aliases": ["m-latest-alias"],
                 "history": [
-                    {"effective_from": "2025-04-16", "input_per_mtok": "10.00",
-                     "output_per_mtok": "40.00"},
+                    {
+                        "effective_from": "2025-04-16",
+                        "input_per_mtok": "10.00",
+                        "output_per_mtok": "40.00",
+                    },
                     {"input_per_mtok": "20.00", "output_per_mtok": "80.00"},
                 ],
             },
@@ -49,8 +52,9 @@ def _catalog() -> dict[str, Any]:
         (datetime(2025, 6, 10, 1, 0, tzinfo=timezone(timedelta(hours=2))), "10.00"),
     ],
 )
-def test_lookup_takes_the_period_in_force_at_the_event_time(at: datetime,
-                                                            expected_input: str) -> None:
+def test_lookup_takes_the_period_in_force_at_the_event_time(
+    at: datetime, expected_input: str
+) -> None:
     catalog = Catalog.from_mapping(_catalog())
     for name in ("m", "m-latest-alias", "m-2025-01-01"):
         price = catalog.lookup(name, at)
@@ -82,7 +86,10 @@ def test_packaged_o3_keeps_its_launch_price_before_the_cut() -> None:
     after = catalog.lookup("o3", datetime(2025, 6, 10, tzinfo=UTC))
     assert before is not None and after is not None
     assert (before.input_per_mtok, before.cached_input_per_mtok, before.output_per_mtok) == (
-        D("10.00"), D("2.50"), D("40.00"))
+        D("10.00"),
+        D("2.50"),
+        D("40.00"),
+    )
     assert (after.input_per_mtok, after.output_per_mtok) == (D("2.00"), D("8.00"))
 
 
@@ -114,8 +121,12 @@ def test_effective_from_forms(value: object, expected: datetime) -> None:
 def test_flat_prices_and_one_hour_writes_are_read() -> None:
     data = _catalog()
     entry = data["models"]["m"]
-    entry.update(per_request_usd="0.01", per_second_usd="0.0000125",
-                 cache_write_per_mtok="2.50", cache_write_1h_per_mtok="4.00")
+    entry.update(
+        per_request_usd="0.01",
+        per_second_usd="0.0000125",
+        cache_write_per_mtok="2.50",
+        cache_write_1h_per_mtok="4.00",
+    )
     price = Catalog.from_mapping(data).lookup("m")
     assert price is not None
     assert (price.per_request_usd, price.per_second_usd) == (D("0.01"), D("0.0000125"))
@@ -131,25 +142,38 @@ def _broken(change: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (lambda m: m.pop("effective_from"),
-         "models.m.effective_from: required when the model has a history"),
-        (lambda m: m.update(effective_from="2025-04-16"),
-         "the current prices must be the newest period"),
-        (lambda m: m["history"][1].update(effective_from="2025-04-16"),
-         "two periods have the same effective_from"),
-        (lambda m: m["history"][0].pop("effective_from"),
-         "only the oldest period may omit effective_from"),
+        (
+            lambda m: m.pop("effective_from"),
+            "models.m.effective_from: required when the model has a history",
+        ),
+        (
+            lambda m: m.update(effective_from="2025-04-16"),
+            "the current prices must be the newest period",
+        ),
+        (
+            lambda m: m["history"][1].update(effective_from="2025-04-16"),
+            "two periods have the same effective_from",
+        ),
+        (
+            lambda m: m["history"][0].pop("effective_from"),
+            "only the oldest period may omit effective_from",
+        ),
         (lambda m: m.update(effective_from="June 10"), "models.m.effective_from: 'June 10'"),
         (lambda m: m.update(effective_from="2025-06-10T00:00:00"), "has no time zone"),
-        (lambda m: m["history"][0].update(output_per_mtok=None),
-         "models.m.history[0].output_per_mtok: required"),
-        (lambda m: m["history"][0].update(provider="x"),
-         "models.m.history[0]: unknown field(s) provider"),
+        (
+            lambda m: m["history"][0].update(output_per_mtok=None),
+            "models.m.history[0].output_per_mtok: required",
+        ),
+        (
+            lambda m: m["history"][0].update(provider="x"),
+            "models.m.history[0]: unknown field(s) provider",
+        ),
         (lambda m: m.update(history={"a": 1}), "models.m.history: must be a list"),
-        (lambda m: m.update(cache_write_1h_per_mtok="0.000004"),
-         "models.m.cache_write_1h_per_mtok: '0.000004' looks like a per-token price"),
-        (lambda m: m.update(per_request_usd=0.01),
-         "models.m.per_request_usd: got the float 0.01"),
+        (
+            lambda m: m.update(cache_write_1h_per_mtok="0.000004"),
+            "models.m.cache_write_1h_per_mtok: '0.000004' looks like a per-token price",
+        ),
+        (lambda m: m.update(per_request_usd=0.01), "models.m.per_request_usd: got the float 0.01"),
         (lambda m: m.update(per_second_usd="-1"), "models.m.per_second_usd"),
     ],
 )

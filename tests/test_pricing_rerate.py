@@ -32,11 +32,22 @@ MID_OCT = datetime(2026, 10, 15, 12, tzinfo=UTC)
 
 
 async def insert_event(
-    pool: asyncpg.Pool, *, customer_id: str = "acme", model: str = "gpt-4o",
-    at: datetime = MID_OCT, tier: str = "pro", status_code: int = 200, input_tokens: int = 0,
-    output_tokens: int = 0, cached_input_tokens: int = 0, cache_write_tokens: int = 0,
-    latency_ms: int = 1000, cost_usd: Decimal | None = None, price_usd: Decimal | None = None,
-    price_version: str | None = None, metadata: dict[str, Any] | None = None,
+    pool: asyncpg.Pool,
+    *,
+    customer_id: str = "acme",
+    model: str = "gpt-4o",
+    at: datetime = MID_OCT,
+    tier: str = "pro",
+    status_code: int = 200,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cached_input_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    latency_ms: int = 1000,
+    cost_usd: Decimal | None = None,
+    price_usd: Decimal | None = None,
+    price_version: str | None = None,
+    metadata: dict[str, Any] | None = None,
     event_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
     event_id = event_id or uuid.uuid4()
@@ -49,9 +60,21 @@ async def insert_event(
         VALUES ($1, $2, $3, 'key_0123456789abcdef', $4, 'openai', $5, 'chat', $6, false, $7,
             $8, $9, $10, 0, 'provider', $11, $12, $13, $14, $15)
         """,
-        event_id, at, customer_id, tier, model, status_code, input_tokens, output_tokens,
-        cached_input_tokens, cache_write_tokens, cost_usd, price_usd, price_version,
-        latency_ms, metadata or {},
+        event_id,
+        at,
+        customer_id,
+        tier,
+        model,
+        status_code,
+        input_tokens,
+        output_tokens,
+        cached_input_tokens,
+        cache_write_tokens,
+        cost_usd,
+        price_usd,
+        price_version,
+        latency_ms,
+        metadata or {},
     )
     return event_id
 
@@ -77,12 +100,26 @@ async def money(pool: asyncpg.Pool) -> dict[uuid.UUID, tuple[Any, Any, Any]]:
 
 
 async def test_month_usage_sums_one_customer_month_exactly(pool: asyncpg.Pool) -> None:
-    await insert_event(pool, input_tokens=100, output_tokens=10, latency_ms=1500,
-                       price_usd=D("0.0000000001"), cost_usd=D(0))
-    await insert_event(pool, model="o3", input_tokens=5, output_tokens=1, latency_ms=2500,
-                       price_usd=D("1.0000000002"), cost_usd=D(1))
-    await insert_event(pool, status_code=502, input_tokens=7, latency_ms=60_000,
-                       price_usd=D(0), cost_usd=D(0))
+    await insert_event(
+        pool,
+        input_tokens=100,
+        output_tokens=10,
+        latency_ms=1500,
+        price_usd=D("0.0000000001"),
+        cost_usd=D(0),
+    )
+    await insert_event(
+        pool,
+        model="o3",
+        input_tokens=5,
+        output_tokens=1,
+        latency_ms=2500,
+        price_usd=D("1.0000000002"),
+        cost_usd=D(1),
+    )
+    await insert_event(
+        pool, status_code=502, input_tokens=7, latency_ms=60_000, price_usd=D(0), cost_usd=D(0)
+    )
     await insert_event(pool, model="local", input_tokens=3, latency_ms=10)  # unpriced
     await insert_event(pool, at=OCT.start, input_tokens=1, latency_ms=1, price_usd=D(0))  # 1st
     # Outside: the month's end instant, the last instant of September, another customer.
@@ -99,7 +136,10 @@ async def test_month_usage_sums_one_customer_month_exactly(pool: asyncpg.Pool) -
     assert usage.cost_usd == D(1)
     assert usage.unpriced_requests == 1
     assert [(m.model, m.requests, m.failed_requests) for m in usage.by_model] == [
-        ("gpt-4o", 2, 1), ("local", 1, 0), ("o3", 1, 0)]
+        ("gpt-4o", 2, 1),
+        ("local", 1, 0),
+        ("o3", 1, 0),
+    ]
 
 
 async def test_billing_tier_is_the_last_events_tier_else_the_current_one(
@@ -131,17 +171,26 @@ ORDER BY model
 """
 
 
-async def raw_month(pool: asyncpg.Pool, customer_id: str, month: BillingMonth
-                    ) -> list[dict[str, Any]]:
+async def raw_month(
+    pool: asyncpg.Pool, customer_id: str, month: BillingMonth
+) -> list[dict[str, Any]]:
     rows = await pool.fetch(_RAW_MONTH_BY_MODEL, customer_id, month.start, month.end)
     return [dict(row) for row in rows]
 
 
 def by_model(usage: Any) -> list[dict[str, Any]]:
     """month_usage's figures per model, shaped as _RAW_MONTH_BY_MODEL's rows."""
-    return [{"model": m.model, "requests": m.requests, "failed_requests": m.failed_requests,
-             "input_tokens": m.input_tokens, "output_tokens": m.output_tokens,
-             "price_usd": m.price_usd} for m in usage.by_model]
+    return [
+        {
+            "model": m.model,
+            "requests": m.requests,
+            "failed_requests": m.failed_requests,
+            "input_tokens": m.input_tokens,
+            "output_tokens": m.output_tokens,
+            "price_usd": m.price_usd,
+        }
+        for m in usage.by_model
+    ]
 
 
 async def test_month_usage_equals_the_raw_events_exactly(pool: asyncpg.Pool) -> None:
@@ -152,23 +201,38 @@ async def test_month_usage_equals_the_raw_events_exactly(pool: asyncpg.Pool) -> 
         object.__setattr__(event, "latency_ms", rng.randint(0, 90_000))
     await insert_events(pool, events)
     # Rollup rows left at zero: re-rated to another customer, deleted.
-    await pool.execute("UPDATE usage_events SET customer_id = 'moved' WHERE id = $1",
-                       events[0].id)
-    await pool.execute("DELETE FROM usage_events WHERE model = 'claude-x' AND customer_id = "
-                       "'beta' AND created_at < '2026-11-01'")
+    await pool.execute("UPDATE usage_events SET customer_id = 'moved' WHERE id = $1", events[0].id)
+    await pool.execute(
+        "DELETE FROM usage_events WHERE model = 'claude-x' AND customer_id = "
+        "'beta' AND created_at < '2026-11-01'"
+    )
     for customer in ("acme", "beta", "gamma", "moved"):
         for month in (BillingMonth(2026, 10), BillingMonth(2026, 11)):
             raw = await raw_month(pool, customer, month)
             usage = await month_usage(pool, customer, month)
-            assert by_model(usage) == [{k: v for k, v in r.items() if k in {
-                "model", "requests", "failed_requests", "input_tokens", "output_tokens",
-                "price_usd"}} for r in raw]
+            assert by_model(usage) == [
+                {
+                    k: v
+                    for k, v in r.items()
+                    if k
+                    in {
+                        "model",
+                        "requests",
+                        "failed_requests",
+                        "input_tokens",
+                        "output_tokens",
+                        "price_usd",
+                    }
+                }
+                for r in raw
+            ]
             assert usage.compute_ms == sum(r["compute_ms"] for r in raw)
             assert usage.cost_usd == sum((r["cost_usd"] for r in raw), D(0))
             assert usage.unpriced_requests == sum(r["unpriced_requests"] for r in raw)
             assert usage.requests == sum(r["requests"] for r in raw)
-    assert "claude-x" not in [m.model for m in (await month_usage(
-        pool, "beta", BillingMonth(2026, 10))).by_model]
+    assert "claude-x" not in [
+        m.model for m in (await month_usage(pool, "beta", BillingMonth(2026, 10))).by_model
+    ]
 
 
 async def test_an_invoice_is_the_same_after_retention_drops_its_month(
@@ -176,30 +240,64 @@ async def test_an_invoice_is_the_same_after_retention_drops_its_month(
 ) -> None:
     march = BillingMonth(2026, 3)
     await ensure_partitions(pool, months_ahead=0, now=march.start)
-    await insert_event(pool, at=march.start, input_tokens=10, output_tokens=1, latency_ms=900,
-                       price_usd=D("0.0000000007"), cost_usd=D("0.0000000005"))
-    await insert_event(pool, at=datetime(2026, 3, 14, 9, 59, 59, tzinfo=UTC), model="o3",
-                       tier="team", input_tokens=5, latency_ms=1200, price_usd=D("1.25"),
-                       cost_usd=D(1))
-    await insert_event(pool, at=datetime(2026, 3, 20, tzinfo=UTC), status_code=502,
-                       tier="team", input_tokens=3, latency_ms=60_000, price_usd=D(0))
-    await insert_event(pool, at=march.end - timedelta(microseconds=1), model="local",
-                       tier="team", input_tokens=2, latency_ms=7)  # unpriced, last of March
+    await insert_event(
+        pool,
+        at=march.start,
+        input_tokens=10,
+        output_tokens=1,
+        latency_ms=900,
+        price_usd=D("0.0000000007"),
+        cost_usd=D("0.0000000005"),
+    )
+    await insert_event(
+        pool,
+        at=datetime(2026, 3, 14, 9, 59, 59, tzinfo=UTC),
+        model="o3",
+        tier="team",
+        input_tokens=5,
+        latency_ms=1200,
+        price_usd=D("1.25"),
+        cost_usd=D(1),
+    )
+    await insert_event(
+        pool,
+        at=datetime(2026, 3, 20, tzinfo=UTC),
+        status_code=502,
+        tier="team",
+        input_tokens=3,
+        latency_ms=60_000,
+        price_usd=D(0),
+    )
+    await insert_event(
+        pool,
+        at=march.end - timedelta(microseconds=1),
+        model="local",
+        tier="team",
+        input_tokens=2,
+        latency_ms=7,
+    )  # unpriced, last of March
     await insert_event(pool, at=march.end, tier="free", price_usd=D(9))  # April
-    await insert_event(pool, customer_id="bob", at=datetime(2026, 3, 2, tzinfo=UTC),
-                       tier="free", price_usd=D(3))
-    before = {c: (await month_usage(pool, c, march), await billing_tier(pool, c, march))
-              for c in ("acme", "bob")}
+    await insert_event(
+        pool, customer_id="bob", at=datetime(2026, 3, 2, tzinfo=UTC), tier="free", price_usd=D(3)
+    )
+    before = {
+        c: (await month_usage(pool, c, march), await billing_tier(pool, c, march))
+        for c in ("acme", "bob")
+    }
     assert before["acme"][1] == "team" and before["acme"][0].requests == 3
 
     # The customer moves to another tier; March's raw events expire.
     await pool.execute("UPDATE customers SET tier = 'free' WHERE id = 'acme'")
     report = await apply_retention(pool, days=30, now=datetime(2026, 5, 20, tzinfo=UTC))
     assert [p.name for p in report.dropped] == ["usage_events_y2026m03"]
-    assert await pool.fetchval("SELECT count(*) FROM usage_events WHERE created_at < $1",
-                               march.end) == 0
-    after = {c: (await month_usage(pool, c, march), await billing_tier(pool, c, march))
-             for c in ("acme", "bob")}
+    assert (
+        await pool.fetchval("SELECT count(*) FROM usage_events WHERE created_at < $1", march.end)
+        == 0
+    )
+    after = {
+        c: (await month_usage(pool, c, march), await billing_tier(pool, c, march))
+        for c in ("acme", "bob")
+    }
     assert after == before
 
 
@@ -211,19 +309,30 @@ async def test_an_invoice_is_the_same_after_retention_deletes_default_rows(
     month = BillingMonth(2019, 6)
     assert all(p.start > month.start for p in await list_partitions(pool))
     for day, tier in ((3, "free"), (28, "team"), (10, "pro")):
-        await insert_event(pool, at=datetime(2019, 6, day, tzinfo=UTC), tier=tier,
-                           input_tokens=day, price_usd=D("0.1"))
+        await insert_event(
+            pool,
+            at=datetime(2019, 6, day, tzinfo=UTC),
+            tier=tier,
+            input_tokens=day,
+            price_usd=D("0.1"),
+        )
     before = (await month_usage(pool, "acme", month), await billing_tier(pool, "acme", month))
     assert before[1] == "team"
-    assert (await apply_retention(pool, days=30, now=datetime(2019, 7, 15, tzinfo=UTC))
-            ).default_rows_deleted == 2  # the 3rd and the 10th; the 28th is kept
+    assert (
+        await apply_retention(pool, days=30, now=datetime(2019, 7, 15, tzinfo=UTC))
+    ).default_rows_deleted == 2  # the 3rd and the 10th; the 28th is kept
     await pool.execute("UPDATE customers SET tier = 'free' WHERE id = 'acme'")
-    assert (await month_usage(pool, "acme", month), await billing_tier(pool, "acme", month)
-            ) == before
-    assert (await apply_retention(pool, days=30, now=datetime(2019, 12, 1, tzinfo=UTC))
-            ).default_rows_deleted == 1
-    assert (await month_usage(pool, "acme", month), await billing_tier(pool, "acme", month)
-            ) == before
+    assert (
+        await month_usage(pool, "acme", month),
+        await billing_tier(pool, "acme", month),
+    ) == before
+    assert (
+        await apply_retention(pool, days=30, now=datetime(2019, 12, 1, tzinfo=UTC))
+    ).default_rows_deleted == 1
+    assert (
+        await month_usage(pool, "acme", month),
+        await billing_tier(pool, "acme", month),
+    ) == before
 
 
 # ----------------------------------------------------------------------------- re-rating
@@ -239,10 +348,17 @@ async def test_rerate_reprices_and_a_second_run_changes_nothing(pool: asyncpg.Po
     for customer, tokens in (("acme", 1000), ("acme", 2000), ("bob", 500)):
         charge = old.charge("gpt-4o", _usage(tokens), at=MID_OCT)
         assert charge is not None
-        ids.append(await insert_event(pool, customer_id=customer, input_tokens=tokens,
-                                      output_tokens=tokens, cost_usd=charge.cost_usd,
-                                      price_usd=charge.price_usd,
-                                      price_version=charge.price_version))
+        ids.append(
+            await insert_event(
+                pool,
+                customer_id=customer,
+                input_tokens=tokens,
+                output_tokens=tokens,
+                cost_usd=charge.cost_usd,
+                price_usd=charge.price_usd,
+                price_version=charge.price_version,
+            )
+        )
     new = rules("10")
     since = datetime(2026, 10, 1, tzinfo=UTC)
     report = await rerate_events(pool, new, since=since)
@@ -255,15 +371,18 @@ async def test_rerate_reprices_and_a_second_run_changes_nothing(pool: asyncpg.Po
     assert (body["events_seen"], body["events_changed"]) == (3, 3)
     assert body["price_delta"] == "-0.004375"
     assert body["cost_delta"] == "0"
-    assert [(c["customer_id"], c["events_changed"], c["price_delta"])
-            for c in body["customers"]] == [("acme", 2, "-0.00375"), ("bob", 1, "-0.000625")]
+    assert [
+        (c["customer_id"], c["events_changed"], c["price_delta"]) for c in body["customers"]
+    ] == [("acme", 2, "-0.00375"), ("bob", 1, "-0.000625")]
 
     again = await rerate_events(pool, new, since=since)
     assert (again.events_seen, again.events_changed, again.customers) == (3, 0, {})
     assert await money(pool) == stored
     runs = await pool.fetch("SELECT * FROM pricing_rerates ORDER BY id")
     assert [(r["events_changed"], r["price_delta_usd"]) for r in runs] == [
-        (3, D("-0.004375")), (0, D(0))]
+        (3, D("-0.004375")),
+        (0, D(0)),
+    ]
     assert runs[0]["price_version"] == new.version
 
 
@@ -272,22 +391,32 @@ def _usage(tokens: int) -> Usage:
 
 
 async def test_rerate_prices_each_event_as_the_gateway_would(pool: asyncpg.Pool) -> None:
-    the_rules = rules("0", per_compute_minute_usd=D("0.06"),
-                      tiers={"pro": RateOverride(markup_percent=D("50"))},
-                      customers={"vip": RateOverride(markup_percent=D("0"),
-                                                     per_request_usd=D("0"))})
+    the_rules = rules(
+        "0",
+        per_compute_minute_usd=D("0.06"),
+        tiers={"pro": RateOverride(markup_percent=D("50"))},
+        customers={"vip": RateOverride(markup_percent=D("0"), per_request_usd=D("0"))},
+    )
     may = datetime(2025, 5, 1, tzinfo=UTC)
-    old_o3 = await insert_event(pool, model="o3-2025-04-16", at=may, tier="free",
-                                input_tokens=1_000_000, latency_ms=30_000)
-    failed = await insert_event(pool, model="o3", status_code=500, tier="free",
-                                input_tokens=1_000_000, latency_ms=30_000)
-    tiered = await insert_event(pool, model="o3", tier="pro", input_tokens=1_000_000,
-                                latency_ms=0)
-    vip = await insert_event(pool, customer_id="vip", model="o3", tier="pro",
-                             input_tokens=1_000_000, latency_ms=60_000)
-    cache = await insert_event(pool, model="claude-sonnet-4-5", tier="free",
-                               input_tokens=100_000, cache_write_tokens=100_000,
-                               latency_ms=0, metadata={"cache_write_1h_tokens": 40_000})
+    old_o3 = await insert_event(
+        pool, model="o3-2025-04-16", at=may, tier="free", input_tokens=1_000_000, latency_ms=30_000
+    )
+    failed = await insert_event(
+        pool, model="o3", status_code=500, tier="free", input_tokens=1_000_000, latency_ms=30_000
+    )
+    tiered = await insert_event(pool, model="o3", tier="pro", input_tokens=1_000_000, latency_ms=0)
+    vip = await insert_event(
+        pool, customer_id="vip", model="o3", tier="pro", input_tokens=1_000_000, latency_ms=60_000
+    )
+    cache = await insert_event(
+        pool,
+        model="claude-sonnet-4-5",
+        tier="free",
+        input_tokens=100_000,
+        cache_write_tokens=100_000,
+        latency_ms=0,
+        metadata={"cache_write_1h_tokens": 40_000},
+    )
     await rerate_events(pool, the_rules, since=datetime(2025, 1, 1, tzinfo=UTC))
     stored = await money(pool)
     # Before the 2025-06-10 price cut: 1M x $10 = 10; + 0.001 fee + 0.5 min x 0.06 = 10.031
@@ -304,11 +433,18 @@ async def test_rerate_prices_each_event_as_the_gateway_would(pool: asyncpg.Pool)
 
 async def test_unpriced_events_are_priced_once_their_model_is(pool: asyncpg.Pool) -> None:
     llama = await insert_event(pool, model="llama-70b", input_tokens=1_000_000)
-    gone = await insert_event(pool, model="retired-model", input_tokens=10, cost_usd=D(1),
-                              price_usd=D("1.2"), price_version="old+1")
-    priced = apply_overrides(CATALOG, {"llama-70b": {"provider": "vllm",
-                                                     "input_per_mtok": "0.50",
-                                                     "output_per_mtok": "0.50"}})
+    gone = await insert_event(
+        pool,
+        model="retired-model",
+        input_tokens=10,
+        cost_usd=D(1),
+        price_usd=D("1.2"),
+        price_version="old+1",
+    )
+    priced = apply_overrides(
+        CATALOG,
+        {"llama-70b": {"provider": "vllm", "input_per_mtok": "0.50", "output_per_mtok": "0.50"}},
+    )
     report = await rerate_events(pool, PricingRules(priced), since=OCT.start)
     stored = await money(pool)
     assert stored[llama][:2] == (D("0.5"), D("0.5"))
@@ -321,8 +457,10 @@ async def test_unpriced_events_are_priced_once_their_model_is(pool: asyncpg.Pool
 
 
 async def test_model_filter_matches_aliases_and_snapshots(pool: asyncpg.Pool) -> None:
-    family = [await insert_event(pool, model=m, input_tokens=10)
-              for m in ("claude-opus-4", "claude-opus-4-0", "claude-opus-4-20250514")]
+    family = [
+        await insert_event(pool, model=m, input_tokens=10)
+        for m in ("claude-opus-4", "claude-opus-4-0", "claude-opus-4-20250514")
+    ]
     other = await insert_event(pool, model="claude-opus-4-1", input_tokens=10)
     report = await rerate_events(pool, rules(), since=OCT.start, model="claude-opus-4-0")
     assert (report.events_seen, report.events_changed) == (3, 3)
@@ -340,7 +478,8 @@ async def test_dry_run_reports_the_same_and_writes_nothing(pool: asyncpg.Pool) -
     assert await pool.fetchval("SELECT count(*) FROM pricing_rerates") == 0
     real = await rerate_events(pool, rules(), since=OCT.start)
     assert json.dumps({**dry.to_json(), "dry_run": None}) == json.dumps(
-        {**real.to_json(), "dry_run": None})
+        {**real.to_json(), "dry_run": None}
+    )
 
 
 async def test_batches_cover_every_event_once_even_at_one_instant(pool: asyncpg.Pool) -> None:

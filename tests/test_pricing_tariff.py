@@ -24,19 +24,31 @@ from pricing.tariff import quantize_scaled
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def reference_charge(price: ModelPrice, rates: Rates, usage: Usage, version: str, *,
-                     duration_ms: int, succeeded: bool) -> Charge:
+def reference_charge(
+    price: ModelPrice,
+    rates: Rates,
+    usage: Usage,
+    version: str,
+    *,
+    duration_ms: int,
+    succeeded: bool,
+) -> Charge:
     if not succeeded and usage.total_tokens == 0:
         return Charge(Decimal(0), Decimal(0), version)
     cost = cost_of(price, usage, succeeded=succeeded, duration_ms=duration_ms)
-    fees = (rates.per_request_usd + compute_fee(rates.per_compute_minute_usd, duration_ms)
-            if succeeded else Decimal(0))
-    return Charge(quantize_usd(cost),
-                  quantize_usd(apply_markup(cost, rates.markup_percent, fees)), version)
+    fees = (
+        rates.per_request_usd + compute_fee(rates.per_compute_minute_usd, duration_ms)
+        if succeeded
+        else Decimal(0)
+    )
+    return Charge(
+        quantize_usd(cost), quantize_usd(apply_markup(cost, rates.markup_percent, fees)), version
+    )
 
 
-def reference_max_charge(price: ModelPrice, rates: Rates, input_tokens: int,
-                         max_output: int) -> Decimal:
+def reference_max_charge(
+    price: ModelPrice, rates: Rates, input_tokens: int, max_output: int
+) -> Decimal:
     worst = max_cost_of(price, input_tokens, max_output)
     return quantize_usd(apply_markup(worst, rates.markup_percent, rates.per_request_usd))
 
@@ -50,7 +62,7 @@ def _amount(rng: random.Random, *, zero_ok: bool = True) -> Decimal:
 
 
 def _per_mtok(rng: random.Random) -> Decimal:
-    return Decimal(f"{rng.randint(1, 10**rng.randint(1, 9))}E{rng.randint(-8, 2)}")
+    return Decimal(f"{rng.randint(1, 10 ** rng.randint(1, 9))}E{rng.randint(-8, 2)}")
 
 
 def _maybe(rng: random.Random) -> Decimal | None:
@@ -60,10 +72,23 @@ def _maybe(rng: random.Random) -> Decimal | None:
 def _price(rng: random.Random) -> ModelPrice:
     long = None
     if rng.random() < 0.3:
-        long = LongContextPrice(rng.randint(0, 3000), _per_mtok(rng), _per_mtok(rng),
-                                _maybe(rng), _maybe(rng), _maybe(rng))
+        long = LongContextPrice(
+            rng.randint(0, 3000),
+            _per_mtok(rng),
+            _per_mtok(rng),
+            _maybe(rng),
+            _maybe(rng),
+            _maybe(rng),
+        )
     return ModelPrice(
-        "m", "p", _per_mtok(rng), _per_mtok(rng), _maybe(rng), _maybe(rng), long, _maybe(rng),
+        "m",
+        "p",
+        _per_mtok(rng),
+        _per_mtok(rng),
+        _maybe(rng),
+        _maybe(rng),
+        long,
+        _maybe(rng),
         per_request_usd=_amount(rng) if rng.random() < 0.3 else Decimal(0),
         per_second_usd=_amount(rng) if rng.random() < 0.3 else Decimal(0),
     )
@@ -74,19 +99,30 @@ def _usage(rng: random.Random) -> Usage:
         return rng.choice([0, rng.randint(0, 50), rng.randint(0, 5000), rng.randint(0, 10**7)])
 
     write = n()
-    return Usage(input_tokens=n(), output_tokens=n(), cached_input_tokens=n(),
-                 cache_write_tokens=write, reasoning_tokens=0,
-                 cache_write_1h_tokens=rng.randint(0, write))
+    return Usage(
+        input_tokens=n(),
+        output_tokens=n(),
+        cached_input_tokens=n(),
+        cache_write_tokens=write,
+        reasoning_tokens=0,
+        cache_write_1h_tokens=rng.randint(0, write),
+    )
 
 
 def _rules(price: ModelPrice, rng: random.Random) -> PricingRules:
     catalog = Catalog("v1", {"m": (price,)}, {"m": "m"})
-    markup = Decimal(rng.choice(["0", "20", "-100", "-37.5", "12.3456789", "300", "1E+1",
-                                 "0.000001"]))
+    markup = Decimal(
+        rng.choice(["0", "20", "-100", "-37.5", "12.3456789", "300", "1E+1", "0.000001"])
+    )
     fee = _amount(rng) if rng.random() < 0.4 else Decimal(0)
     per_minute = Decimal(rng.choice(["0", "0", "0.001", "0.0"]))
-    return PricingRules(catalog, markup, fee, per_compute_minute_usd=per_minute,
-                        tiers={"pro": RateOverride(markup_percent=Decimal("15"))})
+    return PricingRules(
+        catalog,
+        markup,
+        fee,
+        per_compute_minute_usd=per_minute,
+        tiers={"pro": RateOverride(markup_percent=Decimal("15"))},
+    )
 
 
 def _same(a: Decimal | None, b: Decimal | None) -> bool:
@@ -108,10 +144,18 @@ def test_fast_charge_equals_the_decimal_path(seed: int) -> None:
             usage = _usage(rng)
             duration = rng.choice([0, rng.randint(0, 100_000)])
             succeeded = rng.random() < 0.7
-            got = rules.charge("m", usage, at=NOW, customer_id="c", tier=tier,
-                               duration_ms=duration, succeeded=succeeded)
-            want = reference_charge(price, rates, usage, rules.version,
-                                    duration_ms=duration, succeeded=succeeded)
+            got = rules.charge(
+                "m",
+                usage,
+                at=NOW,
+                customer_id="c",
+                tier=tier,
+                duration_ms=duration,
+                succeeded=succeeded,
+            )
+            want = reference_charge(
+                price, rates, usage, rules.version, duration_ms=duration, succeeded=succeeded
+            )
             assert got is not None
             assert got == want
             assert _same(got.cost_usd, want.cost_usd), (price, usage, duration)
@@ -126,10 +170,8 @@ def test_fast_max_charge_equals_the_decimal_path(seed: int) -> None:
         rules = _rules(price, rng)
         tier = rng.choice([None, "pro"])
         input_tokens, max_output = rng.randint(0, 400_000), rng.randint(0, 200_000)
-        got = rules.max_charge("m", input_tokens, max_output, at=NOW, customer_id="c",
-                               tier=tier)
-        want = reference_max_charge(price, rules.rates_for("c", tier), input_tokens,
-                                    max_output)
+        got = rules.max_charge("m", input_tokens, max_output, at=NOW, customer_id="c", tier=tier)
+        want = reference_max_charge(price, rules.rates_for("c", tier), input_tokens, max_output)
         assert _same(got, want), (price, input_tokens, max_output)
 
 
@@ -141,8 +183,9 @@ def test_amounts_past_the_bound_take_the_decimal_path_and_agree() -> None:
     rules = PricingRules(Catalog("v1", {"m": (price,)}, {"m": "m"}), Decimal("20"))
     usage = Usage(input_tokens=10**9, output_tokens=10**9)
     got = rules.charge("m", usage, at=NOW)
-    want = reference_charge(price, rules.rates_for(), usage, rules.version,
-                            duration_ms=0, succeeded=True)
+    want = reference_charge(
+        price, rules.rates_for(), usage, rules.version, duration_ms=0, succeeded=True
+    )
     assert got == want and got is not None
     assert _same(got.price_usd, want.price_usd)
 
@@ -152,8 +195,11 @@ def test_bad_usage_still_raises_as_before() -> None:
     with pytest.raises(ValueError, match="negative"):
         rules.charge("gpt-4o-mini", Usage(input_tokens=-1, output_tokens=3), at=NOW)
     with pytest.raises(ValueError, match="exceeds"):
-        rules.charge("gpt-4o-mini", Usage(input_tokens=9, cache_write_tokens=1,
-                                          cache_write_1h_tokens=2), at=NOW)
+        rules.charge(
+            "gpt-4o-mini",
+            Usage(input_tokens=9, cache_write_tokens=1, cache_write_1h_tokens=2),
+            at=NOW,
+        )
     with pytest.raises(ValueError, match="duration_ms"):
         rules.charge("gpt-4o-mini", Usage(input_tokens=9), at=NOW, duration_ms=-1)
     with pytest.raises(ValueError, match="token counts"):
@@ -166,7 +212,7 @@ def test_bad_usage_still_raises_as_before() -> None:
 def test_quantize_scaled_rounds_like_quantize_usd(seed: int) -> None:
     rng = random.Random(seed)
     for _ in range(5000):
-        numerator = rng.randint(0, 10**rng.randint(1, 27))
+        numerator = rng.randint(0, 10 ** rng.randint(1, 27))
         exponent = rng.randint(-30, 5)
         if rng.random() < 0.2:  # an exact tie at the 11th place
             numerator = (numerator * 10 + 5) * 10 ** max(0, -11 - exponent)

@@ -38,11 +38,14 @@ def relay(stream: bytes) -> tuple[bytes, StreamResult]:
 
 def test_endpoints_keep_v1_in_the_upstream_path() -> None:
     assert (MESSAGES.method, MESSAGES.path, MESSAGES.upstream_path) == (
-        "POST", "/v1/messages", "/v1/messages"
+        "POST",
+        "/v1/messages",
+        "/v1/messages",
     )
     assert MESSAGES.streams and MESSAGES.metered
     assert (COUNT_TOKENS.path, COUNT_TOKENS.upstream_path) == (
-        "/v1/messages/count_tokens", "/v1/messages/count_tokens"
+        "/v1/messages/count_tokens",
+        "/v1/messages/count_tokens",
     )
     assert not COUNT_TOKENS.metered
     assert api.endpoints == (MESSAGES, COUNT_TOKENS)
@@ -147,7 +150,7 @@ def test_thinking_tokens_are_reasoning_when_reported() -> None:
         b'"usage":{"input_tokens":25,"output_tokens":1}}}\n\n'
         b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":'
         b'"end_turn"},"usage":{"output_tokens":8,"output_tokens_details":{"thinking_tokens":3}}}'
-        b'\n\n'
+        b"\n\n"
     )
     _, result = relay(stream)
     assert result.usage == Usage(input_tokens=25, output_tokens=8, reasoning_tokens=3)
@@ -174,8 +177,9 @@ def test_cut_stream_keeps_the_reported_input_and_the_produced_text() -> None:
     _, result = relay(fixture("message_stream_cut.sse"))
     assert result.usage is None
     # message_start's output count (2) is kept as a floor for the estimate.
-    assert result.partial_usage == Usage(input_tokens=472 + 2048, cached_input_tokens=2048,
-                                         output_tokens=2)
+    assert result.partial_usage == Usage(
+        input_tokens=472 + 2048, cached_input_tokens=2048, output_tokens=2
+    )
     assert result.upstream_id == MESSAGE_ID
     assert result.produced_text == "Canberra is the capital of Australia."
 
@@ -218,25 +222,40 @@ def test_error_event_mid_stream_is_forwarded_without_usage() -> None:
 def test_error_body_has_the_anthropic_shape(status: int, error_type: str) -> None:
     body = api.error_body(status, "ignored_openai_type", "Something failed.", "code", "param")
     assert orjson.loads(body) == {
-        "type": "error", "error": {"type": error_type, "message": "Something failed."},
+        "type": "error",
+        "error": {"type": error_type, "message": "Something failed."},
     }
 
 
 def test_prompt_text_reads_system_messages_and_tools() -> None:
     body = {
-        "system": [{"type": "text", "text": "You are terse.",
-                    "cache_control": {"type": "ephemeral"}}],
+        "system": [
+            {"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}
+        ],
         "messages": [
             {"role": "user", "content": "Weather in Paris?"},
-            {"role": "assistant", "content": [
-                {"type": "tool_use", "id": "toolu_1", "name": "get_weather",
-                 "input": {"city": "Paris"}},
-            ]},
-            {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "toolu_1",
-                 "content": [{"type": "text", "text": "18C"}]},
-                {"type": "image", "source": {"type": "base64", "data": "iVBOR"}},
-            ]},
+            {
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_1",
+                        "name": "get_weather",
+                        "input": {"city": "Paris"},
+                    },
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_1",
+                        "content": [{"type": "text", "text": "18C"}],
+                    },
+                    {"type": "image", "source": {"type": "base64", "data": "iVBOR"}},
+                ],
+            },
         ],
         "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
     }
@@ -253,15 +272,30 @@ def test_max_output_tokens_is_max_tokens() -> None:
     assert api.max_output_tokens({}) is None
 
 
-_KEYS = st.sampled_from([
-    "id", "type", "message", "usage", "input_tokens", "output_tokens",
-    "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens_details",
-    "thinking_tokens", "delta", "text", "thinking", "partial_json",
-])
+_KEYS = st.sampled_from(
+    [
+        "id",
+        "type",
+        "message",
+        "usage",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "cache_creation_input_tokens",
+        "output_tokens_details",
+        "thinking_tokens",
+        "delta",
+        "text",
+        "thinking",
+        "partial_json",
+    ]
+)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(_KEYS | st.text(max_size=5), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(_KEYS | st.text(max_size=5), children, max_size=5)
+    ),
     max_leaves=30,
 )
 payloads = st.one_of(st.binary(max_size=200), json_values.map(lambda value: orjson.dumps(value)))
@@ -293,18 +327,34 @@ def test_prompt_text_never_raises(body: Any) -> None:
 
 
 def test_body_without_usage_yields_the_produced_text_for_an_estimate() -> None:
-    body = orjson.dumps({"id": "msg_1", "content": [
-        {"type": "thinking", "thinking": "hmm"}, {"type": "text", "text": "Paris"}]})
+    body = orjson.dumps(
+        {
+            "id": "msg_1",
+            "content": [{"type": "thinking", "thinking": "hmm"}, {"type": "text", "text": "Paris"}],
+        }
+    )
     found = AnthropicApi().usage_from_body(MESSAGES, body)
     assert found.usage is None
     assert found.produced_text == "hmm\nParis"
 
 
 def test_one_hour_cache_writes_are_reported_apart() -> None:
-    body = orjson.dumps({"id": "msg_1", "content": [], "usage": {
-        "input_tokens": 10, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 300,
-        "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
-        "output_tokens": 5}})
+    body = orjson.dumps(
+        {
+            "id": "msg_1",
+            "content": [],
+            "usage": {
+                "input_tokens": 10,
+                "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": 300,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": 100,
+                    "ephemeral_1h_input_tokens": 200,
+                },
+                "output_tokens": 5,
+            },
+        }
+    )
     usage = AnthropicApi().usage_from_body(MESSAGES, body).usage
     assert usage is not None
     assert (usage.cache_write_tokens, usage.cache_write_1h_tokens) == (300, 200)

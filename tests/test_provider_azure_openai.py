@@ -14,8 +14,12 @@ from gateway.providers.registry import match
 from gateway.sse import SSEParser
 
 API = AzureOpenAIApi()
-PROVIDER = ProviderConfig(kind="azure_openai", base_url="https://res.openai.azure.com/",
-                          api_key_env="AZURE_KEY", deployments={"prod": "gpt-4o"})
+PROVIDER = ProviderConfig(
+    kind="azure_openai",
+    base_url="https://res.openai.azure.com/",
+    api_key_env="AZURE_KEY",
+    deployments={"prod": "gpt-4o"},
+)
 PINNED = PROVIDER.model_copy(update={"api_version": "2024-10-21"})
 
 
@@ -38,12 +42,13 @@ def test_deployment_routes_name_the_model_in_the_path() -> None:
 def test_upstream_api_version_is_the_entrys_else_the_clients() -> None:
     endpoint, call = route("/openai/deployments/prod/embeddings?api-version=2024-06-01")
     assert API.upstream_url(endpoint, PROVIDER, call) == (
-        "https://res.openai.azure.com/openai/deployments/prod/embeddings"
-        "?api-version=2024-06-01")
+        "https://res.openai.azure.com/openai/deployments/prod/embeddings?api-version=2024-06-01"
+    )
     assert API.upstream_url(endpoint, PINNED, call).endswith("?api-version=2024-10-21")
     v1, bare = route("/openai/v1/chat/completions")
     assert API.upstream_url(v1, PROVIDER, bare) == (
-        "https://res.openai.azure.com/openai/v1/chat/completions")
+        "https://res.openai.azure.com/openai/v1/chat/completions"
+    )
 
 
 def test_usage_is_asked_for_only_where_the_api_version_streams_it() -> None:
@@ -62,8 +67,14 @@ def test_key_headers() -> None:
     assert headers["api-key"] == "az" and "Authorization" not in headers
 
 
-FILTER = {"choices": [], "created": 0, "id": "", "model": "", "object": "",
-          "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]}
+FILTER = {
+    "choices": [],
+    "created": 0,
+    "id": "",
+    "model": "",
+    "object": "",
+    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}],
+}
 
 
 def event(payload: object) -> bytes:
@@ -72,10 +83,16 @@ def event(payload: object) -> bytes:
 
 def test_filter_chunk_is_kept_and_the_injected_usage_chunk_hidden() -> None:
     endpoint, _ = route("/openai/deployments/prod/chat/completions?api-version=2024-10-21")
-    content = {"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"content": "hi"}}],
-               "usage": None}
-    usage = {"id": "chatcmpl-1", "choices": [],
-             "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10}}
+    content = {
+        "id": "chatcmpl-1",
+        "choices": [{"index": 0, "delta": {"content": "hi"}}],
+        "usage": None,
+    }
+    usage = {
+        "id": "chatcmpl-1",
+        "choices": [],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
+    }
     stream = event(FILTER) + event(content) + event(usage) + b"data: [DONE]\n\n"
     meter = API.stream_meter(endpoint, strip_usage=True)
     kept = [e.raw for e in SSEParser().feed(stream) if meter.observe(e)]

@@ -18,10 +18,19 @@ from gateway.sse import SSEParser
 from pricing.models import Usage
 
 API = GeminiApi()
-PROVIDER = ProviderConfig(kind="gemini", base_url="https://generativelanguage.googleapis.com/",
-                          api_key_env="GEMINI_API_KEY")
-USAGE = {"promptTokenCount": 120, "candidatesTokenCount": 30, "toolUsePromptTokenCount": 7,
-         "cachedContentTokenCount": 100, "thoughtsTokenCount": 45, "totalTokenCount": 202}
+PROVIDER = ProviderConfig(
+    kind="gemini",
+    base_url="https://generativelanguage.googleapis.com/",
+    api_key_env="GEMINI_API_KEY",
+)
+USAGE = {
+    "promptTokenCount": 120,
+    "candidatesTokenCount": 30,
+    "toolUsePromptTokenCount": 7,
+    "cachedContentTokenCount": 100,
+    "thoughtsTokenCount": 45,
+    "totalTokenCount": 202,
+}
 
 
 def route(target: str) -> tuple[object, Call]:
@@ -35,14 +44,24 @@ def sse(payload: object) -> bytes:
 
 
 def chunk(text: str, candidates: int, finish: bool = False) -> dict[str, object]:
-    candidate: dict[str, object] = {"content": {"parts": [{"text": text}], "role": "model"},
-                                    "index": 0}
+    candidate: dict[str, object] = {
+        "content": {"parts": [{"text": text}], "role": "model"},
+        "index": 0,
+    }
     if finish:
         candidate["finishReason"] = "STOP"
-    usage = {"promptTokenCount": 12, "candidatesTokenCount": candidates,
-             "thoughtsTokenCount": 4, "totalTokenCount": 16 + candidates}
-    return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": "gemini-2.5-flash",
-            "responseId": "resp-1"}
+    usage = {
+        "promptTokenCount": 12,
+        "candidatesTokenCount": candidates,
+        "thoughtsTokenCount": 4,
+        "totalTokenCount": 16 + candidates,
+    }
+    return {
+        "candidates": [candidate],
+        "usageMetadata": usage,
+        "modelVersion": "gemini-2.5-flash",
+        "responseId": "resp-1",
+    }
 
 
 STREAM = sse(chunk("Rhine", 1)) + sse(chunk(" Danube", 2)) + sse(chunk(" Elbe", 3, finish=True))
@@ -63,8 +82,9 @@ def test_generate_content_usage_follows_the_one_convention() -> None:
     endpoint, _ = route("/v1beta/models/gemini-2.5-pro:generateContent")
     body = orjson.dumps({"candidates": [], "usageMetadata": USAGE, "responseId": "abc"})
     found = API.usage_from_body(endpoint, body)  # type: ignore[arg-type]
-    assert found.usage == Usage(input_tokens=127, output_tokens=75, cached_input_tokens=100,
-                                reasoning_tokens=45)
+    assert found.usage == Usage(
+        input_tokens=127, output_tokens=75, cached_input_tokens=100, reasoning_tokens=45
+    )
     assert found.upstream_id == "abc"
 
 
@@ -77,13 +97,18 @@ def test_answer_without_usage_gives_its_text_for_an_estimate() -> None:
 
 def test_embeddings_read_prompt_tokens_or_nothing() -> None:
     endpoint, _ = route("/v1/models/gemini-embedding-001:batchEmbedContents")
-    with_usage = orjson.dumps({"embeddings": [{"values": [0.1]}],
-                               "usageMetadata": {"promptTokenCount": 9}})
+    with_usage = orjson.dumps(
+        {"embeddings": [{"values": [0.1]}], "usageMetadata": {"promptTokenCount": 9}}
+    )
     assert API.usage_from_body(endpoint, with_usage).usage == Usage(input_tokens=9)  # type: ignore[arg-type]
     bare = orjson.dumps({"embeddings": [{"values": [0.1]}]})
     assert API.usage_from_body(endpoint, bare).usage is None  # type: ignore[arg-type]
-    request = {"requests": [{"content": {"parts": [{"text": "a b"}]}},
-                            {"content": {"parts": [{"text": "c"}]}}]}
+    request = {
+        "requests": [
+            {"content": {"parts": [{"text": "a b"}]}},
+            {"content": {"parts": [{"text": "c"}]}},
+        ]
+    }
     assert API.prompt_text(endpoint, request) == "a b\nc"  # type: ignore[arg-type]
 
 
@@ -130,28 +155,37 @@ def test_client_key_from_header_then_query_then_bearer() -> None:
 
 
 def test_upstream_url_keeps_alt_and_drops_the_clients_key() -> None:
-    endpoint, call = route("/v1beta/models/gemini-2.5-flash:streamGenerateContent"
-                           "?alt=sse&key=tb_secret")
+    endpoint, call = route(
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse&key=tb_secret"
+    )
     url = API.upstream_url(endpoint, PROVIDER, call)  # type: ignore[arg-type]
-    assert url == ("https://generativelanguage.googleapis.com/v1beta/models/"
-                   "gemini-2.5-flash:streamGenerateContent?alt=sse")
+    assert url == (
+        "https://generativelanguage.googleapis.com/v1beta/models/"
+        "gemini-2.5-flash:streamGenerateContent?alt=sse"
+    )
     headers = API.upstream_headers({"x-goog-api-key": "tb_secret", "x-custom": "1"}, "AIza-p")
     assert headers["x-goog-api-key"] == "AIza-p" and headers["x-custom"] == "1"
 
 
 def test_errors_have_geminis_shape() -> None:
-    body = orjson.loads(API.error_body(429, "insufficient_quota", "Monthly limit reached.",
-                                       "insufficient_quota", None))
-    assert body == {"error": {"code": 429, "message": "Monthly limit reached.",
-                              "status": "RESOURCE_EXHAUSTED"}}
+    body = orjson.loads(
+        API.error_body(
+            429, "insufficient_quota", "Monthly limit reached.", "insufficient_quota", None
+        )
+    )
+    assert body == {
+        "error": {"code": 429, "message": "Monthly limit reached.", "status": "RESOURCE_EXHAUSTED"}
+    }
     assert status_name(401) == "UNAUTHENTICATED" and status_name(599) == "INTERNAL"
 
 
 def test_generation_limit_and_prompt_text() -> None:
     endpoint, _ = route("/v1/models/gemini-2.5-flash:generateContent")
-    body = {"systemInstruction": {"parts": [{"text": "Be brief."}]},
-            "contents": [{"role": "user", "parts": [{"text": "Hi"}]}],
-            "generationConfig": {"maxOutputTokens": 64}}
+    body = {
+        "systemInstruction": {"parts": [{"text": "Be brief."}]},
+        "contents": [{"role": "user", "parts": [{"text": "Hi"}]}],
+        "generationConfig": {"maxOutputTokens": 64},
+    }
     assert API.prompt_text(endpoint, body) == "Be brief.\nHi"  # type: ignore[arg-type]
     assert API.max_output_tokens(body) == 64
     assert API.is_streaming(endpoint, body) is False  # type: ignore[arg-type]

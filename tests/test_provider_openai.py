@@ -144,17 +144,32 @@ def test_prepare_body_leaves_requests_that_need_nothing() -> None:
 @pytest.mark.parametrize(
     ("endpoint", "name", "usage", "upstream_id"),
     [
-        (CHAT, "chat_completion.json",
-         Usage(input_tokens=1843, output_tokens=412, cached_input_tokens=1536,
-               reasoning_tokens=320),
-         "chatcmpl-BzQxV1c9mE2bRk8TnY5uWfLp3aJ0s"),
-        (COMPLETIONS, "completion.json", Usage(input_tokens=5, output_tokens=7),
-         "cmpl-BzS0pA3kX7cVn2mQ9rT4yWuE1oLh6"),
+        (
+            CHAT,
+            "chat_completion.json",
+            Usage(
+                input_tokens=1843, output_tokens=412, cached_input_tokens=1536, reasoning_tokens=320
+            ),
+            "chatcmpl-BzQxV1c9mE2bRk8TnY5uWfLp3aJ0s",
+        ),
+        (
+            COMPLETIONS,
+            "completion.json",
+            Usage(input_tokens=5, output_tokens=7),
+            "cmpl-BzS0pA3kX7cVn2mQ9rT4yWuE1oLh6",
+        ),
         (EMBEDDINGS, "embeddings.json", Usage(input_tokens=14), None),
-        (RESPONSES, "response.json",
-         Usage(input_tokens=5120, output_tokens=1035, cached_input_tokens=4864,
-               reasoning_tokens=896),
-         "resp_6890a1f2c3d48191b2a3c4d5e6f708090a1b2c3d4e5f6a7b"),
+        (
+            RESPONSES,
+            "response.json",
+            Usage(
+                input_tokens=5120,
+                output_tokens=1035,
+                cached_input_tokens=4864,
+                reasoning_tokens=896,
+            ),
+            "resp_6890a1f2c3d48191b2a3c4d5e6f708090a1b2c3d4e5f6a7b",
+        ),
     ],
 )
 def test_usage_from_recorded_bodies(
@@ -166,10 +181,17 @@ def test_usage_from_recorded_bodies(
 
 
 def test_null_usage_fields_read_as_zero() -> None:
-    body = orjson.dumps({"id": "chatcmpl-1", "usage": {
-        "prompt_tokens": 10, "completion_tokens": None,
-        "prompt_tokens_details": None, "completion_tokens_details": {"reasoning_tokens": None},
-    }})
+    body = orjson.dumps(
+        {
+            "id": "chatcmpl-1",
+            "usage": {
+                "prompt_tokens": 10,
+                "completion_tokens": None,
+                "prompt_tokens_details": None,
+                "completion_tokens_details": {"reasoning_tokens": None},
+            },
+        }
+    )
     assert api.usage_from_body(CHAT, body).usage == Usage(input_tokens=10)
 
 
@@ -184,11 +206,14 @@ def test_body_without_usage_or_unreadable_gives_no_usage() -> None:
 @pytest.mark.parametrize(
     ("name", "usage"),
     [
-        ("chat_stream_include_usage.sse",
-         Usage(input_tokens=2006, output_tokens=9, cached_input_tokens=1920)),
-        ("chat_stream_compatible_spaced.sse",
-         Usage(input_tokens=312, output_tokens=58, cached_input_tokens=256,
-               reasoning_tokens=41)),
+        (
+            "chat_stream_include_usage.sse",
+            Usage(input_tokens=2006, output_tokens=9, cached_input_tokens=1920),
+        ),
+        (
+            "chat_stream_compatible_spaced.sse",
+            Usage(input_tokens=312, output_tokens=58, cached_input_tokens=256, reasoning_tokens=41),
+        ),
     ],
 )
 def test_injected_usage_chunk_is_metered_and_stripped(name: str, usage: Usage) -> None:
@@ -228,10 +253,17 @@ def test_cut_stream_text_includes_reasoning_and_tool_arguments() -> None:
 
 def test_usage_on_content_chunks_is_never_stripped_and_the_last_wins() -> None:
     def chunk(text: str, completion_tokens: int) -> bytes:
-        return b"data: " + orjson.dumps({
-            "id": "chatcmpl-v", "choices": [{"index": 0, "delta": {"content": text}}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": completion_tokens},
-        }) + b"\n\n"
+        return (
+            b"data: "
+            + orjson.dumps(
+                {
+                    "id": "chatcmpl-v",
+                    "choices": [{"index": 0, "delta": {"content": text}}],
+                    "usage": {"prompt_tokens": 7, "completion_tokens": completion_tokens},
+                }
+            )
+            + b"\n\n"
+        )
 
     stream = chunk("a", 1) + chunk("b", 2) + b"data: [DONE]\n\n"
     forwarded, result = relay(CHAT, stream, strip=True)
@@ -252,11 +284,19 @@ def test_completions_stream() -> None:
 @pytest.mark.parametrize(
     ("name", "usage"),
     [
-        ("response_stream.sse",
-         Usage(input_tokens=5120, output_tokens=1035, cached_input_tokens=4864,
-               reasoning_tokens=896)),
-        ("response_stream_incomplete.sse",
-         Usage(input_tokens=42, output_tokens=16, reasoning_tokens=12)),
+        (
+            "response_stream.sse",
+            Usage(
+                input_tokens=5120,
+                output_tokens=1035,
+                cached_input_tokens=4864,
+                reasoning_tokens=896,
+            ),
+        ),
+        (
+            "response_stream_incomplete.sse",
+            Usage(input_tokens=42, output_tokens=16, reasoning_tokens=12),
+        ),
     ],
 )
 def test_responses_stream_usage_from_the_final_event(name: str, usage: Usage) -> None:
@@ -269,7 +309,8 @@ def test_responses_stream_usage_from_the_final_event(name: str, usage: Usage) ->
 
 def test_responses_stream_without_event_lines() -> None:
     stream = b"".join(
-        line + b"\n" for line in fixture("response_stream.sse").split(b"\n")[:-1]
+        line + b"\n"
+        for line in fixture("response_stream.sse").split(b"\n")[:-1]
         if not line.startswith(b"event:")
     )
     _, result = relay(RESPONSES, stream, strip=False)
@@ -286,26 +327,41 @@ def test_cut_responses_stream_keeps_id_and_text() -> None:
 
 
 def test_error_body_has_the_openai_shape() -> None:
-    body = api.error_body(429, "insufficient_quota", "Monthly limit reached.",
-                          "insufficient_quota", None)
-    assert orjson.loads(body) == {"error": {
-        "message": "Monthly limit reached.", "type": "insufficient_quota", "param": None,
-        "code": "insufficient_quota",
-    }}
+    body = api.error_body(
+        429, "insufficient_quota", "Monthly limit reached.", "insufficient_quota", None
+    )
+    assert orjson.loads(body) == {
+        "error": {
+            "message": "Monthly limit reached.",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    }
 
 
 def test_prompt_text_per_endpoint() -> None:
     chat = {
         "messages": [
             {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": [
-                {"type": "text", "text": "What is in this image?"},
-                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
-            ]},
-            {"role": "assistant", "content": None, "tool_calls": [{
-                "id": "call_1", "type": "function",
-                "function": {"name": "lookup", "arguments": '{"q": "cat"}'},
-            }]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in this image?"},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": '{"q": "cat"}'},
+                    }
+                ],
+            },
             {"role": "tool", "tool_call_id": "call_1", "content": "A cat."},
         ],
     }
@@ -342,24 +398,42 @@ def test_max_output_tokens() -> None:
     assert api.max_output_tokens({}) is None
 
 
-_KEYS = st.sampled_from([
-    "id", "usage", "choices", "delta", "content", "text", "tool_calls", "function",
-    "arguments", "prompt_tokens", "completion_tokens", "prompt_tokens_details",
-    "cached_tokens", "input_tokens", "output_tokens", "output_tokens_details",
-    "reasoning_tokens", "response", "type",
-])
+_KEYS = st.sampled_from(
+    [
+        "id",
+        "usage",
+        "choices",
+        "delta",
+        "content",
+        "text",
+        "tool_calls",
+        "function",
+        "arguments",
+        "prompt_tokens",
+        "completion_tokens",
+        "prompt_tokens_details",
+        "cached_tokens",
+        "input_tokens",
+        "output_tokens",
+        "output_tokens_details",
+        "reasoning_tokens",
+        "response",
+        "type",
+    ]
+)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(_KEYS | st.text(max_size=5), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(_KEYS | st.text(max_size=5), children, max_size=5)
+    ),
     max_leaves=30,
 )
-payloads = st.one_of(
-    st.binary(max_size=200), json_values.map(lambda value: orjson.dumps(value))
-)
+payloads = st.one_of(st.binary(max_size=200), json_values.map(lambda value: orjson.dumps(value)))
 endpoints = st.sampled_from(api.endpoints)
 event_names = st.one_of(
-    st.none(), st.text(max_size=10),
+    st.none(),
+    st.text(max_size=10),
     st.sampled_from(["response.created", "response.completed", "response.output_text.delta"]),
 )
 
@@ -372,7 +446,8 @@ def test_usage_from_body_never_raises(endpoint: Endpoint, body: bytes) -> None:
 
 @settings(max_examples=300)
 @given(
-    endpoint=endpoints, strip=st.booleans(),
+    endpoint=endpoints,
+    strip=st.booleans(),
     events=st.lists(st.tuples(event_names, payloads), max_size=8),
 )
 def test_stream_meter_never_raises(
@@ -392,14 +467,36 @@ def test_prompt_text_never_raises(endpoint: Endpoint, body: Any) -> None:
 
 def test_body_without_usage_yields_the_produced_text_for_an_estimate() -> None:
     api = OpenAIApi()
-    chat = orjson.dumps({"id": "c1", "choices": [{"message": {"content": "hello world",
-        "tool_calls": [{"function": {"name": "f", "arguments": "{\"a\":1}"}}]}}]})
+    chat = orjson.dumps(
+        {
+            "id": "c1",
+            "choices": [
+                {
+                    "message": {
+                        "content": "hello world",
+                        "tool_calls": [{"function": {"name": "f", "arguments": '{"a":1}'}}],
+                    }
+                }
+            ],
+        }
+    )
     found = api.usage_from_body(CHAT, chat)
     assert found.usage is None
-    assert found.produced_text.split("\n") == ["hello world", "f", "{\"a\":1}"]
-    responses = orjson.dumps({"id": "r1", "output": [{"type": "message",
-        "content": [{"type": "output_text", "text": "hi there"}]}]})
+    assert found.produced_text.split("\n") == ["hello world", "f", '{"a":1}']
+    responses = orjson.dumps(
+        {
+            "id": "r1",
+            "output": [
+                {"type": "message", "content": [{"type": "output_text", "text": "hi there"}]}
+            ],
+        }
+    )
     assert api.usage_from_body(RESPONSES, responses).produced_text == "hi there"
-    with_usage = orjson.dumps({"id": "c2", "choices": [{"message": {"content": "x"}}],
-                               "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+    with_usage = orjson.dumps(
+        {
+            "id": "c2",
+            "choices": [{"message": {"content": "x"}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+        }
+    )
     assert api.usage_from_body(CHAT, with_usage).produced_text == ""

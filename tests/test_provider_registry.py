@@ -40,8 +40,9 @@ def test_parameters_go_back_percent_encoded() -> None:
 
 
 def test_aiohttp_spelling_keeps_each_parameter_in_one_segment() -> None:
-    assert aiohttp_path("/v1/models/{model}:embedContent") == \
-        "/v1/models/{model:[^/]+}:embedContent"
+    assert (
+        aiohttp_path("/v1/models/{model}:embedContent") == "/v1/models/{model:[^/]+}:embedContent"
+    )
 
 
 def settings(provider: str) -> None:
@@ -49,11 +50,16 @@ def settings(provider: str) -> None:
 
 
 def test_kind_keys_are_validated_naming_the_yaml_path() -> None:
-    settings("    kind: azure_openai\n    base_url: https://r.openai.azure.com\n"
-             "    api_version: '2024-10-21'\n    deployments: {prod: gpt-4o}\n")
+    settings(
+        "    kind: azure_openai\n    base_url: https://r.openai.azure.com\n"
+        "    api_version: '2024-10-21'\n    deployments: {prod: gpt-4o}\n"
+    )
     settings("    kind: bedrock\n    region: us-east-1\n")
-    with pytest.raises(ConfigError, match=r"providers\.p: deployments: only a provider of kind "
-                                          r"azure_openai"):
+    with pytest.raises(
+        ConfigError,
+        match=r"providers\.p: deployments: only a provider of kind "
+        r"azure_openai",
+    ):
         settings("    kind: gemini\n    base_url: https://g\n    deployments: {a: b}\n")
     with pytest.raises(ConfigError, match=r"providers\.p.*region"):
         settings("    kind: bedrock\n")
@@ -64,9 +70,11 @@ def test_kind_keys_are_validated_naming_the_yaml_path() -> None:
 
 
 def test_azure_deployment_routes_to_the_entry_that_maps_it() -> None:
-    raw = (b"providers:\n"
-           b"  a: {kind: azure_openai, base_url: 'https://a', deployments: {x: gpt-4o}}\n"
-           b"  b: {kind: azure_openai, base_url: 'https://b', deployments: {y: gpt-4o}}\n")
+    raw = (
+        b"providers:\n"
+        b"  a: {kind: azure_openai, base_url: 'https://a', deployments: {x: gpt-4o}}\n"
+        b"  b: {kind: azure_openai, base_url: 'https://b', deployments: {y: gpt-4o}}\n"
+    )
     config = parse_settings(raw, "cfg.yaml")
     assert config.provider_for("y", "azure_openai") == "b"
     assert config.provider_for("z", "azure_openai") == "a"  # then refused: not mapped

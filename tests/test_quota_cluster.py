@@ -29,6 +29,7 @@ LIMITS = QuotaLimits(requests_per_month=5)
 CUSTOMERS = 40
 REQUESTS = 300
 
+
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
     started = start_cluster()
@@ -59,8 +60,9 @@ def customers_on_every_primary(cluster: Cluster, client: RedisCluster) -> list[s
     return names
 
 
-async def admit_all(stores: list[QuotaStore], customers: list[str], *,
-                    spread_s: float = 0.0) -> tuple[dict[str, int], int]:
+async def admit_all(
+    stores: list[QuotaStore], customers: list[str], *, spread_s: float = 0.0
+) -> tuple[dict[str, int], int]:
     """REQUESTS admits over the customers, alternately on each store, launched over
     `spread_s`; a call that fails is sent again with its request id. Returns the admitted
     count per customer and how many calls failed and were resent."""
@@ -76,8 +78,13 @@ async def admit_all(stores: list[QuotaStore], customers: list[str], *,
         while True:
             try:
                 reply = await stores[i % 2].admit(
-                    customer_id=customer, request_id=request_id, limits=LIMITS, tokens=10,
-                    spend_micros=0, reservation_ttl_ms=60_000)
+                    customer_id=customer,
+                    request_id=request_id,
+                    limits=LIMITS,
+                    tokens=10,
+                    spend_micros=0,
+                    reservation_ttl_ms=60_000,
+                )
                 break
             except QuotaStoreUnavailable:
                 resent += 1
@@ -90,8 +97,9 @@ async def admit_all(stores: list[QuotaStore], customers: list[str], *,
     return admitted, resent
 
 
-async def assert_exact(stores: list[QuotaStore], customers: list[str],
-                       admitted: dict[str, int]) -> None:
+async def assert_exact(
+    stores: list[QuotaStore], customers: list[str], admitted: dict[str, int]
+) -> None:
     assert admitted == dict.fromkeys(customers, 5)
     for customer in customers:
         assert (await stores[1].usage(customer)).month_requests == 5
@@ -123,8 +131,9 @@ async def test_a_replica_taking_over_under_load_keeps_quotas_exact(
     load = asyncio.create_task(admit_all(stores, customers, spread_s=2.0))
     await failover()
     admitted, _ = await load
-    await asyncio.to_thread(wait_until, lambda: cluster.role(replica) == "master", 10,
-                            "the replica's promotion")
+    await asyncio.to_thread(
+        wait_until, lambda: cluster.role(replica) == "master", 10, "the replica's promotion"
+    )
     await assert_exact(stores, customers, admitted)
     assert sum(s._scripts.rerouted for s in stores) > 0  # type: ignore[union-attr]  # MOVED
 
@@ -149,8 +158,9 @@ async def test_migrating_a_hot_customers_slot_under_load_keeps_quotas_exact(
         await asyncio.sleep(0.3)  # admits now meet a migrating slot
         keys = (await run(cli, source, "CLUSTER", "GETKEYSINSLOT", slot, "1000")).split()
         if keys:
-            await run(cli, source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000",
-                      "KEYS", *keys)
+            await run(
+                cli, source, "MIGRATE", "127.0.0.1", str(target), "", "0", "5000", "KEYS", *keys
+            )
         await asyncio.sleep(0.3)
         for port in cluster.ports:
             await run(cli, port, "CLUSTER", "SETSLOT", slot, "NODE", ids[target])
@@ -178,8 +188,14 @@ async def test_a_killed_primary_is_replaced_and_its_quota_state_is_kept(
     # Written before the failover: kept by the replica that takes over.
     kept = on_victim[0]
     for i in range(5):
-        reply = await stores[0].admit(customer_id=kept, request_id=f"pre-{i}", limits=LIMITS,
-                                      tokens=1, spend_micros=0, reservation_ttl_ms=60_000)
+        reply = await stores[0].admit(
+            customer_id=kept,
+            request_id=f"pre-{i}",
+            limits=LIMITS,
+            tokens=1,
+            spend_micros=0,
+            reservation_ttl_ms=60_000,
+        )
         assert reply.admitted
     others = [c for c in customers if c != kept]
 
@@ -188,12 +204,20 @@ async def test_a_killed_primary_is_replaced_and_its_quota_state_is_kept(
     killed_at = time.monotonic()
     cluster.kill(victim)
     admitted, resent = await load
-    await asyncio.to_thread(wait_until, lambda: cluster.role(replica) == "master", 15,
-                            "the replica's promotion")
+    await asyncio.to_thread(
+        wait_until, lambda: cluster.role(replica) == "master", 15, "the replica's promotion"
+    )
     assert resent > 0  # the failover seconds were felt, and bounded:
     assert time.monotonic() - killed_at < 30
     assert (await stores[1].usage(kept)).month_requests == 5
-    assert not (await stores[1].admit(customer_id=kept, request_id="after", limits=LIMITS,
-                                      tokens=1, spend_micros=0,
-                                      reservation_ttl_ms=60_000)).admitted
+    assert not (
+        await stores[1].admit(
+            customer_id=kept,
+            request_id="after",
+            limits=LIMITS,
+            tokens=1,
+            spend_micros=0,
+            reservation_ttl_ms=60_000,
+        )
+    ).admitted
     await assert_exact(stores, others, admitted)

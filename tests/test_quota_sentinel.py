@@ -58,9 +58,14 @@ async def admit(store: QuotaStore, customer: str, request_id: str) -> bool:
     deadline = time.monotonic() + 30
     while True:
         try:
-            reply = await store.admit(customer_id=customer, request_id=request_id,
-                                      limits=LIMITS, tokens=10, spend_micros=0,
-                                      reservation_ttl_ms=60_000)
+            reply = await store.admit(
+                customer_id=customer,
+                request_id=request_id,
+                limits=LIMITS,
+                tokens=10,
+                spend_micros=0,
+                reservation_ttl_ms=60_000,
+            )
             return reply.admitted
         except QuotaStoreUnavailable:
             assert time.monotonic() < deadline
@@ -85,11 +90,16 @@ async def test_a_sentinel_failover_under_load_keeps_quotas_exact(
 
     load = asyncio.gather(*(one(i) for i in range(REQUESTS)))
     await asyncio.sleep(0.5)
-    assert "OK" in await asyncio.to_thread(cli, sentinel.sentinels[0], "SENTINEL",
-                                           "FAILOVER", "mymaster")
+    assert "OK" in await asyncio.to_thread(
+        cli, sentinel.sentinels[0], "SENTINEL", "FAILOVER", "mymaster"
+    )
     await load
-    await asyncio.to_thread(wait_until, lambda: sentinel.current_primary() == sentinel.replica,
-                            15, "the replica's promotion")
+    await asyncio.to_thread(
+        wait_until,
+        lambda: sentinel.current_primary() == sentinel.replica,
+        15,
+        "the replica's promotion",
+    )
     assert admitted == dict.fromkeys(customers, 5)
     for customer in [*customers, kept]:
         assert (await stores[1].usage(customer)).month_requests == 5

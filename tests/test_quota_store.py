@@ -131,8 +131,11 @@ async def test_a_refusal_reserves_nothing_in_any_window(store: QuotaStore, clien
     customer = new_customer()
     keys = customer_keys(customer)
     limits = QuotaLimits(
-        requests_per_minute=10, tokens_per_minute=1000, requests_per_month=10,
-        tokens_per_month=10_000, spend_per_month_micros=10_000_000,
+        requests_per_minute=10,
+        tokens_per_minute=1000,
+        requests_per_month=10,
+        tokens_per_month=10_000,
+        spend_per_month_micros=10_000_000,
     )
     assert (await admit(store, customer, limits, tokens=900, micros=100)).admitted
     before = await store.usage(customer)
@@ -225,7 +228,9 @@ async def test_settle_refunds_an_overestimate_and_tops_up_an_underestimate(
 
     refund = await store.settle(customer_id=customer, request_id=big, tokens=100, spend_micros=1000)
     assert (refund.outcome, refund.tokens_delta, refund.spend_micros_delta) == (
-        "settled", -800, -8000,
+        "settled",
+        -800,
+        -8000,
     )
     assert not refund.released_before
     # The refund made room at once.
@@ -243,13 +248,15 @@ async def test_settle_returns_the_month_counters_after_it(store: QuotaStore) -> 
     done, pending = new_request(), new_request()
     first = await admit(store, customer, limits, tokens=75, micros=750, request_id=done)
     await admit(store, customer, limits, tokens=10, micros=100, request_id=pending)
-    settled = await store.settle(customer_id=customer, request_id=done, tokens=82,
-                                 spend_micros=820)
+    settled = await store.settle(customer_id=customer, request_id=done, tokens=82, spend_micros=820)
     # The reservation's month, counting this settle and the other pending reservation.
-    assert (settled.month, settled.month_requests, settled.month_tokens,
-            settled.month_spend_micros) == (first.usage.month, 2, 92, 920)
-    again = await store.settle(customer_id=customer, request_id=done, tokens=82,
-                               spend_micros=820)
+    assert (
+        settled.month,
+        settled.month_requests,
+        settled.month_tokens,
+        settled.month_spend_micros,
+    ) == (first.usage.month, 2, 92, 920)
+    again = await store.settle(customer_id=customer, request_id=done, tokens=82, spend_micros=820)
     assert (again.outcome, again.month) == ("already_settled", None)
 
 
@@ -267,7 +274,9 @@ async def test_settle_twice_changes_nothing_the_second_time(store: QuotaStore) -
     )
     assert first.outcome == "settled"
     assert (second.outcome, second.tokens_delta, second.spend_micros_delta) == (
-        "already_settled", 0, 0,
+        "already_settled",
+        0,
+        0,
     )
     assert counters(await store.usage(customer)) == after_first == (1, 10, 1, 10, 1)
 
@@ -307,7 +316,10 @@ async def test_an_abandoned_reservation_is_released_by_its_ttl(store: QuotaStore
     # The request turns out to have finished after all: its actual use is added in full, once.
     late = await store.settle(customer_id=customer, request_id=abandoned, tokens=50, spend_micros=5)
     assert (late.outcome, late.released_before, late.tokens_delta, late.spend_micros_delta) == (
-        "settled", True, 50, 5,
+        "settled",
+        True,
+        50,
+        5,
     )
     assert counters(await store.usage(customer)) == (2, 850, 2, 850, 805)
 
@@ -327,9 +339,7 @@ async def test_shadow_mode_reserves_and_names_the_limit_that_would_refuse(
 def python_month(ms: int) -> tuple[str, int, int]:
     moment = datetime.fromtimestamp(ms // 1000, tz=UTC)
     start = datetime(moment.year, moment.month, 1, tzinfo=UTC)
-    following = datetime(
-        moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC
-    )
+    following = datetime(moment.year + moment.month // 12, moment.month % 12 + 1, 1, tzinfo=UTC)
     return (
         f"{moment.year:04d}-{moment.month:02d}",
         int(start.timestamp()) * 1000,
@@ -339,7 +349,9 @@ def python_month(ms: int) -> tuple[str, int, int]:
 
 async def test_lua_calendar_month_matches_utc_calendar(client: Redis) -> None:
     # quota_lib.lua's month_of, evaluated by the real server at chosen instants.
-    probe = lua_source("quota_lib.lua") + """
+    probe = (
+        lua_source("quota_lib.lua")
+        + """
 local out = {}
 for i = 1, #ARGV do
   local id, first, following = month_of(tonumber(ARGV[i]))
@@ -347,6 +359,7 @@ for i = 1, #ARGV do
 end
 return out
 """
+    )
     instants = []
     for year in (1970, 1999, 2000, 2024, 2025, 2026, 2100, 2400):
         for month in range(1, 13):
@@ -371,10 +384,15 @@ async def test_a_previous_months_usage_does_not_count_this_month(
     previous, _, _ = python_month(this_start - 1)
     older = [python_month(this_start - k * 40 * 86_400_000)[0] for k in (2, 3)]
     # Last month exhausted its quota; two older months are stale leftovers.
-    await client.hset(keys.month_counters, mapping={
-        f"{previous}:requests": 3, f"{previous}:tokens": 7,
-        **{f"{m}:requests": 1 for m in older}, **{f"{m}:tokens": 1 for m in older},
-    })
+    await client.hset(
+        keys.month_counters,
+        mapping={
+            f"{previous}:requests": 3,
+            f"{previous}:tokens": 7,
+            **{f"{m}:requests": 1 for m in older},
+            **{f"{m}:tokens": 1 for m in older},
+        },
+    )
 
     replies = [await admit(store, customer, limits) for _ in range(4)]
     assert [r.admitted for r in replies] == [True, True, True, False]
@@ -384,11 +402,12 @@ async def test_a_previous_months_usage_does_not_count_this_month(
     assert refused.usage.next_month_ms == next_start
     assert refused.retry_after_ms == next_start - refused.usage.server_time_ms
     # The month before is kept for late settles; older months are pruned.
-    fields = {f.decode() if isinstance(f, bytes) else f
-              for f in await client.hkeys(keys.month_counters)}
-    assert fields == {f"{m}:{c}" for m in (this_month, previous)
-                      for c in ("requests", "tokens", "spend_micros")} - {
-        f"{previous}:spend_micros"}
+    fields = {
+        f.decode() if isinstance(f, bytes) else f for f in await client.hkeys(keys.month_counters)
+    }
+    assert fields == {
+        f"{m}:{c}" for m in (this_month, previous) for c in ("requests", "tokens", "spend_micros")
+    } - {f"{previous}:spend_micros"}
     ttl_ms = await client.pttl(keys.month_counters)
     assert ttl_ms > next_start - refused.usage.server_time_ms
 
@@ -407,8 +426,9 @@ async def test_admit_and_settle_send_exactly_the_evalsha_of_their_keys_and_args(
             sent.append((script, packed))
             return [1, b"", -1, 0, 1, b"2026-05", 2, 3, 4, 5, 6, 7, 8, 9]
 
-        def submit_packed(self, script: LuaScript, packed: bytes, *,
-                          defer_s: float = 0.0) -> asyncio.Future[Any]:
+        def submit_packed(
+            self, script: LuaScript, packed: bytes, *, defer_s: float = 0.0
+        ) -> asyncio.Future[Any]:
             sent.append((script, packed))
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             future.set_result([1, 0, 0, 0])
@@ -416,19 +436,41 @@ async def test_admit_and_settle_send_exactly_the_evalsha_of_their_keys_and_args(
 
     store = QuotaStore(Redis(), window_ms=WINDOW_MS)
     store._scripts = Recording()  # type: ignore[assignment]
-    limits = QuotaLimits(requests_per_minute=3, tokens_per_month=10**12,
-                         spend_per_month_micros=5_000_000)
+    limits = QuotaLimits(
+        requests_per_minute=3, tokens_per_month=10**12, spend_per_month_micros=5_000_000
+    )
     keys = customer_keys("cust_{é}")
-    await store.admit(customer_id="cust_{é}", request_id="req-1", limits=limits, tokens=4116,
-                      spend_micros=29, reservation_ttl_ms=TTL_MS, shadow=True)
-    await store.settle_soon(customer_id="cust_{é}", request_id="req-1", tokens=55,
-                            spend_micros=3)
-    admit_keys = [keys.requests_log, keys.token_buckets, keys.month_counters, keys.pending,
-                  keys.reservation("req-1")]
-    admit_args: list[str | int] = ["req-1", 3, -1, -1, 10**12, 5_000_000, 4116, 29, TTL_MS,
-                                   WINDOW_MS, 1]
-    settle_keys = [keys.token_buckets, keys.month_counters, keys.pending,
-                   keys.reservation("req-1")]
+    await store.admit(
+        customer_id="cust_{é}",
+        request_id="req-1",
+        limits=limits,
+        tokens=4116,
+        spend_micros=29,
+        reservation_ttl_ms=TTL_MS,
+        shadow=True,
+    )
+    await store.settle_soon(customer_id="cust_{é}", request_id="req-1", tokens=55, spend_micros=3)
+    admit_keys = [
+        keys.requests_log,
+        keys.token_buckets,
+        keys.month_counters,
+        keys.pending,
+        keys.reservation("req-1"),
+    ]
+    admit_args: list[str | int] = [
+        "req-1",
+        3,
+        -1,
+        -1,
+        10**12,
+        5_000_000,
+        4116,
+        29,
+        TTL_MS,
+        WINDOW_MS,
+        1,
+    ]
+    settle_keys = [keys.token_buckets, keys.month_counters, keys.pending, keys.reservation("req-1")]
     assert sent == [
         (store._admit, pack_evalsha(store._admit, admit_keys, admit_args)),
         (store._settle, pack_evalsha(store._settle, settle_keys, [55, 3])),

@@ -166,8 +166,9 @@ async def test_a_request_larger_than_the_token_window_fails_at_once(policy: Quot
 
 async def test_rate_limit_headers_cover_the_limited_minute_windows(policy: QuotaPolicy) -> None:
     customer = new_customer()
-    both = await admit(policy, customer, tier(requests_per_minute=20, tokens_per_minute=40000),
-                       tokens=1500)
+    both = await admit(
+        policy, customer, tier(requests_per_minute=20, tokens_per_minute=40000), tokens=1500
+    )
     assert policy.rate_limit_headers(both) == {
         "x-ratelimit-limit-requests": "20",
         "x-ratelimit-remaining-requests": "19",
@@ -178,7 +179,8 @@ async def test_rate_limit_headers_cover_the_limited_minute_windows(policy: Quota
     }
     only_requests = await admit(policy, new_customer(), tier(requests_per_minute=5))
     assert set(policy.rate_limit_headers(only_requests)) == {
-        "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
         "x-ratelimit-reset-requests",
     }
     unlimited = await admit(policy, new_customer(), tier())
@@ -230,8 +232,12 @@ async def test_status_reports_each_window_and_the_80_percent_threshold(
     assert status.status == "over_limit"
     body = status.limits_json()
     assert body["limits"]["requests_per_month"] == {
-        "current": 10, "limit": 10, "remaining": 0, "within_limit": False,
-        "unit": "requests", "status": "over_limit",
+        "current": 10,
+        "limit": 10,
+        "remaining": 0,
+        "within_limit": False,
+        "unit": "requests",
+        "status": "over_limit",
         "resets_at": body["limits"]["requests_per_month"]["resets_at"],
     }
     assert body["limits"]["requests_per_month"]["resets_at"].endswith("-01T00:00:00.000Z")

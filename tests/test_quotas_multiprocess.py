@@ -88,27 +88,36 @@ def worker() -> None:
 
 def month_counters(client: redis.Redis, customer: str) -> dict[str, int]:
     raw = client.hgetall(customer_keys(customer).month_counters)
-    return {
-        (k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()
-    }
+    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
 
 
 def run_workers(
-    redis_url: str, customer: str, limits: dict[str, Any], reserve_tokens: int,
+    redis_url: str,
+    customer: str,
+    limits: dict[str, Any],
+    reserve_tokens: int,
     watch: redis.Redis | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Start the workers, fire them together; return their reports and the peak month tokens."""
     procs = []
     for n in range(PROCESSES):
         job = {
-            "redis_url": redis_url, "customer": customer, "limits": limits,
-            "reserve_tokens": reserve_tokens, "count": PER_PROCESS, "seed": n,
+            "redis_url": redis_url,
+            "customer": customer,
+            "limits": limits,
+            "reserve_tokens": reserve_tokens,
+            "count": PER_PROCESS,
+            "seed": n,
         }
-        procs.append(subprocess.Popen(
-            [sys.executable, __file__, "worker", json.dumps(job)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            cwd=Path(__file__).resolve().parent.parent,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, __file__, "worker", json.dumps(job)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+        )
     for proc in procs:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
@@ -162,8 +171,10 @@ def test_admitted_requests_equal_the_limit_across_processes(
     counts = admitted_counts(reports)
     total = PROCESSES * PER_PROCESS
     with capsys.disabled():
-        print(f"\n[multiprocess] {limit_name}={limit}: admitted per process {counts}, "
-              f"{sum(counts)} of {total} requests")
+        print(
+            f"\n[multiprocess] {limit_name}={limit}: admitted per process {counts}, "
+            f"{sum(counts)} of {total} requests"
+        )
     assert all(report["redis_errors"] == 0 for report in reports)
     assert sum(counts) == limit
     refused = [r for report in reports for r in report["results"] if not r["admitted"]]
@@ -191,9 +202,11 @@ def test_tokens_pass_the_limit_only_by_the_settle_top_ups(
     final_tokens = next(v for k, v in final.items() if k.endswith(":tokens"))
     counts = admitted_counts(reports)
     with capsys.disabled():
-        print(f"\n[multiprocess] tokens_per_month={limit} (reserving {reserve} each): admitted "
-              f"per process {counts}, {sum(counts)} of {PROCESSES * PER_PROCESS}; peak "
-              f"{peak}, final {final_tokens} tokens; settle top-ups {top_ups}")
+        print(
+            f"\n[multiprocess] tokens_per_month={limit} (reserving {reserve} each): admitted "
+            f"per process {counts}, {sum(counts)} of {PROCESSES * PER_PROCESS}; peak "
+            f"{peak}, final {final_tokens} tokens; settle top-ups {top_ups}"
+        )
     assert all(report["redis_errors"] == 0 for report in reports)
     # Without a single refund exactly limit // reserve would fit; refunds only make room.
     assert len(admitted) >= limit // reserve

@@ -55,21 +55,28 @@ def test_the_try_it_flow_runs_as_written(tmp_path: Path) -> None:
     serve_line = "tollbooth serve --config local.yaml &"
     assert serve_line in shell_lines
     shell = ported("\n".join(shell_lines)).replace(
-        serve_line, f"tollbooth serve --config local.yaml --port {gateway_port} &")
-    script = "\n".join([
-        "set -e -m",  # job control: `kill %2 %1` names the background jobs
-        shell,
-        f"{sys.executable} - <<'PY'\n{ported(snippet)}PY",
-        ported(summary).strip() + " > summary.json",
-        stop.group(1),
-        "wait",
-    ])
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TOLLBOOTH_") and k != "MOCK_PROVIDER_KEY"}
+        serve_line, f"tollbooth serve --config local.yaml --port {gateway_port} &"
+    )
+    script = "\n".join(
+        [
+            "set -e -m",  # job control: `kill %2 %1` names the background jobs
+            shell,
+            f"{sys.executable} - <<'PY'\n{ported(snippet)}PY",
+            ported(summary).strip() + " > summary.json",
+            stop.group(1),
+            "wait",
+        ]
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TOLLBOOTH_") and k != "MOCK_PROVIDER_KEY"
+    }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     assert shutil.which("tollbooth", path=env["PATH"]) is not None
-    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=240)
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
     summary_json = json.loads((tmp_path / "summary.json").read_text())

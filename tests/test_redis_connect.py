@@ -30,10 +30,16 @@ def test_sentinel_url_names_sentinels_service_and_db() -> None:
     assert (target.service, target.db, target.password) == ("mymaster", 3, "pw")
 
 
-@pytest.mark.parametrize("url", [
-    "http://x:1", "redis+cluster://", "redis+sentinel://s1:26379", "redis+cluster://a:1/0",
-    "redis+sentinel://s1:1/svc/x",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://x:1",
+        "redis+cluster://",
+        "redis+sentinel://s1:26379",
+        "redis+cluster://a:1/0",
+        "redis+sentinel://s1:1/svc/x",
+    ],
+)
 def test_unusable_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError):
         parse_redis_url(url)
@@ -57,8 +63,9 @@ async def test_each_form_builds_its_client() -> None:
 def test_config_accepts_the_cluster_and_sentinel_schemes_and_names_them_on_a_typo() -> None:
     base = b"providers: {openai: {kind: openai, base_url: https://api.openai.com/v1}}\n"
     for url in ("redis+cluster://a:7000,b:7001", "redis+sentinel://s:26379/mymaster"):
-        settings = parse_settings(base + f"storage: {{redis_url: '{url}', pgbouncer: true}}\n"
-                                  .encode())
+        settings = parse_settings(
+            base + f"storage: {{redis_url: '{url}', pgbouncer: true}}\n".encode()
+        )
         assert settings.storage.redis_url == url and settings.storage.pgbouncer
     with pytest.raises(ConfigError) as refused:
         parse_settings(base + b"storage: {redis_url: 'redis-cluster://a:1'}\n")

@@ -36,6 +36,9 @@ def test_command_help_cites_only_what_the_repository_holds() -> None:
     for command in ("usage", "customers", "keys", "billing", "serve"):
         done = subprocess.run(
             [sys.executable, "-m", "gateway.cli.main", command, "--help"],
-            capture_output=True, text=True, timeout=60, check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
         assert not OUTSIDE_REFERENCE.search(done.stdout), (command, done.stdout)

@@ -31,8 +31,12 @@ SINCE, UNTIL = NOW - timedelta(days=60), NOW + timedelta(days=1)
 
 async def mismatches(pool: asyncpg.Pool) -> list[RollupMismatch]:
     check = await verify_rollups(pool, since=SINCE, until=UNTIL)
-    assert check.window == RollupWindow(SINCE.replace(minute=0), SINCE.replace(minute=0),
-                                        UNTIL.replace(minute=0) + timedelta(hours=1), None)
+    assert check.window == RollupWindow(
+        SINCE.replace(minute=0),
+        SINCE.replace(minute=0),
+        UNTIL.replace(minute=0) + timedelta(hours=1),
+        None,
+    )
     return check.mismatches
 
 
@@ -52,12 +56,13 @@ async def test_inserted_batches_are_rolled_up_exactly(pool: asyncpg.Pool) -> Non
     rng = random.Random(5)
     events = random_events(rng, NOW, 3000)
     for start in range(0, len(events), 500):
-        await insert_events(pool, events[start:start + 500])
+        await insert_events(pool, events[start : start + 500])
     assert await mismatches(pool) == []
     row = await pool.fetchrow(
         "SELECT sum(requests) AS n, sum(price_usd) AS price, sum(unpriced_requests) AS unpriced,"
         " sum(error_requests) AS errors, sum(estimated_requests) AS estimated,"
-        " sum(compute_ms) AS compute FROM usage_rollups_hourly")
+        " sum(compute_ms) AS compute FROM usage_rollups_hourly"
+    )
     assert row is not None
     assert row["n"] == 3000
     assert row["price"] == sum((e.price_usd or Decimal(0) for e in events), Decimal(0))
@@ -66,8 +71,15 @@ async def test_inserted_batches_are_rolled_up_exactly(pool: asyncpg.Pool) -> Non
     assert row["estimated"] == sum(e.usage_source == "estimated" for e in events)
     assert row["compute"] == sum(e.latency_ms for e in events if e.status_code < 400)
     # One row per (customer, hour, project, model); keys without a project are one group.
-    keys = {(e.customer_id, e.created_at.replace(minute=0, second=0, microsecond=0),
-             e.project_id, e.model) for e in events}
+    keys = {
+        (
+            e.customer_id,
+            e.created_at.replace(minute=0, second=0, microsecond=0),
+            e.project_id,
+            e.model,
+        )
+        for e in events
+    }
     assert await pool.fetchval("SELECT count(*) FROM usage_rollups_hourly") == len(keys)
 
 
@@ -80,13 +92,15 @@ async def test_a_replayed_batch_is_rolled_up_once(pool: asyncpg.Pool) -> None:
 
 
 async def test_rerating_updates_move_the_money(pool: asyncpg.Pool) -> None:
-    events = [make_event(NOW - timedelta(hours=i), price_usd=None if i % 2 else Decimal("1"))
-              for i in range(10)]
+    events = [
+        make_event(NOW - timedelta(hours=i), price_usd=None if i % 2 else Decimal("1"))
+        for i in range(10)
+    ]
     await insert_events(pool, events)
-    await pool.execute("UPDATE usage_events SET price_usd = 0.25, price_version = 'v2' "
-                       "WHERE price_usd IS NULL")
-    await pool.execute("UPDATE usage_events SET customer_id = 'beta' WHERE id = $1",
-                       events[0].id)
+    await pool.execute(
+        "UPDATE usage_events SET price_usd = 0.25, price_version = 'v2' WHERE price_usd IS NULL"
+    )
+    await pool.execute("UPDATE usage_events SET customer_id = 'beta' WHERE id = $1", events[0].id)
     assert await mismatches(pool) == []
     total = await pool.fetchval("SELECT sum(price_usd) FROM usage_rollups_hourly")
     assert total == Decimal("6.25")
@@ -125,7 +139,8 @@ async def test_a_write_that_bypasses_the_triggers_is_found_and_repaired(
         " user_id, key_id, tier, provider, model, endpoint, status_code, streamed, input_tokens,"
         " output_tokens, cached_input_tokens, cache_write_tokens, reasoning_tokens, usage_source,"
         " cost_usd, price_usd, price_version, latency_ms, upstream_request_id, metadata"
-        " FROM usage_events")
+        " FROM usage_events"
+    )
     found = await mismatches(pool)
     assert {m.column for m in found} >= {"requests", "price_usd", "input_tokens"}
     assert next(m for m in found if m.column == "requests").raw == 2
@@ -141,7 +156,10 @@ async def test_check_and_repair_start_at_the_retention_horizon(pool: asyncpg.Poo
     april = datetime(2026, 4, 1, tzinfo=UTC)
     rebuilt = await rebuild_rollups(pool, since=SINCE, until=NOW)
     assert (rebuilt.window.start, rebuilt.window.horizon, rebuilt.window.clamped) == (
-        april, april, True)
+        april,
+        april,
+        True,
+    )
     assert rebuilt.rows == 1  # NOW's hour; March's rollups are the only record, left alone
     assert await pool.fetchval("SELECT sum(requests) FROM usage_rollups_hourly") == 2
     check = await verify_rollups(pool, since=SINCE, until=NOW)
@@ -159,8 +177,9 @@ async def test_a_check_ignores_a_month_dropped_while_it_ran(
     real_fetch = asyncpg.Connection.fetch
     dropped = False
 
-    async def fetch_then_drop(self: asyncpg.Connection, query: str, *args: object,
-                              **kwargs: object) -> object:
+    async def fetch_then_drop(
+        self: asyncpg.Connection, query: str, *args: object, **kwargs: object
+    ) -> object:
         nonlocal dropped
         # Retention commits between the check's snapshot and its read of the raw rows.
         if not dropped and "GROUP BY 1, 2, 3, 4" in query:

@@ -26,8 +26,9 @@ FAILS = LuaScript("return redis.error_reply('ERR refused by script')")
 
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[Redis]:
-    c = Redis(connection_pool=ConnectionPool.from_url(redis_url, max_connections=2,
-                                                      socket_timeout=0.5))
+    c = Redis(
+        connection_pool=ConnectionPool.from_url(redis_url, max_connections=2, socket_timeout=0.5)
+    )
     yield c
     await c.aclose()
 
@@ -36,24 +37,26 @@ def test_pack_evalsha_is_the_resp_encoding_redis_py_makes() -> None:
     from redis.asyncio.connection import Connection
 
     packed = pack_evalsha(ADD_ONCE, ["k1"], [5, "id-é", b"\x00raw"])
-    expected = b"".join(Connection().pack_command(
-        "EVALSHA", ADD_ONCE.sha, 1, "k1", 5, "id-é", b"\x00raw"))
+    expected = b"".join(
+        Connection().pack_command("EVALSHA", ADD_ONCE.sha, 1, "k1", 5, "id-é", b"\x00raw")
+    )
     assert packed == expected
     # An admit's shape: hash-tagged keys, -1 for unlimited, big and empty values.
     keys = ["q1:{c}:rpm", "q1:{c}:tpm", "q1:{c}:month", "q1:{c}:pending", "q1:{c}:r:é"]
     args: list[bytes | str | int] = ["rid", -1, 0, 10**20, "", b"", 60_000, 1]
-    expected = b"".join(Connection().pack_command(
-        "EVALSHA", ADD_ONCE.sha, len(keys), *keys, *args))
+    expected = b"".join(Connection().pack_command("EVALSHA", ADD_ONCE.sha, len(keys), *keys, *args))
     assert pack_evalsha(ADD_ONCE, keys, args) == expected
     assert pack_evalsha(ADD_ONCE, [], []) == b"".join(
-        Connection().pack_command("EVALSHA", ADD_ONCE.sha, 0))
+        Connection().pack_command("EVALSHA", ADD_ONCE.sha, 0)
+    )
 
 
 async def test_concurrent_calls_share_round_trips_and_each_gets_its_reply(client: Redis) -> None:
     batcher = ScriptBatcher(client)
     key = f"t:{uuid.uuid4()}"
-    replies = await asyncio.gather(*(batcher.call(ADD_ONCE, [key], [1, str(i)])
-                                     for i in range(200)))
+    replies = await asyncio.gather(
+        *(batcher.call(ADD_ONCE, [key], [1, str(i)]) for i in range(200))
+    )
     await batcher.aclose()
     assert sorted(replies) == list(range(1, 201))  # each call ran once, in its own reply
     assert replies == sorted(replies)  # and in the order they were made
@@ -80,9 +83,11 @@ async def test_a_batch_no_replica_confirms_is_never_answered_as_done(client: Red
     # primary does. The calls are sent again (applied once) and then fail, never answered.
     batcher = ScriptBatcher(client, retries=2, wait_replicas=1)
     key = f"t:{uuid.uuid4()}"
-    outcomes = await asyncio.gather(batcher.call(ADD_ONCE, [key], [1, "a"]),
-                                    batcher.call(ADD_ONCE, [key], [1, "b"]),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(
+        batcher.call(ADD_ONCE, [key], [1, "a"]),
+        batcher.call(ADD_ONCE, [key], [1, "b"]),
+        return_exceptions=True,
+    )
     await batcher.aclose()
     for outcome in outcomes:
         assert isinstance(outcome, redis.exceptions.ConnectionError)
@@ -96,8 +101,7 @@ async def test_a_flushed_script_cache_is_reloaded_transparently(client: Redis) -
     key = f"t:{uuid.uuid4()}"
     assert await batcher.call(ADD_ONCE, [key], [3, "a"]) == 3
     await client.script_flush()  # what a Redis restart does to the cache
-    replies = await asyncio.gather(*(batcher.call(ADD_ONCE, [key], [3, str(i)])
-                                     for i in range(10)))
+    replies = await asyncio.gather(*(batcher.call(ADD_ONCE, [key], [3, str(i)]) for i in range(10)))
     await batcher.aclose()
     assert sorted(replies) == list(range(6, 34, 3))
 
@@ -108,8 +112,7 @@ async def test_a_killed_connection_is_replaced_and_the_calls_sent_again(client: 
     assert await batcher.call(ADD_ONCE, [key], [1, "first"]) == 1
     killed = await client.client_kill_filter(_type="normal", skipme=True)
     assert killed >= 1  # the batcher's connection among them
-    replies = await asyncio.gather(*(batcher.call(ADD_ONCE, [key], [1, str(i)])
-                                     for i in range(5)))
+    replies = await asyncio.gather(*(batcher.call(ADD_ONCE, [key], [1, str(i)]) for i in range(5)))
     await batcher.aclose()
     assert sorted(replies) == [2, 3, 4, 5, 6]  # each applied once, none lost to the kill
 
@@ -118,7 +121,8 @@ async def test_a_batch_that_outlasts_the_socket_timeout_fails_and_the_next_one_w
     redis_url: str,
 ) -> None:
     slow = LuaScript(  # a few hundred milliseconds of work (TIME is frozen inside a script)
-        "local x = 0 for i = 1, 30000000 do x = x + i end return 1")
+        "local x = 0 for i = 1, 30000000 do x = x + i end return 1"
+    )
     client = Redis(connection_pool=ConnectionPool.from_url(redis_url, socket_timeout=0.1))
     batcher = ScriptBatcher(client, retries=0)
     key = f"t:{uuid.uuid4()}"
@@ -138,8 +142,7 @@ async def test_a_batch_that_outlasts_the_socket_timeout_fails_and_the_next_one_w
 
 async def test_unreachable_redis_fails_the_calls_after_the_retries() -> None:
     # No retries inside redis-py: the batcher's own three attempts are what is tested.
-    dead = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2,
-                 retry=Retry(NoBackoff(), 0))
+    dead = Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     batcher = ScriptBatcher(dead, retries=2)
     with pytest.raises(redis.exceptions.ConnectionError):
         await batcher.call(ADD_ONCE, ["k"], [1, "x"])

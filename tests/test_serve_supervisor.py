@@ -53,8 +53,9 @@ async def limit_headers(base: str, key: str, count: int) -> set[str]:
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session:
         for _ in range(count):
-            async with session.post(base + "/v1/chat/completions", json=body,
-                                    headers={"Authorization": f"Bearer {key}"}) as r:
+            async with session.post(
+                base + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+            ) as r:
                 assert r.status == 200, await r.text()
                 seen.add(r.headers["x-ratelimit-limit-requests"])
     return seen
@@ -63,8 +64,9 @@ async def limit_headers(base: str, key: str, count: int) -> set[str]:
 async def test_sighup_reloads_both_workers_and_the_supervisor_keeps_running(
     tmp_path: Path, fresh_database_url: str, redis_url: str, mock_provider: str
 ) -> None:
-    async with two_workers(tmp_path, fresh_database_url, redis_url, mock_provider,
-                           {"requests_per_minute": 1000}) as gw:
+    async with two_workers(
+        tmp_path, fresh_database_url, redis_url, mock_provider, {"requests_per_minute": 1000}
+    ) as gw:
         workers = await wait_listening(lambda: gw.output, 2)
         tree = process_tree(gw.serve.pid)
 
@@ -72,8 +74,7 @@ async def test_sighup_reloads_both_workers_and_the_supervisor_keeps_running(
         gw.serve.send_signal(signal.SIGHUP)
 
         async def both_reloaded_once() -> bool:
-            return total(await scrape(gw.base), "tollbooth_config_reloads_total",
-                         outcome="ok") == 2
+            return total(await scrape(gw.base), "tollbooth_config_reloads_total", outcome="ok") == 2
 
         await wait_for(both_reloaded_once, "each worker reloaded once")
         assert gw.serve.poll() is None, gw.output
@@ -89,18 +90,21 @@ async def test_sighup_reloads_both_workers_and_the_supervisor_keeps_running(
         directory = metrics_dir(workers[0])
 
         async def both_have_the_new_file() -> bool:
-            return all(worker_count(directory, pid, "tollbooth_config_reloads_total",
-                                    outcome="ok") >= 2 for pid in workers)
+            return all(
+                worker_count(directory, pid, "tollbooth_config_reloads_total", outcome="ok") >= 2
+                for pid in workers
+            )
 
         await wait_for(both_have_the_new_file, "each worker reloaded the changed file")
-        served_before = [worker_count(directory, pid, "tollbooth_requests_total")
-                         for pid in workers]
+        served_before = [
+            worker_count(directory, pid, "tollbooth_requests_total") for pid in workers
+        ]
         assert await limit_headers(gw.base, gw.key, 40) == {"2000"}
-        served_after = [worker_count(directory, pid, "tollbooth_requests_total")
-                        for pid in workers]
+        served_after = [worker_count(directory, pid, "tollbooth_requests_total") for pid in workers]
         # Both workers answered some of those 40 requests, all with the new limit.
-        assert all(after > before for before, after in zip(served_before, served_after,
-                                                             strict=True)), served_after
+        assert all(
+            after > before for before, after in zip(served_before, served_after, strict=True)
+        ), served_after
         assert gw.serve.poll() is None
         assert listening_count(gw.output) == 2, gw.output
 
@@ -109,14 +113,19 @@ def listening_count(output: str) -> int:
     return output.count("listening on")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT],
-                         ids=["TERM", "INT", "QUIT"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT], ids=["TERM", "INT", "QUIT"]
+)
 async def test_a_stop_signal_leaves_no_process_behind(
-    tmp_path: Path, fresh_database_url: str, redis_url: str, mock_provider: str,
+    tmp_path: Path,
+    fresh_database_url: str,
+    redis_url: str,
+    mock_provider: str,
     signum: signal.Signals,
 ) -> None:
-    async with two_workers(tmp_path, fresh_database_url, redis_url, mock_provider,
-                           {"requests_per_minute": 1000}) as gw:
+    async with two_workers(
+        tmp_path, fresh_database_url, redis_url, mock_provider, {"requests_per_minute": 1000}
+    ) as gw:
         await wait_listening(lambda: gw.output, 2)
         assert (await burst(gw, 20)) == {200: 20}
         tree = process_tree(gw.serve.pid)
@@ -132,8 +141,9 @@ async def test_a_stop_signal_leaves_no_process_behind(
 async def test_a_killed_worker_is_restarted_and_serves(
     tmp_path: Path, fresh_database_url: str, redis_url: str, mock_provider: str
 ) -> None:
-    async with two_workers(tmp_path, fresh_database_url, redis_url, mock_provider,
-                           {"requests_per_minute": 1000}) as gw:
+    async with two_workers(
+        tmp_path, fresh_database_url, redis_url, mock_provider, {"requests_per_minute": 1000}
+    ) as gw:
         first, second = await wait_listening(lambda: gw.output, 2)
         os.kill(first, signal.SIGKILL)
         pids = await wait_listening(lambda: gw.output, 3)
@@ -151,8 +161,9 @@ async def test_a_killed_worker_is_restarted_and_serves(
 async def test_a_killed_supervisor_leaves_no_worker_behind(
     tmp_path: Path, fresh_database_url: str, redis_url: str, mock_provider: str
 ) -> None:
-    async with two_workers(tmp_path, fresh_database_url, redis_url, mock_provider,
-                           {"requests_per_minute": 1000}) as gw:
+    async with two_workers(
+        tmp_path, fresh_database_url, redis_url, mock_provider, {"requests_per_minute": 1000}
+    ) as gw:
         workers = await wait_listening(lambda: gw.output, 2)
         directory = metrics_dir(workers[0])  # a killed supervisor cannot remove it
         tree = process_tree(gw.serve.pid)

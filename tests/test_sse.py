@@ -75,8 +75,26 @@ def cut(stream: bytes, offsets: list[int]) -> list[bytes]:
     return [stream[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-_PIECES = [b"data: ", b"data:", b"data", b"event: ", b"event:x", b"id: 1", b":", b": ping",
-           b" ", b"\r", b"\n", b"\r\n", b"x", b"{}", b"[DONE]", b"\xc3\xa9", b"\xe2\x82", b"\xff"]
+_PIECES = [
+    b"data: ",
+    b"data:",
+    b"data",
+    b"event: ",
+    b"event:x",
+    b"id: 1",
+    b":",
+    b": ping",
+    b" ",
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"x",
+    b"{}",
+    b"[DONE]",
+    b"\xc3\xa9",
+    b"\xe2\x82",
+    b"\xff",
+]
 sse_like = st.lists(st.sampled_from(_PIECES), max_size=60).map(b"".join)
 any_stream = st.one_of(sse_like, st.binary(max_size=300))
 offsets = st.lists(st.integers(min_value=0, max_value=400), max_size=25)
@@ -157,11 +175,11 @@ def test_trailing_cr_blank_line_is_settled_by_flush() -> None:
 
 
 def test_multibyte_character_split_across_chunks() -> None:
-    stream = "event: é\ndata: {\"text\":\"日本\"}\n\n".encode()
+    stream = 'event: é\ndata: {"text":"日本"}\n\n'.encode()
     chunks = cut(stream, [8, 26, 27])  # inside "é" and inside "日"
     [event] = parse(chunks)
     assert event.event == "é"
-    assert event.data == "{\"text\":\"日本\"}".encode()
+    assert event.data == '{"text":"日本"}'.encode()
 
 
 def test_flush_returns_an_unterminated_final_event() -> None:

@@ -79,18 +79,25 @@ class Sleeps:
         self.delays.append(seconds)
 
 
-def syncer(pool: asyncpg.Pool, api: object, sleeps: Sleeps | None = None,
-           **policy: object) -> MeterSync:
+def syncer(
+    pool: asyncpg.Pool, api: object, sleeps: Sleeps | None = None, **policy: object
+) -> MeterSync:
     settings: dict[str, object] = {"meters": METERS, "window_s": 3600, "settle_delay_s": 900}
     settings.update(policy)
-    return MeterSync(pool, api, SyncPolicy(**settings), clock=lambda: NOW,  # type: ignore[arg-type]
-                     sleep=sleeps or Sleeps())
+    return MeterSync(
+        pool,
+        api,
+        SyncPolicy(**settings),
+        clock=lambda: NOW,  # type: ignore[arg-type]
+        sleep=sleeps or Sleeps(),
+    )
 
 
 async def add_customer(pool: asyncpg.Pool, customer_id: str, stripe_id: str | None) -> None:
     await pool.execute(
         "INSERT INTO customers (id, tier, stripe_customer_id) VALUES ($1, 'free', $2)",
-        customer_id, stripe_id,
+        customer_id,
+        stripe_id,
     )
 
 
@@ -113,13 +120,20 @@ async def add_event(
         VALUES ($1, $2, $3, 'key_0000000000000000', 'free', 'openai', 'gpt-4o-mini',
             'chat_completions', $4, false, $5, $6, $7, 'provider', $8, $8, 10)
         """,
-        uuid.uuid4(), created_at, customer_id, status, input_tokens, output_tokens, cached,
+        uuid.uuid4(),
+        created_at,
+        customer_id,
+        status,
+        input_tokens,
+        output_tokens,
+        cached,
         None if price is None else Decimal(price),
     )
 
 
-async def expected_totals(pool: asyncpg.Pool, links: dict[str, str],
-                          before: datetime) -> dict[tuple[str, str], int]:
+async def expected_totals(
+    pool: asyncpg.Pool, links: dict[str, str], before: datetime
+) -> dict[tuple[str, str], int]:
     """What Stripe should hold, computed here from the stored events, independently."""
     rows = await pool.fetch("SELECT * FROM usage_events WHERE created_at < $1", before)
     per_window: dict[tuple[str, datetime], list[asyncpg.Record]] = {}
@@ -161,8 +175,10 @@ async def seed(pool: asyncpg.Pool, fake: FakeStripe) -> dict[str, str]:
 
 
 async def statuses(pool: asyncpg.Pool) -> dict[str, str]:
-    return {r["identifier"]: r["status"]
-            for r in await pool.fetch("SELECT identifier, status FROM billing_sync")}
+    return {
+        r["identifier"]: r["status"]
+        for r in await pool.fetch("SELECT identifier, status FROM billing_sync")
+    }
 
 
 async def test_two_runs_send_each_identifier_once_and_totals_equal_stored_events(
@@ -421,8 +437,9 @@ async def test_reconcile_shows_unsent_usage_and_matches_stripe_summaries(
     start = THIS_HOUR - 4 * HOUR
     await add_event(pool, "acme", start + timedelta(minutes=3), input_tokens=11)  # not synced
 
-    lines = await reconcile(pool, start=start, end=THIS_HOUR + HOUR, window_s=3600,
-                            meters=METERS, version=1, stripe=api)
+    lines = await reconcile(
+        pool, start=start, end=THIS_HOUR + HOUR, window_s=3600, meters=METERS, version=1, stripe=api
+    )
     by_key = {(ln.customer_id, ln.dimension): ln for ln in lines}
     acme_input = by_key[("acme", "input_tokens")]
     assert acme_input.difference == 11 + 100  # the late event and the open window's event

@@ -26,27 +26,31 @@ def test_backoff_doubles_up_to_its_cap() -> None:
 
 def test_a_worker_that_exits_while_starting_is_not_restarted() -> None:
     exited: list[int] = []
-    supervisor = Supervisor(2, supervised.exits_while_starting, stop_timeout_s=10,
-                            policy=FAST, on_exit=exited.append)
+    supervisor = Supervisor(
+        2, supervised.exits_while_starting, stop_timeout_s=10, policy=FAST, on_exit=exited.append
+    )
     assert supervisor.run() == 1
     assert len(exited) == 2  # each worker started once
 
 
 def test_a_crash_loop_stops_everything(caplog: pytest.LogCaptureFixture) -> None:
     exited: list[int] = []
-    supervisor = Supervisor(1, supervised.dies_once_ready, stop_timeout_s=10, policy=FAST,
-                            on_exit=exited.append)
+    supervisor = Supervisor(
+        1, supervised.dies_once_ready, stop_timeout_s=10, policy=FAST, on_exit=exited.append
+    )
     assert supervisor.run() == 1
     assert len(exited) == FAST.crash_limit + 1  # started, restarted twice, then given up
     assert "died 3 times within 60 s; stopping" in caplog.text
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT],
-                         ids=["TERM", "INT", "QUIT"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT], ids=["TERM", "INT", "QUIT"]
+)
 def test_a_stop_signal_ends_every_worker(signum: signal.Signals) -> None:
     exited: list[int] = []
-    supervisor = Supervisor(2, supervised.serves_until_stopped, stop_timeout_s=10,
-                            on_exit=exited.append)
+    supervisor = Supervisor(
+        2, supervised.serves_until_stopped, stop_timeout_s=10, on_exit=exited.append
+    )
     me = psutil.Process()
 
     def signal_once_ready() -> None:
@@ -61,5 +65,6 @@ def test_a_stop_signal_ends_every_worker(signum: signal.Signals) -> None:
     threading.Thread(target=signal_once_ready, daemon=True).start()
     assert supervisor.run() == 0
     assert len(exited) == 2
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
-                   for pid in exited)
+    assert not any(
+        psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in exited
+    )

@@ -62,41 +62,49 @@ def test_missing_or_mismatched_files_are_refused_before_serving(tmp_path: Path) 
     other.mkdir()
     second = self_signed(other)
     mismatched = settings_with(
-        tmp_path, f"server: {{tls_cert: {first.cert_path}, tls_key: {second.key_path}}}\n")
+        tmp_path, f"server: {{tls_cert: {first.cert_path}, tls_key: {second.key_path}}}\n"
+    )
     with pytest.raises(ConfigError, match="matching unencrypted private key"):
         server_tls_context(mismatched)  # type: ignore[arg-type]
 
 
 async def test_front_and_aiohttp_both_serve_over_tls(
-    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    fresh_database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     cert = self_signed(tmp_path)
-    async with running_gateway(fresh_database_url, redis_url, monkeypatch,
-                               tls=cert.server_context()) as gw:
+    async with running_gateway(
+        fresh_database_url, redis_url, monkeypatch, tls=cert.server_context()
+    ) as gw:
         assert gw.base_url.startswith("https://")
         # One TLS connection: the front serves the POST, then hands the connection over to
         # aiohttp for the GET (a route the front does not serve).
         host, port = gw.base_url.removeprefix("https://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port),
-                                                       ssl=cert.client_context())
-        body = orjson.dumps({"model": "gpt-4o-mini",
-                             "messages": [{"role": "user", "content": "hello"}]})
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
-                     b"Authorization: Bearer " + gw.key.encode() + b"\r\n"
-                     b"Content-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        reader, writer = await asyncio.open_connection(host, int(port), ssl=cert.client_context())
+        body = orjson.dumps(
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+        )
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+            b"Authorization: Bearer " + gw.key.encode() + b"\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
         status, payload = await read_response(reader)
         assert status == 200 and orjson.loads(payload)["usage"]["prompt_tokens"] > 0
-        writer.write(b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n"
-                     b"Authorization: Bearer " + gw.key.encode() + b"\r\n\r\n")
+        writer.write(
+            b"GET /v1/models HTTP/1.1\r\nHost: gw\r\n"
+            b"Authorization: Bearer " + gw.key.encode() + b"\r\n\r\n"
+        )
         status, payload = await read_response(reader)
         assert status == 200 and orjson.loads(payload)["data"]
         writer.close()
         rows = await gw.events(wait_for=1)
         assert len(rows) == 1 and rows[0]["status_code"] == 200
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"{gw.base_url}/health",
-                                   ssl=cert.client_context()) as health:
+            async with session.get(f"{gw.base_url}/health", ssl=cert.client_context()) as health:
                 assert health.status in (200, 503)
             with pytest.raises(aiohttp.ClientError):
                 async with session.get(gw.base_url.replace("https://", "http://") + "/health"):

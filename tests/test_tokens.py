@@ -162,10 +162,13 @@ def test_a_short_prompt_is_reserved_at_its_exact_count(counter: TokenCounter) ->
     assert counter.reservation_tokens("gpt-4o", text) == counter.count("gpt-4o", text)
 
 
-@pytest.mark.parametrize("unit", [
-    "The quick brown fox jumps over the lazy dog. ",
-    "def handler(request):\n    return {'status': 200, 'body': request.json()}\n",
-])
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "The quick brown fox jumps over the lazy dog. ",
+        "def handler(request):\n    return {'status': 200, 'body': request.json()}\n",
+    ],
+)
 def test_a_long_prompt_is_reserved_cheaply_and_never_below_its_count(
     counter: TokenCounter, unit: str
 ) -> None:

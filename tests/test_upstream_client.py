@@ -29,17 +29,22 @@ BODY = b'{"model":"gpt-4o-mini","messages":[]}'
 
 
 def client(**kw: float) -> UpstreamClient:
-    return UpstreamClient(connect_timeout_s=kw.get("connect", 2.0),
-                          read_timeout_s=kw.get("read", 2.0))
+    return UpstreamClient(
+        connect_timeout_s=kw.get("connect", 2.0), read_timeout_s=kw.get("read", 2.0)
+    )
 
 
 async def echo(request: web.Request) -> web.Response:
     data = await request.read()
-    return web.json_response({"path": request.path_qs, "body": data.decode(),
-                              "auth": request.headers.get("Authorization"),
-                              "host": request.headers.get("Host"),
-                              "peer": request.transport.get_extra_info("peername")[1]
-                              if request.transport else None})
+    return web.json_response(
+        {
+            "path": request.path_qs,
+            "body": data.decode(),
+            "auth": request.headers.get("Authorization"),
+            "host": request.headers.get("Host"),
+            "peer": request.transport.get_extra_info("peername")[1] if request.transport else None,
+        }
+    )
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -54,14 +59,17 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def gzipped(request: web.Request) -> web.Response:
-    return web.Response(body=gzip.compress(b'{"usage": 1}' * 1000),
-                        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    return web.Response(
+        body=gzip.compress(b'{"usage": 1}' * 1000),
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
 
 
 async def raw_deflate(request: web.Request) -> web.Response:
     z = zlib.compressobj(wbits=-zlib.MAX_WBITS)
-    return web.Response(body=z.compress(b"raw deflate body") + z.flush(),
-                        headers={"Content-Encoding": "deflate"})
+    return web.Response(
+        body=z.compress(b"raw deflate body") + z.flush(), headers={"Content-Encoding": "deflate"}
+    )
 
 
 async def big(request: web.Request) -> web.Response:
@@ -95,6 +103,7 @@ async def raw_server(script: Script) -> tuple[asyncio.Server, str]:
             await script(reader, writer)
         finally:
             writer.close()
+
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     return server, f"http://127.0.0.1:{port}/v1/x"
@@ -102,8 +111,9 @@ async def raw_server(script: Script) -> tuple[asyncio.Server, str]:
 
 async def test_a_json_answer_arrives_whole_with_our_headers_and_body(app_url: str) -> None:
     c = client()
-    async with await c.request("POST", app_url + "/echo?a=1", {"Authorization": "Bearer k"},
-                               BODY) as response:
+    async with await c.request(
+        "POST", app_url + "/echo?a=1", {"Authorization": "Bearer k"}, BODY
+    ) as response:
         assert response.status == 200
         assert response.headers["content-type"].startswith("application/json")
         echoed = json.loads(await response.read())
@@ -126,8 +136,10 @@ async def test_a_chunked_stream_arrives_as_it_is_written(app_url: str) -> None:
     c = client()
     async with await c.request("POST", app_url + "/stream", {}, BODY) as response:
         chunks = [chunk async for chunk in response.iter_chunks()]
-    assert b"".join(chunks) == b"".join(f"data: {i}\n\n".encode() for i in range(5)) + \
-        b"data: [DONE]\n\n"
+    assert (
+        b"".join(chunks)
+        == b"".join(f"data: {i}\n\n".encode() for i in range(5)) + b"data: [DONE]\n\n"
+    )
     assert len(chunks) >= 5  # not buffered into one piece
     await c.close()
 
@@ -155,6 +167,7 @@ async def test_a_large_body_is_read_exactly_through_back_pressure(app_url: str) 
 async def test_a_reset_before_the_head_is_a_connect_error() -> None:
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.transport.abort()
+
     server, url = await raw_server(hang_up)
     c = client()
     with pytest.raises(UpstreamConnectError):
@@ -173,6 +186,7 @@ async def test_a_refused_connection_is_a_connect_error() -> None:
 async def test_no_head_within_the_read_timeout_is_a_read_timeout() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(1)
+
     server, url = await raw_server(silent)
     c = client(read=0.2)
     with pytest.raises(UpstreamReadTimeout):
@@ -185,10 +199,12 @@ async def test_a_body_cut_short_and_a_silent_body_are_body_errors() -> None:
     async def short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
         await writer.drain()
+
     async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
         await writer.drain()
         await asyncio.sleep(1)
+
     c = client(read=0.2)
     for script, error in ((short, UpstreamBodyError), (stalls, UpstreamBodyTimeout)):
         server, url = await raw_server(script)
@@ -208,6 +224,7 @@ async def test_a_broken_connection_is_never_pooled_or_reused() -> None:
         count += 1
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
+
     server, url = await raw_server(once_then_close)
     c = client()
     for _ in range(3):  # the server closes after each answer: each request needs a new one
@@ -231,10 +248,27 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost"],
-        check=True, capture_output=True)
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -250,10 +284,14 @@ async def test_https_verifies_the_certificate(tls_files: tuple[Path, Path]) -> N
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
-    trusting = UpstreamClient(connect_timeout_s=2, read_timeout_s=2,
-                              ssl_context=ssl.create_default_context(cafile=str(cert)))
-    async with await trusting.request("POST", f"https://localhost:{port}/echo", {},
-                                      BODY) as response:
+    trusting = UpstreamClient(
+        connect_timeout_s=2,
+        read_timeout_s=2,
+        ssl_context=ssl.create_default_context(cafile=str(cert)),
+    )
+    async with await trusting.request(
+        "POST", f"https://localhost:{port}/echo", {}, BODY
+    ) as response:
         assert response.status == 200
         assert b'"body"' in await response.read()
     await trusting.close()

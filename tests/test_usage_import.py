@@ -65,28 +65,48 @@ def odd_events() -> list[UsageEvent]:
     at = NOW - timedelta(days=3, microseconds=7)
     base = make_event(at, customer_id="edge")
     return [
-        dataclasses.replace(base, price_usd=Decimal("9999999999.9999999999"),
-                            cost_usd=Decimal("0.0000000001"), input_tokens=2**62,
-                            output_tokens=0, latency_ms=2**31 - 1),
-        dataclasses.replace(make_event(at, customer_id="edge"), project_id="",
-                            user_id='he said "hi",\n\ttab \\ back',
-                            upstream_request_id="é漢字🙂", streamed=True, price_version=None,
-                            metadata={"nested": {"a": [1, 2.5, None, True]}, "s": "x\ty"}),
-        dataclasses.replace(make_event(at, customer_id="edge"), cost_usd=None, price_usd=None,
-                            usage_source="estimated", status_code=599, metadata={}),
+        dataclasses.replace(
+            base,
+            price_usd=Decimal("9999999999.9999999999"),
+            cost_usd=Decimal("0.0000000001"),
+            input_tokens=2**62,
+            output_tokens=0,
+            latency_ms=2**31 - 1,
+        ),
+        dataclasses.replace(
+            make_event(at, customer_id="edge"),
+            project_id="",
+            user_id='he said "hi",\n\ttab \\ back',
+            upstream_request_id="é漢字🙂",
+            streamed=True,
+            price_version=None,
+            metadata={"nested": {"a": [1, 2.5, None, True]}, "s": "x\ty"},
+        ),
+        dataclasses.replace(
+            make_event(at, customer_id="edge"),
+            cost_usd=None,
+            price_usd=None,
+            usage_source="estimated",
+            status_code=599,
+            metadata={},
+        ),
     ]
 
 
 def marked(row: dict[str, str]) -> dict[str, str]:
     """An exported row as its import should export it: the two import marks added."""
-    metadata = orjson.loads(row["metadata"]) if isinstance(row["metadata"], str) else dict(
-        row["metadata"])
+    metadata = (
+        orjson.loads(row["metadata"]) if isinstance(row["metadata"], str) else dict(row["metadata"])
+    )
     metadata["imported"] = "tollbooth"
     as_text = isinstance(row["metadata"], str)
-    return {**row,
-            "metadata": orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode()
-            if as_text else metadata,
-            "price_version": "imported:" + (row["price_version"] or "tollbooth")}
+    return {
+        **row,
+        "metadata": orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS).decode()
+        if as_text
+        else metadata,
+        "price_version": "imported:" + (row["price_version"] or "tollbooth"),
+    }
 
 
 def exported_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
@@ -128,36 +148,84 @@ async def test_export_import_export_round_trips_every_column(
 
 
 LITELLM_COLUMNS = (  # LiteLLM_SpendLogs in LiteLLM's schema.prisma, in its order
-    "request_id", "call_type", "api_key", "spend", "total_tokens", "prompt_tokens",
-    "completion_tokens", "startTime", "endTime", "request_duration_ms", "completionStartTime",
-    "model", "model_id", "model_group", "custom_llm_provider", "api_base", "user", "metadata",
-    "cache_hit", "cache_key", "request_tags", "team_id", "organization_id", "end_user",
-    "requester_ip_address", "messages", "response", "session_id", "status",
-    "mcp_namespaced_tool_name", "agent_id", "proxy_server_request",
+    "request_id",
+    "call_type",
+    "api_key",
+    "spend",
+    "total_tokens",
+    "prompt_tokens",
+    "completion_tokens",
+    "startTime",
+    "endTime",
+    "request_duration_ms",
+    "completionStartTime",
+    "model",
+    "model_id",
+    "model_group",
+    "custom_llm_provider",
+    "api_base",
+    "user",
+    "metadata",
+    "cache_hit",
+    "cache_key",
+    "request_tags",
+    "team_id",
+    "organization_id",
+    "end_user",
+    "requester_ip_address",
+    "messages",
+    "response",
+    "session_id",
+    "status",
+    "mcp_namespaced_tool_name",
+    "agent_id",
+    "proxy_server_request",
 )
 
 
 def litellm_rows() -> list[dict[str, Any]]:
     day = (NOW - timedelta(days=20)).replace(microsecond=0, tzinfo=None)
     rows = []
-    for n, (tenant, prompt, cached, status) in enumerate((
-        ("acme", 1000, 600, "success"), ("acme", 50, 0, "success"),
-        ("acme", 10, 0, "failure"), ("ghost", 5, 0, "success"),
-    )):
+    for n, (tenant, prompt, cached, status) in enumerate(
+        (
+            ("acme", 1000, 600, "success"),
+            ("acme", 50, 0, "success"),
+            ("acme", 10, 0, "failure"),
+            ("ghost", 5, 0, "success"),
+        )
+    ):
         start = day + timedelta(minutes=n)
-        rows.append(dict.fromkeys(LITELLM_COLUMNS, "") | {
-            "request_id": f"chatcmpl-{n}", "call_type": "acompletion",
-            "api_key": "88dc28d0f030c55ed4ab77ed8faf098196cb1c05df778539800c9f1243fe6b4b",
-            "spend": "0.000123456789012345" if n == 0 else "0.00005",
-            "total_tokens": str(prompt + 7), "prompt_tokens": str(prompt),
-            "completion_tokens": "7", "startTime": start.isoformat(sep=" "),
-            "endTime": (start + timedelta(seconds=2)).isoformat(sep=" "),
-            "model": "gpt-4o", "model_group": "gpt-4o", "custom_llm_provider": "openai",
-            "user": "ann", "team_id": "team-1", "status": status,
-            "metadata": json.dumps({"tenant": tenant, "additional_usage_values": {
-                "prompt_tokens_details": {"cached_tokens": cached}}}),
-            "messages": "{}", "response": "{}", "request_tags": "[]",
-        })
+        rows.append(
+            dict.fromkeys(LITELLM_COLUMNS, "")
+            | {
+                "request_id": f"chatcmpl-{n}",
+                "call_type": "acompletion",
+                "api_key": "88dc28d0f030c55ed4ab77ed8faf098196cb1c05df778539800c9f1243fe6b4b",
+                "spend": "0.000123456789012345" if n == 0 else "0.00005",
+                "total_tokens": str(prompt + 7),
+                "prompt_tokens": str(prompt),
+                "completion_tokens": "7",
+                "startTime": start.isoformat(sep=" "),
+                "endTime": (start + timedelta(seconds=2)).isoformat(sep=" "),
+                "model": "gpt-4o",
+                "model_group": "gpt-4o",
+                "custom_llm_provider": "openai",
+                "user": "ann",
+                "team_id": "team-1",
+                "status": status,
+                "metadata": json.dumps(
+                    {
+                        "tenant": tenant,
+                        "additional_usage_values": {
+                            "prompt_tokens_details": {"cached_tokens": cached}
+                        },
+                    }
+                ),
+                "messages": "{}",
+                "response": "{}",
+                "request_tags": "[]",
+            }
+        )
     return rows
 
 
@@ -177,22 +245,32 @@ def test_litellm_spend_logs_export_imports_once_from_csv_or_json(
     assert done.returncode == 1, done.stderr  # one row refused
     report = summary_of(done.stdout)
     assert (report["added"], report["skipped"], report["refused"]) == (3, 0, 1)
-    assert report["refusals"] == [{"line": 5, "reason": "customer 'ghost' does not exist; "
-                                   "create it first or pass --create-customers"}]
+    assert report["refusals"] == [
+        {
+            "line": 5,
+            "reason": "customer 'ghost' does not exist; create it first or pass --create-customers",
+        }
+    ]
 
     async def stored() -> list[asyncpg.Record]:
         pool = await create_pool(fresh_database_url)
         try:
-            return list(await pool.fetch(
-                f"SELECT {', '.join(UsageEvent.COLUMNS)} FROM usage_events "
-                "ORDER BY upstream_request_id"))
+            return list(
+                await pool.fetch(
+                    f"SELECT {', '.join(UsageEvent.COLUMNS)} FROM usage_events "
+                    "ORDER BY upstream_request_id"
+                )
+            )
         finally:
             await pool.close()
 
     first = asyncio.run(stored())[0]
     assert first["customer_id"] == "acme" and first["tier"] == "pro"
     assert (first["input_tokens"], first["cached_input_tokens"], first["output_tokens"]) == (
-        1000, 600, 7)
+        1000,
+        600,
+        7,
+    )
     assert first["price_usd"] == first["cost_usd"] == Decimal("0.0001234568")
     assert first["price_version"] == "imported:litellm"
     assert first["metadata"]["imported"] == "litellm" and first["latency_ms"] == 2000
@@ -200,8 +278,11 @@ def test_litellm_spend_logs_export_imports_once_from_csv_or_json(
 
     # The same logs fetched as JSON (/spend/logs) are the same events: nothing is added.
     as_json = tmp_path / "spend_logs.json"
-    as_json.write_text(json.dumps([{**r, "spend": float(r["spend"]),
-                                    "metadata": json.loads(r["metadata"])} for r in rows]))
+    as_json.write_text(
+        json.dumps(
+            [{**r, "spend": float(r["spend"]), "metadata": json.loads(r["metadata"])} for r in rows]
+        )
+    )
     again = summary_of(cli("usage", "import", str(as_json), *args, "--create-customers").stdout)
     assert (again["added"], again["skipped"], again["customers_created"]) == (1, 3, ["ghost"])
 
@@ -246,8 +327,10 @@ def test_an_import_killed_mid_way_resumes_with_exactly_the_remainder(
     async def customers() -> None:
         pool = await open_pool(fresh_database_url)
         try:
-            await pool.executemany("INSERT INTO customers (id, tier) VALUES ($1, 'free')",
-                                   [(f"cust-{n:02d}",) for n in range(3)])
+            await pool.executemany(
+                "INSERT INTO customers (id, tier) VALUES ($1, 'free')",
+                [(f"cust-{n:02d}",) for n in range(3)],
+            )
         finally:
             await pool.close()
 
@@ -263,7 +346,11 @@ def test_an_import_killed_mid_way_resumes_with_exactly_the_remainder(
 
     process = subprocess.Popen(
         cli.command("usage", "import", str(generated.path), "--batch-size", "1000"),
-        cwd=tmp_path, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        cwd=tmp_path,
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 240
     while asyncio.run(count()) < 5_000:
         if process.poll() is not None:
@@ -283,26 +370,56 @@ def test_an_import_killed_mid_way_resumes_with_exactly_the_remainder(
 def test_reports_and_an_old_months_invoice_include_the_history(
     tmp_path: Path, fresh_database_url: str, redis_url: str
 ) -> None:
-    month_start = (NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-                   - timedelta(days=70)).replace(day=1)
+    month_start = (
+        NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0) - timedelta(days=70)
+    ).replace(day=1)
     history = tmp_path / "history.csv"
     with open(history, "w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
-        writer.writerow(["created_at", "customer_id", "model", "input_tokens",
-                         "output_tokens", "price_usd", "cost_usd"])
+        writer.writerow(
+            [
+                "created_at",
+                "customer_id",
+                "model",
+                "input_tokens",
+                "output_tokens",
+                "price_usd",
+                "cost_usd",
+            ]
+        )
         for n in range(40):
-            writer.writerow([(month_start + timedelta(hours=7 * n)).isoformat(), "acme",
-                             "gpt-4o", 1000 + n, 10, "0.0125", "0.01"])
+            writer.writerow(
+                [
+                    (month_start + timedelta(hours=7 * n)).isoformat(),
+                    "acme",
+                    "gpt-4o",
+                    1000 + n,
+                    10,
+                    "0.0125",
+                    "0.01",
+                ]
+            )
     cli = Cli(tmp_path, fresh_database_url, redis_url)
     cli.ok("customers", "create", "acme", "--tier", "pro")
     assert summary_of(cli.ok("usage", "import", str(history), "--json"))["added"] == 40
-    summary = json.loads(cli.ok("usage", "summary", "--days", "180", "--customer", "acme",
-                                "--format", "json"))
+    summary = json.loads(
+        cli.ok("usage", "summary", "--days", "180", "--customer", "acme", "--format", "json")
+    )
     assert summary["requests"] == 40
     assert summary["input_tokens"] == sum(1000 + n for n in range(40))
     assert Decimal(summary["price_usd"]) == Decimal("0.5")
-    invoice = json.loads(cli.ok("billing", "invoice", "--customer", "acme", "--month",
-                                f"{month_start:%Y-%m}", "--format", "json"))
+    invoice = json.loads(
+        cli.ok(
+            "billing",
+            "invoice",
+            "--customer",
+            "acme",
+            "--month",
+            f"{month_start:%Y-%m}",
+            "--format",
+            "json",
+        )
+    )
     assert invoice["requests"] == 40 and invoice["tier"] == "pro"
     assert Decimal(invoice["subtotal"]) == Decimal("0.50")
 
@@ -317,17 +434,28 @@ def csv_text(rows: list[dict[str, Any]]) -> io.StringIO:
 
 
 def plain_rows(n: int, customer: str = "acme") -> list[dict[str, Any]]:
-    return [{"created_at": (NOW - timedelta(days=2, minutes=n + i)).isoformat(),
-             "customer_id": customer, "model": "gpt-4o", "input_tokens": 1000 + i,
-             "cached_input_tokens": 200, "output_tokens": 50, "latency_ms": 900,
-             "price_usd": "1", "cost_usd": "1"} for i in range(n)]
+    return [
+        {
+            "created_at": (NOW - timedelta(days=2, minutes=n + i)).isoformat(),
+            "customer_id": customer,
+            "model": "gpt-4o",
+            "input_tokens": 1000 + i,
+            "cached_input_tokens": 200,
+            "output_tokens": 50,
+            "latency_ms": 900,
+            "price_usd": "1",
+            "cost_usd": "1",
+        }
+        for i in range(n)
+    ]
 
 
 async def test_dry_run_counts_and_writes_nothing(pool: asyncpg.Pool) -> None:
     await pool.execute("INSERT INTO customers (id, tier) VALUES ('acme', 'pro')")
     rows = plain_rows(5) + plain_rows(2, customer="newco")
-    report = await import_usage(pool, csv_text(rows), ImportOptions(
-        dry_run=True, create_customers=True))
+    report = await import_usage(
+        pool, csv_text(rows), ImportOptions(dry_run=True, create_customers=True)
+    )
     assert (report.added, report.skipped, report.refused) == (7, 0, 0)
     assert report.customers_created == ["newco"]
     assert await pool.fetchval("SELECT count(*) FROM usage_events") == 0
@@ -340,8 +468,7 @@ async def test_dry_run_counts_and_writes_nothing(pool: asyncpg.Pool) -> None:
 
 
 async def test_rows_of_unknown_customers_are_refused_unless_created(pool: asyncpg.Pool) -> None:
-    report = await import_usage(pool, csv_text(plain_rows(3, customer="nobody")),
-                                ImportOptions())
+    report = await import_usage(pool, csv_text(plain_rows(3, customer="nobody")), ImportOptions())
     assert report.refused == 3 and [r.line for r in report.refusals] == [2, 3, 4]
     assert "--create-customers" in report.refusals[0].reason
 
@@ -351,7 +478,8 @@ async def test_reprice_prices_each_row_as_rerate_does_at_its_time(
 ) -> None:
     (tmp_path / "config.yaml").write_text(
         "providers: {openai: {kind: openai, base_url: 'http://x', api_key_env: K}}\n"
-        "tiers: {pro: {}}\npricing: {markup_percent: '20'}\n")
+        "tiers: {pro: {}}\npricing: {markup_percent: '20'}\n"
+    )
     rules = build_pricing(load_settings(tmp_path / "config.yaml"), Catalog.load_default())
     await pool.execute("INSERT INTO customers (id, tier) VALUES ('acme', 'pro')")
     rows = [*plain_rows(3), {**plain_rows(1)[0], "model": "no-such-model"}]
@@ -359,22 +487,26 @@ async def test_reprice_prices_each_row_as_rerate_does_at_its_time(
     assert (report.added, report.repriced, report.unpriceable) == (4, 3, 1)
     stored = await pool.fetch("SELECT * FROM usage_events ORDER BY model = 'no-such-model'")
     for row in stored[:3]:
-        charge = rules.charge("gpt-4o", Usage(input_tokens=row["input_tokens"],
-                                              cached_input_tokens=200, output_tokens=50),
-                              at=row["created_at"], customer_id="acme", tier="pro",
-                              duration_ms=900)
+        charge = rules.charge(
+            "gpt-4o",
+            Usage(input_tokens=row["input_tokens"], cached_input_tokens=200, output_tokens=50),
+            at=row["created_at"],
+            customer_id="acme",
+            tier="pro",
+            duration_ms=900,
+        )
         assert charge is not None and charge.price_usd != Decimal(1)
         assert (row["price_usd"], row["cost_usd"], row["price_version"]) == (
-            charge.price_usd, charge.cost_usd, charge.price_version)
+            charge.price_usd,
+            charge.cost_usd,
+            charge.price_version,
+        )
     unpriced = stored[3]
-    assert (unpriced["price_usd"], unpriced["price_version"]) == (Decimal(1),
-                                                                  "imported:tollbooth")
+    assert (unpriced["price_usd"], unpriced["price_version"]) == (Decimal(1), "imported:tollbooth")
     assert {r["metadata"]["imported"] for r in stored} == {"tollbooth"}
 
 
-async def test_json_lines_and_a_row_without_id_dedupe_on_the_derived_id(
-    pool: asyncpg.Pool
-) -> None:
+async def test_json_lines_and_a_row_without_id_dedupe_on_the_derived_id(pool: asyncpg.Pool) -> None:
     await pool.execute("INSERT INTO customers (id, tier) VALUES ('acme', 'pro')")
     lines = "\n".join(json.dumps(r) for r in plain_rows(4)) + "\n"
     first = await import_usage(pool, io.StringIO(lines), ImportOptions(fmt="jsonl"))

@@ -55,27 +55,41 @@ async def api(fake: FakeStripe) -> AsyncIterator[StripeApi]:
 async def seed(pool: asyncpg.Pool, fake: FakeStripe) -> str:
     """acme, linked to Stripe: 100 tokens of its own 5 hours ago, and imported history."""
     stripe_id = fake.add_customer("Acme")
-    await pool.execute("INSERT INTO customers (id, tier, stripe_customer_id) "
-                       "VALUES ('acme', 'pro', $1)", stripe_id)
-    await insert_events(pool, [make_event(THIS_HOUR - 5 * HOUR + timedelta(minutes=10),
-                                          customer_id="acme", input_tokens=100)])
+    await pool.execute(
+        "INSERT INTO customers (id, tier, stripe_customer_id) VALUES ('acme', 'pro', $1)", stripe_id
+    )
+    await insert_events(
+        pool,
+        [
+            make_event(
+                THIS_HOUR - 5 * HOUR + timedelta(minutes=10), customer_id="acme", input_tokens=100
+            )
+        ],
+    )
     rows = "created_at,customer_id,model,input_tokens,price_usd\n" + "".join(
-        f"{(THIS_HOUR - n * HOUR + timedelta(minutes=5)).isoformat()},acme,gpt-4o,"
-        f"{1000 + n},0.5\n" for n in IMPORTED_HOURS)
+        f"{(THIS_HOUR - n * HOUR + timedelta(minutes=5)).isoformat()},acme,gpt-4o,{1000 + n},0.5\n"
+        for n in IMPORTED_HOURS
+    )
     report = await import_usage(pool, io.StringIO(rows), ImportOptions())
     assert report.added == len(IMPORTED_HOURS)
     return stripe_id
 
 
 def sync(pool: asyncpg.Pool, api: StripeApi, import_since: datetime | None) -> MeterSync:
-    policy = SyncPolicy(meters=METERS, window_s=3600, settle_delay_s=900,
-                        import_since=import_since)
+    policy = SyncPolicy(meters=METERS, window_s=3600, settle_delay_s=900, import_since=import_since)
     return MeterSync(pool, api, policy, clock=lambda: NOW)
 
 
 async def input_lines(pool: asyncpg.Pool, import_since: datetime | None) -> tuple[int, int, int]:
-    lines = await reconcile(pool, start=THIS_HOUR - 6 * HOUR, end=THIS_HOUR, window_s=3600,
-                            meters=METERS, version=1, import_since=import_since)
+    lines = await reconcile(
+        pool,
+        start=THIS_HOUR - 6 * HOUR,
+        end=THIS_HOUR,
+        window_s=3600,
+        meters=METERS,
+        version=1,
+        import_since=import_since,
+    )
     line = next(ln for ln in lines if ln.dimension == "input_tokens")
     return line.ours, line.imported, line.difference
 
@@ -86,8 +100,10 @@ async def test_sync_sends_no_imported_usage_by_default(
     stripe_id = await seed(pool, fake)
     report = await sync(pool, api, None).run()
     assert report.ok
-    assert fake.totals() == {(stripe_id, "tollbooth_input_tokens"): 100,
-                             (stripe_id, "tollbooth_requests"): 1}
+    assert fake.totals() == {
+        (stripe_id, "tollbooth_input_tokens"): 100,
+        (stripe_id, "tollbooth_requests"): 1,
+    }
     windows = {r["window_start"] for r in await pool.fetch("SELECT * FROM billing_sync")}
     assert windows == {THIS_HOUR - 5 * HOUR}
     assert await input_lines(pool, None) == (100, sum(1000 + n for n in IMPORTED_HOURS), 0)
@@ -113,8 +129,10 @@ async def test_import_since_sends_imported_usage_from_then_on_only(
 def test_import_since_is_a_utc_instant_and_defaults_to_never() -> None:
     assert StripeConfig().import_since is None
     assert StripeConfig(import_since="2026-01-01T00:00:00").import_since == datetime(
-        2026, 1, 1, tzinfo=UTC)
+        2026, 1, 1, tzinfo=UTC
+    )
     assert StripeConfig(import_since=date(2026, 2, 1)).import_since == datetime(
-        2026, 2, 1, tzinfo=UTC)
+        2026, 2, 1, tzinfo=UTC
+    )
     with pytest.raises(ValueError, match="not an ISO time"):
         StripeConfig(import_since="soon")

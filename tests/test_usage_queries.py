@@ -37,8 +37,18 @@ async def insert_event(
         VALUES ($1, $2, $3, 'key_0123456789abcdef', 'pro', 'openai', $4, '/v1/chat/completions',
             $5, false, $6, $7, $8, $9, $10, 'provider', $11, $12, 10)
         """,
-        uuid.uuid4(), at, customer_id, model, status_code, input_tokens, output_tokens,
-        cached_input_tokens, cache_write_tokens, reasoning_tokens, cost_usd, price_usd,
+        uuid.uuid4(),
+        at,
+        customer_id,
+        model,
+        status_code,
+        input_tokens,
+        output_tokens,
+        cached_input_tokens,
+        cache_write_tokens,
+        reasoning_tokens,
+        cost_usd,
+        price_usd,
     )
 
 
@@ -47,24 +57,71 @@ async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(fresh_database_url)
     await migrate(pool)
     recent = NOW - timedelta(hours=1)
-    await insert_event(pool, customer_id="acme", model="gpt-4o", at=recent, input_tokens=100,
-                       output_tokens=50, cost_usd=Decimal("0.0010000001"),
-                       price_usd=Decimal("0.0012000001"), cached_input_tokens=40,
-                       reasoning_tokens=7)
-    await insert_event(pool, customer_id="acme", model="gpt-4o", at=NOW - timedelta(days=6),
-                       input_tokens=10, output_tokens=5, cost_usd=Decimal("0.0000000009"),
-                       price_usd=Decimal("0.0000000011"), status_code=500)
-    await insert_event(pool, customer_id="acme", model="claude-x", at=recent, input_tokens=30,
-                       output_tokens=3, cost_usd=Decimal("0.25"), price_usd=Decimal("0.3"),
-                       cache_write_tokens=20)
-    await insert_event(pool, customer_id="acme", model="local-llm", at=recent, input_tokens=8,
-                       output_tokens=8, cost_usd=None, price_usd=None)
+    await insert_event(
+        pool,
+        customer_id="acme",
+        model="gpt-4o",
+        at=recent,
+        input_tokens=100,
+        output_tokens=50,
+        cost_usd=Decimal("0.0010000001"),
+        price_usd=Decimal("0.0012000001"),
+        cached_input_tokens=40,
+        reasoning_tokens=7,
+    )
+    await insert_event(
+        pool,
+        customer_id="acme",
+        model="gpt-4o",
+        at=NOW - timedelta(days=6),
+        input_tokens=10,
+        output_tokens=5,
+        cost_usd=Decimal("0.0000000009"),
+        price_usd=Decimal("0.0000000011"),
+        status_code=500,
+    )
+    await insert_event(
+        pool,
+        customer_id="acme",
+        model="claude-x",
+        at=recent,
+        input_tokens=30,
+        output_tokens=3,
+        cost_usd=Decimal("0.25"),
+        price_usd=Decimal("0.3"),
+        cache_write_tokens=20,
+    )
+    await insert_event(
+        pool,
+        customer_id="acme",
+        model="local-llm",
+        at=recent,
+        input_tokens=8,
+        output_tokens=8,
+        cost_usd=None,
+        price_usd=None,
+    )
     # Outside the window, and another customer: neither counts for acme over 7 days.
-    await insert_event(pool, customer_id="acme", model="gpt-4o", at=NOW - timedelta(days=8),
-                       input_tokens=1000, output_tokens=1000, cost_usd=Decimal(1),
-                       price_usd=Decimal(1))
-    await insert_event(pool, customer_id="other", model="gpt-4o", at=recent, input_tokens=1,
-                       output_tokens=1, cost_usd=Decimal("0.5"), price_usd=Decimal("0.6"))
+    await insert_event(
+        pool,
+        customer_id="acme",
+        model="gpt-4o",
+        at=NOW - timedelta(days=8),
+        input_tokens=1000,
+        output_tokens=1000,
+        cost_usd=Decimal(1),
+        price_usd=Decimal(1),
+    )
+    await insert_event(
+        pool,
+        customer_id="other",
+        model="gpt-4o",
+        at=recent,
+        input_tokens=1,
+        output_tokens=1,
+        cost_usd=Decimal("0.5"),
+        price_usd=Decimal("0.6"),
+    )
     try:
         yield pool
     finally:
@@ -80,7 +137,9 @@ async def test_summary_of_one_customer_has_the_spec_shape_and_exact_sums(
     assert body["period_days"] == 7
     assert (body["requests"], body["input_tokens"], body["output_tokens"]) == (4, 148, 66)
     assert (body["cached_input_tokens"], body["cache_write_tokens"], body["reasoning_tokens"]) == (
-        40, 20, 7
+        40,
+        20,
+        7,
     )
     assert body["cost_usd"] == "0.251000001"
     assert body["price_usd"] == "0.3012000012"
@@ -88,10 +147,18 @@ async def test_summary_of_one_customer_has_the_spec_shape_and_exact_sums(
     models = {m["model"]: m for m in body["by_model"]}
     assert list(models) == ["claude-x", "gpt-4o", "local-llm"]
     assert models["gpt-4o"] == {
-        "model": "gpt-4o", "requests": 2, "input_tokens": 110, "output_tokens": 55,
-        "cached_input_tokens": 40, "cache_write_tokens": 0, "reasoning_tokens": 7,
-        "cost_usd": "0.001000001", "price_usd": "0.0012000012", "unpriced_requests": 0,
-        "error_requests": 1, "estimated_requests": 0,
+        "model": "gpt-4o",
+        "requests": 2,
+        "input_tokens": 110,
+        "output_tokens": 55,
+        "cached_input_tokens": 40,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 7,
+        "cost_usd": "0.001000001",
+        "price_usd": "0.0012000012",
+        "unpriced_requests": 0,
+        "error_requests": 1,
+        "estimated_requests": 0,
     }
     assert models["local-llm"]["cost_usd"] == "0"
     assert models["local-llm"]["unpriced_requests"] == 1
@@ -114,7 +181,10 @@ async def test_summary_of_all_customers_and_window(pool: asyncpg.Pool) -> None:
 async def test_summary_without_events_is_zero(pool: asyncpg.Pool) -> None:
     body = (await usage_summary(pool, days=7, customer_id="nobody", now=NOW)).to_json()
     assert (body["requests"], body["cost_usd"], body["price_usd"], body["by_model"]) == (
-        0, "0", "0", []
+        0,
+        "0",
+        "0",
+        [],
     )
 
 

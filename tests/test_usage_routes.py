@@ -39,19 +39,24 @@ class Site:
 
     async def get(self, path: str, key: str | None) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        async with aiohttp.ClientSession() as session, session.get(
-                self.base_url + path, headers=headers) as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(self.base_url + path, headers=headers) as response,
+        ):
             return response.status, await response.json()
 
 
 def _has_route(app: Any, path: str) -> bool:
-    return any(route.resource is not None and route.resource.canonical == path
-               for route in app.router.routes())
+    return any(
+        route.resource is not None and route.resource.canonical == path
+        for route in app.router.routes()
+    )
 
 
 @pytest.fixture
-async def site(fresh_database_url: str, redis_url: str,
-               monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Site]:
+async def site(
+    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Site]:
     monkeypatch.setenv("TOLLBOOTH_ADMIN_TOKEN", TOKEN)
     monkeypatch.setenv("TB_TEST_OPENAI_KEY", PROVIDER_KEY)
     monkeypatch.setenv("TB_TEST_ANTHROPIC_KEY", PROVIDER_KEY)
@@ -71,29 +76,43 @@ async def site(fresh_database_url: str, redis_url: str,
             made[customer] = (await accounts.create_key(customer, project_id="web"))[1]
         now = datetime.now(UTC)
         events = [
-            make_event(now - timedelta(hours=h, minutes=7), customer_id=customer,
-                       project_id=project, model=model, price_usd=Decimal("0.0001") * h)
+            make_event(
+                now - timedelta(hours=h, minutes=7),
+                customer_id=customer,
+                project_id=project,
+                model=model,
+                price_usd=Decimal("0.0001") * h,
+            )
             for h in range(1, 60)
-            for customer, project, model in (("acme", "web", "gpt-4o"),
-                                             ("acme", None, "claude-x"),
-                                             ("beta", "web", "gpt-4o"))
+            for customer, project, model in (
+                ("acme", "web", "gpt-4o"),
+                ("acme", None, "claude-x"),
+                ("beta", "web", "gpt-4o"),
+            )
         ]
         await insert_events(app[keys.pool], events)
-        yield Site(str(server.make_url("")).rstrip("/"), app[keys.pool], made["acme"],
-                   made["beta"])
+        yield Site(str(server.make_url("")).rstrip("/"), app[keys.pool], made["acme"], made["beta"])
     finally:
         await server.close()
         await mock.close()
 
 
 def _totals(body: dict[str, Any]) -> dict[str, Any]:
-    return {"requests": body["requests"], "input_tokens": body["input_tokens"],
-            "price_usd": Decimal(body["price_usd"]), "cost_usd": Decimal(body["cost_usd"])}
+    return {
+        "requests": body["requests"],
+        "input_tokens": body["input_tokens"],
+        "price_usd": Decimal(body["price_usd"]),
+        "cost_usd": Decimal(body["cost_usd"]),
+    }
 
 
 async def _raw(site: Site, body: dict[str, Any], **scope: Any) -> dict[str, Any]:
-    raw = await raw_totals(site.pool, datetime.fromisoformat(body["since"]),
-                           datetime.fromisoformat(body["until"]), **scope)
+    raw = await raw_totals(
+        site.pool,
+        datetime.fromisoformat(body["since"]),
+        datetime.fromisoformat(body["until"]),
+        **scope,
+    )
     return {name: raw[name] for name in ("requests", "input_tokens", "price_usd", "cost_usd")}
 
 
@@ -106,7 +125,9 @@ async def test_a_customer_reads_only_its_own_usage(site: Site) -> None:
     status, projects = await site.get("/usage/projects", site.acme_key)
     assert status == 200
     assert [(p["customer_id"], p["project_id"], p["requests"]) for p in projects["projects"]] == [
-        ("acme", None, 59), ("acme", "web", 59)]
+        ("acme", None, 59),
+        ("acme", "web", 59),
+    ]
 
     status, summary = await site.get("/usage/summary?project=web", site.acme_key)
     assert status == 200
@@ -114,8 +135,10 @@ async def test_a_customer_reads_only_its_own_usage(site: Site) -> None:
 
     status, page = await site.get("/usage/events?limit=1000", site.acme_key)
     assert status == 200 and page["next_cursor"] is None
-    acme_ids = {str(r["id"]) for r in await site.pool.fetch(
-        "SELECT id FROM usage_events WHERE customer_id = 'acme'")}
+    acme_ids = {
+        str(r["id"])
+        for r in await site.pool.fetch("SELECT id FROM usage_events WHERE customer_id = 'acme'")
+    }
     assert {event["id"] for event in page["events"]} == acme_ids
     assert all("metadata" not in event for event in page["events"])
     times = [event["created_at"] for event in page["events"]]
@@ -123,8 +146,10 @@ async def test_a_customer_reads_only_its_own_usage(site: Site) -> None:
 
 
 async def test_another_customers_events_never_show(site: Site) -> None:
-    beta_ids = {str(r["id"]) for r in await site.pool.fetch(
-        "SELECT id FROM usage_events WHERE customer_id = 'beta'")}
+    beta_ids = {
+        str(r["id"])
+        for r in await site.pool.fetch("SELECT id FROM usage_events WHERE customer_id = 'beta'")
+    }
     seen: list[str] = []
     path = "/usage/events?limit=7&days=30"
     while True:
@@ -140,10 +165,12 @@ async def test_another_customers_events_never_show(site: Site) -> None:
 
 
 async def test_a_proxied_request_shows_in_the_events(site: Site) -> None:
-    client = openai.AsyncOpenAI(api_key=site.beta_key, base_url=site.base_url + "/v1",
-                                max_retries=0)
+    client = openai.AsyncOpenAI(
+        api_key=site.beta_key, base_url=site.base_url + "/v1", max_retries=0
+    )
     raw = await client.chat.completions.with_raw_response.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+    )
     request_id = raw.headers["x-request-id"]
     for _ in range(100):  # the writer flushes off the request path
         _, page = await site.get("/usage/events?limit=1", site.beta_key)
@@ -156,10 +183,14 @@ async def test_a_proxied_request_shows_in_the_events(site: Site) -> None:
 
 
 async def test_bad_parameters_are_refused(site: Site) -> None:
-    for path, param in (("/usage/events?limit=0", "limit"), ("/usage/events?limit=x", "limit"),
-                        ("/usage/events?limit=1001", "limit"),
-                        ("/usage/events?cursor=bm90LWEtY3Vyc29y", "cursor"),
-                        ("/usage/daily?days=0", "days"), ("/usage/projects?days=x", "days")):
+    for path, param in (
+        ("/usage/events?limit=0", "limit"),
+        ("/usage/events?limit=x", "limit"),
+        ("/usage/events?limit=1001", "limit"),
+        ("/usage/events?cursor=bm90LWEtY3Vyc29y", "cursor"),
+        ("/usage/daily?days=0", "days"),
+        ("/usage/projects?days=x", "days"),
+    ):
         status, body = await site.get(path, site.acme_key)
         assert status == 400 and body["error"]["param"] == param, path
     status, _ = await site.get("/usage/daily", None)

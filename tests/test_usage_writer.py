@@ -107,8 +107,7 @@ async def test_a_replayed_batch_is_not_doubled(pool: asyncpg.Pool, tmp_path: Pat
 async def test_close_drains_the_journal_without_waiting_for_the_interval(
     pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    writer = UsageWriter(pool, journal_dir=tmp_path, batch_size=10_000,
-                         flush_interval_s=30)
+    writer = UsageWriter(pool, journal_dir=tmp_path, batch_size=10_000, flush_interval_s=30)
     await writer.start()
     for i in range(250):
         await writer.submit(make_event(i))
@@ -123,7 +122,9 @@ async def test_close_drains_the_journal_without_waiting_for_the_interval(
 
 
 async def test_connection_killed_mid_batch_loses_nothing(
-    pool: asyncpg.Pool, fresh_database_url: str, caplog: pytest.LogCaptureFixture,
+    pool: asyncpg.Pool,
+    fresh_database_url: str,
+    caplog: pytest.LogCaptureFixture,
     tmp_path: Path,
 ) -> None:
     # Make every batch's INSERT take a while, so terminating backends hits writes in flight.
@@ -136,8 +137,9 @@ async def test_connection_killed_mid_batch_loses_nothing(
         """
     )
     admin = await asyncpg.connect(fresh_database_url)
-    writer = UsageWriter(pool, journal_dir=tmp_path, batch_size=100, flush_interval_s=0.01,
-                         retry_max_s=0.4)
+    writer = UsageWriter(
+        pool, journal_dir=tmp_path, batch_size=100, flush_interval_s=0.01, retry_max_s=0.4
+    )
     terminated = 0
 
     async def kill_backends() -> None:
@@ -187,8 +189,9 @@ async def test_a_refused_batch_is_kept_and_retried_loudly(
         FOR EACH STATEMENT EXECUTE FUNCTION refuse_until_allowed();
         """
     )
-    writer = UsageWriter(pool, journal_dir=tmp_path, batch_size=10, flush_interval_s=0.01,
-                         retry_max_s=0.2)
+    writer = UsageWriter(
+        pool, journal_dir=tmp_path, batch_size=10, flush_interval_s=0.01, retry_max_s=0.2
+    )
     with caplog.at_level(logging.WARNING, logger="storage.usage.writer"):
         await writer.start()
         for i in range(25):
@@ -201,12 +204,11 @@ async def test_a_refused_batch_is_kept_and_retried_loudly(
         assert writer.backlog == 25
         await pool.execute("CREATE TABLE allow_inserts ()")
         await writer.close()
-    assert any(r.levelno == logging.ERROR and "not yet" in (r.exc_text or "")
-               for r in caplog.records)
+    assert any(
+        r.levelno == logging.ERROR and "not yet" in (r.exc_text or "") for r in caplog.records
+    )
     assert await pool.fetchval("SELECT count(*) FROM usage_events") == 25
     assert await pool.fetchval("SELECT count(*) FROM usage_dead_letters") == 0
-
-
 
 
 STALL_WRITES = """
@@ -240,8 +242,9 @@ async def test_submit_before_start_is_refused(pool: asyncpg.Pool, tmp_path: Path
 
 async def test_a_stalled_postgres_never_slows_submit(pool: asyncpg.Pool, tmp_path: Path) -> None:
     await pool.execute(STALL_WRITES)
-    writer = UsageWriter(pool, journal_dir=tmp_path, batch_size=500, flush_interval_s=0.01,
-                         retry_max_s=0.2)
+    writer = UsageWriter(
+        pool, journal_dir=tmp_path, batch_size=500, flush_interval_s=0.01, retry_max_s=0.2
+    )
     await writer.start()
     events = [make_event(i) for i in range(20_000)]
 
@@ -266,8 +269,14 @@ async def test_events_left_at_close_are_written_by_the_next_writer(
     pool: asyncpg.Pool, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     await pool.execute(STALL_WRITES)
-    first = UsageWriter(pool, journal_dir=tmp_path, batch_size=100, flush_interval_s=0.01,
-                        retry_max_s=0.1, close_timeout_s=0.5)
+    first = UsageWriter(
+        pool,
+        journal_dir=tmp_path,
+        batch_size=100,
+        flush_interval_s=0.01,
+        retry_max_s=0.1,
+        close_timeout_s=0.5,
+    )
     await first.start()
     events = [make_event(i) for i in range(1_000)]
     for event in events:
@@ -336,9 +345,16 @@ async def test_refuse_policy_raises_journal_full_past_the_budget(
     pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     await pool.execute(STALL_WRITES)
-    writer = UsageWriter(pool, journal_dir=tmp_path, batch_size=50, flush_interval_s=0.01,
-                         retry_max_s=0.1, segment_bytes=20_000, max_bytes=100_000,
-                         full_policy="refuse")
+    writer = UsageWriter(
+        pool,
+        journal_dir=tmp_path,
+        batch_size=50,
+        flush_interval_s=0.01,
+        retry_max_s=0.1,
+        segment_bytes=20_000,
+        max_bytes=100_000,
+        full_policy="refuse",
+    )
     await writer.start()
     writer.check_accepting()
     submitted = 0
@@ -362,8 +378,9 @@ async def test_serve_policy_keeps_accepting_and_alerts(
     pool: asyncpg.Pool, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     await pool.execute(STALL_WRITES)
-    writer = UsageWriter(pool, journal_dir=tmp_path, retry_max_s=0.1, max_bytes=50_000,
-                         full_policy="serve")
+    writer = UsageWriter(
+        pool, journal_dir=tmp_path, retry_max_s=0.1, max_bytes=50_000, full_policy="serve"
+    )
     await writer.start()
     with caplog.at_level(logging.ERROR, logger="storage.usage.writer"):
         for i in range(2_000):
@@ -391,8 +408,13 @@ async def test_awkward_values_survive_the_journal_exactly(
         cost_usd=Decimal("1E-10"),
         price_usd=None,
         price_version=None,
-        metadata={"quote": 'say "hi"\t\n', "back\\slash": ["\\", "\\N"], "n": None,
-                  "money": Decimal("0.10"), "nested": {"ü": [1, 2.5, True]}},
+        metadata={
+            "quote": 'say "hi"\t\n',
+            "back\\slash": ["\\", "\\N"],
+            "n": None,
+            "money": Decimal("0.10"),
+            "nested": {"ü": [1, 2.5, True]},
+        },
     )
     writer = UsageWriter(pool, journal_dir=tmp_path)
     await writer.start()

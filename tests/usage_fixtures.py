@@ -36,40 +36,59 @@ def make_event(
     latency_ms: int = 25,
 ) -> UsageEvent:
     return UsageEvent(
-        id=uuid.uuid4(), created_at=at, customer_id=customer_id, project_id=project_id,
-        user_id="u1", key_id="key_0123456789abcdef", tier="pro", provider="openai",
-        model=model, endpoint="/v1/chat/completions", status_code=status_code, streamed=False,
-        input_tokens=input_tokens, output_tokens=output_tokens,
-        cached_input_tokens=cached_input_tokens, cache_write_tokens=cache_write_tokens,
-        reasoning_tokens=reasoning_tokens, usage_source=usage_source, cost_usd=cost_usd,
-        price_usd=price_usd, price_version="test-1", latency_ms=latency_ms,
-        upstream_request_id="chatcmpl-1", metadata={"config_hash": "abc"},
+        id=uuid.uuid4(),
+        created_at=at,
+        customer_id=customer_id,
+        project_id=project_id,
+        user_id="u1",
+        key_id="key_0123456789abcdef",
+        tier="pro",
+        provider="openai",
+        model=model,
+        endpoint="/v1/chat/completions",
+        status_code=status_code,
+        streamed=False,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cached_input_tokens=cached_input_tokens,
+        cache_write_tokens=cache_write_tokens,
+        reasoning_tokens=reasoning_tokens,
+        usage_source=usage_source,
+        cost_usd=cost_usd,
+        price_usd=price_usd,
+        price_version="test-1",
+        latency_ms=latency_ms,
+        upstream_request_id="chatcmpl-1",
+        metadata={"config_hash": "abc"},
     )
 
 
-def random_events(rng: random.Random, now: datetime, count: int, *, span_days: int = 40
-                  ) -> list[UsageEvent]:
+def random_events(
+    rng: random.Random, now: datetime, count: int, *, span_days: int = 40
+) -> list[UsageEvent]:
     """A mix of customers, projects (None included), models, errors, estimates, unpriced
     events and odd money, spread over `span_days` before `now` (and a little after)."""
     events = []
     for _ in range(count):
         at = now - timedelta(seconds=rng.randint(-3600, span_days * 86_400))
         priced = rng.random() > 0.1
-        events.append(make_event(
-            at,
-            customer_id=rng.choice(["acme", "beta", "gamma"]),
-            project_id=rng.choice(["web", "api", None]),
-            model=rng.choice(["gpt-4o", "gpt-4o-mini", "claude-x"]),
-            input_tokens=rng.randint(0, 5000),
-            output_tokens=rng.randint(0, 900),
-            cached_input_tokens=rng.randint(0, 50),
-            cache_write_tokens=rng.randint(0, 50),
-            reasoning_tokens=rng.randint(0, 30),
-            cost_usd=Decimal(rng.randint(0, 10**9)) / 10**10 if priced else None,
-            price_usd=Decimal(rng.randint(0, 10**9)) / 10**10 if priced else None,
-            status_code=rng.choice([200, 200, 200, 429, 500]),
-            usage_source=rng.choice(["provider", "provider", "estimated"]),
-        ))
+        events.append(
+            make_event(
+                at,
+                customer_id=rng.choice(["acme", "beta", "gamma"]),
+                project_id=rng.choice(["web", "api", None]),
+                model=rng.choice(["gpt-4o", "gpt-4o-mini", "claude-x"]),
+                input_tokens=rng.randint(0, 5000),
+                output_tokens=rng.randint(0, 900),
+                cached_input_tokens=rng.randint(0, 50),
+                cache_write_tokens=rng.randint(0, 50),
+                reasoning_tokens=rng.randint(0, 30),
+                cost_usd=Decimal(rng.randint(0, 10**9)) / 10**10 if priced else None,
+                price_usd=Decimal(rng.randint(0, 10**9)) / 10**10 if priced else None,
+                status_code=rng.choice([200, 200, 200, 429, 500]),
+                usage_source=rng.choice(["provider", "provider", "estimated"]),
+            )
+        )
     return events
 
 

@@ -48,8 +48,9 @@ class FramingError(Exception):
     """A response this client cannot frame (no status line, bad chunk size)."""
 
 
-def build_request(host: str, port: int, method: str, path: str, headers: list[str],
-                  body: bytes) -> bytes:
+def build_request(
+    host: str, port: int, method: str, path: str, headers: list[str], body: bytes
+) -> bytes:
     """The exact request bytes every worker sends (keep-alive, fixed Content-Length)."""
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}"]
     lines += headers
@@ -200,8 +201,9 @@ class Result:
 class _Run:
     """The state the connections of one generator share."""
 
-    def __init__(self, host: str, port: int, request: bytes, concurrency: int,
-                 start: float, end: float) -> None:
+    def __init__(
+        self, host: str, port: int, request: bytes, concurrency: int, start: float, end: float
+    ) -> None:
         self.host, self.port, self.request = host, port, request
         self.start, self.end = start, end
         self.result = Result(concurrency=concurrency, window_s=end - start)
@@ -223,7 +225,8 @@ class _Run:
         self._open += 1
         try:
             await asyncio.get_running_loop().create_connection(
-                lambda: _Client(self), self.host, self.port)
+                lambda: _Client(self), self.host, self.port
+            )
         except OSError:
             self.result.failures += 1
             self._open -= 1  # a refused connect ends this connection's worker
@@ -250,8 +253,9 @@ class _Run:
         await self._done
 
 
-async def generate(host: str, port: int, request: bytes, concurrency: int,
-                   measure_at: float, duration_s: float) -> Result:
+async def generate(
+    host: str, port: int, request: bytes, concurrency: int, measure_at: float, duration_s: float
+) -> Result:
     """Run `concurrency` connections until `measure_at + duration_s` (monotonic clock)."""
     end = measure_at + duration_s
     run = _Run(host, port, request, concurrency, measure_at, end)
@@ -269,8 +273,11 @@ async def generate(host: str, port: int, request: bytes, concurrency: int,
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m gateway.bench.loadgen", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.bench.loadgen",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--method", default="POST")
@@ -279,8 +286,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--body-file", type=Path, help="request body (default: none)")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
-    parser.add_argument("--measure-at", type=float,
-                        help="time.monotonic() when the window opens (default: now + --warmup)")
+    parser.add_argument(
+        "--measure-at",
+        type=float,
+        help="time.monotonic() when the window opens (default: now + --warmup)",
+    )
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--output", type=Path, help="write the JSON here (default: stdout)")
     return parser.parse_args(argv)
@@ -292,8 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     request = build_request(args.host, args.port, args.method, args.path, args.header, body)
     measure_at = args.measure_at if args.measure_at is not None else time.monotonic() + args.warmup
     if time.monotonic() >= measure_at:
-        print("loadgen: the measured window opened before the generator was ready",
-              file=sys.stderr)
+        print("loadgen: the measured window opened before the generator was ready", file=sys.stderr)
         return 2
     try:
         import uvloop
@@ -302,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     with runner:
-        result = runner.run(generate(args.host, args.port, request, args.concurrency,
-                                     measure_at, args.duration))
+        result = runner.run(
+            generate(args.host, args.port, request, args.concurrency, measure_at, args.duration)
+        )
     data = orjson.dumps(result.to_json()) + b"\n"
     if args.output is not None:
         args.output.write_bytes(data)
@@ -318,7 +328,7 @@ def _write_all(fd: int, data: bytes) -> None:
     os.set_blocking(fd, True)
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 if __name__ == "__main__":

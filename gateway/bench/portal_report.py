@@ -26,8 +26,7 @@ def percentile(samples: list[float], fraction: float) -> float:
 def summary(samples: list[float]) -> str:
     if not samples:
         return "—"
-    return (f"{percentile(samples, 0.5):7.1f} {percentile(samples, 0.95):7.1f} "
-            f"{max(samples):7.1f}")
+    return f"{percentile(samples, 0.5):7.1f} {percentile(samples, 0.95):7.1f} {max(samples):7.1f}"
 
 
 @dataclass
@@ -40,12 +39,20 @@ class ViewTiming:
 
     def to_json(self) -> dict[str, Any]:
         def stats(samples: list[float]) -> dict[str, float]:
-            return {"p50": percentile(samples, 0.5), "p95": percentile(samples, 0.95),
-                    "max": max(samples, default=0.0), "runs": len(samples)}
+            return {
+                "p50": percentile(samples, 0.5),
+                "p95": percentile(samples, 0.95),
+                "max": max(samples, default=0.0),
+                "runs": len(samples),
+            }
 
-        return {"name": self.name, "detail": self.detail, "calls_ms": stats(self.calls),
-                "http_server_ms": stats(self.http_server),
-                "http_client_ms": stats(self.http_client)}
+        return {
+            "name": self.name,
+            "detail": self.detail,
+            "calls_ms": stats(self.calls),
+            "http_server_ms": stats(self.http_server),
+            "http_client_ms": stats(self.http_client),
+        }
 
 
 @dataclass
@@ -61,9 +68,13 @@ class PortalBenchReport:
         return all(held for _, held in self.checks)
 
     def to_json(self) -> dict[str, Any]:
-        return {"command": self.command, "machine": self.machine, "facts": dict(self.facts),
-                "checks": [{"check": what, "ok": held} for what, held in self.checks],
-                "views": [view.to_json() for view in self.views]}
+        return {
+            "command": self.command,
+            "machine": self.machine,
+            "facts": dict(self.facts),
+            "checks": [{"check": what, "ok": held} for what, held in self.checks],
+            "views": [view.to_json() for view in self.views],
+        }
 
 
 def render_text(report: PortalBenchReport) -> str:
@@ -80,14 +91,21 @@ def render_text(report: PortalBenchReport) -> str:
     lines.append("")
     lines += [f"check: {what}: {'ok' if held else 'FAILED'}" for what, held in report.checks]
     lines.append("")
-    head = (f"{'view':<34} {'reads':<28} {'calls p50/p95/max ms':>23}   "
-            f"{'HTTP server p50/p95/max':>23}   {'HTTP client p50':>15}")
+    head = (
+        f"{'view':<34} {'reads':<28} {'calls p50/p95/max ms':>23}   "
+        f"{'HTTP server p50/p95/max':>23}   {'HTTP client p50':>15}"
+    )
     lines += [head, "-" * len(head)]
     for view in report.views:
         client = f"{percentile(view.http_client, 0.5):7.1f}" if view.http_client else "—"
-        lines.append(f"{view.name:<34} {view.detail:<28} {summary(view.calls):>23}   "
-                     f"{summary(view.http_server):>23}   {client:>15}")
+        lines.append(
+            f"{view.name:<34} {view.detail:<28} {summary(view.calls):>23}   "
+            f"{summary(view.http_server):>23}   {client:>15}"
+        )
     runs = max((len(v.calls) for v in report.views), default=0)
-    lines += ["", f"{runs} runs per view after one warm-up; HTTP server time is the "
-              "Server-Timing header (handler + rendering)."]
+    lines += [
+        "",
+        f"{runs} runs per view after one warm-up; HTTP server time is the "
+        "Server-Timing header (handler + rendering).",
+    ]
     return "\n".join(lines) + "\n"

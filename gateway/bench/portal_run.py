@@ -112,47 +112,67 @@ async def _check(pool: asyncpg.Pool, plan: SeedPlan, report: PortalBenchReport) 
     for since in (newest, middle):
         check = await verify_rollups(pool, since=since, until=since + timedelta(days=1))
         mismatches += len(check.mismatches)
-    report.checks.append(("hourly rollups equal the raw events (newest day, a day mid-range)",
-                          mismatches == 0))
-    daily = await verify_daily_rollups(pool, since=plan.until - timedelta(days=7),
-                                       until=plan.until)
+    report.checks.append(
+        ("hourly rollups equal the raw events (newest day, a day mid-range)", mismatches == 0)
+    )
+    daily = await verify_daily_rollups(pool, since=plan.until - timedelta(days=7), until=plan.until)
     report.checks.append(("daily rollups equal the hourly ones (last 7 days)", not daily))
     rows = await pool.fetchval("SELECT count(*) FROM usage_events")
     usages = await customers_usage(pool, since=plan.since, until=plan.until)
     total = sum(usage.totals.requests for usage in usages)
     report.facts.append(("events in usage_events", f"{rows:,}"))
     report.facts.append(("all-customer requests, seeded range", f"{total:,}"))
-    report.checks.append((f"all-customer requests over the seeded range ({total:,}) == rows in "
-                          f"usage_events ({rows:,}) == events seeded ({plan.events:,})",
-                          total == rows == plan.events))
+    report.checks.append(
+        (
+            f"all-customer requests over the seeded range ({total:,}) == rows in "
+            f"usage_events ({rows:,}) == events seeded ({plan.events:,})",
+            total == rows == plan.events,
+        )
+    )
 
 
 async def _seeded_plan(pool: asyncpg.Pool) -> SeedPlan:
     """What a kept database holds, as the plan that seeded it."""
-    row = await pool.fetchrow("SELECT count(*) AS n, min(created_at) AS first, "
-                              "max(created_at) AS last FROM usage_events")
+    row = await pool.fetchrow(
+        "SELECT count(*) AS n, min(created_at) AS first, max(created_at) AS last FROM usage_events"
+    )
     customers = await pool.fetchval("SELECT count(*) FROM customers")
     assert row is not None and row["n"] > 0, "the database holds no usage events"
     return SeedPlan(row["n"], customers, row["first"], row["last"] + timedelta(microseconds=1))
 
 
-async def _prepare(pool: asyncpg.Pool, options: PortalBenchOptions, report: PortalBenchReport
-                   ) -> SeedPlan:
+async def _prepare(
+    pool: asyncpg.Pool, options: PortalBenchOptions, report: PortalBenchReport
+) -> SeedPlan:
     if options.reuse_database:
         plan = await _seeded_plan(pool)
-        report.facts.append(("reused", f"{plan.events:,} events, {plan.customers:,} "
-                             "customers seeded by an earlier run"))
+        report.facts.append(
+            (
+                "reused",
+                f"{plan.events:,} events, {plan.customers:,} customers seeded by an earlier run",
+            )
+        )
         return plan
     until = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
-    plan = SeedPlan(options.events, options.customers, until - timedelta(days=options.days),
-                    until, batch_size=options.batch_size)
+    plan = SeedPlan(
+        options.events,
+        options.customers,
+        until - timedelta(days=options.days),
+        until,
+        batch_size=options.batch_size,
+    )
     progress(f"seeding {plan.events:,} events over {plan.customers:,} customers")
     started = time.monotonic()
     await seed(pool, plan, progress)
     seconds = time.monotonic() - started
-    report.facts.append(("seeded", f"{plan.events:,} events, {plan.customers:,} "
-                         f"customers, {options.days} days, in {seconds:.1f} s "
-                         f"({plan.events / max(seconds, 1e-9):,.0f} events/s)"))
+    report.facts.append(
+        (
+            "seeded",
+            f"{plan.events:,} events, {plan.customers:,} "
+            f"customers, {options.days} days, in {seconds:.1f} s "
+            f"({plan.events / max(seconds, 1e-9):,.0f} events/s)",
+        )
+    )
     return plan
 
 
@@ -165,8 +185,13 @@ async def _database(server_url: str, options: PortalBenchOptions) -> AsyncIterat
         yield url
 
 
-async def _run(options: PortalBenchOptions, report: PortalBenchReport, server_url: str,
-               redis_url: str, workdir: Path) -> None:
+async def _run(
+    options: PortalBenchOptions,
+    report: PortalBenchReport,
+    server_url: str,
+    redis_url: str,
+    workdir: Path,
+) -> None:
     async with _database(server_url, options) as url:
         pool = await create_pool(url, max_size=4)
         try:
@@ -190,10 +215,10 @@ def run_portal_bench(options: PortalBenchOptions, command: str) -> PortalBenchRe
         try:
             # A reused database lives on --database-url's server, or the embedded one of
             # --workdir (started here again).
-            with infrastructure(options.database_url, options.redis_url, workdir / "data",
-                                announce=progress) as infra:
-                asyncio.run(_run(options, report, infra.database_url, infra.redis_url,
-                                 workdir))
+            with infrastructure(
+                options.database_url, options.redis_url, workdir / "data", announce=progress
+            ) as infra:
+                asyncio.run(_run(options, report, infra.database_url, infra.redis_url, workdir))
         except EmbeddedError as exc:
             raise PortalBenchError(str(exc)) from exc
     return report

@@ -52,20 +52,69 @@ class SeedModel:
 MODELS = (
     SeedModel("gpt-4o-mini", "openai", "/v1/chat/completions", 0.33, "0.15", "0.60", "0.075"),
     SeedModel("gpt-4o", "openai", "/v1/chat/completions", 0.14, "2.50", "10.00", "1.25"),
-    SeedModel("o3-mini", "openai", "/v1/chat/completions", 0.08, "1.10", "4.40", "0.55",
-              reasoning=True),
+    SeedModel(
+        "o3-mini", "openai", "/v1/chat/completions", 0.08, "1.10", "4.40", "0.55", reasoning=True
+    ),
     SeedModel("claude-sonnet-4-5", "anthropic", "/v1/messages", 0.16, "3.00", "15.00", "0.30"),
     SeedModel("claude-haiku-4-5", "anthropic", "/v1/messages", 0.16, "1.00", "5.00", "0.10"),
-    SeedModel("text-embedding-3-small", "openai", "/v1/embeddings", 0.129, "0.02", "0", "0",
-              embedding=True),
+    SeedModel(
+        "text-embedding-3-small",
+        "openai",
+        "/v1/embeddings",
+        0.129,
+        "0.02",
+        "0",
+        "0",
+        embedding=True,
+    ),
     SeedModel("acme-local-llm", "openai", "/v1/chat/completions", 0.001, None, "0", "0"),
 )
 
-_ADJECTIVES = ("Acme", "Blue", "Bright", "Cedar", "Delta", "Echo", "Falcon", "Granite", "Harbor",
-               "Iris", "Juniper", "Kite", "Lumen", "Maple", "Nimbus", "Orbit", "Pine", "Quartz",
-               "River", "Summit", "Tidal", "Umber", "Vertex", "Willow", "Zephyr")
-_NOUNS = ("Labs", "Analytics", "Health", "Robotics", "Media", "Logistics", "Finance", "Studio",
-          "Systems", "Works", "Cloud", "Bio", "Energy", "Learning", "Retail", "Legal")
+_ADJECTIVES = (
+    "Acme",
+    "Blue",
+    "Bright",
+    "Cedar",
+    "Delta",
+    "Echo",
+    "Falcon",
+    "Granite",
+    "Harbor",
+    "Iris",
+    "Juniper",
+    "Kite",
+    "Lumen",
+    "Maple",
+    "Nimbus",
+    "Orbit",
+    "Pine",
+    "Quartz",
+    "River",
+    "Summit",
+    "Tidal",
+    "Umber",
+    "Vertex",
+    "Willow",
+    "Zephyr",
+)
+_NOUNS = (
+    "Labs",
+    "Analytics",
+    "Health",
+    "Robotics",
+    "Media",
+    "Logistics",
+    "Finance",
+    "Studio",
+    "Systems",
+    "Works",
+    "Cloud",
+    "Bio",
+    "Energy",
+    "Learning",
+    "Retail",
+    "Legal",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +134,9 @@ def customer_id(index: int) -> str:
 def _customer_rows(count: int) -> list[tuple[str, str, str, str | None, bool]]:
     rows = []
     for k in range(count):
-        name = (f"{_ADJECTIVES[k % len(_ADJECTIVES)]} "
-                f"{_NOUNS[(k // len(_ADJECTIVES)) % len(_NOUNS)]}")
+        name = (
+            f"{_ADJECTIVES[k % len(_ADJECTIVES)]} {_NOUNS[(k // len(_ADJECTIVES)) % len(_NOUNS)]}"
+        )
         if k >= len(_ADJECTIVES) * len(_NOUNS):
             name += f" {k // (len(_ADJECTIVES) * len(_NOUNS)) + 1}"
         tier = "enterprise" if k < max(1, count // 20) else TIERS[k % 3 if k % 3 < 2 else 0]
@@ -100,7 +150,9 @@ async def _seed_accounts(conn: asyncpg.Connection, plan: SeedPlan) -> None:
     seeded = [row[0] for row in rows]  # other customers the database holds are left alone
     await conn.executemany(
         "INSERT INTO customers (id, name, email, tier, stripe_customer_id, suspended) "
-        "VALUES ($1, $2, $1 || '@example.com', $3, $4, $5)", rows)
+        "VALUES ($1, $2, $1 || '@example.com', $3, $4, $5)",
+        rows,
+    )
     # Three keys a customer; the hash is of a made-up key nobody holds.
     await conn.execute(
         """
@@ -113,7 +165,8 @@ async def _seed_accounts(conn: asyncpg.Connection, plan: SeedPlan) -> None:
                (ARRAY['production web', 'nightly batch', 'notebook'])[s + 1]
         FROM customers c CROSS JOIN generate_series(0, 2) AS s
         WHERE c.id = ANY($1::text[])
-        """, seeded,
+        """,
+        seeded,
     )
     await conn.execute(
         """
@@ -124,19 +177,36 @@ async def _seed_accounts(conn: asyncpg.Connection, plan: SeedPlan) -> None:
                width_bucket(random(), $1::float8[]) AS primary_model
         FROM customers c JOIN api_keys k ON k.customer_id = c.id
         WHERE c.id = ANY($2::text[]) ORDER BY k.id
-        """, _thresholds(), seeded,
+        """,
+        _thresholds(),
+        seeded,
     )
     await conn.execute("CREATE INDEX ON seed_keys (cust, slot)")
     await conn.execute("ANALYZE seed_keys")
-    models = [(i, m.name, m.provider, m.endpoint, m.input_per_m, m.output_per_m, m.cached_per_m,
-               m.reasoning, m.embedding) for i, m in enumerate(MODELS)]
+    models = [
+        (
+            i,
+            m.name,
+            m.provider,
+            m.endpoint,
+            m.input_per_m,
+            m.output_per_m,
+            m.cached_per_m,
+            m.reasoning,
+            m.embedding,
+        )
+        for i, m in enumerate(MODELS)
+    ]
     await conn.execute(
         "CREATE TEMP TABLE seed_models (idx int PRIMARY KEY, name text, provider text, "
         "endpoint text, input_per_m numeric, output_per_m numeric, cached_per_m numeric, "
         "reasoning boolean, embedding boolean)"
     )
-    await conn.executemany("INSERT INTO seed_models VALUES ($1, $2, $3, $4, $5::numeric, "
-                           "$6::numeric, $7::numeric, $8, $9)", models)
+    await conn.executemany(
+        "INSERT INTO seed_models VALUES ($1, $2, $3, $4, $5::numeric, "
+        "$6::numeric, $7::numeric, $8, $9)",
+        models,
+    )
 
 
 def _thresholds() -> list[float]:
@@ -223,7 +293,13 @@ async def seed(
             last = min(done + plan.batch_size, plan.events) - 1
             await conn.execute(
                 _BATCH_SQL,
-                done, last, plan.events, plan.since, span, plan.customers, _thresholds(),
+                done,
+                last,
+                plan.events,
+                plan.since,
+                span,
+                plan.customers,
+                _thresholds(),
             )
             done = last + 1
             progress(f"seeded {done:,} of {plan.events:,} events")

@@ -46,10 +46,22 @@ ADMIN_TOKEN_ENV = "TOLLBOOTH_BENCH_ADMIN_TOKEN"
 PORTAL_PAGE = 50
 DRILL_EVENTS = 20
 TIERS: dict[str, Any] = {
-    "free": {"limits": {"requests_per_minute": 60, "requests_per_month": 50_000,
-                        "tokens_per_month": 100_000_000, "spend_per_month_usd": "100"}},
-    "pro": {"limits": {"requests_per_minute": 600, "requests_per_month": 500_000,
-                       "tokens_per_month": 1_000_000_000, "spend_per_month_usd": "2000"}},
+    "free": {
+        "limits": {
+            "requests_per_minute": 60,
+            "requests_per_month": 50_000,
+            "tokens_per_month": 100_000_000,
+            "spend_per_month_usd": "100",
+        }
+    },
+    "pro": {
+        "limits": {
+            "requests_per_minute": 600,
+            "requests_per_month": 500_000,
+            "tokens_per_month": 1_000_000_000,
+            "spend_per_month_usd": "2000",
+        }
+    },
     "enterprise": {"limits": {"requests_per_minute": 6000, "spend_per_month_usd": "50000"}},
 }
 
@@ -68,13 +80,17 @@ def _free_port() -> int:
 
 
 def _settings(workdir: Path) -> Any:
-    raw = yaml.safe_dump({
-        "storage": {"data_dir": str(workdir / "gateway")}, "tiers": TIERS,
-        # Never called: the pages read what the seed wrote.
-        "providers": {"none": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
-        "admin": {"token_env": ADMIN_TOKEN_ENV}, "logging": {"requests": False},
-        "portal": {"login_attempts_per_minute": 1000},
-    })
+    raw = yaml.safe_dump(
+        {
+            "storage": {"data_dir": str(workdir / "gateway")},
+            "tiers": TIERS,
+            # Never called: the pages read what the seed wrote.
+            "providers": {"none": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}},
+            "admin": {"token_env": ADMIN_TOKEN_ENV},
+            "logging": {"requests": False},
+            "portal": {"login_attempts_per_minute": 1000},
+        }
+    )
     return parse_settings(raw.encode(), "bench-portal.yaml")
 
 
@@ -83,17 +99,26 @@ async def _deep_cursor(app: web.Application, customer: str, period: ViewPeriod) 
     pool = app[keys.pool]
     count = await pool.fetchval(
         "SELECT count(*) FROM usage_events WHERE customer_id = $1 AND created_at >= $2 "
-        "AND created_at <= $3", customer, period.since, period.until)
+        "AND created_at <= $3",
+        customer,
+        period.since,
+        period.until,
+    )
     row = await pool.fetchrow(
         "SELECT created_at, id FROM usage_events WHERE customer_id = $1 AND created_at >= $2 "
         "AND created_at <= $3 ORDER BY created_at DESC, id DESC OFFSET $4 LIMIT 1",
-        customer, period.since, period.until, max(0, count // 2))
+        customer,
+        period.since,
+        period.until,
+        max(0, count // 2),
+    )
     assert row is not None, "the busiest customer has no events last month"
     return EventCursor(row["created_at"], row["id"]).encode()
 
 
-def _views(app: web.Application, customer: str, last: ViewPeriod, this: ViewPeriod,
-           deep: str) -> list[_View]:
+def _views(
+    app: web.Application, customer: str, last: ViewPeriod, this: ViewPeriod, deep: str
+) -> list[_View]:
     pool, tiers = app[keys.pool], app[keys.runtime].current.settings.tiers
     mine = UsageFilter(customer)
 
@@ -102,49 +127,83 @@ def _views(app: web.Application, customer: str, last: ViewPeriod, this: ViewPeri
 
     async def portal_month() -> None:
         await overview(app, customer, None, last)
-        await events_page(pool, since=last.since, until=last.until, usage_filter=mine,
-                          limit=PORTAL_PAGE)
+        await events_page(
+            pool, since=last.since, until=last.until, usage_filter=mine, limit=PORTAL_PAGE
+        )
 
     async def drill_down() -> None:
         await overview(app, customer, None, last)
-        await events_page(pool, since=last.since, until=last.until, usage_filter=mine,
-                          limit=DRILL_EVENTS)
+        await events_page(
+            pool, since=last.since, until=last.until, usage_filter=mine, limit=DRILL_EVENTS
+        )
 
     return [
-        _View(ViewTiming("portal: month view (both pages)", f"{customer}, last month"),
-              portal_month, [f"/portal?{q(last)}", f"/portal/events?{q(last)}"]),
-        _View(ViewTiming("portal: overview page", f"{customer}, last month"),
-              lambda: overview(app, customer, None, last), [f"/portal?{q(last)}"]),
-        _View(ViewTiming("portal: events, first page", f"{customer}, last month"),
-              lambda: events_page(pool, since=last.since, until=last.until,
-                                  usage_filter=mine, limit=PORTAL_PAGE),
-              [f"/portal/events?{q(last)}"]),
-        _View(ViewTiming("portal: events, deep page (cursor)", f"{customer}, half-way"),
-              lambda: events_page(pool, since=last.since, until=last.until,
-                                  usage_filter=mine, limit=PORTAL_PAGE, cursor=deep),
-              [f"/portal/events?{q(last, cursor=deep)}"]),
-        _View(ViewTiming("dashboard: all customers", "last month"),
-              lambda: customers_view(pool, tiers, last), [f"/admin/dashboard?{q(last)}"]),
-        _View(ViewTiming("dashboard: all customers", "this month"),
-              lambda: customers_view(pool, tiers, this), [f"/admin/dashboard?{q(this)}"]),
-        _View(ViewTiming("dashboard: system", "last month"),
-              lambda: system_view(app, last), [f"/admin/dashboard/system?{q(last)}"]),
-        _View(ViewTiming("dashboard: customer drill-down", f"{customer}, last month"),
-              drill_down, [f"/admin/dashboard/customers/{customer}?{q(last)}"]),
+        _View(
+            ViewTiming("portal: month view (both pages)", f"{customer}, last month"),
+            portal_month,
+            [f"/portal?{q(last)}", f"/portal/events?{q(last)}"],
+        ),
+        _View(
+            ViewTiming("portal: overview page", f"{customer}, last month"),
+            lambda: overview(app, customer, None, last),
+            [f"/portal?{q(last)}"],
+        ),
+        _View(
+            ViewTiming("portal: events, first page", f"{customer}, last month"),
+            lambda: events_page(
+                pool, since=last.since, until=last.until, usage_filter=mine, limit=PORTAL_PAGE
+            ),
+            [f"/portal/events?{q(last)}"],
+        ),
+        _View(
+            ViewTiming("portal: events, deep page (cursor)", f"{customer}, half-way"),
+            lambda: events_page(
+                pool,
+                since=last.since,
+                until=last.until,
+                usage_filter=mine,
+                limit=PORTAL_PAGE,
+                cursor=deep,
+            ),
+            [f"/portal/events?{q(last, cursor=deep)}"],
+        ),
+        _View(
+            ViewTiming("dashboard: all customers", "last month"),
+            lambda: customers_view(pool, tiers, last),
+            [f"/admin/dashboard?{q(last)}"],
+        ),
+        _View(
+            ViewTiming("dashboard: all customers", "this month"),
+            lambda: customers_view(pool, tiers, this),
+            [f"/admin/dashboard?{q(this)}"],
+        ),
+        _View(
+            ViewTiming("dashboard: system", "last month"),
+            lambda: system_view(app, last),
+            [f"/admin/dashboard/system?{q(last)}"],
+        ),
+        _View(
+            ViewTiming("dashboard: customer drill-down", f"{customer}, last month"),
+            drill_down,
+            [f"/admin/dashboard/customers/{customer}?{q(last)}"],
+        ),
     ]
 
 
-async def _sign_in(client: aiohttp.ClientSession, app: web.Application, base: str,
-                   customer: str, admin_token: str) -> None:
-    token, _ = issue_link(app[web_keys.link_signer], customer, None, ttl=timedelta(hours=2),
-                          now=app[web_keys.clock]())
+async def _sign_in(
+    client: aiohttp.ClientSession, app: web.Application, base: str, customer: str, admin_token: str
+) -> None:
+    token, _ = issue_link(
+        app[web_keys.link_signer], customer, None, ttl=timedelta(hours=2), now=app[web_keys.clock]()
+    )
     async with client.get(f"{base}/portal", params={"token": token}) as answer:
         answer.raise_for_status()
     async with client.get(f"{base}/admin/dashboard/login") as form:
         found = re.search(r'name="csrf" value="([^"]+)"', await form.text())
     assert found is not None
-    async with client.post(f"{base}/admin/dashboard/login",
-                           data={"csrf": found.group(1), "token": admin_token}) as answer:
+    async with client.post(
+        f"{base}/admin/dashboard/login", data={"csrf": found.group(1), "token": admin_token}
+    ) as answer:
         answer.raise_for_status()
 
 
@@ -161,8 +220,9 @@ async def _get(client: aiohttp.ClientSession, url: str) -> tuple[float, float]:
     return (float(found.group(1)) if found else float("nan")), client_ms
 
 
-async def time_views(database_url: str, redis_url: str, workdir: Path, *, runs: int
-                     ) -> list[ViewTiming]:
+async def time_views(
+    database_url: str, redis_url: str, workdir: Path, *, runs: int
+) -> list[ViewTiming]:
     admin_token = secrets.token_urlsafe(32)
     os.environ[ADMIN_TOKEN_ENV] = admin_token
     app = create_app(_settings(workdir), database_url=database_url, redis_url=redis_url)

@@ -31,8 +31,9 @@ from typing import Any
 # Where a thread waits, not works: py-spy may count a thread pool's idle worker, and with
 # --native its idle detection misses waits in C (a condition variable, the GIL, epoll).
 IDLE_LEAVES = frozenset({"_worker (concurrent/futures/thread.py)", "wait (threading.py)"})
-IDLE_NATIVE = frozenset({"pthread_cond_timedwait", "pthread_cond_wait", "epoll_wait",
-                         "epoll_pwait", "epoll_pwait2"})
+IDLE_NATIVE = frozenset(
+    {"pthread_cond_timedwait", "pthread_cond_wait", "epoll_wait", "epoll_pwait", "epoll_pwait2"}
+)
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 SAMPLE_RATE_HZ = 250
 
@@ -43,9 +44,19 @@ def pyspy_available() -> str | None:
 
 def pyspy_argv(pid: int, out: Path, duration_s: float, *, native: bool = False) -> list[str]:
     argv = [
-        "py-spy", "record", "--pid", str(pid), "--subprocesses", "--format", "raw",
-        "--output", str(out), "--duration", str(max(1, round(duration_s))),
-        "--rate", str(SAMPLE_RATE_HZ),
+        "py-spy",
+        "record",
+        "--pid",
+        str(pid),
+        "--subprocesses",
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--duration",
+        str(max(1, round(duration_s))),
+        "--rate",
+        str(SAMPLE_RATE_HZ),
     ]
     if native:
         argv.append("--native")
@@ -107,8 +118,10 @@ class ProfileSummary:
             "source": self.source,
             "samples": self.samples,
             "idle_samples_left_out": self.idle_samples,
-            "self_by_package": [{"package": p, "samples": c, "percent": round(pct, 2)}
-                                for p, c, pct in self.by_package()],
+            "self_by_package": [
+                {"package": p, "samples": c, "percent": round(pct, 2)}
+                for p, c, pct in self.by_package()
+            ],
             "top_self": rows(self.top_self(n)),
             "top_cumulative": rows(self.top_cumulative(n)),
         }

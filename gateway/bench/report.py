@@ -21,8 +21,10 @@ from gateway.bench.results import BenchReport, Comparison, PhaseResult, compare
 
 GROUPS = ("gateway", "upstream", "infra", "loadgen")
 TOP_FUNCTIONS = 25
-UPSTREAMS = {"mock": "tollbooth mock-provider (aiohttp)",
-             "raw": "the mock's answers replayed by a bare uvloop server"}
+UPSTREAMS = {
+    "mock": "tollbooth mock-provider (aiohttp)",
+    "raw": "the mock's answers replayed by a bare uvloop server",
+}
 
 # (name, the words); evaluate_targets measures each from this run's comparisons.
 TARGETS: tuple[tuple[str, str], ...] = (
@@ -48,13 +50,22 @@ def evaluate_targets(report: BenchReport) -> list[dict[str, Any]]:
     chat1, paced1 = _find(rows, "chat", 1), _find(rows, "paced", 1)
     measured: dict[str, tuple[float | None, Callable[[float], bool], str]] = {
         "chat_c16_rps": (chat16.gateway.rps if chat16 else None, lambda v: v >= 3000, "req/s"),
-        "stream_c16_rps": (stream16.gateway.rps if stream16 else None, lambda v: v >= 1500,
-                           "streams/s"),
+        "stream_c16_rps": (
+            stream16.gateway.rps if stream16 else None,
+            lambda v: v >= 1500,
+            "streams/s",
+        ),
         "added_p50_c1": (chat1.added_p50_ms if chat1 else None, lambda v: v <= 0.75, "ms"),
-        "added_ttfb_paced": (paced1.added_ttfb_p50_ms if paced1 else None,
-                             lambda v: v <= 0.75, "ms"),
-        "cpu_per_request": (chat16.gateway.cpu_us_per_request("gateway") if chat16 else None,
-                            lambda v: v <= 300, "us"),
+        "added_ttfb_paced": (
+            paced1.added_ttfb_p50_ms if paced1 else None,
+            lambda v: v <= 0.75,
+            "ms",
+        ),
+        "cpu_per_request": (
+            chat16.gateway.cpu_us_per_request("gateway") if chat16 else None,
+            lambda v: v <= 300,
+            "us",
+        ),
     }
     mismatched = [r for r in rows if r.gateway.events_written != r.gateway.completed]
     out = []
@@ -66,9 +77,15 @@ def evaluate_targets(report: BenchReport) -> list[dict[str, Any]]:
         else:
             value, check, unit = measured[name]
             met = value is not None and check(value)
-        out.append({"target": name, "description": words,
-                    "measured": None if value is None else round(value, 3), "unit": unit,
-                    "met": met})
+        out.append(
+            {
+                "target": name,
+                "description": words,
+                "measured": None if value is None else round(value, 3),
+                "unit": unit,
+                "met": met,
+            }
+        )
     return out
 
 
@@ -93,8 +110,13 @@ def _num(value: float | None, fmt: str) -> str:
 def _row(phase: PhaseResult, comparison: Comparison | None) -> list[str]:
     target = phase.target if phase.workers is None else f"{phase.target} w{phase.workers}"
     cells = [
-        str(phase.concurrency), target, f"{phase.rps:,.0f}", f"{phase.p50_ms:.2f}",
-        f"{phase.p90_ms:.2f}", f"{phase.p99_ms:.2f}", f"{phase.ttfb_p50_ms:.2f}",
+        str(phase.concurrency),
+        target,
+        f"{phase.rps:,.0f}",
+        f"{phase.p50_ms:.2f}",
+        f"{phase.p90_ms:.2f}",
+        f"{phase.p99_ms:.2f}",
+        f"{phase.ttfb_p50_ms:.2f}",
         f"{phase.ttfb_p99_ms:.2f}",
         _num(comparison.added_p50_ms if comparison else None, "+.2f"),
         _num(comparison.added_ttfb_p50_ms if comparison else None, "+.2f"),
@@ -109,16 +131,36 @@ def _row(phase: PhaseResult, comparison: Comparison | None) -> list[str]:
     return cells
 
 
-HEADER = ["c", "target", "req/s", "p50", "p90", "p99", "ttfb50", "ttfb99", "+p50", "+ttfb",
-          "gw/dir", "gw cpu", "upstr", "pg+vk", "loadgen", "events/done", "err", "other"]
+HEADER = [
+    "c",
+    "target",
+    "req/s",
+    "p50",
+    "p90",
+    "p99",
+    "ttfb50",
+    "ttfb99",
+    "+p50",
+    "+ttfb",
+    "gw/dir",
+    "gw cpu",
+    "upstr",
+    "pg+vk",
+    "loadgen",
+    "events/done",
+    "err",
+    "other",
+]
 
 
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]
     lines = []
     for row in [HEADER, *rows]:
-        cells = [cell.ljust(w) if i == 1 else cell.rjust(w)
-                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        cells = [
+            cell.ljust(w) if i == 1 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
         lines.append("  " + "  ".join(cells).rstrip())
     return lines
 
@@ -142,15 +184,24 @@ def render_text(report: BenchReport) -> str:
         "          err: non-200 answers or broken connections; other: CPU s used by "
         "processes outside the benchmark during the window",
     ]
-    comparisons = {(c.gateway.scenario, c.gateway.concurrency, c.gateway.workers): c
-                   for c in compare(report.phases)}
+    comparisons = {
+        (c.gateway.scenario, c.gateway.concurrency, c.gateway.workers): c
+        for c in compare(report.phases)
+    }
     for name, scenario in s["scenarios"].items():
         phases = [p for p in report.phases if p.scenario == name]
         if not phases:
             continue
         phases.sort(key=lambda p: (p.concurrency, p.target != "gateway", p.workers or 0))
-        rows = [_row(p, comparisons.get((p.scenario, p.concurrency, p.workers))
-                     if p.target == "gateway" else None) for p in phases]
+        rows = [
+            _row(
+                p,
+                comparisons.get((p.scenario, p.concurrency, p.workers))
+                if p.target == "gateway"
+                else None,
+            )
+            for p in phases
+        ]
         lines += ["", f"== {scenario['title']} ==", *_table(rows)]
     lines += ["", "targets (the README's Benchmark; this run):"]
     for target in evaluate_targets(report):
@@ -160,21 +211,29 @@ def render_text(report: BenchReport) -> str:
     if report.profile:
         lines += ["", *render_profile(report.profile)]
     if report.soak:
-        lines += ["", "soak: steady non-streaming chat, gateway RSS (all worker processes):",
-                  "  elapsed s  events stored  gateway RSS MiB"]
-        lines += [f"  {row['elapsed_s']:9.0f}  {row['events']:13,}  {row['gateway_rss_mib']:15.1f}"
-                  for row in report.soak]
+        lines += [
+            "",
+            "soak: steady non-streaming chat, gateway RSS (all worker processes):",
+            "  elapsed s  events stored  gateway RSS MiB",
+        ]
+        lines += [
+            f"  {row['elapsed_s']:9.0f}  {row['events']:13,}  {row['gateway_rss_mib']:15.1f}"
+            for row in report.soak
+        ]
     if report.notes:
         lines += ["", "notes:", *(f"  - {note}" for note in report.notes)]
     return "\n".join(lines) + "\n"
 
 
 def render_profile(profile: dict[str, Any], top: int = TOP_FUNCTIONS) -> list[str]:
-    lines = [f"profile: py-spy, gateway processes, {profile['phase']}, "
-             f"{profile['samples']} samples on CPU ({profile['source']}; "
-             f"{profile['idle_samples_left_out']} samples of an idle thread left out)"]
-    packages = ", ".join(f"{row['package']} {row['percent']:.1f}%"
-                         for row in profile["self_by_package"][:12])
+    lines = [
+        f"profile: py-spy, gateway processes, {profile['phase']}, "
+        f"{profile['samples']} samples on CPU ({profile['source']}; "
+        f"{profile['idle_samples_left_out']} samples of an idle thread left out)"
+    ]
+    packages = ", ".join(
+        f"{row['package']} {row['percent']:.1f}%" for row in profile["self_by_package"][:12]
+    )
     lines.append(f"  self time by package: {packages}")
     for title, key in (("self time", "top_self"), ("cumulative time", "top_cumulative")):
         lines.append(f"  top {top} functions by {title}:")
@@ -195,8 +254,12 @@ def notes_on(report: BenchReport) -> list[str]:
             f"processes used over 10% of the CPU (up to {worst:.0%}); those numbers are low"
         )
     if report.settings["upstream"] == "mock":
-        upstream = [v for p in report.phases if p.target == "direct"
-                    if (v := p.cpu_us_per_request("upstream")) is not None and p.concurrency > 1]
+        upstream = [
+            v
+            for p in report.phases
+            if p.target == "direct"
+            if (v := p.cpu_us_per_request("upstream")) is not None and p.concurrency > 1
+        ]
         if upstream:
             notes.append(
                 f"the aiohttp mock provider used ~{min(upstream):,.0f} us of CPU per request on "

@@ -107,18 +107,38 @@ class PhaseResult:
         return data
 
 
-def phase_result(*, scenario: str, target: str, workers: int | None, concurrency: int,
-                 loadgen_procs: int, totals: LoadgenTotals, cpu_s: dict[str, float],
-                 other_cpu_s: float, events_written: int | None) -> PhaseResult:
+def phase_result(
+    *,
+    scenario: str,
+    target: str,
+    workers: int | None,
+    concurrency: int,
+    loadgen_procs: int,
+    totals: LoadgenTotals,
+    cpu_s: dict[str, float],
+    other_cpu_s: float,
+    events_written: int | None,
+) -> PhaseResult:
     lat, ttfb = totals.latency_us, totals.ttfb_us
     return PhaseResult(
-        scenario=scenario, target=target, workers=workers, concurrency=concurrency,
-        loadgen_procs=loadgen_procs, window_s=totals.window_s, requests=len(lat),
-        window_errors=totals.window_errors, completed=totals.completed,
-        statuses=totals.statuses, failures=totals.failures,
-        p50_ms=percentile(lat, 50) / 1000, p90_ms=percentile(lat, 90) / 1000,
-        p99_ms=percentile(lat, 99) / 1000, ttfb_p50_ms=percentile(ttfb, 50) / 1000,
-        ttfb_p99_ms=percentile(ttfb, 99) / 1000, cpu_s=cpu_s, other_cpu_s=other_cpu_s,
+        scenario=scenario,
+        target=target,
+        workers=workers,
+        concurrency=concurrency,
+        loadgen_procs=loadgen_procs,
+        window_s=totals.window_s,
+        requests=len(lat),
+        window_errors=totals.window_errors,
+        completed=totals.completed,
+        statuses=totals.statuses,
+        failures=totals.failures,
+        p50_ms=percentile(lat, 50) / 1000,
+        p90_ms=percentile(lat, 90) / 1000,
+        p99_ms=percentile(lat, 99) / 1000,
+        ttfb_p50_ms=percentile(ttfb, 50) / 1000,
+        ttfb_p99_ms=percentile(ttfb, 99) / 1000,
+        cpu_s=cpu_s,
+        other_cpu_s=other_cpu_s,
         events_written=events_written,
     )
 

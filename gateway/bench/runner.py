@@ -119,8 +119,9 @@ def progress(line: str) -> None:
 
 
 class _Bench:
-    def __init__(self, options: BenchOptions, workdir: Path, database_url: str,
-                 infra_group: ProcessGroup) -> None:
+    def __init__(
+        self, options: BenchOptions, workdir: Path, database_url: str, infra_group: ProcessGroup
+    ) -> None:
         self.options = options
         self.workdir = workdir
         self.logs = workdir / "logs"
@@ -135,8 +136,11 @@ class _Bench:
             (workdir / f"{scenario.name}.json").write_bytes(scenario.body)
 
     async def run(self, command: str) -> BenchReport:
-        report = BenchReport(command=command, machine=procs.machine_info(),
-                             settings=self.options.to_json(self.scenarios))
+        report = BenchReport(
+            command=command,
+            machine=procs.machine_info(),
+            settings=self.options.to_json(self.scenarios),
+        )
         async with AsyncExitStack() as stack:
             upstream = await self._start_upstream(stack)
             key = await self._create_key()
@@ -146,14 +150,17 @@ class _Bench:
                 async with AsyncExitStack() as gateway_stack:
                     serve, port = await self._start_gateway(gateway_stack, workers)
                     target = Target(
-                        "gateway", port, f"Bearer {key}",
+                        "gateway",
+                        port,
+                        f"Bearer {key}",
                         (ProcessGroup("gateway", [serve.pid]), upstream, self.infra_group),
                         workers,
                     )
                     for scenario in self.scenarios:
                         for concurrency in scenario.concurrencies:
-                            report.phases.append(await self._phase(scenario, target,
-                                                                   concurrency, db))
+                            report.phases.append(
+                                await self._phase(scenario, target, concurrency, db)
+                            )
                     if self.options.profile and index == 0:
                         report.profile, profiled = await self._profile(target, serve.pid, db)
                         report.phases.append(profiled)
@@ -169,18 +176,33 @@ class _Bench:
     async def _start_upstream(self, stack: AsyncExitStack) -> ProcessGroup:
         tokens = str(self.options.stream_tokens)
         if self.options.upstream == "raw":
-            argv = [sys.executable, "-m", "gateway.bench.upstream", "--port", "0",
-                    "--output-tokens", tokens]
+            argv = [
+                sys.executable,
+                "-m",
+                "gateway.bench.upstream",
+                "--port",
+                "0",
+                "--output-tokens",
+                tokens,
+            ]
         else:
-            argv = _cli("mock-provider", "--port", "0", "--output-tokens", tokens,
-                        "--request-log-limit", "0")
+            argv = _cli(
+                "mock-provider",
+                "--port",
+                "0",
+                "--output-tokens",
+                tokens,
+                "--request-log-limit",
+                "0",
+            )
         log = self.logs / f"upstream-{self.options.upstream}.log"
         proc = await procs.start(argv, log, self.env)
         stack.push_async_callback(procs.stop, proc)
         line = await procs.wait_for_line(log, "listening on", proc, 60)
         self.upstream_port = int(line.rsplit(":", 1)[1])
-        progress(f"upstream ({self.options.upstream}) on 127.0.0.1:{self.upstream_port} "
-                 f"(pid {proc.pid})")
+        progress(
+            f"upstream ({self.options.upstream}) on 127.0.0.1:{self.upstream_port} (pid {proc.pid})"
+        )
         return ProcessGroup("upstream", [proc.pid])
 
     async def _create_key(self) -> str:
@@ -190,8 +212,10 @@ class _Bench:
 
     async def _tool(self, *args: str) -> str:
         proc = await asyncio.create_subprocess_exec(
-            *_cli(*args, "--config", str(self.config_path)), env=self.env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            *_cli(*args, "--config", str(self.config_path)),
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), 120)
         if proc.returncode != 0:
@@ -202,13 +226,22 @@ class _Bench:
         self, stack: AsyncExitStack, workers: int
     ) -> tuple[asyncio.subprocess.Process, int]:
         port = _free_port()
-        self.config_path.write_text(yaml.safe_dump(
-            gateway_config(self.workdir / "data", self.upstream_port, port)))
+        self.config_path.write_text(
+            yaml.safe_dump(gateway_config(self.workdir / "data", self.upstream_port, port))
+        )
         log = self.logs / f"gateway-w{workers}.log"
         proc = await procs.start(
-            _cli("serve", "--config", str(self.config_path), "--port", str(port),
-                 "--workers", str(workers)),
-            log, self.env,
+            _cli(
+                "serve",
+                "--config",
+                str(self.config_path),
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ),
+            log,
+            self.env,
         )
         stack.push_async_callback(procs.stop, proc)
         await self._wait_healthy(port, proc, log)
@@ -230,20 +263,34 @@ class _Bench:
                 await asyncio.sleep(0.1)
         raise BenchError(f"the gateway was not healthy within {HEALTH_TIMEOUT_S:.0f} s; see {log}")
 
-    async def _phase(self, scenario: Scenario, target: Target, concurrency: int,
-                     db: asyncpg.Connection | None, *, label: str = "") -> PhaseResult:
+    async def _phase(
+        self,
+        scenario: Scenario,
+        target: Target,
+        concurrency: int,
+        db: asyncpg.Connection | None,
+        *,
+        label: str = "",
+    ) -> PhaseResult:
         opts = self.options
         n_procs = max(1, min(opts.loadgen_procs, concurrency))
-        shares = [concurrency // n_procs + (1 if i < concurrency % n_procs else 0)
-                  for i in range(n_procs)]
+        shares = [
+            concurrency // n_procs + (1 if i < concurrency % n_procs else 0) for i in range(n_procs)
+        ]
         before = await self._events(db) if db is not None else 0
         measure_at = time.monotonic() + STARTUP_S + opts.warmup_s
         end = measure_at + opts.duration_s
         results = [self.workdir / f"loadgen-{i}.json" for i in range(n_procs)]
-        gens = [await asyncio.create_subprocess_exec(
-            *self._loadgen_argv(scenario, target, share, measure_at), "--output", str(path),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        ) for share, path in zip(shares, results, strict=True)]
+        gens = [
+            await asyncio.create_subprocess_exec(
+                *self._loadgen_argv(scenario, target, share, measure_at),
+                "--output",
+                str(path),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            for share, path in zip(shares, results, strict=True)
+        ]
         # The generators report their own CPU time (they may exit before the last sample).
         groups = tuple(g for g in target.groups if g.pids)
         own = ProcessGroup("runner", [os.getpid()], False)
@@ -270,13 +317,21 @@ class _Bench:
         if db is not None:
             events = await self._events(db, expect=before + totals.completed) - before
         result = phase_result(
-            scenario=scenario.name, target=label or target.name, workers=target.workers,
-            concurrency=concurrency, loadgen_procs=n_procs, totals=totals, cpu_s=cpu,
-            other_cpu_s=max(0.0, other), events_written=events,
+            scenario=scenario.name,
+            target=label or target.name,
+            workers=target.workers,
+            concurrency=concurrency,
+            loadgen_procs=n_procs,
+            totals=totals,
+            cpu_s=cpu,
+            other_cpu_s=max(0.0, other),
+            events_written=events,
         )
-        progress(f"{result.target:8} w={target.workers or '-'} {scenario.name:6} "
-                 f"c={concurrency:<3} {result.rps:8.0f} req/s  p50 {result.p50_ms:.2f} ms  "
-                 f"errors {result.window_errors + result.failures}")
+        progress(
+            f"{result.target:8} w={target.workers or '-'} {scenario.name:6} "
+            f"c={concurrency:<3} {result.rps:8.0f} req/s  p50 {result.p50_ms:.2f} ms  "
+            f"errors {result.window_errors + result.failures}"
+        )
         return result
 
     async def _soak(self, target: Target) -> list[dict[str, Any]]:
@@ -285,21 +340,30 @@ class _Bench:
         gateway = target.groups[0]
         duration = self.options.soak_s
         measure_at = time.monotonic() + STARTUP_S
-        argv = self._loadgen_argv(chat, target, self.options.soak_concurrency, measure_at,
-                                  duration_s=duration)
+        argv = self._loadgen_argv(
+            chat, target, self.options.soak_concurrency, measure_at, duration_s=duration
+        )
         output = self.workdir / "loadgen-soak.json"
         gen = await asyncio.create_subprocess_exec(
-            *argv, "--output", str(output),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            *argv,
+            "--output",
+            str(output),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
         await asyncio.sleep(max(0.0, measure_at - time.monotonic()))
         rows: list[dict[str, Any]] = []
         before = await self._events_now()
         start = time.monotonic()
         while True:
             elapsed = time.monotonic() - start
-            rows.append({"elapsed_s": round(elapsed, 1),
-                         "events": await self._events_now() - before,
-                         "gateway_rss_mib": round(gateway.rss_bytes() / 2**20, 1)})
+            rows.append(
+                {
+                    "elapsed_s": round(elapsed, 1),
+                    "events": await self._events_now() - before,
+                    "gateway_rss_mib": round(gateway.rss_bytes() / 2**20, 1),
+                }
+            )
             progress(f"soak     {elapsed:6.0f} s  rss {rows[-1]['gateway_rss_mib']} MiB")
             if elapsed >= duration:
                 break
@@ -317,14 +381,33 @@ class _Bench:
         finally:
             await db.close()
 
-    def _loadgen_argv(self, scenario: Scenario, target: Target, concurrency: int,
-                      measure_at: float, *, duration_s: float | None = None) -> list[str]:
+    def _loadgen_argv(
+        self,
+        scenario: Scenario,
+        target: Target,
+        concurrency: int,
+        measure_at: float,
+        *,
+        duration_s: float | None = None,
+    ) -> list[str]:
         argv = [
-            sys.executable, "-m", "gateway.bench.loadgen", "--port", str(target.port),
-            "--path", scenario.path, "--body-file", str(self.workdir / f"{scenario.name}.json"),
-            "--concurrency", str(concurrency), "--measure-at", repr(measure_at),
-            "--duration", str(duration_s if duration_s is not None else self.options.duration_s),
-            "--header", f"Authorization: {target.authorization}",
+            sys.executable,
+            "-m",
+            "gateway.bench.loadgen",
+            "--port",
+            str(target.port),
+            "--path",
+            scenario.path,
+            "--body-file",
+            str(self.workdir / f"{scenario.name}.json"),
+            "--concurrency",
+            str(concurrency),
+            "--measure-at",
+            repr(measure_at),
+            "--duration",
+            str(duration_s if duration_s is not None else self.options.duration_s),
+            "--header",
+            f"Authorization: {target.authorization}",
         ]
         for header in scenario.headers:
             argv += ["--header", header]
@@ -349,8 +432,9 @@ class _Bench:
                 last, moved_at = count, time.monotonic()
         return count
 
-    async def _profile(self, target: Target, serve_pid: int,
-                       db: asyncpg.Connection) -> tuple[dict[str, Any] | None, PhaseResult]:
+    async def _profile(
+        self, target: Target, serve_pid: int, db: asyncpg.Connection
+    ) -> tuple[dict[str, Any] | None, PhaseResult]:
         """The c=16 phase of the first scenario run (non-streaming chat when it ran) again,
         under py-spy (its numbers show the sampling's cost; they are not the benchmark's)."""
         if pyspy_available() is None:
@@ -360,8 +444,12 @@ class _Bench:
         out = self.options.profile
         # py-spy starts sampling as soon as it attached: give it the warm-up to do so, and a
         # window as long as the phase's.
-        argv = pyspy_argv(serve_pid, out, STARTUP_S + self.options.warmup_s
-                          + self.options.duration_s, native=self.options.profile_native)
+        argv = pyspy_argv(
+            serve_pid,
+            out,
+            STARTUP_S + self.options.warmup_s + self.options.duration_s,
+            native=self.options.profile_native,
+        )
         log = self.logs / "py-spy.log"
         spy = await procs.start(argv, log)
         try:
@@ -374,4 +462,3 @@ class _Bench:
             progress(f"py-spy wrote no samples; see {log}")
             return None, phase
         return {"phase": f"{scenario.title} c=16", **summary.to_json()}, phase
-

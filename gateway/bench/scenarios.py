@@ -67,8 +67,12 @@ class Scenario:
     path: str = CHAT_PATH
 
     def to_json(self) -> dict[str, Any]:
-        return {"title": self.title, "path": self.path, "headers": list(self.headers),
-                "body": self.body.decode()}
+        return {
+            "title": self.title,
+            "path": self.path,
+            "headers": list(self.headers),
+            "body": self.body.decode(),
+        }
 
 
 def _body(stream: bool) -> bytes:
@@ -86,17 +90,24 @@ def scenarios(options: BenchOptions) -> list[Scenario]:
     events = tokens + 3  # role, one per token, finish, [DONE]
     every = {
         "chat": Scenario(
-            "chat", f"non-streaming chat ({tokens} output tokens)", _body(False), (),
+            "chat",
+            f"non-streaming chat ({tokens} output tokens)",
+            _body(False),
+            (),
             options.concurrencies,
         ),
         "stream": Scenario(
-            "stream", f"streaming chat ({tokens} tokens, {events} SSE events, unpaced)",
-            _body(True), (), options.concurrencies,
+            "stream",
+            f"streaming chat ({tokens} tokens, {events} SSE events, unpaced)",
+            _body(True),
+            (),
+            options.concurrencies,
         ),
         "paced": Scenario(
             "paced",
             f"paced stream ({tokens} tokens, {options.token_delay_ms} ms between events)",
-            _body(True), (f"x-mock-token-delay-ms: {options.token_delay_ms}",),
+            _body(True),
+            (f"x-mock-token-delay-ms: {options.token_delay_ms}",),
             options.paced_concurrencies,
         ),
     }
@@ -110,12 +121,23 @@ def gateway_config(data_dir: Path, upstream_port: int, port: int) -> dict[str, o
     return {
         "server": {"host": "127.0.0.1", "port": port, "shutdown_grace_s": 10},
         "storage": {"data_dir": str(data_dir)},
-        "providers": {"mock": {"kind": "openai", "base_url": f"http://127.0.0.1:{upstream_port}/v1",
-                               "api_key_env": PROVIDER_KEY_ENV}},
-        "tiers": {"bench": {"limits": {
-            "requests_per_minute": huge, "tokens_per_minute": huge,
-            "requests_per_month": huge, "tokens_per_month": huge,
-            "spend_per_month_usd": str(huge),
-        }}},
+        "providers": {
+            "mock": {
+                "kind": "openai",
+                "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+                "api_key_env": PROVIDER_KEY_ENV,
+            }
+        },
+        "tiers": {
+            "bench": {
+                "limits": {
+                    "requests_per_minute": huge,
+                    "tokens_per_minute": huge,
+                    "requests_per_month": huge,
+                    "tokens_per_month": huge,
+                    "spend_per_month_usd": str(huge),
+                }
+            }
+        },
         "pricing": {"markup_percent": "20"},
     }

@@ -36,10 +36,14 @@ from gateway.mock_provider import MockOptions, create_mock_app
 
 _HEAD_END = b"\r\n\r\n"
 _SKIP_HEADERS = {"date", "server", "content-length", "transfer-encoding", "connection"}
-_NOT_FOUND = (b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
-              b"Content-Length: 21\r\nConnection: close\r\n\r\n{\"error\":\"not found\"}")
-_BAD = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 23\r\nConnection: close\r\n\r\n{\"error\":\"bad request\"}")
+_NOT_FOUND = (
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 21\r\nConnection: close\r\n\r\n{"error":"not found"}'
+)
+_BAD = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 23\r\nConnection: close\r\n\r\n{"error":"bad request"}'
+)
 
 
 @dataclass(frozen=True)
@@ -77,13 +81,17 @@ def _events(body: bytes) -> list[bytes]:
 
 async def record_answers(output_tokens: int) -> Canned:
     """The mock's own answers for the benchmark's three request shapes."""
-    server = TestServer(create_mock_app(MockOptions(output_tokens=output_tokens,
-                                                    request_log_limit=0)), host="127.0.0.1")
+    server = TestServer(
+        create_mock_app(MockOptions(output_tokens=output_tokens, request_log_limit=0)),
+        host="127.0.0.1",
+    )
     await server.start_server()
     try:
         url = str(server.make_url("/v1/chat/completions"))
-        base: dict[str, Any] = {"model": "gpt-4o-mini",
-                                "messages": [{"role": "user", "content": "benchmark"}]}
+        base: dict[str, Any] = {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "benchmark"}],
+        }
         auth = {"Authorization": "Bearer bench"}
         async with aiohttp.ClientSession() as session:
             async with session.post(url, json=base, headers=auth) as r:
@@ -165,8 +173,7 @@ class _Server(asyncio.Protocol):
             return
         if index < len(events):
             self._transport.write(events[index])
-            asyncio.get_running_loop().call_later(delay_s, self._paced, events, index + 1,
-                                                  delay_s)
+            asyncio.get_running_loop().call_later(delay_s, self._paced, events, index + 1, delay_s)
             return
         self._transport.write(b"0\r\n\r\n")
         self._busy = False
@@ -197,9 +204,11 @@ async def serve(host: str, port: int, output_tokens: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.bench.upstream",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.bench.upstream",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--output-tokens", type=int, default=35)

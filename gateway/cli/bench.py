@@ -39,7 +39,8 @@ def _counts(text: str) -> tuple[int, ...]:
         values = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected numbers separated by commas, got {text!r}") from None
+            f"expected numbers separated by commas, got {text!r}"
+        ) from None
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
     return values
@@ -55,43 +56,82 @@ def _names(text: str) -> tuple[str, ...]:
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "bench", help="benchmark the gateway against the mock provider", description=__doc__,
+        "bench",
+        help="benchmark the gateway against the mock provider",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_option(parser)
     parser.add_argument("--duration", type=float, help="measured seconds per phase (default 10)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per phase (default 1)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a short run: 2 s phases, concurrency 1 and 16")
-    parser.add_argument("--concurrency", type=_counts, metavar="N,N,...",
-                        help="concurrencies (default 1,16,64)")
-    parser.add_argument("--paced-concurrency", type=_counts, metavar="N,N,...",
-                        help="concurrencies of the paced stream (default 1,16)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run: 2 s phases, concurrency 1 and 16"
+    )
+    parser.add_argument(
+        "--concurrency", type=_counts, metavar="N,N,...", help="concurrencies (default 1,16,64)"
+    )
+    parser.add_argument(
+        "--paced-concurrency",
+        type=_counts,
+        metavar="N,N,...",
+        help="concurrencies of the paced stream (default 1,16)",
+    )
     workers = parser.add_mutually_exclusive_group()
     workers.add_argument("--workers", type=int, default=1, help="gateway worker processes")
-    workers.add_argument("--compare-workers", type=_counts, metavar="N,N,...",
-                         help="one gateway run per worker count, e.g. 1,2")
-    parser.add_argument("--scenarios", type=_names, default=SCENARIO_NAMES, metavar="LIST",
-                        help=f"subset of {','.join(SCENARIO_NAMES)}")
+    workers.add_argument(
+        "--compare-workers",
+        type=_counts,
+        metavar="N,N,...",
+        help="one gateway run per worker count, e.g. 1,2",
+    )
+    parser.add_argument(
+        "--scenarios",
+        type=_names,
+        default=SCENARIO_NAMES,
+        metavar="LIST",
+        help=f"subset of {','.join(SCENARIO_NAMES)}",
+    )
     parser.add_argument("--stream-tokens", type=int, default=35, help="output tokens per answer")
-    parser.add_argument("--token-delay-ms", type=int, default=5,
-                        help="delay between events of the paced stream")
-    parser.add_argument("--upstream", choices=("mock", "raw"), default="mock",
-                        help="mock: `tollbooth mock-provider`; raw: its answers replayed by a "
-                        "bare uvloop server, cheap enough not to compete with the gateway")
-    parser.add_argument("--loadgen-procs", type=int, default=1,
-                        help="load generator processes per phase (concurrency is split)")
-    parser.add_argument("--profile", type=Path, metavar="FILE",
-                        help="also run the c=16 phase of chat (else of the first scenario) "
-                        "under py-spy; collapsed stacks go to FILE")
-    parser.add_argument("--profile-native", action="store_true",
-                        help="py-spy --native (C frames; idle waits in libc show as work, "
-                        "so read Python frames from a profile without it)")
-    parser.add_argument("--workdir", type=Path,
-                        help="keep config, logs and data here (default: a temp dir)")
-    parser.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
-                        help="after the phases, a steady chat load (c=16) this long, with the "
-                        "gateway's RSS sampled every 30 s (memory flat or growing)")
+    parser.add_argument(
+        "--token-delay-ms", type=int, default=5, help="delay between events of the paced stream"
+    )
+    parser.add_argument(
+        "--upstream",
+        choices=("mock", "raw"),
+        default="mock",
+        help="mock: `tollbooth mock-provider`; raw: its answers replayed by a "
+        "bare uvloop server, cheap enough not to compete with the gateway",
+    )
+    parser.add_argument(
+        "--loadgen-procs",
+        type=int,
+        default=1,
+        help="load generator processes per phase (concurrency is split)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="also run the c=16 phase of chat (else of the first scenario) "
+        "under py-spy; collapsed stacks go to FILE",
+    )
+    parser.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="py-spy --native (C frames; idle waits in libc show as work, "
+        "so read Python frames from a profile without it)",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="keep config, logs and data here (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after the phases, a steady chat load (c=16) this long, with the "
+        "gateway's RSS sampled every 30 s (memory flat or growing)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
     kinds = parser.add_subparsers(dest="bench_kind", metavar="KIND")
@@ -105,8 +145,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
     return BenchOptions(
         duration_s=args.duration or (QUICK_DURATION_S if quick else default.duration_s),
         warmup_s=args.warmup if args.warmup is not None else warmup_s,
-        concurrencies=args.concurrency
-        or (QUICK_CONCURRENCIES if quick else default.concurrencies),
+        concurrencies=args.concurrency or (QUICK_CONCURRENCIES if quick else default.concurrencies),
         paced_concurrencies=args.paced_concurrency
         or (QUICK_PACED_CONCURRENCIES if quick else default.paced_concurrencies),
         workers=args.compare_workers or (args.workers,),
@@ -124,8 +163,10 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
 
 def run(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.loadgen_procs < 1 or args.stream_tokens < 1:
-        print("tollbooth: --workers, --loadgen-procs and --stream-tokens must be >= 1",
-              file=sys.stderr)
+        print(
+            "tollbooth: --workers, --loadgen-procs and --stream-tokens must be >= 1",
+            file=sys.stderr,
+        )
         return 2
     options = options_from(args)
     argv = sys.argv[1:] if sys.argv[1:2] == ["bench"] else ["bench", "..."]

@@ -30,38 +30,63 @@ from gateway.bench.portal_run import PortalBenchError, PortalBenchOptions, run_p
 
 def register_portal(kinds: Any) -> None:
     parser: argparse.ArgumentParser = kinds.add_parser(
-        "portal", help="seed usage events and time the portal and dashboard pages",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "portal",
+        help="seed usage events and time the portal and dashboard pages",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--events", type=int, default=5_000_000, help="events to seed")
     parser.add_argument("--customers", type=int, default=1000, help="customers to seed")
     parser.add_argument("--days", type=int, default=90, help="days the events spread over")
     parser.add_argument("--runs", type=int, default=20, help="measured runs per view")
-    parser.add_argument("--batch-size", type=int, default=250_000,
-                        help="events per INSERT statement while seeding")
-    parser.add_argument("--database-url", default=os.environ.get("TOLLBOOTH_DATABASE_URL"),
-                        help="a Postgres server to create the bench database on")
+    parser.add_argument(
+        "--batch-size", type=int, default=250_000, help="events per INSERT statement while seeding"
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("TOLLBOOTH_DATABASE_URL"),
+        help="a Postgres server to create the bench database on",
+    )
     parser.add_argument("--redis-url", default=os.environ.get("TOLLBOOTH_REDIS_URL"))
-    parser.add_argument("--workdir", type=Path, help="embedded servers' data and the "
-                        "gateway's journal (default: a temp dir)")
-    parser.add_argument("--keep-database", action="store_true",
-                        help="keep the seeded database (its name is printed)")
-    parser.add_argument("--reuse-database", metavar="URL",
-                        help="skip seeding: check and time a database a --keep-database run "
-                        "left (its URL)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="embedded servers' data and the gateway's journal (default: a temp dir)",
+    )
+    parser.add_argument(
+        "--keep-database",
+        action="store_true",
+        help="keep the seeded database (its name is printed)",
+    )
+    parser.add_argument(
+        "--reuse-database",
+        metavar="URL",
+        help="skip seeding: check and time a database a --keep-database run left (its URL)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run_portal)
 
 
 def run_portal(args: argparse.Namespace) -> int:
     if min(args.events, args.customers, args.days, args.runs, args.batch_size) < 1:
-        print("tollbooth: bench portal: --events, --customers, --days, --runs and "
-              "--batch-size must be >= 1", file=sys.stderr)
+        print(
+            "tollbooth: bench portal: --events, --customers, --days, --runs and "
+            "--batch-size must be >= 1",
+            file=sys.stderr,
+        )
         return 2
     options = PortalBenchOptions(
-        events=args.events, customers=args.customers, days=args.days, runs=args.runs,
-        batch_size=args.batch_size, database_url=args.database_url, redis_url=args.redis_url,
-        workdir=args.workdir, keep_database=args.keep_database,
-        reuse_database=args.reuse_database)
+        events=args.events,
+        customers=args.customers,
+        days=args.days,
+        runs=args.runs,
+        batch_size=args.batch_size,
+        database_url=args.database_url,
+        redis_url=args.redis_url,
+        workdir=args.workdir,
+        keep_database=args.keep_database,
+        reuse_database=args.reuse_database,
+    )
     argv = sys.argv[1:] if sys.argv[1:2] == ["bench"] else ["bench", "portal", "..."]
     command = "tollbooth " + " ".join(shlex.quote(a) for a in argv)
     try:
@@ -70,8 +95,7 @@ def run_portal(args: argparse.Namespace) -> int:
         print(f"tollbooth: bench portal: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        sys.stdout.buffer.write(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2)
-                                + b"\n")
+        sys.stdout.buffer.write(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
     else:
         sys.stdout.write(render_text(report))
     return 0 if report.ok else 1

@@ -41,7 +41,9 @@ from storage.reports.invoice_queries import billing_tier, month_usage
 
 def add_commands(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "invoice", help="one customer's itemized invoice for a month", description=__doc__,
+        "invoice",
+        help="one customer's itemized invoice for a month",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--customer", metavar="ID", required=True)
@@ -105,8 +107,10 @@ def render_invoice(invoice: Invoice, fmt: str) -> str:
     headers = ["ITEM", "QUANTITY", "INCLUDED", "BILLABLE", "UNIT PRICE", "AMOUNT"]
     text = head + render_table(headers, rows)
     if invoice.usage.unpriced_requests:
-        text += (f"\nnote: {invoice.usage.unpriced_requests} request(s) of unpriced models "
-                 f"are not charged (see `tollbooth pricing rerate`)\n")
+        text += (
+            f"\nnote: {invoice.usage.unpriced_requests} request(s) of unpriced models "
+            f"are not charged (see `tollbooth pricing rerate`)\n"
+        )
     return text
 
 
@@ -115,23 +119,31 @@ def _rows(line: InvoiceLine) -> list[list[object]]:
     if charge is None:
         return [[line.description, "", "", "", "", cents_str(line.amount)]]
     included = "unlimited" if charge.included is None else decimal_str(charge.included)
-    rows: list[list[object]] = [[
-        line.description,
-        decimal_str(charge.quantity),
-        included,
-        decimal_str(charge.billable),
-        "tiered" if charge.unit_price_usd is None else _unit(charge.unit_price_usd,
-                                                             charge.per_units),
-        cents_str(line.amount),
-    ]]
+    rows: list[list[object]] = [
+        [
+            line.description,
+            decimal_str(charge.quantity),
+            included,
+            decimal_str(charge.billable),
+            "tiered"
+            if charge.unit_price_usd is None
+            else _unit(charge.unit_price_usd, charge.per_units),
+            cents_str(line.amount),
+        ]
+    ]
     if len(charge.tiers) > 1 or (charge.tiers and charge.mode == "volume"):
         for tier in charge.tiers:
             bound = "" if tier.up_to is None else f" up to {decimal_str(tier.up_to)}"
-            rows.append([
-                f"  {charge.mode} tier above {decimal_str(tier.above)}{bound}",
-                "", "", decimal_str(tier.quantity),
-                _unit(tier.unit_price_usd, charge.per_units), decimal_str(tier.amount_usd),
-            ])
+            rows.append(
+                [
+                    f"  {charge.mode} tier above {decimal_str(tier.above)}{bound}",
+                    "",
+                    "",
+                    decimal_str(tier.quantity),
+                    _unit(tier.unit_price_usd, charge.per_units),
+                    decimal_str(tier.amount_usd),
+                ]
+            )
     return rows
 
 

@@ -238,8 +238,10 @@ def render_sync(report: SyncReport, fmt: str) -> str:
         return json.dumps(sync_json(report), indent=2) + "\n"
     lines = [f"windows closed by {short_time(report.until)}"]
     if report.dry_run:
-        lines.append(f"dry run: {len(report.pending)} meter event(s) would be sent, "
-                     f"{len(report.skipped)} skipped; nothing recorded or sent")
+        lines.append(
+            f"dry run: {len(report.pending)} meter event(s) would be sent, "
+            f"{len(report.skipped)} skipped; nothing recorded or sent"
+        )
     else:
         corrections = sum(1 for r in report.sent if r.seq > 0)
         lines.append(
@@ -250,16 +252,25 @@ def render_sync(report: SyncReport, fmt: str) -> str:
     if report.stopped_by:
         lines.append(f"stopped: {report.stopped_by}; the next run resumes")
     for customer_id, windows in report.missing_stripe_customer.items():
-        lines.append(f"skipped customer {customer_id}: no stripe_customer_id "
-                     f"({windows} window(s) not sent)")
+        lines.append(
+            f"skipped customer {customer_id}: no stripe_customer_id ({windows} window(s) not sent)"
+        )
     text = "\n".join(lines) + "\n"
     shown = report.failed + report.skipped + report.pending
     if shown:
         text += "\n" + render_table(
             ["STATUS", "CUSTOMER", "METER", "WINDOW", "SEQ", "VALUE", "IDENTIFIER", "ERROR"],
             [
-                [r.status, r.customer_id, r.event_name, short_time(r.window_start), r.seq,
-                 r.value, r.identifier, r.error]
+                [
+                    r.status,
+                    r.customer_id,
+                    r.event_name,
+                    short_time(r.window_start),
+                    r.seq,
+                    r.value,
+                    r.identifier,
+                    r.error,
+                ]
                 for r in shown
             ],
         )
@@ -290,8 +301,13 @@ def _reconcile(args: argparse.Namespace) -> int:
         api = None if args.offline else open_stripe_api(config)
         try:
             lines = await reconcile(
-                runtime.pool, start=start, end=end, window_s=config.window_s,
-                meters=config.meters, version=config.version, stripe=api,
+                runtime.pool,
+                start=start,
+                end=end,
+                window_s=config.window_s,
+                meters=config.meters,
+                version=config.version,
+                stripe=api,
                 import_since=config.import_since,
             )
         except StripeApiError as exc:
@@ -340,11 +356,31 @@ def render_reconcile(
         }
         return json.dumps(data, indent=2) + "\n"
     table = render_table(
-        ["CUSTOMER", "METER", "OURS", "SENT", "UNSENT", "SKIPPED", "STRIPE", "DIFF",
-         "STRIPE DIFF", "IMPORTED (NOT SENT)"],
         [
-            [ln.customer_id, ln.dimension, ln.ours, ln.sent, ln.unsent, ln.skipped, ln.stripe,
-             ln.difference, ln.stripe_difference, ln.imported]
+            "CUSTOMER",
+            "METER",
+            "OURS",
+            "SENT",
+            "UNSENT",
+            "SKIPPED",
+            "STRIPE",
+            "DIFF",
+            "STRIPE DIFF",
+            "IMPORTED (NOT SENT)",
+        ],
+        [
+            [
+                ln.customer_id,
+                ln.dimension,
+                ln.ours,
+                ln.sent,
+                ln.unsent,
+                ln.skipped,
+                ln.stripe,
+                ln.difference,
+                ln.stripe_difference,
+                ln.imported,
+            ]
             for ln in lines
         ],
     )

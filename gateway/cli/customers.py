@@ -51,11 +51,17 @@ def register(subparsers: Any) -> None:
     _add_profile_options(update)
     suspension = update.add_mutually_exclusive_group()
     suspension.add_argument(
-        "--suspend", dest="suspended", action="store_const", const=True,
+        "--suspend",
+        dest="suspended",
+        action="store_const",
+        const=True,
         help="refuse the customer's requests (402) until --unsuspend",
     )
     suspension.add_argument(
-        "--unsuspend", dest="suspended", action="store_const", const=False,
+        "--unsuspend",
+        dest="suspended",
+        action="store_const",
+        const=False,
         help="accept the customer's requests again",
     )
     add_config_option(update)
@@ -72,11 +78,14 @@ def _add_profile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--email", help="contact email")
     stripe = parser.add_mutually_exclusive_group()
     stripe.add_argument(
-        "--stripe-customer", dest="stripe_customer", metavar="cus_...",
+        "--stripe-customer",
+        dest="stripe_customer",
+        metavar="cus_...",
         help="the Stripe customer id usage is billed to",
     )
     stripe.add_argument(
-        "--create-in-stripe", action="store_true",
+        "--create-in-stripe",
+        action="store_true",
         help="create the customer in Stripe (billing.stripe) and store its id",
     )
 
@@ -146,10 +155,14 @@ def _update(args: argparse.Namespace) -> int:
             billing_stripe.require_stripe(runtime.settings)
             linked = await admin.get_customer(args.id)
             if linked.stripe_customer_id:
-                raise UsageError(f"customer {args.id} is already linked to "
-                                 f"{linked.stripe_customer_id}")
-        customer = (await admin.update_customer(args.id, changes) if changes
-                    else await admin.get_customer(args.id))
+                raise UsageError(
+                    f"customer {args.id} is already linked to {linked.stripe_customer_id}"
+                )
+        customer = (
+            await admin.update_customer(args.id, changes)
+            if changes
+            else await admin.get_customer(args.id)
+        )
         if args.create_in_stripe:
             customer = await billing_stripe.create_stripe_customer(runtime, customer)
         print(f"updated customer {_describe(customer)}")
@@ -168,8 +181,13 @@ def _list(args: argparse.Namespace) -> int:
                 ["ID", "TIER", "NAME", "EMAIL", "STRIPE CUSTOMER", "SUSPENDED", "CREATED"],
                 [
                     [
-                        c.id, c.tier, c.name, c.email, c.stripe_customer_id,
-                        "yes" if c.suspended else "no", short_time(c.created_at),
+                        c.id,
+                        c.tier,
+                        c.name,
+                        c.email,
+                        c.stripe_customer_id,
+                        "yes" if c.suspended else "no",
+                        short_time(c.created_at),
                     ]
                     for c in customers
                 ],

@@ -88,8 +88,14 @@ def _list(args: argparse.Namespace) -> int:
                 ["ID", "PREFIX", "CUSTOMER", "PROJECT", "USER", "NAME", "CREATED", "REVOKED"],
                 [
                     [
-                        k.id, KEY_PREFIX + k.prefix + "…", k.customer_id, k.project_id,
-                        k.user_id, k.name, short_time(k.created_at), short_time(k.revoked_at),
+                        k.id,
+                        KEY_PREFIX + k.prefix + "…",
+                        k.customer_id,
+                        k.project_id,
+                        k.user_id,
+                        k.name,
+                        short_time(k.created_at),
+                        short_time(k.revoked_at),
                     ]
                     for k in keys
                 ],

@@ -44,28 +44,41 @@ from storage.usage.partitions import apply_retention, ensure_partitions
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "maintenance", help="usage_events partitions, retention and rollups",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "maintenance",
+        help="usage_events partitions, retention and rollups",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
 
     partitions = tasks.add_parser("partitions", help="create month partitions ahead")
-    partitions.add_argument("--months-ahead", type=int, metavar="N",
-                            help="months after the current one (default: from config)")
+    partitions.add_argument(
+        "--months-ahead",
+        type=int,
+        metavar="N",
+        help="months after the current one (default: from config)",
+    )
     partitions.add_argument("--dry-run", action="store_true", help="change nothing")
     partitions.set_defaults(func=_partitions)
 
     retention = tasks.add_parser("retention", help="drop raw events older than N days")
-    retention.add_argument("--days", type=int, metavar="N",
-                           help="keep N days of raw events (default: from config)")
+    retention.add_argument(
+        "--days", type=int, metavar="N", help="keep N days of raw events (default: from config)"
+    )
     retention.add_argument("--dry-run", action="store_true", help="change nothing")
     retention.set_defaults(func=_retention)
 
     rollups = tasks.add_parser("rollups", help="check the hourly rollups against raw events")
-    rollups.add_argument("--days", type=int, default=7, metavar="N",
-                         help="hours of the last N days (default: %(default)s)")
-    rollups.add_argument("--rebuild", action="store_true",
-                         help="recompute them from the raw events")
+    rollups.add_argument(
+        "--days",
+        type=int,
+        default=7,
+        metavar="N",
+        help="hours of the last N days (default: %(default)s)",
+    )
+    rollups.add_argument(
+        "--rebuild", action="store_true", help="recompute them from the raw events"
+    )
     rollups.set_defaults(func=_rollups)
 
     for sub in (partitions, retention, rollups):
@@ -91,8 +104,10 @@ def _partitions(args: argparse.Namespace) -> int:
         report = await ensure_partitions(runtime.pool, months_ahead=ahead, dry_run=args.dry_run)
         created = set(report.created)
         verb = "would create" if args.dry_run else "created"
-        rows = [[p.name, short_time(p.start), short_time(p.end), verb if p in created else ""]
-                for p in report.partitions]
+        rows = [
+            [p.name, short_time(p.start), short_time(p.end), verb if p in created else ""]
+            for p in report.partitions
+        ]
         text = render_table(["PARTITION", "FROM", "TO", ""], rows) + (
             f"default partition: {report.default_rows} rows"
             + (f" ({report.moved_rows} moved to their month)" if report.moved_rows else "")
@@ -122,8 +137,10 @@ def _retention(args: argparse.Namespace) -> int:
             f"{' would be' if args.dry_run else ''} deleted\n"
         )
         if report.horizon is not None:
-            text += (f"retention horizon{' would be' if args.dry_run else ''}: "
-                     f"{short_time(report.horizon)} (rollups before it are kept as they are)\n")
+            text += (
+                f"retention horizon{' would be' if args.dry_run else ''}: "
+                f"{short_time(report.horizon)} (rollups before it are kept as they are)\n"
+            )
         _print(report.to_json(), args.format, text)
         return 0
 
@@ -138,22 +155,43 @@ def _rollups(args: argparse.Namespace) -> int:
         since, until = report_window(args.days, None)
         if args.rebuild:
             rebuilt = await rebuild_rollups(runtime.pool, since=since, until=until)
-            _print({"rebuilt_rows": rebuilt.rows, "window": rebuilt.window.to_json()},
-                   args.format, _covered(rebuilt.window, "rebuilt")
-                   + f"{rebuilt.rows} rollup rows written from the raw events\n")
+            _print(
+                {"rebuilt_rows": rebuilt.rows, "window": rebuilt.window.to_json()},
+                args.format,
+                _covered(rebuilt.window, "rebuilt")
+                + f"{rebuilt.rows} rollup rows written from the raw events\n",
+            )
             return 0
         check = await verify_rollups(runtime.pool, since=since, until=until)
         found = [
-            {"hour": m.hour.isoformat(), "customer_id": m.customer_id,
-             "project_id": m.project_id, "model": m.model, "column": m.column,
-             "rollup": _number(m.rollup), "raw": _number(m.raw)}
+            {
+                "hour": m.hour.isoformat(),
+                "customer_id": m.customer_id,
+                "project_id": m.project_id,
+                "model": m.model,
+                "column": m.column,
+                "rollup": _number(m.rollup),
+                "raw": _number(m.raw),
+            }
             for m in check.mismatches
         ]
-        rows = [[f["hour"], f["customer_id"], f["project_id"], f["model"], f["column"],
-                 f["rollup"], f["raw"]] for f in found]
+        rows = [
+            [
+                f["hour"],
+                f["customer_id"],
+                f["project_id"],
+                f["model"],
+                f["column"],
+                f["rollup"],
+                f["raw"],
+            ]
+            for f in found
+        ]
         text = _covered(check.window, "checked") + (
-            render_table(["HOUR", "CUSTOMER", "PROJECT", "MODEL", "COLUMN", "ROLLUP", "RAW"],
-                         rows) if rows else "rollups match the raw events\n")
+            render_table(["HOUR", "CUSTOMER", "PROJECT", "MODEL", "COLUMN", "ROLLUP", "RAW"], rows)
+            if rows
+            else "rollups match the raw events\n"
+        )
         _print({"mismatches": found, "window": check.window.to_json()}, args.format, text)
         return 1 if found else 0
 
@@ -164,9 +202,11 @@ def _covered(window: RollupWindow, verb: str) -> str:
     """Which hours a check or rebuild covered, and why fewer than asked for, if so."""
     line = f"{verb} the hours from {short_time(window.start)} to {short_time(window.end)}"
     if window.clamped:
-        line += (f" (asked from {short_time(window.requested_start)}; raw events before "
-                 f"{short_time(window.horizon)} were removed by retention, their rollups "
-                 "are left as they are)")
+        line += (
+            f" (asked from {short_time(window.requested_start)}; raw events before "
+            f"{short_time(window.horizon)} were removed by retention, their rollups "
+            "are left as they are)"
+        )
     return line + "\n"
 
 

@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--output-tokens", type=int, default=20, help="answer length when the request sets none"
     )
     parser.add_argument(
-        "--aws-region", default=None,
+        "--aws-region",
+        default=None,
         help="the only region a Bedrock request's SigV4 scope may name (default: any)",
     )
     parser.add_argument(

@@ -28,9 +28,12 @@ from storage.accounts import AccountStore
 def register(sub: Any) -> None:
     parser = sub.add_parser("portal", help="links to the customer usage portal")
     inner = parser.add_subparsers(dest="portal_command", metavar="SUBCOMMAND", required=True)
-    link = inner.add_parser("link", help="print a signed, expiring portal link",
-                            description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    link = inner.add_parser(
+        "link",
+        help="print a signed, expiring portal link",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     link.add_argument("--customer", metavar="ID", required=True)
     link.add_argument("--project", metavar="P", help="show this project only")
     link.add_argument("--ttl", metavar="DURATION", help='e.g. "24h" (default: portal.link_ttl_s)')
@@ -55,17 +58,22 @@ def _link(args: argparse.Namespace) -> int:
         if customer is None:
             raise CommandError(f"unknown customer {args.customer!r}")
         if customer.suspended:
-            raise CommandError(f"customer {args.customer!r} is suspended; its link would "
-                               "not open (tollbooth customers update ID --unsuspend)")
+            raise CommandError(
+                f"customer {args.customer!r} is suspended; its link would "
+                "not open (tollbooth customers update ID --unsuspend)"
+            )
         signer = Signer(await load_web_secret(runtime.pool), "portal-link")
         ttl = timedelta(seconds=ttl_s or settings.portal.link_ttl_s)
-        token, expires = issue_link(signer, customer.id, args.project, ttl=ttl,
-                                    now=datetime.now(UTC))
+        token, expires = issue_link(
+            signer, customer.id, args.project, ttl=ttl, now=datetime.now(UTC)
+        )
         server = settings.server
         base = args.base_url or settings.portal.base_url or f"http://{server.host}:{server.port}"
-        announce(f"portal link for {customer.id}"
-                 f"{' project ' + args.project if args.project else ''}, "
-                 f"expires {expires.isoformat()}")
+        announce(
+            f"portal link for {customer.id}"
+            f"{' project ' + args.project if args.project else ''}, "
+            f"expires {expires.isoformat()}"
+        )
         print(link_url(base, token), flush=True)
         return 0
 

@@ -45,18 +45,30 @@ from storage.reports.invoice_queries import DEFAULT_BATCH_SIZE, RerateReport, re
 
 DEFAULT_CONFIG = "config.yaml"
 PRICE_COLUMNS = (
-    "input_per_mtok", "cached_input_per_mtok", "cache_write_per_mtok",
-    "cache_write_1h_per_mtok", "output_per_mtok", "per_request_usd", "per_second_usd",
+    "input_per_mtok",
+    "cached_input_per_mtok",
+    "cache_write_per_mtok",
+    "cache_write_1h_per_mtok",
+    "output_per_mtok",
+    "per_request_usd",
+    "per_second_usd",
 )
 PRICE_HEADERS = (
-    "INPUT", "CACHED IN", "CACHE WRITE", "CACHE WRITE 1H", "OUTPUT", "PER REQUEST",
+    "INPUT",
+    "CACHED IN",
+    "CACHE WRITE",
+    "CACHE WRITE 1H",
+    "OUTPUT",
+    "PER REQUEST",
     "PER SECOND",
 )
 
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "pricing", help="model prices, config checks and re-rating", description=__doc__,
+        "pricing",
+        help="model prices, config checks and re-rating",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -81,8 +93,12 @@ def register(subparsers: Any) -> None:
     rerate.add_argument("--since", metavar="DATE", required=True, help="events from DATE on")
     rerate.add_argument("--model", metavar="M", help="only this model (aliases included)")
     rerate.add_argument("--dry-run", action="store_true", help="report, write nothing")
-    rerate.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help="events per transaction (default: %(default)s)")
+    rerate.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="events per transaction (default: %(default)s)",
+    )
     add_format_option(rerate, OUTPUT_FORMATS)
     add_config_option(rerate)
     rerate.set_defaults(func=_rerate)
@@ -124,19 +140,25 @@ def _price_json(price: ModelPrice) -> dict[str, Any]:
         value = getattr(price, column)
         body[column] = None if value is None else decimal_str(value)
     lc = price.long_context
-    body["long_context"] = None if lc is None else {
-        "above_input_tokens": lc.above_input_tokens,
-        **{
-            c: None if getattr(lc, c) is None else decimal_str(getattr(lc, c))
-            for c in PRICE_COLUMNS if hasattr(lc, c)
-        },
-    }
+    body["long_context"] = (
+        None
+        if lc is None
+        else {
+            "above_input_tokens": lc.above_input_tokens,
+            **{
+                c: None if getattr(lc, c) is None else decimal_str(getattr(lc, c))
+                for c in PRICE_COLUMNS
+                if hasattr(lc, c)
+            },
+        }
+    )
     return body
 
 
 def _cells(price: ModelPrice) -> list[str | None]:
-    return [None if getattr(price, c) is None else decimal_str(getattr(price, c))
-            for c in PRICE_COLUMNS]
+    return [
+        None if getattr(price, c) is None else decimal_str(getattr(price, c)) for c in PRICE_COLUMNS
+    ]
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -149,8 +171,13 @@ def _list(args: argparse.Namespace) -> int:
     prices = rules.catalog.models(at)
     if args.format == "json":
         body = [
-            {"model": p.model, "provider": p.provider, "source": _source(base, p, at),
-             "aliases": rules.catalog.aliases(p.model), **_price_json(p)}
+            {
+                "model": p.model,
+                "provider": p.provider,
+                "source": _source(base, p, at),
+                "aliases": rules.catalog.aliases(p.model),
+                **_price_json(p),
+            }
             for p in prices
         ]
         write_output(json.dumps(body, indent=2) + "\n", None)
@@ -160,8 +187,9 @@ def _list(args: argparse.Namespace) -> int:
         for p in prices
     ]
     headers = ["MODEL", "PROVIDER", *PRICE_HEADERS, "SINCE", "SOURCE"]
-    write_output("USD per 1M tokens (per request / per second: USD)\n\n"
-                 + render_table(headers, rows), None)
+    write_output(
+        "USD per 1M tokens (per request / per second: USD)\n\n" + render_table(headers, rows), None
+    )
     return 0
 
 
@@ -173,36 +201,48 @@ def _show(args: argparse.Namespace) -> int:
     settings, rules = _rules(args.config)
     current = rules.price(args.model)
     if current is None:
-        print(f"tollbooth: unknown model {args.model!r}: not in the catalog or pricing.models",
-              file=sys.stderr)
+        print(
+            f"tollbooth: unknown model {args.model!r}: not in the catalog or pricing.models",
+            file=sys.stderr,
+        )
         return 1
     periods = rules.catalog.history(args.model)
     rates = _rates_json(settings, rules)
     if args.format == "json":
         body = {
-            "requested": args.model, "model": current.model, "provider": current.provider,
+            "requested": args.model,
+            "model": current.model,
+            "provider": current.provider,
             "aliases": rules.catalog.aliases(current.model),
             "source": _source(Catalog.load_default(), current, None),
             "periods": [_price_json(p) for p in periods],
-            "rates": rates, "price_version": rules.version,
+            "rates": rates,
+            "price_version": rules.version,
         }
         write_output(json.dumps(body, indent=2) + "\n", None)
         return 0
     aliases = ", ".join(rules.catalog.aliases(current.model)) or "-"
-    text = (f"{args.model} -> {current.model} ({current.provider}); aliases: {aliases}\n"
-            f"price version: {rules.version}\n\nprice periods (USD per 1M tokens):\n")
-    text += render_table(["FROM", *PRICE_HEADERS],
-                         [[_day(p.effective_from), *_cells(p)] for p in periods])
+    text = (
+        f"{args.model} -> {current.model} ({current.provider}); aliases: {aliases}\n"
+        f"price version: {rules.version}\n\nprice periods (USD per 1M tokens):\n"
+    )
+    text += render_table(
+        ["FROM", *PRICE_HEADERS], [[_day(p.effective_from), *_cells(p)] for p in periods]
+    )
     lc = current.long_context
     if lc is not None:
-        text += (f"\nlong context (prompts above {lc.above_input_tokens} tokens): input "
-                 f"{lc.input_per_mtok}, output {lc.output_per_mtok}, cached in "
-                 f"{lc.cached_input_per_mtok}, cache write {lc.cache_write_per_mtok}, "
-                 f"cache write 1h {lc.cache_write_1h_per_mtok}\n")
+        text += (
+            f"\nlong context (prompts above {lc.above_input_tokens} tokens): input "
+            f"{lc.input_per_mtok}, output {lc.output_per_mtok}, cached in "
+            f"{lc.cached_input_per_mtok}, cache write {lc.cache_write_per_mtok}, "
+            f"cache write 1h {lc.cache_write_1h_per_mtok}\n"
+        )
     text += "\nrates (customer > tier > global):\n" + render_table(
         ["SCOPE", "MARKUP %", "PER REQUEST", "PER COMPUTE MINUTE"],
-        [[r["scope"], r["markup_percent"], r["per_request_usd"], r["per_compute_minute_usd"]]
-         for r in rates],
+        [
+            [r["scope"], r["markup_percent"], r["per_request_usd"], r["per_compute_minute_usd"]]
+            for r in rates
+        ],
     )
     write_output(text, None)
     return 0
@@ -216,12 +256,14 @@ def _rates_json(settings: Settings | None, rules: PricingRules) -> list[dict[str
     out = []
     for scope, customer, tier in scopes:
         rates = rules.rates_for(customer, tier)
-        out.append({
-            "scope": scope,
-            "markup_percent": decimal_str(rates.markup_percent),
-            "per_request_usd": decimal_str(rates.per_request_usd),
-            "per_compute_minute_usd": decimal_str(rates.per_compute_minute_usd),
-        })
+        out.append(
+            {
+                "scope": scope,
+                "markup_percent": decimal_str(rates.markup_percent),
+                "per_request_usd": decimal_str(rates.per_request_usd),
+                "per_compute_minute_usd": decimal_str(rates.per_compute_minute_usd),
+            }
+        )
     return out
 
 
@@ -237,8 +279,10 @@ def _check(args: argparse.Namespace) -> int:
     errors = [
         f"{where}.{customer}: {customer!r} can never match a customer id "
         f"(letters, digits, _ . -, at most 64)"
-        for where, ids in (("pricing.customers", settings.pricing.customers),
-                           ("billing.tax.customers", settings.billing.tax.customers))
+        for where, ids in (
+            ("pricing.customers", settings.pricing.customers),
+            ("billing.tax.customers", settings.billing.tax.customers),
+        )
         for customer in ids
         if not CUSTOMER_ID_PATTERN.fullmatch(customer)
     ]
@@ -247,19 +291,25 @@ def _check(args: argparse.Namespace) -> int:
     for name, plan in plans.items():
         fee = rules.rates_for(None, name).per_request_usd
         if "requests" in plan.dimensions() and fee > 0:
-            print(f"warning: tiers.{name}: the plan meters requests, and every request is "
-                  f"also charged per_request_usd ({fee}) in its usage charges; set "
-                  f"tiers.{name}.pricing.per_request_usd: \"0\" unless that is meant",
-                  file=sys.stderr)
+            print(
+                f"warning: tiers.{name}: the plan meters requests, and every request is "
+                f"also charged per_request_usd ({fee}) in its usage charges; set "
+                f'tiers.{name}.pricing.per_request_usd: "0" unless that is meant',
+                file=sys.stderr,
+            )
     if errors:
         return 1
     print(f"{settings.source_path}: pricing OK")
-    print(f"catalog {catalog.version}: {len(catalog.models())} models; "
-          f"{len(settings.pricing.models)} override(s); "
-          f"{len(rules.catalog.models())} priced models in all")
+    print(
+        f"catalog {catalog.version}: {len(catalog.models())} models; "
+        f"{len(settings.pricing.models)} override(s); "
+        f"{len(rules.catalog.models())} priced models in all"
+    )
     print(f"price version: {rules.version}")
-    print(f"plans: {', '.join(plans) or 'none'}; customer rates: "
-          f"{len(settings.pricing.customers)}; tax {settings.billing.tax.rate_percent}%")
+    print(
+        f"plans: {', '.join(plans) or 'none'}; customer rates: "
+        f"{len(settings.pricing.customers)}; tax {settings.billing.tax.rate_percent}%"
+    )
     return 0
 
 
@@ -274,7 +324,11 @@ def _rerate(args: argparse.Namespace) -> int:
     async def body(runtime: Runtime) -> int:
         rules = build_pricing(runtime.settings, Catalog.load_default())
         report = await rerate_events(
-            runtime.pool, rules, since=since, model=args.model, dry_run=args.dry_run,
+            runtime.pool,
+            rules,
+            since=since,
+            model=args.model,
+            dry_run=args.dry_run,
             batch_size=args.batch_size,
         )
         write_output(render_rerate(report, args.format), None)
@@ -296,12 +350,27 @@ def render_rerate(report: RerateReport, fmt: str) -> str:
         f"still unpriced: {report.still_unpriced}\n\n"
     )
     rows = [
-        [c["customer_id"], c["events_changed"], c["newly_priced"], c["price_before"],
-         c["price_after"], c["price_delta"], c["cost_delta"]]
+        [
+            c["customer_id"],
+            c["events_changed"],
+            c["newly_priced"],
+            c["price_before"],
+            c["price_after"],
+            c["price_delta"],
+            c["cost_delta"],
+        ]
         for c in body["customers"]
     ]
-    rows.append(["TOTAL", report.events_changed, "", "", "", body["price_delta"],
-                 body["cost_delta"]])
-    headers = ["CUSTOMER", "EVENTS", "NEWLY PRICED", "PRICE BEFORE", "PRICE AFTER",
-               "PRICE DIFF", "COST DIFF"]
+    rows.append(
+        ["TOTAL", report.events_changed, "", "", "", body["price_delta"], body["cost_delta"]]
+    )
+    headers = [
+        "CUSTOMER",
+        "EVENTS",
+        "NEWLY PRICED",
+        "PRICE BEFORE",
+        "PRICE AFTER",
+        "PRICE DIFF",
+        "COST DIFF",
+    ]
     return head + render_table(headers, rows)

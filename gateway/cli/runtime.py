@@ -76,8 +76,9 @@ async def open_runtime(config_path: str) -> AsyncIterator[Runtime]:
     settings = load_settings(config_path)
     # Starting embedded servers blocks for a moment; nothing else runs on this loop yet.
     with infrastructure_for(settings) as infra:
-        pool = await create_pool(infra.database_url, min_size=1, max_size=4,
-                                 pgbouncer=settings.storage.pgbouncer)
+        pool = await create_pool(
+            infra.database_url, min_size=1, max_size=4, pgbouncer=settings.storage.pgbouncer
+        )
         try:
             applied = await migrate(pool)
             yield Runtime(settings=settings, pool=pool, infra=infra, migrations_applied=applied)

@@ -50,8 +50,15 @@ def _install_uvloop() -> None:
     uvloop.install()
 
 
-def run_worker(config_path: str, host: str, port: int, database_url: str, redis_url: str,
-               reuse_port: bool, link: WorkerLink | None = None) -> None:
+def run_worker(
+    config_path: str,
+    host: str,
+    port: int,
+    database_url: str,
+    redis_url: str,
+    reuse_port: bool,
+    link: WorkerLink | None = None,
+) -> None:
     """One worker: this process (`link` None) or one a supervisor started."""
     if link is not None:
         link.bind()
@@ -62,8 +69,15 @@ def run_worker(config_path: str, host: str, port: int, database_url: str, redis_
     asyncio.run(_serve(settings, host, port, database_url, redis_url, reuse_port, link))
 
 
-async def _serve(settings: Settings, host: str, port: int, database_url: str, redis_url: str,
-                 reuse_port: bool, link: WorkerLink | None = None) -> None:
+async def _serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    database_url: str,
+    redis_url: str,
+    reuse_port: bool,
+    link: WorkerLink | None = None,
+) -> None:
     """Serve until SIGINT, SIGTERM or SIGQUIT (or the supervisor is gone), then stop
     gracefully (the runner's cleanup)."""
     from gateway import keys
@@ -71,8 +85,13 @@ async def _serve(settings: Settings, host: str, port: int, database_url: str, re
     from gateway.drain import CUT_SETTLE_S
     from gateway.front.server import FrontRunner
 
-    app = create_app(settings, database_url=database_url, redis_url=redis_url,
-                     watch_config=True, access_log_to_stderr=True)
+    app = create_app(
+        settings,
+        database_url=database_url,
+        redis_url=redis_url,
+        watch_config=True,
+        access_log_to_stderr=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
@@ -81,15 +100,15 @@ async def _serve(settings: Settings, host: str, port: int, database_url: str, re
         link.watch(stop.set)
     drain = app[keys.drain]
     # From the listener's close (after the grace) until the cut, and the cut's settling.
-    runner = FrontRunner(app, access_log=None,
-                         shutdown_timeout=drain.timeout_s - drain.grace_s + CUT_SETTLE_S)
+    runner = FrontRunner(
+        app, access_log=None, shutdown_timeout=drain.timeout_s - drain.grace_s + CUT_SETTLE_S
+    )
     await runner.setup()
     try:
         tls = server_tls_context(settings)  # the front and aiohttp both serve over it
         await web.TCPSite(runner, host, port, reuse_port=reuse_port, ssl_context=tls).start()
         scheme = "https" if tls is not None else "http"
-        print(f"tollbooth worker {os.getpid()} listening on {scheme}://{host}:{port}",
-              flush=True)
+        print(f"tollbooth worker {os.getpid()} listening on {scheme}://{host}:{port}", flush=True)
         if link is not None:
             link.ready()
         await stop.wait()
@@ -111,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
         if workers == 1:
             run_worker(args.config, host, port, infra.database_url, infra.redis_url, False)
             return 0
-        return supervise(settings, workers, functools.partial(
-            run_worker, args.config, host, port, infra.database_url, infra.redis_url, True))
+        return supervise(
+            settings,
+            workers,
+            functools.partial(
+                run_worker, args.config, host, port, infra.database_url, infra.redis_url, True
+            ),
+        )
     return 0

@@ -42,9 +42,7 @@ def preflight(settings: Settings, host: str, port: int) -> str | None:
 def listen_problem(host: str, port: int) -> str | None:
     where = f"{host}:{port}"
     try:
-        addresses = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         return f"tollbooth serve: cannot listen on {where}: {exc.strerror}; check --host"
     for family, kind, proto, _name, address in addresses:

@@ -83,10 +83,16 @@ class _Worker:
 
 
 class Supervisor:
-    def __init__(self, count: int, target: Target, *, stop_timeout_s: float,
-                 policy: RestartPolicy = RestartPolicy(),
-                 on_exit: Callable[[int], None] = lambda pid: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        count: int,
+        target: Target,
+        *,
+        stop_timeout_s: float,
+        policy: RestartPolicy = RestartPolicy(),
+        on_exit: Callable[[int], None] = lambda pid: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """`on_exit(pid)` runs after each worker exits; `clock` is monotonic seconds."""
         self._target = target
         self._policy = policy
@@ -106,8 +112,9 @@ class Supervisor:
         # The handlers do nothing: the signal's number arrives on the wake-up pipe and is
         # handled by the loop below, between two waits.
         previous_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        previous = {s: signal.signal(s, lambda _s, _f: None) for s in (*STOP_SIGNALS,
-                                                                       signal.SIGHUP)}
+        previous = {
+            s: signal.signal(s, lambda _s, _f: None) for s in (*STOP_SIGNALS, signal.SIGHUP)
+        }
         try:
             for worker in self._workers:
                 self._start(worker)
@@ -124,9 +131,11 @@ class Supervisor:
 
     def _start(self, worker: _Worker) -> None:
         mine, theirs = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_worker_main,
-                                 args=(self._target, WorkerLink(theirs, os.getpid())),
-                                 name=f"tollbooth-worker-{worker.index}")
+        proc = self._ctx.Process(
+            target=_worker_main,
+            args=(self._target, WorkerLink(theirs, os.getpid())),
+            name=f"tollbooth-worker-{worker.index}",
+        )
         proc.start()
         theirs.close()  # the worker holds it now: its end of file is our death
         worker.proc, worker.conn, worker.ready, worker.restart_at = proc, mine, False, None
@@ -205,8 +214,12 @@ class Supervisor:
                 self._failed = True
             return
         if not ready:
-            log.error("worker %d (pid %s) exited while starting (%s); stopping", w.index, pid,
-                      describe(code))
+            log.error(
+                "worker %d (pid %s) exited while starting (%s); stopping",
+                w.index,
+                pid,
+                describe(code),
+            )
             self._fail()
             return
         now = self._clock()
@@ -215,13 +228,22 @@ class Supervisor:
         while w.deaths and w.deaths[0] < now - policy.window_s:
             w.deaths.popleft()
         if len(w.deaths) > policy.crash_limit:
-            log.error("worker %d died %d times within %.0f s; stopping", w.index,
-                      len(w.deaths), policy.window_s)
+            log.error(
+                "worker %d died %d times within %.0f s; stopping",
+                w.index,
+                len(w.deaths),
+                policy.window_s,
+            )
             self._fail()
             return
         delay = policy.delay_after(len(w.deaths))
-        log.error("worker %d (pid %s) died (%s); restarting it in %.1f s", w.index, pid,
-                  describe(code), delay)
+        log.error(
+            "worker %d (pid %s) died (%s); restarting it in %.1f s",
+            w.index,
+            pid,
+            describe(code),
+            delay,
+        )
         w.restart_at = now + delay
 
     def _fail(self) -> None:
@@ -272,7 +294,9 @@ def supervise(settings: Settings, count: int, target: Target) -> int:
     os.environ[metrics_multiprocess.ENV] = str(metrics_dir)
     try:
         return Supervisor(
-            count, target, stop_timeout_s=stop_timeout_s,
+            count,
+            target,
+            stop_timeout_s=stop_timeout_s,
             on_exit=lambda pid: metrics_multiprocess.forget_process(metrics_dir, pid),
         ).run()
     finally:

@@ -63,7 +63,9 @@ Report = Callable[[Runtime, argparse.Namespace, Period], Awaitable[str]]
 
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "usage", help="usage reports", description=__doc__,
+        "usage",
+        help="usage reports",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     reports = parser.add_subparsers(dest="report", metavar="REPORT", required=True)
@@ -76,9 +78,12 @@ def register(subparsers: Any) -> None:
         sub = reports.add_parser(name, help=help_text)
         _add_report_options(sub, REPORT_FORMATS)
         if name == "events":
-            sub.add_argument("--limit", type=int, default=DEFAULT_EVENTS_LIMIT,
-                             help=f"events per page (default: %(default)s, at most "
-                                  f"{MAX_EVENTS_LIMIT})")
+            sub.add_argument(
+                "--limit",
+                type=int,
+                default=DEFAULT_EVENTS_LIMIT,
+                help=f"events per page (default: %(default)s, at most {MAX_EVENTS_LIMIT})",
+            )
             sub.add_argument("--cursor", help="continue after the page that printed it")
         sub.set_defaults(func=_command(report))
     export = reports.add_parser("export", help="every event of the period, as CSV or JSON")
@@ -137,24 +142,36 @@ def _command(report: Report) -> Callable[[argparse.Namespace], int]:
 
 async def _summary(runtime: Runtime, args: argparse.Namespace, period: Period) -> str:
     summary = await usage_summary(
-        runtime.pool, days=period.period_days, customer_id=period.customer_id,
-        project_id=period.filters.project_id, model=period.filters.model, now=period.until,
+        runtime.pool,
+        days=period.period_days,
+        customer_id=period.customer_id,
+        project_id=period.filters.project_id,
+        model=period.filters.model,
+        now=period.until,
     )
     return render_summary(summary, args.format)
 
 
 async def _daily(runtime: Runtime, args: argparse.Namespace, period: Period) -> str:
     daily = await usage_daily(
-        runtime.pool, days=period.period_days, customer_id=period.customer_id,
-        project_id=period.filters.project_id, model=period.filters.model, now=period.until,
+        runtime.pool,
+        days=period.period_days,
+        customer_id=period.customer_id,
+        project_id=period.filters.project_id,
+        model=period.filters.model,
+        now=period.until,
     )
     return render_daily(daily, args.format)
 
 
 async def _projects(runtime: Runtime, args: argparse.Namespace, period: Period) -> str:
     report = await usage_projects(
-        runtime.pool, days=period.period_days, customer_id=period.customer_id,
-        project_id=period.filters.project_id, model=period.filters.model, now=period.until,
+        runtime.pool,
+        days=period.period_days,
+        customer_id=period.customer_id,
+        project_id=period.filters.project_id,
+        model=period.filters.model,
+        now=period.until,
     )
     return render_projects(report, args.format)
 

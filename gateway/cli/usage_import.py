@@ -43,24 +43,44 @@ SHOWN_REFUSALS = 1000
 
 def add_command(reports: Any) -> None:
     sub: argparse.ArgumentParser = reports.add_parser(
-        "import", help="bring past usage events in from a file (backfill)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "import",
+        help="bring past usage events in from a file (backfill)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub.add_argument("file", metavar="FILE", help="the file to import (- for stdin)")
-    sub.add_argument("--format", choices=FORMATS, help="the file's format (default: from "
-                     "its extension, else csv)")
-    sub.add_argument("--source", choices=SOURCES, default="tollbooth",
-                     help="who wrote the file (default: %(default)s)")
-    sub.add_argument("--customer-from", metavar="WHERE",
-                     help="LiteLLM rows: customer id from metadata.KEY, user, team_id or "
-                          "end_user (default: a customer_id column)")
-    sub.add_argument("--create-customers", action="store_true",
-                     help="create unknown customers on the config's first tier")
+    sub.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="the file's format (default: from its extension, else csv)",
+    )
+    sub.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="tollbooth",
+        help="who wrote the file (default: %(default)s)",
+    )
+    sub.add_argument(
+        "--customer-from",
+        metavar="WHERE",
+        help="LiteLLM rows: customer id from metadata.KEY, user, team_id or "
+        "end_user (default: a customer_id column)",
+    )
+    sub.add_argument(
+        "--create-customers",
+        action="store_true",
+        help="create unknown customers on the config's first tier",
+    )
     sub.add_argument("--dry-run", action="store_true", help="check and count, write nothing")
-    sub.add_argument("--reprice", action="store_true",
-                     help="price rows with the catalog in force at their time")
-    sub.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                     help="rows per transaction (default: %(default)s)")
+    sub.add_argument(
+        "--reprice", action="store_true", help="price rows with the catalog in force at their time"
+    )
+    sub.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="rows per transaction (default: %(default)s)",
+    )
     sub.add_argument("--json", action="store_true", help="print the report as JSON")
     add_config_option(sub)
     sub.set_defaults(func=_import)
@@ -100,9 +120,13 @@ def _import(args: argparse.Namespace) -> int:
     async def body(runtime: Runtime) -> int:
         settings = runtime.settings
         options = ImportOptions(
-            source=args.source, fmt=fmt, customer_from=args.customer_from,
-            create_customers=args.create_customers, default_tier=next(iter(settings.tiers)),
-            dry_run=args.dry_run, batch_size=args.batch_size,
+            source=args.source,
+            fmt=fmt,
+            customer_from=args.customer_from,
+            create_customers=args.create_customers,
+            default_tier=next(iter(settings.tiers)),
+            dry_run=args.dry_run,
+            batch_size=args.batch_size,
             pricing=build_pricing(settings, Catalog.load_default()) if args.reprice else None,
             retention_days=settings.retention.raw_events_days,
         )
@@ -111,8 +135,11 @@ def _import(args: argparse.Namespace) -> int:
                 report = await import_usage(runtime.pool, handle, options)
         except ImportFileError as exc:
             raise CommandError(f"{args.file}: {exc}") from exc
-        text = (json.dumps(report.to_json(), indent=2) + "\n" if args.json
-                else render_import(args.file, fmt, report))
+        text = (
+            json.dumps(report.to_json(), indent=2) + "\n"
+            if args.json
+            else render_import(args.file, fmt, report)
+        )
         write_output(text, None)
         return 1 if report.refused else 0
 
@@ -126,22 +153,33 @@ def render_import(path: str, fmt: str, report: ImportReport) -> str:
     refusals = sorted(report.refusals, key=lambda r: r.line)
     lines += [f"refused line {r.line}: {r.reason}" for r in refusals[:SHOWN_REFUSALS]]
     if report.refused > SHOWN_REFUSALS:
-        lines.append(f"... and {report.refused - SHOWN_REFUSALS} more refused rows "
-                     "(--json lists up to 10000)")
-    span = (f" from {report.oldest:%Y-%m-%d %H:%M}Z to {report.newest:%Y-%m-%d %H:%M}Z"
-            if report.oldest and report.newest else "")
+        lines.append(
+            f"... and {report.refused - SHOWN_REFUSALS} more refused rows "
+            "(--json lists up to 10000)"
+        )
+    span = (
+        f" from {report.oldest:%Y-%m-%d %H:%M}Z to {report.newest:%Y-%m-%d %H:%M}Z"
+        if report.oldest and report.newest
+        else ""
+    )
     lines.append(f"{path} ({report.source}, {fmt}): {report.rows} rows{span}")
     if report.customers_created:
         lines.append(f"customers created: {', '.join(report.customers_created)}")
     if report.partitions_created:
         lines.append(f"partitions created: {', '.join(report.partitions_created)}")
     if report.repriced or report.unpriceable:
-        lines.append(f"repriced {report.repriced}; kept the file's money for "
-                     f"{report.unpriceable} (model not priced)")
+        lines.append(
+            f"repriced {report.repriced}; kept the file's money for "
+            f"{report.unpriceable} (model not priced)"
+        )
     if report.expiring:
-        lines.append(f"note: {report.expiring} rows are older than retention.raw_events_days;"
-                     " the next maintenance removes their raw events (hourly rollups and "
-                     "reports keep them)")
-    lines.append(f"added {report.added}, skipped {report.skipped} (already present), "
-                 f"refused {report.refused}")
+        lines.append(
+            f"note: {report.expiring} rows are older than retention.raw_events_days;"
+            " the next maintenance removes their raw events (hourly rollups and "
+            "reports keep them)"
+        )
+    lines.append(
+        f"added {report.added}, skipped {report.skipped} (already present), "
+        f"refused {report.refused}"
+    )
     return "\n".join(lines) + "\n"

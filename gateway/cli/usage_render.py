@@ -37,8 +37,17 @@ DAILY_CSV_COLUMNS = ("date", *TOTAL_COLUMNS)
 PROJECTS_CSV_COLUMNS = ("customer_id", "project_id", *TOTAL_COLUMNS)
 EVENTS_CSV_COLUMNS = UsageEvent.COLUMNS
 _TOTAL_HEADERS = (
-    "REQUESTS", "INPUT", "OUTPUT", "CACHED IN", "CACHE WRITE", "REASONING", "COST USD",
-    "PRICE USD", "UNPRICED", "ERRORS", "ESTIMATED",
+    "REQUESTS",
+    "INPUT",
+    "OUTPUT",
+    "CACHED IN",
+    "CACHE WRITE",
+    "REASONING",
+    "COST USD",
+    "PRICE USD",
+    "UNPRICED",
+    "ERRORS",
+    "ESTIMATED",
 )
 
 
@@ -63,8 +72,11 @@ def _json(body: dict[str, Any]) -> str:
 
 def _heading(period: Period, what: str) -> str:
     who = f"customer {period.customer_id}" if period.customer_id else "all customers"
-    narrowed = [f"{name} {value}" for name, value in (
-        ("project", period.filters.project_id), ("model", period.filters.model)) if value]
+    narrowed = [
+        f"{name} {value}"
+        for name, value in (("project", period.filters.project_id), ("model", period.filters.model))
+        if value
+    ]
     where = f" ({', '.join(narrowed)})" if narrowed else ""
     return (
         f"{what} of {who}{where}, last {period.period_days} days "
@@ -73,8 +85,9 @@ def _heading(period: Period, what: str) -> str:
 
 
 def _summary_period(summary: UsageSummary) -> Period:
-    return Period(summary.customer_id, summary.period_days, summary.since, summary.until,
-                  summary.filters)
+    return Period(
+        summary.customer_id, summary.period_days, summary.since, summary.until, summary.filters
+    )
 
 
 def render_summary(summary: UsageSummary, fmt: str) -> str:
@@ -117,15 +130,33 @@ def render_events(page: EventsPage, fmt: str) -> str:
     if fmt == "csv":
         return _csv(EVENTS_CSV_COLUMNS, [event_csv_values(row) for row in page.events])
     rows = [
-        [short_time(row["created_at"]), str(row["id"]), row["customer_id"], row["project_id"],
-         row["model"], row["status_code"], row["input_tokens"], row["output_tokens"],
-         None if row["price_usd"] is None else decimal_str(row["price_usd"]),
-         row["usage_source"]]
+        [
+            short_time(row["created_at"]),
+            str(row["id"]),
+            row["customer_id"],
+            row["project_id"],
+            row["model"],
+            row["status_code"],
+            row["input_tokens"],
+            row["output_tokens"],
+            None if row["price_usd"] is None else decimal_str(row["price_usd"]),
+            row["usage_source"],
+        ]
         for row in page.events
     ]
     table = render_table(
-        ["TIME", "ID", "CUSTOMER", "PROJECT", "MODEL", "STATUS", "INPUT", "OUTPUT",
-         "PRICE USD", "USAGE"],
+        [
+            "TIME",
+            "ID",
+            "CUSTOMER",
+            "PROJECT",
+            "MODEL",
+            "STATUS",
+            "INPUT",
+            "OUTPUT",
+            "PRICE USD",
+            "USAGE",
+        ],
         rows,
     )
     more = f"\nmore: --cursor {page.next_cursor}\n" if page.next_cursor else ""

@@ -37,8 +37,9 @@ def add_commands(actions: Any) -> None:
         "replay-dead-letters", help="retry usage events Postgres refused", description=__doc__
     )
     replay.add_argument("--limit", type=int, metavar="N", help="at most N events (oldest first)")
-    replay.add_argument("--dry-run", action="store_true",
-                        help="try each event and roll back; change nothing")
+    replay.add_argument(
+        "--dry-run", action="store_true", help="try each event and roll back; change nothing"
+    )
     add_format_option(replay, OUTPUT_FORMATS)
     add_config_option(replay)
     replay.set_defaults(func=_replay)
@@ -49,8 +50,7 @@ def _replay(args: argparse.Namespace) -> int:
         return usage_error(f"--limit must be at least 1, got {args.limit}")
 
     async def body(runtime: Runtime) -> int:
-        outcomes = await replay_dead_letters(runtime.pool, limit=args.limit,
-                                             dry_run=args.dry_run)
+        outcomes = await replay_dead_letters(runtime.pool, limit=args.limit, dry_run=args.dry_run)
         write_output(render(outcomes, args.format, dry_run=args.dry_run), None)
         return 0 if all(o.written for o in outcomes) else 1
 
@@ -60,20 +60,36 @@ def _replay(args: argparse.Namespace) -> int:
 def render(outcomes: list[ReplayOutcome], fmt: str, *, dry_run: bool) -> str:
     written = sum(1 for o in outcomes if o.written)
     if fmt == "json":
-        return json.dumps({
-            "dry_run": dry_run,
-            "written": written,
-            "still_failing": len(outcomes) - written,
-            "events": [
-                {"event_id": str(o.event_id), "written": o.written, "attempts": o.attempts,
-                 "error": o.error, "first_failed_at": o.first_failed_at.isoformat()}
-                for o in outcomes
-            ],
-        }, indent=2) + "\n"
+        return (
+            json.dumps(
+                {
+                    "dry_run": dry_run,
+                    "written": written,
+                    "still_failing": len(outcomes) - written,
+                    "events": [
+                        {
+                            "event_id": str(o.event_id),
+                            "written": o.written,
+                            "attempts": o.attempts,
+                            "error": o.error,
+                            "first_failed_at": o.first_failed_at.isoformat(),
+                        }
+                        for o in outcomes
+                    ],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     verb = "would be written" if dry_run else "written"
     rows = [
-        [str(o.event_id), verb if o.written else "still failing", o.attempts,
-         short_time(o.first_failed_at), o.error]
+        [
+            str(o.event_id),
+            verb if o.written else "still failing",
+            o.attempts,
+            short_time(o.first_failed_at),
+            o.error,
+        ]
         for o in outcomes
     ]
     table = render_table(["EVENT", "RESULT", "ATTEMPTS", "FIRST FAILED", "ERROR"], rows)

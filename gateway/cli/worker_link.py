@@ -49,8 +49,11 @@ class WorkerLink:
         if sys.platform.startswith("linux"):
             libc = ctypes.CDLL(None, use_errno=True)
             if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-                log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d); the supervisor link "
-                            "alone stops this worker", ctypes.get_errno())
+                log.warning(
+                    "prctl(PR_SET_PDEATHSIG) failed (errno %d); the supervisor link "
+                    "alone stops this worker",
+                    ctypes.get_errno(),
+                )
         # Checked after prctl: a supervisor that died before it would never signal us.
         if os.getppid() != self._supervisor_pid:
             raise SystemExit("tollbooth worker: the supervisor is gone; not starting")

@@ -33,9 +33,19 @@ MAX_PENDING = 256 * 1024  # bytes of a pipelined request held while one is answe
 LINGER_S = 2.0
 # Headers that may appear once (as aiohttp's parser has them), and those that make a request
 # one for aiohttp.
-_SINGLETONS = frozenset({
-    "content-length", "content-location", "content-range", "content-type", "etag", "host",
-    "max-forwards", "server", "user-agent"})
+_SINGLETONS = frozenset(
+    {
+        "content-length",
+        "content-location",
+        "content-range",
+        "content-type",
+        "etag",
+        "host",
+        "max-forwards",
+        "server",
+        "user-agent",
+    }
+)
 _NOT_FAST = frozenset({"transfer-encoding", "content-encoding", "expect", "upgrade"})
 
 
@@ -118,8 +128,9 @@ class FrontProtocol(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("utf-8", "surrogateescape"),
-                              value.decode("utf-8", "surrogateescape")))
+        self._headers.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
 
     def on_headers_complete(self) -> None:
         route = self._fast_route()
@@ -171,8 +182,10 @@ class FrontProtocol(asyncio.Protocol):
     def _preflight_route(self) -> Route | None:
         """A CORS preflight to a forwarded route, served here while CORS is on; anything else
         (CORS off, another OPTIONS, a body) is aiohttp's, which answers it as it would."""
-        if (self._parser.get_http_version() != "1.1"
-                or not self._server.runtime.current.settings.server.cors_origins):
+        if (
+            self._parser.get_http_version() != "1.1"
+            or not self._server.runtime.current.settings.server.cors_origins
+        ):
             return None
         route = self._server.routes.get(self._url)
         if route is None:
@@ -183,12 +196,18 @@ class FrontProtocol(asyncio.Protocol):
         seen: set[str] = set()
         for name, value in self._headers:
             lower = name.lower()
-            if (lower in seen and lower in _SINGLETONS) or lower in _NOT_FAST \
-                    or (lower == "content-length" and value != "0"):
+            if (
+                (lower in seen and lower in _SINGLETONS)
+                or lower in _NOT_FAST
+                or (lower == "content-length" and value != "0")
+            ):
                 return None
             seen.add(lower)
-        if "origin" not in seen or "access-control-request-method" not in seen \
-                or not self._find_head(b"OPTIONS "):
+        if (
+            "origin" not in seen
+            or "access-control-request-method" not in seen
+            or not self._find_head(b"OPTIONS ")
+        ):
             return None
         self._length = 0
         self._preflight = True
@@ -252,8 +271,9 @@ class FrontProtocol(asyncio.Protocol):
 
     # serving
 
-    async def _serve(self, route: Route, call: Call, headers: CIMultiDict[str],
-                     body: bytes) -> None:
+    async def _serve(
+        self, route: Route, call: Call, headers: CIMultiDict[str], body: bytes
+    ) -> None:
         started = time.perf_counter()
         api, endpoint = route
         request_id = uuid.uuid4()
@@ -265,15 +285,17 @@ class FrontProtocol(asyncio.Protocol):
             return body
 
         try:
-            pending = await prepare(app, api, endpoint, headers, read_body, request_id, started,
-                                    call)
+            pending = await prepare(
+                app, api, endpoint, headers, read_body, request_id, started, call
+            )
             await forward(app, api, endpoint, pending, reply)
         except GatewayError as exc:
             self._answer_error(reply, endpoint.path, exc, request_id)
         except Exception:
             log.exception("unhandled error", extra={"request_id": str(request_id)})
-            self._answer_error(reply, endpoint.path,
-                               GatewayError("The gateway had an internal error."), request_id)
+            self._answer_error(
+                reply, endpoint.path, GatewayError("The gateway had an internal error."), request_id
+            )
         finally:
             self._done()
 
@@ -288,16 +310,20 @@ class FrontProtocol(asyncio.Protocol):
             reply.write_no_content(allowed)
         self._done()
 
-    def _answer_error(self, reply: FrontReply, path: str, exc: GatewayError,
-                      request_id: uuid.UUID) -> None:
+    def _answer_error(
+        self, reply: FrontReply, path: str, exc: GatewayError, request_id: uuid.UUID
+    ) -> None:
         """Answer `exc` in the API's shape (a refusal is counted), or cut a started stream."""
         if is_refusal(exc):
             self._server.app[keys.metrics].refused.labels(path, str(exc.status)).inc()
         if reply.head_sent:  # a stream already under way: it can only be cut
             self._close_after = True
             return
-        headers = {"Content-Type": "application/json", **error_headers(path, exc),
-                   "x-request-id": str(request_id)}
+        headers = {
+            "Content-Type": "application/json",
+            **error_headers(path, exc),
+            "x-request-id": str(request_id),
+        }
         reply.write_whole(error_status(path, exc), headers, error_body(path, exc))
 
     def _done(self) -> None:
@@ -355,7 +381,8 @@ class FrontProtocol(asyncio.Protocol):
         self._close_after = True
         exc = RequestTimeoutError(
             f"The request body was not received within {self._server.timeout_s:g} seconds "
-            "of its headers.")
+            "of its headers."
+        )
         origins = self._server.runtime.current.settings.server.cors_origins
         cors = response_headers(origins, CIMultiDict(self._headers)) if origins else None
         self._answer_error(FrontReply(self, cors), endpoint.path, exc, uuid.uuid4())

@@ -25,8 +25,14 @@ class FrontReply:
         self.write_whole(status, headers, body)
 
     def write_whole(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        head = _head(status, headers, self._conn.closing_after,
-                     f"Content-Length: {len(body)}\r\n", self._conn.http_date(), self._cors)
+        head = _head(
+            status,
+            headers,
+            self._conn.closing_after,
+            f"Content-Length: {len(body)}\r\n",
+            self._conn.http_date(),
+            self._cors,
+        )
         self.head_sent = True
         with contextlib.suppress(ConnectionResetError):  # gone; the exchange is recorded anyway
             self._conn.write(head + body)
@@ -39,8 +45,14 @@ class FrontReply:
             self._conn.write(head)
 
     async def open_stream(self, status: int, headers: dict[str, str]) -> StreamSink:
-        head = _head(status, headers, self._conn.closing_after,
-                     "Transfer-Encoding: chunked\r\n", self._conn.http_date(), self._cors)
+        head = _head(
+            status,
+            headers,
+            self._conn.closing_after,
+            "Transfer-Encoding: chunked\r\n",
+            self._conn.http_date(),
+            self._cors,
+        )
         self.head_sent = True
         with contextlib.suppress(ConnectionResetError):  # noticed by the relay's first write
             self._conn.write(head)
@@ -59,10 +71,19 @@ class FrontReply:
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
-def _head(status: int, headers: dict[str, str], close: bool, framing: str, date: str,
-          cors: dict[str, str] | None) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n",
-             f"Date: {date}\r\n", framing]
+def _head(
+    status: int,
+    headers: dict[str, str],
+    close: bool,
+    framing: str,
+    date: str,
+    cors: dict[str, str] | None,
+) -> bytes:
+    lines = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n",
+        f"Date: {date}\r\n",
+        framing,
+    ]
     for name, value in headers.items():
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise ValueError(f"header {name!r} holds a line break")

@@ -81,10 +81,13 @@ class FrontServer(Server):
     """aiohttp's protocol factory whose connections start in the front."""
 
     def __init__(self, inner: Server, app: web.Application) -> None:
-        super().__init__(inner.request_handler, request_factory=inner.request_factory,
-                         handler_cancellation=inner.handler_cancellation,
-                         loop=asyncio.get_running_loop(),
-                         **inner._kwargs)  # aiohttp keeps the handler args there
+        super().__init__(
+            inner.request_handler,
+            request_factory=inner.request_factory,
+            handler_cancellation=inner.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **inner._kwargs,
+        )  # aiohttp keeps the handler args there
         self.app = app
         self.routes = fast_routes()
         self.runtime = app[keys.runtime]  # the live settings (server.cors_origins)

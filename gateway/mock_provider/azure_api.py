@@ -26,33 +26,55 @@ from gateway.mock_provider.openai_api import chat_completions, completions, embe
 from gateway.mock_provider.openai_dialect import OpenAIDialect
 from gateway.mock_provider.openai_responses import create_response
 
-_DENIED = ("Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
-           "provide a valid key for an active subscription and use a correct regional API "
-           "endpoint for your resource.")
+_DENIED = (
+    "Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
+    "provide a valid key for an active subscription and use a correct regional API "
+    "endpoint for your resource."
+)
 # Dated api-versions before this one refuse `stream_options` (they predate streamed usage).
 STREAM_OPTIONS_SINCE = "2024-09-01"
 _DATED = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
 _FILTER_OK = {"filtered": False, "severity": "safe"}
-PROMPT_FILTER_CHUNK = b"data: " + orjson.dumps({
-    "choices": [], "created": 0, "id": "", "model": "", "object": "",
-    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {
-        name: _FILTER_OK for name in ("hate", "self_harm", "sexual", "violence")}}],
-}) + b"\n\n"
+PROMPT_FILTER_CHUNK = (
+    b"data: "
+    + orjson.dumps(
+        {
+            "choices": [],
+            "created": 0,
+            "id": "",
+            "model": "",
+            "object": "",
+            "prompt_filter_results": [
+                {
+                    "prompt_index": 0,
+                    "content_filter_results": {
+                        name: _FILTER_OK for name in ("hate", "self_harm", "sexual", "violence")
+                    },
+                }
+            ],
+        }
+    )
+    + b"\n\n"
+)
 
 
 class AzureDialect(OpenAIDialect):
     """OpenAI's bodies and ids; Azure's key header, its 401 and its request id headers."""
 
     def response_headers(self, request_id: str) -> dict[str, str]:
-        return {**super().response_headers(request_id), "apim-request-id": request_id,
-                "x-ms-region": "East US"}
+        return {
+            **super().response_headers(request_id),
+            "apim-request-id": request_id,
+            "x-ms-region": "East US",
+        }
 
     def refuse(
         self, request: web.Request, api_key: str | None, request_id: str
     ) -> web.Response | None:
         key = request.headers.get("api-key", "").strip()
-        if not key or (api_key is not None
-                       and not hmac.compare_digest(key.encode(), api_key.encode())):
+        if not key or (
+            api_key is not None and not hmac.compare_digest(key.encode(), api_key.encode())
+        ):
             body = orjson.dumps({"error": {"code": "401", "message": _DENIED}})
             return self._reply(401, body, request_id)
         return None
@@ -60,12 +82,19 @@ class AzureDialect(OpenAIDialect):
 
 def add_azure_routes(app: web.Application) -> None:
     dialect = AzureDialect()
-    for suffix, handler in (("/chat/completions", chat_completions),
-                            ("/completions", completions), ("/embeddings", embeddings)):
-        app.router.add_post("/openai/deployments/{deployment}" + suffix,
-                            endpoint(dialect, _deployment(handler)))
-    for suffix, handler in (("/chat/completions", chat_completions),
-                            ("/responses", create_response), ("/embeddings", embeddings)):
+    for suffix, handler in (
+        ("/chat/completions", chat_completions),
+        ("/completions", completions),
+        ("/embeddings", embeddings),
+    ):
+        app.router.add_post(
+            "/openai/deployments/{deployment}" + suffix, endpoint(dialect, _deployment(handler))
+        )
+    for suffix, handler in (
+        ("/chat/completions", chat_completions),
+        ("/responses", create_response),
+        ("/embeddings", embeddings),
+    ):
         app.router.add_post("/openai/v1" + suffix, endpoint(dialect, _v1(handler)))
 
 
@@ -74,10 +103,17 @@ def _deployment(handler: CallHandler) -> CallHandler:
         version = call.request.query.get("api-version")
         if not version:
             body = orjson.dumps({"error": {"code": "404", "message": "Resource not found"}})
-            return web.Response(status=404, body=body, content_type="application/json",
-                                headers=call.dialect.response_headers(call.request_id))
-        if ("stream_options" in call.body and _DATED.fullmatch(version)
-                and version[:10] < STREAM_OPTIONS_SINCE):
+            return web.Response(
+                status=404,
+                body=body,
+                content_type="application/json",
+                headers=call.dialect.response_headers(call.request_id),
+            )
+        if (
+            "stream_options" in call.body
+            and _DATED.fullmatch(version)
+            and version[:10] < STREAM_OPTIONS_SINCE
+        ):
             raise InvalidRequest("Unrecognized request argument supplied: stream_options")
         deployment = call.request.match_info["deployment"]
         return await _answer(handler, replace(call, body={**call.body, "model": deployment}))

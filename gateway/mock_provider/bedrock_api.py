@@ -42,8 +42,10 @@ EVENT_STREAM_TYPE = "application/vnd.amazon.eventstream"
 _ERROR_NAMESPACE = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
 _ERRORS = {
     400: ("ValidationException", "Malformed input request, please reformat your input."),
-    403: ("AccessDeniedException", "You don't have access to the model with the specified "
-          "model ID."),
+    403: (
+        "AccessDeniedException",
+        "You don't have access to the model with the specified model ID.",
+    ),
     404: ("ResourceNotFoundException", "The requested resource could not be found."),
     408: ("ModelTimeoutException", "Model has timed out in processing the request."),
     424: ("ModelErrorException", "The model returned an error."),
@@ -59,14 +61,17 @@ _AUTHORIZATION = re.compile(
 _AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
 
 
-def error_response(status: int, request_id: str, message: str | None = None,
-                   name: str | None = None) -> web.Response:
+def error_response(
+    status: int, request_id: str, message: str | None = None, name: str | None = None
+) -> web.Response:
     stock_name, stock = _ERRORS.get(status, _ERRORS[500] if status >= 500 else _ERRORS[400])
     return web.Response(
         status=status,
         body=orjson.dumps({"message": message or stock}),
-        headers={"x-amzn-RequestId": request_id,
-                 "x-amzn-ErrorType": (name or stock_name) + _ERROR_NAMESPACE},
+        headers={
+            "x-amzn-RequestId": request_id,
+            "x-amzn-ErrorType": (name or stock_name) + _ERROR_NAMESPACE,
+        },
         content_type="application/json",
     )
 
@@ -75,7 +80,8 @@ class BedrockDialect:
     broken_event = event_message("contentBlockDelta", b'{"contentBlockIndex": 0, "delta": ')
     stream_error_event = exception_message(
         "modelStreamErrorException",
-        b'{"message":"The model stream failed.","originalStatusCode":500}')
+        b'{"message":"The model stream failed.","originalStatusCode":500}',
+    )
 
     def new_request_id(self) -> str:
         return str(uuid.uuid4())
@@ -83,20 +89,30 @@ class BedrockDialect:
     def response_headers(self, request_id: str) -> dict[str, str]:
         return {"x-amzn-RequestId": request_id}
 
-    def error(self, status: int, request_id: str, message: str | None = None,
-              param: str | None = None) -> web.Response:
+    def error(
+        self, status: int, request_id: str, message: str | None = None, param: str | None = None
+    ) -> web.Response:
         return error_response(status, request_id, message)
 
-    def refuse(self, request: web.Request, api_key: str | None,
-               request_id: str) -> web.Response | None:
+    def refuse(
+        self, request: web.Request, api_key: str | None, request_id: str
+    ) -> web.Response | None:
         authorization = request.headers.get("Authorization", "")
         if not authorization:
-            return error_response(403, request_id, "Missing Authentication Token",
-                                  "MissingAuthenticationTokenException")
+            return error_response(
+                403,
+                request_id,
+                "Missing Authentication Token",
+                "MissingAuthenticationTokenException",
+            )
         found = _AUTHORIZATION.fullmatch(authorization)
         if found is None:
-            return error_response(403, request_id, "The security token included in the "
-                                  "request is invalid.", "UnrecognizedClientException")
+            return error_response(
+                403,
+                request_id,
+                "The security token included in the request is invalid.",
+                "UnrecognizedClientException",
+            )
         amz_date = request.headers.get("X-Amz-Date", "")
         signed = found["signed"].split(";")
         region = request.app[MOCK_OPTIONS].aws_region
@@ -104,8 +120,10 @@ class BedrockDialect:
         if not _AMZ_DATE.fullmatch(amz_date) or amz_date[:8] != found["date"]:
             problem = "the credential scope's date is not the X-Amz-Date header's"
         elif found["service"] != "bedrock":
-            problem = f"credential should be scoped to correct service: 'bedrock', not "\
-                      f"'{found['service']}'"
+            problem = (
+                f"credential should be scoped to correct service: 'bedrock', not "
+                f"'{found['service']}'"
+            )
         elif region is not None and found["region"] != region:
             problem = f"credential should be scoped to a valid region: '{region}'"
         elif "host" not in signed or "x-amz-date" not in signed or signed != sorted(signed):
@@ -116,8 +134,12 @@ class BedrockDialect:
 
     def injected_error(self, controls: Controls, request_id: str) -> web.Response:
         if controls.mode == "insufficient-quota":
-            return error_response(400, request_id, "You have exceeded your service quota.",
-                                  "ServiceQuotaExceededException")
+            return error_response(
+                400,
+                request_id,
+                "You have exceeded your service quota.",
+                "ServiceQuotaExceededException",
+            )
         return error_response(controls.error_status or 429, request_id)
 
 
@@ -184,8 +206,9 @@ def _header_count(call: Call, name: str) -> int:
 async def converse(call: Call) -> web.StreamResponse:
     usage, words, stop_reason = _answer(call)
     body: dict[str, Any] = {
-        "output": {"message": {"role": "assistant",
-                               "content": [{"text": "".join(words)}] if words else []}},
+        "output": {
+            "message": {"role": "assistant", "content": [{"text": "".join(words)}] if words else []}
+        },
         "stopReason": stop_reason,
         "usage": usage,
         "metrics": {"latencyMs": 12},
@@ -199,8 +222,9 @@ async def converse_stream(call: Call) -> web.StreamResponse:
     usage, words, stop_reason = _answer(call)
     events = [event_message("messageStart", orjson.dumps({"role": "assistant"}))]
     events.extend(
-        event_message("contentBlockDelta",
-                      orjson.dumps({"contentBlockIndex": 0, "delta": {"text": word}}))
+        event_message(
+            "contentBlockDelta", orjson.dumps({"contentBlockIndex": 0, "delta": {"text": word}})
+        )
         for word in words
     )
     terminal_at = len(events)
@@ -210,5 +234,4 @@ async def converse_stream(call: Call) -> web.StreamResponse:
     if call.controls.no_usage:
         del metadata["usage"]
     events.append(event_message("metadata", orjson.dumps(metadata)))
-    return await send_stream(call, EventStream(events, terminal_at,
-                                               content_type=EVENT_STREAM_TYPE))
+    return await send_stream(call, EventStream(events, terminal_at, content_type=EVENT_STREAM_TYPE))

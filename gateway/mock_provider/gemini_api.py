@@ -30,25 +30,42 @@ from gateway.mock_provider.ids import base62
 from gateway.mock_provider.replies import EventStream, send_json, send_stream
 from gateway.mock_provider.tokens import content_words, conversation_tokens
 
-_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-           404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE",
-           504: "DEADLINE_EXCEEDED"}
-_STOCK = {400: "Request contains an invalid argument.",
-          404: "Requested entity was not found.",
-          429: "Resource has been exhausted (e.g. check quota).",
-          500: "An internal error has occurred. Please retry or report in "
-               "https://developers.generativeai.google/guide/troubleshooting",
-          503: "The model is overloaded. Please try again later."}
-_UNREGISTERED = ("Method doesn't allow unregistered callers (callers without established "
-                 "identity). Please use API Key or other form of API consumer identity to call "
-                 "this API.")
-_METHODS = ("generateContent", "streamGenerateContent", "countTokens", "embedContent",
-            "batchEmbedContents")
+_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_STOCK = {
+    400: "Request contains an invalid argument.",
+    404: "Requested entity was not found.",
+    429: "Resource has been exhausted (e.g. check quota).",
+    500: "An internal error has occurred. Please retry or report in "
+    "https://developers.generativeai.google/guide/troubleshooting",
+    503: "The model is overloaded. Please try again later.",
+}
+_UNREGISTERED = (
+    "Method doesn't allow unregistered callers (callers without established "
+    "identity). Please use API Key or other form of API consumer identity to call "
+    "this API."
+)
+_METHODS = (
+    "generateContent",
+    "streamGenerateContent",
+    "countTokens",
+    "embedContent",
+    "batchEmbedContents",
+)
 EMBEDDING_DIMENSIONS = 768
 
 
-def error_body(status: int, message: str | None = None,
-               details: list[dict[str, Any]] | None = None) -> bytes:
+def error_body(
+    status: int, message: str | None = None, details: list[dict[str, Any]] | None = None
+) -> bytes:
     name = _STATUS.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
     stock = _STOCK.get(status, _STOCK[500] if status >= 500 else _STOCK[400])
     error: dict[str, Any] = {"code": status, "message": message or stock, "status": name}
@@ -69,21 +86,31 @@ class GeminiDialect:
         return base62(22)
 
     def response_headers(self, request_id: str) -> dict[str, str]:
-        return {"x-goog-request-id": request_id, "server-timing": "gfet4t7; dur=1",
-                "vary": "Origin, X-Origin, Referer"}
+        return {
+            "x-goog-request-id": request_id,
+            "server-timing": "gfet4t7; dur=1",
+            "vary": "Origin, X-Origin, Referer",
+        }
 
-    def error(self, status: int, request_id: str, message: str | None = None,
-              param: str | None = None) -> web.Response:
+    def error(
+        self, status: int, request_id: str, message: str | None = None, param: str | None = None
+    ) -> web.Response:
         return self._reply(status, error_body(status, message), request_id)
 
-    def refuse(self, request: web.Request, api_key: str | None,
-               request_id: str) -> web.Response | None:
+    def refuse(
+        self, request: web.Request, api_key: str | None, request_id: str
+    ) -> web.Response | None:
         key = (request.headers.get("x-goog-api-key") or request.query.get("key") or "").strip()
         if not key:
             return self.error(403, request_id, _UNREGISTERED)
         if api_key is not None and not hmac.compare_digest(key.encode(), api_key.encode()):
-            details = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                        "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]
+            details = [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "API_KEY_INVALID",
+                    "domain": "googleapis.com",
+                }
+            ]
             body = error_body(400, "API key not valid. Please pass a valid API key.", details)
             return self._reply(400, body, request_id)
         return None
@@ -96,8 +123,12 @@ class GeminiDialect:
         return response
 
     def _reply(self, status: int, body: bytes, request_id: str) -> web.Response:
-        return web.Response(status=status, body=body, content_type="application/json",
-                            headers=self.response_headers(request_id))
+        return web.Response(
+            status=status,
+            body=body,
+            content_type="application/json",
+            headers=self.response_headers(request_id),
+        )
 
 
 def add_gemini_routes(app: web.Application) -> None:
@@ -119,8 +150,11 @@ async def _dispatch(call: Call) -> web.StreamResponse:
 
 def _prompt_tokens(body: dict[str, Any]) -> int:
     contents = body.get("contents")
-    messages = [c.get("parts") for c in contents if isinstance(c, dict)] \
-        if isinstance(contents, list) else []
+    messages = (
+        [c.get("parts") for c in contents if isinstance(c, dict)]
+        if isinstance(contents, list)
+        else []
+    )
     system = body.get("systemInstruction")
     if isinstance(system, dict):
         messages.append(system.get("parts"))
@@ -175,8 +209,7 @@ async def _generate(call: Call, model: str, *, stream: bool) -> web.StreamRespon
     events = [sse_chunk(chunk(word, i + 1, False)) for i, word in enumerate(words[:-1])]
     terminal_at = len(events)
     events.append(sse_chunk(chunk(words[-1] if words else "", len(words), True)))
-    return await send_stream(call, EventStream(events, terminal_at,
-                                               "text/event-stream"))
+    return await send_stream(call, EventStream(events, terminal_at, "text/event-stream"))
 
 
 async def _embed(call: Call, model: str, *, batch: bool) -> web.StreamResponse:
@@ -189,8 +222,9 @@ async def _embed(call: Call, model: str, *, batch: bool) -> web.StreamResponse:
         contents = [call.body.get("content")]
     tokens = sum(content_words(c.get("parts")) if isinstance(c, dict) else 0 for c in contents)
     vector = {"values": [((i % 16) - 7.5) / 64 for i in range(EMBEDDING_DIMENSIONS)]}
-    body: dict[str, Any] = ({"embeddings": [vector] * len(contents)} if batch
-                            else {"embedding": vector})
+    body: dict[str, Any] = (
+        {"embeddings": [vector] * len(contents)} if batch else {"embedding": vector}
+    )
     if not call.controls.no_usage:
         body["usageMetadata"] = {"promptTokenCount": tokens, "totalTokenCount": tokens}
     return await send_json(call, body)

@@ -64,8 +64,11 @@ async def send_stream(call: Call, stream: EventStream) -> web.StreamResponse:
     if call.stream_preamble:
         events = [call.stream_preamble, *events]
     response = web.StreamResponse(
-        headers={**call.dialect.response_headers(call.request_id), **SSE_HEADERS,
-                 "Content-Type": stream.content_type}
+        headers={
+            **call.dialect.response_headers(call.request_id),
+            **SSE_HEADERS,
+            "Content-Type": stream.content_type,
+        }
     )
     delay_s = call.token_delay_s
     try:

@@ -41,11 +41,16 @@ from pricing.models import Usage
 
 # The SDK appends /v1/messages to its base URL; a base URL ending in /v1 (the OpenAI SDK's
 # habit) makes that /v1/v1/messages, served as /v1/messages.
-MESSAGES = Endpoint("messages", "POST", "/v1/messages", "/v1/messages", streams=True,
-                    aliases=("/v1/v1/messages",))
+MESSAGES = Endpoint(
+    "messages", "POST", "/v1/messages", "/v1/messages", streams=True, aliases=("/v1/v1/messages",)
+)
 COUNT_TOKENS = Endpoint(
-    "count_tokens", "POST", "/v1/messages/count_tokens", "/v1/messages/count_tokens",
-    metered=False, aliases=("/v1/v1/messages/count_tokens",),
+    "count_tokens",
+    "POST",
+    "/v1/messages/count_tokens",
+    "/v1/messages/count_tokens",
+    metered=False,
+    aliases=("/v1/v1/messages/count_tokens",),
 )
 
 # https://docs.claude.com/en/api/errors: the `error.type` a client's SDK expects per status.
@@ -110,8 +115,9 @@ class AnthropicApi(DefaultHooks):
             return value
         return None
 
-    def error_body(self, status: int, error_type: str, message: str,
-                   code: str | None, param: str | None) -> bytes:
+    def error_body(
+        self, status: int, error_type: str, message: str, code: str | None, param: str | None
+    ) -> bytes:
         anthropic_type = _ERROR_TYPES.get(
             status, "invalid_request_error" if 400 <= status < 500 else "api_error"
         )
@@ -208,8 +214,10 @@ class MessagesStreamMeter:
         partial = None
         if any(field in self._reported for field in _INPUT_FIELDS):
             # The input side, and the output reported so far (a floor for the estimate).
-            so_far = {field: self._reported.get(field, 0)
-                      for field in (*_INPUT_FIELDS, _CACHE_1H, "output_tokens")}
+            so_far = {
+                field: self._reported.get(field, 0)
+                for field in (*_INPUT_FIELDS, _CACHE_1H, "output_tokens")
+            }
             partial = anthropic_usage(so_far)
         return StreamResult(None, self._upstream_id, self._text.text(), partial)
 

@@ -39,8 +39,15 @@ _DEPLOYMENT = "/openai/deployments/{deployment}"
 
 def _deployment_route(endpoint: Endpoint) -> Endpoint:
     path = _DEPLOYMENT + endpoint.upstream_path
-    return Endpoint(endpoint.name, "POST", path, path, streams=endpoint.streams,
-                    needs_model=False, model_param="deployment")
+    return Endpoint(
+        endpoint.name,
+        "POST",
+        path,
+        path,
+        streams=endpoint.streams,
+        needs_model=False,
+        model_param="deployment",
+    )
 
 
 def _v1_route(endpoint: Endpoint) -> Endpoint:
@@ -78,9 +85,14 @@ class AzureOpenAIApi(OpenAIApi):
     """Adapter for Azure OpenAI. Stateless: one instance serves every request."""
 
     kind: str = "azure_openai"
-    endpoints: tuple[Endpoint, ...] = (DEPLOYMENT_CHAT, DEPLOYMENT_COMPLETIONS,
-                                       DEPLOYMENT_EMBEDDINGS, V1_CHAT, V1_RESPONSES,
-                                       V1_EMBEDDINGS)
+    endpoints: tuple[Endpoint, ...] = (
+        DEPLOYMENT_CHAT,
+        DEPLOYMENT_COMPLETIONS,
+        DEPLOYMENT_EMBEDDINGS,
+        V1_CHAT,
+        V1_RESPONSES,
+        V1_EMBEDDINGS,
+    )
 
     def client_key(self, headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
         return header_key(headers, "api-key") or bearer_or_api_key(headers)

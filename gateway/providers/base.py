@@ -183,8 +183,9 @@ class ProviderApi(Protocol):
         client's key in the query is never passed on)."""
         ...
 
-    def sign(self, provider: ProviderConfig, method: str, url: str, headers: dict[str, str],
-             body: bytes) -> None:
+    def sign(
+        self, provider: ProviderConfig, method: str, url: str, headers: dict[str, str], body: bytes
+    ) -> None:
         """Called last, with the exact URL and body that will be sent: a signing scheme adds
         its headers to `headers` in place (the others do nothing). Raises a
         `gateway.errors.GatewayError` (503) when it cannot sign (no credentials)."""
@@ -219,8 +220,9 @@ class ProviderApi(Protocol):
 
     def max_output_tokens(self, body: Mapping[str, Any]) -> int | None: ...
 
-    def error_body(self, status: int, error_type: str, message: str,
-                   code: str | None, param: str | None) -> bytes:
+    def error_body(
+        self, status: int, error_type: str, message: str, code: str | None, param: str | None
+    ) -> bytes:
         """A gateway error's body in this API's shape (`error_type` and `code` are OpenAI's
         words, from `gateway.errors`; an adapter maps them, or `status`, to its own)."""
         ...

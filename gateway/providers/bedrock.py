@@ -50,11 +50,23 @@ from gateway.providers.defaults import DefaultHooks
 if TYPE_CHECKING:
     from gateway.config import ProviderConfig
 
-CONVERSE = Endpoint("converse", "POST", "/model/{model_id}/converse",
-                    "/model/{model_id}/converse", needs_model=False, model_param="model_id")
-CONVERSE_STREAM = Endpoint("converse-stream", "POST", "/model/{model_id}/converse-stream",
-                           "/model/{model_id}/converse-stream", streams=True,
-                           needs_model=False, model_param="model_id")
+CONVERSE = Endpoint(
+    "converse",
+    "POST",
+    "/model/{model_id}/converse",
+    "/model/{model_id}/converse",
+    needs_model=False,
+    model_param="model_id",
+)
+CONVERSE_STREAM = Endpoint(
+    "converse-stream",
+    "POST",
+    "/model/{model_id}/converse-stream",
+    "/model/{model_id}/converse-stream",
+    streams=True,
+    needs_model=False,
+    model_param="model_id",
+)
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 _ERROR_NAMESPACE = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
 # The gateway's status -> what it answers on Bedrock routes and the exception's name.
@@ -80,8 +92,9 @@ _CLIENT_SIGNING = frozenset({"x-amz-date", "x-amz-security-token", "x-amz-conten
 def _error(status: int, code: str | None) -> tuple[int, str]:
     if status == 429 and code == "insufficient_quota":
         return _QUOTA_EXHAUSTED
-    return _ERRORS.get(status, (status, "ValidationException" if status < 500
-                                else "InternalServerException"))
+    return _ERRORS.get(
+        status, (status, "ValidationException" if status < 500 else "InternalServerException")
+    )
 
 
 class BedrockApi(DefaultHooks):
@@ -111,8 +124,9 @@ class BedrockApi(DefaultHooks):
             del headers[name]
         return headers
 
-    def sign(self, provider: ProviderConfig, method: str, url: str, headers: dict[str, str],
-             body: bytes) -> None:
+    def sign(
+        self, provider: ProviderConfig, method: str, url: str, headers: dict[str, str], body: bytes
+    ) -> None:
         region = provider.region or "us-east-1"  # config requires a region for bedrock
         try:
             self.signing.sign(method, url, headers, body, region=region)
@@ -162,8 +176,9 @@ class BedrockApi(DefaultHooks):
     def error_status(self, status: int, error_type: str, code: str | None) -> int:
         return _error(status, code)[0]
 
-    def error_body(self, status: int, error_type: str, message: str,
-                   code: str | None, param: str | None) -> bytes:
+    def error_body(
+        self, status: int, error_type: str, message: str, code: str | None, param: str | None
+    ) -> bytes:
         return orjson.dumps({"message": message})
 
     def error_headers(self, status: int, error_type: str, code: str | None) -> dict[str, str]:
@@ -199,4 +214,3 @@ def _block_texts(content: Any) -> Iterator[str]:
         reasoning = obj(obj(block.get("reasoningContent")).get("reasoningText")).get("text")
         if isinstance(reasoning, str):
             yield reasoning
-

@@ -43,13 +43,13 @@ def catalog_model(model_id: str) -> str:
         name = name.rsplit("/", 1)[-1]
     lowered = name.lower()
     for prefix in REGION_PREFIXES:
-        if lowered.startswith(prefix) and _VENDOR.match(lowered[len(prefix):]):
-            lowered = lowered[len(prefix):]
+        if lowered.startswith(prefix) and _VENDOR.match(lowered[len(prefix) :]):
+            lowered = lowered[len(prefix) :]
             break
     vendor = _VENDOR.match(lowered)
     if vendor is None:
         return name  # not a Bedrock foundation-model id: left for the pricing to refuse
-    lowered = lowered[vendor.end():]
+    lowered = lowered[vendor.end() :]
     lowered = _VERSION.sub("", lowered)
     lowered = _DATE.sub("", lowered)
     return lowered or name

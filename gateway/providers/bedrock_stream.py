@@ -41,9 +41,11 @@ def converse_usage(usage: Any) -> Usage | None:
     uncached = count(fields.get("inputTokens"))
     cache_read = count(fields.get("cacheReadInputTokens"))
     cache_write = count(fields.get("cacheWriteInputTokens"))
-    one_hour = sum(count(obj(detail).get("inputTokens"))
-                   for detail in items(fields.get("cacheDetails"))
-                   if obj(detail).get("ttl") == _CACHE_1H)
+    one_hour = sum(
+        count(obj(detail).get("inputTokens"))
+        for detail in items(fields.get("cacheDetails"))
+        if obj(detail).get("ttl") == _CACHE_1H
+    )
     return Usage(
         input_tokens=uncached + cache_read + cache_write,
         output_tokens=count(fields.get("outputTokens")),

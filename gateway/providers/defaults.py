@@ -66,8 +66,9 @@ class DefaultHooks:
     def upstream_url(self, endpoint: Endpoint, provider: ProviderConfig, call: Call) -> str:
         return provider.base_url.rstrip("/") + fill_path(endpoint.upstream_path, call.params)
 
-    def sign(self, provider: ProviderConfig, method: str, url: str, headers: dict[str, str],
-             body: bytes) -> None:
+    def sign(
+        self, provider: ProviderConfig, method: str, url: str, headers: dict[str, str], body: bytes
+    ) -> None:
         return None
 
     def stream_framer(self, endpoint: Endpoint) -> Framer | None:

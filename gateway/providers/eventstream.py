@@ -43,8 +43,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PRELUDE = struct.Struct(">III")
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
-_FIXED = {2: struct.Struct(">b"), 3: struct.Struct(">h"), 4: struct.Struct(">i"),
-          5: struct.Struct(">q"), 8: struct.Struct(">q")}
+_FIXED = {
+    2: struct.Struct(">b"),
+    3: struct.Struct(">h"),
+    4: struct.Struct(">i"),
+    5: struct.Struct(">q"),
+    8: struct.Struct(">q"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +101,7 @@ class EventStreamDecoder:
         while size - start >= PRELUDE_BYTES:
             total, headers_length, prelude_crc = _PRELUDE.unpack_from(buffer, start)
             if (
-                zlib.crc32(buffer[start:start + 8]) != prelude_crc
+                zlib.crc32(buffer[start : start + 8]) != prelude_crc
                 or total < MIN_MESSAGE_BYTES
                 or total > MAX_MESSAGE_BYTES
                 or headers_length > MAX_HEADERS_BYTES
@@ -105,7 +110,7 @@ class EventStreamDecoder:
                 return self._break(messages)
             if size - start < total:
                 break
-            raw = bytes(buffer[start:start + total])
+            raw = bytes(buffer[start : start + total])
             message = _decode(raw, headers_length)
             if message is None:
                 return self._break(messages)
@@ -135,7 +140,7 @@ def _decode(raw: bytes, headers_length: int) -> EventStreamMessage | None:
     headers = _headers(raw, PRELUDE_BYTES, PRELUDE_BYTES + headers_length)
     if headers is None:
         return None
-    return EventStreamMessage(headers, raw[PRELUDE_BYTES + headers_length:-4], raw)
+    return EventStreamMessage(headers, raw[PRELUDE_BYTES + headers_length : -4], raw)
 
 
 def _headers(raw: bytes, pos: int, end: int) -> dict[str, HeaderValue] | None:
@@ -144,7 +149,7 @@ def _headers(raw: bytes, pos: int, end: int) -> dict[str, HeaderValue] | None:
     try:
         while pos < end:
             name_length = raw[pos]
-            name = raw[pos + 1:pos + 1 + name_length].decode("utf-8")
+            name = raw[pos + 1 : pos + 1 + name_length].decode("utf-8")
             pos += 1 + name_length
             kind = raw[pos]
             pos += 1
@@ -158,11 +163,11 @@ def _headers(raw: bytes, pos: int, end: int) -> dict[str, HeaderValue] | None:
                 value = _EPOCH + timedelta(milliseconds=number) if kind == 8 else number
             elif kind == 6 or kind == 7:
                 (length,) = _U16.unpack_from(raw, pos)
-                data = raw[pos + 2:pos + 2 + length]
+                data = raw[pos + 2 : pos + 2 + length]
                 pos += 2 + length
                 value = data.decode("utf-8") if kind == 7 else data
             elif kind == 9:
-                value = uuid.UUID(bytes=raw[pos:pos + 16])
+                value = uuid.UUID(bytes=raw[pos : pos + 16])
                 pos += 16
             else:
                 return None
@@ -184,18 +189,24 @@ def encode_message(headers: Mapping[str, HeaderValue], payload: bytes) -> bytes:
     return body + _U32.pack(zlib.crc32(body))
 
 
-def event_message(event_type: str, payload: bytes,
-                  content_type: str = "application/json") -> bytes:
+def event_message(event_type: str, payload: bytes, content_type: str = "application/json") -> bytes:
     """An `event` message as Bedrock frames it."""
-    return encode_message({":event-type": event_type, ":content-type": content_type,
-                           ":message-type": "event"}, payload)
+    return encode_message(
+        {":event-type": event_type, ":content-type": content_type, ":message-type": "event"},
+        payload,
+    )
 
 
 def exception_message(exception_type: str, payload: bytes) -> bytes:
     """An `exception` message (an error the service reports mid-stream)."""
-    return encode_message({":exception-type": exception_type,
-                           ":content-type": "application/json",
-                           ":message-type": "exception"}, payload)
+    return encode_message(
+        {
+            ":exception-type": exception_type,
+            ":content-type": "application/json",
+            ":message-type": "exception",
+        },
+        payload,
+    )
 
 
 def _encode_header(name: str, value: HeaderValue) -> bytes:

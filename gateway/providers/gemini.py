@@ -46,21 +46,45 @@ KEY_PARAM = "key"
 def _routes(version: str) -> tuple[Endpoint, ...]:
     def route(method: str, *, streams: bool = False, metered: bool = True) -> Endpoint:
         path = f"/{version}/models/{{model}}:{method}"
-        return Endpoint(method, "POST", path, path, metered=metered, streams=streams,
-                        needs_model=False, model_param="model")
+        return Endpoint(
+            method,
+            "POST",
+            path,
+            path,
+            metered=metered,
+            streams=streams,
+            needs_model=False,
+            model_param="model",
+        )
 
-    return (route(GENERATE), route(STREAM, streams=True), route(COUNT_TOKENS, metered=False),
-            route(EMBED), route(BATCH_EMBED))
+    return (
+        route(GENERATE),
+        route(STREAM, streams=True),
+        route(COUNT_TOKENS, metered=False),
+        route(EMBED),
+        route(BATCH_EMBED),
+    )
 
 
 ENDPOINTS = (*_routes("v1beta"), *_routes("v1"))
 
 # HTTP status -> the canonical status name Google APIs put in `error.status`.
 _STATUS_NAMES = {
-    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 402: "FAILED_PRECONDITION",
-    403: "PERMISSION_DENIED", 404: "NOT_FOUND", 405: "NOT_FOUND", 408: "DEADLINE_EXCEEDED",
-    409: "ABORTED", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED",
-    500: "INTERNAL", 501: "UNIMPLEMENTED", 502: "UNAVAILABLE", 503: "UNAVAILABLE",
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    402: "FAILED_PRECONDITION",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    409: "ABORTED",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
 
@@ -136,10 +160,12 @@ class GeminiApi(DefaultHooks):
             return value
         return None
 
-    def error_body(self, status: int, error_type: str, message: str,
-                   code: str | None, param: str | None) -> bytes:
+    def error_body(
+        self, status: int, error_type: str, message: str, code: str | None, param: str | None
+    ) -> bytes:
         return orjson.dumps(
-            {"error": {"code": status, "message": message, "status": status_name(status)}})
+            {"error": {"code": status, "message": message, "status": status_name(status)}}
+        )
 
 
 def _prompt_parts(endpoint: Endpoint, body: Mapping[str, Any]) -> Iterator[str]:

@@ -40,8 +40,10 @@ _FINISH_KEY = b'"finishReason"'
 
 def gemini_usage(value: Any, *, embedding: bool = False) -> Usage | None:
     """A `usageMetadata` object as Usage; None when `value` holds no token count."""
-    if not isinstance(value, dict) or ("promptTokenCount" not in value and not (
-            "candidatesTokenCount" in value or "totalTokenCount" in value)):
+    if not isinstance(value, dict) or (
+        "promptTokenCount" not in value
+        and not ("candidatesTokenCount" in value or "totalTokenCount" in value)
+    ):
         return None
     prompt = count(value.get("promptTokenCount")) + count(value.get("toolUsePromptTokenCount"))
     if embedding:

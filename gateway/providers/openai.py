@@ -35,8 +35,9 @@ from gateway.providers.common import (
 from gateway.providers.defaults import DefaultHooks
 from gateway.providers.openai_stream import ChatStreamMeter, ResponsesStreamMeter, openai_usage
 
-CHAT = Endpoint("chat.completions", "POST", "/v1/chat/completions", "/chat/completions",
-                streams=True)
+CHAT = Endpoint(
+    "chat.completions", "POST", "/v1/chat/completions", "/chat/completions", streams=True
+)
 COMPLETIONS = Endpoint("completions", "POST", "/v1/completions", "/completions", streams=True)
 EMBEDDINGS = Endpoint("embeddings", "POST", "/v1/embeddings", "/embeddings")
 RESPONSES = Endpoint("responses", "POST", "/v1/responses", "/responses", streams=True)
@@ -107,8 +108,9 @@ class OpenAIApi(DefaultHooks):
                 return value
         return None
 
-    def error_body(self, status: int, error_type: str, message: str,
-                   code: str | None, param: str | None) -> bytes:
+    def error_body(
+        self, status: int, error_type: str, message: str, code: str | None, param: str | None
+    ) -> bytes:
         return orjson.dumps(
             {"error": {"message": message, "type": error_type, "param": param, "code": code}}
         )
@@ -175,7 +177,6 @@ def _content_texts(content: Any) -> Iterator[str]:
             text = obj(part).get("text")
             if isinstance(text, str):
                 yield text
-
 
 
 def _tool_definitions(body: Mapping[str, Any]) -> Iterator[str]:

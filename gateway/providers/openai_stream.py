@@ -67,14 +67,23 @@ def openai_usage(value: Any) -> Usage | None:
     cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     details = value.get(output_details)
     reasoning = _count(details.get("reasoning_tokens")) if isinstance(details, dict) else 0
-    return Usage(input_tokens, output_tokens, min(cached, input_tokens), 0,
-                 min(reasoning, output_tokens))
+    return Usage(
+        input_tokens, output_tokens, min(cached, input_tokens), 0, min(reasoning, output_tokens)
+    )
 
 
-_CHAT_NAMES = ("prompt_tokens", "completion_tokens", "prompt_tokens_details",
-               "completion_tokens_details")
-_RESPONSES_NAMES = ("input_tokens", "output_tokens", "input_tokens_details",
-                    "output_tokens_details")
+_CHAT_NAMES = (
+    "prompt_tokens",
+    "completion_tokens",
+    "prompt_tokens_details",
+    "completion_tokens_details",
+)
+_RESPONSES_NAMES = (
+    "input_tokens",
+    "output_tokens",
+    "input_tokens_details",
+    "output_tokens_details",
+)
 
 
 def _count(value: Any) -> int:
@@ -202,7 +211,6 @@ def _chat_texts(chunk: Mapping[str, Any]) -> Iterator[str]:
         for call in calls if isinstance(calls, list) else ():
             yield from function_texts(obj(call).get("function"))
         yield from function_texts(delta.get("function_call"))
-
 
 
 def _response_texts(event: Mapping[str, Any]) -> Iterator[str]:

@@ -28,8 +28,13 @@ from gateway.providers.bedrock import BedrockApi
 from gateway.providers.gemini import GeminiApi
 from gateway.providers.openai import OpenAIApi
 
-ALL_APIS: tuple[ProviderApi, ...] = (OpenAIApi(), AnthropicApi(), AzureOpenAIApi(), GeminiApi(),
-                                      BedrockApi())
+ALL_APIS: tuple[ProviderApi, ...] = (
+    OpenAIApi(),
+    AnthropicApi(),
+    AzureOpenAIApi(),
+    GeminiApi(),
+    BedrockApi(),
+)
 KINDS: tuple[str, ...] = tuple(api.kind for api in ALL_APIS)
 
 if TYPE_CHECKING:
@@ -66,7 +71,7 @@ def compile_template(path: str) -> re.Pattern[str]:
     """`path` as a pattern whose `{name}` groups each match within one segment."""
     pattern, last = [], 0
     for found in _PARAM.finditer(path):
-        pattern.append(re.escape(path[last:found.start()]))
+        pattern.append(re.escape(path[last : found.start()]))
         pattern.append(f"(?P<{found.group(1)}>[^/]+)")
         last = found.end()
     pattern.append(re.escape(path[last:]))
@@ -88,9 +93,10 @@ def _tables() -> tuple[dict[str, Route], tuple[Template, ...]]:
             for path in (endpoint.path, *endpoint.aliases):
                 if "{" in path:
                     assert all(t.path != path for t in templated), f"{path} is declared twice"
-                    prefix = path[:path.index("{")]
-                    templated.append(Template(path, prefix, compile_template(path),
-                                              (api, endpoint)))
+                    prefix = path[: path.index("{")]
+                    templated.append(
+                        Template(path, prefix, compile_template(path), (api, endpoint))
+                    )
                 else:
                     assert path not in exact, f"{path} is declared twice"
                     exact[path] = (api, endpoint)

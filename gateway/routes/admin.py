@@ -45,8 +45,12 @@ async def create_customer(request: web.Request, admin: Admin) -> Any:
     if not customer_id:
         raise InvalidRequestError("id is required", param="id")
     customer = await admin.create_customer(
-        customer_id, tier=text_field(body, "tier"), name=text_field(body, "name"),
-        email=text_field(body, "email"), stripe_customer_id=text_field(body, "stripe_customer_id"))
+        customer_id,
+        tier=text_field(body, "tier"),
+        name=text_field(body, "name"),
+        email=text_field(body, "email"),
+        stripe_customer_id=text_field(body, "stripe_customer_id"),
+    )
     return customer_json(customer)
 
 
@@ -73,8 +77,11 @@ async def create_key(request: web.Request, admin: Admin) -> Any:
     if not customer_id:
         raise InvalidRequestError("customer_id is required", param="customer_id")
     record, plaintext = await admin.create_key(
-        customer_id, project_id=text_field(body, "project_id"), user_id=text_field(body, "user_id"),
-        name=text_field(body, "name"))
+        customer_id,
+        project_id=text_field(body, "project_id"),
+        user_id=text_field(body, "user_id"),
+        name=text_field(body, "name"),
+    )
     return {**key_json(record), "key": plaintext}
 
 
@@ -84,10 +91,13 @@ async def revoke_key(request: web.Request, admin: Admin) -> Any:
 
 
 async def usage_summary(request: web.Request, admin: Admin) -> Any:
-    result = await summarize(request.app[keys.pool], days=days_param(request),
-                             customer_id=request.query.get("customer") or None,
-                             project_id=request.query.get("project") or None,
-                             model=request.query.get("model") or None)
+    result = await summarize(
+        request.app[keys.pool],
+        days=days_param(request),
+        customer_id=request.query.get("customer") or None,
+        project_id=request.query.get("project") or None,
+        model=request.query.get("model") or None,
+    )
     return result.to_json()
 
 

@@ -35,14 +35,17 @@ def check_admin_token(request: web.Request) -> None:
         raise AdminForbiddenError(f"The admin API is disabled: set {env} to enable it.")
     auth = request.headers.get("Authorization", "")
     scheme, _, given = auth.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                            expected.encode()):
-        raise AuthenticationError("A valid admin token is required for /admin routes.",
-                                  code="invalid_admin_token")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), expected.encode()
+    ):
+        raise AuthenticationError(
+            "A valid admin token is required for /admin routes.", code="invalid_admin_token"
+        )
 
 
-def admin_route(handler: AdminHandler, status: int = 200) -> Callable[[web.Request],
-                                                                          Awaitable[web.Response]]:
+def admin_route(
+    handler: AdminHandler, status: int = 200
+) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def route(request: web.Request) -> web.Response:
         check_admin_token(request)
         settings = request.app[keys.runtime].current.settings

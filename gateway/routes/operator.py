@@ -56,8 +56,10 @@ async def health(request: web.Request) -> web.Response:
     settings = app[keys.runtime].current.settings
     watcher = app.get(keys.config_watcher)
     config_error = watcher.error if watcher is not None else None
-    config: dict[str, Any] = {"state": "error" if config_error else "ok",
-                              "hash": settings.source_hash}
+    config: dict[str, Any] = {
+        "state": "error" if config_error else "ok",
+        "hash": settings.source_hash,
+    }
     if config_error:
         config["error"] = config_error  # the refused file's problem; the old config runs
     # Keys changed on disk that this process applies only when it restarts (names, no values).
@@ -90,9 +92,14 @@ async def list_models(request: web.Request) -> web.Response:
             {"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}
             for m in models
         ]
-        return json_response({"data": data, "has_more": False,
-                      "first_id": models[0] if models else None,
-                      "last_id": models[-1] if models else None})
+        return json_response(
+            {
+                "data": data,
+                "has_more": False,
+                "first_id": models[0] if models else None,
+                "last_id": models[-1] if models else None,
+            }
+        )
     owned = [{"id": m, "object": "model", "created": 0, "owned_by": "tollbooth"} for m in models]
     return json_response({"object": "list", "data": owned})
 
@@ -100,7 +107,9 @@ async def list_models(request: web.Request) -> web.Response:
 async def summary(request: web.Request) -> web.Response:
     principal = await request.app[keys.authenticator].authenticate(request.headers)
     result = await usage_summary(
-        request.app[keys.pool], days=days_param(request), customer_id=principal.customer_id,
+        request.app[keys.pool],
+        days=days_param(request),
+        customer_id=principal.customer_id,
         project_id=request.query.get("project") or None,
         model=request.query.get("model") or None,
     )

@@ -62,23 +62,30 @@ def _limit(request: web.Request) -> int:
     except ValueError:
         raise InvalidRequestError("limit must be a whole number", param="limit") from None
     if not 1 <= limit <= MAX_EVENTS_LIMIT:
-        raise InvalidRequestError(f"limit must be between 1 and {MAX_EVENTS_LIMIT}",
-                                  param="limit")
+        raise InvalidRequestError(f"limit must be between 1 and {MAX_EVENTS_LIMIT}", param="limit")
     return limit
 
 
 async def _daily(request: web.Request, period: Period) -> dict[str, Any]:
     daily = await usage_daily(
-        request.app[keys.pool], days=period.period_days, customer_id=period.customer_id,
-        project_id=period.filters.project_id, model=period.filters.model, now=period.until,
+        request.app[keys.pool],
+        days=period.period_days,
+        customer_id=period.customer_id,
+        project_id=period.filters.project_id,
+        model=period.filters.model,
+        now=period.until,
     )
     return daily.to_json()
 
 
 async def _projects(request: web.Request, period: Period) -> dict[str, Any]:
     report = await usage_projects(
-        request.app[keys.pool], days=period.period_days, customer_id=period.customer_id,
-        project_id=period.filters.project_id, model=period.filters.model, now=period.until,
+        request.app[keys.pool],
+        days=period.period_days,
+        customer_id=period.customer_id,
+        project_id=period.filters.project_id,
+        model=period.filters.model,
+        now=period.until,
     )
     return report.to_json()
 

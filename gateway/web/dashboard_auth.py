@@ -78,12 +78,18 @@ def admin_session(request: web.Request) -> Session:
     return session
 
 
-def _form(request: web.Request, *, status: int = 200, error: str | None = None
-          ) -> web.Response:
+def _form(request: web.Request, *, status: int = 200, error: str | None = None) -> web.Response:
     token = new_login_csrf()
     response = render(request, "dashboard_login.html", status=status, csrf=token, error=error)
-    response.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=3600, httponly=True,
-                        samesite="Strict", secure=request.secure, path=LOGIN_PATH)
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        token,
+        max_age=3600,
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+        path=LOGIN_PATH,
+    )
     return response
 
 
@@ -129,18 +135,27 @@ async def login(request: web.Request) -> web.Response:
     if not csrf_ok(request.cookies.get(LOGIN_CSRF_COOKIE), form.get("csrf")):
         return message(request, 403, "The sign-in form expired. Reload the page and retry.")
     given = form.get("token")
-    if not isinstance(given, str) or not hmac.compare_digest(given.strip().encode(),
-                                                            expected.encode()):
+    if not isinstance(given, str) or not hmac.compare_digest(
+        given.strip().encode(), expected.encode()
+    ):
         await _count_failure(request)
         log.warning("dashboard sign-in refused from %s", request.remote)
         return _form(request, status=401, error="That token is not the admin token.")
     codec = request.app[web_keys.sessions]
     session = codec.new("admin", None, None, ADMIN_SESSION_TTL)
-    response = web.Response(status=303, headers={"Location": BASE, "Cache-Control": "no-store",
-                                                 "Referrer-Policy": "no-referrer"})
-    response.set_cookie(COOKIE_NAMES["admin"], codec.encode(session),
-                        max_age=int(ADMIN_SESSION_TTL.total_seconds()), httponly=True,
-                        samesite="Strict", secure=request.secure, path=BASE)
+    response = web.Response(
+        status=303,
+        headers={"Location": BASE, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )
+    response.set_cookie(
+        COOKIE_NAMES["admin"],
+        codec.encode(session),
+        max_age=int(ADMIN_SESSION_TTL.total_seconds()),
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+        path=BASE,
+    )
     response.del_cookie(LOGIN_CSRF_COOKIE, path=LOGIN_PATH)
     return response
 

@@ -33,8 +33,17 @@ from storage.reports.dashboard_queries import CustomerUsage, customers_usage
 from storage.reports.usage_queries import UsageTotals
 
 PAGE_SIZE = 100
-SORT_KEYS = ("customer", "name", "tier", "status", "requests", "tokens", "spend", "share",
-             "last_activity")
+SORT_KEYS = (
+    "customer",
+    "name",
+    "tier",
+    "status",
+    "requests",
+    "tokens",
+    "spend",
+    "share",
+    "last_activity",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +94,20 @@ def limit_share(totals: UsageTotals, tier: TierConfig | None) -> tuple[Decimal |
     candidates: list[tuple[Decimal, str]] = []
     for name, used, limit in (
         ("requests_per_month", Decimal(totals.requests), limits.requests_per_month),
-        ("tokens_per_month", Decimal(totals.input_tokens + totals.output_tokens),
-         limits.tokens_per_month),
+        (
+            "tokens_per_month",
+            Decimal(totals.input_tokens + totals.output_tokens),
+            limits.tokens_per_month,
+        ),
         ("spend_per_month_usd", totals.price_usd, limits.spend_per_month_usd),
     ):
         if limit is None:
             continue
-        share = Decimal(1) if limit == 0 and used > 0 else (
-            Decimal(0) if limit == 0 else used / Decimal(limit))
+        share = (
+            Decimal(1)
+            if limit == 0 and used > 0
+            else (Decimal(0) if limit == 0 else used / Decimal(limit))
+        )
         candidates.append((share, name))
     if not candidates:
         return None, None
@@ -100,18 +115,31 @@ def limit_share(totals: UsageTotals, tier: TierConfig | None) -> tuple[Decimal |
 
 
 def _row(usage: CustomerUsage, tiers: dict[str, TierConfig], monthly: bool) -> CustomerRow:
-    share, limit = limit_share(usage.totals, tiers.get(usage.tier or "")) if monthly \
-        else (None, None)
+    share, limit = (
+        limit_share(usage.totals, tiers.get(usage.tier or "")) if monthly else (None, None)
+    )
     status = "unknown" if usage.tier is None else ("suspended" if usage.suspended else "active")
-    return CustomerRow(usage.customer_id, usage.name, usage.tier, status, usage.totals, share,
-                       limit, usage.last_activity)
+    return CustomerRow(
+        usage.customer_id,
+        usage.name,
+        usage.tier,
+        status,
+        usage.totals,
+        share,
+        limit,
+        usage.last_activity,
+    )
 
 
 _SORT_VALUES: dict[str, Callable[[CustomerRow], Any]] = {
-    "customer": lambda r: r.customer_id, "name": lambda r: (r.name or "").lower(),
-    "tier": lambda r: r.tier or "", "status": lambda r: r.status,
-    "requests": lambda r: r.totals.requests, "tokens": lambda r: r.tokens,
-    "spend": lambda r: r.totals.price_usd, "share": lambda r: r.share,
+    "customer": lambda r: r.customer_id,
+    "name": lambda r: (r.name or "").lower(),
+    "tier": lambda r: r.tier or "",
+    "status": lambda r: r.status,
+    "requests": lambda r: r.totals.requests,
+    "tokens": lambda r: r.tokens,
+    "spend": lambda r: r.totals.price_usd,
+    "share": lambda r: r.share,
     "last_activity": lambda r: r.last_activity,
 }
 
@@ -132,8 +160,12 @@ def sort_rows(rows: list[CustomerRow], sort: str, order: str) -> list[CustomerRo
 
 def total(rows: list[CustomerRow]) -> UsageTotals:
     """The rows' totals added column by column (one pass per column, not per row)."""
-    return UsageTotals(**{name: sum(getattr(row.totals, name) for row in rows)
-                          for name in UsageTotals.__dataclass_fields__})
+    return UsageTotals(
+        **{
+            name: sum(getattr(row.totals, name) for row in rows)
+            for name in UsageTotals.__dataclass_fields__
+        }
+    )
 
 
 def matches(row: CustomerRow, q: str) -> bool:
@@ -160,6 +192,5 @@ async def customers_view(
     found = sort_rows([row for row in rows if not q or matches(row, q)], sort, order)
     pages = max(1, -(-len(found) // page_size))
     page = min(max(page, 1), pages)
-    shown = found[(page - 1) * page_size: page * page_size]
-    return CustomersView(period, totals, len(rows), len(found), shown, page, pages, sort, order,
-                         q)
+    shown = found[(page - 1) * page_size : page * page_size]
+    return CustomersView(period, totals, len(rows), len(found), shown, page, pages, sort, order, q)

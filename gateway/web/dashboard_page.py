@@ -12,9 +12,19 @@ from gateway.web.sessions import Session
 
 def layout(session: Session, period: ViewPeriod, active: str) -> dict[str, Any]:
     query = urlencode(period.query())
-    nav = [{"href": f"{href}?{query}", "label": label, "active": name == active}
-           for name, href, label in (("customers", BASE, "Customers"),
-                                     ("system", f"{BASE}/system", "System"))]
-    return {"nav": nav, "csrf": session.csrf, "period": period,
-            "period_labels": PERIOD_LABELS, "tz_name": period.tz_name,
-            "period_query": query, "active": active}
+    nav = [
+        {"href": f"{href}?{query}", "label": label, "active": name == active}
+        for name, href, label in (
+            ("customers", BASE, "Customers"),
+            ("system", f"{BASE}/system", "System"),
+        )
+    ]
+    return {
+        "nav": nav,
+        "csrf": session.csrf,
+        "period": period,
+        "period_labels": PERIOD_LABELS,
+        "tz_name": period.tz_name,
+        "period_query": query,
+        "active": active,
+    }

@@ -60,8 +60,11 @@ def summarize(lines: list[ReconcileLine]) -> list[MeterTotal]:
 
 def month_of(day: datetime) -> tuple[datetime, datetime]:
     start = day.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    following = start.replace(year=start.year + 1, month=1) if start.month == 12 \
+    following = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
         else start.replace(month=start.month + 1)
+    )
     return start, following
 
 
@@ -75,9 +78,21 @@ async def reconcile_page(request: web.Request) -> web.Response:
         return message(request, 404, "Stripe is not configured (billing.stripe).")
     period = view_period(request)
     start, end = month_of(period.since)
-    lines = await reconcile(request.app[keys.pool], start=start, end=end,
-                            window_s=stripe.window_s, meters=stripe.meters,
-                            version=stripe.version, import_since=stripe.import_since)
-    return render(request, "dashboard_reconcile.html", month=start, meters=summarize(lines),
-                  customers=len({line.customer_id for line in lines}), max_shown=MAX_SHOWN,
-                  **layout(session, period, "system"))
+    lines = await reconcile(
+        request.app[keys.pool],
+        start=start,
+        end=end,
+        window_s=stripe.window_s,
+        meters=stripe.meters,
+        version=stripe.version,
+        import_since=stripe.import_since,
+    )
+    return render(
+        request,
+        "dashboard_reconcile.html",
+        month=start,
+        meters=summarize(lines),
+        customers=len({line.customer_id for line in lines}),
+        max_shown=MAX_SHOWN,
+        **layout(session, period, "system"),
+    )

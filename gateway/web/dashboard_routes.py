@@ -73,8 +73,14 @@ async def customers_page(request: web.Request) -> web.Response:
     order = request.query.get("order") or ("asc" if sort in ("customer", "name") else "desc")
     try:
         view = await customers_view(
-            request.app[keys.pool], request.app[keys.runtime].current.settings.tiers, period,
-            q=request.query.get("q", ""), sort=sort, order=order, page=_int(request, "page", 1))
+            request.app[keys.pool],
+            request.app[keys.runtime].current.settings.tiers,
+            period,
+            q=request.query.get("q", ""),
+            sort=sort,
+            order=order,
+            page=_int(request, "page", 1),
+        )
     except ValueError as exc:
         raise BadParameter(str(exc)) from None
     base = {**period.query(), **({"q": view.q} if view.q else {})}
@@ -87,18 +93,25 @@ async def customers_page(request: web.Request) -> web.Response:
         query = {**base, "sort": view.sort, "order": view.order, "page": number}
         return f"{BASE}?{urlencode(query)}"
 
-    return render(request, "dashboard_customers.html", view=view, headline=HEADLINE,
-                  sort_urls={key: sort_url(key) for key in SORT_KEYS}, page_url=page_url,
-                  customer_url=lambda cid: f"{BASE}/customers/{cid}?{urlencode(period.query())}",
-                  **layout(session, period, "customers"))
+    return render(
+        request,
+        "dashboard_customers.html",
+        view=view,
+        headline=HEADLINE,
+        sort_urls={key: sort_url(key) for key in SORT_KEYS},
+        page_url=page_url,
+        customer_url=lambda cid: f"{BASE}/customers/{cid}?{urlencode(period.query())}",
+        **layout(session, period, "customers"),
+    )
 
 
 async def system_page(request: web.Request) -> web.Response:
     session = admin_session(request)
     period = view_period(request)
     context = await system_view(request.app, period)
-    return render(request, "dashboard_system.html",
-                  **{**context, **layout(session, period, "system")})
+    return render(
+        request, "dashboard_system.html", **{**context, **layout(session, period, "system")}
+    )
 
 
 async def customer_page(request: web.Request) -> web.Response:
@@ -109,14 +122,29 @@ async def customer_page(request: web.Request) -> web.Response:
         return message(request, 404, "No such customer.")
     project_id = request.query.get("project") or None
     context = await overview(request.app, customer_id, project_id, period)
-    rows, _ = await events_page(request.app[keys.pool], since=period.since, until=period.until,
-                                limit=RECENT_EVENTS, cursor=None,
-                                usage_filter=UsageFilter(customer_id, project_id), status=None)
-    events = [{**dict(row), "time_text": row["created_at"].astimezone(period.tz)
-               .strftime("%Y-%m-%d %H:%M:%S")} for row in rows]
-    return render(request, "dashboard_customer.html", events=events,
-                  key_names=await key_names(request.app, customer_id),
-                  **{**context, **layout(session, period, "customers")})
+    rows, _ = await events_page(
+        request.app[keys.pool],
+        since=period.since,
+        until=period.until,
+        limit=RECENT_EVENTS,
+        cursor=None,
+        usage_filter=UsageFilter(customer_id, project_id),
+        status=None,
+    )
+    events = [
+        {
+            **dict(row),
+            "time_text": row["created_at"].astimezone(period.tz).strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        for row in rows
+    ]
+    return render(
+        request,
+        "dashboard_customer.html",
+        events=events,
+        key_names=await key_names(request.app, customer_id),
+        **{**context, **layout(session, period, "customers")},
+    )
 
 
 async def portal_link(request: web.Request) -> web.Response:
@@ -133,13 +161,24 @@ async def portal_link(request: web.Request) -> web.Response:
     project_id = (project.strip() or None) if isinstance(project, str) else None
     # As POST /admin/portal-links issues it (gateway.web.portal_link_route).
     portal = request.app[keys.runtime].current.settings.portal
-    token, expires = issue_link(request.app[web_keys.link_signer], customer.id, project_id,
-                                ttl=timedelta(seconds=portal.link_ttl_s),
-                                now=request.app[web_keys.clock]())
+    token, expires = issue_link(
+        request.app[web_keys.link_signer],
+        customer.id,
+        project_id,
+        ttl=timedelta(seconds=portal.link_ttl_s),
+        now=request.app[web_keys.clock](),
+    )
     url = link_url(portal.base_url or str(request.url.origin()), token)
     period = view_period(request)
-    return render(request, "dashboard_link.html", customer=customer, project_id=project_id,
-                  url=url, expires_at=expires, **layout(session, period, "customers"))
+    return render(
+        request,
+        "dashboard_link.html",
+        customer=customer,
+        project_id=project_id,
+        url=url,
+        expires_at=expires,
+        **layout(session, period, "customers"),
+    )
 
 
 def _page(handler: Handler) -> Handler:

@@ -37,14 +37,20 @@ TOP_MODELS = 10
 _TICK = timedelta(microseconds=1)
 
 
-def _traffic_chart(series: list[MinuteCounts], tiers: list[str], refused: bool
-                   ) -> dict[str, Any]:
+def _traffic_chart(series: list[MinuteCounts], tiers: list[str], refused: bool) -> dict[str, Any]:
     labels = [datetime.fromtimestamp(m.minute * 60, UTC).strftime("%H:%M") for m in series]
     return {
-        "labels": labels, "unit": "requests",
-        "series": [{"label": tier, "values": [
-            str((m.refused if refused else m.requests).get(tier, 0)) for m in series]}
-            for tier in tiers],
+        "labels": labels,
+        "unit": "requests",
+        "series": [
+            {
+                "label": tier,
+                "values": [
+                    str((m.refused if refused else m.requests).get(tier, 0)) for m in series
+                ],
+            }
+            for tier in tiers
+        ],
     }
 
 
@@ -53,21 +59,34 @@ def _config_state(app: web.Application) -> dict[str, Any]:
     watcher = app.get(keys.config_watcher)
     error = watcher.error if watcher is not None else None
     restart = list(getattr(watcher, "restart_required", []) or []) if watcher else []
-    return {"state": "error" if error else "ok", "hash": settings.source_hash,
-            "error": error, "restart_required": restart, "watching": watcher is not None}
+    return {
+        "state": "error" if error else "ok",
+        "hash": settings.source_hash,
+        "error": error,
+        "restart_required": restart,
+        "watching": watcher is not None,
+    }
 
 
 def _writer_state(app: web.Application) -> dict[str, Any]:
     writer = app[keys.writer]
-    return {"backlog": writer.backlog, "journal_bytes": writer.journal_bytes,
-            "over_budget": writer.journal_over_budget, "written": writer.written,
-            "dead_lettered": writer.dead_lettered, "events_lost": writer.events_lost}
+    return {
+        "backlog": writer.backlog,
+        "journal_bytes": writer.journal_bytes,
+        "over_budget": writer.journal_over_budget,
+        "written": writer.written,
+        "dead_lettered": writer.dead_lettered,
+        "events_lost": writer.events_lost,
+    }
 
 
 def estimated_share(totals: UsageTotals) -> Decimal:
     """Estimated requests as a fraction of all requests (0 when there are none)."""
-    return Decimal(0) if totals.requests == 0 else (
-        Decimal(totals.estimated_requests) / Decimal(totals.requests))
+    return (
+        Decimal(0)
+        if totals.requests == 0
+        else (Decimal(totals.estimated_requests) / Decimal(totals.requests))
+    )
 
 
 async def system_view(app: web.Application, period: ViewPeriod) -> dict[str, Any]:
@@ -80,19 +99,30 @@ async def system_view(app: web.Application, period: ViewPeriod) -> dict[str, Any
     tiers = traffic.tiers()
     stripe = None
     if settings.billing.stripe is not None:
-        stripe = await stripe_sync_state(pool, since=period.since, until=period.until + _TICK,
-                                         version=settings.billing.stripe.version)
+        stripe = await stripe_sync_state(
+            pool,
+            since=period.since,
+            until=period.until + _TICK,
+            version=settings.billing.stripe.version,
+        )
     share = estimated_share(totals)
     return {
-        "period": period, "totals": totals, "top_models": models[:TOP_MODELS],
+        "period": period,
+        "totals": totals,
+        "top_models": models[:TOP_MODELS],
         "model_count": len(models),
         "unpriced_models": [m for m in models if m.totals.unpriced_requests],
         "estimated_share": share,
         "estimated_percent": decimal_str((share * 100).quantize(Decimal("0.01"))),
         "traffic_tiers": tiers,
         "traffic_recent": list(reversed(series[-15:])),
-        "traffic_totals": {tier: (sum(m.requests.get(tier, 0) for m in series),
-                                  sum(m.refused.get(tier, 0) for m in series)) for tier in tiers},
+        "traffic_totals": {
+            tier: (
+                sum(m.requests.get(tier, 0) for m in series),
+                sum(m.refused.get(tier, 0) for m in series),
+            )
+            for tier in tiers
+        },
         "chart_requests": _traffic_chart(series, tiers, refused=False),
         "chart_refused": _traffic_chart(series, tiers, refused=True),
         "writer": _writer_state(app),

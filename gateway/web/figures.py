@@ -67,6 +67,10 @@ def amount(value: Decimal | int | None) -> str:
 
 
 FILTERS: dict[str, Callable[..., Any]] = {
-    "exact": exact, "digits": digits, "usd": usd, "tokens": tokens, "amount": amount,
+    "exact": exact,
+    "digits": digits,
+    "usd": usd,
+    "tokens": tokens,
+    "amount": amount,
     "money": money,
 }

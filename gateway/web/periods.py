@@ -19,8 +19,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 PERIOD_LABELS = {
-    "this_month": "This month", "last_month": "Last month", "7d": "Last 7 days",
-    "30d": "Last 30 days", "90d": "Last 90 days", "custom": "Custom range",
+    "this_month": "This month",
+    "last_month": "Last month",
+    "7d": "Last 7 days",
+    "30d": "Last 30 days",
+    "90d": "Last 90 days",
+    "custom": "Custom range",
 }
 MAX_CUSTOM_DAYS = 400
 _TICK = timedelta(microseconds=1)
@@ -32,8 +36,9 @@ def parse_zone(name: str | None) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"tz: unknown time zone {name!r} (use an IANA name such as "
-                         "Europe/Paris)") from None
+        raise ValueError(
+            f"tz: unknown time zone {name!r} (use an IANA name such as Europe/Paris)"
+        ) from None
 
 
 def _day(raw: str | None, name: str) -> date:
@@ -78,8 +83,9 @@ class ViewPeriod:
     @property
     def rollups_align(self) -> bool:
         edges = [*self.days(), self.last_day + timedelta(days=1)]
-        return all(self.midnight(day).minute == 0 and self.midnight(day).second == 0
-                   for day in edges)
+        return all(
+            self.midnight(day).minute == 0 and self.midnight(day).second == 0 for day in edges
+        )
 
     def query(self) -> dict[str, str]:
         """The query parameters that select this period again."""

@@ -67,15 +67,18 @@ def _cookie_flags(request: web.Request) -> dict[str, bool]:
     return {"embeddable": bool(portal.frame_ancestors), "secure": portal.secure_cookies}
 
 
-def page(request: web.Request, template: str, *, status: int = 200, **context: object
-         ) -> web.Response:
-    return render(request, template, status=status, frame_ancestors=frame_ancestors(request),
-                  **context)
+def page(
+    request: web.Request, template: str, *, status: int = 200, **context: object
+) -> web.Response:
+    return render(
+        request, template, status=status, frame_ancestors=frame_ancestors(request), **context
+    )
 
 
 def refusal(request: web.Request, status: int, message: str) -> web.Response:
-    return page(request, "portal_message.html", status=status, title="Usage portal",
-                message=message)
+    return page(
+        request, "portal_message.html", status=status, title="Usage portal", message=message
+    )
 
 
 async def _usable(request: web.Request, customer_id: str) -> Customer | None:
@@ -91,14 +94,18 @@ async def portal_viewer(request: web.Request) -> Viewer | None:
     return None if customer is None else Viewer(session, customer)
 
 
-def _signed_in(request: web.Request, customer_id: str, project_id: str | None
-               ) -> web.Response:
+def _signed_in(request: web.Request, customer_id: str, project_id: str | None) -> web.Response:
     codec = request.app[web_keys.sessions]
     ttl = timedelta(seconds=request.app[keys.runtime].current.settings.portal.session_ttl_s)
     session = codec.new("customer", customer_id, project_id, ttl)
-    response = web.Response(status=303, headers={"Location": "/portal",
-                                                 "Cache-Control": "no-store",
-                                                 "Referrer-Policy": "no-referrer"})
+    response = web.Response(
+        status=303,
+        headers={
+            "Location": "/portal",
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
     set_session_cookie(response, request, codec, session, **_cookie_flags(request))
     response.del_cookie(LOGIN_CSRF_COOKIE, path="/portal/login")
     return response
@@ -112,13 +119,17 @@ async def exchange_link(request: web.Request, token: str) -> web.Response:
     return _signed_in(request, grant.customer_id, grant.project_id)
 
 
-def _login_form(request: web.Request, *, status: int = 200, error: str | None = None
-                ) -> web.Response:
+def _login_form(
+    request: web.Request, *, status: int = 200, error: str | None = None
+) -> web.Response:
     token = new_login_csrf()
     response = page(request, "portal_login.html", status=status, csrf=token, error=error)
-    response.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=3600,
-                        **{**cookie_options(request, **_cookie_flags(request)),
-                           "path": "/portal/login"})
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        token,
+        max_age=3600,
+        **{**cookie_options(request, **_cookie_flags(request)), "path": "/portal/login"},
+    )
     return response
 
 

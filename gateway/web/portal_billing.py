@@ -53,18 +53,25 @@ async def invoices_page(request: web.Request) -> web.Response:
     settings = request.app[keys.runtime].current.settings
     invoice = rows = error = None
     try:
-        invoice = await month_invoice(request.app[keys.pool], settings, viewer.customer.id,
-                                      month)
+        invoice = await month_invoice(request.app[keys.pool], settings, viewer.customer.id, month)
         rows = invoice_rows(invoice)
     except InvoiceUnavailable as exc:
         error = str(exc)
     stripe = settings.billing.stripe
-    return page(request, "portal_invoices.html", month=month, is_preview=month == current,
-                invoice=invoice, rows=rows, error=error, current_month=current,
-                months=[current, *recent_months(current, 12)],
-                can_manage=stripe is not None and bool(viewer.customer.stripe_customer_id),
-                show_period=False,
-                **page_context(viewer, period, "invoices"))
+    return page(
+        request,
+        "portal_invoices.html",
+        month=month,
+        is_preview=month == current,
+        invoice=invoice,
+        rows=rows,
+        error=error,
+        current_month=current,
+        months=[current, *recent_months(current, 12)],
+        can_manage=stripe is not None and bool(viewer.customer.stripe_customer_id),
+        show_period=False,
+        **page_context(viewer, period, "invoices"),
+    )
 
 
 async def manage_billing(request: web.Request) -> web.Response:
@@ -81,8 +88,9 @@ async def manage_billing(request: web.Request) -> web.Response:
     api = request.app[stripe_clients].get(config)
     if api is None:
         return refusal(request, 503, "Billing is not available right now; try again later.")
-    return_url = config.portal_return_url or str(request.url.with_path("/portal/invoices")
-                                                 .with_query(None))
+    return_url = config.portal_return_url or str(
+        request.url.with_path("/portal/invoices").with_query(None)
+    )
     try:
         url = await api.create_portal_session(stripe_id, return_url)
     except StripeApiError as exc:

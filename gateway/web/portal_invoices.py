@@ -36,16 +36,22 @@ class InvoiceRow:
     detail: bool = False  # a tier breakdown row under a metered line
 
 
-async def month_invoice(pool: asyncpg.Pool, settings: Settings, customer_id: str,
-                        month: BillingMonth) -> Invoice:
+async def month_invoice(
+    pool: asyncpg.Pool, settings: Settings, customer_id: str, month: BillingMonth
+) -> Invoice:
     tier = await billing_tier(pool, customer_id, month)
     if tier is None:
         raise InvoiceUnavailable("unknown customer")
     if tier not in settings.tiers:
-        raise InvoiceUnavailable(f"this month is billed on tier {tier!r}, which is no longer "
-                                 "offered; contact support for this invoice")
+        raise InvoiceUnavailable(
+            f"this month is billed on tier {tier!r}, which is no longer "
+            "offered; contact support for this invoice"
+        )
     return build_invoice(
-        customer_id=customer_id, month=month, tier=tier, plan=plans_of(settings).get(tier),
+        customer_id=customer_id,
+        month=month,
+        tier=tier,
+        plan=plans_of(settings).get(tier),
         usage=await month_usage(pool, customer_id, month),
         tax_percent=settings.billing.tax.rate_for(customer_id),
         currency=settings.billing.currency,
@@ -61,17 +67,35 @@ def _line_rows(line: InvoiceLine) -> list[InvoiceRow]:
     if charge is None:
         return [InvoiceRow(line.description, "", "", "", "", cents_str(line.amount))]
     included = "unlimited" if charge.included is None else decimal_str(charge.included)
-    unit = ("tiered" if charge.unit_price_usd is None
-            else _unit(charge.unit_price_usd, charge.per_units))
-    rows = [InvoiceRow(line.description, decimal_str(charge.quantity), included,
-                       decimal_str(charge.billable), unit, cents_str(line.amount))]
+    unit = (
+        "tiered"
+        if charge.unit_price_usd is None
+        else _unit(charge.unit_price_usd, charge.per_units)
+    )
+    rows = [
+        InvoiceRow(
+            line.description,
+            decimal_str(charge.quantity),
+            included,
+            decimal_str(charge.billable),
+            unit,
+            cents_str(line.amount),
+        )
+    ]
     if len(charge.tiers) > 1 or (charge.tiers and charge.mode == "volume"):
         for tier in charge.tiers:
             bound = "" if tier.up_to is None else f" up to {decimal_str(tier.up_to)}"
-            rows.append(InvoiceRow(
-                f"{charge.mode} tier above {decimal_str(tier.above)}{bound}", "", "",
-                decimal_str(tier.quantity), _unit(tier.unit_price_usd, charge.per_units),
-                decimal_str(tier.amount_usd), detail=True))
+            rows.append(
+                InvoiceRow(
+                    f"{charge.mode} tier above {decimal_str(tier.above)}{bound}",
+                    "",
+                    "",
+                    decimal_str(tier.quantity),
+                    _unit(tier.unit_price_usd, charge.per_units),
+                    decimal_str(tier.amount_usd),
+                    detail=True,
+                )
+            )
     return rows
 
 
@@ -79,10 +103,14 @@ def invoice_rows(invoice: Invoice) -> list[InvoiceRow]:
     """The invoice's rows as `tollbooth billing invoice` prints them, totals last."""
     rows = [row for line in invoice.lines for row in _line_rows(line)]
     rows.append(InvoiceRow("Subtotal", "", "", "", "", cents_str(invoice.subtotal)))
-    rows.append(InvoiceRow(f"Tax ({decimal_str(invoice.tax_percent)}%)", "", "", "", "",
-                           cents_str(invoice.tax)))
-    rows.append(InvoiceRow(f"Total {invoice.currency.upper()}", "", "", "", "",
-                           cents_str(invoice.total)))
+    rows.append(
+        InvoiceRow(
+            f"Tax ({decimal_str(invoice.tax_percent)}%)", "", "", "", "", cents_str(invoice.tax)
+        )
+    )
+    rows.append(
+        InvoiceRow(f"Total {invoice.currency.upper()}", "", "", "", "", cents_str(invoice.total))
+    )
     return rows
 
 

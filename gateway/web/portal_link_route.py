@@ -33,13 +33,19 @@ async def create_portal_link(request: web.Request, admin: Admin) -> Any:
     portal = request.app[keys.runtime].current.settings.portal
     ttl_s = body.get("ttl_s", portal.link_ttl_s)
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 60 <= ttl_s <= MAX_TTL_S:
-        raise InvalidRequestError(f"ttl_s must be a whole number of seconds, 60 to {MAX_TTL_S}",
-                                  param="ttl_s")
+        raise InvalidRequestError(
+            f"ttl_s must be a whole number of seconds, 60 to {MAX_TTL_S}", param="ttl_s"
+        )
     customer = await admin.get_customer(customer_id)
     if customer.suspended:
         raise ConflictError(f"customer {customer_id!r} is suspended; its link would not open")
-    token, expires = issue_link(request.app[web_keys.link_signer], customer.id, project_id,
-                                ttl=timedelta(seconds=ttl_s), now=request.app[web_keys.clock]())
+    token, expires = issue_link(
+        request.app[web_keys.link_signer],
+        customer.id,
+        project_id,
+        ttl=timedelta(seconds=ttl_s),
+        now=request.app[web_keys.clock](),
+    )
     base = portal.base_url or str(request.url.origin())
     return {"url": link_url(base, token), "expires_at": expires.isoformat()}
 

@@ -26,12 +26,19 @@ class PortalGrant:
     expires_at: datetime
 
 
-def issue_link(signer: Signer, customer_id: str, project_id: str | None, *, ttl: timedelta,
-               now: datetime) -> tuple[str, datetime]:
+def issue_link(
+    signer: Signer, customer_id: str, project_id: str | None, *, ttl: timedelta, now: datetime
+) -> tuple[str, datetime]:
     """(token, expires_at) for a link valid `ttl` from `now` (whole seconds)."""
     expires = (now + ttl).replace(microsecond=0)
-    token = signer.sign({"c": customer_id, "p": project_id, "exp": int(expires.timestamp()),
-                         "n": secrets.token_urlsafe(12)})
+    token = signer.sign(
+        {
+            "c": customer_id,
+            "p": project_id,
+            "exp": int(expires.timestamp()),
+            "n": secrets.token_urlsafe(12),
+        }
+    )
     return token, expires
 
 
@@ -40,8 +47,11 @@ def verify_link(signer: Signer, token: str, *, now: datetime) -> PortalGrant | N
     if payload is None:
         return None
     customer, project, exp = payload.get("c"), payload.get("p"), payload.get("exp")
-    if not isinstance(customer, str) or not isinstance(project, str | None) \
-            or not isinstance(exp, int):
+    if (
+        not isinstance(customer, str)
+        or not isinstance(project, str | None)
+        or not isinstance(exp, int)
+    ):
         return None
     expires = datetime.fromtimestamp(exp, UTC)
     if expires <= now:

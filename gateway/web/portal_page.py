@@ -37,11 +37,23 @@ async def viewer_or_login(request: web.Request) -> Viewer:
 def page_context(viewer: Viewer, period: ViewPeriod, active: str) -> dict[str, Any]:
     """What every portal page's layout needs: nav, the viewer, the period picker."""
     query = urlencode(period.query())
-    nav = [{"href": f"{href}?{query}", "label": label, "active": name == active}
-           for name, href, label in (("overview", "/portal", "Overview"),
-                                     ("events", "/portal/events", "Events"),
-                                     ("invoices", "/portal/invoices", "Invoices"))
-           if name != "invoices" or viewer.project_id is None]
-    return {"nav": nav, "viewer": viewer, "customer": viewer.customer,
-            "csrf": viewer.session.csrf, "period": period, "period_labels": PERIOD_LABELS,
-            "tz_name": period.tz_name, "period_query": query, "active": active}
+    nav = [
+        {"href": f"{href}?{query}", "label": label, "active": name == active}
+        for name, href, label in (
+            ("overview", "/portal", "Overview"),
+            ("events", "/portal/events", "Events"),
+            ("invoices", "/portal/invoices", "Invoices"),
+        )
+        if name != "invoices" or viewer.project_id is None
+    ]
+    return {
+        "nav": nav,
+        "viewer": viewer,
+        "customer": viewer.customer,
+        "csrf": viewer.session.csrf,
+        "period": period,
+        "period_labels": PERIOD_LABELS,
+        "tz_name": period.tz_name,
+        "period_query": query,
+        "active": active,
+    }

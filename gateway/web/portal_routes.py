@@ -46,8 +46,9 @@ async def home(request: web.Request) -> web.Response:
     viewer = await viewer_or_login(request)
     period = view_period(request)
     context = await overview(request.app, viewer.customer.id, viewer.project_id, period)
-    return page(request, "portal_overview.html",
-                **{**context, **page_context(viewer, period, "overview")})
+    return page(
+        request, "portal_overview.html", **{**context, **page_context(viewer, period, "overview")}
+    )
 
 
 def _status(request: web.Request) -> StatusFilter:
@@ -60,8 +61,10 @@ def _status(request: web.Request) -> StatusFilter:
 def _selection(request: web.Request, viewer: Viewer) -> dict[str, Any]:
     project = viewer.project_id or request.query.get("project") or None
     model = request.query.get("model") or None
-    return {"usage_filter": UsageFilter(viewer.customer.id, project, model),
-            "status": _status(request)}
+    return {
+        "usage_filter": UsageFilter(viewer.customer.id, project, model),
+        "status": _status(request),
+    }
 
 
 async def events(request: web.Request) -> web.Response:
@@ -70,23 +73,39 @@ async def events(request: web.Request) -> web.Response:
     selection = _selection(request, viewer)
     usage_filter: UsageFilter = selection["usage_filter"]
     try:
-        view = await events_view(request.app, viewer.customer.id, usage_filter.project_id,
-                                 period, model=usage_filter.model, status=selection["status"],
-                                 cursor=request.query.get("cursor") or None, limit=PAGE_SIZE)
+        view = await events_view(
+            request.app,
+            viewer.customer.id,
+            usage_filter.project_id,
+            period,
+            model=usage_filter.model,
+            status=selection["status"],
+            cursor=request.query.get("cursor") or None,
+            limit=PAGE_SIZE,
+        )
     except ValueError as exc:
         raise BadParameter(f"cursor: {exc}") from None
-    filters = {"project": "" if viewer.project_id else usage_filter.project_id or "",
-               "model": usage_filter.model or "", "status": selection["status"] or ""}
+    filters = {
+        "project": "" if viewer.project_id else usage_filter.project_id or "",
+        "model": usage_filter.model or "",
+        "status": selection["status"] or "",
+    }
     base = {**period.query(), **{k: v for k, v in filters.items() if v}}
     following = view["next_cursor"]
-    return page(request, "portal_events.html", rows=view["rows"], filters=filters,
-                key_names=view["key_names"],
-                next_url=f"/portal/events?{urlencode({**base, 'cursor': following})}"
-                if following else None,
-                first_url=f"/portal/events?{urlencode(base)}",
-                export_csv=f"/portal/export?{urlencode({**base, 'format': 'csv'})}",
-                export_json=f"/portal/export?{urlencode({**base, 'format': 'json'})}",
-                **page_context(viewer, period, "events"))
+    return page(
+        request,
+        "portal_events.html",
+        rows=view["rows"],
+        filters=filters,
+        key_names=view["key_names"],
+        next_url=f"/portal/events?{urlencode({**base, 'cursor': following})}"
+        if following
+        else None,
+        first_url=f"/portal/events?{urlencode(base)}",
+        export_csv=f"/portal/export?{urlencode({**base, 'format': 'csv'})}",
+        export_json=f"/portal/export?{urlencode({**base, 'format': 'json'})}",
+        **page_context(viewer, period, "events"),
+    )
 
 
 async def export(request: web.Request) -> web.StreamResponse:
@@ -97,14 +116,20 @@ async def export(request: web.Request) -> web.StreamResponse:
     if fmt not in ("csv", "json"):
         raise BadParameter("format: expected csv or json")
     usage_filter: UsageFilter = selection["usage_filter"]
-    report = Period(viewer.customer.id, len(period.days()), period.since, period.until,
-                    usage_filter)
+    report = Period(
+        viewer.customer.id, len(period.days()), period.since, period.until, usage_filter
+    )
     name = f"usage-{period.first_day:%Y%m%d}-{period.last_day:%Y%m%d}.{fmt}"
-    response = web.StreamResponse(headers={
-        "Content-Type": "text/csv; charset=utf-8" if fmt == "csv"
-        else "application/json; charset=utf-8",
-        "Content-Disposition": f'attachment; filename="{name}"',
-        "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8"
+            if fmt == "csv"
+            else "application/json; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        }
+    )
     await response.prepare(request)
     buffer = io.StringIO()
 
@@ -115,8 +140,9 @@ async def export(request: web.Request) -> web.StreamResponse:
             buffer.truncate()
 
     async def rows() -> AsyncIterator[asyncpg.Record]:
-        async with aclosing(export_rows(request.app[keys.pool], since=period.since,
-                                        until=period.until, **selection)) as found:
+        async with aclosing(
+            export_rows(request.app[keys.pool], since=period.since, until=period.until, **selection)
+        ) as found:
             async for row in found:
                 if buffer.tell() >= _FLUSH_BYTES:
                     await flush()

@@ -41,13 +41,17 @@ from storage.reports.rollups import UsageFilter
 from storage.reports.usage_queries import UsageTotals, decimal_str, usage_totals
 
 HEADLINE = (
-    ("requests", "Requests"), ("input_tokens", "Input tokens"),
-    ("output_tokens", "Output tokens"), ("cached_input_tokens", "Cached input tokens"),
+    ("requests", "Requests"),
+    ("input_tokens", "Input tokens"),
+    ("output_tokens", "Output tokens"),
+    ("cached_input_tokens", "Cached input tokens"),
     ("reasoning_tokens", "Reasoning tokens"),
 )
 _LIMIT_LABELS = {
-    "requests_per_minute": "Requests per minute", "tokens_per_minute": "Tokens per minute",
-    "requests_per_month": "Requests this month", "tokens_per_month": "Tokens this month",
+    "requests_per_minute": "Requests per minute",
+    "tokens_per_minute": "Tokens per minute",
+    "requests_per_month": "Requests this month",
+    "tokens_per_month": "Tokens this month",
     "spend_per_month_usd": "Spend this month (USD)",
 }
 _STATUS = {"ok": "ok", "approaching_limit": "approaching", "over_limit": "over"}
@@ -57,9 +61,13 @@ def quota_card(window: WindowStatus) -> dict[str, Any]:
     assert window.limit is not None
     percent = 100 if window.limit <= 0 else min(100, int(window.used * 100 / window.limit))
     return {
-        "name": window.name, "label": _LIMIT_LABELS.get(window.name, window.name),
-        "used": window.used, "limit": window.limit, "money": window.unit == "usd",
-        "status": _STATUS[window.status], "percent_step": percent - percent % 5,
+        "name": window.name,
+        "label": _LIMIT_LABELS.get(window.name, window.name),
+        "used": window.used,
+        "limit": window.limit,
+        "money": window.unit == "usd",
+        "status": _STATUS[window.status],
+        "percent_step": percent - percent % 5,
     }
 
 
@@ -69,21 +77,26 @@ async def key_names(app: web.Application, customer_id: str) -> dict[str, str]:
     return {key.id: key.name or f"{KEY_PREFIX}{key.prefix}…" for key in found}
 
 
-def _series(period: ViewPeriod, rows: list[DayGroupUsage], unit: str,
-            value: str) -> dict[str, Any]:
+def _series(period: ViewPeriod, rows: list[DayGroupUsage], unit: str, value: str) -> dict[str, Any]:
     """Chart data: one series per group, one exact value per day (zeros included)."""
     days = period.days()
     index = {day: n for n, day in enumerate(days)}
     per_group: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0)] * len(days))
     for row in rows:
         totals = row.totals
-        amount = (totals.price_usd if value == "price_usd"
-                  else Decimal(totals.input_tokens + totals.output_tokens))
+        amount = (
+            totals.price_usd
+            if value == "price_usd"
+            else Decimal(totals.input_tokens + totals.output_tokens)
+        )
         per_group[row.group or "(no project)"][index[row.day]] += amount
     return {
-        "labels": [day.isoformat() for day in days], "unit": unit,
-        "series": [{"label": group, "values": [decimal_str(v) for v in values]}
-                   for group, values in sorted(per_group.items())],
+        "labels": [day.isoformat() for day in days],
+        "unit": unit,
+        "series": [
+            {"label": group, "values": [decimal_str(v) for v in values]}
+            for group, values in sorted(per_group.items())
+        ],
     }
 
 
@@ -94,8 +107,9 @@ def _group_totals(rows: list[DayGroupUsage]) -> list[tuple[str | None, UsageTota
     return sorted(sums.items(), key=lambda item: (item[0] is not None, item[0] or ""))
 
 
-async def overview(app: web.Application, customer_id: str, project_id: str | None,
-                   period: ViewPeriod) -> dict[str, Any]:
+async def overview(
+    app: web.Application, customer_id: str, project_id: str | None, period: ViewPeriod
+) -> dict[str, Any]:
     pool = app[keys.pool]
     settings = app[keys.runtime].current.settings
     customer = await app[keys.accounts].get_customer(customer_id)
@@ -106,9 +120,15 @@ async def overview(app: web.Application, customer_id: str, project_id: str | Non
     totals = await usage_totals(pool, since=since, until=until, usage_filter=usage_filter)
 
     async def by_day(group_by: GroupBy) -> list[DayGroupUsage]:
-        return await usage_by_day(pool, since=since, until=until, usage_filter=usage_filter,
-                                  tz_name=period.tz_name, group_by=group_by,
-                                  from_rollups=period.rollups_align)
+        return await usage_by_day(
+            pool,
+            since=since,
+            until=until,
+            usage_filter=usage_filter,
+            tz_name=period.tz_name,
+            group_by=group_by,
+            from_rollups=period.rollups_align,
+        )
 
     by_model = await by_day("model")
     by_project = await by_day("project_id")
@@ -116,9 +136,10 @@ async def overview(app: web.Application, customer_id: str, project_id: str | Non
     names = await key_names(app, customer_id)
     by_day_key = [
         DayGroupUsage(row.day, names.get(row.group or "", row.group), row.totals)
-        for row in await usage_by_day_and_key(pool, since=since, until=until,
-                                              usage_filter=usage_filter,
-                                              tz_name=period.tz_name)]
+        for row in await usage_by_day_and_key(
+            pool, since=since, until=until, usage_filter=usage_filter, tz_name=period.tz_name
+        )
+    ]
 
     quotas: list[dict[str, Any]] = []
     quotas_note = None
@@ -132,30 +153,53 @@ async def overview(app: web.Application, customer_id: str, project_id: str | Non
             quotas_note = "Quota figures are unavailable right now; usage below is complete."
         plan = plans_of(settings).get(customer.tier)
     return {
-        "customer": customer, "project_id": project_id, "period": period,
-        "tz_name": period.tz_name, "totals": totals, "headline": HEADLINE,
-        "quotas": quotas, "quotas_note": quotas_note, "plan": plan,
+        "customer": customer,
+        "project_id": project_id,
+        "period": period,
+        "tz_name": period.tz_name,
+        "totals": totals,
+        "headline": HEADLINE,
+        "quotas": quotas,
+        "quotas_note": quotas_note,
+        "plan": plan,
         "chart_spend_model": _series(period, by_model, "usd", "price_usd"),
         "chart_tokens_model": _series(period, by_model, "tokens", "tokens"),
         "chart_spend_project": _series(period, by_project, "usd", "price_usd"),
         "chart_spend_key": _series(period, by_day_key, "usd", "price_usd"),
-        "models": _group_totals(by_model), "projects": _group_totals(by_project),
+        "models": _group_totals(by_model),
+        "projects": _group_totals(by_project),
         "keys": [(names.get(k.key_id, k.key_id), k.totals) for k in by_key],
     }
 
 
-async def events_view(app: web.Application, customer_id: str, project_id: str | None,
-                      period: ViewPeriod, *, model: str | None = None,
-                      status: StatusFilter = None, cursor: str | None = None,
-                      limit: int = 50) -> dict[str, Any]:
+async def events_view(
+    app: web.Application,
+    customer_id: str,
+    project_id: str | None,
+    period: ViewPeriod,
+    *,
+    model: str | None = None,
+    status: StatusFilter = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> dict[str, Any]:
     """A page of events, newest first: `rows` (each row's columns plus `time_text` in the
     period's zone), `next_cursor` (None on the last page) and `key_names`. A cursor this
     gateway did not issue raises ValueError."""
     rows, following = await events_page(
-        app[keys.pool], since=period.since, until=period.until,
-        usage_filter=UsageFilter(customer_id, project_id, model), status=status,
-        limit=limit, cursor=cursor)
-    shown = [{**dict(row), "time_text": row["created_at"].astimezone(period.tz)
-              .strftime("%Y-%m-%d %H:%M:%S")} for row in rows]
-    return {"rows": shown, "next_cursor": following,
-            "key_names": await key_names(app, customer_id)}
+        app[keys.pool],
+        since=period.since,
+        until=period.until,
+        usage_filter=UsageFilter(customer_id, project_id, model),
+        status=status,
+        limit=limit,
+        cursor=cursor,
+    )
+    shown = [
+        {
+            **dict(row),
+            "time_text": row["created_at"].astimezone(period.tz).strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        for row in rows
+    ]
+    return {"rows": shown, "next_cursor": following, "key_names": await key_names(app, customer_id)}

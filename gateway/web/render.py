@@ -42,13 +42,14 @@ def create_environment(static: StaticFiles) -> jinja2.Environment:
 
 def content_security_policy(frame_ancestors: Sequence[str] = DEFAULT_FRAME_ANCESTORS) -> str:
     ancestors = " ".join(frame_ancestors) or "'none'"
-    return ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-            "object-src 'none'; base-uri 'none'; form-action 'self'; "
-            f"frame-ancestors {ancestors}")
+    return (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; "
+        f"frame-ancestors {ancestors}"
+    )
 
 
-def security_headers(frame_ancestors: Sequence[str] = DEFAULT_FRAME_ANCESTORS
-                     ) -> dict[str, str]:
+def security_headers(frame_ancestors: Sequence[str] = DEFAULT_FRAME_ANCESTORS) -> dict[str, str]:
     return {
         "Content-Security-Policy": content_security_policy(frame_ancestors),
         "X-Content-Type-Options": "nosniff",
@@ -57,11 +58,20 @@ def security_headers(frame_ancestors: Sequence[str] = DEFAULT_FRAME_ANCESTORS
     }
 
 
-def render(request: web.Request, template: str, *, status: int = 200,
-           frame_ancestors: Sequence[str] = DEFAULT_FRAME_ANCESTORS,
-           **context: Any) -> web.Response:
+def render(
+    request: web.Request,
+    template: str,
+    *,
+    status: int = 200,
+    frame_ancestors: Sequence[str] = DEFAULT_FRAME_ANCESTORS,
+    **context: Any,
+) -> web.Response:
     """`template` rendered with `context` (plus `request_path`), as an HTML response."""
     env = request.app[web_keys.templates]
     html = env.get_template(template).render(request_path=request.path, **context)
-    return web.Response(text=html, status=status, content_type="text/html",
-                        headers=security_headers(frame_ancestors))
+    return web.Response(
+        text=html,
+        status=status,
+        content_type="text/html",
+        headers=security_headers(frame_ancestors),
+    )

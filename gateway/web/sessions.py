@@ -61,9 +61,11 @@ async def load_web_secret(pool: asyncpg.Pool) -> bytes:
     configured = os.environ.get(SECRET_ENV)
     if configured:
         if len(configured) < MIN_SECRET_CHARS:
-            raise SecretError(f"{SECRET_ENV} must be at least {MIN_SECRET_CHARS} characters "
-                              "(e.g. the output of `python -c 'import secrets; "
-                              "print(secrets.token_urlsafe(32))'`)")
+            raise SecretError(
+                f"{SECRET_ENV} must be at least {MIN_SECRET_CHARS} characters "
+                "(e.g. the output of `python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'`)"
+            )
         return configured.encode()
     return await load_or_create_secret(pool)
 
@@ -116,16 +118,22 @@ class SessionCodec:
         self._signer = Signer(secret, "session")
         self._clock = clock
 
-    def new(self, kind: SessionKind, customer_id: str | None, project_id: str | None,
-            ttl: timedelta) -> Session:
+    def new(
+        self, kind: SessionKind, customer_id: str | None, project_id: str | None, ttl: timedelta
+    ) -> Session:
         expires = self._clock() + ttl
         return Session(kind, customer_id, project_id, expires, secrets.token_urlsafe(24))
 
     def encode(self, session: Session) -> str:
-        return self._signer.sign({
-            "k": session.kind, "c": session.customer_id, "p": session.project_id,
-            "exp": int(session.expires_at.timestamp()), "csrf": session.csrf,
-        })
+        return self._signer.sign(
+            {
+                "k": session.kind,
+                "c": session.customer_id,
+                "p": session.project_id,
+                "exp": int(session.expires_at.timestamp()),
+                "csrf": session.csrf,
+            }
+        )
 
     def decode(self, value: str | None, kind: SessionKind) -> Session | None:
         if not value:
@@ -133,10 +141,18 @@ class SessionCodec:
         payload = self._signer.verify(value)
         if payload is None or payload.get("k") != kind:
             return None
-        exp, customer, project, csrf = (payload.get("exp"), payload.get("c"),
-                                        payload.get("p"), payload.get("csrf"))
-        if (not isinstance(exp, int) or not isinstance(csrf, str)
-                or not isinstance(customer, str | None) or not isinstance(project, str | None)):
+        exp, customer, project, csrf = (
+            payload.get("exp"),
+            payload.get("c"),
+            payload.get("p"),
+            payload.get("csrf"),
+        )
+        if (
+            not isinstance(exp, int)
+            or not isinstance(csrf, str)
+            or not isinstance(customer, str | None)
+            or not isinstance(project, str | None)
+        ):
             return None
         expires = datetime.fromtimestamp(exp, UTC)
         if expires <= self._clock():
@@ -147,8 +163,9 @@ class SessionCodec:
         return self.decode(request.cookies.get(COOKIE_NAMES[kind]), kind)
 
 
-def cookie_options(request: web.Request, *, embeddable: bool, secure: bool = False
-                   ) -> dict[str, Any]:
+def cookie_options(
+    request: web.Request, *, embeddable: bool, secure: bool = False
+) -> dict[str, Any]:
     """HttpOnly; Secure when the request came over TLS or `secure` says a TLS proxy is in
     front; SameSite=Lax, or None when the page may be framed and the cookie is Secure (a
     cross-site iframe only sends SameSite=None cookies, and browsers require Secure for
@@ -158,12 +175,22 @@ def cookie_options(request: web.Request, *, embeddable: bool, secure: bool = Fal
     return {"httponly": True, "samesite": same_site, "secure": secure, "path": "/"}
 
 
-def set_session_cookie(response: web.StreamResponse, request: web.Request, codec: SessionCodec,
-                       session: Session, *, embeddable: bool = False,
-                       secure: bool = False) -> None:
+def set_session_cookie(
+    response: web.StreamResponse,
+    request: web.Request,
+    codec: SessionCodec,
+    session: Session,
+    *,
+    embeddable: bool = False,
+    secure: bool = False,
+) -> None:
     max_age = max(0, int((session.expires_at - utc_now()).total_seconds()))
-    response.set_cookie(COOKIE_NAMES[session.kind], codec.encode(session), max_age=max_age,
-                        **cookie_options(request, embeddable=embeddable, secure=secure))
+    response.set_cookie(
+        COOKIE_NAMES[session.kind],
+        codec.encode(session),
+        max_age=max_age,
+        **cookie_options(request, embeddable=embeddable, secure=secure),
+    )
 
 
 def clear_session_cookie(response: web.StreamResponse, kind: SessionKind) -> None:

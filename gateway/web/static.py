@@ -15,8 +15,13 @@ from importlib import resources
 
 from aiohttp import web
 
-_TYPES = {".js": "text/javascript", ".css": "text/css", ".txt": "text/plain", ".svg":
-          "image/svg+xml", ".png": "image/png"}
+_TYPES = {
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".txt": "text/plain",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
 _CACHE = "public, max-age=31536000, immutable"
 
 
@@ -53,5 +58,9 @@ class StaticFiles:
         if found is None:
             raise web.HTTPNotFound()
         charset = "utf-8" if found.content_type.startswith(("text/", "image/svg")) else None
-        return web.Response(body=found.body, content_type=found.content_type, charset=charset,
-                            headers={"Cache-Control": _CACHE, "X-Content-Type-Options": "nosniff"})
+        return web.Response(
+            body=found.body,
+            content_type=found.content_type,
+            charset=charset,
+            headers={"Cache-Control": _CACHE, "X-Content-Type-Options": "nosniff"},
+        )

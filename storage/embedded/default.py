@@ -197,9 +197,7 @@ class _Session:
         self._join(state, POSTGRES, recorded)  # before anything else can fail: leave() stops it
         url = ensure_database(instance, DATABASE)
         recorded["url"] = url
-        self.announce(
-            f"embedded PostgreSQL {instance.version} at {url} (data in {pgdata}; {how})"
-        )
+        self.announce(f"embedded PostgreSQL {instance.version} at {url} (data in {pgdata}; {how})")
         return url
 
     def join_valkey(self, state: dict[str, Any]) -> str:
@@ -207,8 +205,11 @@ class _Session:
         recorded = state.get(VALKEY) or {}
         proc = Proc.from_json(recorded.get("proc"))
         port = recorded.get("port")
-        if proc is not None and proc.alive("valkey") and isinstance(port, int) and valkey_answers(
-            port
+        if (
+            proc is not None
+            and proc.alive("valkey")
+            and isinstance(port, int)
+            and valkey_answers(port)
         ):
             how = "reused"
         else:

@@ -362,8 +362,7 @@ def start_valkey(data_dir: Path, port_hint: int | None) -> tuple[Proc, int]:
             raise EmbeddedError(f"embedded Valkey exited at start; see {server.logfile}")
         return proc, server.port
     raise EmbeddedError(
-        f"embedded Valkey did not start in {data_dir}: {last_error}; "
-        f"see {data_dir / 'valkey.log'}"
+        f"embedded Valkey did not start in {data_dir}: {last_error}; see {data_dir / 'valkey.log'}"
     )
 
 

@@ -84,24 +84,29 @@ class BatchBuilder:
     """Turns records into ImportBatches; `prepare` runs in a worker thread, `resolve` on
     the event loop between batches (the only time the customers it knows change)."""
 
-    def __init__(self, pool: asyncpg.Pool, options: ImportOptions,
-                 customers: dict[str, str]) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, options: ImportOptions, customers: dict[str, str]
+    ) -> None:
         self._pool = pool
         self._options = options
         self._customers = customers  # id -> tier; grows only between batches
         self._csv = options.fmt == "csv"
         # Tollbooth's own CSV with its money kept: most rows take storage.imports.fast.
         self._fast = self._csv and options.source == "tollbooth" and options.pricing is None
-        self._expire_before = (options.now - timedelta(days=options.retention_days)
-                               if options.retention_days is not None else None)
+        self._expire_before = (
+            options.now - timedelta(days=options.retention_days)
+            if options.retention_days is not None
+            else None
+        )
 
     def convert(self, record: SourceRecord) -> dict[str, Any]:
         if record.error is not None:
             raise RowError(record.error)
         options = self._options
         if options.source == "litellm":
-            return litellm_values(record.fields, customer_from=options.customer_from,
-                                  now=options.now)
+            return litellm_values(
+                record.fields, customer_from=options.customer_from, now=options.now
+            )
         return tollbooth_values(record.fields, csv=self._csv, now=options.now)
 
     def prepare(self, records: Iterator[SourceRecord]) -> ImportBatch:
@@ -133,8 +138,11 @@ class BatchBuilder:
         pricing = self._options.pricing
         if pricing is not None:
             charge = pricing.charge(
-                values["model"], _usage(values), at=values["created_at"],
-                customer_id=values["customer_id"], tier=tier,
+                values["model"],
+                _usage(values),
+                at=values["created_at"],
+                customer_id=values["customer_id"],
+                tier=tier,
                 duration_ms=max(0, values["latency_ms"]),
                 succeeded=values["status_code"] < 400,
             )
@@ -143,8 +151,11 @@ class BatchBuilder:
             else:
                 money_kept = False
                 batch.repriced += 1
-                values.update(cost_usd=charge.cost_usd, price_usd=charge.price_usd,
-                              price_version=charge.price_version)
+                values.update(
+                    cost_usd=charge.cost_usd,
+                    price_usd=charge.price_usd,
+                    price_version=charge.price_version,
+                )
         mark_imported(values, self._options.source, money_kept=money_kept)
         event = UsageEvent(**values)
         encoded = encode_event(event)
@@ -155,8 +166,9 @@ class BatchBuilder:
             return
         self.append(batch, line, encoded, event.created_at, event.id)
 
-    def append(self, batch: ImportBatch, line: int, encoded: bytes, at: datetime,
-               event_id: uuid.UUID | str) -> None:
+    def append(
+        self, batch: ImportBatch, line: int, encoded: bytes, at: datetime, event_id: uuid.UUID | str
+    ) -> None:
         batch.lines.append(encoded)
         batch.line_numbers.append(line)
         batch.ids.append(event_id)
@@ -175,9 +187,15 @@ class BatchBuilder:
             customer = values["customer_id"]
             if customer not in self._customers:
                 if not options.create_customers:
-                    batch.refusals.append(Refusal(line, (
-                        f"customer {customer!r} does not exist; create it first or pass "
-                        "--create-customers")))
+                    batch.refusals.append(
+                        Refusal(
+                            line,
+                            (
+                                f"customer {customer!r} does not exist; create it first or pass "
+                                "--create-customers"
+                            ),
+                        )
+                    )
                     continue
                 if not options.dry_run:
                     with contextlib.suppress(CustomerExistsError):  # made meanwhile
@@ -194,11 +212,10 @@ def _usage(values: dict[str, Any]) -> Usage:
     hour_writes = values["metadata"].get("cache_write_1h_tokens")
     one_hour = hour_writes if isinstance(hour_writes, int) else 0
     return Usage(
-        input_tokens=values["input_tokens"], output_tokens=values["output_tokens"],
+        input_tokens=values["input_tokens"],
+        output_tokens=values["output_tokens"],
         cached_input_tokens=values["cached_input_tokens"],
         cache_write_tokens=values["cache_write_tokens"],
         reasoning_tokens=values["reasoning_tokens"],
         cache_write_1h_tokens=min(max(one_hour, 0), values["cache_write_tokens"]),
     )
-
-

@@ -40,8 +40,9 @@ def _money(cell: str) -> str | None:
     return cell if _MONEY.fullmatch(cell) else None
 
 
-def fast_line(fields: dict[str, Any], customers: dict[str, str], now: datetime,
-              source: str = "tollbooth") -> tuple[bytes, datetime, str] | None:
+def fast_line(
+    fields: dict[str, Any], customers: dict[str, str], now: datetime, source: str = "tollbooth"
+) -> tuple[bytes, datetime, str] | None:
     """(the COPY line, created_at, id) of an export row, or None: take the general path."""
     if len(fields) != len(UsageEvent.COLUMNS):
         return None
@@ -59,16 +60,28 @@ def fast_line(fields: dict[str, Any], customers: dict[str, str], now: datetime,
         status, streamed = fields["status_code"], _STREAMED.get(fields["streamed"])
         if not (status.isdigit() and len(status) == 3 and status[0] != "0") or not streamed:
             return None
-        counts = [fields[name] for name in ("input_tokens", "output_tokens",
-                                             "cached_input_tokens", "cache_write_tokens",
-                                             "reasoning_tokens")]
+        counts = [
+            fields[name]
+            for name in (
+                "input_tokens",
+                "output_tokens",
+                "cached_input_tokens",
+                "cache_write_tokens",
+                "reasoning_tokens",
+            )
+        ]
         if not all(_COUNT.fullmatch(c) for c in counts):
             return None
         latency = fields["latency_ms"]
         cost, price = _money(fields["cost_usd"]), _money(fields["price_usd"])
         usage_source, model = fields["usage_source"], fields["model"]
-        if (not _LATENCY.fullmatch(latency) or cost is None or price is None
-                or usage_source not in _SOURCES or not model):
+        if (
+            not _LATENCY.fullmatch(latency)
+            or cost is None
+            or price is None
+            or usage_source not in _SOURCES
+            or not model
+        ):
             return None
         meta_cell = fields["metadata"]
         if not meta_cell or "\\u0000" in meta_cell:

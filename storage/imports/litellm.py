@@ -47,14 +47,28 @@ from storage.usage.event import UsageEvent
 SOURCE = "litellm"
 CUSTOMER_COLUMNS = ("user", "team_id", "end_user")
 _ENDPOINTS = {
-    "completion": "/v1/chat/completions", "acompletion": "/v1/chat/completions",
-    "text_completion": "/v1/completions", "atext_completion": "/v1/completions",
-    "embedding": "/v1/embeddings", "aembedding": "/v1/embeddings",
-    "responses": "/v1/responses", "aresponses": "/v1/responses",
+    "completion": "/v1/chat/completions",
+    "acompletion": "/v1/chat/completions",
+    "text_completion": "/v1/completions",
+    "atext_completion": "/v1/completions",
+    "embedding": "/v1/embeddings",
+    "aembedding": "/v1/embeddings",
+    "responses": "/v1/responses",
+    "aresponses": "/v1/responses",
     "anthropic_messages": "/v1/messages",
 }
-_KEPT = ("team_id", "end_user", "user", "organization_id", "model_group", "call_type",
-         "status", "cache_hit", "session_id", "request_tags")
+_KEPT = (
+    "team_id",
+    "end_user",
+    "user",
+    "organization_id",
+    "model_group",
+    "call_type",
+    "status",
+    "cache_hit",
+    "session_id",
+    "request_tags",
+)
 
 
 def check_customer_from(choice: str | None) -> str | None:
@@ -95,14 +109,16 @@ def _customer(fields: dict[str, Any], metadata: dict[str, Any], choice: str | No
     return customer_id(fields.get(choice), choice)
 
 
-def litellm_event(fields: dict[str, Any], *, customer_from: str | None,
-                  now: datetime) -> UsageEvent:
+def litellm_event(
+    fields: dict[str, Any], *, customer_from: str | None, now: datetime
+) -> UsageEvent:
     """`litellm_values` as a UsageEvent."""
     return UsageEvent(**litellm_values(fields, customer_from=customer_from, now=now))
 
 
-def litellm_values(fields: dict[str, Any], *, customer_from: str | None,
-                   now: datetime) -> dict[str, Any]:
+def litellm_values(
+    fields: dict[str, Any], *, customer_from: str | None, now: datetime
+) -> dict[str, Any]:
     """The columns of the event a LiteLLM spend log row describes (UsageEvent's fields);
     RowError if it cannot be stored."""
     metadata = _metadata(fields)
@@ -111,8 +127,7 @@ def litellm_values(fields: dict[str, Any], *, customer_from: str | None,
     created_at = v.moment(fields.get("startTime"), "startTime", now=now)
     latency_ms = 0
     if fields.get("request_duration_ms") not in (None, ""):
-        latency_ms = v.integer(fields["request_duration_ms"], "request_duration_ms",
-                               high=v.INT_MAX)
+        latency_ms = v.integer(fields["request_duration_ms"], "request_duration_ms", high=v.INT_MAX)
     elif fields.get("endTime") not in (None, ""):
         ended = v.moment(fields["endTime"], "endTime", now=now)
         latency_ms = min(max(0, int((ended - created_at).total_seconds() * 1000)), v.INT_MAX)
@@ -122,8 +137,7 @@ def litellm_values(fields: dict[str, Any], *, customer_from: str | None,
     written = _count(usage, "cache_creation_input_tokens")
     if cached + written > prompt:
         prompt += cached + written
-    request_id = v.text(fields.get("request_id"), "request_id", nullable=True,
-                        empty_is_null=True)
+    request_id = v.text(fields.get("request_id"), "request_id", nullable=True, empty_is_null=True)
     api_key = v.text(fields.get("api_key"), "api_key", nullable=True, empty_is_null=True)
     spend = v.decimal(fields.get("spend"), "spend", round_to_column=True)
     project = metadata.get("user_api_key_project_id") or metadata.get("project_id")
@@ -137,10 +151,12 @@ def litellm_values(fields: dict[str, Any], *, customer_from: str | None,
         "project_id": project if isinstance(project, str) and project else None,
         "user_id": v.text(fields.get("user"), "user", nullable=True, empty_is_null=True),
         "key_id": "litellm:" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
-        if api_key else "litellm",
+        if api_key
+        else "litellm",
         "tier": "",
-        "provider": v.required_text(fields.get("custom_llm_provider") or DEFAULT_PROVIDER,
-                                    "custom_llm_provider"),
+        "provider": v.required_text(
+            fields.get("custom_llm_provider") or DEFAULT_PROVIDER, "custom_llm_provider"
+        ),
         "model": v.required_text(model, "model", empty_is_null=True),
         "endpoint": _ENDPOINTS.get(call_type, call_type),
         "status_code": 500 if str(fields.get("status") or "").lower() == "failure" else 200,
@@ -149,8 +165,9 @@ def litellm_values(fields: dict[str, Any], *, customer_from: str | None,
         "output_tokens": v.integer(fields.get("completion_tokens") or 0, "completion_tokens"),
         "cached_input_tokens": cached,
         "cache_write_tokens": written,
-        "reasoning_tokens": _count(usage, "completion_tokens_details.reasoning_tokens",
-                                   "reasoning_tokens"),
+        "reasoning_tokens": _count(
+            usage, "completion_tokens_details.reasoning_tokens", "reasoning_tokens"
+        ),
         "usage_source": "provider",
         "cost_usd": spend,
         "price_usd": spend,
@@ -164,5 +181,3 @@ def litellm_values(fields: dict[str, Any], *, customer_from: str | None,
     else:
         values["id"] = derived_id(SOURCE, values)
     return values
-
-

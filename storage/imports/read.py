@@ -118,8 +118,9 @@ def _json_records(handle: TextIO) -> Iterator[SourceRecord]:
     buffer = handle.read(_CHUNK_CHARS)
     found = _ARRAY_START.match(buffer)
     if found is None:
-        raise ImportFileError("not a JSON array of events, nor an object with an "
-                              "\"events\" or \"data\" array")
+        raise ImportFileError(
+            'not a JSON array of events, nor an object with an "events" or "data" array'
+        )
     line = 1 + buffer.count("\n", 0, found.end())
     pos = found.end()
     eof = False

@@ -67,8 +67,9 @@ def derived_id(source: str, values: dict[str, Any]) -> uuid.UUID:
 def customer_id(value: Any, name: str = "customer_id") -> str:
     found = v.required_text(value, name, empty_is_null=True)
     if not CUSTOMER_ID_PATTERN.fullmatch(found):
-        raise v.RowError(f"{name}: {found[:70]!r} is not a customer id "
-                         "(1 to 64 of A-Z a-z 0-9 _ . -)")
+        raise v.RowError(
+            f"{name}: {found[:70]!r} is not a customer id (1 to 64 of A-Z a-z 0-9 _ . -)"
+        )
     return found
 
 
@@ -112,8 +113,9 @@ def tollbooth_values(fields: dict[str, Any], *, csv: bool, now: datetime) -> dic
         "provider": _req(fields, "provider", DEFAULT_PROVIDER),
         "model": v.required_text(fields["model"], "model"),
         "endpoint": _req(fields, "endpoint", ""),
-        "status_code": 200 if status in (None, "") else v.integer(status, "status_code",
-                                                                   low=100, high=599),
+        "status_code": 200
+        if status in (None, "")
+        else v.integer(status, "status_code", low=100, high=599),
         "streamed": False if streamed in (None, "") else v.boolean(streamed, "streamed"),
         "input_tokens": _count(fields, "input_tokens", csv),
         "output_tokens": _count(fields, "output_tokens", csv),

@@ -72,21 +72,29 @@ class ImportReport:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "source": self.source, "dry_run": self.dry_run, "rows": self.rows,
-            "added": self.added, "skipped": self.skipped, "refused": self.refused,
-            "refusals": [{"line": r.line, "reason": r.reason}
-                         for r in sorted(self.refusals, key=lambda r: r.line)],
+            "source": self.source,
+            "dry_run": self.dry_run,
+            "rows": self.rows,
+            "added": self.added,
+            "skipped": self.skipped,
+            "refused": self.refused,
+            "refusals": [
+                {"line": r.line, "reason": r.reason}
+                for r in sorted(self.refusals, key=lambda r: r.line)
+            ],
             "customers_created": self.customers_created,
             "partitions_created": self.partitions_created,
-            "repriced": self.repriced, "unpriceable": self.unpriceable,
+            "repriced": self.repriced,
+            "unpriceable": self.unpriceable,
             "expiring": self.expiring,
             "oldest": self.oldest.isoformat() if self.oldest else None,
             "newest": self.newest.isoformat() if self.newest else None,
         }
 
 
-async def _write(pool: asyncpg.Pool, writer: BatchWriter, batch: ImportBatch, dry_run: bool
-                 ) -> tuple[int, list[Refusal]]:
+async def _write(
+    pool: asyncpg.Pool, writer: BatchWriter, batch: ImportBatch, dry_run: bool
+) -> tuple[int, list[Refusal]]:
     """Add the batch's rows; returns how many were added and the rows PostgreSQL refused."""
     if not batch.lines:
         return 0, []
@@ -97,12 +105,13 @@ async def _write(pool: asyncpg.Pool, writer: BatchWriter, batch: ImportBatch, dr
     if not refused:
         return added, []
     where = dict(zip(batch.lines, batch.line_numbers, strict=True))
-    return added, [Refusal(where.get(line + b"\n", 0), f"refused by PostgreSQL: {exc}")
-                   for line, exc in refused]
+    return added, [
+        Refusal(where.get(line + b"\n", 0), f"refused by PostgreSQL: {exc}")
+        for line, exc in refused
+    ]
 
 
-async def import_usage(pool: asyncpg.Pool, handle: TextIO, options: ImportOptions
-                       ) -> ImportReport:
+async def import_usage(pool: asyncpg.Pool, handle: TextIO, options: ImportOptions) -> ImportReport:
     """Import every record of `handle`; see the module docstring."""
     if options.source not in SOURCES:
         raise ValueError(f"source must be one of {', '.join(SOURCES)}")
@@ -150,8 +159,9 @@ async def import_usage(pool: asyncpg.Pool, handle: TextIO, options: ImportOption
     return report
 
 
-async def _settle(writing: asyncio.Task[tuple[int, list[Refusal]]], batch: ImportBatch,
-                  report: ImportReport) -> None:
+async def _settle(
+    writing: asyncio.Task[tuple[int, list[Refusal]]], batch: ImportBatch, report: ImportReport
+) -> None:
     added, refused = await writing
     report.added += added
     report.skipped += len(batch.lines) - added - len(refused)

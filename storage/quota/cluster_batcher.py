@@ -63,8 +63,8 @@ def command_parts(packed: bytes) -> list[bytes]:
     at = end + 2
     for _ in range(count):
         end = packed.index(b"\r\n", at)
-        length = int(packed[at + 1:end])
-        parts.append(packed[end + 2:end + 2 + length])
+        length = int(packed[at + 1 : end])
+        parts.append(packed[end + 2 : end + 2 + length])
         at = end + 4 + length
     return parts
 
@@ -74,14 +74,20 @@ def first_key(packed: bytes) -> bytes:
     at = packed.index(b"\r\n") + 2
     for _ in range(3):
         end = packed.index(b"\r\n", at)
-        at = end + 4 + int(packed[at + 1:end])
+        at = end + 4 + int(packed[at + 1 : end])
     end = packed.index(b"\r\n", at)
-    return packed[end + 2:end + 2 + int(packed[at + 1:end])]
+    return packed[end + 2 : end + 2 + int(packed[at + 1 : end])]
 
 
 class ClusterScriptBatcher:
-    def __init__(self, cluster: RedisCluster, *, retries: int = 2,
-                 reroute_for_s: float = REROUTE_FOR_S, wait_replicas: int = 0) -> None:
+    def __init__(
+        self,
+        cluster: RedisCluster,
+        *,
+        retries: int = 2,
+        reroute_for_s: float = REROUTE_FOR_S,
+        wait_replicas: int = 0,
+    ) -> None:
         self._cluster = cluster
         self._retries = retries
         self._wait_replicas = wait_replicas
@@ -106,8 +112,9 @@ class ClusterScriptBatcher:
     async def call_packed(self, script: LuaScript, packed: bytes) -> Any:
         return await self.submit_packed(script, packed)
 
-    def submit_packed(self, script: LuaScript, packed: bytes, *,
-                      defer_s: float = 0.0) -> asyncio.Future[Any]:
+    def submit_packed(
+        self, script: LuaScript, packed: bytes, *, defer_s: float = 0.0
+    ) -> asyncio.Future[Any]:
         """Queue the call on the batcher of its slot's primary; the future of its reply."""
         if self._closed:
             raise RuntimeError("ClusterScriptBatcher is closed")
@@ -124,9 +131,14 @@ class ClusterScriptBatcher:
     def _primary_of(self, key: bytes) -> ClusterNode | None:
         try:
             node: ClusterNode = self._cluster.nodes_manager.get_node_from_slot(
-                self._cluster.keyslot(key))
-        except (redis.exceptions.RedisClusterException, redis.exceptions.RedisError,
-                IndexError, KeyError):
+                self._cluster.keyslot(key)
+            )
+        except (
+            redis.exceptions.RedisClusterException,
+            redis.exceptions.RedisError,
+            IndexError,
+            KeyError,
+        ):
             return None
         return node
 
@@ -134,59 +146,90 @@ class ClusterScriptBatcher:
         entry = self._nodes.get(node.name)
         if entry is None:
             kwargs = dict(node.connection_kwargs)
-            pool = ConnectionPool(connection_class=node.connection_class, max_connections=2,
-                                  **kwargs)
+            pool = ConnectionPool(
+                connection_class=node.connection_class, max_connections=2, **kwargs
+            )
             client = Redis(connection_pool=pool)
-            entry = self._nodes[node.name] = (client, ScriptBatcher(
-                client, retries=self._retries, wait_replicas=self._wait_replicas))
+            entry = self._nodes[node.name] = (
+                client,
+                ScriptBatcher(client, retries=self._retries, wait_replicas=self._wait_replicas),
+            )
         return entry[1]
 
-    def _answered(self, inner: asyncio.Future[Any], outer: asyncio.Future[Any],
-                  script: LuaScript, packed: bytes) -> None:
+    def _answered(
+        self,
+        inner: asyncio.Future[Any],
+        outer: asyncio.Future[Any],
+        script: LuaScript,
+        packed: bytes,
+    ) -> None:
         if outer.done():
             return
         error = inner.exception()
         if error is None:
             outer.set_result(inner.result())
         elif isinstance(error, _REROUTE) and not isinstance(
-                error, redis.exceptions.MaxConnectionsError):
+            error, redis.exceptions.MaxConnectionsError
+        ):
             self._reroute(outer, script, packed, error)
         else:
             outer.set_exception(error)
 
-    def _reroute(self, outer: asyncio.Future[Any], script: LuaScript, packed: bytes,
-                 error: BaseException | None) -> None:
+    def _reroute(
+        self,
+        outer: asyncio.Future[Any],
+        script: LuaScript,
+        packed: bytes,
+        error: BaseException | None,
+    ) -> None:
         self.rerouted += 1
         task = asyncio.get_running_loop().create_task(
-            self._send_again(outer, script, packed, error), name="redis-cluster-reroute")
+            self._send_again(outer, script, packed, error), name="redis-cluster-reroute"
+        )
         self._rerouting.add(task)
         task.add_done_callback(self._rerouting.discard)
 
-    async def _send_again(self, outer: asyncio.Future[Any], script: LuaScript,
-                          packed: bytes, error: BaseException | None) -> None:
+    async def _send_again(
+        self,
+        outer: asyncio.Future[Any],
+        script: LuaScript,
+        packed: bytes,
+        error: BaseException | None,
+    ) -> None:
         if isinstance(error, redis.exceptions.MovedError):
             try:  # the next calls of this slot go to its new primary at once
                 await self._cluster.nodes_manager.move_slot(error)
-            except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException,
-                    KeyError, IndexError) as exc:
+            except (
+                redis.exceptions.RedisError,
+                redis.exceptions.RedisClusterException,
+                KeyError,
+                IndexError,
+            ) as exc:
                 log.debug("redis cluster: slot move not applied: %s", exc)
         parts = command_parts(packed)  # EVALSHA sha numkeys keys... args...
         deadline = time.monotonic() + self._reroute_for_s
         while True:
             try:
                 async with self._slow_lane:
-                    reply = await self._cluster.execute_command("EVAL", script.source,
-                                                                *parts[2:])
+                    reply = await self._cluster.execute_command("EVAL", script.source, *parts[2:])
             except _REROUTE as exc:
                 if time.monotonic() >= deadline:
                     if isinstance(exc, redis.exceptions.MaxConnectionsError):
                         _settle(outer, exc)
                         return
-                    log.warning("redis cluster: a script call failed for %.1fs: %s",
-                                self._reroute_for_s, exc)
-                    _settle(outer, exc if isinstance(exc, (
-                        redis.exceptions.ConnectionError, redis.exceptions.TimeoutError))
-                        else redis.exceptions.ConnectionError(f"redis cluster: {exc}"))
+                    log.warning(
+                        "redis cluster: a script call failed for %.1fs: %s",
+                        self._reroute_for_s,
+                        exc,
+                    )
+                    _settle(
+                        outer,
+                        exc
+                        if isinstance(
+                            exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+                        )
+                        else redis.exceptions.ConnectionError(f"redis cluster: {exc}"),
+                    )
                     return
                 await asyncio.sleep(REROUTE_PAUSE_S)
                 await self._refresh_slots()
@@ -210,8 +253,11 @@ class ClusterScriptBatcher:
     async def _do_refresh(self) -> None:
         try:
             await self._cluster.nodes_manager.initialize()
-        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException,
-                OSError) as exc:
+        except (
+            redis.exceptions.RedisError,
+            redis.exceptions.RedisClusterException,
+            OSError,
+        ) as exc:
             log.warning("redis cluster: slot map refresh failed: %s", exc)
         finally:
             self._refreshed_at = time.monotonic()

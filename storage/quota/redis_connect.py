@@ -47,8 +47,15 @@ from redis.asyncio.sentinel import (
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.driver_info import DriverInfo
 
-REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://",
-                     "rediss+cluster://", "redis+sentinel://", "rediss+sentinel://")
+REDIS_URL_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+cluster://",
+    "rediss+cluster://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+)
 
 SOCKET_TIMEOUT_S = 0.5
 CONNECT_TIMEOUT_S = 0.5
@@ -77,8 +84,12 @@ def parse_redis_url(url: str) -> RedisTarget:
         if not url.startswith(REDIS_URL_SCHEMES):
             raise ValueError(f"redis_url must start with one of {', '.join(REDIS_URL_SCHEMES)}")
         return RedisTarget("single", url)
-    kinds = {"redis+cluster": ("cluster", False), "rediss+cluster": ("cluster", True),
-             "redis+sentinel": ("sentinel", False), "rediss+sentinel": ("sentinel", True)}
+    kinds = {
+        "redis+cluster": ("cluster", False),
+        "rediss+cluster": ("cluster", True),
+        "redis+sentinel": ("sentinel", False),
+        "rediss+sentinel": ("sentinel", True),
+    }
     if scheme not in kinds:
         raise ValueError(f"redis_url must start with one of {', '.join(REDIS_URL_SCHEMES)}")
     mode, tls = kinds[scheme]
@@ -136,8 +147,10 @@ def connect(url: str, *, max_connections: int) -> QuotaRedis:
         )
         return redis.Redis(connection_pool=pool)
     common: dict[str, Any] = {
-        "username": target.username, "password": target.password,
-        "socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "username": target.username,
+        "password": target.password,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
     }
     if target.tls:
         common["ssl"] = True
@@ -156,9 +169,13 @@ def connect(url: str, *, max_connections: int) -> QuotaRedis:
     sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs, **common)
     assert target.service is not None
     client: redis.Redis = sentinel.master_for(
-        target.service, db=target.db, max_connections=max_connections, retry=_retry(),
+        target.service,
+        db=target.db,
+        max_connections=max_connections,
+        retry=_retry(),
         driver_info=driver,
-        connection_class=_PrimaryTLSConnection if target.tls else _PrimaryConnection)
+        connection_class=_PrimaryTLSConnection if target.tls else _PrimaryConnection,
+    )
     return client
 
 
@@ -177,14 +194,21 @@ class _FollowsPrimary(SentinelManagedConnection):
             await self.connect()  # type: ignore[no-untyped-call]
         await super().send_packed_command(command, check_health)
 
-    async def read_response(self, disable_decoding: bool = False,
-                            timeout: float | None = None, *,  # noqa: ASYNC109 (redis-py's)
-                            disconnect_on_error: float | None = True,
-                            push_request: bool | None = False) -> Any:
+    async def read_response(
+        self,
+        disable_decoding: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 (redis-py's)
+        *,
+        disconnect_on_error: float | None = True,
+        push_request: bool | None = False,
+    ) -> Any:
         try:
             return await super().read_response(
-                disable_decoding=disable_decoding, timeout=timeout,
-                disconnect_on_error=disconnect_on_error, push_request=push_request)
+                disable_decoding=disable_decoding,
+                timeout=timeout,
+                disconnect_on_error=disconnect_on_error,
+                push_request=push_request,
+            )
         except redis.ResponseError as exc:
             if not str(exc).startswith("NOREPLICAS") or not self.connection_pool.is_master:
                 raise

@@ -78,15 +78,20 @@ def _bulk(value: Arg) -> bytes:
 
 def pack_evalsha(script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> bytes:
     """The RESP bytes of `EVALSHA sha numkeys *keys *args`."""
-    return pack_evalsha_bulks(script, len(keys), len(args), bulk_strings(keys),
-                              bulk_strings(args))
+    return pack_evalsha_bulks(script, len(keys), len(args), bulk_strings(keys), bulk_strings(args))
 
 
 def pack_evalsha_bulks(script: LuaScript, numkeys: int, numargs: int, *bulks: bytes) -> bytes:
     """`pack_evalsha` of keys and args already packed by `bulk_strings`, in order (so a
     caller packs the parts that never change once)."""
-    return b"".join((b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + numkeys + numargs), script.sha_bulk,
-                     _bulk(numkeys), *bulks))
+    return b"".join(
+        (
+            b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + numkeys + numargs),
+            script.sha_bulk,
+            _bulk(numkeys),
+            *bulks,
+        )
+    )
 
 
 def bulk_strings(values: Sequence[Arg]) -> bytes:
@@ -115,8 +120,11 @@ class ScriptBatcher:
     def __init__(self, client: Redis, *, retries: int = 2, wait_replicas: int = 0) -> None:
         self._pool = client.connection_pool
         self._retries = retries
-        self._wait = (b"*3\r\n$4\r\nWAIT\r\n" + _bulk(wait_replicas) + _bulk(WAIT_TIMEOUT_MS)
-                      if wait_replicas > 0 else None)
+        self._wait = (
+            b"*3\r\n$4\r\nWAIT\r\n" + _bulk(wait_replicas) + _bulk(WAIT_TIMEOUT_MS)
+            if wait_replicas > 0
+            else None
+        )
         self._wait_replicas = wait_replicas
         self._queue: collections.deque[_Call] = collections.deque()
         self._connection: AbstractConnection | None = None
@@ -130,8 +138,9 @@ class ScriptBatcher:
         """Run the script (EVALSHA) in the next batch and return its reply."""
         return await self.submit(script, keys, args)
 
-    def submit(self, script: LuaScript, keys: Sequence[str], args: Sequence[Arg], *,
-               defer_s: float = 0.0) -> asyncio.Future[Any]:
+    def submit(
+        self, script: LuaScript, keys: Sequence[str], args: Sequence[Arg], *, defer_s: float = 0.0
+    ) -> asyncio.Future[Any]:
         """Queue the call and return the future of its reply (for callers that don't wait).
 
         `defer_s` > 0: the call need not go at once; it joins the next batch another call
@@ -142,8 +151,9 @@ class ScriptBatcher:
         """`call` with the command packed already (`pack_evalsha_bulks`)."""
         return await self.submit_packed(script, packed)
 
-    def submit_packed(self, script: LuaScript, packed: bytes, *,
-                      defer_s: float = 0.0) -> asyncio.Future[Any]:
+    def submit_packed(
+        self, script: LuaScript, packed: bytes, *, defer_s: float = 0.0
+    ) -> asyncio.Future[Any]:
         """`submit` with the command packed already (`pack_evalsha_bulks`)."""
         if self._closed:
             raise RuntimeError("ScriptBatcher is closed")
@@ -163,7 +173,8 @@ class ScriptBatcher:
             self._timer = None
         if self._flusher is None and self._queue:
             self._flusher = asyncio.get_running_loop().create_task(
-                self._flush(), name="redis-script-batch")
+                self._flush(), name="redis-script-batch"
+            )
 
     @property
     def queued(self) -> int:
@@ -216,10 +227,10 @@ class ScriptBatcher:
             _fail([c for c in batch if c.attempts > self._retries], error)
             batch = [c for c in batch if c.attempts <= self._retries]
             if batch:
-                log.warning("redis script batch: %d calls sent again after: %s", len(batch),
-                            error)
-                await asyncio.sleep(RETRY_BACKOFF_S[min(batch[0].attempts,
-                                                        len(RETRY_BACKOFF_S)) - 1])
+                log.warning("redis script batch: %d calls sent again after: %s", len(batch), error)
+                await asyncio.sleep(
+                    RETRY_BACKOFF_S[min(batch[0].attempts, len(RETRY_BACKOFF_S)) - 1]
+                )
 
     async def _take_connection(self) -> AbstractConnection:
         connection: AbstractConnection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
@@ -229,8 +240,9 @@ class ScriptBatcher:
         connection.socket_timeout = None
         return connection
 
-    async def _exchange(self, connection: AbstractConnection, batch: list[_Call], *,
-                        reloaded: bool = False) -> None:
+    async def _exchange(
+        self, connection: AbstractConnection, batch: list[_Call], *, reloaded: bool = False
+    ) -> None:
         """Send the batch and hand out its replies, all within the connection's socket
         timeout; raise `_Unanswered` with the calls left without a reply when the connection
         breaks or times out. NOSCRIPT replies: the script is loaded and those calls sent again
@@ -269,20 +281,27 @@ class ScriptBatcher:
                     if not isinstance(acked, int) or acked < self._wait_replicas:
                         raise redis.exceptions.ConnectionError(
                             f"the batch reached {acked} of {self._wait_replicas} replicas "
-                            f"within {WAIT_TIMEOUT_MS} ms")
+                            f"within {WAIT_TIMEOUT_MS} ms"
+                        )
                     for call, outcome in held:
                         _resolve(call, outcome)
                     unanswered.clear()
                 for script in {c.script.sha: c.script for c in missing_script}.values():
-                    await connection.send_command("SCRIPT", "LOAD", script.source,
-                                                  check_health=False)
+                    await connection.send_command(
+                        "SCRIPT", "LOAD", script.source, check_health=False
+                    )
                     await connection.read_response(timeout=math.inf)
-        except (TimeoutError, redis.exceptions.ConnectionError,
-                redis.exceptions.TimeoutError) as exc:
+        except (
+            TimeoutError,
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+        ) as exc:
             await connection.disconnect(nowait=True)
             error: redis.exceptions.RedisError = (
-                exc if isinstance(exc, redis.exceptions.RedisError)
-                else redis.exceptions.TimeoutError(f"no reply within {self._timeout_s}s"))
+                exc
+                if isinstance(exc, redis.exceptions.RedisError)
+                else redis.exceptions.TimeoutError(f"no reply within {self._timeout_s}s")
+            )
             raise _Unanswered([*missing_script, *unanswered], error) from exc
         if missing_script:  # loaded now; a NOSCRIPT reply is not a failed attempt
             await self._exchange(connection, missing_script, reloaded=True)

@@ -86,8 +86,11 @@ def _script(name: str) -> LuaScript:
 # (`min-replicas-to-write`, e.g. while Sentinel promotes one) or its primary is (MASTERDOWN).
 _NO_WRITABLE_PRIMARY = ("NOREPLICAS", "MASTERDOWN")
 
-_OUTAGE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-           redis.exceptions.ResponseError)  # translate() lets most ResponseErrors through
+_OUTAGE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ResponseError,
+)  # translate() lets most ResponseErrors through
 
 
 def translate(exc: BaseException) -> BaseException:
@@ -97,7 +100,8 @@ def translate(exc: BaseException) -> BaseException:
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
         return QuotaStoreUnavailable(f"quota store unreachable: {exc}")
     if isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(
-            _NO_WRITABLE_PRIMARY):
+        _NO_WRITABLE_PRIMARY
+    ):
         return QuotaStoreUnavailable(f"quota store has no writable primary: {exc}")
     return exc
 
@@ -150,9 +154,18 @@ class UsageSnapshot:
     @classmethod
     def from_reply(cls, fields: list[Any]) -> UsageSnapshot:
         # Positional, in field order (one per admit: keyword arguments cost more).
-        return cls(int(fields[0]), _text(fields[1]), int(fields[2]), int(fields[3]),
-                   int(fields[4]), int(fields[5]), int(fields[6]), int(fields[7]),
-                   int(fields[8]), int(fields[9]))
+        return cls(
+            int(fields[0]),
+            _text(fields[1]),
+            int(fields[2]),
+            int(fields[3]),
+            int(fields[4]),
+            int(fields[5]),
+            int(fields[6]),
+            int(fields[7]),
+            int(fields[8]),
+            int(fields[9]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +183,13 @@ class AdmitReply:
     def from_reply(cls, reply: list[Any]) -> AdmitReply:
         limit = _text(reply[1])
         retry = int(reply[2])
-        return cls(int(reply[0]) == 1, limit or None, None if retry < 0 else retry,
-                   int(reply[3]) == 1, UsageSnapshot.from_reply(reply[4:]))
+        return cls(
+            int(reply[0]) == 1,
+            limit or None,
+            None if retry < 0 else retry,
+            int(reply[3]) == 1,
+            UsageSnapshot.from_reply(reply[4:]),
+        )
 
 
 _OUTCOMES: dict[int, Literal["settled", "already_settled", "unknown"]] = {
@@ -198,10 +216,17 @@ class SettleReply:
     @classmethod
     def from_reply(cls, reply: list[Any]) -> SettleReply:
         if len(reply) < 8:
-            return cls(_OUTCOMES[int(reply[0])], int(reply[1]), int(reply[2]),
-                       int(reply[3]) == 1)
-        return cls(_OUTCOMES[int(reply[0])], int(reply[1]), int(reply[2]), int(reply[3]) == 1,
-                   _text(reply[4]), int(reply[5]), int(reply[6]), int(reply[7]))
+            return cls(_OUTCOMES[int(reply[0])], int(reply[1]), int(reply[2]), int(reply[3]) == 1)
+        return cls(
+            _OUTCOMES[int(reply[0])],
+            int(reply[1]),
+            int(reply[2]),
+            int(reply[3]) == 1,
+            _text(reply[4]),
+            int(reply[5]),
+            int(reply[6]),
+            int(reply[7]),
+        )
 
 
 def _text(value: Any) -> str:
@@ -221,8 +246,9 @@ class _PackedKeys:
 def _packed_keys(customer_id: str) -> _PackedKeys:
     keys = customer_keys(customer_id)
     return _PackedKeys(
-        admit=bulk_strings((keys.requests_log, keys.token_buckets, keys.month_counters,
-                            keys.pending)),
+        admit=bulk_strings(
+            (keys.requests_log, keys.token_buckets, keys.month_counters, keys.pending)
+        ),
         settle=bulk_strings((keys.token_buckets, keys.month_counters, keys.pending)),
     )
 
@@ -235,8 +261,13 @@ class QuotaStore:
     that many replicas have its writes (`ScriptBatcher`), so a failover loses no admission.
     """
 
-    def __init__(self, client: Redis | RedisCluster, *,
-                 window_ms: int = PRODUCTION_WINDOW_MS, wait_replicas: int = 0) -> None:
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        window_ms: int = PRODUCTION_WINDOW_MS,
+        wait_replicas: int = 0,
+    ) -> None:
         if window_ms < 1:
             raise ValueError(f"window_ms must be positive, got {window_ms}")
         self.window_ms = window_ms
@@ -245,7 +276,8 @@ class QuotaStore:
         self._scripts: ScriptBatcher | ClusterScriptBatcher = (
             ClusterScriptBatcher(client, wait_replicas=wait_replicas)
             if isinstance(client, RedisCluster)
-            else ScriptBatcher(client, wait_replicas=wait_replicas))
+            else ScriptBatcher(client, wait_replicas=wait_replicas)
+        )
         self._admit = _script("admit.lua")
         self._settle = _script("settle.lua")
         self._status = _script("status.lua")
@@ -281,11 +313,15 @@ class QuotaStore:
         # KEYS: requests_log, token_buckets, month_counters, pending, the reservation;
         # ARGV: request id, the five limits, tokens, spend, ttl, window, shadow.
         packed = pack_evalsha_bulks(
-            self._admit, 5, 11, _packed_keys(customer_id).admit,
+            self._admit,
+            5,
+            11,
+            _packed_keys(customer_id).admit,
             bulk_strings((customer_keys(customer_id).reservation(request_id), request_id)),
             limits.packed_args,
-            bulk_strings((tokens, spend_micros, reservation_ttl_ms, self.window_ms,
-                          1 if shadow else 0)),
+            bulk_strings(
+                (tokens, spend_micros, reservation_ttl_ms, self.window_ms, 1 if shadow else 0)
+            ),
         )
         return AdmitReply.from_reply(await self._call(self._admit, packed))
 
@@ -293,8 +329,9 @@ class QuotaStore:
         self, *, customer_id: str, request_id: str, tokens: int, spend_micros: int
     ) -> SettleReply:
         """Replace a reservation by the actual `tokens` and `spend_micros`, once."""
-        future = self.settle_soon(customer_id=customer_id, request_id=request_id,
-                                  tokens=tokens, spend_micros=spend_micros)
+        future = self.settle_soon(
+            customer_id=customer_id, request_id=request_id, tokens=tokens, spend_micros=spend_micros
+        )
         try:
             return SettleReply.from_reply(await future)
         except _OUTAGE as exc:
@@ -304,7 +341,12 @@ class QuotaStore:
             raise error from exc
 
     def settle_soon(
-        self, *, customer_id: str, request_id: str, tokens: int, spend_micros: int,
+        self,
+        *,
+        customer_id: str,
+        request_id: str,
+        tokens: int,
+        spend_micros: int,
         defer_s: float = 0.0,
     ) -> asyncio.Future[Any]:
         """Queue the settle and return the future of its raw reply (`SettleReply.from_reply`;
@@ -314,9 +356,13 @@ class QuotaStore:
             raise ValueError("tokens and spend_micros must be >= 0")
         # KEYS: token_buckets, month_counters, pending, the reservation; ARGV: tokens, spend.
         packed = pack_evalsha_bulks(
-            self._settle, 4, 2, _packed_keys(customer_id).settle,
-            bulk_strings((customer_keys(customer_id).reservation(request_id), tokens,
-                          spend_micros)),
+            self._settle,
+            4,
+            2,
+            _packed_keys(customer_id).settle,
+            bulk_strings(
+                (customer_keys(customer_id).reservation(request_id), tokens, spend_micros)
+            ),
         )
         return self._scripts.submit_packed(self._settle, packed, defer_s=defer_s)
 
@@ -324,11 +370,15 @@ class QuotaStore:
         """What every window of the customer holds now (expired reservations released)."""
         keys = customer_keys(customer_id)
         script_keys = [keys.requests_log, keys.token_buckets, keys.month_counters, keys.pending]
-        return UsageSnapshot.from_reply(await self._call(
-            self._status, pack_evalsha(self._status, script_keys, [self.window_ms])))
+        return UsageSnapshot.from_reply(
+            await self._call(
+                self._status, pack_evalsha(self._status, script_keys, [self.window_ms])
+            )
+        )
 
-    async def claim_alert(self, customer_id: str, limit: str, threshold_percent: int,
-                          month: str) -> bool:
+    async def claim_alert(
+        self, customer_id: str, limit: str, threshold_percent: int, month: str
+    ) -> bool:
         """True exactly once per (customer, limit, threshold, month), across every process."""
         key = customer_keys(customer_id).alert(limit, threshold_percent, month)
         try:

@@ -66,26 +66,41 @@ class KeyUsage:
     totals: UsageTotals
 
 
-async def usage_by_day(pool: asyncpg.Pool, *, since: datetime, until: datetime,
-                       usage_filter: UsageFilter, tz_name: str, group_by: GroupBy,
-                       from_rollups: bool) -> list[DayGroupUsage]:
+async def usage_by_day(
+    pool: asyncpg.Pool,
+    *,
+    since: datetime,
+    until: datetime,
+    usage_filter: UsageFilter,
+    tz_name: str,
+    group_by: GroupBy,
+    from_rollups: bool,
+) -> list[DayGroupUsage]:
     """Sums of [since, until] per (local day, model or project), by day then group."""
     params = Params()
-    split = split_window(since, until) if from_rollups else WindowSplit(since, until, until,
-                                                                        until)
+    split = split_window(since, until) if from_rollups else WindowSplit(since, until, until, until)
     rows_sql = usage_rows_sql(split, usage_filter, params)
     tz = params.add(tz_name)
-    query = (f"SELECT (at AT TIME ZONE {tz})::date AS day, {group_by} AS grp, {_SUMS} "
-             f"FROM ({rows_sql}) AS u GROUP BY 1, 2 HAVING sum(requests) <> 0 "
-             "ORDER BY 1, 2 NULLS FIRST")
+    query = (
+        f"SELECT (at AT TIME ZONE {tz})::date AS day, {group_by} AS grp, {_SUMS} "
+        f"FROM ({rows_sql}) AS u GROUP BY 1, 2 HAVING sum(requests) <> 0 "
+        "ORDER BY 1, 2 NULLS FIRST"
+    )
     rows = await pool.fetch(query, *params.values)
     return [DayGroupUsage(row["day"], row["grp"], UsageTotals.from_row(row)) for row in rows]
 
 
-def _where(since: datetime, until: datetime, usage_filter: UsageFilter, params: Params,
-           status: StatusFilter = None, key_id: str | None = None) -> str:
-    where = (f"created_at >= {params.add(since)} AND created_at <= {params.add(until)}"
-             + filter_sql(usage_filter, params))
+def _where(
+    since: datetime,
+    until: datetime,
+    usage_filter: UsageFilter,
+    params: Params,
+    status: StatusFilter = None,
+    key_id: str | None = None,
+) -> str:
+    where = f"created_at >= {params.add(since)} AND created_at <= {params.add(until)}" + filter_sql(
+        usage_filter, params
+    )
     if status == "ok":
         where += " AND status_code < 400"
     elif status == "error":
@@ -112,53 +127,74 @@ def _whole_utc_days(since: datetime, until: datetime, tz_name: str) -> bool:
     if start.time() != time(0) or end.time() != time(0):
         return False
     zone = ZoneInfo(tz_name)
-    return all((start + timedelta(days=n)).astimezone(zone).utcoffset() == timedelta(0)
-               for n in range((end - start).days + 1))
+    return all(
+        (start + timedelta(days=n)).astimezone(zone).utcoffset() == timedelta(0)
+        for n in range((end - start).days + 1)
+    )
 
 
-async def usage_by_day_and_key(pool: asyncpg.Pool, *, since: datetime, until: datetime,
-                               usage_filter: UsageFilter, tz_name: str
-                               ) -> list[DayGroupUsage]:
+async def usage_by_day_and_key(
+    pool: asyncpg.Pool, *, since: datetime, until: datetime, usage_filter: UsageFilter, tz_name: str
+) -> list[DayGroupUsage]:
     """Sums of [since, until] per (local day, key_id), by day then key. A window of whole UTC
     days (UTC and its aliases) without a model filter reads the daily key rollups; any other
     reads raw events, grouped by the day in `tz_name`."""
     params = Params()
     if usage_filter.model is None and _whole_utc_days(since, until, tz_name):
-        where = (f"day >= {params.add(since.astimezone(UTC).date())} "
-                 f"AND day <= {params.add(until.astimezone(UTC).date())}")
-        for column, value in (("customer_id", usage_filter.customer_id),
-                              ("project_id", usage_filter.project_id)):
+        where = (
+            f"day >= {params.add(since.astimezone(UTC).date())} "
+            f"AND day <= {params.add(until.astimezone(UTC).date())}"
+        )
+        for column, value in (
+            ("customer_id", usage_filter.customer_id),
+            ("project_id", usage_filter.project_id),
+        ):
             if value is not None:
                 where += f" AND {column} = {params.add(value)}"
-        query = (f"SELECT day, key_id AS grp, {_SUMS} FROM usage_rollups_key_daily "
-                 f"WHERE {where} GROUP BY 1, 2 HAVING sum(requests) <> 0 ORDER BY 1, 2")
+        query = (
+            f"SELECT day, key_id AS grp, {_SUMS} FROM usage_rollups_key_daily "
+            f"WHERE {where} GROUP BY 1, 2 HAVING sum(requests) <> 0 ORDER BY 1, 2"
+        )
     else:
         tz = params.add(tz_name)
-        rows_sql = (f"SELECT (created_at AT TIME ZONE {tz})::date AS day, key_id, "
-                    f"{_RAW_KEY_ROW} FROM usage_events "
-                    f"WHERE {_where(since, until, usage_filter, params)}")
-        query = (f"SELECT day, key_id AS grp, {_SUMS} FROM ({rows_sql}) AS e "
-                 "GROUP BY 1, 2 ORDER BY 1, 2")
+        rows_sql = (
+            f"SELECT (created_at AT TIME ZONE {tz})::date AS day, key_id, "
+            f"{_RAW_KEY_ROW} FROM usage_events "
+            f"WHERE {_where(since, until, usage_filter, params)}"
+        )
+        query = (
+            f"SELECT day, key_id AS grp, {_SUMS} FROM ({rows_sql}) AS e GROUP BY 1, 2 ORDER BY 1, 2"
+        )
     rows = await pool.fetch(query, *params.values)
     return [DayGroupUsage(row["day"], row["grp"], UsageTotals.from_row(row)) for row in rows]
 
 
-async def usage_by_key(pool: asyncpg.Pool, *, since: datetime, until: datetime,
-                       usage_filter: UsageFilter) -> list[KeyUsage]:
+async def usage_by_key(
+    pool: asyncpg.Pool, *, since: datetime, until: datetime, usage_filter: UsageFilter
+) -> list[KeyUsage]:
     """Sums of [since, until] per key (largest spend first): the daily key rollups for whole
     UTC days, raw events for the edges (storage.reports.key_rollups)."""
     params = Params()
     rows_sql = key_rows_sql(since, until, usage_filter, params)
-    query = (f"SELECT key_id, {_SUMS} FROM ({rows_sql}) AS k "
-             "GROUP BY key_id HAVING sum(requests) <> 0 ORDER BY price_usd DESC, key_id")
+    query = (
+        f"SELECT key_id, {_SUMS} FROM ({rows_sql}) AS k "
+        "GROUP BY key_id HAVING sum(requests) <> 0 ORDER BY price_usd DESC, key_id"
+    )
     rows = await pool.fetch(query, *params.values)
     return [KeyUsage(row["key_id"], UsageTotals.from_row(row)) for row in rows]
 
 
-async def events_page(pool: asyncpg.Pool, *, since: datetime, until: datetime,
-                      usage_filter: UsageFilter, status: StatusFilter = None,
-                      key_id: str | None = None, limit: int = 50,
-                      cursor: str | None = None) -> tuple[list[asyncpg.Record], str | None]:
+async def events_page(
+    pool: asyncpg.Pool,
+    *,
+    since: datetime,
+    until: datetime,
+    usage_filter: UsageFilter,
+    status: StatusFilter = None,
+    key_id: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[asyncpg.Record], str | None]:
     """The newest `limit` events of the selection after `cursor`, and the next cursor."""
     params = Params()
     where = _where(since, until, usage_filter, params, status, key_id)
@@ -166,8 +202,10 @@ async def events_page(pool: asyncpg.Pool, *, since: datetime, until: datetime,
         after = EventCursor.decode(cursor)
         at, event_id = params.add(after.created_at), params.add(after.id)
         where += f" AND created_at <= {at} AND (created_at, id) < ({at}, {event_id})"
-    query = (f"SELECT {_COLUMNS} FROM usage_events WHERE {where} "
-             f"ORDER BY created_at DESC, id DESC LIMIT {params.add(limit + 1)}")
+    query = (
+        f"SELECT {_COLUMNS} FROM usage_events WHERE {where} "
+        f"ORDER BY created_at DESC, id DESC LIMIT {params.add(limit + 1)}"
+    )
     rows = list(await pool.fetch(query, *params.values))
     following = None
     if len(rows) > limit:
@@ -176,14 +214,22 @@ async def events_page(pool: asyncpg.Pool, *, since: datetime, until: datetime,
     return rows, following
 
 
-async def export_rows(pool: asyncpg.Pool, *, since: datetime, until: datetime,
-                      usage_filter: UsageFilter, status: StatusFilter = None,
-                      key_id: str | None = None) -> AsyncGenerator[asyncpg.Record, None]:
+async def export_rows(
+    pool: asyncpg.Pool,
+    *,
+    since: datetime,
+    until: datetime,
+    usage_filter: UsageFilter,
+    status: StatusFilter = None,
+    key_id: str | None = None,
+) -> AsyncGenerator[asyncpg.Record, None]:
     """Every event of the selection, oldest first, streamed through a server-side cursor."""
     params = Params()
-    query = (f"SELECT {_COLUMNS} FROM usage_events "
-             f"WHERE {_where(since, until, usage_filter, params, status, key_id)} "
-             "ORDER BY created_at, id")
+    query = (
+        f"SELECT {_COLUMNS} FROM usage_events "
+        f"WHERE {_where(since, until, usage_filter, params, status, key_id)} "
+        "ORDER BY created_at, id"
+    )
     async with pool.acquire() as conn, conn.transaction(readonly=True):
         async for row in conn.cursor(query, *params.values, prefetch=EXPORT_PREFETCH):
             yield row

@@ -62,8 +62,9 @@ def _next_month(day: date) -> date:
     return (day.replace(day=1) + timedelta(days=32)).replace(day=1)
 
 
-def _table_sql(table: str, column: str, first: date, end: date, params: Params,
-               customer_id: str | None) -> str:
+def _table_sql(
+    table: str, column: str, first: date, end: date, params: Params, customer_id: str | None
+) -> str:
     where = f"{column} >= {params.add(first)} AND {column} < {params.add(end)}"
     if customer_id is not None:
         where += f" AND customer_id = {params.add(customer_id)}"
@@ -78,19 +79,17 @@ def _days_sql(first: date, end: date, params: Params, customer_id: str | None) -
     month_end = _month_start(end)
     if month >= month_end:
         return [_table_sql("usage_rollups_daily", "day", first, end, params, customer_id)]
-    parts = [_table_sql("usage_rollups_monthly", "month", month, month_end, params,
-                        customer_id)]
+    parts = [_table_sql("usage_rollups_monthly", "month", month, month_end, params, customer_id)]
     if first < month:
-        parts.append(_table_sql("usage_rollups_daily", "day", first, month, params,
-                                customer_id))
+        parts.append(_table_sql("usage_rollups_daily", "day", first, month, params, customer_id))
     if month_end < end:
-        parts.append(_table_sql("usage_rollups_daily", "day", month_end, end, params,
-                                customer_id))
+        parts.append(_table_sql("usage_rollups_daily", "day", month_end, end, params, customer_id))
     return parts
 
 
-def daily_rows_sql(since: datetime, until: datetime, params: Params,
-                   customer_id: str | None = None) -> str:
+def daily_rows_sql(
+    since: datetime, until: datetime, params: Params, customer_id: str | None = None
+) -> str:
     """One SELECT of `customer_id, model, <counts>, <money>` rows for [since, until]."""
     if since.tzinfo is None or until.tzinfo is None:
         raise ValueError("since and until must be timezone-aware")
@@ -145,23 +144,37 @@ async def verify_daily_rollups(
     start, end = _floor_day(since), _ceil_day(until)
     key = ("day", "customer_id", "model")
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-        hourly = {tuple(r[k] for k in key): r
-                  for r in await conn.fetch(_HOURLY_BY_DAY, start, end)}
-        daily = {tuple(r[k] for k in key): r for r in await conn.fetch(
-            "SELECT * FROM usage_rollups_daily WHERE day >= $1 AND day < $2",
-            start.date(), end.date())}
+        hourly = {tuple(r[k] for k in key): r for r in await conn.fetch(_HOURLY_BY_DAY, start, end)}
+        daily = {
+            tuple(r[k] for k in key): r
+            for r in await conn.fetch(
+                "SELECT * FROM usage_rollups_daily WHERE day >= $1 AND day < $2",
+                start.date(),
+                end.date(),
+            )
+        }
         first_month = _month_start(start.date())
         month_end = _next_month((end - DAY).date()) if end > start else first_month
-        by_month = {tuple(r[k] for k in key): r for r in await conn.fetch(
-            _DAILY_BY_MONTH, first_month, month_end)}
-        monthly = {tuple(r[k] for k in key): r for r in await conn.fetch(
-            "SELECT *, month AS day FROM usage_rollups_monthly WHERE month >= $1 AND "
-            "month < $2", first_month, month_end)}
+        by_month = {
+            tuple(r[k] for k in key): r
+            for r in await conn.fetch(_DAILY_BY_MONTH, first_month, month_end)
+        }
+        monthly = {
+            tuple(r[k] for k in key): r
+            for r in await conn.fetch(
+                "SELECT *, month AS day FROM usage_rollups_monthly WHERE month >= $1 AND "
+                "month < $2",
+                first_month,
+                month_end,
+            )
+        }
     return _compare(daily, hourly) + _compare(monthly, by_month)
 
 
-def _compare(have_rows: dict[tuple[Any, ...], asyncpg.Record],
-             want_rows: dict[tuple[Any, ...], asyncpg.Record]) -> list[DailyMismatch]:
+def _compare(
+    have_rows: dict[tuple[Any, ...], asyncpg.Record],
+    want_rows: dict[tuple[Any, ...], asyncpg.Record],
+) -> list[DailyMismatch]:
     mismatches = []
     for found in sorted(want_rows.keys() | have_rows.keys()):
         for column in _COLUMNS:

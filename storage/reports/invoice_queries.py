@@ -261,9 +261,16 @@ async def rerate_events(
     if not dry_run:
         totals = report.to_json()
         await pool.execute(
-            _RECORD_RUN, started, datetime.now(UTC), since, model, rules.version,
-            report.events_seen, report.events_changed,
-            Decimal(totals["cost_delta"]), Decimal(totals["price_delta"]),
+            _RECORD_RUN,
+            started,
+            datetime.now(UTC),
+            since,
+            model,
+            rules.version,
+            report.events_seen,
+            report.events_changed,
+            Decimal(totals["cost_delta"]),
+            Decimal(totals["price_delta"]),
         )
     return report
 

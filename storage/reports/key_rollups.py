@@ -45,12 +45,15 @@ def _ceil_day(moment: datetime) -> datetime:
 
 
 def _raw(since: datetime, until: datetime, usage_filter: UsageFilter, params: Params) -> str:
-    return (f"SELECT {_RAW_ROW} FROM usage_events WHERE created_at >= {params.add(since)} "
-            f"AND created_at <= {params.add(until)}" + filter_sql(usage_filter, params))
+    return (
+        f"SELECT {_RAW_ROW} FROM usage_events WHERE created_at >= {params.add(since)} "
+        f"AND created_at <= {params.add(until)}" + filter_sql(usage_filter, params)
+    )
 
 
-def key_rows_sql(since: datetime, until: datetime, usage_filter: UsageFilter,
-                 params: Params) -> str:
+def key_rows_sql(
+    since: datetime, until: datetime, usage_filter: UsageFilter, params: Params
+) -> str:
     """One SELECT of `key_id, <counts>, <money>` rows for [since, until]."""
     if since.tzinfo is None or until.tzinfo is None:
         raise ValueError("since and until must be timezone-aware")
@@ -58,8 +61,10 @@ def key_rows_sql(since: datetime, until: datetime, usage_filter: UsageFilter,
     if first >= end or usage_filter.model is not None:
         return _raw(since, until, usage_filter, params)
     where = f"day >= {params.add(first.date())} AND day < {params.add(end.date())}"
-    for column, value in (("customer_id", usage_filter.customer_id),
-                          ("project_id", usage_filter.project_id)):
+    for column, value in (
+        ("customer_id", usage_filter.customer_id),
+        ("project_id", usage_filter.project_id),
+    ):
         if value is not None:
             where += f" AND {column} = {params.add(value)}"
     columns = ", ".join(_COLUMNS)
@@ -90,17 +95,23 @@ _RAW_BY_KEY = (
 )
 
 
-async def verify_key_rollups(pool: asyncpg.Pool, *, since: datetime, until: datetime
-                             ) -> list[KeyMismatch]:
+async def verify_key_rollups(
+    pool: asyncpg.Pool, *, since: datetime, until: datetime
+) -> list[KeyMismatch]:
     """Differences between the key rollups and the raw rows, whole UTC days covering
     [since, until) (where raw rows are still retained)."""
     start, end = _floor_day(since), _ceil_day(until)
     key = ("day", "customer_id", "key_id", "project_id")
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
         raw = {tuple(r[k] for k in key): r for r in await conn.fetch(_RAW_BY_KEY, start, end)}
-        rolled = {tuple(r[k] for k in key): r for r in await conn.fetch(
-            "SELECT * FROM usage_rollups_key_daily WHERE day >= $1 AND day < $2",
-            start.date(), end.date())}
+        rolled = {
+            tuple(r[k] for k in key): r
+            for r in await conn.fetch(
+                "SELECT * FROM usage_rollups_key_daily WHERE day >= $1 AND day < $2",
+                start.date(),
+                end.date(),
+            )
+        }
     mismatches = []
     for found in sorted(raw.keys() | rolled.keys(), key=lambda k: (k[0], k[1], k[2], k[3] or "")):
         for column in _COLUMNS:
@@ -108,6 +119,7 @@ async def verify_key_rollups(pool: asyncpg.Pool, *, since: datetime, until: date
             want = raw[found][column] if found in raw else 0
             if have != want:
                 day, customer_id, key_id, project_id = found
-                mismatches.append(KeyMismatch(day, customer_id, key_id, project_id, column,
-                                              have, want))
+                mismatches.append(
+                    KeyMismatch(day, customer_id, key_id, project_id, column, have, want)
+                )
     return mismatches

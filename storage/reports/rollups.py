@@ -44,8 +44,14 @@ HOUR = timedelta(hours=1)
 
 # Columns of a usage row, raw or rolled up, in the order `usage_rows_sql` selects them.
 ROW_COUNTS = (
-    "requests", "error_requests", "estimated_requests", "unpriced_requests",
-    "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens",
+    "requests",
+    "error_requests",
+    "estimated_requests",
+    "unpriced_requests",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
     "reasoning_tokens",
 )
 ROW_MONEY = ("cost_usd", "price_usd")
@@ -189,8 +195,7 @@ class RollupWindow:
     horizon: datetime | None  # see storage.usage.partitions.retention_horizon
 
     @classmethod
-    def retained(cls, since: datetime, until: datetime, horizon: datetime | None
-                 ) -> RollupWindow:
+    def retained(cls, since: datetime, until: datetime, horizon: datetime | None) -> RollupWindow:
         start, end = floor_hour(since), ceil_hour(until)
         if end < start:
             raise ValueError("until must not be before since")
@@ -231,13 +236,16 @@ async def verify_rollups(pool: asyncpg.Pool, *, since: datetime, until: datetime
     async with pool.acquire() as conn:
         async with conn.transaction(isolation="repeatable_read"):
             window = RollupWindow.retained(since, until, await retention_horizon(conn))
-            raw = {tuple(r[k] for k in _KEY): r
-                   for r in await conn.fetch(_RAW_BY_KEY, window.start, window.end)}
+            raw = {
+                tuple(r[k] for k in _KEY): r
+                for r in await conn.fetch(_RAW_BY_KEY, window.start, window.end)
+            }
             rolled = {
                 tuple(r[k] for k in _KEY): r
                 for r in await conn.fetch(
                     "SELECT * FROM usage_rollups_hourly WHERE hour >= $1 AND hour < $2",
-                    window.start, window.end,
+                    window.start,
+                    window.end,
                 )
             }
         # A partition dropped by retention after this snapshot was taken is missing from the
@@ -254,14 +262,13 @@ async def verify_rollups(pool: asyncpg.Pool, *, since: datetime, until: datetime
             want = raw[key][column] if key in raw else 0
             if have != want:
                 hour, customer_id, project_id, model = key
-                mismatches.append(RollupMismatch(hour, customer_id, project_id, model,
-                                                 column, have, want))
+                mismatches.append(
+                    RollupMismatch(hour, customer_id, project_id, model, column, have, want)
+                )
     return RollupCheck(window, mismatches)
 
 
-async def rebuild_rollups(
-    pool: asyncpg.Pool, *, since: datetime, until: datetime
-) -> RollupRebuild:
+async def rebuild_rollups(pool: asyncpg.Pool, *, since: datetime, until: datetime) -> RollupRebuild:
     """Recompute the rollups of the whole hours covering [since, until) from the raw rows,
     from the retention horizon on; the rollups of older hours are left as they are. Writers
     wait for it (table lock), briefly."""
@@ -278,10 +285,13 @@ async def rebuild_rollups(
         await conn.execute("LOCK TABLE usage_rollups_hourly IN SHARE ROW EXCLUSIVE MODE")
         await conn.execute(
             "DELETE FROM usage_rollups_hourly WHERE hour >= $1 AND hour < $2",
-            window.start, window.end,
+            window.start,
+            window.end,
         )
         status = await conn.execute(
             f"INSERT INTO usage_rollups_hourly ({columns}) "
-            f"SELECT {columns} FROM ({_RAW_BY_KEY}) AS raw", window.start, window.end
+            f"SELECT {columns} FROM ({_RAW_BY_KEY}) AS raw",
+            window.start,
+            window.end,
         )
     return RollupRebuild(window, int(status.rsplit(" ", 1)[1]))

@@ -36,8 +36,9 @@ _SUMS = ", ".join(
 )
 
 
-async def models_usage(pool: asyncpg.Pool, *, since: datetime, until: datetime,
-                       customer_id: str | None = None) -> list[ModelUsage]:
+async def models_usage(
+    pool: asyncpg.Pool, *, since: datetime, until: datetime, customer_id: str | None = None
+) -> list[ModelUsage]:
     """Usage per model in [since, until], the most spent on first (then by name)."""
     params = Params()
     rows_sql = daily_rows_sql(since, until, params, customer_id)
@@ -92,7 +93,9 @@ async def stripe_sync_state(
         WHERE version = $1 AND window_start >= $2 AND window_start < $3
         GROUP BY status, dimension ORDER BY dimension, status
         """,
-        version, since, until,
+        version,
+        since,
+        until,
     )
     counts: dict[str, int] = {status: 0 for status in SYNC_STATUSES}
     values: dict[str, dict[str, int]] = {status: {} for status in SYNC_STATUSES}

@@ -78,9 +78,9 @@ class UsageTotals:
         return cls(**{name: row[name] for name in ROW_COUNTS + ROW_MONEY})
 
     def __add__(self, other: UsageTotals) -> UsageTotals:
-        return UsageTotals(**{
-            name: getattr(self, name) + getattr(other, name) for name in ROW_COUNTS + ROW_MONEY
-        })
+        return UsageTotals(
+            **{name: getattr(self, name) + getattr(other, name) for name in ROW_COUNTS + ROW_MONEY}
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -206,8 +206,10 @@ class ProjectsUsage:
         }
 
 
-_SUMS = ", ".join(f"sum({name})::bigint AS {name}" for name in ROW_COUNTS) + ", " + ", ".join(
-    f"sum({name})::numeric AS {name}" for name in ROW_MONEY
+_SUMS = (
+    ", ".join(f"sum({name})::bigint AS {name}" for name in ROW_COUNTS)
+    + ", "
+    + ", ".join(f"sum({name})::numeric AS {name}" for name in ROW_MONEY)
 )
 
 

@@ -111,8 +111,12 @@ async def window_usage(
     ones it is not (`held_back`).
     """
     rows = await pool.fetch(
-        _WINDOWS_SQL.format(imported=_IMPORTED[imported]), timedelta(seconds=window_s),
-        start, end, customer_id, import_since,
+        _WINDOWS_SQL.format(imported=_IMPORTED[imported]),
+        timedelta(seconds=window_s),
+        start,
+        end,
+        customer_id,
+        import_since,
     )
     found = []
     for row in rows:

@@ -72,10 +72,18 @@ async def reconcile(
     ours: dict[tuple[str, str], int] = {}
     held: dict[tuple[str, str], int] = {}
     parts: tuple[tuple[Imported, dict[tuple[str, str], int]], ...] = (
-        ("billable", ours), ("held_back", held))
+        ("billable", ours),
+        ("held_back", held),
+    )
     for imported, totals in parts:
-        for window in await window_usage(pool, start=start, end=end, window_s=window_s,
-                                         imported=imported, import_since=import_since):
+        for window in await window_usage(
+            pool,
+            start=start,
+            end=end,
+            window_s=window_s,
+            imported=imported,
+            import_since=import_since,
+        ):
             for dimension in meters:
                 key = (window.customer_id, dimension)
                 totals[key] = totals.get(key, 0) + window.values[dimension]
@@ -86,7 +94,9 @@ async def reconcile(
         WHERE version = $1 AND window_start >= $2 AND window_start < $3
         GROUP BY customer_id, dimension, status
         """,
-        version, start, end,
+        version,
+        start,
+        end,
     ):
         if row["dimension"] in meters:
             states = synced.setdefault((row["customer_id"], row["dimension"]), {})
@@ -97,8 +107,9 @@ async def reconcile(
     }
     order = {d: i for i, d in enumerate(DIMENSIONS)}
     lines = []
-    for customer_id, dimension in sorted(set(ours) | set(synced) | set(held),
-                                         key=lambda k: (k[0], order[k[1]])):
+    for customer_id, dimension in sorted(
+        set(ours) | set(synced) | set(held), key=lambda k: (k[0], order[k[1]])
+    ):
         states = synced.get((customer_id, dimension), {})
         stripe_customer_id = links.get(customer_id)
         stripe_total = None

@@ -200,23 +200,21 @@ class MeterSync:
         now = self._clock()
         until = min(until or now, now)
         policy = self._policy
-        closed_until = window_floor(until - timedelta(seconds=policy.settle_delay_s),
-                                    policy.window_s)
+        closed_until = window_floor(
+            until - timedelta(seconds=policy.settle_delay_s), policy.window_s
+        )
         report = SyncReport(until=closed_until, dry_run=dry_run)
         # A transaction-level lock, held by a transaction open for the whole run: it ends
         # with that transaction whatever happens, also through PgBouncer in transaction
         # pooling mode (where a session lock and its unlock may reach different servers).
         async with self._pool.acquire() as lock_conn, lock_conn.transaction():
-            if not await lock_conn.fetchval("SELECT pg_try_advisory_xact_lock($1)",
-                                            SYNC_LOCK_KEY):
+            if not await lock_conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SYNC_LOCK_KEY):
                 raise SyncBusyError("another `billing sync` is running on this database")
             oldest = now - MAX_EVENT_AGE
             planned = await self._plan(closed_until, oldest, report)
             report.planned = planned
             if dry_run:
-                open_rows = await self._open_rows() + [
-                    r for r in planned if r.status == "pending"
-                ]
+                open_rows = await self._open_rows() + [r for r in planned if r.status == "pending"]
                 open_rows.sort(key=_send_order)
                 report.skipped = [r for r in planned if r.status == "skipped"]
                 report.pending = [r for r in open_rows if r.window_start >= oldest]
@@ -234,8 +232,12 @@ class MeterSync:
         policy = self._policy
         scan_from = window_floor(oldest - REPORT_HORIZON, policy.window_s)
         usage = await window_usage(
-            self._pool, start=scan_from, end=closed_until, window_s=policy.window_s,
-            imported="billable", import_since=policy.import_since,
+            self._pool,
+            start=scan_from,
+            end=closed_until,
+            window_s=policy.window_s,
+            imported="billable",
+            import_since=policy.import_since,
         )
         links: dict[str, str | None] = {
             r["id"]: r["stripe_customer_id"]
@@ -251,7 +253,9 @@ class MeterSync:
                 WHERE version = $1 AND window_start >= $2 AND window_start < $3
                 GROUP BY customer_id, dimension, window_start
                 """,
-                policy.version, scan_from, closed_until,
+                policy.version,
+                scan_from,
+                closed_until,
             )
         }
         totals: dict[tuple[str, str, datetime], int] = {}
@@ -278,9 +282,12 @@ class MeterSync:
             if window_start < oldest:
                 status, error = "skipped", "older than Stripe accepts (35 days)"
             elif delta < 0:
-                status, error = "skipped", (
-                    f"usage decreased by {-delta} after it was sent; Stripe meter events "
-                    "cannot be negative here, adjust in Stripe"
+                status, error = (
+                    "skipped",
+                    (
+                        f"usage decreased by {-delta} after it was sent; Stripe meter events "
+                        "cannot be negative here, adjust in Stripe"
+                    ),
                 )
             planned.append(
                 SyncRow(
@@ -313,9 +320,18 @@ class MeterSync:
                 """,
                 [
                     (
-                        r.identifier, r.customer_id, r.stripe_customer_id, r.dimension,
-                        r.event_name, r.window_start, r.window_end, r.seq, r.value,
-                        r.status, r.error, self._policy.version,
+                        r.identifier,
+                        r.customer_id,
+                        r.stripe_customer_id,
+                        r.dimension,
+                        r.event_name,
+                        r.window_start,
+                        r.window_end,
+                        r.seq,
+                        r.value,
+                        r.status,
+                        r.error,
+                        self._policy.version,
                     )
                     for r in rows
                 ],
@@ -387,8 +403,9 @@ class MeterSync:
                 if attempt > policy.max_retries:
                     raise
                 delay = self._backoff_s(attempt, exc.retry_after_s)
-                log.warning("stripe meter event %s: %s; retrying in %.1fs",
-                            batch[0].identifier, exc, delay)
+                log.warning(
+                    "stripe meter event %s: %s; retrying in %.1fs", batch[0].identifier, exc, delay
+                )
                 await self._sleep(delay)
 
     def _backoff_s(self, attempt: int, retry_after_s: float | None) -> float:

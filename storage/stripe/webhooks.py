@@ -148,7 +148,11 @@ async def apply_stripe_event(
             ON CONFLICT (event_id) DO NOTHING
             RETURNING event_id
             """,
-            event_id, event_type, family, stripe_customer_id, created,
+            event_id,
+            event_type,
+            family,
+            stripe_customer_id,
+            created,
         )
         if inserted is None:
             return WebhookOutcome(event_id, "duplicate", (), "event already received")
@@ -158,7 +162,10 @@ async def apply_stripe_event(
             UPDATE stripe_webhook_events SET action = $2, detail = $3, customer_id = $4
             WHERE event_id = $1
             """,
-            event_id, outcome.action, outcome.detail, ",".join(outcome.customer_ids) or None,
+            event_id,
+            outcome.action,
+            outcome.detail,
+            ",".join(outcome.customer_ids) or None,
         )
     return outcome
 
@@ -193,7 +200,9 @@ async def _apply(
           AND action NOT IN ('received', 'ignored', 'stale', 'duplicate')
         LIMIT 1
         """,
-        stripe_customer_id, family, created,
+        stripe_customer_id,
+        family,
+        created,
     )
     if newer is not None:
         return WebhookOutcome(

@@ -45,8 +45,7 @@ STAGING_TABLE = "usage_events_staging"
 # through PgBouncer in transaction pooling mode (where the next transaction of this client
 # may run on another server connection). Only retried batches take this path.
 _CREATE_STAGING = (
-    f"CREATE TEMP TABLE {STAGING_TABLE} "
-    "(LIKE usage_events INCLUDING DEFAULTS) ON COMMIT DROP"
+    f"CREATE TEMP TABLE {STAGING_TABLE} (LIKE usage_events INCLUDING DEFAULTS) ON COMMIT DROP"
 )
 
 # Errors that mean "the database or the connection to it is not there right now".
@@ -107,16 +106,21 @@ class BatchWriter:
         _, refused = await self.insert(columns, data)
         if not refused:
             return 0
-        letters = [DeadLetter.from_line(columns, line, dead_letters.describe(exc))
-                   for line, exc in refused]
+        letters = [
+            DeadLetter.from_line(columns, line, dead_letters.describe(exc)) for line, exc in refused
+        ]
         await dead_letters.record(self._pool, letters)
         for letter in letters:
-            log.error("usage event %s refused by Postgres, moved to usage_dead_letters: %s",
-                      letter.event_id, letter.error)
+            log.error(
+                "usage event %s refused by Postgres, moved to usage_dead_letters: %s",
+                letter.event_id,
+                letter.error,
+            )
         return len(letters)
 
-    async def insert(self, columns: tuple[str, ...], data: bytes
-                     ) -> tuple[int, list[tuple[bytes, Exception]]]:
+    async def insert(
+        self, columns: tuple[str, ...], data: bytes
+    ) -> tuple[int, list[tuple[bytes, Exception]]]:
         """Write the lines in `data`, skipping events already stored; return how many rows
         were added and the lines PostgreSQL refused (with their errors), recorded nowhere."""
         try:
@@ -127,8 +131,9 @@ class BatchWriter:
             error = exc
         return await self._isolate(columns, data.split(b"\n")[:-1], error)
 
-    async def _isolate(self, columns: tuple[str, ...], lines: list[bytes], error: Exception
-                       ) -> tuple[int, list[tuple[bytes, Exception]]]:
+    async def _isolate(
+        self, columns: tuple[str, ...], lines: list[bytes], error: Exception
+    ) -> tuple[int, list[tuple[bytes, Exception]]]:
         """Bisect `lines` (which failed with `error`): commit the good halves, return how
         many rows they added and the refused lines with their errors."""
         if len(lines) == 1:
@@ -153,16 +158,18 @@ class BatchWriter:
         # through the staging table, skipping what is there.
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                status = await conn.copy_to_table("usage_events", source=io.BytesIO(data),
-                                                  columns=columns, format="text")
+                status = await conn.copy_to_table(
+                    "usage_events", source=io.BytesIO(data), columns=columns, format="text"
+                )
             return _row_count(status)
         except asyncpg.UniqueViolationError:
             pass
         column_list = ", ".join(columns)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_CREATE_STAGING)
-            await conn.copy_to_table(STAGING_TABLE, source=io.BytesIO(data), columns=columns,
-                                     format="text")
+            await conn.copy_to_table(
+                STAGING_TABLE, source=io.BytesIO(data), columns=columns, format="text"
+            )
             status = await conn.execute(
                 f"INSERT INTO usage_events ({column_list}) SELECT {column_list} "
                 f"FROM {STAGING_TABLE} ON CONFLICT DO NOTHING"

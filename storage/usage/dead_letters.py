@@ -128,8 +128,9 @@ async def replay_dead_letters(
     return outcomes
 
 
-async def _replay_one(conn: asyncpg.Connection, row: asyncpg.Record,
-                      dry_run: bool) -> ReplayOutcome:
+async def _replay_one(
+    conn: asyncpg.Connection, row: asyncpg.Record, dry_run: bool
+) -> ReplayOutcome:
     event_id: uuid.UUID = row["event_id"]
     attempts: int = row["attempts"]
     error: str | None = None
@@ -139,8 +140,7 @@ async def _replay_one(conn: asyncpg.Connection, row: asyncpg.Record,
         try:
             async with conn.transaction():
                 await conn.execute(_REPLAY_ONE, row["event"])
-                await conn.execute("DELETE FROM usage_dead_letters WHERE event_id = $1",
-                                   event_id)
+                await conn.execute("DELETE FROM usage_dead_letters WHERE event_id = $1", event_id)
                 if dry_run:
                     raise _RollBack
         except _RollBack:
@@ -155,6 +155,7 @@ async def _replay_one(conn: asyncpg.Connection, row: asyncpg.Record,
         attempts = await conn.fetchval(
             "UPDATE usage_dead_letters SET attempts = attempts + 1, last_failed_at = now(), "
             "error = $2 WHERE event_id = $1 RETURNING attempts",
-            event_id, error,
+            event_id,
+            error,
         )
     return ReplayOutcome(event_id, False, attempts, error, row["first_failed_at"])

@@ -45,13 +45,14 @@ async def already_recorded(pool: asyncpg.Pool, ids: list[uuid.UUID]) -> set[uuid
     """Which of `ids` Postgres has an event for (stored or dead-lettered)."""
     found: set[uuid.UUID] = set()
     for start in range(0, len(ids), _CHUNK):
-        rows = await pool.fetch(_RECORDED, ids[start:start + _CHUNK])
+        rows = await pool.fetch(_RECORDED, ids[start : start + _CHUNK])
         found.update(row[0] for row in rows)
     return found
 
 
-def interrupted_events(records: list[OpenRecord], reprice: Reprice | None
-                       ) -> tuple[list[UsageEvent], int]:
+def interrupted_events(
+    records: list[OpenRecord], reprice: Reprice | None
+) -> tuple[list[UsageEvent], int]:
     """The events of these records, priced when possible, and how many could not be read."""
     events: list[UsageEvent] = []
     unreadable = unpriced = 0
@@ -59,20 +60,29 @@ def interrupted_events(records: list[OpenRecord], reprice: Reprice | None
         event = event_from_line(record.columns, record.line)
         if event is None:
             unreadable += 1
-            log.error("usage event %s LOST: the provisional record of this interrupted "
-                      "exchange cannot be read back", record.event_id)
+            log.error(
+                "usage event %s LOST: the provisional record of this interrupted "
+                "exchange cannot be read back",
+                record.event_id,
+            )
             continue
         if reprice is not None:
             try:
                 event = reprice(event)
             except Exception:
-                log.error("pricing the interrupted exchange %s failed; it is recorded "
-                          "without money", event.id, exc_info=True)
+                log.error(
+                    "pricing the interrupted exchange %s failed; it is recorded without money",
+                    event.id,
+                    exc_info=True,
+                )
         if event.price_usd is None:
             unpriced += 1
         events.append(event)
     if unpriced:
-        reason = ("the writer was given no pricing" if reprice is None
-                  else "unpriced model or pricing error")
+        reason = (
+            "the writer was given no pricing"
+            if reprice is None
+            else "unpriced model or pricing error"
+        )
         log.error("%d interrupted exchanges recorded with NULL money (%s)", unpriced, reason)
     return events, unreadable

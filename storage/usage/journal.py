@@ -95,9 +95,18 @@ class JournalBatch:
 
 
 class Journal:
-    def __init__(self, directory: Path, slot: Path, owner_fd: int, adopted: list[_Segment],
-                 adopted_events: int, open_log: OpenLog, *, segment_bytes: int,
-                 max_bytes: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        slot: Path,
+        owner_fd: int,
+        adopted: list[_Segment],
+        adopted_events: int,
+        open_log: OpenLog,
+        *,
+        segment_bytes: int,
+        max_bytes: int,
+    ) -> None:
         """Use `Journal.open`."""
         self.directory = directory
         self.slot = slot
@@ -120,8 +129,13 @@ class Journal:
         self._sync_lock = threading.Lock()
 
     @classmethod
-    def open(cls, directory: Path, *, segment_bytes: int = 64 * 1024 * 1024,
-             max_bytes: int = 4096 * 1024 * 1024) -> Journal:
+    def open(
+        cls,
+        directory: Path,
+        *,
+        segment_bytes: int = 64 * 1024 * 1024,
+        max_bytes: int = 4096 * 1024 * 1024,
+    ) -> Journal:
         """A new slot in `directory`, holding the segments of every slot whose owner is gone.
 
         Blocking file I/O (it reads adopted segments to count them): call it in a thread.
@@ -139,20 +153,34 @@ class Journal:
         for seq, path in moved:
             found = scan(path)
             if found is not None:
-                adopted.append(_Segment(seq, path, found.columns, found.end, found.start,
-                                        found.start))
+                adopted.append(
+                    _Segment(seq, path, found.columns, found.end, found.start, found.start)
+                )
                 events += found.events
         if events:
-            log.warning("usage journal: replaying %d events left by a stopped process "
-                        "(%d segments) in %s", events, len(adopted), slot)
+            log.warning(
+                "usage journal: replaying %d events left by a stopped process (%d segments) in %s",
+                events,
+                len(adopted),
+                slot,
+            )
         records, open_files = read_orphans(opened)
         if records:
-            log.warning("usage journal: %d provisional events left by a stopped process; "
-                        "those with no event in Postgres are recorded as interrupted",
-                        len(records))
-        journal = cls(directory, slot, owner_fd, adopted, events,
-                      OpenLog(slot, records, open_files), segment_bytes=segment_bytes,
-                      max_bytes=max_bytes)
+            log.warning(
+                "usage journal: %d provisional events left by a stopped process; "
+                "those with no event in Postgres are recorded as interrupted",
+                len(records),
+            )
+        journal = cls(
+            directory,
+            slot,
+            owner_fd,
+            adopted,
+            events,
+            OpenLog(slot, records, open_files),
+            segment_bytes=segment_bytes,
+            max_bytes=max_bytes,
+        )
         journal._rotate()
         return journal
 
@@ -220,8 +248,9 @@ class Journal:
         if not end:
             raise OSError(5, f"usage journal segment {segment.path} is shorter than written")
         self._line_bytes = end / events
-        batch = JournalBatch(segment, segment.columns, data[:end], events,
-                             segment.read_offset + end)
+        batch = JournalBatch(
+            segment, segment.columns, data[:end], events, segment.read_offset + end
+        )
         segment.read_offset += end
         self._unread -= events
         return batch
@@ -233,8 +262,9 @@ class Journal:
         self._pending -= batch.events
         if segment is not self._active:
             self._delete_if_done(segment)
-        elif batch.end == segment.size and (segment.size >= ROTATE_COMMITTED_BYTES
-                                            or self.over_budget):
+        elif batch.end == segment.size and (
+            segment.size >= ROTATE_COMMITTED_BYTES or self.over_budget
+        ):
             try:
                 self._rotate()  # so a crash replays little that is already committed
             except OSError as exc:
@@ -280,13 +310,21 @@ class Journal:
             os.close(self._owner_fd)
             self._owner_fd = None
         if self._pending:
-            log.warning("usage journal: %d events not yet in Postgres stay in %s; the next "
-                        "start writes them", self._pending, self.slot)
+            log.warning(
+                "usage journal: %d events not yet in Postgres stay in %s; the next "
+                "start writes them",
+                self._pending,
+                self.slot,
+            )
         if open_kept:
-            log.warning("usage journal: %d exchanges unfinished at close (and %d left by a "
-                        "stopped process) stay in %s; the next start records them as "
-                        "interrupted", self.open_log.live, len(self.open_log.orphans),
-                        self.slot)
+            log.warning(
+                "usage journal: %d exchanges unfinished at close (and %d left by a "
+                "stopped process) stay in %s; the next start records them as "
+                "interrupted",
+                self.open_log.live,
+                len(self.open_log.orphans),
+                self.slot,
+            )
 
     def _rotate(self) -> _Segment:
         seq = self._next_seq
@@ -317,8 +355,7 @@ class Journal:
         except FileNotFoundError:
             pass
         except OSError as exc:  # replayed (idempotently) at the next start
-            log.warning("usage journal: cannot delete committed segment %s: %s",
-                        segment.path, exc)
+            log.warning("usage journal: cannot delete committed segment %s: %s", segment.path, exc)
 
 
 def _cut(data: bytes, max_events: int) -> tuple[int, int]:

@@ -39,10 +39,17 @@ HEADER_PREFIX = b"#tollbooth-usage-journal v"
 # For lines with no parseable id (a corrupt line): a stable id derived from the bytes.
 _CORRUPT_LINE_NAMESPACE = uuid.UUID("5b0e4c1e-6f7d-4a8e-9a51-7c1f0c2d9e33")
 
-_INT_COLUMNS = frozenset({
-    "status_code", "input_tokens", "output_tokens", "cached_input_tokens",
-    "cache_write_tokens", "reasoning_tokens", "latency_ms",
-})
+_INT_COLUMNS = frozenset(
+    {
+        "status_code",
+        "input_tokens",
+        "output_tokens",
+        "cached_input_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "latency_ms",
+    }
+)
 _BOOL_COLUMNS = frozenset({"streamed"})
 _JSON_COLUMNS = frozenset({"metadata"})
 
@@ -64,10 +71,12 @@ def parse_header(line: bytes) -> tuple[str, ...]:
     """The columns a header line (without its newline) declares."""
     if not line.startswith(HEADER_PREFIX):
         raise JournalFormatError("not a usage journal segment (no header line)")
-    version, _, rest = line[len(HEADER_PREFIX):].partition(b"\t")
+    version, _, rest = line[len(HEADER_PREFIX) :].partition(b"\t")
     if version != str(FORMAT_VERSION).encode():
-        raise JournalFormatError(f"journal format v{version.decode(errors='replace')} is "
-                                 f"not readable by this version (v{FORMAT_VERSION})")
+        raise JournalFormatError(
+            f"journal format v{version.decode(errors='replace')} is "
+            f"not readable by this version (v{FORMAT_VERSION})"
+        )
     columns = tuple(rest.decode().split("\t"))
     if "id" not in columns:
         raise JournalFormatError("journal header names no id column")
@@ -118,11 +127,25 @@ def encode_event(e: UsageEvent) -> bytes:
 
 
 def encode_provisional(
-    event_id: uuid.UUID, created_at: datetime, customer_id: str, project_id: str | None,
-    user_id: str | None, key_id: str, tier: str, provider: str, model: str, endpoint: str,
-    status_code: int, streamed: bool, input_tokens: int, output_tokens: int,
-    cached_input_tokens: int, cache_write_tokens: int, latency_ms: int,
-    upstream_request_id: str | None, metadata: dict[str, Any],
+    event_id: uuid.UUID,
+    created_at: datetime,
+    customer_id: str,
+    project_id: str | None,
+    user_id: str | None,
+    key_id: str,
+    tier: str,
+    provider: str,
+    model: str,
+    endpoint: str,
+    status_code: int,
+    streamed: bool,
+    input_tokens: int,
+    output_tokens: int,
+    cached_input_tokens: int,
+    cache_write_tokens: int,
+    latency_ms: int,
+    upstream_request_id: str | None,
+    metadata: dict[str, Any],
 ) -> bytes:
     """The line `encode_event` writes for the event with these values, no reasoning tokens,
     `usage_source = estimated` and NULL money: the provisional event of an exchange in flight

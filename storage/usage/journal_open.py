@@ -87,8 +87,9 @@ def read_orphans(paths: list[Path]) -> tuple[list[OpenRecord], list[Path]]:
         lines = body.split(b"\n")
         torn = lines.pop()  # the bytes after the last newline: a write cut short
         if torn:
-            log.warning("usage journal: %s ends with a torn line (%d bytes), ignored",
-                        path, len(torn))
+            log.warning(
+                "usage journal: %s ends with a torn line (%d bytes), ignored", path, len(torn)
+            )
         for line in lines:
             if line:
                 event_id = line_event_id(columns, line)
@@ -97,8 +98,14 @@ def read_orphans(paths: list[Path]) -> tuple[list[OpenRecord], list[Path]]:
 
 
 class OpenLog:
-    def __init__(self, slot: Path, orphans: list[OpenRecord], orphan_files: list[Path], *,
-                 rotate_bytes: int = ROTATE_BYTES) -> None:
+    def __init__(
+        self,
+        slot: Path,
+        orphans: list[OpenRecord],
+        orphan_files: list[Path],
+        *,
+        rotate_bytes: int = ROTATE_BYTES,
+    ) -> None:
         """`orphans` and `orphan_files` come from `read_orphans` (empty for a fresh slot)."""
         if rotate_bytes < 1:
             raise ValueError("rotate_bytes must be >= 1")
@@ -106,8 +113,7 @@ class OpenLog:
         self._rotate_bytes = rotate_bytes
         self._orphans = orphans
         self._orphan_files = orphan_files
-        self._next_seq = max((int(p.stem) for p in orphan_files if p.stem.isdigit()),
-                             default=0) + 1
+        self._next_seq = max((int(p.stem) for p in orphan_files if p.stem.isdigit()), default=0) + 1
         self._pins: dict[uuid.UUID, _File] = {}
         self._files: list[_File] = []
         self._active: _File | None = None

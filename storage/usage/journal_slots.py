@@ -105,8 +105,7 @@ class AppendFiles:
     def create(self, path: Path, head: bytes) -> None:
         """Create `path` (it must not exist), write `head`, and make it the active file.
         On OSError nothing changes (the half-made file is removed)."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
-                     0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
             write_all(fd, head)
         except OSError:
@@ -230,8 +229,9 @@ def scan(path: Path) -> Scanned | None:
                 end = position + chunk.rfind(b"\n") + 1
             position += len(chunk)
         if position > end:
-            log.warning("usage journal: %s ends with a torn line (%d bytes), cut off",
-                        path, position - end)
+            log.warning(
+                "usage journal: %s ends with a torn line (%d bytes), cut off", path, position - end
+            )
             f.truncate(end)
     if columns is None or not events:  # died before the first complete event
         path.unlink()

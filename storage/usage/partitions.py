@@ -225,9 +225,9 @@ async def _create(pool: asyncpg.Pool, partition: MonthPartition) -> int | None:
         if partition in await list_partitions(conn):
             return None
         waiting: int = await conn.fetchval(
-            f"SELECT count(*) FROM {DEFAULT_PARTITION} "
-            "WHERE created_at >= $1 AND created_at < $2",
-            partition.start, partition.end,
+            f"SELECT count(*) FROM {DEFAULT_PARTITION} WHERE created_at >= $1 AND created_at < $2",
+            partition.start,
+            partition.end,
         )
         if not waiting:
             await conn.execute(
@@ -250,10 +250,12 @@ async def _create(pool: asyncpg.Pool, partition: MonthPartition) -> int | None:
             )
             INSERT INTO {partition.name} SELECT * FROM moved
             """,
-            partition.start, partition.end,
+            partition.start,
+            partition.end,
         )
-        await conn.execute(f"ALTER TABLE {PARENT} ATTACH PARTITION {partition.name} "
-                           f"{_bounds(partition)}")
+        await conn.execute(
+            f"ALTER TABLE {PARENT} ATTACH PARTITION {partition.name} {_bounds(partition)}"
+        )
         return int(moved.rsplit(" ", 1)[1])
 
 
@@ -290,9 +292,7 @@ async def ensure_partitions(
     return report
 
 
-async def ensure_months(
-    pool: asyncpg.Pool, moments: Iterable[datetime]
-) -> list[MonthPartition]:
+async def ensure_months(pool: asyncpg.Pool, moments: Iterable[datetime]) -> list[MonthPartition]:
     """Create the partitions of the months holding `moments` that do not exist yet (for
     backfilled history), moving any of their rows out of the default partition; return the
     partitions this call created."""
@@ -357,18 +357,22 @@ async def run_maintenance(
     if partitions.default_rows:
         log.warning(
             "%d usage events were in the default partition (a month without its partition); "
-            "moved %d into month partitions", partitions.default_rows, partitions.moved_rows,
+            "moved %d into month partitions",
+            partitions.default_rows,
+            partitions.moved_rows,
         )
     if partitions.created:
-        log.info("created usage_events partitions: %s",
-                 ", ".join(p.name for p in partitions.created))
+        log.info(
+            "created usage_events partitions: %s", ", ".join(p.name for p in partitions.created)
+        )
     retention = None
     if raw_events_days is not None:
         retention = await apply_retention(pool, days=raw_events_days, now=now)
         if retention.dropped or retention.default_rows_deleted:
             log.info(
                 "retention (%d days): dropped %s; deleted %d old rows from the default partition",
-                raw_events_days, ", ".join(p.name for p in retention.dropped) or "no partition",
+                raw_events_days,
+                ", ".join(p.name for p in retention.dropped) or "no partition",
                 retention.default_rows_deleted,
             )
     return partitions, retention
@@ -386,11 +390,14 @@ async def maintain_partitions(
     of `serve`). A failed round is logged at ERROR and retried after `retry_s`."""
     while True:
         try:
-            await run_maintenance(pool, months_ahead=months_ahead,
-                                  raw_events_days=raw_events_days)
+            await run_maintenance(pool, months_ahead=months_ahead, raw_events_days=raw_events_days)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            log.error("usage_events partition maintenance failed (%s: %s); retrying in %.0fs",
-                      type(exc).__name__, exc, retry_s)
+            log.error(
+                "usage_events partition maintenance failed (%s: %s); retrying in %.0fs",
+                type(exc).__name__,
+                exc,
+                retry_s,
+            )
             await asyncio.sleep(retry_s)
             continue
         await asyncio.sleep(interval_s)

@@ -122,8 +122,7 @@ class UsageWriter:
         """`journal_dir` holds one journal directory per database (see the module doc).
         `reprice` prices an interrupted exchange's event (built with NULL money) at replay."""
         if batch_size < 1 or memory_max_events < 1 or flush_interval_s <= 0:
-            raise ValueError("batch_size and memory_max_events must be >= 1, "
-                             "flush_interval_s > 0")
+            raise ValueError("batch_size and memory_max_events must be >= 1, flush_interval_s > 0")
         if fsync_interval_s <= 0 or full_policy not in ("serve", "refuse"):
             raise ValueError("fsync_interval_s must be > 0, full_policy serve or refuse")
         self._pool = pool
@@ -155,8 +154,12 @@ class UsageWriter:
         self._lost = 0
         self._journal_errors = 0
         self._interrupted = 0
-        self._last_alert = {"budget": -ALERT_INTERVAL_S, "disk": -ALERT_INTERVAL_S,
-                            "fsync": -ALERT_INTERVAL_S, "open": -ALERT_INTERVAL_S}
+        self._last_alert = {
+            "budget": -ALERT_INTERVAL_S,
+            "disk": -ALERT_INTERVAL_S,
+            "fsync": -ALERT_INTERVAL_S,
+            "open": -ALERT_INTERVAL_S,
+        }
 
     # -- what /health and /metrics show ------------------------------------------------
 
@@ -220,7 +223,9 @@ class UsageWriter:
             raise RuntimeError("UsageWriter already started")
         directory = self._journal_root / await database_key(self._pool)
         self._journal = await asyncio.to_thread(
-            Journal.open, directory, segment_bytes=self._segment_bytes,
+            Journal.open,
+            directory,
+            segment_bytes=self._segment_bytes,
             max_bytes=self._max_bytes,
         )
         _warn_about_other_journals(self._journal_root, directory)
@@ -229,8 +234,9 @@ class UsageWriter:
         self._task = asyncio.create_task(self._run(), name="usage-writer")
         self._sync_task = asyncio.create_task(self._sync_loop(), name="usage-journal-fsync")
         if self._journal.open_log.orphans:
-            self._resolve_task = asyncio.create_task(self._resolve_interrupted(self._journal),
-                                                     name="usage-interrupted-replay")
+            self._resolve_task = asyncio.create_task(
+                self._resolve_interrupted(self._journal), name="usage-interrupted-replay"
+            )
         self._wake.set()
 
     def check_accepting(self) -> None:
@@ -253,9 +259,13 @@ class UsageWriter:
         try:
             journal.open_log.record(event_id, line)
         except OSError as exc:
-            self._alert("open", "usage journal: cannot record the exchange in flight %s (%s); "
-                        "if the gateway is killed before it ends, it is not billed",
-                        event_id, exc)
+            self._alert(
+                "open",
+                "usage journal: cannot record the exchange in flight %s (%s); "
+                "if the gateway is killed before it ends, it is not billed",
+                event_id,
+                exc,
+            )
 
     async def submit(self, event: UsageEvent) -> None:
         """Record one event; see `submit_nowait` (this never waits)."""
@@ -279,9 +289,13 @@ class UsageWriter:
         else:
             journal.open_log.settle(event.id)
             if journal.over_budget:
-                self._alert("budget", "usage journal over budget: %d bytes > %d (policy %s); "
-                            "is Postgres down?", journal.size_bytes, self._max_bytes,
-                            self._full_policy)
+                self._alert(
+                    "budget",
+                    "usage journal over budget: %d bytes > %d (policy %s); is Postgres down?",
+                    journal.size_bytes,
+                    self._max_bytes,
+                    self._full_policy,
+                )
         self._wake.set()
         if journal.unread + len(self._memory) >= self._batch_size:
             self._full.set()
@@ -299,8 +313,12 @@ class UsageWriter:
             if self._task is not None:
                 done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
                 if not done:
-                    log.warning("usage writer: Postgres did not take %d events within %.1fs; "
-                                "they stay in the journal", self.backlog, timeout_s)
+                    log.warning(
+                        "usage writer: Postgres did not take %d events within %.1fs; "
+                        "they stay in the journal",
+                        self.backlog,
+                        timeout_s,
+                    )
         finally:
             self._shutdown()
 
@@ -318,8 +336,9 @@ class UsageWriter:
             except OSError:
                 self._lost += 1
         if self._lost:
-            log.error("usage writer: %d events lost in total (disk and Postgres both refused)",
-                      self._lost)
+            log.error(
+                "usage writer: %d events lost in total (disk and Postgres both refused)", self._lost
+            )
         self._memory.clear()
         journal.close()
 
@@ -406,11 +425,20 @@ class UsageWriter:
                     refused = await self._batches.write(work.columns, work.data)
             except Exception as exc:
                 if is_connection_error(exc):
-                    log.warning("writing %d usage events failed (%s: %s); retrying in %.1fs",
-                                work.events, type(exc).__name__, exc, delay)
+                    log.warning(
+                        "writing %d usage events failed (%s: %s); retrying in %.1fs",
+                        work.events,
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                    )
                 else:
-                    log.error("writing %d usage events failed; retrying in %.1fs",
-                              work.events, delay, exc_info=True)
+                    log.error(
+                        "writing %d usage events failed; retrying in %.1fs",
+                        work.events,
+                        delay,
+                        exc_info=True,
+                    )
             else:
                 self._written += work.events - refused
                 self._dead_lettered += refused
@@ -427,17 +455,26 @@ class UsageWriter:
         while True:
             try:
                 async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
-                    recorded = await already_recorded(self._pool,
-                                                      [r.event_id for r in records])
+                    recorded = await already_recorded(self._pool, [r.event_id for r in records])
                 break
             except Exception as exc:
                 if is_connection_error(exc):
-                    log.warning("checking %d interrupted exchanges against Postgres failed "
-                                "(%s: %s); retrying in %.1fs", len(records),
-                                type(exc).__name__, exc, delay)
+                    log.warning(
+                        "checking %d interrupted exchanges against Postgres failed "
+                        "(%s: %s); retrying in %.1fs",
+                        len(records),
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                    )
                 else:
-                    log.error("checking %d interrupted exchanges against Postgres failed; "
-                              "retrying in %.1fs", len(records), delay, exc_info=True)
+                    log.error(
+                        "checking %d interrupted exchanges against Postgres failed; "
+                        "retrying in %.1fs",
+                        len(records),
+                        delay,
+                        exc_info=True,
+                    )
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._retry_max_s)
         missing = [r for r in records if r.event_id not in recorded]
@@ -450,12 +487,19 @@ class UsageWriter:
             # Their events must be on disk before the records that stand for them go.
             await asyncio.to_thread(journal.sync)
         except OSError as exc:
-            log.error("usage journal fsync failed (%s); the records of interrupted exchanges "
-                      "stay until the next start", exc)
+            log.error(
+                "usage journal fsync failed (%s); the records of interrupted exchanges "
+                "stay until the next start",
+                exc,
+            )
             return
         journal.open_log.release_orphans()
-        log.warning("usage journal: %d exchanges in flight when a gateway stopped recorded as "
-                    "interrupted (estimated); %d had finished", len(events), len(recorded))
+        log.warning(
+            "usage journal: %d exchanges in flight when a gateway stopped recorded as "
+            "interrupted (estimated); %d had finished",
+            len(events),
+            len(recorded),
+        )
 
     async def _sync_loop(self) -> None:
         journal = self._journal
@@ -465,8 +509,12 @@ class UsageWriter:
             try:
                 await asyncio.to_thread(journal.sync)
             except OSError as exc:
-                self._alert("fsync", "usage journal fsync failed (%s): the latest events may "
-                            "not survive a power loss", exc)
+                self._alert(
+                    "fsync",
+                    "usage journal fsync failed (%s): the latest events may "
+                    "not survive a power loss",
+                    exc,
+                )
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -474,12 +522,21 @@ class UsageWriter:
         self._journal_errors += 1
         if len(self._memory) < self._memory_max:
             self._memory.append(line)
-            self._alert("disk", "usage journal write failed (%s); events are kept in memory "
-                        "(%d) until Postgres has them", exc, len(self._memory))
+            self._alert(
+                "disk",
+                "usage journal write failed (%s); events are kept in memory "
+                "(%d) until Postgres has them",
+                exc,
+                len(self._memory),
+            )
             return
         self._lost += 1
-        log.error("usage event %s LOST: the journal refused it (%s) and %d events already "
-                  "wait in memory", event.id, exc, len(self._memory))
+        log.error(
+            "usage event %s LOST: the journal refused it (%s) and %d events already wait in memory",
+            event.id,
+            exc,
+            len(self._memory),
+        )
 
     def _alert(self, kind: str, message: str, *args: object) -> None:
         now = time.monotonic()
@@ -494,5 +551,8 @@ def _warn_about_other_journals(root: Path, mine: Path) -> None:
     with contextlib.suppress(OSError):
         for other in root.iterdir():
             if other != mine and other.is_dir() and any(other.glob("*/*.seg")):
-                log.warning("usage journal %s holds events for another database; they are "
-                            "written only by a gateway connected to that database", other)
+                log.warning(
+                    "usage journal %s holds events for another database; they are "
+                    "written only by a gateway connected to that database",
+                    other,
+                )

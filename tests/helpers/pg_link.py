@@ -37,8 +37,7 @@ class PostgresLink:
         if server is not None:
             await server.wait_closed()
 
-    async def _serve(self, client_r: asyncio.StreamReader,
-                     client_w: asyncio.StreamWriter) -> None:
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
             server_r, server_w = await asyncio.open_unix_connection(self._socket)
         except OSError:

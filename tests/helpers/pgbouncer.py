@@ -24,16 +24,29 @@ from urllib.parse import parse_qs, urlsplit
 
 def ensure_installed(binary: str, package: str) -> str:
     """The path of `binary`, installing Debian's `package` first when missing and root."""
-    found = shutil.which(binary) or (f"/usr/sbin/{binary}"
-                                     if os.path.exists(f"/usr/sbin/{binary}") else None)
+    found = shutil.which(binary) or (
+        f"/usr/sbin/{binary}" if os.path.exists(f"/usr/sbin/{binary}") else None
+    )
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", package],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         if shutil.which(binary) is None:
-            subprocess.run(["apt-get", "update", "-qq"], check=False,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            subprocess.run(["apt-get", "install", "-y", "-qq", package], check=False,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                ["apt-get", "update", "-qq"],
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            subprocess.run(
+                ["apt-get", "install", "-y", "-qq", package],
+                check=False,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         found = shutil.which(binary)
     if found is None:
         raise RuntimeError(f"{binary} is not installed (apt-get install {package})")
@@ -108,15 +121,17 @@ def start_pgbouncer(postgres_url: str, *, pool_size: int = 2) -> PgBouncer:
     (workdir / "pgbouncer.ini").write_text("\n".join(lines) + "\n")
     if os.geteuid() == 0:
         shutil.chown(workdir / "pgbouncer.ini", user=owner)
-    process = subprocess.Popen([binary, str(workdir / "pgbouncer.ini")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [binary, str(workdir / "pgbouncer.ini")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     bouncer = PgBouncer(process, port, workdir)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if process.poll() is not None:
             assert process.stderr is not None
-            raise RuntimeError(f"pgbouncer exited: {process.stderr.read().decode()} "
-                               f"{bouncer.log()}")
+            raise RuntimeError(
+                f"pgbouncer exited: {process.stderr.read().decode()} {bouncer.log()}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return bouncer

@@ -53,8 +53,9 @@ def _free(port: int) -> bool:
 
 
 def cli(port: int, *args: str, timeout: float = 20) -> str:
-    done = subprocess.run([CLI, "-p", str(port), *args], capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        [CLI, "-p", str(port), *args], capture_output=True, text=True, timeout=timeout
+    )
     return done.stdout + done.stderr
 
 
@@ -81,11 +82,26 @@ class Topology:
             args = [SERVER, str(conf), "--sentinel", "--port", str(port)]
         else:
             # No persistence; a replica's first sync starts at once (not after 5 s).
-            args = [SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no", "--repl-diskless-sync-delay", "0", *extra]
+            args = [
+                SERVER,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--repl-diskless-sync-delay",
+                "0",
+                *extra,
+            ]
         self.processes[port] = subprocess.Popen(
-            [*args, "--dir", str(workdir)], cwd=workdir,
-            stdout=(workdir / "log").open("wb"), stderr=subprocess.STDOUT)
+            [*args, "--dir", str(workdir)],
+            cwd=workdir,
+            stdout=(workdir / "log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
         try:
             wait_until(lambda: "PONG" in cli(port, "PING", timeout=2), 10, f"node {port}")
         except RuntimeError as exc:
@@ -140,8 +156,9 @@ class Cluster(Topology):
         return False
 
     def healthy(self) -> bool:
-        return all("cluster_state:ok" in cli(p, "CLUSTER", "INFO", timeout=2)
-                   for p in self.processes)
+        return all(
+            "cluster_state:ok" in cli(p, "CLUSTER", "INFO", timeout=2) for p in self.processes
+        )
 
 
 def start_cluster(primaries: int = 3, replicas: int = 1) -> Cluster:
@@ -149,19 +166,40 @@ def start_cluster(primaries: int = 3, replicas: int = 1) -> Cluster:
     cluster.ports = free_ports(primaries * (1 + replicas))
     try:
         for port in cluster.ports:
-            cluster.start_node(port, "--cluster-enabled", "yes", "--cluster-config-file",
-                               "nodes.conf", "--cluster-node-timeout", "1000",
-                               "--cluster-replica-validity-factor", "0")
-        out = cli(cluster.ports[0], "--cluster", "create",
-                  *(f"127.0.0.1:{p}" for p in cluster.ports), "--cluster-replicas",
-                  str(replicas), "--cluster-yes", timeout=60)
+            cluster.start_node(
+                port,
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-replica-validity-factor",
+                "0",
+            )
+        out = cli(
+            cluster.ports[0],
+            "--cluster",
+            "create",
+            *(f"127.0.0.1:{p}" for p in cluster.ports),
+            "--cluster-replicas",
+            str(replicas),
+            "--cluster-yes",
+            timeout=60,
+        )
         if "[OK] All 16384 slots covered" not in out:
             raise RuntimeError(f"cluster create failed: {out}")
         wait_until(cluster.healthy, 30, "cluster_state:ok on every node")
         wait_until(lambda: len(cluster.primaries()) == primaries, 30, "primaries")
-        wait_until(lambda: all("master_link_status:up" in cli(p, "INFO", "replication")
-                               for p in cluster.ports if cluster.role(p) == "slave"),
-                   30, "every replica in sync")
+        wait_until(
+            lambda: all(
+                "master_link_status:up" in cli(p, "INFO", "replication")
+                for p in cluster.ports
+                if cluster.role(p) == "slave"
+            ),
+            30,
+            "every replica in sync",
+        )
         return cluster
     except BaseException:
         cluster.stop()
@@ -176,8 +214,9 @@ class SentinelSet(Topology):
 
     @property
     def url(self) -> str:
-        return "redis+sentinel://" + ",".join(f"127.0.0.1:{p}"
-                                              for p in self.sentinels) + "/mymaster"
+        return (
+            "redis+sentinel://" + ",".join(f"127.0.0.1:{p}" for p in self.sentinels) + "/mymaster"
+        )
 
     def current_primary(self) -> int:
         out = cli(self.sentinels[0], "SENTINEL", "get-master-addr-by-name", "mymaster")
@@ -186,22 +225,37 @@ class SentinelSet(Topology):
 
 def start_sentinel() -> SentinelSet:
     ports = free_ports(5)
-    group = SentinelSet(Path(tempfile.mkdtemp(prefix="tollbooth-sentinel-")), primary=ports[0],
-                        replica=ports[1], sentinels=ports[2:])
+    group = SentinelSet(
+        Path(tempfile.mkdtemp(prefix="tollbooth-sentinel-")),
+        primary=ports[0],
+        replica=ports[1],
+        sentinels=ports[2:],
+    )
     try:
         group.start_node(group.primary)
         group.start_node(group.replica, "--replicaof", "127.0.0.1", str(group.primary))
-        wait_until(lambda: "master_link_status:up" in cli(group.replica, "INFO", "replication"),
-                   20, "the replica's link")
-        conf = (f"sentinel monitor mymaster 127.0.0.1 {group.primary} 2\n"
-                "sentinel down-after-milliseconds mymaster 1000\n"
-                "sentinel failover-timeout mymaster 5000\n"
-                "sentinel parallel-syncs mymaster 1\n")
+        wait_until(
+            lambda: "master_link_status:up" in cli(group.replica, "INFO", "replication"),
+            20,
+            "the replica's link",
+        )
+        conf = (
+            f"sentinel monitor mymaster 127.0.0.1 {group.primary} 2\n"
+            "sentinel down-after-milliseconds mymaster 1000\n"
+            "sentinel failover-timeout mymaster 5000\n"
+            "sentinel parallel-syncs mymaster 1\n"
+        )
         for port in group.sentinels:
             group.start_node(port, sentinel_conf=conf)
-        wait_until(lambda: all("num-other-sentinels" in cli(p, "SENTINEL", "master", "mymaster")
-                               and _other_sentinels(p) >= 2 for p in group.sentinels),
-                   30, "sentinels to see each other")
+        wait_until(
+            lambda: all(
+                "num-other-sentinels" in cli(p, "SENTINEL", "master", "mymaster")
+                and _other_sentinels(p) >= 2
+                for p in group.sentinels
+            ),
+            30,
+            "sentinels to see each other",
+        )
         return group
     except BaseException:
         group.stop()

@@ -30,8 +30,14 @@ def free_port() -> int:
 
 
 def tollbooth(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli.main", *args], env=env,
-                          capture_output=True, text=True, timeout=120, check=True)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
 
 
 @contextmanager
@@ -40,8 +46,11 @@ def mock_provider(*options: str) -> Iterator[str]:
     handlers may still be sleeping for a gateway that is gone)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli.main", "mock-provider", "--port", str(port),
-         *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [sys.executable, "-m", "gateway.cli.main", "mock-provider", "--port", str(port), *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.stdout is not None
     assert "listening" in proc.stdout.readline()
     try:
@@ -85,28 +94,41 @@ class Serve:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def write_config(self, mock: str, server: dict[str, Any],
-                     storage: dict[str, Any] | None = None) -> None:
-        self.config.write_text(yaml.safe_dump({
-            "server": {"host": "127.0.0.1", **server},
-            "storage": {"data_dir": str(self.data_dir), **(storage or {})},
-            "providers": {
-                "openai": {"kind": "openai", "base_url": mock + "/v1",
-                           "api_key_env": "MOCK_PROVIDER_KEY"},
-                "anthropic": {"kind": "anthropic", "base_url": mock,
-                              "api_key_env": "MOCK_PROVIDER_KEY"},
-            },
-            "tiers": {"open": {"limits": {}}},
-            "pricing": {"markup_percent": "20"},
-        }))
+    def write_config(
+        self, mock: str, server: dict[str, Any], storage: dict[str, Any] | None = None
+    ) -> None:
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "server": {"host": "127.0.0.1", **server},
+                    "storage": {"data_dir": str(self.data_dir), **(storage or {})},
+                    "providers": {
+                        "openai": {
+                            "kind": "openai",
+                            "base_url": mock + "/v1",
+                            "api_key_env": "MOCK_PROVIDER_KEY",
+                        },
+                        "anthropic": {
+                            "kind": "anthropic",
+                            "base_url": mock,
+                            "api_key_env": "MOCK_PROVIDER_KEY",
+                        },
+                    },
+                    "tiers": {"open": {"limits": {}}},
+                    "pricing": {"markup_percent": "20"},
+                }
+            )
+        )
 
     async def create_customer(self, prefix: str) -> None:
         self.customer = f"{prefix}{os.getpid()}{free_port()}"
         cfg = ["--config", str(self.config)]
-        await asyncio.to_thread(tollbooth, "customers", "create", self.customer, "--tier",
-                                "open", *cfg, env=self.env)
-        created = await asyncio.to_thread(tollbooth, "keys", "create", "--customer",
-                                          self.customer, *cfg, env=self.env)
+        await asyncio.to_thread(
+            tollbooth, "customers", "create", self.customer, "--tier", "open", *cfg, env=self.env
+        )
+        created = await asyncio.to_thread(
+            tollbooth, "keys", "create", "--customer", self.customer, *cfg, env=self.env
+        )
         self.key = created.stdout.strip().splitlines()[-1]
 
     async def start(self, *extra: str) -> None:
@@ -114,12 +136,24 @@ class Serve:
         self.port = self.port or free_port()
         self.proc = await asyncio.to_thread(
             subprocess.Popen,
-            [sys.executable, "-m", "gateway.cli.main", "serve", "--config", str(self.config),
-             "--port", str(self.port), *extra],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli.main",
+                "serve",
+                "--config",
+                str(self.config),
+                "--port",
+                str(self.port),
+                *extra,
+            ],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         assert self.proc.stdout is not None
-        threading.Thread(target=_collect, args=(self.proc.stdout, self.lines),
-                         daemon=True).start()
+        threading.Thread(target=_collect, args=(self.proc.stdout, self.lines), daemon=True).start()
         async with aiohttp.ClientSession() as session:
             for _ in range(300):
                 assert self.proc.poll() is None, "serve exited early:\n" + self.output
@@ -141,8 +175,7 @@ class Serve:
 
     def journal_files(self) -> list[Path]:
         """Segments and provisional records left in the journal."""
-        return [p for p in (self.data_dir / "journal").rglob("*")
-                if p.suffix in (".seg", ".open")]
+        return [p for p in (self.data_dir / "journal").rglob("*") if p.suffix in (".seg", ".open")]
 
     async def events(self) -> list[dict[str, Any]]:
         conn = await asyncpg.connect(self.database_url)
@@ -150,12 +183,18 @@ class Serve:
             rows = await conn.fetch(
                 "SELECT id::text AS id, status_code, streamed, input_tokens, output_tokens, "
                 "usage_source, price_usd, metadata::text AS metadata FROM usage_events "
-                "WHERE customer_id = $1", self.customer)
+                "WHERE customer_id = $1",
+                self.customer,
+            )
         finally:
             await conn.close()
         return [{**dict(r), "metadata": json.loads(r["metadata"])} for r in rows]
 
 
 def serve_env(database_url: str, redis_url: str) -> dict[str, str]:
-    return {**os.environ, "TOLLBOOTH_DATABASE_URL": database_url,
-            "TOLLBOOTH_REDIS_URL": redis_url, "MOCK_PROVIDER_KEY": "sk-mock"}
+    return {
+        **os.environ,
+        "TOLLBOOTH_DATABASE_URL": database_url,
+        "TOLLBOOTH_REDIS_URL": redis_url,
+        "MOCK_PROVIDER_KEY": "sk-mock",
+    }

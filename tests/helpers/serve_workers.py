@@ -24,8 +24,9 @@ def listening_pids(output: str) -> list[int]:
     return [int(pid) for pid in _LISTENING.findall(output)]
 
 
-async def wait_listening(output: Callable[[], str], count: int,
-                         timeout_s: float = 30.0) -> list[int]:
+async def wait_listening(
+    output: Callable[[], str], count: int, timeout_s: float = 30.0
+) -> list[int]:
     """Wait until `count` workers in all have said they listen; their pids."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -89,7 +90,9 @@ def total(text: str, sample: str, **labels: str) -> float:
 async def scrape(base: str) -> str:
     """GET /metrics on a new connection (so any worker may answer)."""
     connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session, \
-            session.get(base + "/metrics") as response:
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(base + "/metrics") as response,
+    ):
         assert response.status == 200
         return await response.text()
