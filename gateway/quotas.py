@@ -56,7 +56,7 @@ from gateway.config import QuotasConfig, TierConfig, TierLimits
 from gateway.errors import RateLimitError, ServiceUnavailableError
 from gateway.quota_status import QuotaStatus, build_status, utc_from_ms
 from gateway.traffic import MinuteTraffic
-from pricing.cost import usd_to_micros_ceil
+from pricing.cost import micros_floor, usd_to_micros_ceil
 from storage.quota.store import (
     AdmitReply,
     QuotaLimits,
@@ -70,22 +70,15 @@ from storage.quota.store import (
 
 log = logging.getLogger("tollbooth.quotas")
 
-_MICROS_PER_USD = 1_000_000
 # How long a settle may wait to share a Redis round trip with the next admit: a quota that
 # lags by 5 ms costs nothing; a round trip per request costs two syscalls each way.
 SETTLE_DEFER_S = 0.005
 _LIMITS_CACHE_MAX = 256
 
-__all__ = ["Admission", "QuotaPolicy", "QuotaStatus", "UsageAlerts", "micros_floor"]
+__all__ = ["Admission", "QuotaPolicy", "QuotaStatus", "UsageAlerts"]
 # The limits whose refusal means the customer is out of quota until next month, by the name
 # the admit script gives them.
 MONTHLY_LIMITS = frozenset({"requests_per_month", "tokens_per_month", "spend_per_month"})
-
-
-def micros_floor(amount_usd: Decimal) -> int:
-    """Whole micro-dollars, rounded down, computed exactly (what a spend cap allows)."""
-    numerator, denominator = amount_usd.as_integer_ratio()
-    return (numerator * _MICROS_PER_USD) // denominator
 
 
 def store_limits(limits: TierLimits) -> QuotaLimits:

@@ -20,7 +20,8 @@ The one rounding rule, ROUND_HALF_EVEN everywhere, applied once at each of two b
   the tax is the subtotal times the rate, quantized to cents, and the total is subtotal plus
   tax, so an invoice always adds up.
 Redis spend counters use integer millionths of a dollar rounded up (`usd_to_micros_ceil`), so
-a counter never under-counts what was charged.
+a counter never under-counts what was charged; spend caps become micro-dollars rounded down
+(`micros_floor`), so a cap never allows more than it says.
 
 How it fails: negative token counts or durations, and amounts that are not finite Decimals,
 raise ValueError (a bug upstream, never a price). Arithmetic runs in a private decimal context
@@ -169,6 +170,13 @@ def usd_to_micros_ceil(amount: Decimal) -> int:
     _check_amount(amount, "amount")
     with localcontext(_EXACT):
         return int((amount * MICROS_PER_USD).to_integral_value(rounding=ROUND_CEILING))
+
+
+def micros_floor(amount: Decimal) -> int:
+    """USD as whole millionths of a dollar, rounded down, computed exactly: what a spend cap
+    allows (a cap never grows by rounding)."""
+    numerator, denominator = amount.as_integer_ratio()
+    return (numerator * MICROS_PER_USD) // denominator
 
 
 @dataclass(frozen=True, slots=True)

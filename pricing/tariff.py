@@ -22,10 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from pricing.cost import USD_PLACES
 from pricing.models import LongContextPrice, ModelPrice
 
 _LIMIT = 10**28  # see the module docstring
-_USD_EXP = -10  # pricing.cost.USD_PLACES
+_USD_EXP = -USD_PLACES
 _POW10 = tuple(10**n for n in range(128))  # a table lookup costs less than a power
 
 

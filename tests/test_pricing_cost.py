@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pricing.catalog import Catalog
-from pricing.cost import cost_of, quantize_usd, usd_to_micros_ceil
+from pricing.cost import cost_of, micros_floor, quantize_usd, usd_to_micros_ceil
 from pricing.models import Charge, ModelPrice, Usage
 from pricing.rules import PricingRules
 
@@ -169,6 +169,20 @@ def test_usd_to_micros_equals_the_ceiling_at_80_digits(coefficient: int, exponen
     with localcontext(_EXACT):
         want = int((amount * 1_000_000).to_integral_value(rounding=ROUND_CEILING))
     assert usd_to_micros_ceil(amount) == want
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(min_value=0, max_value=10**40), st.integers(min_value=-60, max_value=20))
+def test_micros_floor_equals_the_floor_at_80_digits(coefficient: int, exponent: int) -> None:
+    # A spend cap in micro-dollars: never more than the cap, whatever its digits.
+    from decimal import ROUND_FLOOR, localcontext
+
+    from pricing.cost import _EXACT
+
+    amount = D(f"{coefficient}E{exponent}")
+    with localcontext(_EXACT):
+        want = int((amount * 1_000_000).to_integral_value(rounding=ROUND_FLOOR))
+    assert micros_floor(amount) == want
 
 
 # ----------------------------------------------------------------------------- PricingRules

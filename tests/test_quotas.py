@@ -26,10 +26,9 @@ from gateway.errors import RateLimitError, ServiceUnavailableError
 from gateway.quotas import (
     Admission,
     QuotaPolicy,
-    micros_floor,
     openai_duration,
 )
-from pricing.cost import usd_to_micros_ceil
+from pricing.cost import micros_floor, usd_to_micros_ceil
 from storage.quota.store import QuotaStore
 
 WINDOW_MS = 2000
