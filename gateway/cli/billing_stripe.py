@@ -84,7 +84,7 @@ def stripe_config(settings: Settings) -> StripeConfig:
     config = settings.billing.stripe
     if config is None:
         raise CommandError(
-            f"billing.stripe is not configured in {settings.source_name()} (see the README)"
+            f"billing.stripe is not configured in {settings.source_name()} (see docs/billing.md)"
         )
     return config
 

@@ -6,8 +6,8 @@
 
 `--source tollbooth` (default) reads what `tollbooth usage export --format csv|json` writes
 (every column round-trips); `--source litellm` reads a LiteLLM SpendLogs export (mapping in
-storage/imports/litellm.py and the README). `--format` defaults to the file name's extension
-(.csv, .json, .jsonl/.ndjson); FILE `-` is stdin. The customer of a LiteLLM row is its
+storage/imports/litellm.py and docs/usage-storage.md). `--format` defaults to the file name's
+extension (.csv, .json, .jsonl/.ndjson); FILE `-` is stdin. The customer of a LiteLLM row is its
 `customer_id` column, or what `--customer-from` names. Rows of a customer that does not
 exist are refused unless `--create-customers` (created on the config's first tier).
 `--reprice` prices the rows with the catalog and config (the price period in force at each
