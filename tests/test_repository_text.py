@@ -89,6 +89,18 @@ def relative_links(path: Path) -> list[str]:
     ]
 
 
+def test_readme_opens_with_the_two_commands() -> None:
+    """The first code block a newcomer sees installs and runs the gateway, and runs the suite
+    (the command CI runs)."""
+    first_block = (ROOT / "README.md").read_text(encoding="utf-8").split("```")[1]
+    commands = [line for line in first_block.splitlines()[1:] if line and not line.startswith("#")]
+    assert commands == [
+        "pip install -e . && tollbooth serve",
+        "pip install -e '.[test]' && python -m pytest -q",
+    ]
+    assert "python3 -m pytest -q" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
 def test_anchors_follow_github_rules() -> None:
     readme = anchors(ROOT / "README.md")
     assert "try-it-in-two-minutes-no-provider-account-needed" in readme
