@@ -34,6 +34,7 @@ from pricing.overrides import check_override
 from pricing.plans import Dimension, OveragePrice, Plan, PriceTier
 from pricing.rules import RateOverride
 from storage.quota.redis_connect import REDIS_URL_SCHEMES
+from storage.reports.usage_windows import DIMENSIONS
 
 DATABASE_URL_ENV = "TOLLBOOTH_DATABASE_URL"
 REDIS_URL_ENV = "TOLLBOOTH_REDIS_URL"
@@ -541,16 +542,6 @@ class StripeConfig(_Model):
 
     @model_validator(mode="after")
     def _check_stripe(self) -> StripeConfig:
-        # Keep in step with storage.reports.usage_windows.DIMENSIONS (a test checks they match).
-        dimensions = (
-            "input_tokens",
-            "output_tokens",
-            "cached_input_tokens",
-            "cache_write_tokens",
-            "reasoning_tokens",
-            "requests",
-            "price_micros",
-        )
         window_s = self.window_s
         if not 60 <= window_s <= 86400 or 86400 % window_s or window_s % 60:
             raise ValueError(
@@ -559,9 +550,9 @@ class StripeConfig(_Model):
             )
         self.parse_duration(self.settle_delay)
         for dimension, event_name in self.meters.items():
-            if dimension not in dimensions:
+            if dimension not in DIMENSIONS:
                 raise ValueError(
-                    f"meters: unknown dimension {dimension!r}; use {', '.join(dimensions)}"
+                    f"meters: unknown dimension {dimension!r}; use {', '.join(DIMENSIONS)}"
                 )
             if not event_name or len(event_name) > 100:
                 raise ValueError(f"meters.{dimension}: an event_name of 1 to 100 characters")

@@ -49,10 +49,10 @@ from storage.reports.event_queries import (
 from storage.reports.usage_queries import (
     MAX_DAYS,
     Period,
+    daily_of,
+    projects_of,
     report_period,
-    usage_daily,
-    usage_projects,
-    usage_summary,
+    summary_of,
 )
 
 REPORT_FORMATS = ("table", "json", "csv")
@@ -141,38 +141,17 @@ def _command(report: Report) -> Callable[[argparse.Namespace], int]:
 
 
 async def _summary(runtime: Runtime, args: argparse.Namespace, period: Period) -> str:
-    summary = await usage_summary(
-        runtime.pool,
-        days=period.period_days,
-        customer_id=period.customer_id,
-        project_id=period.filters.project_id,
-        model=period.filters.model,
-        now=period.until,
-    )
+    summary = await summary_of(runtime.pool, period)
     return render_summary(summary, args.format)
 
 
 async def _daily(runtime: Runtime, args: argparse.Namespace, period: Period) -> str:
-    daily = await usage_daily(
-        runtime.pool,
-        days=period.period_days,
-        customer_id=period.customer_id,
-        project_id=period.filters.project_id,
-        model=period.filters.model,
-        now=period.until,
-    )
+    daily = await daily_of(runtime.pool, period)
     return render_daily(daily, args.format)
 
 
 async def _projects(runtime: Runtime, args: argparse.Namespace, period: Period) -> str:
-    report = await usage_projects(
-        runtime.pool,
-        days=period.period_days,
-        customer_id=period.customer_id,
-        project_id=period.filters.project_id,
-        model=period.filters.model,
-        now=period.until,
-    )
+    report = await projects_of(runtime.pool, period)
     return render_projects(report, args.format)
 
 

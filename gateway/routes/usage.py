@@ -25,25 +25,20 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from gateway import keys
 from gateway.admin import Admin
 from gateway.errors import InvalidRequestError
 from gateway.routes.admin_access import admin_route
-from gateway.routes.common import days_param
+from gateway.routes.common import days_param, json_response
 from storage.reports.event_queries import (
     DEFAULT_EVENTS_LIMIT,
     MAX_EVENTS_LIMIT,
     EventsPage,
     usage_events_page,
 )
-from storage.reports.usage_queries import Period, report_period, usage_daily, usage_projects
-
-
-def _json(data: Any) -> web.Response:
-    return web.Response(body=orjson.dumps(data), content_type="application/json")
+from storage.reports.usage_queries import Period, daily_of, projects_of, report_period
 
 
 def _period(request: web.Request, customer_id: str | None) -> Period:
@@ -67,26 +62,12 @@ def _limit(request: web.Request) -> int:
 
 
 async def _daily(request: web.Request, period: Period) -> dict[str, Any]:
-    daily = await usage_daily(
-        request.app[keys.pool],
-        days=period.period_days,
-        customer_id=period.customer_id,
-        project_id=period.filters.project_id,
-        model=period.filters.model,
-        now=period.until,
-    )
+    daily = await daily_of(request.app[keys.pool], period)
     return daily.to_json()
 
 
 async def _projects(request: web.Request, period: Period) -> dict[str, Any]:
-    report = await usage_projects(
-        request.app[keys.pool],
-        days=period.period_days,
-        customer_id=period.customer_id,
-        project_id=period.filters.project_id,
-        model=period.filters.model,
-        now=period.until,
-    )
+    report = await projects_of(request.app[keys.pool], period)
     return report.to_json()
 
 
@@ -114,7 +95,7 @@ Report = Callable[[web.Request, Period], Awaitable[dict[str, Any]]]
 def _customer_route(report: Report) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def route(request: web.Request) -> web.Response:
         principal = await request.app[keys.authenticator].authenticate(request.headers)
-        return _json(await report(request, _period(request, principal.customer_id)))
+        return json_response(await report(request, _period(request, principal.customer_id)))
 
     return route
 

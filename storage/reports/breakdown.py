@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from storage.reports.event_queries import EXPORT_PREFETCH, EventCursor
+from storage.reports.event_queries import events_oldest_first, newest_events
 from storage.reports.key_rollups import key_rows_sql
 from storage.reports.rollups import (
     ROW_COUNTS,
@@ -41,7 +41,6 @@ from storage.reports.rollups import (
     usage_rows_sql,
 )
 from storage.reports.usage_queries import UsageTotals
-from storage.usage.event import UsageEvent
 
 StatusFilter = Literal["ok", "error"] | None
 GroupBy = Literal["model", "project_id"]
@@ -50,7 +49,6 @@ _SUMS = ", ".join(
     [f"sum({name})::bigint AS {name}" for name in ROW_COUNTS]
     + [f"sum({name})::numeric AS {name}" for name in ROW_MONEY]
 )
-_COLUMNS = ", ".join(UsageEvent.COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,20 +196,7 @@ async def events_page(
     """The newest `limit` events of the selection after `cursor`, and the next cursor."""
     params = Params()
     where = _where(since, until, usage_filter, params, status, key_id)
-    if cursor is not None:
-        after = EventCursor.decode(cursor)
-        at, event_id = params.add(after.created_at), params.add(after.id)
-        where += f" AND created_at <= {at} AND (created_at, id) < ({at}, {event_id})"
-    query = (
-        f"SELECT {_COLUMNS} FROM usage_events WHERE {where} "
-        f"ORDER BY created_at DESC, id DESC LIMIT {params.add(limit + 1)}"
-    )
-    rows = list(await pool.fetch(query, *params.values))
-    following = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        following = EventCursor(rows[-1]["created_at"], rows[-1]["id"]).encode()
-    return rows, following
+    return await newest_events(pool, where, params, limit, cursor)
 
 
 async def export_rows(
@@ -225,11 +210,6 @@ async def export_rows(
 ) -> AsyncGenerator[asyncpg.Record, None]:
     """Every event of the selection, oldest first, streamed through a server-side cursor."""
     params = Params()
-    query = (
-        f"SELECT {_COLUMNS} FROM usage_events "
-        f"WHERE {_where(since, until, usage_filter, params, status, key_id)} "
-        "ORDER BY created_at, id"
-    )
-    async with pool.acquire() as conn, conn.transaction(readonly=True):
-        async for row in conn.cursor(query, *params.values, prefetch=EXPORT_PREFETCH):
-            yield row
+    where = _where(since, until, usage_filter, params, status, key_id)
+    async for row in events_oldest_first(pool, where, params):
+        yield row

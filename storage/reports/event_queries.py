@@ -135,7 +135,22 @@ async def usage_events_page(
     if not 1 <= limit <= MAX_EVENTS_LIMIT:
         raise ValueError(f"limit must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
     params = Params()
-    where = _window_sql(period, params)
+    rows, following = await newest_events(pool, _window_sql(period, params), params, limit, cursor)
+    return EventsPage(period=period, limit=limit, events=rows, next_cursor=following)
+
+
+async def export_events(pool: asyncpg.Pool, period: Period) -> AsyncGenerator[asyncpg.Record, None]:
+    """Every event of `period`, oldest first, streamed (close the iterator when done early)."""
+    params = Params()
+    async for row in events_oldest_first(pool, _window_sql(period, params), params):
+        yield row
+
+
+async def newest_events(
+    pool: asyncpg.Pool, where: str, params: Params, limit: int, cursor: str | None
+) -> tuple[list[asyncpg.Record], str | None]:
+    """The newest `limit` events matching `where` (its values in `params`) after `cursor`,
+    and the cursor of the page after them (None on the last page)."""
     if cursor is not None:
         after = EventCursor.decode(cursor)
         at, event_id = params.add(after.created_at), params.add(after.id)
@@ -147,20 +162,17 @@ async def usage_events_page(
         f"ORDER BY created_at DESC, id DESC LIMIT {params.add(limit + 1)}"
     )
     rows = list(await pool.fetch(query, *params.values))
-    following = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        following = EventCursor(rows[-1]["created_at"], rows[-1]["id"]).encode()
-    return EventsPage(period=period, limit=limit, events=rows, next_cursor=following)
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, EventCursor(rows[-1]["created_at"], rows[-1]["id"]).encode()
 
 
-async def export_events(pool: asyncpg.Pool, period: Period) -> AsyncGenerator[asyncpg.Record, None]:
-    """Every event of `period`, oldest first, streamed (close the iterator when done early)."""
-    params = Params()
-    query = (
-        f"SELECT {_COLUMNS} FROM usage_events WHERE {_window_sql(period, params)} "
-        "ORDER BY created_at, id"
-    )
+async def events_oldest_first(
+    pool: asyncpg.Pool, where: str, params: Params
+) -> AsyncGenerator[asyncpg.Record, None]:
+    """Every event matching `where`, oldest first, through a server-side cursor."""
+    query = f"SELECT {_COLUMNS} FROM usage_events WHERE {where} ORDER BY created_at, id"
     async with pool.acquire() as conn, conn.transaction(readonly=True):
         async for row in conn.cursor(query, *params.values, prefetch=EXPORT_PREFETCH):
             yield row

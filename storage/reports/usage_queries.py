@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 import asyncpg
 
@@ -239,22 +239,38 @@ def report_period(
     return Period(customer_id, days, since, until, UsageFilter(customer_id, project_id, model))
 
 
-async def usage_summary(
-    pool: asyncpg.Pool,
-    *,
-    days: int,
-    customer_id: str | None,
-    project_id: str | None = None,
-    model: str | None = None,
-    now: datetime | None = None,
-) -> UsageSummary:
+class ReportScope(TypedDict):
+    """A report's arguments by name, as `report_period` takes them."""
+
+    days: int
+    customer_id: str | None
+    project_id: NotRequired[str | None]
+    model: NotRequired[str | None]
+    now: NotRequired[datetime | None]
+
+
+async def usage_summary(pool: asyncpg.Pool, **scope: Unpack[ReportScope]) -> UsageSummary:
     """Totals and per-model usage of the last `days` days up to `now` (default: now, UTC)."""
-    period = report_period(days, customer_id, project_id, model, now)
+    return await summary_of(pool, report_period(**scope))
+
+
+async def usage_daily(pool: asyncpg.Pool, **scope: Unpack[ReportScope]) -> DailyUsage:
+    """Usage per UTC day over the window; its days add up to the summary of the same window."""
+    return await daily_of(pool, report_period(**scope))
+
+
+async def usage_projects(pool: asyncpg.Pool, **scope: Unpack[ReportScope]) -> ProjectsUsage:
+    """Usage per (customer, project) over the window."""
+    return await projects_of(pool, report_period(**scope))
+
+
+async def summary_of(pool: asyncpg.Pool, period: Period) -> UsageSummary:
+    """The summary of one period."""
     rows = await _grouped(pool, period, ("model",), "model")
     by_model = [ModelUsage(row["model"], UsageTotals.from_row(row)) for row in rows]
     return UsageSummary(
-        customer_id=customer_id,
-        period_days=days,
+        customer_id=period.customer_id,
+        period_days=period.period_days,
         since=period.since,
         until=period.until,
         totals=_sum(by_model),
@@ -263,17 +279,8 @@ async def usage_summary(
     )
 
 
-async def usage_daily(
-    pool: asyncpg.Pool,
-    *,
-    days: int,
-    customer_id: str | None,
-    project_id: str | None = None,
-    model: str | None = None,
-    now: datetime | None = None,
-) -> DailyUsage:
-    """Usage per UTC day over the window; its days add up to the summary of the same window."""
-    period = report_period(days, customer_id, project_id, model, now)
+async def daily_of(pool: asyncpg.Pool, period: Period) -> DailyUsage:
+    """Usage per UTC day of one period."""
     rows = await _grouped(pool, period, ("date_trunc('day', at, 'UTC') AS day",), "day")
     found = {row["day"].astimezone(UTC).date(): UsageTotals.from_row(row) for row in rows}
     first, last = period.since.astimezone(UTC).date(), period.until.astimezone(UTC).date()
@@ -284,17 +291,8 @@ async def usage_daily(
     return DailyUsage(period=period, totals=_sum(daily), days=daily)
 
 
-async def usage_projects(
-    pool: asyncpg.Pool,
-    *,
-    days: int,
-    customer_id: str | None,
-    project_id: str | None = None,
-    model: str | None = None,
-    now: datetime | None = None,
-) -> ProjectsUsage:
-    """Usage per (customer, project) over the window."""
-    period = report_period(days, customer_id, project_id, model, now)
+async def projects_of(pool: asyncpg.Pool, period: Period) -> ProjectsUsage:
+    """Usage per (customer, project) of one period."""
     rows = await _grouped(
         pool, period, ("customer_id", "project_id"), "customer_id, project_id NULLS FIRST"
     )
