@@ -16,12 +16,12 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from storage.quota.keys import customer_keys
+from storage.quota.scripts import lua_source
 from storage.quota.store import (
     AdmitReply,
     QuotaLimits,
     QuotaStore,
     UsageSnapshot,
-    lua_source,
 )
 
 WINDOW_MS = 2000
@@ -472,6 +472,6 @@ async def test_admit_and_settle_send_exactly_the_evalsha_of_their_keys_and_args(
     ]
     settle_keys = [keys.token_buckets, keys.month_counters, keys.pending, keys.reservation("req-1")]
     assert sent == [
-        (store._admit, pack_evalsha(store._admit, admit_keys, admit_args)),
-        (store._settle, pack_evalsha(store._settle, settle_keys, [55, 3])),
+        (store._admit.script, pack_evalsha(store._admit.script, admit_keys, admit_args)),
+        (store._settle.script, pack_evalsha(store._settle.script, settle_keys, [55, 3])),
     ]

@@ -78,19 +78,17 @@ def _bulk(value: Arg) -> bytes:
 
 def pack_evalsha(script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> bytes:
     """The RESP bytes of `EVALSHA sha numkeys *keys *args`."""
-    return pack_evalsha_bulks(script, len(keys), len(args), bulk_strings(keys), bulk_strings(args))
-
-
-def pack_evalsha_bulks(script: LuaScript, numkeys: int, numargs: int, *bulks: bytes) -> bytes:
-    """`pack_evalsha` of keys and args already packed by `bulk_strings`, in order (so a
-    caller packs the parts that never change once)."""
     return b"".join(
-        (
-            b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + numkeys + numargs),
-            script.sha_bulk,
-            _bulk(numkeys),
-            *bulks,
-        )
+        (evalsha_head(script, len(keys), len(args)), bulk_strings(keys), bulk_strings(args))
+    )
+
+
+def evalsha_head(script: LuaScript, numkeys: int, numargs: int) -> bytes:
+    """The RESP bytes of `EVALSHA sha numkeys` for a call of `numkeys` keys and `numargs`
+    arguments: followed by those keys and arguments as `bulk_strings`, in order, it is the
+    command `pack_evalsha` makes (so a caller packs the parts that never change once)."""
+    return b"".join(
+        (b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + numkeys + numargs), script.sha_bulk, _bulk(numkeys))
     )
 
 
@@ -148,13 +146,13 @@ class ScriptBatcher:
         return self.submit_packed(script, pack_evalsha(script, keys, args), defer_s=defer_s)
 
     async def call_packed(self, script: LuaScript, packed: bytes) -> Any:
-        """`call` with the command packed already (`pack_evalsha_bulks`)."""
+        """`call` with the command packed already (`pack_evalsha`, `evalsha_head`)."""
         return await self.submit_packed(script, packed)
 
     def submit_packed(
         self, script: LuaScript, packed: bytes, *, defer_s: float = 0.0
     ) -> asyncio.Future[Any]:
-        """`submit` with the command packed already (`pack_evalsha_bulks`)."""
+        """`submit` with the command packed already (`pack_evalsha`, `evalsha_head`)."""
         if self._closed:
             raise RuntimeError("ScriptBatcher is closed")
         loop = asyncio.get_running_loop()

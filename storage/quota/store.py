@@ -1,8 +1,9 @@
 """The quota counters in Redis: one atomic Lua call admits, one settles, one reads.
 
 `QuotaStore` knows the keys (`storage.quota.keys`), the scripts (`storage/quota/lua/*.lua`, each
-loaded once by its SHA1, `quota_lib.lua` prepended to each) and their replies, which it turns
-into frozen dataclasses straight away. Script calls go through `storage.quota.script_batcher`:
+loaded once by its SHA1, `quota_lib.lua` prepended to each, their KEYS and ARGV declared once
+in `storage.quota.scripts`) and their replies, which it turns into frozen dataclasses straight
+away. Script calls go through `storage.quota.script_batcher`:
 concurrent admits and settles share one pipelined round trip (on a Redis Cluster,
 `storage.quota.cluster_batcher`: one round trip per primary, redirects and failovers followed).
 It knows nothing of tiers, HTTP or Decimal money: limits and amounts arrive as integers
@@ -38,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import functools
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Literal
 
 import redis.exceptions
@@ -47,13 +47,8 @@ from redis.asyncio.cluster import RedisCluster
 
 from storage.quota.cluster_batcher import ClusterScriptBatcher
 from storage.quota.keys import customer_keys
-from storage.quota.script_batcher import (
-    LuaScript,
-    ScriptBatcher,
-    bulk_strings,
-    pack_evalsha,
-    pack_evalsha_bulks,
-)
+from storage.quota.script_batcher import ScriptBatcher, bulk_strings
+from storage.quota.scripts import ADMIT, SETTLE, STATUS, QuotaScript
 
 PRODUCTION_WINDOW_MS = 60_000
 
@@ -70,16 +65,6 @@ class QuotaStoreBusy(Exception):
 
 class QuotaStoreUnavailable(Exception):
     """Redis could not be reached or did not answer in time."""
-
-
-def lua_source(name: str) -> str:
-    """The text of one script in storage/quota/lua/, e.g. ``lua_source("admit.lua")``."""
-    return resources.files("storage.quota").joinpath("lua", name).read_text(encoding="utf-8")
-
-
-def _script(name: str) -> LuaScript:
-    # quota_lib.lua defines the functions every script uses; Lua has no include.
-    return LuaScript(lua_source("quota_lib.lua") + "\n" + lua_source(name))
 
 
 # A script refused, before it ran, by a primary that may not write now: its replicas are gone
@@ -116,7 +101,7 @@ class QuotaLimits:
     tokens_per_month: int | None = None
     spend_per_month_micros: int | None = None
     # What as_args() returns, built once, and packed for the admit script (sent on every
-    # admit).
+    # admit): the fields above in their order, which is the order of admit.lua's ARGV[2..6].
     args: tuple[int, ...] = field(init=False, repr=False, compare=False)
     packed_args: bytes = field(init=False, repr=False, compare=False)
 
@@ -235,21 +220,21 @@ def _text(value: Any) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _PackedKeys:
-    """A customer's keys that every admit (`admit`) and settle (`settle`) sends first,
-    packed as RESP once."""
+    """A customer's own keys that every admit, settle and status call sends first, in the
+    order each script's contract declares, packed as RESP once."""
 
     admit: bytes
     settle: bytes
+    status: bytes
 
 
 @functools.lru_cache(maxsize=65_536)  # pure, like customer_keys
 def _packed_keys(customer_id: str) -> _PackedKeys:
     keys = customer_keys(customer_id)
     return _PackedKeys(
-        admit=bulk_strings(
-            (keys.requests_log, keys.token_buckets, keys.month_counters, keys.pending)
-        ),
-        settle=bulk_strings((keys.token_buckets, keys.month_counters, keys.pending)),
+        admit=ADMIT.pack_customer_keys(keys),
+        settle=SETTLE.pack_customer_keys(keys),
+        status=STATUS.pack_customer_keys(keys),
     )
 
 
@@ -278,18 +263,18 @@ class QuotaStore:
             if isinstance(client, RedisCluster)
             else ScriptBatcher(client, wait_replicas=wait_replicas)
         )
-        self._admit = _script("admit.lua")
-        self._settle = _script("settle.lua")
-        self._status = _script("status.lua")
+        self._admit = QuotaScript.load(ADMIT)
+        self._settle = QuotaScript.load(SETTLE)
+        self._status = QuotaScript.load(STATUS)
 
     async def aclose(self) -> None:
         """Finish the queued script calls (settles sent without waiting, say)."""
         await self._scripts.aclose()
 
-    async def _call(self, script: LuaScript, packed: bytes) -> Any:
-        """Run a packed EVALSHA (`pack_evalsha*`); Redis failures as QuotaStore errors."""
+    async def _call(self, script: QuotaScript, packed: bytes) -> Any:
+        """Run a packed EVALSHA (`QuotaScript.pack`); Redis failures as QuotaStore errors."""
         try:
-            return await self._scripts.call_packed(script, packed)
+            return await self._scripts.call_packed(script.script, packed)
         except _OUTAGE as exc:
             error = translate(exc)
             if error is exc:
@@ -310,12 +295,9 @@ class QuotaStore:
         """Reserve one request, `tokens` and `spend_micros` in every window, or nothing."""
         if tokens < 0 or spend_micros < 0 or reservation_ttl_ms < 1:
             raise ValueError("tokens and spend_micros must be >= 0, reservation_ttl_ms >= 1")
-        # KEYS: requests_log, token_buckets, month_counters, pending, the reservation;
-        # ARGV: request id, the five limits, tokens, spend, ttl, window, shadow.
-        packed = pack_evalsha_bulks(
-            self._admit,
-            5,
-            11,
+        # In the order of ADMIT: the customer's keys, the reservation; the request id, the
+        # five limits, tokens, spend, ttl, window, shadow.
+        packed = self._admit.pack(
             _packed_keys(customer_id).admit,
             bulk_strings((customer_keys(customer_id).reservation(request_id), request_id)),
             limits.packed_args,
@@ -354,27 +336,21 @@ class QuotaStore:
         `defer_s` it waits up to that long for another call's round trip to ride along."""
         if tokens < 0 or spend_micros < 0:
             raise ValueError("tokens and spend_micros must be >= 0")
-        # KEYS: token_buckets, month_counters, pending, the reservation; ARGV: tokens, spend.
-        packed = pack_evalsha_bulks(
-            self._settle,
-            4,
-            2,
+        # In the order of SETTLE: the customer's keys, the reservation; tokens, spend.
+        packed = self._settle.pack(
             _packed_keys(customer_id).settle,
             bulk_strings(
                 (customer_keys(customer_id).reservation(request_id), tokens, spend_micros)
             ),
         )
-        return self._scripts.submit_packed(self._settle, packed, defer_s=defer_s)
+        return self._scripts.submit_packed(self._settle.script, packed, defer_s=defer_s)
 
     async def usage(self, customer_id: str) -> UsageSnapshot:
         """What every window of the customer holds now (expired reservations released)."""
-        keys = customer_keys(customer_id)
-        script_keys = [keys.requests_log, keys.token_buckets, keys.month_counters, keys.pending]
-        return UsageSnapshot.from_reply(
-            await self._call(
-                self._status, pack_evalsha(self._status, script_keys, [self.window_ms])
-            )
+        packed = self._status.pack(
+            _packed_keys(customer_id).status, bulk_strings((self.window_ms,))
         )
+        return UsageSnapshot.from_reply(await self._call(self._status, packed))
 
     async def claim_alert(
         self, customer_id: str, limit: str, threshold_percent: int, month: str

@@ -3,22 +3,24 @@
 -- say which limit refused and how long until this request could fit.
 --
 -- Runs after quota_lib.lua (prepended by QuotaStore).
--- KEYS[1] q1:{c}:rpm       sorted set  sliding request log (member request id, score ms)
--- KEYS[2] q1:{c}:tpm       hash        token sub-buckets of the minute window
--- KEYS[3] q1:{c}:month     hash        calendar-month counters
--- KEYS[4] q1:{c}:pending   sorted set  unsettled reservations by release deadline
--- KEYS[5] q1:{c}:r:<id>    hash        this request's reservation
--- ARGV[1]  request id
--- ARGV[2]  requests_per_minute limit; -1 = unlimited (likewise ARGV[3] to ARGV[6])
--- ARGV[3]  tokens_per_minute limit
--- ARGV[4]  requests_per_month limit
--- ARGV[5]  tokens_per_month limit
--- ARGV[6]  spend_per_month limit, in micro-dollars
--- ARGV[7]  tokens to reserve (the request's worst case)
--- ARGV[8]  spend to reserve, in micro-dollars (its worst-case price)
--- ARGV[9]  reservation ttl, ms: unsettled for this long, its tokens and spend are given back
--- ARGV[10] window length, ms (60000 in production; tests pass short windows)
--- ARGV[11] shadow: "1" computes the decision, then reserves whatever it says
+-- The name after each KEYS[i] and ARGV[i] is the one storage/quota/scripts.py declares (ADMIT);
+-- tests/test_quota_scripts.py checks that the two lists agree.
+-- KEYS[1] requests_log    q1:{c}:rpm      sorted set  sliding request log (member id, score ms)
+-- KEYS[2] token_buckets   q1:{c}:tpm      hash        token sub-buckets of the minute window
+-- KEYS[3] month_counters  q1:{c}:month    hash        calendar-month counters
+-- KEYS[4] pending         q1:{c}:pending  sorted set  unsettled reservations by release deadline
+-- KEYS[5] reservation     q1:{c}:r:<id>   hash        this request's reservation
+-- ARGV[1]  request_id              the request's id
+-- ARGV[2]  requests_per_minute     limit; -1 = unlimited (likewise ARGV[3] to ARGV[6])
+-- ARGV[3]  tokens_per_minute       limit
+-- ARGV[4]  requests_per_month      limit
+-- ARGV[5]  tokens_per_month        limit
+-- ARGV[6]  spend_per_month_micros  limit, in micro-dollars
+-- ARGV[7]  tokens                  tokens to reserve (the request's worst case)
+-- ARGV[8]  spend_micros            spend to reserve, in micro-dollars (its worst-case price)
+-- ARGV[9]  reservation_ttl_ms      unsettled for this long, its tokens and spend are given back
+-- ARGV[10] window_ms               window length (60000 in production; tests pass short ones)
+-- ARGV[11] shadow                  "1" computes the decision, then reserves whatever it says
 -- Reply: {admitted (0|1), limit ("" or the refusing limit's name, e.g. "requests_per_minute"),
 --         retry_after_ms (-1: no wait can make this request fit), duplicate (1: this request id
 --         already holds a reservation; nothing was reserved again), then the usage snapshot of

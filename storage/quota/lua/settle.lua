@@ -2,12 +2,14 @@
 -- once: a second settle of the same request id changes nothing.
 --
 -- Runs after quota_lib.lua (prepended by QuotaStore).
--- KEYS[1] q1:{c}:tpm       hash        token sub-buckets of the minute window
--- KEYS[2] q1:{c}:month     hash        calendar-month counters
--- KEYS[3] q1:{c}:pending   sorted set  unsettled reservations by release deadline
--- KEYS[4] q1:{c}:r:<id>    hash        this request's reservation
--- ARGV[1] actual tokens (0 for an upstream error or a disconnect that used none)
--- ARGV[2] actual spend, in micro-dollars
+-- The name after each KEYS[i] and ARGV[i] is the one storage/quota/scripts.py declares
+-- (SETTLE); tests/test_quota_scripts.py checks that the two lists agree.
+-- KEYS[1] token_buckets   q1:{c}:tpm      hash        token sub-buckets of the minute window
+-- KEYS[2] month_counters  q1:{c}:month    hash        calendar-month counters
+-- KEYS[3] pending         q1:{c}:pending  sorted set  unsettled reservations by release deadline
+-- KEYS[4] reservation     q1:{c}:r:<id>   hash        this request's reservation
+-- ARGV[1] tokens        actual tokens (0 for an upstream error or a disconnect that used none)
+-- ARGV[2] spend_micros  actual spend, in micro-dollars
 -- Reply: {outcome (1 settled | 2 already settled, nothing changed | 0 no such reservation, e.g.
 --         it expired 2 x ttl after admission: nothing changed), tokens_delta, spend_micros_delta
 --         (what was added to the counters; negative is a refund), released (1: the ttl had
