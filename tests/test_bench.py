@@ -186,3 +186,67 @@ def test_a_soak_is_reported_sample_by_sample() -> None:
     assert "soak: steady non-streaming chat" in text
     assert "         60         58,123            188.9" in text
     assert to_json(report)["soak"][1]["gateway_rss_mib"] == 188.9
+
+
+async def test_paced_streams_count_every_event_and_the_gateways_memory(
+    fresh_database_url: str, redis_url: str
+) -> None:
+    tokens, delay_ms = 5, 5
+    report = bench(
+        "--scenarios",
+        "paced-streams",
+        "--concurrency",
+        "3",
+        "--tokens",
+        str(tokens),
+        "--token-delay-ms",
+        str(delay_ms),
+        "--stagger-s",
+        "0.1",
+        database_url=fresh_database_url,
+        redis_url=redis_url,
+    )
+
+    scenario = report["settings"]["scenarios"]["paced-streams"]
+    events_per_stream = tokens + 3  # role, one per token, finish, [DONE]
+    assert scenario["events_per_answer"] == events_per_stream
+    assert scenario["stagger_s"] == report["settings"]["stagger_s"] == 0.1
+    phases = report["phases"]
+    assert {(p["scenario"], p["target"], p["concurrency"]) for p in phases} == {
+        ("paced-streams", "gateway", 3),
+        ("paced-streams", "direct", 3),
+    }
+    for phase in phases:
+        assert_consistent(phase)
+        # Every stream of the phase (warm-up and drain included) brought all its events,
+        # through the gateway exactly as many as straight from the provider.
+        assert phase["events"] == phase["completed"] * events_per_stream
+        assert 0 < phase["window_events"] <= phase["events"]
+        assert phase["events_per_s"] == pytest.approx(
+            phase["window_events"] / phase["window_s"], abs=0.1
+        )
+        # Paced: a stream lasts at least its delays, and its first event comes before.
+        assert phase["p50_ms"] >= (tokens + 2) * delay_ms
+        assert phase["ttfb_p99_ms"] <= phase["p99_ms"]
+        per_event = phase["cpu_us_per_event"]
+        assert per_event["upstream"] == pytest.approx(
+            phase["cpu_s"]["upstream"] / phase["window_events"] * 1e6, rel=1e-2
+        )
+    gateway = next(p for p in phases if p["target"] == "gateway")
+    direct = next(p for p in phases if p["target"] == "direct")
+    assert gateway["events_written"] == gateway["completed"]
+    assert gateway["cpu_us_per_event"]["gateway"] > 0
+    assert gateway["rss_before_bytes"] > 0 and gateway["rss_peak_bytes"] > 0
+    growth = gateway["rss_peak_bytes"] - gateway["rss_before_bytes"]
+    assert gateway["rss_kib_per_stream"] == pytest.approx(growth / 1024 / 3, abs=0.01)
+    assert direct["rss_before_bytes"] is None and direct["rss_kib_per_stream"] is None
+
+    (row,) = report["comparisons"]
+    assert row["added_ttfb_p99_ms"] == pytest.approx(
+        gateway["ttfb_p99_ms"] - direct["ttfb_p99_ms"], abs=1e-3
+    )
+    assert row["ratio_gateway_direct"] == pytest.approx(gateway["rps"] / direct["rps"], rel=1e-2)
+    # Targets at 300, 600, 1 and 2,000 open streams: none of those phases ran here.
+    streams_targets = [t for t in report["targets"] if t["target"].startswith("streams_")]
+    assert len(streams_targets) == 7
+    assert all(t["measured"] is None and t["met"] is False for t in streams_targets)

@@ -7,7 +7,8 @@ the same hand-built request bytes back to back: the next request leaves from the
 The response parser is minimal: the head up to `\\r\\n\\r\\n`, then a `Content-Length`
 body or a chunked body (SSE) up to its 0-length chunk; nothing else is decoded.
 
-Timing: the connections start at once (that is the warm-up); the measured window is
+Timing: the connections start at once, or with `--stagger S` one after another evenly over
+S seconds (so paced streams arrive at a steady rate; that is the warm-up); the measured window is
 [T, T + D] on `time.monotonic()` (CLOCK_MONOTONIC, shared by every process on the machine), so
 the runner can read CPU counters at the same instants and several generator processes can
 share one window. A request counts in the window when it completes inside it. At the window's
@@ -17,7 +18,9 @@ its answer.
 Output: one JSON object on stdout or `--output FILE` (`Result.to_json`): completions in the
 window, their latency and time to first body byte in microseconds, status counts over the
 whole run, and the generator's own CPU time inside the window. Time to first byte is measured
-to the first byte after the response head (for a stream: its first event).
+to the first byte after the response head (for a stream: its first event). For chunked
+(SSE) bodies it counts events, i.e. blank-line separators (`\\n\\n`) in the chunks' data,
+over the whole run and inside the window (counted when their chunk is complete).
 
 How it fails: a connection that breaks mid-answer or an answer it cannot frame is counted in
 `failures` and a new connection replaces it; a refused connect is counted too and ends that
@@ -75,6 +78,7 @@ class _Client(asyncio.Protocol):
         self._busy = False  # a request is out and its answer is not complete
         self._remaining = -1  # bytes left of a Content-Length body; -1 while chunked
         self._closing = False  # the server said `Connection: close`
+        self._last_byte = 0  # of the body's chunk data so far: an event may end across chunks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -94,6 +98,7 @@ class _Client(asyncio.Protocol):
             return
         self._in_body = False
         self._first_body = 0.0
+        self._last_byte = 0
         self._busy = True
         self._sent = time.perf_counter()
         self._transport.write(self._run.request)
@@ -151,6 +156,7 @@ class _Client(asyncio.Protocol):
     def _parse_chunks(self) -> bool:
         buf = self._buf
         pos = 0
+        events = 0
         try:
             while True:
                 eol = buf.find(_CRLF, pos)
@@ -167,9 +173,16 @@ class _Client(asyncio.Protocol):
                 nxt = eol + 2 + size + 2
                 if len(buf) < nxt:
                     return False
+                data = eol + 2
+                events += buf.count(b"\n\n", data, data + size)
+                if self._last_byte == 10 and buf[data] == 10:
+                    events += 1
+                self._last_byte = buf[data + size - 1]
                 pos = nxt
         finally:
             del buf[:pos]
+            if events:
+                self._run.count_events(events)
 
 
 @dataclass
@@ -184,6 +197,8 @@ class Result:
     statuses: Counter[int] = field(default_factory=Counter)  # the whole run, warm-up included
     failures: int = 0  # broken connections or unframeable responses, the whole run
     cpu_s: float = 0.0  # this process's CPU time inside the window
+    events: int = 0  # SSE events received, the whole run
+    window_events: int = 0  # of those, received inside the window
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -195,6 +210,8 @@ class Result:
             "window_errors": self.window_errors,
             "statuses": {str(code): n for code, n in sorted(self.statuses.items())},
             "failures": self.failures,
+            "events": self.events,
+            "window_events": self.window_events,
         }
 
 
@@ -211,6 +228,11 @@ class _Run:
         self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reconnects: set[asyncio.Task[None]] = set()
 
+    def count_events(self, n: int) -> None:
+        self.result.events += n
+        if self.start <= time.monotonic() <= self.end:
+            self.result.window_events += n
+
     def record(self, status: int, sent: float, first_body: float) -> None:
         done = time.perf_counter()
         result = self.result
@@ -221,8 +243,20 @@ class _Run:
             if status != 200:
                 result.window_errors += 1
 
+    def open_connections(self, concurrency: int, stagger_s: float) -> list[asyncio.Task[None]]:
+        """Start `concurrency` connections, the i-th `i * stagger_s / concurrency` s from now.
+        They count as open from now, so the run cannot end while some have yet to start."""
+        self._open += concurrency
+        step = stagger_s / concurrency
+        return [asyncio.ensure_future(self._connect_after(i * step)) for i in range(concurrency)]
+
+    async def _connect_after(self, delay_s: float) -> None:
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        await self.connect()
+
     async def connect(self) -> None:
-        self._open += 1
+        """Open one connection; the caller has counted it in `_open`."""
         try:
             await asyncio.get_running_loop().create_connection(
                 lambda: _Client(self), self.host, self.port
@@ -236,6 +270,7 @@ class _Run:
         """A connection ended: open another while the run lasts (the server may close)."""
         self._open -= 1
         if time.monotonic() < self.end:
+            self._open += 1
             task = asyncio.ensure_future(self.connect())
             self._reconnects.add(task)
             task.add_done_callback(self._reconnected)
@@ -254,9 +289,16 @@ class _Run:
 
 
 async def generate(
-    host: str, port: int, request: bytes, concurrency: int, measure_at: float, duration_s: float
+    host: str,
+    port: int,
+    request: bytes,
+    concurrency: int,
+    measure_at: float,
+    duration_s: float,
+    stagger_s: float = 0.0,
 ) -> Result:
-    """Run `concurrency` connections until `measure_at + duration_s` (monotonic clock)."""
+    """Run `concurrency` connections until `measure_at + duration_s` (monotonic clock), their
+    starts spread over `stagger_s`."""
     end = measure_at + duration_s
     run = _Run(host, port, request, concurrency, measure_at, end)
     # The generator reads its own CPU time at the window's edges: it may have exited before
@@ -265,7 +307,7 @@ async def generate(
     marks: list[float] = []
     for edge in (measure_at, end):
         loop.call_later(edge - time.monotonic(), lambda: marks.append(time.process_time()))
-    await asyncio.gather(*(run.connect() for _ in range(concurrency)))
+    await asyncio.gather(*run.open_connections(concurrency, stagger_s))
     await run.wait()
     await asyncio.sleep(max(0.0, end - time.monotonic()) + 0.001)
     run.result.cpu_s = marks[-1] - marks[0] if len(marks) == 2 else 0.0
@@ -292,6 +334,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="time.monotonic() when the window opens (default: now + --warmup)",
     )
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument(
+        "--stagger", type=float, default=0.0, help="spread the connections' starts over S seconds"
+    )
     parser.add_argument("--output", type=Path, help="write the JSON here (default: stdout)")
     return parser.parse_args(argv)
 
@@ -312,7 +357,15 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     with runner:
         result = runner.run(
-            generate(args.host, args.port, request, args.concurrency, measure_at, args.duration)
+            generate(
+                args.host,
+                args.port,
+                request,
+                args.concurrency,
+                measure_at,
+                args.duration,
+                args.stagger,
+            )
         )
     data = orjson.dumps(result.to_json()) + b"\n"
     if args.output is not None:

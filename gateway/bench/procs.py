@@ -1,8 +1,9 @@
 """The benchmark's processes: starting them, stopping them, and reading their CPU time.
 
 `start(argv, log)` starts a child with its output in a log file (a full pipe would stall
-the gateway); `stop(proc)` sends SIGTERM, waits, and kills it if it lingers. Only processes
-this module started are ever signalled, each by its own pid.
+the gateway), optionally pinned to some CPUs (`pinned_to(cpus)`, like `taskset -c`; its
+children inherit the mask); `stop(proc)` sends SIGTERM, waits, and kills it if it
+lingers. Only processes this module started are ever signalled, each by its own pid.
 
 `ProcessGroup` is a named set of processes whose CPU time (user + system, read from
 /proc/PID/stat in clock ticks) is summed: given root pids, with or without their descendants
@@ -24,7 +25,7 @@ import os
 import platform
 import signal
 from asyncio.subprocess import Process
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,11 +34,33 @@ from typing import Any
 STOP_TIMEOUT_S = 15.0
 
 
-async def start(argv: Sequence[str], log: Path, env: dict[str, str] | None = None) -> Process:
-    """Start `argv` with stdout and stderr appended to `log`."""
+def pinned_to(cpus: Sequence[int] | None) -> Callable[[], None] | None:
+    """A `preexec_fn` that pins the child to `cpus` (None: no pinning)."""
+    if not cpus:
+        return None
+    mask = set(cpus)
+
+    def pin() -> None:
+        os.sched_setaffinity(0, mask)
+
+    return pin
+
+
+async def start(
+    argv: Sequence[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    cpus: Sequence[int] | None = None,
+) -> Process:
+    """Start `argv` with stdout and stderr appended to `log`, pinned to `cpus` if given."""
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=env,
+            preexec_fn=pinned_to(cpus),
         )
 
 

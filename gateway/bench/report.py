@@ -5,6 +5,8 @@ a row per (concurrency, target), the gateway rows carrying what compares them wi
 (added p50 and time to first byte, the throughput ratio) and the events check; then the
 issue's targets, each marked met or not from this run alone; then the profile, if one was
 taken. Times are milliseconds; CPU is microseconds per request completed in the window.
+The paced-streams scenario has its own columns and targets (`report_streams.py`); a target
+whose phase did not run is listed as not run.
 `other` is the CPU time (seconds, all cores) that processes outside the benchmark used during
 the window: when it is large, the machine was shared and the numbers are low; `notes_on`
 says so under the tables.
@@ -17,7 +19,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gateway.bench.report_streams import (
+    STREAMS_COLUMNS,
+    STREAMS_HEADER,
+    evaluate_stream_targets,
+    streams_row,
+)
 from gateway.bench.results import BenchReport, Comparison, PhaseResult, compare
+from gateway.bench.scenarios import PACED_STREAMS
 
 GROUPS = ("gateway", "upstream", "infra", "loadgen")
 TOP_FUNCTIONS = 25
@@ -86,7 +95,7 @@ def evaluate_targets(report: BenchReport) -> list[dict[str, Any]]:
                 "met": met,
             }
         )
-    return out
+    return out + evaluate_stream_targets(rows, PACED_STREAMS)
 
 
 def to_json(report: BenchReport) -> dict[str, Any]:
@@ -153,10 +162,10 @@ HEADER = [
 ]
 
 
-def _table(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]
+def _table(rows: list[list[str]], header: list[str] = HEADER) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = []
-    for row in [HEADER, *rows]:
+    for row in [header, *rows]:
         cells = [
             cell.ljust(w) if i == 1 else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
@@ -184,6 +193,9 @@ def render_text(report: BenchReport) -> str:
         "          err: non-200 answers or broken connections; other: CPU s used by "
         "processes outside the benchmark during the window",
     ]
+    if s.get("cpus"):
+        pins = "; ".join(f"{role} on CPUs {','.join(map(str, c))}" for role, c in s["cpus"].items())
+        lines.append(f"pinned:   {pins}")
     comparisons = {
         (c.gateway.scenario, c.gateway.concurrency, c.gateway.workers): c
         for c in compare(report.phases)
@@ -193,8 +205,11 @@ def render_text(report: BenchReport) -> str:
         if not phases:
             continue
         phases.sort(key=lambda p: (p.concurrency, p.target != "gateway", p.workers or 0))
+        make_row, header = (
+            (streams_row, STREAMS_HEADER) if name == PACED_STREAMS else (_row, HEADER)
+        )
         rows = [
-            _row(
+            make_row(
                 p,
                 comparisons.get((p.scenario, p.concurrency, p.workers))
                 if p.target == "gateway"
@@ -202,11 +217,15 @@ def render_text(report: BenchReport) -> str:
             )
             for p in phases
         ]
-        lines += ["", f"== {scenario['title']} ==", *_table(rows)]
+        lines += ["", f"== {scenario['title']} ==", *_table(rows, header)]
+        if name == PACED_STREAMS:
+            lines += STREAMS_COLUMNS
     lines += ["", "targets (the README's Benchmark; this run):"]
     for target in evaluate_targets(report):
         value = "n/a" if target["measured"] is None else f"{target['measured']:,} {target['unit']}"
         mark = "met" if target["met"] else "NOT met"
+        if target["measured"] is None:
+            mark = "not run"
         lines.append(f"  [{mark:>7}] {target['description']}: {value}")
     if report.profile:
         lines += ["", *render_profile(report.profile)]

@@ -35,6 +35,8 @@ class LoadgenTotals:
     statuses: dict[str, int]  # whole run: warm-up, window and the last in-flight requests
     failures: int
     cpu_s: float  # the generators' own CPU time inside the window
+    events: int = 0  # SSE events received, the whole run
+    window_events: int = 0  # of those, inside the window
 
     @property
     def completed(self) -> int:
@@ -45,7 +47,7 @@ def merge_loadgen(outputs: Sequence[dict[str, Any]]) -> LoadgenTotals:
     statuses: Counter[str] = Counter()
     latency: list[int] = []
     ttfb: list[int] = []
-    errors = failures = 0
+    errors = failures = events = window_events = 0
     cpu_s = 0.0
     for out in outputs:
         cpu_s += float(out["cpu_s"])
@@ -53,6 +55,8 @@ def merge_loadgen(outputs: Sequence[dict[str, Any]]) -> LoadgenTotals:
         ttfb += out["ttfb_us"]
         errors += out["window_errors"]
         failures += out["failures"]
+        events += out.get("events", 0)
+        window_events += out.get("window_events", 0)
         statuses.update({code: int(n) for code, n in out["statuses"].items()})
     return LoadgenTotals(
         window_s=float(outputs[0]["window_s"]) if outputs else 0.0,
@@ -62,6 +66,8 @@ def merge_loadgen(outputs: Sequence[dict[str, Any]]) -> LoadgenTotals:
         statuses=dict(sorted(statuses.items())),
         failures=failures,
         cpu_s=cpu_s,
+        events=events,
+        window_events=window_events,
     )
 
 
@@ -86,19 +92,49 @@ class PhaseResult:
     cpu_s: dict[str, float] = field(default_factory=dict)  # process group -> CPU s in window
     other_cpu_s: float = 0.0  # CPU used in the window by processes outside the benchmark
     events_written: int | None = None  # usage_events rows this phase added (gateway only)
+    events: int = 0  # SSE events the clients received, the whole phase
+    window_events: int = 0  # of those, inside the window
+    # The gateway's RSS (all its processes) before the phase and its peak inside the window.
+    rss_before_bytes: int | None = None
+    rss_peak_bytes: int | None = None
 
     @property
     def rps(self) -> float:
         return self.requests / self.window_s if self.window_s else 0.0
+
+    @property
+    def events_per_s(self) -> float:
+        return self.window_events / self.window_s if self.window_s else 0.0
 
     def cpu_us_per_request(self, group: str) -> float | None:
         if group not in self.cpu_s or not self.requests:
             return None
         return self.cpu_s[group] / self.requests * 1e6
 
+    def cpu_us_per_event(self, group: str) -> float | None:
+        """CPU of `group` in the window per SSE event the clients received in it."""
+        if group not in self.cpu_s or not self.window_events:
+            return None
+        return self.cpu_s[group] / self.window_events * 1e6
+
+    @property
+    def rss_kib_per_stream(self) -> float | None:
+        """The gateway's RSS growth over the phase per open stream (connection)."""
+        if self.rss_before_bytes is None or self.rss_peak_bytes is None:
+            return None
+        return (self.rss_peak_bytes - self.rss_before_bytes) / 1024 / self.concurrency
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["rps"] = round(self.rps, 1)
+        data["events_per_s"] = round(self.events_per_s, 1)
+        data["cpu_us_per_event"] = {
+            group: round(value, 2)
+            for group in self.cpu_s
+            if (value := self.cpu_us_per_event(group)) is not None
+        }
+        per_stream = self.rss_kib_per_stream
+        data["rss_kib_per_stream"] = None if per_stream is None else round(per_stream, 2)
         data["cpu_us_per_request"] = {
             group: round(value, 1)
             for group in self.cpu_s
@@ -118,6 +154,8 @@ def phase_result(
     cpu_s: dict[str, float],
     other_cpu_s: float,
     events_written: int | None,
+    rss_before_bytes: int | None = None,
+    rss_peak_bytes: int | None = None,
 ) -> PhaseResult:
     lat, ttfb = totals.latency_us, totals.ttfb_us
     return PhaseResult(
@@ -140,6 +178,10 @@ def phase_result(
         cpu_s=cpu_s,
         other_cpu_s=other_cpu_s,
         events_written=events_written,
+        events=totals.events,
+        window_events=totals.window_events,
+        rss_before_bytes=rss_before_bytes,
+        rss_peak_bytes=rss_peak_bytes,
     )
 
 
@@ -159,6 +201,10 @@ class Comparison:
         return None if self.direct is None else self.gateway.ttfb_p50_ms - self.direct.ttfb_p50_ms
 
     @property
+    def added_ttfb_p99_ms(self) -> float | None:
+        return None if self.direct is None else self.gateway.ttfb_p99_ms - self.direct.ttfb_p99_ms
+
+    @property
     def ratio(self) -> float | None:
         """Gateway throughput as a fraction of direct throughput."""
         if self.direct is None or not self.direct.rps:
@@ -175,6 +221,7 @@ class Comparison:
             "workers": self.gateway.workers,
             "added_p50_ms": r(self.added_p50_ms),
             "added_ttfb_p50_ms": r(self.added_ttfb_p50_ms),
+            "added_ttfb_p99_ms": r(self.added_ttfb_p99_ms),
             "ratio_gateway_direct": r(self.ratio),
             "events_written": self.gateway.events_written,
             "requests_completed": self.gateway.completed,

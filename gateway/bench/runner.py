@@ -10,8 +10,12 @@ then for each `workers` value start `tollbooth serve`, wait for GET /health 200,
 every scenario at every concurrency against it; then the same phases directly against the
 upstream. A phase is one or more load generator processes (`gateway.bench.loadgen`) sharing
 a measured window; CPU counters of the gateway, the upstream, Postgres + Valkey and the
-generators are read at the window's edges. After a gateway phase the runner waits for the
-usage writer to flush and counts the rows the phase added to `usage_events`.
+generators are read at the window's edges, and the gateway's RSS before the phase and every
+RSS_SAMPLE_S inside the window (its peak). A scenario with a stagger (paced-streams) opens
+the window only after every connection has started and the warm-up has passed. After a
+gateway phase the runner waits for the usage writer to flush and counts the rows the phase
+added to `usage_events`. With `options.cpus`, the gateway (and its workers), the upstream
+and the generators run pinned to the CPUs named for them.
 
 How it fails: a child that exits early, a health check or a phase that does not finish in
 time raises `BenchError` naming the log file under WORKDIR/logs; every process started here
@@ -44,6 +48,7 @@ from gateway.bench.profile import pyspy_argv, pyspy_available, summarize
 from gateway.bench.report import notes_on
 from gateway.bench.results import BenchReport, PhaseResult, merge_loadgen, phase_result
 from gateway.bench.scenarios import (
+    PACED_STREAMS,
     PROVIDER_KEY_ENV,
     BenchOptions,
     Scenario,
@@ -60,6 +65,8 @@ HEALTH_TIMEOUT_S = 90.0
 FLUSH_TIMEOUT_S = 30.0
 FLUSH_QUIET_S = 3.0
 SOAK_SAMPLE_S = 30.0
+RSS_SAMPLE_S = 0.5
+PROFILE_CONCURRENCY = 16
 
 
 class BenchError(Exception):
@@ -196,7 +203,7 @@ class _Bench:
                 "0",
             )
         log = self.logs / f"upstream-{self.options.upstream}.log"
-        proc = await procs.start(argv, log, self.env)
+        proc = await procs.start(argv, log, self.env, self.options.cpus_of("upstream"))
         stack.push_async_callback(procs.stop, proc)
         line = await procs.wait_for_line(log, "listening on", proc, 60)
         self.upstream_port = int(line.rsplit(":", 1)[1])
@@ -242,6 +249,7 @@ class _Bench:
             ),
             log,
             self.env,
+            self.options.cpus_of("gateway"),
         )
         stack.push_async_callback(procs.stop, proc)
         await self._wait_healthy(port, proc, log)
@@ -278,7 +286,9 @@ class _Bench:
             concurrency // n_procs + (1 if i < concurrency % n_procs else 0) for i in range(n_procs)
         ]
         before = await self._events(db) if db is not None else 0
-        measure_at = time.monotonic() + STARTUP_S + opts.warmup_s
+        gateway = target.groups[0] if target.name == "gateway" else None
+        rss_before = gateway.rss_bytes() if gateway is not None else None
+        measure_at = time.monotonic() + STARTUP_S + scenario.stagger_s + opts.warmup_s
         end = measure_at + opts.duration_s
         results = [self.workdir / f"loadgen-{i}.json" for i in range(n_procs)]
         gens = [
@@ -288,6 +298,7 @@ class _Bench:
                 str(path),
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
+                preexec_fn=procs.pinned_to(opts.cpus_of("loadgen")),
             )
             for share, path in zip(shares, results, strict=True)
         ]
@@ -296,7 +307,7 @@ class _Bench:
         own = ProcessGroup("runner", [os.getpid()], False)
         await asyncio.sleep(max(0.0, measure_at - time.monotonic()))
         cpu0, busy0, own0 = procs.sample(groups), procs.machine_busy_s(), own.cpu_s()
-        await asyncio.sleep(max(0.0, end - time.monotonic()))
+        rss_peak = await self._rss_peak(gateway, end)
         cpu1, busy1, own1 = procs.sample(groups), procs.machine_busy_s(), own.cpu_s()
         outputs = []
         for gen, path in zip(gens, results, strict=True):
@@ -326,13 +337,27 @@ class _Bench:
             cpu_s=cpu,
             other_cpu_s=max(0.0, other),
             events_written=events,
+            rss_before_bytes=rss_before,
+            rss_peak_bytes=rss_peak,
         )
         progress(
             f"{result.target:8} w={target.workers or '-'} {scenario.name:6} "
             f"c={concurrency:<3} {result.rps:8.0f} req/s  p50 {result.p50_ms:.2f} ms  "
+            f"ttfb p99 {result.ttfb_p99_ms:.2f} ms  {result.events_per_s:8.0f} events/s  "
             f"errors {result.window_errors + result.failures}"
         )
         return result
+
+    async def _rss_peak(self, gateway: ProcessGroup | None, end: float) -> int | None:
+        """Sleep until `end`; the gateway's largest RSS sampled meanwhile (None: no gateway)."""
+        peak: int | None = None
+        while True:
+            if gateway is not None:
+                peak = max(peak or 0, gateway.rss_bytes())
+            left = end - time.monotonic()
+            if left <= 0:
+                return peak
+            await asyncio.sleep(min(RSS_SAMPLE_S if gateway is not None else left, left))
 
     async def _soak(self, target: Target) -> list[dict[str, Any]]:
         """A steady chat load for `soak_s`, the gateway's RSS sampled every SOAK_SAMPLE_S."""
@@ -408,6 +433,8 @@ class _Bench:
             str(duration_s if duration_s is not None else self.options.duration_s),
             "--header",
             f"Authorization: {target.authorization}",
+            "--stagger",
+            str(scenario.stagger_s),
         ]
         for header in scenario.headers:
             argv += ["--header", header]
@@ -435,25 +462,30 @@ class _Bench:
     async def _profile(
         self, target: Target, serve_pid: int, db: asyncpg.Connection
     ) -> tuple[dict[str, Any] | None, PhaseResult]:
-        """The c=16 phase of the first scenario run (non-streaming chat when it ran) again,
-        under py-spy (its numbers show the sampling's cost; they are not the benchmark's)."""
+        """A phase of the first scenario run (non-streaming chat when it ran) again, under
+        py-spy (its numbers show the sampling's cost; they are not the benchmark's): at
+        `profile_concurrency`, by default 16, or for paced-streams its middle concurrency."""
         if pyspy_available() is None:
             raise BenchError("--profile needs py-spy on PATH (pip install py-spy)")
         assert self.options.profile is not None
         scenario = next((s for s in self.scenarios if s.name == "chat"), self.scenarios[0])
+        concurrency = self.options.profile_concurrency or PROFILE_CONCURRENCY
+        if scenario.name == PACED_STREAMS and self.options.profile_concurrency is None:
+            ordered = sorted(scenario.concurrencies)
+            concurrency = ordered[(len(ordered) - 1) // 2]
         out = self.options.profile
         # py-spy starts sampling as soon as it attached: give it the warm-up to do so, and a
         # window as long as the phase's.
         argv = pyspy_argv(
             serve_pid,
             out,
-            STARTUP_S + self.options.warmup_s + self.options.duration_s,
+            STARTUP_S + scenario.stagger_s + self.options.warmup_s + self.options.duration_s,
             native=self.options.profile_native,
         )
         log = self.logs / "py-spy.log"
         spy = await procs.start(argv, log)
         try:
-            phase = await self._phase(scenario, target, 16, db, label="profiled")
+            phase = await self._phase(scenario, target, concurrency, db, label="profiled")
             await asyncio.wait_for(spy.wait(), 60)
         finally:
             await procs.stop(spy)
@@ -461,4 +493,4 @@ class _Bench:
         if not summary.samples:
             progress(f"py-spy wrote no samples; see {log}")
             return None, phase
-        return {"phase": f"{scenario.title} c=16", **summary.to_json()}, phase
+        return {"phase": f"{scenario.title} c={concurrency}", **summary.to_json()}, phase

@@ -6,6 +6,12 @@ Scenarios, all `POST /v1/chat/completions` with one short user message on `gpt-4
   role, finish and `[DONE]` events; unpaced, so it measures relay throughput.
 - `paced`: the same stream with `x-mock-token-delay-ms` between events, like a real model;
   it measures time to first byte (the first event) through the gateway vs direct.
+- `paced-streams`: the paced stream held open at scale. Each concurrency is a number of open
+  streams; the connections start spread evenly over `stagger_s` (by default one stream's
+  length), so streams arrive at a steady rate instead of in a burst, and each connection
+  starts its next stream as soon as the last one ended. It reports streams/s, time to first
+  byte, CPU per relayed event and the gateway's RSS per open stream. Not in the default set
+  (its phases are long and its concurrencies large): ask for it with `--scenarios`.
 Each runs at every concurrency of `concurrencies` (`paced_concurrencies` for `paced`).
 """
 
@@ -20,7 +26,9 @@ import orjson
 PROVIDER_KEY_ENV = "TOLLBOOTH_BENCH_PROVIDER_KEY"
 MODEL = "gpt-4o-mini"
 CHAT_PATH = "/v1/chat/completions"
-SCENARIO_NAMES = ("chat", "stream", "paced")
+DEFAULT_SCENARIOS = ("chat", "stream", "paced")
+PACED_STREAMS = "paced-streams"
+SCENARIO_NAMES = (*DEFAULT_SCENARIOS, PACED_STREAMS)
 
 
 @dataclass(frozen=True)
@@ -30,16 +38,28 @@ class BenchOptions:
     concurrencies: tuple[int, ...] = (1, 16, 64)
     paced_concurrencies: tuple[int, ...] = (1, 16)
     workers: tuple[int, ...] = (1,)  # one gateway run per value (--compare-workers)
-    scenarios: tuple[str, ...] = SCENARIO_NAMES
+    scenarios: tuple[str, ...] = DEFAULT_SCENARIOS
     stream_tokens: int = 35
     token_delay_ms: int = 5
+    stagger_s: float | None = None  # paced-streams' start spread; None: one stream's length
     loadgen_procs: int = 1  # generator processes sharing a phase's concurrency
     upstream: str = "mock"  # "mock": tollbooth mock-provider; "raw": gateway.bench.upstream
     profile: Path | None = None  # py-spy's collapsed stacks of a c=16 phase go here
+    profile_concurrency: int | None = None  # None: 16, or paced-streams' middle concurrency
     profile_native: bool = False
     workdir: Path | None = None  # default: a temp dir, removed at the end
     soak_s: float = 0.0  # > 0: a steady chat load this long after the phases, RSS sampled
     soak_concurrency: int = 16
+    # Role ("gateway", "upstream", "loadgen") -> the CPUs its processes are pinned to.
+    cpus: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    def cpus_of(self, role: str) -> tuple[int, ...] | None:
+        return next((cpus for name, cpus in self.cpus if name == role), None)
+
+    @property
+    def stream_s(self) -> float:
+        """One paced stream's nominal length: a delay before every event after the first."""
+        return (self.stream_tokens + 2) * self.token_delay_ms / 1000
 
     def to_json(self, scenarios: list[Scenario]) -> dict[str, Any]:
         return {
@@ -50,11 +70,16 @@ class BenchOptions:
             "workers": list(self.workers),
             "stream_tokens": self.stream_tokens,
             "token_delay_ms": self.token_delay_ms,
+            "stagger_s": self.stagger(),
             "loadgen_procs": self.loadgen_procs,
+            "cpus": {name: list(cpus) for name, cpus in self.cpus},
             "upstream": self.upstream,
             "soak_s": self.soak_s,
             "scenarios": {s.name: s.to_json() for s in scenarios},
         }
+
+    def stagger(self) -> float:
+        return self.stream_s if self.stagger_s is None else self.stagger_s
 
 
 @dataclass(frozen=True)
@@ -65,11 +90,15 @@ class Scenario:
     headers: tuple[str, ...]
     concurrencies: tuple[int, ...]
     path: str = CHAT_PATH
+    stagger_s: float = 0.0  # the connections' starts spread over this many seconds
+    events_per_answer: int = 0  # SSE events a client receives per stream; 0: not a stream
 
     def to_json(self) -> dict[str, Any]:
         return {
             "title": self.title,
             "path": self.path,
+            "stagger_s": self.stagger_s,
+            "events_per_answer": self.events_per_answer,
             "headers": list(self.headers),
             "body": self.body.decode(),
         }
@@ -102,6 +131,7 @@ def scenarios(options: BenchOptions) -> list[Scenario]:
             _body(True),
             (),
             options.concurrencies,
+            events_per_answer=events,
         ),
         "paced": Scenario(
             "paced",
@@ -109,6 +139,17 @@ def scenarios(options: BenchOptions) -> list[Scenario]:
             _body(True),
             (f"x-mock-token-delay-ms: {options.token_delay_ms}",),
             options.paced_concurrencies,
+            events_per_answer=events,
+        ),
+        PACED_STREAMS: Scenario(
+            PACED_STREAMS,
+            f"paced streams held open ({tokens} tokens, {options.token_delay_ms} ms between "
+            f"events, starts spread over {options.stagger():g} s)",
+            _body(True),
+            (f"x-mock-token-delay-ms: {options.token_delay_ms}",),
+            options.concurrencies,
+            stagger_s=options.stagger(),
+            events_per_answer=events,
         ),
     }
     return [every[name] for name in options.scenarios]

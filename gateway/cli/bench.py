@@ -9,12 +9,20 @@ stderr. The command's own `--config` is accepted for uniformity and ignored: the
 writes its own config. Exit 0 when every phase ran (whether or not the targets were met),
 1 when the benchmark could not run (the message names the log to read), 2 for bad options.
 
+Paced streams at scale (not in the default set), e.g. 100, 300 and 600 open streams of 100
+tokens 20 ms apart, starts spread over 2 s, against the raw upstream:
+`tollbooth bench --scenarios paced-streams --concurrency 100,300,600 --tokens 100
+--token-delay-ms 20 --stagger-s 2 --upstream raw`. To give the load generator a core of its
+own (e.g. for `--compare-workers 1,2`), pin the parts: `--pin gateway=0,1 --pin loadgen=2
+--pin upstream=3` (like `taskset -c`; the gateway's workers inherit its CPUs).
+
 `tollbooth bench portal` (gateway.cli.bench_portal) times the usage pages instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -24,7 +32,7 @@ import orjson
 
 from gateway.bench.report import render_text, to_json
 from gateway.bench.runner import BenchError, run_bench
-from gateway.bench.scenarios import SCENARIO_NAMES, BenchOptions
+from gateway.bench.scenarios import DEFAULT_SCENARIOS, SCENARIO_NAMES, BenchOptions
 from gateway.cli.bench_portal import register_portal
 from gateway.cli.main import add_config_option
 
@@ -52,6 +60,23 @@ def _names(text: str) -> tuple[str, ...]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"scenarios are {', '.join(SCENARIO_NAMES)}")
     return names
+
+
+PIN_ROLES = ("gateway", "upstream", "loadgen")
+
+
+def _pin(text: str) -> tuple[str, tuple[int, ...]]:
+    role, _, cpus = text.partition("=")
+    if role not in PIN_ROLES:
+        raise argparse.ArgumentTypeError(f"expected ROLE=CPUS with ROLE one of {PIN_ROLES}")
+    try:
+        values = tuple(int(part) for part in cpus.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CPU numbers, got {cpus!r}") from None
+    usable = os.sched_getaffinity(0)
+    if not values or any(v not in usable for v in values):
+        raise argparse.ArgumentTypeError(f"CPUs must be among {sorted(usable)}, got {cpus!r}")
+    return role, values
 
 
 def register(subparsers: Any) -> None:
@@ -87,13 +112,30 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--scenarios",
         type=_names,
-        default=SCENARIO_NAMES,
+        default=DEFAULT_SCENARIOS,
         metavar="LIST",
-        help=f"subset of {','.join(SCENARIO_NAMES)}",
+        help=f"subset of {','.join(SCENARIO_NAMES)} (default {','.join(DEFAULT_SCENARIOS)})",
     )
-    parser.add_argument("--stream-tokens", type=int, default=35, help="output tokens per answer")
     parser.add_argument(
-        "--token-delay-ms", type=int, default=5, help="delay between events of the paced stream"
+        "--stream-tokens", "--tokens", type=int, default=35, help="output tokens per answer"
+    )
+    parser.add_argument(
+        "--token-delay-ms", type=int, default=5, help="delay between events of the paced streams"
+    )
+    parser.add_argument(
+        "--stagger-s",
+        type=float,
+        metavar="SECONDS",
+        help="paced-streams: spread the connections' starts over this long "
+        "(default: one stream's length, so streams arrive at a steady rate)",
+    )
+    parser.add_argument(
+        "--pin",
+        type=_pin,
+        action="append",
+        default=[],
+        metavar="ROLE=CPUS",
+        help="run gateway, upstream or loadgen on these CPUs only, e.g. loadgen=1",
     )
     parser.add_argument(
         "--upstream",
@@ -112,8 +154,11 @@ def register(subparsers: Any) -> None:
         "--profile",
         type=Path,
         metavar="FILE",
-        help="also run the c=16 phase of chat (else of the first scenario) "
-        "under py-spy; collapsed stacks go to FILE",
+        help="also run the c=16 phase of chat (else of the first scenario; for "
+        "paced-streams its middle concurrency) under py-spy; collapsed stacks go to FILE",
+    )
+    parser.add_argument(
+        "--profile-concurrency", type=int, metavar="N", help="the profiled phase's concurrency"
     )
     parser.add_argument(
         "--profile-native",
@@ -152,12 +197,15 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         scenarios=args.scenarios,
         stream_tokens=args.stream_tokens,
         token_delay_ms=args.token_delay_ms,
+        stagger_s=args.stagger_s,
         loadgen_procs=args.loadgen_procs,
         upstream=args.upstream,
         profile=args.profile,
+        profile_concurrency=args.profile_concurrency,
         profile_native=args.profile_native,
         workdir=args.workdir,
         soak_s=args.soak,
+        cpus=tuple(dict(args.pin).items()),
     )
 
 
@@ -167,6 +215,9 @@ def run(args: argparse.Namespace) -> int:
             "tollbooth: --workers, --loadgen-procs and --stream-tokens must be >= 1",
             file=sys.stderr,
         )
+        return 2
+    if (args.stagger_s is not None and args.stagger_s < 0) or args.token_delay_ms < 0:
+        print("tollbooth: --stagger-s and --token-delay-ms must be >= 0", file=sys.stderr)
         return 2
     options = options_from(args)
     argv = sys.argv[1:] if sys.argv[1:2] == ["bench"] else ["bench", "..."]
