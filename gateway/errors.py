@@ -14,9 +14,10 @@
     ├── UpstreamUnreachableError   502  provider connection failed
     └── UpstreamTimeoutError       504  provider did not answer in time
 
-Handlers raise these; `middleware.error_middleware` renders them in the shape of the API that
-was called (OpenAI `{"error": {...}}` or Anthropic `{"type": "error", "error": {...}}`) with
-the status and headers each class carries. Messages never contain a key or a provider secret.
+Handlers raise these; `error_response.render_error` renders them, for aiohttp's middleware and
+the fast front alike, in the shape of the API that was called (OpenAI `{"error": {...}}` or
+Anthropic `{"type": "error", "error": {...}}`) with the status and headers each class carries.
+Messages never contain a key or a provider secret.
 """
 
 from __future__ import annotations

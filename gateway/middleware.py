@@ -1,69 +1,31 @@
-"""The one translator from errors to responses, in the shape of the API that was called.
+"""aiohttp's error boundary: every error a handler raises becomes a response here.
 
-A forwarded route (aliases included) speaks its API's error shape; any other path under
-/v1/messages speaks Anthropic's, every other route OpenAI's.
-`GatewayError`s carry their status, type, code and headers; aiohttp's own HTTP errors (404 for
-an unknown path, 405, 413 for a body over the limit) are reshaped the same way; anything else
-is a bug: it is logged with its traceback and answered as a 500 with no detail in the body.
-Every error response carries `x-request-id` when one was assigned.
+`GatewayError`s are answered as `gateway.error_response.render_error` renders them (the shape
+of the API that was called, with the status and headers each class carries; the fast front
+answers with the same renderer); aiohttp's own HTTP errors (404 for an unknown path, 405, 413
+for a body over the limit) are translated into `GatewayError`s first; anything else is a bug:
+logged with its traceback and answered as a 500 with no detail in the body. Every error
+response carries `x-request-id`. Refusals are counted by `error_response.count_refusal`, on
+the forwarded route the path belongs to (an alias as the route it serves), else on the
+resource the request matched, else as `unmatched`.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 
 from aiohttp import web
 
 from gateway import keys
+from gateway.error_response import count_refusal, internal_error, render_error
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
-    UpstreamTimeoutError,
-    UpstreamUnreachableError,
 )
-from gateway.providers.base import ProviderApi
-from gateway.providers.registry import FORWARDED, api_for_kind, match_path
+from gateway.providers.registry import match_path
 from gateway.proxy import Handler
-
-log = logging.getLogger("tollbooth.errors")
-
-
-def api_for_path(path: str) -> ProviderApi:
-    # An alias such as /v1/v1/messages, or a templated route, speaks its API's shape.
-    forwarded = match_path(path)
-    if forwarded is not None:
-        return forwarded[0][0]
-    anthropic = path.startswith(("/v1/messages", "/v1/v1/messages"))
-    return api_for_kind("anthropic" if anthropic else "openai")
-
-
-def error_body(path: str, error: GatewayError) -> bytes:
-    """The JSON body of `error` in the shape of the API `path` belongs to."""
-    api = api_for_path(path)
-    return api.error_body(error.status, error.error_type, error.message, error.code, error.param)
-
-
-def error_headers(path: str, error: GatewayError) -> dict[str, str]:
-    """The headers of `error` (Retry-After...) and those its API's errors carry."""
-    extra = api_for_path(path).error_headers(error.status, error.error_type, error.code)
-    return {**error.headers(), **extra} if extra else error.headers()
-
-
-def error_status(path: str, error: GatewayError) -> int:
-    """The status `error` is answered with on `path` (its API may say it another way)."""
-    return api_for_path(path).error_status(error.status, error.error_type, error.code)
-
-
-def render_error(request: web.Request, error: GatewayError) -> web.Response:
-    return web.Response(
-        status=error_status(request.path, error),
-        body=error_body(request.path, error),
-        content_type="application/json",
-        headers=error_headers(request.path, error),
-    )
 
 
 def _translate_http(exc: web.HTTPException) -> GatewayError:
@@ -80,21 +42,15 @@ def _translate_http(exc: web.HTTPException) -> GatewayError:
     return err
 
 
-_UPSTREAM_ERRORS = (UpstreamTimeoutError, UpstreamUnreachableError)
-
-
-def is_refusal(error: GatewayError) -> bool:
-    """A refusal is counted in metrics; an upstream failure is recorded as a usage event."""
-    return not isinstance(error, _UPSTREAM_ERRORS)
-
-
-def _count_refusal(request: web.Request, status: int) -> None:
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    forwarded = FORWARDED.get(route)
+def _route(request: web.Request) -> str:
+    """The route a refusal is counted on: a forwarded route's path for any request to it (an
+    alias, or a method it does not serve: the fast front counts its own refusals so too),
+    else the matched resource, else `unmatched`."""
+    forwarded = match_path(request.path)
     if forwarded is not None:
-        route = forwarded[1].path  # an alias is counted as the route it serves
-    request.app[keys.metrics].refused.labels(route, str(status)).inc()
+        return forwarded[0][1].path
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 @web.middleware
@@ -104,16 +60,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except GatewayError as exc:
-        response = render_error(request, exc)
-        if is_refusal(exc):
-            _count_refusal(request, exc.status)
+        error: GatewayError = exc
+        count_refusal(request.app[keys.metrics], _route(request), error)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = render_error(request, _translate_http(exc))
-        _count_refusal(request, exc.status)
+        error = _translate_http(exc)
+        count_refusal(request.app[keys.metrics], _route(request), error)
     except Exception:
-        log.exception("unhandled error", extra={"request_id": str(request_id)})
-        response = render_error(request, GatewayError("The gateway had an internal error."))
-    response.headers["x-request-id"] = str(request_id)
-    return response
+        error = internal_error(request_id)  # a bug: logged there, not a refusal
+    answer = render_error(request.path, error, request_id)
+    return web.Response(status=answer.status, headers=answer.headers, body=answer.body)

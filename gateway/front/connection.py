@@ -5,7 +5,6 @@ hand anything else to aiohttp, keep the client timeouts."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from typing import TYPE_CHECKING, cast
@@ -16,17 +15,15 @@ from multidict import CIMultiDict
 
 from gateway import keys
 from gateway.cors import origin_refused, preflight_headers, response_headers
+from gateway.error_response import count_refusal, internal_error, render_error
 from gateway.errors import GatewayError, RequestTimeoutError
 from gateway.front.reply import FrontReply
-from gateway.middleware import error_body, error_headers, error_status, is_refusal
 from gateway.providers.base import NO_CALL_DETAILS, Call, Endpoint
 from gateway.proxy import forward, prepare
 
 if TYPE_CHECKING:
     from gateway.front.server import FrontServer
     from gateway.providers.registry import Route
-
-log = logging.getLogger("tollbooth.front")
 
 MAX_HEAD = 16 * 1024
 MAX_PENDING = 256 * 1024  # bytes of a pipelined request held while one is answered
@@ -290,12 +287,9 @@ class FrontProtocol(asyncio.Protocol):
             )
             await forward(app, api, endpoint, pending, reply)
         except GatewayError as exc:
-            self._answer_error(reply, endpoint.path, exc, request_id)
+            self._refuse(reply, endpoint.path, exc, request_id)
         except Exception:
-            log.exception("unhandled error", extra={"request_id": str(request_id)})
-            self._answer_error(
-                reply, endpoint.path, GatewayError("The gateway had an internal error."), request_id
-            )
+            self._answer_error(reply, endpoint.path, internal_error(request_id), request_id)
         finally:
             self._done()
 
@@ -305,26 +299,28 @@ class FrontProtocol(asyncio.Protocol):
         allowed = preflight_headers(origins, headers)
         reply = FrontReply(self)
         if allowed is None:
-            self._answer_error(reply, route[1].path, origin_refused(), uuid.uuid4())
+            self._refuse(reply, route[1].path, origin_refused(), uuid.uuid4())
         else:
             reply.write_no_content(allowed)
         self._done()
 
+    def _refuse(
+        self, reply: FrontReply, path: str, exc: GatewayError, request_id: uuid.UUID
+    ) -> None:
+        """Answer an error a handler raised on `path` (a forwarded route's own path), counted
+        if it is a refusal."""
+        count_refusal(self._server.app[keys.metrics], path, exc)
+        self._answer_error(reply, path, exc, request_id)
+
     def _answer_error(
         self, reply: FrontReply, path: str, exc: GatewayError, request_id: uuid.UUID
     ) -> None:
-        """Answer `exc` in the API's shape (a refusal is counted), or cut a started stream."""
-        if is_refusal(exc):
-            self._server.app[keys.metrics].refused.labels(path, str(exc.status)).inc()
+        """Answer `exc` as `render_error` renders it, or cut a stream already under way."""
         if reply.head_sent:  # a stream already under way: it can only be cut
             self._close_after = True
             return
-        headers = {
-            "Content-Type": "application/json",
-            **error_headers(path, exc),
-            "x-request-id": str(request_id),
-        }
-        reply.write_whole(error_status(path, exc), headers, error_body(path, exc))
+        answer = render_error(path, exc, request_id)
+        reply.write_whole(answer.status, answer.headers, answer.body)
 
     def _done(self) -> None:
         """The response is written: next request, or close."""
@@ -385,7 +381,7 @@ class FrontProtocol(asyncio.Protocol):
         )
         origins = self._server.runtime.current.settings.server.cors_origins
         cors = response_headers(origins, CIMultiDict(self._headers)) if origins else None
-        self._answer_error(FrontReply(self, cors), endpoint.path, exc, uuid.uuid4())
+        self._refuse(FrontReply(self, cors), endpoint.path, exc, uuid.uuid4())
         self._discarding = True
         self._raw.clear()
         if transport.can_write_eof():
@@ -398,6 +394,11 @@ class FrontProtocol(asyncio.Protocol):
         if self._gone or self._transport is None or self._transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
         self._transport.write(data)
+
+    @property
+    def writing_paused(self) -> bool:
+        """The client's socket buffer is full: `drain` would wait."""
+        return self._writing_paused
 
     async def drain(self) -> None:
         if self._gone:

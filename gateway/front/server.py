@@ -21,8 +21,9 @@ runtime snapshot is read per request, so a reload applies at once. While it is e
 cost on the POST path is one check.
 
 The front keeps aiohttp's behaviour for what it serves itself:
-- errors in the called API's shape, with `x-request-id`, counted as refusals
-  (`middleware.error_body`, `is_refusal`); a bug answers 500 with no detail;
+- errors rendered and refusals counted by the functions aiohttp's middleware uses
+  (`gateway.error_response`), so both servers answer an error with the same bytes; a bug
+  answers 500 with no detail;
 - `server.client_timeout_s`: a connection whose next request's head is not complete that long
   after it opened (or after the previous response) is closed; a body not complete that long
   after its head gets a 408 with `Connection: close`, then the connection is half-closed and
