@@ -30,7 +30,8 @@ import psutil
 from storage.embedded.servers import start_postgres, stop_postgres
 from storage.postgres import create_pool
 from storage.reports.rollups import verify_rollups
-from tests.import_fixtures import Cli, new_database, write_usage_csv
+from tests.helpers.databases import new_database
+from tests.import_fixtures import Cli, write_usage_csv
 
 
 def _child_cpu_s() -> float:

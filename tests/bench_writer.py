@@ -31,7 +31,7 @@ from storage.usage.batches import database_key
 from storage.usage.journal import Journal
 from storage.usage.journal_format import encode_event
 from storage.usage.writer import UsageWriter
-from tests.test_usage_writer import make_event
+from tests.helpers.numbered_events import numbered_event
 
 
 async def bench(url: str, events: int, batch_size: int, parallel: int) -> None:
@@ -45,7 +45,7 @@ async def bench(url: str, events: int, batch_size: int, parallel: int) -> None:
     )
     try:
         await migrate(pool)
-        made = [make_event(i) for i in range(events)]
+        made = [numbered_event(i) for i in range(events)]
         with tempfile.TemporaryDirectory() as journal_dir:
             writer = UsageWriter(
                 pool,

@@ -15,13 +15,16 @@ import asyncio
 import shutil
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import pytest
+
+from storage.postgres import create_pool, migrate
+from tests.helpers.databases import new_database
+from tests.helpers.serve_process import mock_provider_process
 
 MONTH_END_MARGIN_S = 60.0
 
@@ -77,24 +80,44 @@ def redis_url(valkey_server: object) -> str:
     return f"redis://127.0.0.1:{valkey_server.port}/0"  # type: ignore[attr-defined]
 
 
-def _with_database(url: str, name: str) -> str:
-    # Embedded URLs look like postgresql://postgres:@/postgres?host=/path; swap the db name.
-    head, _, query = url.partition("?")
-    base = head.rsplit("/", 1)[0]
-    return f"{base}/{name}" + (f"?{query}" if query else "")
-
-
 @pytest.fixture
 def fresh_database_url(postgres_url: str) -> str:
     """A new, empty database on the session's Postgres, for a test that needs its own."""
-    name = "t_" + uuid.uuid4().hex[:12]
+    return asyncio.run(new_database(postgres_url))
 
-    async def create() -> None:
-        conn = await asyncpg.connect(postgres_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
 
-    asyncio.run(create())
-    return _with_database(postgres_url, name)
+@pytest.fixture(scope="module")
+def module_database_url(postgres_url: str) -> str:
+    """A new, empty database shared by one module's tests (a site seeded once per module)."""
+    return asyncio.run(new_database(postgres_url))
+
+
+@pytest.fixture
+def pool_size() -> int:
+    """How many connections `pool` may open; a module whose tests need more overrides it."""
+    return 10
+
+
+@pytest.fixture
+async def empty_pool(fresh_database_url: str, pool_size: int) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a fresh database with no schema yet (for the migration tests)."""
+    pool = await create_pool(fresh_database_url, max_size=pool_size)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def pool(empty_pool: asyncpg.Pool) -> asyncpg.Pool:
+    """A pool on a fresh database carrying the whole schema. A module that needs rows or
+    partitions before each test overrides it, taking this one as its argument."""
+    await migrate(empty_pool)
+    return empty_pool
+
+
+@pytest.fixture
+def mock_provider() -> Iterator[str]:
+    """`tollbooth mock-provider` as its own process, stopped with SIGTERM; its base URL."""
+    with mock_provider_process() as url:
+        yield url

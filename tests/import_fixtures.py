@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import asyncpg
-
 from storage.usage.event import UsageEvent
 
 CONFIG = """
@@ -133,20 +131,3 @@ class Cli:
         done = self(*args)
         assert done.returncode == 0, done.stderr + done.stdout
         return done.stdout
-
-
-def database_url(server_url: str, name: str) -> str:
-    """`server_url` (an embedded Postgres URL, ...@/postgres?host=...) naming database `name`."""
-    head, _, query = server_url.partition("?")
-    return f"{head.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
-
-
-async def new_database(server_url: str) -> str:
-    """A new, empty database on the server at `server_url`; its URL."""
-    name = "t_" + uuid.uuid4().hex[:12]
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return database_url(server_url, name)

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -16,17 +15,6 @@ from storage.accounts import (
     UnknownCustomerError,
     UnknownKeyError,
 )
-from storage.postgres import create_pool, migrate
-
-
-@pytest.fixture
-async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(fresh_database_url)
-    await migrate(pool)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 @pytest.fixture

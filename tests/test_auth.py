@@ -4,7 +4,6 @@ revocation within the cache ttl, and behaviour when the key store is down."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -13,7 +12,6 @@ from aiohttp.test_utils import make_mocked_request
 from gateway.auth import Authenticator
 from gateway.errors import AuthenticationError, ServiceUnavailableError
 from storage.accounts import AccountStore, KeyPrincipal
-from storage.postgres import create_pool, migrate
 
 
 class CountingStore(AccountStore):
@@ -31,11 +29,8 @@ class CountingStore(AccountStore):
 
 
 @pytest.fixture
-async def store(fresh_database_url: str) -> AsyncIterator[CountingStore]:
-    pool = await create_pool(fresh_database_url)
-    await migrate(pool)
-    yield CountingStore(pool)
-    await pool.close()
+def store(pool: asyncpg.Pool) -> CountingStore:
+    return CountingStore(pool)
 
 
 def request(**headers: str):  # type: ignore[no-untyped-def]

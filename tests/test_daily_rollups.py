@@ -5,14 +5,12 @@ rebuilds and truncation; reads through them equal the reports and the raw rows."
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
 import pytest
 
-from storage.postgres import create_pool, migrate
 from storage.reports.breakdown import usage_by_key
 from storage.reports.daily_rollups import daily_rows_sql, verify_daily_rollups
 from storage.reports.dashboard_queries import customers_usage
@@ -28,14 +26,10 @@ SINCE, UNTIL = NOW - timedelta(days=45), NOW + timedelta(days=1)
 
 
 @pytest.fixture
-async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(fresh_database_url, max_size=4)
-    await migrate(pool)
+async def pool(pool: asyncpg.Pool) -> asyncpg.Pool:
+    """The shared migrated pool, with partitions from SINCE on."""
     await ensure_partitions(pool, months_ahead=2, now=SINCE)
-    try:
-        yield pool
-    finally:
-        await pool.close()
+    return pool
 
 
 async def _seed(pool: asyncpg.Pool, count: int = 2000) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -20,19 +19,9 @@ from storage.usage.dead_letters import replay_dead_letters
 from storage.usage.event import UsageEvent
 from storage.usage.journal_format import encode_event
 from storage.usage.writer import UsageWriter
-from tests.test_usage_writer import make_event
+from tests.helpers.numbered_events import numbered_event
 
 NUL_AT, OVERFLOW_AT = 137, 802
-
-
-@pytest.fixture
-async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(fresh_database_url, max_size=4)
-    await migrate(pool)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def write(pool: asyncpg.Pool, journal_dir: Path, events: list[UsageEvent]) -> UsageWriter:
@@ -46,9 +35,9 @@ async def write(pool: asyncpg.Pool, journal_dir: Path, events: list[UsageEvent])
 
 
 def poisoned_batch() -> list[UsageEvent]:
-    events = [make_event(i) for i in range(1_000)]
-    events[NUL_AT] = make_event(NUL_AT, upstream_request_id="chatcmpl-\x00-nul")
-    events[OVERFLOW_AT] = make_event(OVERFLOW_AT, latency_ms=2**31)  # latency_ms is integer
+    events = [numbered_event(i) for i in range(1_000)]
+    events[NUL_AT] = numbered_event(NUL_AT, upstream_request_id="chatcmpl-\x00-nul")
+    events[OVERFLOW_AT] = numbered_event(OVERFLOW_AT, latency_ms=2**31)  # latency_ms is integer
     return events
 
 
@@ -129,7 +118,7 @@ async def test_rows_a_constraint_refused_are_written_once_it_is_lifted(
         "ALTER TABLE usage_events ADD CONSTRAINT no_beta CHECK (model <> 'beta-model')"
     )
     events = [
-        make_event(i, model="beta-model" if i % 100 == 7 else "gpt-4o-mini") for i in range(300)
+        numbered_event(i, model="beta-model" if i % 100 == 7 else "gpt-4o-mini") for i in range(300)
     ]
     writer = await write(pool, tmp_path, events)
     assert (writer.written, writer.dead_lettered) == (297, 3)

@@ -24,17 +24,16 @@ import orjson
 import pytest
 
 from gateway.drain import EXIT_MARGIN_S, Drain
+from tests.helpers.journal_only import JOURNAL_ONLY
 from tests.helpers.pg_link import PostgresLink
-from tests.helpers.serve_process import Serve, mock_provider, serve_env
+from tests.helpers.serve_process import Serve, mock_provider_process, serve_env
 
 PROMPT = [{"role": "user", "content": "tell me a long story"}]
-# A writer that would not flush for minutes: what Postgres holds at exit, the drain wrote.
-JOURNAL_ONLY = {"writer_flush_interval_s": 600, "writer_batch_size": 1_000_000}
 
 
 @pytest.fixture
 def mock() -> Iterator[str]:
-    with mock_provider() as url:
+    with mock_provider_process(kill=True) as url:
         yield url
 
 
@@ -120,6 +119,7 @@ async def gateway(
     *workers: str,
 ) -> Serve:
     gw = Serve(tmp_path, database_url, serve_env(database_url, redis_url))
+    # The writer would not flush for minutes: what Postgres holds at exit, the drain wrote.
     gw.write_config(mock, server, JOURNAL_ONLY)
     await gw.create_customer(prefix)
     await gw.start(*workers)

@@ -29,8 +29,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.test_durability_kill9 import journal_only_gateway, restart_drained
-from tests.test_gateway_multiprocess import mock_provider_process
+from tests.helpers.journal_only import journal_only_gateway, restart_drained
+from tests.helpers.serve_process import mock_provider_process
 
 LONG_STREAMS = 6  # OpenAI chat streams, 300 tokens 20 ms apart: about 6 s each
 ANTHROPIC_STREAMS = 2

@@ -4,41 +4,22 @@ cache read / cache write tokens priced at their own rates."""
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import anthropic
 import pytest
 
-from pricing.catalog import Catalog
 from tests.harness import ANTHROPIC_PROVIDER_KEY, Gateway, running_gateway
+from tests.helpers.hand_priced import expected_money
 
 MODEL = "claude-sonnet-4-5"
 MESSAGES = [{"role": "user", "content": "Name three rivers in Europe please"}]
-TEN_PLACES = Decimal("1e-10")
 
 
 @pytest.fixture
 async def gw(fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch):
     async with running_gateway(fresh_database_url, redis_url, monkeypatch) as gateway:
         yield gateway
-
-
-def expected_money(row: Any) -> tuple[Decimal, Decimal]:
-    price = Catalog.load_default().lookup(MODEL)
-    assert price is not None and price.cached_input_per_mtok and price.cache_write_per_mtok
-    uncached = row["input_tokens"] - row["cached_input_tokens"] - row["cache_write_tokens"]
-    cost = (
-        uncached * price.input_per_mtok
-        + row["cached_input_tokens"] * price.cached_input_per_mtok
-        + row["cache_write_tokens"] * price.cache_write_per_mtok
-        + row["output_tokens"] * price.output_per_mtok
-    ) / Decimal(1_000_000)
-    cost = cost.quantize(TEN_PLACES, rounding=ROUND_HALF_EVEN)
-    charged = (cost * Decimal("1.20") + Decimal("0.001")).quantize(
-        TEN_PLACES, rounding=ROUND_HALF_EVEN
-    )
-    return cost, charged
 
 
 def check_row(row: Any, gw: Gateway, usage: anthropic.types.Usage, *, streamed: bool) -> None:
@@ -54,7 +35,7 @@ def check_row(row: Any, gw: Gateway, usage: anthropic.types.Usage, *, streamed: 
     assert row["cached_input_tokens"] == cache_read
     assert row["cache_write_tokens"] == cache_write
     assert row["output_tokens"] == usage.output_tokens
-    assert (row["cost_usd"], row["price_usd"]) == expected_money(row)
+    assert (row["cost_usd"], row["price_usd"]) == expected_money(MODEL, row)
 
 
 CACHE_HEADERS = {"x-mock-cached-tokens": "40", "x-mock-cache-write-tokens": "25"}

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.mock_provider.app import MockOptions
 from tests.harness import PROVIDER_KEY, Gateway, running_gateway
-from tests.test_gateway_openai import expected_money
+from tests.helpers.hand_priced import expected_money
 
 API_VERSION = "2024-10-21"
 OLD_API_VERSION = "2024-06-01"  # before streamed usage (stream_options)

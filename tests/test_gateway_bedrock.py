@@ -11,7 +11,6 @@ import json
 import os
 import re
 from collections.abc import AsyncIterator, Callable
-from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -29,8 +28,8 @@ from botocore.exceptions import ClientError
 
 from gateway import keys
 from gateway.mock_provider import MockOptions
-from pricing.catalog import Catalog
 from tests.harness import Gateway, running_gateway
+from tests.helpers.hand_priced import expected_money
 from tests.helpers.tls import SelfSigned, self_signed
 
 MODEL = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
@@ -38,7 +37,6 @@ CATALOG_MODEL = "claude-sonnet-4-5"
 REGION = "us-west-2"
 AWS_KEY_ID, AWS_SECRET = "AKIDGATEWAYTEST00001", "gateway-secret-not-for-clients"
 MESSAGES: Any = [{"role": "user", "content": [{"text": "hello there world"}]}]  # 10 tokens
-MARKUP, FEE, TEN_PLACES = Decimal("1.20"), Decimal("0.001"), Decimal("1e-10")
 Client = Callable[..., Any]
 
 
@@ -130,22 +128,6 @@ def meta(row: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else json.loads(value)
 
 
-def expected_money(row: Any, cache_write_1h: int = 0) -> tuple[Decimal, Decimal]:
-    price = Catalog.load_default().lookup(CATALOG_MODEL)
-    assert price is not None and price.cache_write_per_mtok and price.cache_write_1h_per_mtok
-    assert price.cached_input_per_mtok is not None
-    uncached = row["input_tokens"] - row["cached_input_tokens"] - row["cache_write_tokens"]
-    cost = (
-        uncached * price.input_per_mtok
-        + row["cached_input_tokens"] * price.cached_input_per_mtok
-        + (row["cache_write_tokens"] - cache_write_1h) * price.cache_write_per_mtok
-        + cache_write_1h * price.cache_write_1h_per_mtok
-        + row["output_tokens"] * price.output_per_mtok
-    ) / Decimal(1_000_000)
-    cost = cost.quantize(TEN_PLACES, rounding=ROUND_HALF_EVEN)
-    return cost, (cost * MARKUP + FEE).quantize(TEN_PLACES, rounding=ROUND_HALF_EVEN)
-
-
 CACHE_HEADERS = {
     "x-mock-cached-tokens": "700",
     "x-mock-cache-write-tokens": "500",
@@ -179,7 +161,9 @@ async def test_converse_is_metered_as_reported_with_cache_rates(
         row["cache_write_tokens"],
         row["output_tokens"],
     ) == (10 + 700 + 500, 700, 500, 6)
-    assert (row["cost_usd"], row["price_usd"]) == expected_money(row, cache_write_1h=200)
+    assert (row["cost_usd"], row["price_usd"]) == expected_money(
+        CATALOG_MODEL, row, cache_write_1h=200
+    )
     assert meta(row)["requested_model"] == MODEL
     assert row["upstream_request_id"] == answer["ResponseMetadata"]["RequestId"]
     assert meta(row)["cache_write_1h_tokens"] == 200
@@ -215,7 +199,9 @@ async def test_converse_stream_is_relayed_and_metered_from_metadata(
         + reported["cacheWriteInputTokens"]
     )
     assert row["output_tokens"] == reported["outputTokens"] == 6
-    assert (row["cost_usd"], row["price_usd"]) == expected_money(row, cache_write_1h=200)
+    assert (row["cost_usd"], row["price_usd"]) == expected_money(
+        CATALOG_MODEL, row, cache_write_1h=200
+    )
 
 
 async def test_the_provider_gets_sigv4_and_never_the_tb_key(

@@ -16,7 +16,7 @@ from google.genai import errors, types
 
 from gateway.mock_provider.app import MockOptions
 from tests.harness import PROVIDER_KEY, Gateway, running_gateway
-from tests.test_gateway_openai import expected_money
+from tests.helpers.hand_priced import expected_money
 
 PROMPT = "Name three rivers of Europe please"
 

@@ -4,33 +4,13 @@ the catalog price computed by hand here (markup 20 %, fee $0.001)."""
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import openai
 import pytest
 
-from pricing.catalog import Catalog
 from tests.harness import PROVIDER_KEY, Gateway, running_gateway
-
-MARKUP = Decimal("1.20")
-FEE = Decimal("0.001")
-TEN_PLACES = Decimal("1e-10")
-
-
-def expected_money(model: str, row: Any) -> tuple[Decimal, Decimal]:
-    price = Catalog.load_default().lookup(model)
-    assert price is not None
-    cached_price = price.cached_input_per_mtok or price.input_per_mtok
-    uncached = row["input_tokens"] - row["cached_input_tokens"]
-    cost = (
-        uncached * price.input_per_mtok
-        + row["cached_input_tokens"] * cached_price
-        + row["output_tokens"] * price.output_per_mtok
-    ) / Decimal(1_000_000)
-    cost = cost.quantize(TEN_PLACES, rounding=ROUND_HALF_EVEN)
-    charged = (cost * MARKUP + FEE).quantize(TEN_PLACES, rounding=ROUND_HALF_EVEN)
-    return cost, charged
+from tests.helpers.hand_priced import expected_money
 
 
 def assert_row(

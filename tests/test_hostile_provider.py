@@ -28,7 +28,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.harness import Gateway, running_gateway
-from tests.test_hostile_requests import events_with_sentinel
+from tests.helpers.raw_http import events_with_sentinel
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello there friend"}]}
 MESSAGE = {

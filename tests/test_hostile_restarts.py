@@ -49,8 +49,7 @@ from storage.embedded.servers import (
     stop_valkey,
 )
 from storage.postgres import create_pool
-from tests.test_durability_kill9 import stored_ids
-from tests.test_gateway_multiprocess import collect, free_port, wait_healthy
+from tests.helpers.serve_process import collect, free_port, stored_ids, wait_healthy
 
 CONCURRENCY = 8
 OUTAGE_S = 3.0

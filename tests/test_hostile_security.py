@@ -42,7 +42,7 @@ from tests.harness import (
     gateway_config,
     running_gateway,
 )
-from tests.test_hostile_requests import (
+from tests.helpers.raw_http import (
     CHAT,
     CHAT_BODY,
     MESSAGE,

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from tests.harness import Gateway, running_gateway
-from tests.test_hostile_requests import (
+from tests.helpers.raw_http import (
     CHAT,
     CHAT_BODY,
     SERVER,

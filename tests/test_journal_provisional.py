@@ -16,7 +16,6 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +36,6 @@ from gateway.tokens import TokenCounter
 from pricing.catalog import Catalog
 from pricing.models import Usage
 from storage.accounts import KeyPrincipal
-from storage.postgres import create_pool, migrate
 from storage.quota.store import QuotaStore
 from storage.usage.batches import database_key
 from storage.usage.event import UsageEvent
@@ -235,16 +233,6 @@ def test_a_killed_process_leaves_the_latest_record_of_each_exchange(
 
 
 # -- the writer's replay, against a real Postgres ------------------------------------------
-
-
-@pytest.fixture
-async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(fresh_database_url, max_size=4)
-    await migrate(pool)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def drained(writer: UsageWriter) -> None:

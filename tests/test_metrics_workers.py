@@ -8,10 +8,7 @@ import asyncio
 import os
 import re
 import signal
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.helpers.serve_workers import (
     metrics_dir,
@@ -20,16 +17,10 @@ from tests.helpers.serve_workers import (
     wait_listening,
     worker_count,
 )
-from tests.test_gateway_multiprocess import burst, mock_provider_process, two_workers
+from tests.helpers.two_workers import burst, two_workers
 
 REQUESTS = 120  # each on its own connection, so both workers get some
 SCRAPES = 10
-
-
-@pytest.fixture
-def mock_provider() -> Iterator[str]:
-    with mock_provider_process() as url:
-        yield url
 
 
 def file_pids(directory: str) -> set[int]:

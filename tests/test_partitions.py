@@ -11,7 +11,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -44,16 +44,6 @@ from storage.usage.partitions import (
 from tests.usage_fixtures import insert_events, make_event
 
 NOW = datetime(2026, 5, 20, 12, 30, tzinfo=UTC)
-
-
-@pytest.fixture
-async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(fresh_database_url)
-    await migrate(pool)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def where(pool: asyncpg.Pool) -> dict[str, int]:

@@ -1,31 +1,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import asyncpg
-import pytest
 
 from storage.postgres import create_pool, load_migrations, migrate
 from storage.usage.event import UsageEvent
 
 
-@pytest.fixture
-async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(fresh_database_url)
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
-async def test_migrate_applies_each_file_once(pool: asyncpg.Pool) -> None:
+async def test_migrate_applies_each_file_once(empty_pool: asyncpg.Pool) -> None:
     versions = [m.version for m in load_migrations()]
     assert versions[0] == "001_init"
-    assert await migrate(pool) == versions
-    assert await migrate(pool) == []
-    recorded = await pool.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    assert await migrate(empty_pool) == versions
+    assert await migrate(empty_pool) == []
+    recorded = await empty_pool.fetch("SELECT version FROM schema_migrations ORDER BY version")
     assert [r["version"] for r in recorded] == versions
 
 
@@ -41,7 +30,6 @@ async def test_concurrent_migrations_serialize(fresh_database_url: str) -> None:
 
 
 async def test_usage_events_columns_are_exactly_usage_event_columns(pool: asyncpg.Pool) -> None:
-    await migrate(pool)
     rows = await pool.fetch(
         """
         SELECT column_name, data_type, numeric_precision, numeric_scale, is_nullable
@@ -69,7 +57,6 @@ async def test_usage_events_columns_are_exactly_usage_event_columns(pool: asyncp
 
 
 async def test_usage_events_indexed_for_reports(pool: asyncpg.Pool) -> None:
-    await migrate(pool)
     rows = await pool.fetch("SELECT indexdef FROM pg_indexes WHERE tablename = 'usage_events'")
     definitions = {r["indexdef"].split(" USING btree ")[1] for r in rows}
     assert "(customer_id, created_at)" in definitions

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,7 +19,6 @@ from pricing.models import Usage
 from pricing.months import BillingMonth
 from pricing.overrides import apply_overrides
 from pricing.rules import PricingRules, RateOverride
-from storage.postgres import create_pool, migrate
 from storage.reports.invoice_queries import billing_tier, month_usage, rerate_events
 from storage.usage.partitions import apply_retention, ensure_partitions, list_partitions
 from tests.usage_fixtures import insert_events, random_events
@@ -80,15 +78,11 @@ async def insert_event(
 
 
 @pytest.fixture
-async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(fresh_database_url)
-    await migrate(pool)
+async def pool(pool: asyncpg.Pool) -> asyncpg.Pool:
+    """The shared migrated pool, with three customers on three tiers."""
     for customer, tier in (("acme", "pro"), ("bob", "free"), ("idle", "team")):
         await pool.execute("INSERT INTO customers (id, tier) VALUES ($1, $2)", customer, tier)
-    try:
-        yield pool
-    finally:
-        await pool.close()
+    return pool
 
 
 async def money(pool: asyncpg.Pool) -> dict[uuid.UUID, tuple[Any, Any, Any]]:

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
 import pytest
 
-from storage.postgres import create_pool, migrate
 from storage.reports.rollups import (
     RollupMismatch,
     RollupWindow,
@@ -41,15 +39,16 @@ async def mismatches(pool: asyncpg.Pool) -> list[RollupMismatch]:
 
 
 @pytest.fixture
-async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(fresh_database_url, max_size=12)
-    await migrate(pool)
+def pool_size() -> int:
+    return 12  # one connection for each concurrent writer
+
+
+@pytest.fixture
+async def pool(pool: asyncpg.Pool) -> asyncpg.Pool:
+    """The shared migrated pool, with partitions around SINCE and NOW."""
     await ensure_partitions(pool, months_ahead=1, now=SINCE)
     await ensure_partitions(pool, months_ahead=1, now=NOW)
-    try:
-        yield pool
-    finally:
-        await pool.close()
+    return pool
 
 
 async def test_inserted_batches_are_rolled_up_exactly(pool: asyncpg.Pool) -> None:

@@ -8,7 +8,6 @@ import asyncio
 import os
 import shutil
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -26,15 +25,9 @@ from tests.helpers.serve_workers import (
     wait_listening,
     worker_count,
 )
-from tests.test_gateway_multiprocess import burst, mock_provider_process, two_workers
+from tests.helpers.two_workers import burst, two_workers
 
 ROUTE = "chat.completions"
-
-
-@pytest.fixture
-def mock_provider() -> Iterator[str]:
-    with mock_provider_process() as url:
-        yield url
 
 
 async def wait_for(check: object, what: str, timeout_s: float = 15.0) -> None:

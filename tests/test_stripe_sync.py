@@ -11,7 +11,6 @@ import asyncpg
 import pytest
 
 from gateway.config import StripeConfig
-from storage.postgres import create_pool, migrate
 from storage.reports.usage_windows import DIMENSIONS
 from storage.stripe.client import MeterEventAnswer, MeterEventRequest, StripeApi
 from storage.stripe.reconcile import reconcile
@@ -42,16 +41,6 @@ def hour_start(moment: datetime) -> datetime:
 # than an hour later on the wall clock would otherwise find THIS_HOUR's "open" window closed.
 NOW = datetime.now(UTC)
 THIS_HOUR = hour_start(NOW)
-
-
-@pytest.fixture
-async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(fresh_database_url)
-    await migrate(pool)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 @pytest.fixture

@@ -3,26 +3,13 @@ status for a period's windows, with when a run last recorded and sent."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import pytest
 
-from storage.postgres import create_pool, migrate
 from storage.reports.system_queries import dead_letter_state, stripe_sync_state
 
 MONTH = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(fresh_database_url, max_size=2)
-    await migrate(pool)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def _sync_row(

@@ -14,7 +14,6 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -33,7 +32,8 @@ from storage.postgres import create_pool, migrate
 from storage.reports.rollups import verify_rollups
 from storage.usage.event import UsageEvent
 from storage.usage.partitions import list_partitions
-from tests.import_fixtures import Cli, new_database, write_usage_csv
+from tests.helpers.databases import new_database
+from tests.import_fixtures import Cli, write_usage_csv
 from tests.usage_fixtures import insert_events, make_event, random_events
 
 NOW = datetime.now(UTC)  # the command's clock is the wall clock: every time is relative to it
@@ -43,15 +43,6 @@ async def open_pool(url: str) -> asyncpg.Pool:
     pool = await create_pool(url)
     await migrate(pool)
     return pool
-
-
-@pytest.fixture
-async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await open_pool(fresh_database_url)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 def summary_of(stdout: str) -> dict[str, Any]:

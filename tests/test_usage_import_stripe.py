@@ -13,7 +13,6 @@ import pytest
 
 from gateway.config import StripeConfig
 from storage.imports.run import ImportOptions, import_usage
-from storage.postgres import create_pool, migrate
 from storage.stripe.client import StripeApi
 from storage.stripe.reconcile import reconcile
 from storage.stripe.sync import MeterSync, SyncPolicy
@@ -25,16 +24,6 @@ HOUR = timedelta(hours=1)
 NOW = datetime.now(UTC)  # the syncs' clock, fixed for the module
 THIS_HOUR = NOW.replace(minute=0, second=0, microsecond=0)
 IMPORTED_HOURS = (4, 3, 2)  # hours ago, one imported event of 1000 + n tokens each
-
-
-@pytest.fixture
-async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(fresh_database_url)
-    await migrate(pool)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 @pytest.fixture

@@ -1,14 +1,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
 import pytest
 
-from storage.postgres import create_pool, migrate
 from storage.reports.usage_queries import decimal_str, usage_summary
 
 NOW = datetime(2026, 5, 20, 12, 0, tzinfo=UTC)
@@ -53,9 +51,8 @@ async def insert_event(
 
 
 @pytest.fixture
-async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(fresh_database_url)
-    await migrate(pool)
+async def pool(pool: asyncpg.Pool) -> asyncpg.Pool:
+    """The shared migrated pool, with acme's events around NOW and one of another customer."""
     recent = NOW - timedelta(hours=1)
     await insert_event(
         pool,
@@ -122,10 +119,7 @@ async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
         cost_usd=Decimal("0.5"),
         price_usd=Decimal("0.6"),
     )
-    try:
-        yield pool
-    finally:
-        await pool.close()
+    return pool
 
 
 async def test_summary_of_one_customer_has_the_spec_shape_and_exact_sums(

@@ -11,7 +11,6 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -52,9 +51,9 @@ def plain(totals: UsageTotals) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(fresh_database_url)
-    await migrate(pool)
+async def pool(pool: asyncpg.Pool) -> asyncpg.Pool:
+    """The shared migrated pool, with three months of partitions and events on the edges of
+    every window."""
     for months_back in (2, 1, 0):
         await ensure_partitions(pool, months_ahead=1, now=NOW - timedelta(days=31 * months_back))
     rng = random.Random(11)
@@ -70,10 +69,7 @@ async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
     events += [make_event(NOW - timedelta(minutes=5), customer_id="beta") for _ in range(4)]
     for start in range(0, len(events), 500):
         await insert_events(pool, events[start : start + 500])
-    try:
-        yield pool
-    finally:
-        await pool.close()
+    return pool
 
 
 @pytest.mark.parametrize("days", [1, 7, 30])

@@ -8,9 +8,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import replace
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,46 +17,7 @@ import pytest
 from storage.postgres import create_pool, migrate
 from storage.usage.event import UsageEvent
 from storage.usage.writer import JournalFullError, UsageWriter
-
-
-def make_event(i: int, **changes: object) -> UsageEvent:
-    event = UsageEvent(
-        id=uuid.uuid4(),
-        created_at=datetime.now(UTC),
-        customer_id=f"cust_{i % 7}",
-        project_id="proj" if i % 2 else None,
-        user_id=None,
-        key_id="key_0123456789abcdef",
-        tier="pro",
-        provider="openai",
-        model="gpt-4o-mini",
-        endpoint="/v1/chat/completions",
-        status_code=200,
-        streamed=bool(i % 3),
-        input_tokens=i,
-        output_tokens=2 * i,
-        cached_input_tokens=0,
-        cache_write_tokens=0,
-        reasoning_tokens=0,
-        usage_source="provider",
-        cost_usd=Decimal("0.0000001234") * i,
-        price_usd=Decimal("0.0000001500") * i,
-        price_version="test-1",
-        latency_ms=i % 1000,
-        upstream_request_id=f"chatcmpl-{i}",
-        metadata={"i": i},
-    )
-    return replace(event, **changes)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def pool(fresh_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(fresh_database_url, max_size=4)
-    await migrate(pool)
-    try:
-        yield pool
-    finally:
-        await pool.close()
+from tests.helpers.numbered_events import numbered_event
 
 
 async def test_ten_thousand_events_are_written_exactly_once(
@@ -67,7 +25,7 @@ async def test_ten_thousand_events_are_written_exactly_once(
 ) -> None:
     writer = UsageWriter(pool, journal_dir=tmp_path, batch_size=500, flush_interval_s=0.05)
     await writer.start()
-    events = [make_event(i) for i in range(10_000)]
+    events = [numbered_event(i) for i in range(10_000)]
     for event in events:
         await writer.submit(event)
     await writer.close()
@@ -88,7 +46,7 @@ async def test_ten_thousand_events_are_written_exactly_once(
 
 
 async def test_a_replayed_batch_is_not_doubled(pool: asyncpg.Pool, tmp_path: Path) -> None:
-    events = [make_event(i) for i in range(300)]
+    events = [numbered_event(i) for i in range(300)]
     writer = UsageWriter(pool, journal_dir=tmp_path, batch_size=100)
     await writer.start()
     for event in events:
@@ -110,7 +68,7 @@ async def test_close_drains_the_journal_without_waiting_for_the_interval(
     writer = UsageWriter(pool, journal_dir=tmp_path, batch_size=10_000, flush_interval_s=30)
     await writer.start()
     for i in range(250):
-        await writer.submit(make_event(i))
+        await writer.submit(numbered_event(i))
     assert writer.backlog == 250
     started = time.monotonic()
     await writer.close()
@@ -118,7 +76,7 @@ async def test_close_drains_the_journal_without_waiting_for_the_interval(
     assert writer.backlog == 0
     assert await pool.fetchval("SELECT count(*) FROM usage_events") == 250
     with pytest.raises(RuntimeError, match="not running"):
-        await writer.submit(make_event(1))
+        await writer.submit(numbered_event(1))
 
 
 async def test_connection_killed_mid_batch_loses_nothing(
@@ -157,7 +115,7 @@ async def test_connection_killed_mid_batch_loses_nothing(
         await writer.start()
         killer = asyncio.create_task(kill_backends())
         for i in range(2_000):
-            await writer.submit(make_event(i))
+            await writer.submit(numbered_event(i))
             if i % 100 == 0:
                 await asyncio.sleep(0.03)
         await killer
@@ -195,7 +153,7 @@ async def test_a_refused_batch_is_kept_and_retried_loudly(
     with caplog.at_level(logging.WARNING, logger="storage.usage.writer"):
         await writer.start()
         for i in range(25):
-            await writer.submit(make_event(i))
+            await writer.submit(numbered_event(i))
         for _ in range(100):
             if any(r.levelno == logging.ERROR for r in caplog.records):
                 break
@@ -237,7 +195,7 @@ def journal_segments(journal_dir: Path) -> list[Path]:
 async def test_submit_before_start_is_refused(pool: asyncpg.Pool, tmp_path: Path) -> None:
     writer = UsageWriter(pool, journal_dir=tmp_path)
     with pytest.raises(RuntimeError, match="not running"):
-        await writer.submit(make_event(1))
+        await writer.submit(numbered_event(1))
 
 
 async def test_a_stalled_postgres_never_slows_submit(pool: asyncpg.Pool, tmp_path: Path) -> None:
@@ -246,7 +204,7 @@ async def test_a_stalled_postgres_never_slows_submit(pool: asyncpg.Pool, tmp_pat
         pool, journal_dir=tmp_path, batch_size=500, flush_interval_s=0.01, retry_max_s=0.2
     )
     await writer.start()
-    events = [make_event(i) for i in range(20_000)]
+    events = [numbered_event(i) for i in range(20_000)]
 
     async def submit_all() -> None:
         for event in events:
@@ -278,10 +236,10 @@ async def test_events_left_at_close_are_written_by_the_next_writer(
         close_timeout_s=0.5,
     )
     await first.start()
-    events = [make_event(i) for i in range(1_000)]
+    events = [numbered_event(i) for i in range(1_000)]
     for event in events:
         await first.submit(event)
-    late = make_event(1_000)
+    late = numbered_event(1_000)
     with caplog.at_level(logging.WARNING, logger="storage"):
         closing = asyncio.create_task(first.close())
         await asyncio.sleep(0.1)
@@ -311,7 +269,7 @@ async def test_each_database_has_its_own_journal(
     stalled = UsageWriter(pool, journal_dir=tmp_path, close_timeout_s=0.2, retry_max_s=0.1)
     await stalled.start()
     for i in range(50):
-        await stalled.submit(make_event(i))
+        await stalled.submit(numbered_event(i))
     await stalled.close()
 
     other_db = "t_" + uuid.uuid4().hex[:12]
@@ -359,12 +317,12 @@ async def test_refuse_policy_raises_journal_full_past_the_budget(
     writer.check_accepting()
     submitted = 0
     while not writer.journal_over_budget:
-        await writer.submit(make_event(submitted))
+        await writer.submit(numbered_event(submitted))
         submitted += 1
     with pytest.raises(JournalFullError, match="over its budget"):
         writer.check_accepting()
     for i in range(100):  # admitted requests still record their events
-        await writer.submit(make_event(submitted + i))
+        await writer.submit(numbered_event(submitted + i))
     submitted += 100
     await pool.execute("CREATE TABLE allow_inserts ()")
     await wait_drained(writer)
@@ -384,7 +342,7 @@ async def test_serve_policy_keeps_accepting_and_alerts(
     await writer.start()
     with caplog.at_level(logging.ERROR, logger="storage.usage.writer"):
         for i in range(2_000):
-            await writer.submit(make_event(i))
+            await writer.submit(numbered_event(i))
             writer.check_accepting()
     assert writer.journal_over_budget
     alerts = [r for r in caplog.records if "over budget" in r.getMessage()]
@@ -398,7 +356,7 @@ async def test_serve_policy_keeps_accepting_and_alerts(
 async def test_awkward_values_survive_the_journal_exactly(
     pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    event = make_event(
+    event = numbered_event(
         42,
         customer_id="tab\there",
         project_id="new\nline\r\nand \\N backslash \\ end\\",

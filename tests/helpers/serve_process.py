@@ -41,9 +41,9 @@ def tollbooth(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 
 @contextmanager
-def mock_provider(*options: str) -> Iterator[str]:
-    """`tollbooth mock-provider` on a free port; its base URL. Killed at the end (slow
-    handlers may still be sleeping for a gateway that is gone)."""
+def mock_provider_process(*options: str, kill: bool = False) -> Iterator[str]:
+    """`tollbooth mock-provider` on a free port, as its own process; its base URL. `kill`:
+    stop it with SIGKILL (slow handlers may still be sleeping for a gateway that is gone)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli.main", "mock-provider", "--port", str(port), *options],
@@ -56,13 +56,63 @@ def mock_provider(*options: str) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.kill()
+        if kill:
+            proc.kill()
+        else:
+            proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
 
 
-def _collect(stream: IO[str], lines: list[str]) -> None:
+async def wait_healthy(url: str, proc: subprocess.Popen[str]) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            assert proc.poll() is None, "serve exited early"
+            try:
+                async with session.get(url + "/health") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("gateway did not become healthy")
+
+
+def collect(stream: IO[str], lines: list[str]) -> None:
     for line in stream:
         lines.append(line)
+
+
+def write_serve_config(
+    path: Path,
+    mock: str,
+    data_dir: Path,
+    storage: dict[str, Any] | None = None,
+    server: dict[str, Any] | None = None,
+) -> None:
+    """A config at `path` for `serve` on loopback: its data in `data_dir`, the OpenAI and
+    Anthropic providers on the mock at `mock`, one tier without limits, a 20 % markup."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"host": "127.0.0.1", **(server or {})},
+                "storage": {"data_dir": str(data_dir), **(storage or {})},
+                "providers": {
+                    "openai": {
+                        "kind": "openai",
+                        "base_url": mock + "/v1",
+                        "api_key_env": "MOCK_PROVIDER_KEY",
+                    },
+                    "anthropic": {
+                        "kind": "anthropic",
+                        "base_url": mock,
+                        "api_key_env": "MOCK_PROVIDER_KEY",
+                    },
+                },
+                "tiers": {"open": {"limits": {}}},
+                "pricing": {"markup_percent": "20"},
+            }
+        )
+    )
 
 
 @dataclass
@@ -97,28 +147,7 @@ class Serve:
     def write_config(
         self, mock: str, server: dict[str, Any], storage: dict[str, Any] | None = None
     ) -> None:
-        self.config.write_text(
-            yaml.safe_dump(
-                {
-                    "server": {"host": "127.0.0.1", **server},
-                    "storage": {"data_dir": str(self.data_dir), **(storage or {})},
-                    "providers": {
-                        "openai": {
-                            "kind": "openai",
-                            "base_url": mock + "/v1",
-                            "api_key_env": "MOCK_PROVIDER_KEY",
-                        },
-                        "anthropic": {
-                            "kind": "anthropic",
-                            "base_url": mock,
-                            "api_key_env": "MOCK_PROVIDER_KEY",
-                        },
-                    },
-                    "tiers": {"open": {"limits": {}}},
-                    "pricing": {"markup_percent": "20"},
-                }
-            )
-        )
+        write_serve_config(self.config, mock, self.data_dir, storage, server)
 
     async def create_customer(self, prefix: str) -> None:
         self.customer = f"{prefix}{os.getpid()}{free_port()}"
@@ -153,7 +182,7 @@ class Serve:
             text=True,
         )
         assert self.proc.stdout is not None
-        threading.Thread(target=_collect, args=(self.proc.stdout, self.lines), daemon=True).start()
+        threading.Thread(target=collect, args=(self.proc.stdout, self.lines), daemon=True).start()
         async with aiohttp.ClientSession() as session:
             for _ in range(300):
                 assert self.proc.poll() is None, "serve exited early:\n" + self.output
@@ -198,3 +227,12 @@ def serve_env(database_url: str, redis_url: str) -> dict[str, str]:
         "TOLLBOOTH_REDIS_URL": redis_url,
         "MOCK_PROVIDER_KEY": "sk-mock",
     }
+
+
+async def stored_ids(database_url: str, customer: str) -> list[str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT id FROM usage_events WHERE customer_id = $1", customer)
+        return [str(r["id"]) for r in rows]
+    finally:
+        await conn.close()
