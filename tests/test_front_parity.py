@@ -29,7 +29,7 @@ from tests.harness import Gateway, running_gateway
 ORIGIN = "https://app.example"
 OPENAI = "/v1/chat/completions"
 ANTHROPIC = "/v1/messages"
-BODIES = {
+BODIES: dict[str, dict[str, object]] = {
     OPENAI: {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]},
     ANTHROPIC: {
         "model": "claude-sonnet-4-5",

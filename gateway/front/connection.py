@@ -10,13 +10,13 @@ import uuid
 from typing import TYPE_CHECKING, cast
 
 import httptools
-from aiohttp.tcp_helpers import tcp_nodelay
 from multidict import CIMultiDict
 
 from gateway import keys
 from gateway.cors import origin_refused, preflight_headers, response_headers
 from gateway.error_response import count_refusal, internal_error, render_error
 from gateway.errors import GatewayError, RequestTimeoutError
+from gateway.front.aiohttp_private import hand_over, set_nodelay
 from gateway.front.reply import FrontReply
 from gateway.providers.base import NO_CALL_DETAILS, Call, Endpoint
 from gateway.proxy import forward, prepare
@@ -82,7 +82,7 @@ class FrontProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        tcp_nodelay(self._transport, True)
+        set_nodelay(self._transport)
         self._server.front.add(self)
         self._arm(self._server.timeout_s)
 
@@ -242,14 +242,10 @@ class FrontProtocol(asyncio.Protocol):
         self._server.front.discard(self)
         self._deadline = None
         self.busy = True  # this protocol is done; a late timer finds nothing to do
-        handler = self._server.aiohttp_protocol()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        if self._reading_paused:
-            transport.resume_reading()
         raw, self._raw = bytes(self._raw), bytearray()
-        if raw:
-            handler.data_received(raw)
+        hand_over(
+            self._server.aiohttp_protocol(), transport, raw, resume_reading=self._reading_paused
+        )
 
     def _dispatch(self) -> None:
         route = self._route

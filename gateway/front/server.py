@@ -37,10 +37,12 @@ The front keeps aiohttp's behaviour for what it serves itself:
   response, within the runner's shutdown timeout.
 
 `FrontRunner` is aiohttp's `AppRunner` with the front in front of the app's server (`serve`
-and the test harness run it with the sites they would use anyway). This module holds the
-runner and the server (the protocol factory, shutdown); one connection is
-`gateway.front.connection.FrontProtocol` (where `MAX_HEAD`, `MAX_PENDING` and `LINGER_S` live),
-and its answers are `gateway.front.reply.FrontReply`.
+and the test harness run it with the sites they would use anyway). Every private or
+undocumented part of aiohttp the front relies on is reached through
+`gateway.front.aiohttp_private`. This module holds the runner and the server (the protocol
+factory, shutdown); one connection is `gateway.front.connection.FrontProtocol` (where
+`MAX_HEAD`, `MAX_PENDING` and `LINGER_S` live), and its answers are
+`gateway.front.reply.FrontReply`.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from aiohttp import web
 from aiohttp.web_server import Server
 
 from gateway import keys
+from gateway.front.aiohttp_private import WrappingRunner, server_arguments
 from gateway.front.connection import FrontProtocol
 from gateway.providers.base import Call
 from gateway.providers.registry import FORWARDED, Route, match
@@ -72,9 +75,8 @@ def fast_routes() -> dict[bytes, Route]:
     }
 
 
-class FrontRunner(web.AppRunner):
-    async def _make_server(self) -> Server:
-        inner = await super()._make_server()
+class FrontRunner(WrappingRunner):
+    def wrap_server(self, inner: Server) -> Server:
         return FrontServer(inner, self.app)
 
 
@@ -82,13 +84,8 @@ class FrontServer(Server):
     """aiohttp's protocol factory whose connections start in the front."""
 
     def __init__(self, inner: Server, app: web.Application) -> None:
-        super().__init__(
-            inner.request_handler,
-            request_factory=inner.request_factory,
-            handler_cancellation=inner.handler_cancellation,
-            loop=asyncio.get_running_loop(),
-            **inner._kwargs,
-        )  # aiohttp keeps the handler args there
+        handler, options = server_arguments(inner)  # the handlers `inner` would make
+        super().__init__(handler, loop=asyncio.get_running_loop(), **options)
         self.app = app
         self.routes = fast_routes()
         self.runtime = app[keys.runtime]  # the live settings (server.cors_origins)
