@@ -9,6 +9,8 @@ import asyncio
 import inspect
 import logging
 import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -151,12 +153,30 @@ async def test_cleanup_pre_shuts_down_then_shuts_down_with_the_timeout() -> None
     )
 
 
+@asynccontextmanager
+async def connected(
+    protocol: Callable[[], asyncio.Protocol],
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A loopback listener whose connections start in `protocol`, and one client of it; the
+    body of the `async with` has ten seconds."""
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(protocol, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async with asyncio.timeout(10):
+            yield reader, writer
+    finally:
+        writer.close()
+        listener.close()
+        await listener.wait_closed()
+
+
 async def test_a_request_handler_takes_over_an_open_connection() -> None:
     """The first bytes of a request are read by another protocol, which then hands the
-    connection over; aiohttp answers the whole request and tracks the connection."""
-    loop = asyncio.get_running_loop()
+    connection over: aiohttp tracks the connection and answers the whole request."""
     server = web.Server(hello)
-    handed = loop.create_future()
+    handed = asyncio.get_running_loop().create_future()
 
     class Reader(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -167,58 +187,27 @@ async def test_a_request_handler_takes_over_an_open_connection() -> None:
             hand_over(server(), self.transport, data, resume_reading=False)
             handed.set_result(None)
 
-    listener = await loop.create_server(Reader, "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        async with asyncio.timeout(10):
+        async with connected(Reader) as (reader, writer):
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
             await handed
+            assert len(server.connections) == 1, changed(
+                "RequestHandler.connection_made no longer registers the connection with its server"
+            )
             writer.write(b"Connection: close\r\n\r\n")
             response = await reader.read()
-        assert response.startswith(b"HTTP/1.1 200 OK\r\n"), changed(
-            f"a RequestHandler given an open connection answered {response[:80]!r}"
-        )
-        assert response.endswith(b"hello from aiohttp"), changed(
-            "a RequestHandler given an open connection lost the bytes read before"
-        )
     finally:
-        writer.close()
         await server.shutdown(1)
-        listener.close()
-        await listener.wait_closed()
-
-
-async def test_a_handed_over_connection_is_tracked_by_its_server() -> None:
-    loop = asyncio.get_running_loop()
-    server = web.Server(hello)
-    handed = loop.create_future()
-
-    class Reader(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            hand_over(server(), transport, b"", resume_reading=False)
-            handed.set_result(None)
-
-    listener = await loop.create_server(Reader, "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        async with asyncio.timeout(10):
-            await handed
-        assert len(server.connections) == 1, changed(
-            "RequestHandler.connection_made no longer registers the connection with its server"
-        )
-    finally:
-        writer.close()
-        await server.shutdown(1)
-        listener.close()
-        await listener.wait_closed()
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n"), changed(
+        f"a RequestHandler given an open connection answered {response[:80]!r}"
+    )
+    assert response.endswith(b"hello from aiohttp"), changed(
+        "a RequestHandler given an open connection lost the bytes read before"
+    )
 
 
 async def test_set_nodelay_sets_tcp_nodelay() -> None:
-    loop = asyncio.get_running_loop()
-    seen = loop.create_future()
+    seen = asyncio.get_running_loop().create_future()
 
     class Probe(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -229,13 +218,5 @@ async def test_set_nodelay_sets_tcp_nodelay() -> None:
             seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
             transport.close()
 
-    listener = await loop.create_server(Probe, "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        async with asyncio.timeout(10):
-            assert await seen, changed("aiohttp.tcp_helpers.tcp_nodelay no longer sets TCP_NODELAY")
-    finally:
-        writer.close()
-        listener.close()
-        await listener.wait_closed()
+    async with connected(Probe):
+        assert await seen, changed("aiohttp.tcp_helpers.tcp_nodelay no longer sets TCP_NODELAY")
