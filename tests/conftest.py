@@ -21,9 +21,13 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from redis.asyncio import Redis
 
 from storage.postgres import create_pool, migrate
+from storage.stripe.client import StripeApi
+from tests.fake_stripe import API_KEY, FakeStripe, running_fake_stripe
 from tests.helpers.databases import new_database
+from tests.helpers.redis_topologies import Cluster, SentinelSet, cli, start_cluster, start_sentinel
 from tests.helpers.serve_process import mock_provider_process
 
 MONTH_END_MARGIN_S = 60.0
@@ -81,6 +85,16 @@ def redis_url(valkey_server: object) -> str:
 
 
 @pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+    """A client on the session's Valkey, closed after the test."""
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
 def fresh_database_url(postgres_url: str) -> str:
     """A new, empty database on the session's Postgres, for a test that needs its own."""
     return asyncio.run(new_database(postgres_url))
@@ -121,3 +135,50 @@ def mock_provider() -> Iterator[str]:
     """`tollbooth mock-provider` as its own process, stopped with SIGTERM; its base URL."""
     with mock_provider_process() as url:
         yield url
+
+
+@pytest.fixture
+async def fake_stripe() -> AsyncIterator[FakeStripe]:
+    """The fake Stripe (tests/fake_stripe.py) on loopback, on the test's event loop."""
+    async with running_fake_stripe() as fake:
+        yield fake
+
+
+@pytest.fixture
+def stripe_timeout_s() -> float:
+    """The timeout of `stripe_api`'s calls; a module that stalls the fake overrides it."""
+    return 5.0
+
+
+@pytest.fixture
+async def stripe_api(fake_stripe: FakeStripe, stripe_timeout_s: float) -> AsyncIterator[StripeApi]:
+    """The product's Stripe client, pointed at `fake_stripe`."""
+    api = StripeApi(API_KEY, api_base=fake_stripe.url, timeout_s=stripe_timeout_s)
+    try:
+        yield api
+    finally:
+        await api.close()
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """A private Redis Cluster: 3 primaries, 3 replicas (valkey-server on loopback)."""
+    started = start_cluster()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def sentinel() -> Iterator[SentinelSet]:
+    """A private Sentinel set: one primary, one replica, three sentinels."""
+    group = start_sentinel()
+    try:
+        # A primary whose replica is gone refuses writes instead of taking ones the
+        # promoted replica will never see. (Only on the first primary: with one replica,
+        # the promoted one has none until Sentinel demotes the old primary, seconds later.)
+        cli(group.primary, "CONFIG", "SET", "min-replicas-to-write", "1")
+        yield group
+    finally:
+        group.stop()

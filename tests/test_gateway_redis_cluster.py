@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 
 import aiohttp
@@ -21,16 +20,7 @@ import pytest
 from gateway import keys
 from tests.harness import running_gateway
 from tests.helpers.quota_traffic import TIERS, add_customers, post
-from tests.helpers.redis_topologies import Cluster, start_cluster
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    started = start_cluster()
-    try:
-        yield started
-    finally:
-        started.stop()
+from tests.helpers.redis_topologies import Cluster
 
 
 async def test_two_gateways_admit_each_customer_exactly_its_limit(

@@ -9,7 +9,6 @@ five 200s, nothing is admitted without quota, and requests are served by the new
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 
 import aiohttp
@@ -18,17 +17,7 @@ import pytest
 from gateway import keys
 from tests.harness import running_gateway
 from tests.helpers.quota_traffic import TIERS, add_customers, post
-from tests.helpers.redis_topologies import SentinelSet, cli, start_sentinel, wait_until
-
-
-@pytest.fixture
-def sentinel() -> Iterator[SentinelSet]:
-    group = start_sentinel()
-    try:
-        cli(group.primary, "CONFIG", "SET", "min-replicas-to-write", "1")
-        yield group
-    finally:
-        group.stop()
+from tests.helpers.redis_topologies import SentinelSet, cli, wait_until
 
 
 async def test_two_gateways_through_a_sentinel_failover_admit_exactly_the_limit(

@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from storage.quota.redis_connect import connect
 from storage.quota.store import QuotaLimits, QuotaStore, QuotaStoreUnavailable
-from tests.helpers.redis_topologies import Cluster, cli, start_cluster, wait_until
+from tests.helpers.redis_topologies import Cluster, cli, two_stores, wait_until
 
 LIMITS = QuotaLimits(requests_per_month=5)
 CUSTOMERS = 40
@@ -31,25 +30,9 @@ REQUESTS = 300
 
 
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    started = start_cluster()
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
-@pytest.fixture
 async def stores(cluster: Cluster) -> AsyncIterator[list[QuotaStore]]:
-    clients = [connect(cluster.url, max_connections=32) for _ in range(2)]
-    made = [QuotaStore(client) for client in clients]
-    try:
+    async with two_stores(cluster.url) as made:
         yield made
-    finally:
-        for store in made:
-            await store.aclose()
-        for client in clients:
-            await client.aclose()
 
 
 def customers_on_every_primary(cluster: Cluster, client: RedisCluster) -> list[str]:

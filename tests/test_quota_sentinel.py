@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
-from storage.quota.redis_connect import connect
 from storage.quota.store import QuotaLimits, QuotaStore, QuotaStoreUnavailable
-from tests.helpers.redis_topologies import SentinelSet, cli, start_sentinel, wait_until
+from tests.helpers.redis_topologies import SentinelSet, cli, two_stores, wait_until
 
 LIMITS = QuotaLimits(requests_per_month=5)
 CUSTOMERS = 40
@@ -28,30 +27,10 @@ REQUESTS = 300
 
 
 @pytest.fixture
-def sentinel() -> Iterator[SentinelSet]:
-    group = start_sentinel()
-    try:
-        # A primary whose replica is gone refuses writes instead of taking ones the
-        # promoted replica will never see. (Only on the first primary: with one replica,
-        # the promoted one has none until Sentinel demotes the old primary, seconds later.)
-        cli(group.primary, "CONFIG", "SET", "min-replicas-to-write", "1")
-        yield group
-    finally:
-        group.stop()
-
-
-@pytest.fixture
 async def stores(sentinel: SentinelSet) -> AsyncIterator[list[QuotaStore]]:
-    clients = [connect(sentinel.url, max_connections=32) for _ in range(2)]
     # Answered only once the replica holds each batch: the failover loses no admission.
-    made = [QuotaStore(client, wait_replicas=1) for client in clients]
-    try:
+    async with two_stores(sentinel.url, wait_replicas=1) as made:
         yield made
-    finally:
-        for store in made:
-            await store.aclose()
-        for client in clients:
-            await client.aclose()
 
 
 async def admit(store: QuotaStore, customer: str, request_id: str) -> bool:

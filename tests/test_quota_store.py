@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -29,15 +28,8 @@ TTL_MS = 60_000
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Redis]:
-    c = Redis.from_url(redis_url)
-    yield c
-    await c.aclose()
-
-
-@pytest.fixture
-def store(client: Redis) -> QuotaStore:
-    return QuotaStore(client, window_ms=WINDOW_MS)
+def store(redis_client: Redis) -> QuotaStore:
+    return QuotaStore(redis_client, window_ms=WINDOW_MS)
 
 
 def new_customer() -> str:
@@ -127,7 +119,9 @@ async def test_each_limit_refuses_exactly_at_its_limit(
     assert counters(last) == counters(replies[-1].usage)
 
 
-async def test_a_refusal_reserves_nothing_in_any_window(store: QuotaStore, client: Redis) -> None:
+async def test_a_refusal_reserves_nothing_in_any_window(
+    store: QuotaStore, redis_client: Redis
+) -> None:
     customer = new_customer()
     keys = customer_keys(customer)
     limits = QuotaLimits(
@@ -139,7 +133,7 @@ async def test_a_refusal_reserves_nothing_in_any_window(store: QuotaStore, clien
     )
     assert (await admit(store, customer, limits, tokens=900, micros=100)).admitted
     before = await store.usage(customer)
-    pending_before = await client.zcard(keys.pending)
+    pending_before = await redis_client.zcard(keys.pending)
 
     refused_id = new_request()
     # Only the token window is short; every other window has room and must stay untouched.
@@ -149,9 +143,9 @@ async def test_a_refusal_reserves_nothing_in_any_window(store: QuotaStore, clien
     assert reply.limit == "tokens_per_minute"
     after = await store.usage(customer)
     assert counters(after) == counters(before) == (1, 900, 1, 900, 100)
-    assert await client.zcard(keys.pending) == pending_before == 1
-    assert await client.exists(keys.reservation(refused_id)) == 0
-    assert await client.zscore(keys.requests_log, refused_id) is None
+    assert await redis_client.zcard(keys.pending) == pending_before == 1
+    assert await redis_client.exists(keys.reservation(refused_id)) == 0
+    assert await redis_client.zscore(keys.requests_log, refused_id) is None
 
 
 async def test_request_window_slides_instead_of_resetting(store: QuotaStore) -> None:
@@ -347,7 +341,7 @@ def python_month(ms: int) -> tuple[str, int, int]:
     )
 
 
-async def test_lua_calendar_month_matches_utc_calendar(client: Redis) -> None:
+async def test_lua_calendar_month_matches_utc_calendar(redis_client: Redis) -> None:
     # quota_lib.lua's month_of, evaluated by the real server at chosen instants.
     probe = (
         lua_source("quota_lib.lua")
@@ -367,24 +361,24 @@ return out
             instants += [start_ms - 1, start_ms, start_ms + 1, start_ms + 15 * 86_400_000]
     instants += [int(datetime(2024, 2, 29, 23, 59, 59, tzinfo=UTC).timestamp()) * 1000 + 999]
     instants = [ms for ms in instants if ms >= 0]
-    replies = await client.eval(probe, 0, *instants)
+    replies = await redis_client.eval(probe, 0, *instants)
     got = [reply.decode().split(" ") for reply in replies]
     expected = [python_month(ms) for ms in instants]
     assert [(g[0], int(g[1]), int(g[2])) for g in got] == expected
 
 
 async def test_a_previous_months_usage_does_not_count_this_month(
-    store: QuotaStore, client: Redis
+    store: QuotaStore, redis_client: Redis
 ) -> None:
     customer = new_customer()
     keys = customer_keys(customer)
     limits = QuotaLimits(requests_per_month=3)
-    now_s, _ = await client.time()
+    now_s, _ = await redis_client.time()
     this_month, this_start, next_start = python_month(now_s * 1000)
     previous, _, _ = python_month(this_start - 1)
     older = [python_month(this_start - k * 40 * 86_400_000)[0] for k in (2, 3)]
     # Last month exhausted its quota; two older months are stale leftovers.
-    await client.hset(
+    await redis_client.hset(
         keys.month_counters,
         mapping={
             f"{previous}:requests": 3,
@@ -403,12 +397,13 @@ async def test_a_previous_months_usage_does_not_count_this_month(
     assert refused.retry_after_ms == next_start - refused.usage.server_time_ms
     # The month before is kept for late settles; older months are pruned.
     fields = {
-        f.decode() if isinstance(f, bytes) else f for f in await client.hkeys(keys.month_counters)
+        f.decode() if isinstance(f, bytes) else f
+        for f in await redis_client.hkeys(keys.month_counters)
     }
     assert fields == {
         f"{m}:{c}" for m in (this_month, previous) for c in ("requests", "tokens", "spend_micros")
     } - {f"{previous}:spend_micros"}
-    ttl_ms = await client.pttl(keys.month_counters)
+    ttl_ms = await redis_client.pttl(keys.month_counters)
     assert ttl_ms > next_start - refused.usage.server_time_ms
 
 

@@ -35,15 +35,8 @@ WINDOW_MS = 2000
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Redis]:
-    c = Redis.from_url(redis_url)
-    yield c
-    await c.aclose()
-
-
-@pytest.fixture
-def policy(client: Redis) -> QuotaPolicy:
-    return QuotaPolicy(QuotaStore(client, window_ms=WINDOW_MS), QuotasConfig())
+def policy(redis_client: Redis) -> QuotaPolicy:
+    return QuotaPolicy(QuotaStore(redis_client, window_ms=WINDOW_MS), QuotasConfig())
 
 
 def tier(shadow: bool = False, **limits: object) -> TierConfig:
@@ -118,7 +111,7 @@ async def test_a_per_minute_refusal_says_when_to_retry_and_that_wait_suffices(
 
 
 async def test_an_exhausted_monthly_quota_is_final_until_next_month(
-    policy: QuotaPolicy, client: Redis
+    policy: QuotaPolicy, redis_client: Redis
 ) -> None:
     customer = new_customer()
     t = tier(requests_per_month=1, requests_per_minute=100)
@@ -128,7 +121,7 @@ async def test_an_exhausted_monthly_quota_is_final_until_next_month(
     err = refused.value
     assert not err.should_retry and err.code == "insufficient_quota"
     assert err.headers()["x-should-retry"] == "false"
-    seconds, _ = await client.time()
+    seconds, _ = await redis_client.time()
     now = datetime.fromtimestamp(seconds, tz=UTC)
     following = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
     assert err.message == (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -21,7 +21,7 @@ from storage.stripe.sync import (
     SyncPolicy,
     meter_identifier,
 )
-from tests.fake_stripe import API_KEY, FakeStripe, running_fake_stripe
+from tests.fake_stripe import FakeStripe
 
 METERS = {
     "input_tokens": "tollbooth_input_tokens",
@@ -44,18 +44,8 @@ THIS_HOUR = hour_start(NOW)
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeStripe]:
-    async with running_fake_stripe() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def api(fake: FakeStripe) -> AsyncIterator[StripeApi]:
-    api = StripeApi(API_KEY, api_base=fake.url, timeout_s=0.3)
-    try:
-        yield api
-    finally:
-        await api.close()
+def stripe_timeout_s() -> float:
+    return 0.3  # the timeout tests stall the fake longer than this
 
 
 class Sleeps:
@@ -69,13 +59,13 @@ class Sleeps:
 
 
 def syncer(
-    pool: asyncpg.Pool, api: object, sleeps: Sleeps | None = None, **policy: object
+    pool: asyncpg.Pool, stripe_api: object, sleeps: Sleeps | None = None, **policy: object
 ) -> MeterSync:
     settings: dict[str, object] = {"meters": METERS, "window_s": 3600, "settle_delay_s": 900}
     settings.update(policy)
     return MeterSync(
         pool,
-        api,
+        stripe_api,
         SyncPolicy(**settings),
         clock=lambda: NOW,  # type: ignore[arg-type]
         sleep=sleeps or Sleeps(),
@@ -147,9 +137,9 @@ async def expected_totals(
     return totals
 
 
-async def seed(pool: asyncpg.Pool, fake: FakeStripe) -> dict[str, str]:
+async def seed(pool: asyncpg.Pool, fake_stripe: FakeStripe) -> dict[str, str]:
     """Two linked customers over three closed hours, one unlinked; returns id -> cus_."""
-    links = {"acme": fake.add_customer("Acme"), "beta": fake.add_customer("Beta")}
+    links = {"acme": fake_stripe.add_customer("Acme"), "beta": fake_stripe.add_customer("Beta")}
     for customer, stripe_id in links.items():
         await add_customer(pool, customer, stripe_id)
     await add_customer(pool, "nolink", None)
@@ -171,56 +161,56 @@ async def statuses(pool: asyncpg.Pool) -> dict[str, str]:
 
 
 async def test_two_runs_send_each_identifier_once_and_totals_equal_stored_events(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
-    links = await seed(pool, fake)
+    links = await seed(pool, fake_stripe)
 
-    first = await syncer(pool, api).run()
+    first = await syncer(pool, stripe_api).run()
     assert first.ok and first.sent and first.failed == [] and first.pending == []
     assert first.missing_stripe_customer == {"nolink": 3}
-    assert await expected_totals(pool, links, THIS_HOUR) == fake.totals()
-    assert len(fake.meter_events) == len(first.sent) == len(fake.meter_event_posts)
-    assert set(fake.meter_events) == set(await statuses(pool))
+    assert await expected_totals(pool, links, THIS_HOUR) == fake_stripe.totals()
+    assert len(fake_stripe.meter_events) == len(first.sent) == len(fake_stripe.meter_event_posts)
+    assert set(fake_stripe.meter_events) == set(await statuses(pool))
     assert set((await statuses(pool)).values()) == {"sent"}
 
-    second = await syncer(pool, api).run()
+    second = await syncer(pool, stripe_api).run()
     assert second.ok and second.sent == [] and second.planned == []
-    assert len(fake.meter_event_posts) == len(first.sent)  # nothing new reached Stripe
+    assert len(fake_stripe.meter_event_posts) == len(first.sent)  # nothing new reached Stripe
 
 
 async def test_only_windows_closed_before_until_and_the_settle_delay_are_sent(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
-    await add_customer(pool, "acme", fake.add_customer())
+    await add_customer(pool, "acme", fake_stripe.add_customer())
     await add_event(pool, "acme", THIS_HOUR - 3 * HOUR)
     await add_event(pool, "acme", THIS_HOUR - 2 * HOUR)
 
-    report = await syncer(pool, api).run(until=THIS_HOUR - HOUR + timedelta(minutes=10))
+    report = await syncer(pool, stripe_api).run(until=THIS_HOUR - HOUR + timedelta(minutes=10))
     assert {r.window_start for r in report.sent} == {THIS_HOUR - 3 * HOUR}  # 2h window unsettled
-    report = await syncer(pool, api).run(until=NOW + timedelta(days=1))  # never beyond now
+    report = await syncer(pool, stripe_api).run(until=NOW + timedelta(days=1))  # never beyond now
     assert {r.window_start for r in report.sent} == {THIS_HOUR - 2 * HOUR}
-    assert all(e["timestamp"] <= NOW.timestamp() for e in fake.meter_events.values())
+    assert all(e["timestamp"] <= NOW.timestamp() for e in fake_stripe.meter_events.values())
 
 
 async def test_price_micros_sums_exact_usd_then_rounds_half_even_once_per_window(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
-    await add_customer(pool, "acme", fake.add_customer())
+    await add_customer(pool, "acme", fake_stripe.add_customer())
     hour_a, hour_b = THIS_HOUR - 3 * HOUR, THIS_HOUR - 2 * HOUR
     for price in ("0.0000004", "0.0000004", "0.0000004", "0.0000003"):  # 1.5 micros
         await add_event(pool, "acme", hour_a + timedelta(minutes=1), price=price)
     await add_event(pool, "acme", hour_b, price="0.0000025")  # 2.5 micros
     await add_event(pool, "acme", hour_b, price=None)  # unpriced adds nothing
 
-    report = await syncer(pool, api).run()
+    report = await syncer(pool, stripe_api).run()
     micros = {r.window_start: r.value for r in report.sent if r.dimension == "price_micros"}
     assert micros == {hour_a: 2, hour_b: 2}  # per-event rounding would have given 0 and 2
 
 
 async def test_crash_mid_run_then_resume_sends_no_duplicate_and_leaves_no_gap(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
-    links = await seed(pool, fake)
+    links = await seed(pool, fake_stripe)
 
     class Crash(Exception):
         pass
@@ -232,7 +222,7 @@ async def test_crash_mid_run_then_resume_sends_no_duplicate_and_leaves_no_gap(
             self.calls = 0
 
         async def create_meter_event(self, event: MeterEventRequest) -> MeterEventAnswer:
-            answer = await api.create_meter_event(event)
+            answer = await stripe_api.create_meter_event(event)
             self.calls += 1
             if self.calls == 4:
                 raise Crash
@@ -247,187 +237,193 @@ async def test_crash_mid_run_then_resume_sends_no_duplicate_and_leaves_no_gap(
         await syncer(pool, CrashingSender()).run()
     recorded = await statuses(pool)
     assert list(recorded.values()).count("sent") == 3
-    assert len(fake.meter_events) == 4  # Stripe got one more than we recorded
+    assert len(fake_stripe.meter_events) == 4  # Stripe got one more than we recorded
 
-    resumed = await syncer(pool, api).run()
+    resumed = await syncer(pool, stripe_api).run()
     assert resumed.ok and resumed.duplicates == 1 and resumed.planned == []
     assert len(resumed.sent) == len(recorded) - 3
-    assert set(fake.meter_events) == set(recorded)  # no gap, nothing extra
-    assert await expected_totals(pool, links, THIS_HOUR) == fake.totals()
-    posted = fake.posted_identifiers()
+    assert set(fake_stripe.meter_events) == set(recorded)  # no gap, nothing extra
+    assert await expected_totals(pool, links, THIS_HOUR) == fake_stripe.totals()
+    posted = fake_stripe.posted_identifiers()
     assert len(posted) == len(recorded) + 1  # the crashed one, re-asked once
     assert set((await statuses(pool)).values()) == {"sent"}
 
 
 async def test_429_and_5xx_are_retried_with_growing_backoff(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
-    await add_customer(pool, "acme", fake.add_customer())
+    await add_customer(pool, "acme", fake_stripe.add_customer())
     await add_event(pool, "acme", THIS_HOUR - 2 * HOUR)
-    fake.fail_next(429, count=2)
-    fake.fail_next(503)
+    fake_stripe.fail_next(429, count=2)
+    fake_stripe.fail_next(503)
     sleeps = Sleeps()
 
-    report = await syncer(pool, api, sleeps, meters={"requests": "tollbooth_requests"}).run()
+    report = await syncer(pool, stripe_api, sleeps, meters={"requests": "tollbooth_requests"}).run()
     assert report.ok and len(report.sent) == 1
     assert len(sleeps.delays) == 3
     assert 0.25 <= sleeps.delays[0] <= 0.5 and 1.0 <= sleeps.delays[2] <= 2.0  # doubling
     attempts = await pool.fetchval("SELECT attempts FROM billing_sync")
     assert attempts == 4
-    assert fake.totals() == {(next(iter(fake.customers)), "tollbooth_requests"): 1}
+    assert fake_stripe.totals() == {(next(iter(fake_stripe.customers)), "tollbooth_requests"): 1}
 
 
 async def test_should_retry_false_is_not_retried_and_the_next_run_resends_it(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
-    await add_customer(pool, "acme", fake.add_customer())
+    await add_customer(pool, "acme", fake_stripe.add_customer())
     await add_event(pool, "acme", THIS_HOUR - 2 * HOUR)
-    fake.fail_next(500, should_retry="false")
+    fake_stripe.fail_next(500, should_retry="false")
     sleeps = Sleeps()
     only_requests = {"requests": "tollbooth_requests"}
 
-    report = await syncer(pool, api, sleeps, meters=only_requests).run()
+    report = await syncer(pool, stripe_api, sleeps, meters=only_requests).run()
     assert not report.ok and len(report.failed) == 1 and sleeps.delays == []
     row = await pool.fetchrow("SELECT status, stripe_response, error FROM billing_sync")
     assert row["status"] == "failed" and row["stripe_response"]["error"]["type"] == "api_error"
 
-    again = await syncer(pool, api, meters=only_requests).run()
+    again = await syncer(pool, stripe_api, meters=only_requests).run()
     assert again.ok and [r.identifier for r in again.sent] == [report.failed[0].identifier]
-    assert len(fake.meter_events) == 1
+    assert len(fake_stripe.meter_events) == 1
 
 
 async def test_timeout_after_stripe_kept_the_event_counts_as_delivered_once(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
-    await add_customer(pool, "acme", fake.add_customer())
+    await add_customer(pool, "acme", fake_stripe.add_customer())
     await add_event(pool, "acme", THIS_HOUR - 2 * HOUR)
-    fake.stall_next(1.0, record=True)  # the client gives up after 0.3 s
+    fake_stripe.stall_next(1.0, record=True)  # the client gives up after 0.3 s
 
-    report = await syncer(pool, api, meters={"requests": "tollbooth_requests"}).run()
+    report = await syncer(pool, stripe_api, meters={"requests": "tollbooth_requests"}).run()
     assert report.ok and report.duplicates == 1
-    assert len(fake.meter_events) == 1 and len(fake.meter_event_posts) == 2
+    assert len(fake_stripe.meter_events) == 1 and len(fake_stripe.meter_event_posts) == 2
     response = await pool.fetchval("SELECT stripe_response FROM billing_sync")
     assert "already exists" in response["error"]["message"]
 
 
 async def test_persistent_5xx_leaves_rows_pending_and_the_next_run_resumes(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
-    await add_customer(pool, "acme", fake.add_customer())
+    await add_customer(pool, "acme", fake_stripe.add_customer())
     await add_event(pool, "acme", THIS_HOUR - 3 * HOUR)
     await add_event(pool, "acme", THIS_HOUR - 2 * HOUR)
-    fake.fail_next(502, count=3)
+    fake_stripe.fail_next(502, count=3)
 
-    report = await syncer(pool, api, max_retries=2).run()
+    report = await syncer(pool, stripe_api, max_retries=2).run()
     assert report.stopped_by is not None and "unavailable" in report.stopped_by
     assert len(report.pending) == 2 * 4 and report.sent == []  # no cached tokens
     assert set((await statuses(pool)).values()) == {"pending"}
 
-    resumed = await syncer(pool, api).run()
+    resumed = await syncer(pool, stripe_api).run()
     assert resumed.ok and len(resumed.sent) == 2 * 4 and resumed.planned == []
 
 
 async def test_late_event_into_a_sent_window_goes_as_a_correction(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
-    links = {"acme": fake.add_customer()}
+    links = {"acme": fake_stripe.add_customer()}
     await add_customer(pool, "acme", links["acme"])
     window = THIS_HOUR - 2 * HOUR
     await add_event(pool, "acme", window + timedelta(minutes=1), input_tokens=100)
-    await syncer(pool, api).run()
+    await syncer(pool, stripe_api).run()
 
     await add_event(pool, "acme", window + timedelta(minutes=59), input_tokens=7)
-    report = await syncer(pool, api).run()
+    report = await syncer(pool, stripe_api).run()
     assert {(r.dimension, r.seq, r.value) for r in report.sent} >= {("input_tokens", 1, 7)}
     assert all(r.seq == 1 for r in report.sent)
     correction = next(r for r in report.sent if r.dimension == "input_tokens")
     assert correction.identifier == meter_identifier("acme", "input_tokens", window, 1, 1)
-    assert fake.meter_events[correction.identifier]["timestamp"] == int(window.timestamp())
-    assert await expected_totals(pool, links, THIS_HOUR) == fake.totals()
+    assert fake_stripe.meter_events[correction.identifier]["timestamp"] == int(window.timestamp())
+    assert await expected_totals(pool, links, THIS_HOUR) == fake_stripe.totals()
 
 
 async def test_windows_older_than_35_days_are_skipped_and_reported_once(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
-    await add_customer(pool, "acme", fake.add_customer())
+    await add_customer(pool, "acme", fake_stripe.add_customer())
     await add_event(pool, "acme", THIS_HOUR - timedelta(days=36))
     await add_event(pool, "acme", THIS_HOUR - 2 * HOUR)
 
-    report = await syncer(pool, api, meters={"requests": "tollbooth_requests"}).run()
+    report = await syncer(pool, stripe_api, meters={"requests": "tollbooth_requests"}).run()
     assert [r.window_start for r in report.skipped] == [THIS_HOUR - timedelta(days=36)]
     assert "35 days" in (report.skipped[0].error or "")
     assert [r.window_start for r in report.sent] == [THIS_HOUR - 2 * HOUR]
-    assert len(fake.meter_event_posts) == 1
+    assert len(fake_stripe.meter_event_posts) == 1
 
-    again = await syncer(pool, api, meters={"requests": "tollbooth_requests"}).run()
+    again = await syncer(pool, stripe_api, meters={"requests": "tollbooth_requests"}).run()
     assert again.skipped == [] and again.sent == []
 
 
 async def test_customer_without_stripe_id_is_listed_then_sent_once_linked(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
     await add_customer(pool, "late", None)
     await add_event(pool, "late", THIS_HOUR - 2 * HOUR)
-    report = await syncer(pool, api).run()
+    report = await syncer(pool, stripe_api).run()
     assert report.missing_stripe_customer == {"late": 1} and report.sent == []
 
-    await pool.execute("UPDATE customers SET stripe_customer_id = $1", fake.add_customer())
-    report = await syncer(pool, api).run()
+    await pool.execute("UPDATE customers SET stripe_customer_id = $1", fake_stripe.add_customer())
+    report = await syncer(pool, stripe_api).run()
     assert report.missing_stripe_customer == {} and len(report.sent) == 4  # no cached tokens
 
 
 async def test_v2_stream_sends_batches_of_100_once_and_renews_its_session(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
     links = {}
     for n in range(30):  # 30 customers x 5 meters x 1 window = 150 events
-        links[f"c{n}"] = fake.add_customer()
+        links[f"c{n}"] = fake_stripe.add_customer()
         await add_customer(pool, f"c{n}", links[f"c{n}"])
         await add_event(pool, f"c{n}", THIS_HOUR - 2 * HOUR, cached=5)
 
-    report = await syncer(pool, api, use_v2_stream=True).run()
+    report = await syncer(pool, stripe_api, use_v2_stream=True).run()
     assert report.ok and len(report.sent) == 150
-    assert [len(b) for b in fake.stream_batches] == [100, 50]
-    assert await expected_totals(pool, links, THIS_HOUR) == fake.totals()
+    assert [len(b) for b in fake_stripe.stream_batches] == [100, 50]
+    assert await expected_totals(pool, links, THIS_HOUR) == fake_stripe.totals()
 
-    fake.expire_stream_sessions()
+    fake_stripe.expire_stream_sessions()
     await add_event(pool, "c0", THIS_HOUR - 2 * HOUR)
-    again = await syncer(pool, api, use_v2_stream=True).run()
+    again = await syncer(pool, stripe_api, use_v2_stream=True).run()
     assert again.ok and {r.seq for r in again.sent} == {1}
-    assert await expected_totals(pool, links, THIS_HOUR) == fake.totals()
+    assert await expected_totals(pool, links, THIS_HOUR) == fake_stripe.totals()
 
 
 async def test_dry_run_records_and_sends_nothing(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
-    await seed(pool, fake)
+    await seed(pool, fake_stripe)
     report = await syncer(pool, None).run(dry_run=True)
     assert report.dry_run and len(report.pending) == 3 * 5 + 3 * 2  # beta: no requests, price
-    assert await statuses(pool) == {} and fake.meter_event_posts == []
-    real = await syncer(pool, api).run()
+    assert await statuses(pool) == {} and fake_stripe.meter_event_posts == []
+    real = await syncer(pool, stripe_api).run()
     assert [r.identifier for r in real.sent] == [r.identifier for r in report.pending]
 
 
 async def test_a_second_concurrent_run_is_refused(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
     async with pool.acquire() as conn:
         await conn.execute("SELECT pg_advisory_lock($1)", SYNC_LOCK_KEY)
         with pytest.raises(SyncBusyError):
-            await syncer(pool, api).run()
+            await syncer(pool, stripe_api).run()
         await conn.execute("SELECT pg_advisory_unlock($1)", SYNC_LOCK_KEY)
 
 
 async def test_reconcile_shows_unsent_usage_and_matches_stripe_summaries(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
-    links = await seed(pool, fake)
-    await syncer(pool, api).run()
+    links = await seed(pool, fake_stripe)
+    await syncer(pool, stripe_api).run()
     start = THIS_HOUR - 4 * HOUR
     await add_event(pool, "acme", start + timedelta(minutes=3), input_tokens=11)  # not synced
 
     lines = await reconcile(
-        pool, start=start, end=THIS_HOUR + HOUR, window_s=3600, meters=METERS, version=1, stripe=api
+        pool,
+        start=start,
+        end=THIS_HOUR + HOUR,
+        window_s=3600,
+        meters=METERS,
+        version=1,
+        stripe=stripe_api,
     )
     by_key = {(ln.customer_id, ln.dimension): ln for ln in lines}
     acme_input = by_key[("acme", "input_tokens")]
@@ -438,7 +434,7 @@ async def test_reconcile_shows_unsent_usage_and_matches_stripe_summaries(
     assert by_key[("nolink", "requests")].stripe is None
     beta_input = by_key[("beta", "input_tokens")]
     assert beta_input.ours == beta_input.sent == beta_input.stripe == 300
-    assert fake.totals()[(links["beta"], "tollbooth_input_tokens")] == 300
+    assert fake_stripe.totals()[(links["beta"], "tollbooth_input_tokens")] == 300
 
 
 def test_identifiers_are_deterministic_and_fit_stripe_limit() -> None:

@@ -5,7 +5,6 @@ loopback, real Postgres)."""
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
@@ -16,7 +15,7 @@ from storage.imports.run import ImportOptions, import_usage
 from storage.stripe.client import StripeApi
 from storage.stripe.reconcile import reconcile
 from storage.stripe.sync import MeterSync, SyncPolicy
-from tests.fake_stripe import API_KEY, FakeStripe, running_fake_stripe
+from tests.fake_stripe import FakeStripe
 from tests.usage_fixtures import insert_events, make_event
 
 METERS = {"input_tokens": "tollbooth_input_tokens", "requests": "tollbooth_requests"}
@@ -26,24 +25,9 @@ THIS_HOUR = NOW.replace(minute=0, second=0, microsecond=0)
 IMPORTED_HOURS = (4, 3, 2)  # hours ago, one imported event of 1000 + n tokens each
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeStripe]:
-    async with running_fake_stripe() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def api(fake: FakeStripe) -> AsyncIterator[StripeApi]:
-    api = StripeApi(API_KEY, api_base=fake.url, timeout_s=5)
-    try:
-        yield api
-    finally:
-        await api.close()
-
-
-async def seed(pool: asyncpg.Pool, fake: FakeStripe) -> str:
+async def seed(pool: asyncpg.Pool, fake_stripe: FakeStripe) -> str:
     """acme, linked to Stripe: 100 tokens of its own 5 hours ago, and imported history."""
-    stripe_id = fake.add_customer("Acme")
+    stripe_id = fake_stripe.add_customer("Acme")
     await pool.execute(
         "INSERT INTO customers (id, tier, stripe_customer_id) VALUES ('acme', 'pro', $1)", stripe_id
     )
@@ -64,9 +48,9 @@ async def seed(pool: asyncpg.Pool, fake: FakeStripe) -> str:
     return stripe_id
 
 
-def sync(pool: asyncpg.Pool, api: StripeApi, import_since: datetime | None) -> MeterSync:
+def sync(pool: asyncpg.Pool, stripe_api: StripeApi, import_since: datetime | None) -> MeterSync:
     policy = SyncPolicy(meters=METERS, window_s=3600, settle_delay_s=900, import_since=import_since)
-    return MeterSync(pool, api, policy, clock=lambda: NOW)
+    return MeterSync(pool, stripe_api, policy, clock=lambda: NOW)
 
 
 async def input_lines(pool: asyncpg.Pool, import_since: datetime | None) -> tuple[int, int, int]:
@@ -84,34 +68,34 @@ async def input_lines(pool: asyncpg.Pool, import_since: datetime | None) -> tupl
 
 
 async def test_sync_sends_no_imported_usage_by_default(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
-    stripe_id = await seed(pool, fake)
-    report = await sync(pool, api, None).run()
+    stripe_id = await seed(pool, fake_stripe)
+    report = await sync(pool, stripe_api, None).run()
     assert report.ok
-    assert fake.totals() == {
+    assert fake_stripe.totals() == {
         (stripe_id, "tollbooth_input_tokens"): 100,
         (stripe_id, "tollbooth_requests"): 1,
     }
     windows = {r["window_start"] for r in await pool.fetch("SELECT * FROM billing_sync")}
     assert windows == {THIS_HOUR - 5 * HOUR}
     assert await input_lines(pool, None) == (100, sum(1000 + n for n in IMPORTED_HOURS), 0)
-    second = await sync(pool, api, None).run()
+    second = await sync(pool, stripe_api, None).run()
     assert second.planned == [] and second.sent == []
 
 
 async def test_import_since_sends_imported_usage_from_then_on_only(
-    pool: asyncpg.Pool, fake: FakeStripe, api: StripeApi
+    pool: asyncpg.Pool, fake_stripe: FakeStripe, stripe_api: StripeApi
 ) -> None:
-    stripe_id = await seed(pool, fake)
-    await sync(pool, api, None).run()
+    stripe_id = await seed(pool, fake_stripe)
+    await sync(pool, stripe_api, None).run()
     since = THIS_HOUR - 3 * HOUR
-    report = await sync(pool, api, since).run()
+    report = await sync(pool, stripe_api, since).run()
     assert report.ok and len(report.sent) == 4  # two windows, two meters
-    assert fake.totals()[(stripe_id, "tollbooth_input_tokens")] == 100 + 1003 + 1002
-    assert fake.totals()[(stripe_id, "tollbooth_requests")] == 3
+    assert fake_stripe.totals()[(stripe_id, "tollbooth_input_tokens")] == 100 + 1003 + 1002
+    assert fake_stripe.totals()[(stripe_id, "tollbooth_requests")] == 3
     assert await input_lines(pool, since) == (100 + 1003 + 1002, 1004, 0)
-    again = await sync(pool, api, since).run()
+    again = await sync(pool, stripe_api, since).run()
     assert again.sent == [] and again.planned == []
 
 

