@@ -148,3 +148,29 @@ def test_link_check_finds_missing_files_and_headings(tmp_path: Path) -> None:
         "page.md: other.md#part-three: no such heading",
         "page.md: pic.png: no such file",
     ]
+
+
+def architecture_table() -> set[str]:
+    """The paths the README's architecture table names in its first column: a name without a
+    folder is in the folder of the cell's first path (`gateway/runtime.py`, `reload.py`)."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Architecture\n")[1]
+    named = set()
+    for line in section.split("\n## ")[0].splitlines():
+        if not line.startswith("| `"):
+            continue
+        paths = [p.rstrip("/") for p in re.findall(r"`([^`]+)`", line.split("|")[1])]
+        folder = paths[0].rpartition("/")[0]
+        named |= {p if "/" in p or not folder else f"{folder}/{p}" for p in paths}
+    return named
+
+
+def test_architecture_table_names_every_module_and_package() -> None:
+    """Every module and package directly under gateway/ and storage/, and pricing/, is in the
+    table, and everything the table names exists."""
+    on_disk = {"pricing"}
+    for top in ("gateway", "storage"):
+        package = (child for child in (ROOT / top).iterdir() if not child.name.startswith("__"))
+        on_disk |= {f"{top}/{c.name}" for c in package if c.is_dir() or c.suffix == ".py"}
+    named = architecture_table()
+    assert sorted(on_disk - named) == []
+    assert sorted(p for p in named if not (ROOT / p).exists()) == []
