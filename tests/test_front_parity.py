@@ -254,3 +254,31 @@ async def test_preflights_are_answered_alike_by_both_servers(gw: Gateway, path: 
         assert fast.comparable() == handed.comparable()
         assert fast.status_line == status_line
     assert refusals(gw) == {(path, "403"): 2.0}
+
+
+@pytest.mark.parametrize("path", [OPENAI, ANTHROPIC])
+async def test_a_body_too_slow_is_timed_out_alike_by_both_servers(
+    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    async with running_gateway(
+        fresh_database_url,
+        redis_url,
+        monkeypatch,
+        extra_config={
+            "server": {
+                "host": "127.0.0.1",
+                "port": 0,
+                "cors_origins": [ORIGIN],
+                "client_timeout_s": 0.5,
+            },
+        },
+    ) as gw:
+        stalled = post(path, gw.key, b"{", chunked=False).replace(
+            b"Content-Length: 1\r\n", b"Content-Length: 100000\r\n"
+        )
+        fast = await ask(gw, stalled)
+        handed = await ask(gw, post(path, gw.key, b"{", chunked=True)[: -len(b"\r\n0\r\n\r\n")])
+        assert not fast.from_aiohttp and handed.from_aiohttp
+        assert fast.comparable() == handed.comparable()
+        assert fast.status_line == b"HTTP/1.1 408 Request Timeout"
+        assert refusals(gw) == {(path, "408"): 2.0}

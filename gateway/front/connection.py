@@ -316,7 +316,11 @@ class FrontProtocol(asyncio.Protocol):
             self._close_after = True
             return
         answer = render_error(path, exc, request_id)
-        reply.write_whole(answer.status, answer.headers, answer.body)
+        headers = answer.headers
+        if "connection" in headers:  # a 408's `close`: the reply writes Connection itself
+            self._close_after = True
+            headers = {name: value for name, value in headers.items() if name != "connection"}
+        reply.write_whole(answer.status, headers, answer.body)
 
     def _done(self) -> None:
         """The response is written: next request, or close."""
