@@ -7,8 +7,10 @@ mock-provider`, or with `upstream="raw"` the replaying `gateway.bench.upstream`)
 config.yaml with one `bench` tier whose limits are large but finite (so the quota Lua runs on
 every request), create a customer and a key with the CLI (`customers create`, `keys create`),
 then for each `workers` value start `tollbooth serve`, wait for GET /health 200, and run
-every scenario at every concurrency against it; then the same phases directly against the
-upstream. A phase is one or more load generator processes (`gateway.bench.loadgen`) sharing
+every scenario at every concurrency against it; with the first `workers` value, each gateway
+phase is followed at once by the same phase directly against the upstream (the gateway idle
+meanwhile), so that a pair compared in the report ran under the same load from the rest of
+the machine. A phase is one or more load generator processes (`gateway.bench.loadgen`) sharing
 a measured window; CPU counters of the gateway, the upstream, Postgres + Valkey and the
 generators are read at the window's edges, and the gateway's RSS before the phase and every
 RSS_SAMPLE_S inside the window (its peak). A scenario with a stagger (paced-streams) opens
@@ -153,6 +155,7 @@ class _Bench:
             key = await self._create_key()
             db = await asyncpg.connect(self.database_url)
             stack.push_async_callback(db.close)
+            direct = Target("direct", self.upstream_port, f"Bearer {PROVIDER_KEY}", (upstream,))
             for index, workers in enumerate(self.options.workers):
                 async with AsyncExitStack() as gateway_stack:
                     serve, port = await self._start_gateway(gateway_stack, workers)
@@ -168,15 +171,15 @@ class _Bench:
                             report.phases.append(
                                 await self._phase(scenario, target, concurrency, db)
                             )
+                            if index == 0:
+                                report.phases.append(
+                                    await self._phase(scenario, direct, concurrency, None)
+                                )
                     if self.options.profile and index == 0:
                         report.profile, profiled = await self._profile(target, serve.pid, db)
                         report.phases.append(profiled)
                     if self.options.soak_s > 0 and index == 0:
                         report.soak = await self._soak(target)
-            direct = Target("direct", self.upstream_port, f"Bearer {PROVIDER_KEY}", (upstream,))
-            for scenario in self.scenarios:
-                for concurrency in scenario.concurrencies:
-                    report.phases.append(await self._phase(scenario, direct, concurrency, None))
         report.notes += notes_on(report)
         return report
 

@@ -7,9 +7,12 @@ it asks the real mock app (in process, once per shape) for the three answers the
 needs, so the bytes are exactly the mock's: the chat JSON, the chat stream, and the chat stream
 with the usage chunk (`stream_options.include_usage`). Per request it parses the JSON body
 (for `stream` and `stream_options`) and reads `x-mock-token-delay-ms`; a stream is sent
-as one chunk (like the unpaced mock) or one chunk per event, the first at once and each
-next one that many milliseconds later. Answers carry the mock's headers, with the same
-`x-request-id` and response `id` on every answer. The token counts follow `--output-tokens`.
+as one chunk (like the unpaced mock) or one chunk per event, the first at once and the i-th
+i times that many milliseconds after the first: on the stream's own clock, like a provider
+generating tokens, so a busy loop that runs a timer late does not stretch the stream (a late
+event goes out at once and the next keeps its time); the body ends with the last event.
+Answers carry the mock's headers, with the same `x-request-id` and response `id` on every
+answer. The token counts follow `--output-tokens`.
 
 `python -m gateway.bench.upstream --port 0 --output-tokens 35` prints
 `bench upstream listening on http://127.0.0.1:PORT`, then serves until SIGINT/SIGTERM.
@@ -166,16 +169,21 @@ class _Server(asyncio.Protocol):
         self._busy = True
         self._transport.write(self._canned.sse_head + events[0])
         loop = asyncio.get_running_loop()
-        loop.call_later(delay_ms / 1000, self._paced, events, 1, delay_ms / 1000)
+        start, delay_s = loop.time(), delay_ms / 1000
+        loop.call_at(start + delay_s, self._paced, events, 1, start, delay_s)
 
-    def _paced(self, events: list[bytes], index: int, delay_s: float) -> None:
+    def _paced(self, events: list[bytes], index: int, start: float, delay_s: float) -> None:
         if self._transport is None:
             return
-        if index < len(events):
+        if index < len(events) - 1:
             self._transport.write(events[index])
-            asyncio.get_running_loop().call_later(delay_s, self._paced, events, index + 1, delay_s)
+            loop = asyncio.get_running_loop()
+            loop.call_at(
+                start + (index + 1) * delay_s, self._paced, events, index + 1, start, delay_s
+            )
             return
-        self._transport.write(b"0\r\n\r\n")
+        # The last event ([DONE]) and the end of the body go together, as a provider sends them.
+        self._transport.write(events[index] + b"0\r\n\r\n")
         self._busy = False
         if self._buf:
             self.data_received(b"")
