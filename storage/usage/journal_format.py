@@ -12,6 +12,13 @@ JSON text (orjson; a Decimal inside becomes its string, as storage.postgres stor
 (storage.usage.journal_open) without building a `UsageEvent`; `event_from_line` reads a line back
 into one (startup replay of those provisional events).
 
+The columns are declared once, in `COLUMNS`: `UsageEvent`'s fields, in order, each written as
+its type says (`_WRITTEN_AS`); the decoder reads its types from there too. Both encoders are
+compiled from that table when this module loads, each into one f-string: as fast as the
+f-string written by hand (an encoder of one call per column costs about twice as much), and
+checked byte for byte against the hand-written encoders they replace in
+tests/test_journal_columns.py, so journals already on disk replay unchanged.
+
 Failure semantics: `encode_event` never refuses an event. A value PostgreSQL cannot store (a
 NUL character, a lone surrogate, an integer past the column's range) is written as it is,
 so PostgreSQL rejects that one line later and the writer dead-letters it; the event is never
@@ -24,11 +31,14 @@ PostgreSQL (NUL characters, invalid UTF-8, the wrong number of fields) decodes t
 
 from __future__ import annotations
 
+import linecache
 import re
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol, get_type_hints
 
 import orjson
 
@@ -38,20 +48,6 @@ FORMAT_VERSION = 1
 HEADER_PREFIX = b"#tollbooth-usage-journal v"
 # For lines with no parseable id (a corrupt line): a stable id derived from the bytes.
 _CORRUPT_LINE_NAMESPACE = uuid.UUID("5b0e4c1e-6f7d-4a8e-9a51-7c1f0c2d9e33")
-
-_INT_COLUMNS = frozenset(
-    {
-        "status_code",
-        "input_tokens",
-        "output_tokens",
-        "cached_input_tokens",
-        "cache_write_tokens",
-        "reasoning_tokens",
-        "latency_ms",
-    }
-)
-_BOOL_COLUMNS = frozenset({"streamed"})
-_JSON_COLUMNS = frozenset({"metadata"})
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _UNESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|(.))", re.DOTALL)
@@ -108,59 +104,157 @@ def _metadata(value: dict[str, Any]) -> str:
     return orjson.dumps(value, default=_json_default).decode().replace("\\", "\\\\")
 
 
-def encode_event(e: UsageEvent) -> bytes:
-    """One journal line (with its newline) in the column order of `header()`."""
+# How a value is written on a line, by the type `UsageEvent` declares for its column: the
+# column's replacement field in the line's f-string, VALUE standing for the value. Inline where
+# a function call would cost more than the formatting (the gateway encodes a line per request).
+_WRITTEN_AS: dict[object, str] = {
+    uuid.UUID: "{VALUE.hex}",
     # orjson formats a datetime four times faster than isoformat(); a naive one as UTC.
-    created = orjson.dumps(e.created_at, option=orjson.OPT_NAIVE_UTC)[1:-1].decode()
-    line = (
-        f"{e.id.hex}\t{created}\t{_text(e.customer_id)}\t"
-        f"{_text(e.project_id)}\t{_text(e.user_id)}\t{_text(e.key_id)}\t{_text(e.tier)}\t"
-        f"{_text(e.provider)}\t{_text(e.model)}\t{_text(e.endpoint)}\t{e.status_code}\t"
-        f"{'t' if e.streamed else 'f'}\t{e.input_tokens}\t{e.output_tokens}\t"
-        f"{e.cached_input_tokens}\t{e.cache_write_tokens}\t"
-        f"{e.reasoning_tokens}\t{_text(e.usage_source)}\t{_plain(e.cost_usd)}\t"
-        f"{_plain(e.price_usd)}\t{_text(e.price_version)}\t{e.latency_ms}\t"
-        f"{_text(e.upstream_request_id)}\t{_metadata(e.metadata)}\n"
-    )
-    # surrogatepass: a lone surrogate is kept (invalid UTF-8) for PostgreSQL to refuse.
-    return line.encode("utf-8", "surrogatepass")
+    datetime: "{_dumps(VALUE, option=_NAIVE_UTC)[1:-1].decode()}",
+    str: "{_text(VALUE)}",
+    str | None: "{_text(VALUE)}",
+    int: "{VALUE}",
+    bool: "{'t' if VALUE else 'f'}",
+    Decimal | None: "{_plain(VALUE)}",
+    dict[str, Any]: "{_metadata(VALUE)}",
+}
 
 
-def encode_provisional(
-    event_id: uuid.UUID,
-    created_at: datetime,
-    customer_id: str,
-    project_id: str | None,
-    user_id: str | None,
-    key_id: str,
-    tier: str,
-    provider: str,
-    model: str,
-    endpoint: str,
-    status_code: int,
-    streamed: bool,
-    input_tokens: int,
-    output_tokens: int,
-    cached_input_tokens: int,
-    cache_write_tokens: int,
-    latency_ms: int,
-    upstream_request_id: str | None,
-    metadata: dict[str, Any],
-) -> bytes:
-    """The line `encode_event` writes for the event with these values, no reasoning tokens,
-    `usage_source = estimated` and NULL money: the provisional event of an exchange in flight
-    (storage.usage.journal_open). It builds no `UsageEvent` (constructing one costs more than
-    encoding it): this runs on the request path, before every metered request goes upstream."""
-    created = orjson.dumps(created_at, option=orjson.OPT_NAIVE_UTC)[1:-1].decode()
-    line = (
-        f"{event_id.hex}\t{created}\t{_text(customer_id)}\t"
-        f"{_text(project_id)}\t{_text(user_id)}\t{_text(key_id)}\t{_text(tier)}\t"
-        f"{_text(provider)}\t{_text(model)}\t{_text(endpoint)}\t{status_code}\t"
-        f"{'t' if streamed else 'f'}\t{input_tokens}\t{output_tokens}\t"
-        f"{cached_input_tokens}\t{cache_write_tokens}\t0\testimated\t\\N\t\\N\t\\N\t"
-        f"{latency_ms}\t{_text(upstream_request_id)}\t{_metadata(metadata)}\n"
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of a journal line."""
+
+    name: str
+    type: object  # as `UsageEvent` declares it
+    written_as: str  # a replacement field of `_WRITTEN_AS`
+
+
+def _columns() -> tuple[Column, ...]:
+    types = get_type_hints(UsageEvent)
+    return tuple(
+        Column(f.name, types[f.name], _WRITTEN_AS[types[f.name]]) for f in fields(UsageEvent)
     )
-    return line.encode("utf-8", "surrogatepass")
+
+
+# The journal line's columns, declared once: `UsageEvent`'s fields, in order, each written as
+# its type says. Both encoders below are compiled from this table, and the decoder reads it.
+COLUMNS = _columns()
+_INT_COLUMNS = frozenset(c.name for c in COLUMNS if c.type is int)
+_BOOL_COLUMNS = frozenset(c.name for c in COLUMNS if c.type is bool)
+_JSON_COLUMNS = frozenset(c.name for c in COLUMNS if c.type == dict[str, Any])
+
+# The columns a provisional event fixes: no reasoning tokens, estimated usage, not priced.
+PROVISIONAL: dict[str, object] = {
+    "reasoning_tokens": 0,
+    "usage_source": "estimated",
+    "cost_usd": None,
+    "price_usd": None,
+    "price_version": None,
+}
+
+
+class ProvisionalEncoder(Protocol):
+    """`encode_provisional`: the line of the provisional event of an exchange in flight
+    (storage.usage.journal_open), given the value of every column but those `PROVISIONAL`
+    fixes, in column order, each of the type `UsageEvent` gives it (checked when this module
+    is loaded). It builds no `UsageEvent` (constructing one costs more than encoding it): this
+    runs on the request path, before every metered request goes upstream and at each progress
+    record of a stream. So the request path passes the values by position: nineteen keyword
+    arguments cost CPython 3.11 about 0.7 us more per call, a quarter of the encoding itself."""
+
+    def __call__(
+        self,
+        id: uuid.UUID,
+        created_at: datetime,
+        customer_id: str,
+        project_id: str | None,
+        user_id: str | None,
+        key_id: str,
+        tier: str,
+        provider: str,
+        model: str,
+        endpoint: str,
+        status_code: int,
+        streamed: bool,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int,
+        cache_write_tokens: int,
+        latency_ms: int,
+        upstream_request_id: str | None,
+        metadata: dict[str, Any],
+    ) -> bytes: ...
+
+
+_NAMESPACE = {
+    "_dumps": orjson.dumps,
+    "_NAIVE_UTC": orjson.OPT_NAIVE_UTC,
+    "_text": _text,
+    "_plain": _plain,
+    "_metadata": _metadata,
+}
+
+
+def _field(column: Column, value: str) -> str:
+    return column.written_as.replace("VALUE", value)
+
+
+def _format(column: Column, value: object) -> str:
+    """One column's text for `value`, as the compiled encoders write it."""
+    return str(eval(f'f"{_field(column, "value")}"', dict(_NAMESPACE), {"value": value}))
+
+
+def _compile(name: str, parameters: str, values: dict[str, str], fixed: dict[str, str]) -> Any:
+    """A function `name(parameters)` returning the encoded line: one f-string of every column
+    in order, the value of column c the expression values[c], or for a fixed column its text
+    fixed[c]. As fast as the same f-string written by hand; the slow reference it replaces,
+    the hand-written encoders of the format's first version, is checked against it
+    byte for byte in tests/test_journal_columns.py."""
+    parts = []
+    for column in COLUMNS:
+        if column.name in fixed:
+            text = fixed[column.name].encode("unicode_escape").decode("ascii")
+            parts.append(text.replace('"', '\\"').replace("{", "{{").replace("}", "}}"))
+        else:
+            parts.append(_field(column, values[column.name]))
+    line = "\\t".join(parts) + "\\n"
+    source = f'def {name}({parameters}):\n    return f"{line}".encode("utf-8", "surrogatepass")\n'
+    filename = f"<{__name__}.{name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace = dict(_NAMESPACE)
+    exec(compile(source, filename, "exec"), namespace)
+    function = namespace[name]
+    function.__module__ = __name__
+    return function
+
+
+def _compile_event() -> Callable[[UsageEvent], bytes]:
+    encode: Callable[[UsageEvent], bytes] = _compile(
+        "encode_event", "e", {c.name: f"e.{c.name}" for c in COLUMNS}, {}
+    )
+    encode.__doc__ = "One journal line (with its newline) in the column order of `header()`."
+    return encode
+
+
+def _compile_provisional() -> ProvisionalEncoder:
+    given = get_type_hints(ProvisionalEncoder.__call__)
+    given.pop("return")
+    column_of = {c.name: c for c in COLUMNS}
+    types = {name: c.type for name, c in column_of.items()}
+    if list(given) != [name for name in types if name not in PROVISIONAL]:
+        raise TypeError("ProvisionalEncoder must take the columns PROVISIONAL does not fix")
+    if any(given[name] != types[name] for name in given):
+        raise TypeError("ProvisionalEncoder must type each column as UsageEvent does")
+    fixed = {name: _format(column_of[name], value) for name, value in PROVISIONAL.items()}
+    encode: ProvisionalEncoder = _compile(
+        "encode_provisional", ", ".join(given), {name: name for name in given}, fixed
+    )
+    encode.__doc__ = ProvisionalEncoder.__doc__
+    return encode
+
+
+encode_event = _compile_event()
+encode_provisional = _compile_provisional()
 
 
 def _unescape(raw: bytes) -> bytes:
