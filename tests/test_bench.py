@@ -15,9 +15,9 @@ import pytest
 
 from gateway.bench.procs import machine_info
 from gateway.bench.profile import summarize
-from gateway.bench.report import render_text, to_json
-from gateway.bench.results import BenchReport
-from gateway.bench.scenarios import BenchOptions
+from gateway.bench.report import notes_on, render_text, to_json
+from gateway.bench.results import BenchReport, PhaseResult
+from gateway.bench.scenarios import BenchOptions, scenarios
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -58,6 +58,7 @@ def assert_consistent(phase: dict[str, Any]) -> None:
     assert phase["cpu_s"]["loadgen"] > 0 and phase["cpu_s"]["upstream"] > 0
 
 
+@pytest.mark.slow
 async def test_bench_counts_one_usage_event_per_request_in_every_scenario(
     fresh_database_url: str, redis_url: str
 ) -> None:
@@ -110,6 +111,7 @@ async def test_bench_counts_one_usage_event_per_request_in_every_scenario(
     assert events_target["met"] is True
 
 
+@pytest.mark.slow
 async def test_raw_upstream_and_two_workers_are_metered_alike(
     fresh_database_url: str, redis_url: str
 ) -> None:
@@ -188,6 +190,7 @@ def test_a_soak_is_reported_sample_by_sample() -> None:
     assert to_json(report)["soak"][1]["gateway_rss_mib"] == 188.9
 
 
+@pytest.mark.slow
 async def test_paced_streams_count_every_event_and_the_gateways_memory(
     fresh_database_url: str, redis_url: str
 ) -> None:
@@ -250,3 +253,43 @@ async def test_paced_streams_count_every_event_and_the_gateways_memory(
     streams_targets = [t for t in report["targets"] if t["target"].startswith("streams_")]
     assert len(streams_targets) == 7
     assert all(t["measured"] is None and t["met"] is False for t in streams_targets)
+
+
+def test_a_slowed_direct_paced_streams_phase_is_noted() -> None:
+    options = BenchOptions(scenarios=("paced-streams",), stream_tokens=100, token_delay_ms=20)
+    settings = options.to_json(scenarios(options))
+
+    def direct(concurrency: int, p50_ms: float, ttfb_p99_ms: float) -> PhaseResult:
+        return PhaseResult(
+            scenario="paced-streams",
+            target="direct",
+            workers=None,
+            concurrency=concurrency,
+            loadgen_procs=1,
+            window_s=10.0,
+            requests=500,
+            window_errors=0,
+            completed=600,
+            statuses={"200": 600},
+            failures=0,
+            p50_ms=p50_ms,
+            p90_ms=p50_ms,
+            p99_ms=p50_ms,
+            ttfb_p50_ms=0.5,
+            ttfb_p99_ms=ttfb_p99_ms,
+        )
+
+    report = BenchReport(
+        command="tollbooth bench --scenarios paced-streams",
+        machine=machine_info(),
+        settings=settings,
+        # 102 delays of 20 ms: 2.04 s. On time; late first events; streams stretched.
+        phases=[direct(100, 2045.0, 3.0), direct(300, 2050.0, 31.0), direct(600, 2300.0, 5.0)],
+    )
+
+    notes = [n for n in notes_on(report) if n.startswith("paced streams, direct")]
+    assert [n.split(":")[0] for n in notes] == [
+        "paced streams, direct at c=300",
+        "paced streams, direct at c=600",
+    ]
+    assert "streams of 2.30 s (paced: 2.04 s)" in notes[1]

@@ -23,6 +23,7 @@ from gateway.bench.report_streams import (
     STREAMS_COLUMNS,
     STREAMS_HEADER,
     evaluate_stream_targets,
+    stream_notes,
     streams_row,
 )
 from gateway.bench.results import BenchReport, Comparison, PhaseResult, compare
@@ -285,4 +286,4 @@ def notes_on(report: BenchReport) -> list[str]:
                 f"the same {report.machine['nproc']} CPUs as the gateway; "
                 "`--upstream raw` replays its answers from a bare uvloop server instead"
             )
-    return notes
+    return notes + stream_notes(report, PACED_STREAMS)

@@ -7,7 +7,10 @@ generator as a share of one core, so a reader can see it was not the bottleneck)
 gateway's RSS: its peak in the window and the growth over the phase per open stream.
 
 The targets speak of one gateway worker at 1, 300, 600 and 2,000 open streams; each is
-judged only when the run had that phase (else it is listed as not run).
+judged only when the run had that phase (else it is listed as not run). `stream_notes`
+says when a direct phase was itself slowed (its streams longer than their delays, or its
+first event later than one delay at p99): then the load generator and the upstream were at
+their limit, not only the gateway, and the ratio there says less.
 
 Nothing here measures; it only formats what `results.py` computed.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gateway.bench.results import Comparison, PhaseResult
+from gateway.bench.results import BenchReport, Comparison, PhaseResult
 
 STREAMS_HEADER = [
     "c",
@@ -123,6 +126,27 @@ def evaluate_stream_targets(rows: list[Comparison], scenario: str) -> list[dict[
             }
         )
     return out
+
+
+def stream_notes(report: BenchReport, scenario: str) -> list[str]:
+    settings = report.settings
+    if scenario not in settings["scenarios"]:
+        return []
+    delay_ms = settings["token_delay_ms"]
+    nominal_s = (settings["stream_tokens"] + 2) * delay_ms / 1000
+    notes = []
+    for phase in report.phases:
+        if phase.scenario != scenario or phase.target != "direct" or not phase.requests:
+            continue
+        length_s = phase.p50_ms / 1000
+        if length_s > 1.05 * nominal_s or phase.ttfb_p99_ms > max(delay_ms, 1):
+            notes.append(
+                f"paced streams, direct at c={phase.concurrency}: streams of "
+                f"{length_s:.2f} s (paced: {nominal_s:.2f} s), first event at p99 "
+                f"{phase.ttfb_p99_ms:.1f} ms: the load generator and the upstream were slowed "
+                "too (see their CPU and `other`), so the gateway's ratio there says less"
+            )
+    return notes
 
 
 def _num(value: float | None, fmt: str) -> str:
