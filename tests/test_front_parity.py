@@ -9,7 +9,8 @@ none), the framing of a body (`Content-Length` or chunks; bodies are compared wh
 order (aiohttp writes its own headers last), and per-request values — the gateway's
 `x-request-id`, the provider's `x-upstream-request-id`, and the provider's response ids and
 `created` times inside a body. Every request names an allowed `Origin`, so the CORS headers
-are compared too.
+are compared too. Answers that need a provider are checked on the OpenAI and Anthropic routes;
+refusals (401, 400) on every API's routes, aliases and templated ones included.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 
 from gateway import keys
 from gateway.mock_provider.app import MockOptions
+from gateway.providers.registry import match_path
 from tests.harness import Gateway, running_gateway
 
 ORIGIN = "https://app.example"
@@ -37,6 +39,18 @@ BODIES: dict[str, dict[str, object]] = {
         "messages": [{"role": "user", "content": "hello there"}],
     },
 }
+# Every API's routes, for the refusals the gateway answers before choosing a provider: an
+# alias, a query string and templated routes (the front's slower match), and the error shapes
+# of Azure, Gemini and Bedrock.
+REFUSED_PATHS = [
+    OPENAI,
+    ANTHROPIC,
+    "/v1/v1/messages",
+    "/v1/responses",
+    "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+    "/v1beta/models/gemini-2.5-flash:generateContent",
+    "/model/anthropic.claude-sonnet-4-5/converse",
+]
 # Per-request values: they differ between any two requests, whichever server answers.
 PER_REQUEST_HEADERS = frozenset({"date", "server", "x-request-id", "x-upstream-request-id"})
 FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
@@ -88,7 +102,8 @@ def post(path: str, key: str, body: bytes, *, extra: bytes = b"", chunked: bool)
         framing, data = b"Content-Length: %d\r\n" % len(body), body
     head = (
         f"POST {path} HTTP/1.1\r\nHost: gateway\r\nOrigin: {ORIGIN}\r\n"
-        f"Authorization: Bearer {key}\r\nx-api-key: {key}\r\nanthropic-version: 2023-06-01\r\n"
+        f"Authorization: Bearer {key}\r\nx-api-key: {key}\r\napi-key: {key}\r\n"
+        f"x-goog-api-key: {key}\r\nanthropic-version: 2023-06-01\r\n"
         "Content-Type: application/json\r\n"
     ).encode()
     return head + extra + framing + b"\r\n" + data
@@ -148,6 +163,13 @@ async def gw(
         },
     ) as gateway:
         yield gateway
+
+
+def served_as(path: str) -> str:
+    """The route a request to `path` is counted on: the forwarded route serving it."""
+    found = match_path(path.partition("?")[0])
+    assert found is not None, path
+    return found[0][1].path
 
 
 def refusals(gw: Gateway) -> dict[tuple[str, str], float]:
@@ -214,21 +236,22 @@ async def test_a_quota_refusal_is_the_same_from_both_servers(gw: Gateway, path: 
     assert refusals(gw) == {(path, "429"): 2.0}  # each server counted its refusal once
 
 
-@pytest.mark.parametrize("path", [OPENAI, ANTHROPIC])
+@pytest.mark.parametrize("path", REFUSED_PATHS)
 async def test_an_unknown_key_is_refused_alike_by_both_servers(gw: Gateway, path: str) -> None:
     stranger = "tb_" + "x" * 40
-    fast, _ = await both_servers(gw, path, stranger, orjson.dumps(BODIES[path]))
-    assert fast.status_line == b"HTTP/1.1 401 Unauthorized"
+    fast, _ = await both_servers(gw, path, stranger, orjson.dumps(BODIES[OPENAI]))
+    bedrock = path.startswith("/model/")  # Bedrock's clients expect a 403 for a bad key
+    assert fast.status_line.startswith(b"HTTP/1.1 403 " if bedrock else b"HTTP/1.1 401 ")
     assert fast.header("access-control-allow-origin") == ORIGIN
-    assert refusals(gw) == {(path, "401"): 2.0}
+    assert refusals(gw) == {(served_as(path), "401"): 2.0}
 
 
-@pytest.mark.parametrize("path", [OPENAI, ANTHROPIC])
+@pytest.mark.parametrize("path", REFUSED_PATHS)
 async def test_a_bad_body_is_refused_alike_by_both_servers(gw: Gateway, path: str) -> None:
     fast, _ = await both_servers(gw, path, gw.key, b'{"model": ')
-    assert fast.status_line == b"HTTP/1.1 400 Bad Request"
+    assert fast.status_line.startswith(b"HTTP/1.1 400 ")
     assert b"JSON" in fast.body
-    assert refusals(gw) == {(path, "400"): 2.0}
+    assert refusals(gw) == {(served_as(path), "400"): 2.0}
 
 
 def preflight(path: str, origin: str, *, chunked: bool) -> bytes:
