@@ -24,33 +24,40 @@ the meter's result has no usage and the caller estimates from what was produced.
 stream has produced so far (metering.Recorder.stream_progress): if the gateway is killed
 mid-stream, that is what gets billed. The check per chunk is one clock read; a progress
 callback must not raise.
+
+Two implementations keep this contract. When the client's side can be written without
+awaiting (the fast front's `FrontReply`, a `relay_push.PushSink`) and the upstream body is
+sent as is, `relay_stream` hands the stream to `gateway.relay_push.relay_pushed`, which relays
+each chunk from the upstream socket's callback. Otherwise (aiohttp's StreamResponse, a
+compressed upstream body) the loop below does it, one awaited write per chunk: the reference,
+against which the fast path is tested (tests/test_relay_push.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import aiohttp
 
 from gateway.providers.base import Framer, SSEEvent, StreamMeter
+from gateway.relay_push import PushSink, PushSource, relay_pushed
+from gateway.relay_types import PROGRESS_INTERVAL_S, Finalize, Progress, RelayOutcome
 from gateway.reply import StreamSink
 from gateway.sse import SSEParser
 from gateway.upstream import UpstreamBroken, UpstreamResponse, iter_chunks
 
-Finalize = Callable[[bool, bool], Awaitable[None]]
-Progress = Callable[[], None]
-PROGRESS_INTERVAL_S = 1.0
+__all__ = [
+    "PROGRESS_INTERVAL_S",
+    "Finalize",
+    "Progress",
+    "RelayOutcome",
+    "relay_reference",
+    "relay_stream",
+]
+
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError)
-
-
-@dataclass(frozen=True, slots=True)
-class RelayOutcome:
-    client_gone: bool
-    upstream_broken: bool
-    first_byte_s: float | None
 
 
 class _Relay:
@@ -149,6 +156,47 @@ async def relay_stream(
     """`framer`: how the stream's bytes split into events; None for SSE. `trailer`: called
     once the stream ended and was recorded; what it returns is written last, on a new event
     (the drain's error event for a stream it cut, gateway.drain)."""
+    if isinstance(response, PushSink) and isinstance(upstream, PushSource) and upstream.pushable:
+        return await relay_pushed(
+            response,
+            upstream,
+            meter,
+            finalize,
+            strip_usage=strip_usage,
+            drain_s=drain_s,
+            started=started,
+            progress=progress,
+            framer=framer,
+            trailer=trailer,
+        )
+    return await relay_reference(
+        response,
+        upstream,
+        meter,
+        finalize,
+        strip_usage=strip_usage,
+        drain_s=drain_s,
+        started=started,
+        progress=progress,
+        framer=framer,
+        trailer=trailer,
+    )
+
+
+async def relay_reference(
+    response: StreamSink,
+    upstream: UpstreamResponse,
+    meter: StreamMeter,
+    finalize: Finalize,
+    *,
+    strip_usage: bool,
+    drain_s: float,
+    started: float,
+    progress: Progress | None = None,
+    framer: Framer | None = None,
+    trailer: Callable[[], bytes] | None = None,
+) -> RelayOutcome:
+    """The awaited write loop: every sink, every upstream body."""
     relay = _Relay(
         response,
         meter,

@@ -3,7 +3,9 @@
 - The relay (`gateway.relay.relay_stream`, fed by a fake upstream and a fake client) forwards
   the same bytes and meters the same usage for every chunking of a recorded stream; a client
   that hangs up after any write still gets the provider's usage metered (the drain reads on);
-  an upstream cut after any chunk never raises and forwards a prefix of the stream.
+  an upstream cut after any chunk never raises and forwards a prefix of the stream. Each
+  holds for both relays: the awaited loop (the reference) and the pushed one
+  (`gateway.relay_push`, fed by fakes of a pushing upstream and a client written at once).
 - Usage extraction (`usage_from_body`, the stream meters, the SSE parser in front of them)
   never raises on any bytes, for every endpoint of both adapters, and what it reports is
   sane: counts non-negative, cached within input, reasoning within output.
@@ -36,6 +38,7 @@ from gateway.providers.base import Endpoint, ProviderApi, SSEEvent, StreamResult
 from gateway.providers.openai import CHAT, COMPLETIONS, RESPONSES
 from gateway.providers.registry import ALL_APIS, api_for_kind
 from gateway.relay import RelayOutcome, relay_stream
+from gateway.relay_push import PushSink, PushSource
 from gateway.sse import SSEParser
 from gateway.tokens import TokenCounter
 from gateway.upstream import UpstreamResponse
@@ -100,6 +103,67 @@ class FakeClient:
         self.ended = True
 
 
+class FakePushUpstream:
+    """A pushing upstream (`relay_push.PushSource`): a task hands the chunks to the consumer,
+    one per loop turn, and never while paused (except `burst` chunks already parsed: a
+    socket read that held several). `cut_at` ends the body with the client's error there."""
+
+    pushable = True
+
+    def __init__(self, chunks: list[bytes], cut_at: int | None = None, burst: int = 1) -> None:
+        self._chunks = chunks
+        self._cut_at = cut_at
+        self._burst = max(1, burst)
+        self._paused = False
+        self._resumed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def push_to(self, consumer: Any) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._push(consumer))
+
+    def pause_body(self) -> None:
+        self._paused = True
+        self._resumed.clear()
+
+    def resume_body(self) -> None:
+        self._paused = False
+        self._resumed.set()
+
+    async def _push(self, consumer: Any) -> None:
+        for index, chunk in enumerate(self._chunks):
+            if index % self._burst == 0:
+                await asyncio.sleep(0)
+                while self._paused:
+                    await self._resumed.wait()
+            if index == self._cut_at:
+                consumer.end(UpstreamBodyError("the provider closed the connection mid-body"))
+                return
+            consumer.body(chunk)
+        await asyncio.sleep(0)
+        consumer.end(None)
+
+
+class FakePushClient(FakeClient):
+    """A client written at once (`relay_push.PushSink`); with `full_every`, every so many
+    writes fill its buffer, which empties on the next loop turn."""
+
+    def __init__(self, hang_up_after: int | None = None, full_every: int = 0) -> None:
+        super().__init__(hang_up_after)
+        self._full_every = full_every
+
+    def write_now(self, data: bytes) -> bool:
+        if self._hang_up_after is not None and self.writes >= self._hang_up_after:
+            raise ConnectionResetError("client went away")
+        self.writes += 1
+        self.received += data
+        return not self._full_every or self.writes % self._full_every != 0
+
+    async def writable(self) -> None:
+        await asyncio.sleep(0)
+        if self._hang_up_after is not None and self.writes >= self._hang_up_after:
+            raise ConnectionResetError("client went away")
+
+
 @dataclass(frozen=True)
 class Run:
     """One relay run: what the client got, what was metered, and what `finalize` saw."""
@@ -113,20 +177,32 @@ class Run:
 
 
 def relay(
-    case: int, chunks: list[bytes], *, hang_up_after: int | None = None, cut_at: int | None = None
+    case: int,
+    chunks: list[bytes],
+    *,
+    hang_up_after: int | None = None,
+    cut_at: int | None = None,
+    push: bool = False,
+    burst: int = 1,
+    full_every: int = 0,
 ) -> Run:
+    """One run of `relay_stream`: the reference, or with `push` the pushed relay (`burst`
+    and `full_every` shape its upstream and client, see the fakes)."""
     _, api, endpoint, strip = STREAMS[case]
-    client = FakeClient(hang_up_after)
+    client = FakePushClient(hang_up_after, full_every) if push else FakeClient(hang_up_after)
+    upstream = FakePushUpstream(chunks, cut_at, burst) if push else FakeUpstream(chunks, cut_at)
+    assert isinstance(client, PushSink) == push and isinstance(upstream, PushSource) == push
     meter = api.stream_meter(endpoint, strip)
     at_finalize: list[bytes] = []
 
     async def finalize(client_gone: bool, upstream_broken: bool) -> None:
+        await asyncio.sleep(0)  # chunks may arrive meanwhile: they must wait too
         at_finalize.append(bytes(client.received))
 
     async def run() -> RelayOutcome:
         return await relay_stream(
             cast(web.StreamResponse, client),
-            cast(UpstreamResponse, FakeUpstream(chunks, cut_at)),
+            cast(UpstreamResponse, upstream),
             meter,
             finalize,
             strip_usage=strip,
@@ -161,6 +237,7 @@ def summary(result: StreamResult) -> tuple[Usage | None, str | None, str]:
 REFERENCE = {case: relay(case, [stream_bytes(case)]) for case in range(len(STREAMS))}
 cases = st.integers(min_value=0, max_value=len(STREAMS) - 1)
 offsets = st.lists(st.integers(min_value=0, max_value=10_000), max_size=40)
+both_relays = pytest.mark.parametrize("push", [False, True], ids=["reference", "pushed"])
 
 
 def test_the_reference_relay_forwards_everything_but_the_usage_it_asked_for() -> None:
@@ -203,11 +280,12 @@ def whole_events(received: bytes) -> bytes:
     return received[: end + 2] if end >= 0 else b""
 
 
+@both_relays
 @settings(max_examples=300, deadline=None)
 @given(case=cases, split=offsets)
-def test_relay_is_the_same_for_every_chunking(case: int, split: list[int]) -> None:
+def test_relay_is_the_same_for_every_chunking(push: bool, case: int, split: list[int]) -> None:
     reference = REFERENCE[case]
-    run = relay(case, cut(stream_bytes(case), split))
+    run = relay(case, cut(stream_bytes(case), split), push=push)
     assert run.received == reference.received
     assert summary(run.result) == summary(reference.result)
     assert run.ended and run.finalized == 1
@@ -217,27 +295,29 @@ def test_relay_is_the_same_for_every_chunking(case: int, split: list[int]) -> No
         assert reference.received.startswith(run.received_at_finalize)
 
 
+@both_relays
 @settings(max_examples=200, deadline=None)
 @given(case=cases, split=offsets, hang_up_after=st.integers(min_value=0, max_value=40))
 def test_a_client_hanging_up_after_any_write_still_gets_the_usage_metered(
-    case: int, split: list[int], hang_up_after: int
+    push: bool, case: int, split: list[int], hang_up_after: int
 ) -> None:
     reference = REFERENCE[case]
-    run = relay(case, cut(stream_bytes(case), split), hang_up_after=hang_up_after)
+    run = relay(case, cut(stream_bytes(case), split), hang_up_after=hang_up_after, push=push)
     assert reference.received.startswith(run.received)
     assert run.outcome.client_gone == (not run.ended)
     assert run.result.usage == reference.result.usage  # the drain read to the end
     assert run.finalized == 1
 
 
+@both_relays
 @settings(max_examples=200, deadline=None)
 @given(case=cases, split=offsets, cut_at=st.integers(min_value=0, max_value=40))
 def test_an_upstream_cut_after_any_chunk_never_raises(
-    case: int, split: list[int], cut_at: int
+    push: bool, case: int, split: list[int], cut_at: int
 ) -> None:
     reference = REFERENCE[case]
     chunks = cut(stream_bytes(case), split)
-    run = relay(case, chunks, cut_at=cut_at)
+    run = relay(case, chunks, cut_at=cut_at, push=push)
     assert reference.received.startswith(whole_events(run.received))
     assert run.outcome.upstream_broken == (cut_at < len(chunks))
     assert run.ended and run.finalized == 1  # the client's stream is ended, not left open

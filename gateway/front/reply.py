@@ -64,6 +64,15 @@ class FrontReply:
         self._conn.write(b"%x\r\n%b\r\n" % (len(data), data))
         await self._conn.drain()
 
+    def write_now(self, data: bytes) -> bool:
+        """`gateway.relay_push.PushSink`: one body chunk, written at once; False when the
+        client's buffer is full (wait for `writable` before writing more)."""
+        self._conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+        return not self._conn.writing_paused
+
+    async def writable(self) -> None:
+        await self._conn.drain()
+
     async def write_eof(self) -> None:
         self._conn.write(b"0\r\n\r\n")
 
