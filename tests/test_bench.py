@@ -18,6 +18,8 @@ from gateway.bench.profile import summarize
 from gateway.bench.report import notes_on, render_text, to_json
 from gateway.bench.results import BenchReport, PhaseResult
 from gateway.bench.scenarios import BenchOptions, scenarios
+from gateway.cli.bench import options_from
+from gateway.cli.main import build_parser
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -293,3 +295,37 @@ def test_a_slowed_direct_paced_streams_phase_is_noted() -> None:
         "paced streams, direct at c=600",
     ]
     assert "streams of 2.30 s (paced: 2.04 s)" in notes[1]
+
+
+def test_paced_streams_options_from_the_command_line() -> None:
+    cpu = min(os.sched_getaffinity(0))
+    args = build_parser().parse_args(
+        [
+            "bench",
+            "--scenarios",
+            "paced-streams",
+            "--concurrency",
+            "100,300,600",
+            "--tokens",
+            "100",
+            "--token-delay-ms",
+            "20",
+            "--pin",
+            f"loadgen={cpu}",
+            "--profile-concurrency",
+            "100",
+        ]
+    )
+    options = options_from(args)
+
+    assert options.scenarios == ("paced-streams",)
+    assert options.concurrencies == (100, 300, 600)
+    assert options.stream_tokens == 100 and options.token_delay_ms == 20
+    # No --stagger-s: one stream's length, 102 delays of 20 ms.
+    assert options.stagger() == pytest.approx(2.04)
+    assert options.cpus_of("loadgen") == (cpu,) and options.cpus_of("gateway") is None
+    assert options.profile_concurrency == 100
+    # The default scenarios leave the long paced-streams phases out.
+    assert "paced-streams" not in options_from(build_parser().parse_args(["bench"])).scenarios
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--pin", "database=0"])
