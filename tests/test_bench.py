@@ -233,6 +233,9 @@ async def test_paced_streams_count_every_event_and_the_gateways_memory(
         # Paced: a stream lasts at least its delays, and its first event comes before.
         assert phase["p50_ms"] >= (tokens + 2) * delay_ms
         assert phase["ttfb_p99_ms"] <= phase["p99_ms"]
+        # Run-queue waits are measured for every process group of the phase.
+        assert set(phase["wait_s"]) == set(phase["cpu_s"])
+        assert all(wait >= 0 for wait in phase["wait_s"].values())
         per_event = phase["cpu_us_per_event"]
         assert per_event["upstream"] == pytest.approx(
             phase["cpu_s"]["upstream"] / phase["window_events"] * 1e6, rel=1e-2

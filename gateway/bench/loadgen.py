@@ -17,7 +17,8 @@ its answer.
 
 Output: one JSON object on stdout or `--output FILE` (`Result.to_json`): completions in the
 window, their latency and time to first body byte in microseconds, status counts over the
-whole run, and the generator's own CPU time inside the window. Time to first byte is measured
+whole run, and the generator's own CPU time inside the window (and how long it waited for a
+CPU then). Time to first byte is measured
 to the first byte after the response head (for a stream: its first event). For chunked
 (SSE) bodies it counts events, i.e. blank-line separators (`\\n\\n`) in the chunks' data,
 over the whole run and inside the window (counted when their chunk is complete).
@@ -42,6 +43,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import orjson
+
+from gateway.bench.procs import run_delay_s
 
 _HEAD_END = b"\r\n\r\n"
 _CRLF = b"\r\n"
@@ -199,6 +202,7 @@ class Result:
     cpu_s: float = 0.0  # this process's CPU time inside the window
     events: int = 0  # SSE events received, the whole run
     window_events: int = 0  # of those, received inside the window
+    wait_s: float = 0.0  # inside the window, runnable but waiting for a CPU
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -212,6 +216,7 @@ class Result:
             "failures": self.failures,
             "events": self.events,
             "window_events": self.window_events,
+            "wait_s": round(self.wait_s, 6),
         }
 
 
@@ -304,13 +309,19 @@ async def generate(
     # The generator reads its own CPU time at the window's edges: it may have exited before
     # the runner's last sample.
     loop = asyncio.get_running_loop()
-    marks: list[float] = []
+    marks: list[tuple[float, float]] = []
+
+    def mark() -> None:
+        marks.append((time.process_time(), run_delay_s(os.getpid())))
+
     for edge in (measure_at, end):
-        loop.call_later(edge - time.monotonic(), lambda: marks.append(time.process_time()))
+        loop.call_later(edge - time.monotonic(), mark)
     await asyncio.gather(*run.open_connections(concurrency, stagger_s))
     await run.wait()
     await asyncio.sleep(max(0.0, end - time.monotonic()) + 0.001)
-    run.result.cpu_s = marks[-1] - marks[0] if len(marks) == 2 else 0.0
+    if len(marks) == 2:
+        run.result.cpu_s = marks[1][0] - marks[0][0]
+        run.result.wait_s = marks[1][1] - marks[0][1]
     return run.result
 
 

@@ -13,6 +13,10 @@ counts from zero. A process that exits during a phase loses what it used since t
 sample: the groups measured here (workers, backends of a pool, generators that outlive the
 window) do not exit mid-phase.
 
+`ProcessGroup.wait_s()` is how long the groups' main threads (a gateway worker's event loop)
+were runnable but waited for a CPU (/proc/PID/schedstat's run delay): on a shared machine
+it says how much of a phase's latency was the scheduler's, not the process's own work.
+
 `machine_info()` is the machine's size for the report's header. `machine_busy_s()` is the
 CPU time every process on the machine used (from /proc/stat), so the runner can tell how much
 of a phase went to processes that are not the benchmark's. Linux only (/proc).
@@ -121,6 +125,14 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def run_delay_s(pid: int) -> float:
+    """Seconds the process's main thread was runnable but not running; 0 if it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
@@ -153,6 +165,9 @@ class ProcessGroup:
     def cpu_s(self) -> float:
         return sum(stat[1] for pid in self.members() if (stat := _stat(pid)) is not None)
 
+    def wait_s(self) -> float:
+        return sum(run_delay_s(pid) for pid in self.members())
+
 
 def find_pids(marker: str) -> list[int]:
     """Pids of processes whose command line mentions `marker` (e.g. an embedded data dir)."""
@@ -169,6 +184,10 @@ def find_pids(marker: str) -> list[int]:
 
 def sample(groups: Iterable[ProcessGroup]) -> dict[str, float]:
     return {group.name: group.cpu_s() for group in groups}
+
+
+def sample_wait(groups: Iterable[ProcessGroup]) -> dict[str, float]:
+    return {group.name: group.wait_s() for group in groups}
 
 
 def machine_busy_s() -> float:

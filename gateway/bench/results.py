@@ -37,6 +37,7 @@ class LoadgenTotals:
     cpu_s: float  # the generators' own CPU time inside the window
     events: int = 0  # SSE events received, the whole run
     window_events: int = 0  # of those, inside the window
+    wait_s: float = 0.0  # the generators' run-queue wait inside the window
 
     @property
     def completed(self) -> int:
@@ -48,7 +49,7 @@ def merge_loadgen(outputs: Sequence[dict[str, Any]]) -> LoadgenTotals:
     latency: list[int] = []
     ttfb: list[int] = []
     errors = failures = events = window_events = 0
-    cpu_s = 0.0
+    cpu_s = wait_s = 0.0
     for out in outputs:
         cpu_s += float(out["cpu_s"])
         latency += out["latency_us"]
@@ -57,6 +58,7 @@ def merge_loadgen(outputs: Sequence[dict[str, Any]]) -> LoadgenTotals:
         failures += out["failures"]
         events += out.get("events", 0)
         window_events += out.get("window_events", 0)
+        wait_s += out.get("wait_s", 0.0)
         statuses.update({code: int(n) for code, n in out["statuses"].items()})
     return LoadgenTotals(
         window_s=float(outputs[0]["window_s"]) if outputs else 0.0,
@@ -68,6 +70,7 @@ def merge_loadgen(outputs: Sequence[dict[str, Any]]) -> LoadgenTotals:
         cpu_s=cpu_s,
         events=events,
         window_events=window_events,
+        wait_s=wait_s,
     )
 
 
@@ -97,6 +100,8 @@ class PhaseResult:
     # The gateway's RSS (all its processes) before the phase and its peak inside the window.
     rss_before_bytes: int | None = None
     rss_peak_bytes: int | None = None
+    # Process group -> seconds its main threads waited for a CPU in the window.
+    wait_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -156,6 +161,7 @@ def phase_result(
     events_written: int | None,
     rss_before_bytes: int | None = None,
     rss_peak_bytes: int | None = None,
+    wait_s: dict[str, float] | None = None,
 ) -> PhaseResult:
     lat, ttfb = totals.latency_us, totals.ttfb_us
     return PhaseResult(
@@ -182,6 +188,7 @@ def phase_result(
         window_events=totals.window_events,
         rss_before_bytes=rss_before_bytes,
         rss_peak_bytes=rss_peak_bytes,
+        wait_s=wait_s or {},
     )
 
 

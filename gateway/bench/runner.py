@@ -310,8 +310,10 @@ class _Bench:
         own = ProcessGroup("runner", [os.getpid()], False)
         await asyncio.sleep(max(0.0, measure_at - time.monotonic()))
         cpu0, busy0, own0 = procs.sample(groups), procs.machine_busy_s(), own.cpu_s()
+        wait0 = procs.sample_wait(groups)
         rss_peak = await self._rss_peak(gateway, end)
         cpu1, busy1, own1 = procs.sample(groups), procs.machine_busy_s(), own.cpu_s()
+        wait1 = procs.sample_wait(groups)
         outputs = []
         for gen, path in zip(gens, results, strict=True):
             try:
@@ -342,6 +344,10 @@ class _Bench:
             events_written=events,
             rss_before_bytes=rss_before,
             rss_peak_bytes=rss_peak,
+            wait_s={
+                **{name: wait1[name] - wait0[name] for name in wait1},
+                "loadgen": totals.wait_s,
+            },
         )
         progress(
             f"{result.target:8} w={target.workers or '-'} {scenario.name:6} "
