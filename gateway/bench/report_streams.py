@@ -4,8 +4,9 @@ A row per (concurrency, target): streams/s and the gateway/direct ratio, the str
 (p50 latency, s), time to first byte p50 / p99 and what the gateway added to each, SSE events
 per stream and per second, CPU per relayed event (µs of the gateway, the upstream; the load
 generator as a share of one core, so a reader can see it was not the bottleneck), how long
-the gateway's event loop waited for a CPU (the rest of the machine's load), and the
-gateway's RSS: its peak in the window and the growth over the phase per open stream.
+the generator's and the gateway's event loops waited for a CPU (the rest of the machine's
+load), and the gateway's RSS: its peak in the window and the growth over the phase per open
+stream.
 
 The targets speak of one gateway worker at 1, 300, 600 and 2,000 open streams; each is
 judged only when the run had that phase (else it is listed as not run). `stream_notes`
@@ -38,6 +39,7 @@ STREAMS_HEADER = [
     "gw us/ev",
     "upstr us/ev",
     "loadgen core",
+    "lg wait",
     "gw wait",
     "RSS MiB",
     "KiB/stream",
@@ -159,6 +161,7 @@ def streams_row(phase: PhaseResult, comparison: Comparison | None) -> list[str]:
     target = phase.target if phase.workers is None else f"{phase.target} w{phase.workers}"
     loadgen = phase.cpu_s.get("loadgen")
     gw_wait = phase.wait_s.get("gateway")
+    lg_wait = phase.wait_s.get("loadgen")
     per_stream = phase.events / phase.completed if phase.completed else None
     rss = phase.rss_peak_bytes
     events = "" if phase.events_written is None else f"{phase.events_written}/{phase.completed}"
@@ -180,6 +183,7 @@ def streams_row(phase: PhaseResult, comparison: Comparison | None) -> list[str]:
         _num(phase.cpu_us_per_event("gateway"), ".1f"),
         _num(phase.cpu_us_per_event("upstream"), ".1f"),
         _num(None if loadgen is None else loadgen / phase.window_s, ".0%"),
+        _num(None if lg_wait is None else lg_wait / phase.window_s, ".0%"),
         _num(None if gw_wait is None else gw_wait / phase.window_s, ".0%"),
         _num(None if rss is None else rss / 2**20, ".1f"),
         _num(phase.rss_kib_per_stream, ".1f"),
@@ -196,8 +200,8 @@ STREAMS_COLUMNS = [
     "a client received per stream;",
     "          us/ev: CPU per event received in the window; loadgen core: the generator's "
     "CPU as a share of one core;",
-    "          gw wait: how long the gateway's event loop was runnable but waited for a CPU "
-    "(a share of the window; the machine's other load);",
+    "          lg wait, gw wait: how long the load generator's and the gateway's event loops "
+    "were runnable but waited for a CPU (a share of the window);",
     "          RSS MiB: the gateway's peak in the window; KiB/stream: its growth over the "
     "phase per open stream",
 ]
