@@ -334,4 +334,6 @@ async def relay_pushed(
             await sink.write_eof()
         except _CLIENT_GONE:
             relay.client_gone = True
+    if relay.waiting is not None:
+        relay.waiting.cancel()  # the body is over: nothing more waits for the client
     return RelayOutcome(relay.client_gone, relay.broken, relay.first_byte_s)

@@ -1,6 +1,7 @@
 """The forwarding client against real servers on loopback: an aiohttp app for well-formed
 HTTP (JSON, chunked streams, gzip, keep-alive, TLS) and a raw socket server for the broken
-kind (a reset before the head, a body cut short, silence)."""
+kind (a reset before the head, a body cut short, silence). Bodies are read both ways: pulled
+(`iter_chunks`, `read`) and pushed to a consumer (`push_to`)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from gateway.upstream_client import (
     UpstreamBodyTimeout,
     UpstreamClient,
     UpstreamConnectError,
+    UpstreamError,
     UpstreamReadTimeout,
+    UpstreamResponse,
 )
 
 BODY = b'{"model":"gpt-4o-mini","messages":[]}'
@@ -301,3 +304,69 @@ async def test_https_verifies_the_certificate(tls_files: tuple[Path, Path]) -> N
         await default.request("POST", f"https://localhost:{port}/echo", {}, BODY)
     await default.close()
     await runner.cleanup()
+
+
+class Collector:
+    """A `BodyConsumer` that keeps what is pushed; `pause_first_s` pauses the body on its
+    first chunk for that long."""
+
+    def __init__(self, response: UpstreamResponse | None = None, pause_first_s: float = 0) -> None:
+        self.chunks: list[bytes] = []
+        self.ends: list[UpstreamError | None] = []
+        self.done = asyncio.get_running_loop().create_future()
+        self._response = response
+        self._pause_first_s = pause_first_s
+
+    def body(self, data: bytes) -> None:
+        self.chunks.append(data)
+        if self._response is not None and self._pause_first_s and len(self.chunks) == 1:
+            self._response.pause_body()
+            asyncio.get_running_loop().call_later(self._pause_first_s, self._response.resume_body)
+
+    def end(self, error: UpstreamError | None) -> None:
+        self.ends.append(error)
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def test_a_pushed_stream_arrives_whole_and_its_connection_is_reused(app_url: str) -> None:
+    c = client()
+    async with await c.request("POST", app_url + "/echo", {}, BODY) as response:
+        peer = json.loads(await response.read())["peer"]
+    async with await c.request("POST", app_url + "/stream", {}, BODY) as response:
+        assert response.pushable
+        collector = Collector()
+        response.push_to(collector)
+        await asyncio.wait_for(collector.done, 5)
+    assert b"".join(collector.chunks) == (
+        b"".join(f"data: {i}\n\n".encode() for i in range(5)) + b"data: [DONE]\n\n"
+    )
+    assert len(collector.chunks) >= 5 and collector.ends == [None]
+    async with await c.request("POST", app_url + "/echo", {}, BODY) as response:
+        assert json.loads(await response.read())["peer"] == peer  # pooled again
+    await c.close()
+
+
+async def test_a_pushed_body_times_out_when_silent_but_not_while_paused() -> None:
+    async def gap(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.6)
+        writer.write(b"5\r\nworld\r\n0\r\n\r\n")
+        await writer.drain()
+
+    c = client(read=0.3)
+    server, url = await raw_server(gap)
+    async with await c.request("POST", url, {}, BODY) as response:
+        silent = Collector()
+        response.push_to(silent)
+        await asyncio.wait_for(silent.done, 5)
+    assert silent.chunks == [b"hello"] and len(silent.ends) == 1
+    assert isinstance(silent.ends[0], UpstreamBodyTimeout)
+    async with await c.request("POST", url, {}, BODY) as response:
+        paused = Collector(response, pause_first_s=0.5)  # idle counts from the resume
+        response.push_to(paused)
+        await asyncio.wait_for(paused.done, 5)
+    assert b"".join(paused.chunks) == b"helloworld" and paused.ends == [None]
+    server.close()
+    await c.close()
