@@ -298,6 +298,10 @@ def test_a_slowed_direct_paced_streams_phase_is_noted() -> None:
         "paced streams, direct at c=600",
     ]
     assert "streams of 2.30 s (paced: 2.04 s)" in notes[1]
+    text = render_text(report)
+    assert "streams/s  gw/dir  stream s" in text
+    (row,) = [line.split() for line in text.splitlines() if line.startswith("  600  direct")]
+    assert row[:4] == ["600", "direct", "50.0", "2.30"]  # streams/s, no ratio, stream s
 
 
 def test_paced_streams_options_from_the_command_line() -> None:
