@@ -1,5 +1,5 @@
-"""`tollbooth usage summary|daily|projects|events|export`: usage reports (the README's
-"Usage storage and reports" gives every JSON shape).
+"""`tollbooth usage summary|daily|projects|events|export`: usage reports
+(docs/usage-storage.md gives every JSON shape).
 
 Every report takes `--days N` (default 30; the window is the last N days up to now),
 `--customer ID` (default: all customers), `--project P` and `--model M` (narrow to one),
@@ -13,8 +13,8 @@ Every report takes `--days N` (default 30; the window is the last N days up to n
     export    every event of the window, streamed; `--format csv` (default) or `json`;
               with -o the file appears only once it is complete
 
-The JSON shapes and CSV columns are in gateway/cli/usage_render.py and the README. Totals of
-every report equal the raw events. `usage replay-dead-letters` comes from usage_replay,
+The JSON shapes and CSV columns are in gateway/cli/usage_render.py and docs/usage-storage.md.
+Totals of every report equal the raw events. `usage replay-dead-letters` comes from usage_replay,
 `usage import` (backfill) from usage_import.
 Exit 2 for bad usage, 1 for a database error.
 """

@@ -16,7 +16,7 @@ them without `customer`:
 
 All take `days` (default 30, the window up to now), `project` and `model` to narrow; events
 take `days` too. Bad parameters answer 400 naming the parameter; a missing or wrong key
-401; the JSON shapes are the reports' `to_json()` (README, "Usage reports"). GET
+401; the JSON shapes are the reports' `to_json()` (docs/usage-storage.md). GET
 /usage/summary and /admin/usage/summary are served by operator_routes and admin_routes.
 """
 

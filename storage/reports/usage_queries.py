@@ -1,10 +1,10 @@
-"""Read-side usage reports (README: Usage storage and reports): the summary, the daily
+"""Read-side usage reports (docs/usage-storage.md): the summary, the daily
 breakdown, usage per project.
 
 Each report covers the last `days` days up to `now` (created_at in [now - days, now], UTC),
 for one customer or all, optionally narrowed to one project and/or one model
 (`UsageFilter`). Every event counts as a request, whatever its status code: provider errors
-were forwarded and are recorded (README: Metering rules); `error_requests` says how many had
+were forwarded and are recorded (docs/metering-and-pricing.md); `error_requests` says how many had
 a status of 400 or more. Token counts are summed as integers and money as NUMERIC, arriving as exact
 Decimals; nothing is rounded. An event without a price (`pricing.unknown_model:
 allow_unpriced`) adds 0 to the money and is counted in `unpriced_requests`;
@@ -15,7 +15,7 @@ for the two partial hours at its ends (storage/reports/rollups.py), in one state
 equal the raw rows. A window reaching past the raw-event retention still counts the
 retained rollups of those hours (the first partial hour then counts nothing).
 
-`to_json()` of each report is its stable JSON shape (README, "Usage reports"): money as
+`to_json()` of each report is its stable JSON shape (docs/usage-storage.md): money as
 decimal strings ("0.0123", "0"). Bad arguments raise ValueError; database errors pass
 through unchanged (asyncpg's).
 """
@@ -142,8 +142,8 @@ class UsageSummary:
     filters: UsageFilter = UsageFilter()  # noqa: RUF009 (frozen: safe to share)
 
     def to_json(self) -> dict[str, Any]:
-        """The README's summary shape, plus the other token kinds and counts, the window and
-        the filters."""
+        """The summary shape of docs/usage-storage.md, plus the other token kinds and counts, the
+        window and the filters."""
         return {
             "customer_id": self.customer_id,
             "period_days": self.period_days,
