@@ -38,8 +38,9 @@ import asyncio
 import collections
 import functools
 import ssl
+import time
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
@@ -174,6 +175,7 @@ class _Connection(asyncio.Protocol):
         self._consumer_paused = False
         self._idle_s = 0.0
         self._last_data = 0.0
+        self._clock: Callable[[], float] = time.monotonic  # the loop's clock once pushing
         self._watchdog: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -216,7 +218,7 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         consumer = self._consumer
         if consumer is not None:
-            self._last_data = asyncio.get_running_loop().time()
+            self._last_data = self._clock()
             consumer.body(body)
             return
         self._chunks.append(body)
@@ -289,7 +291,8 @@ class _Connection(asyncio.Protocol):
             return
         self._consumer = consumer
         self._idle_s = idle_s
-        self._last_data = asyncio.get_running_loop().time()
+        self._clock = asyncio.get_running_loop().time  # bound once: read per chunk
+        self._last_data = self._clock()
         self._arm_watchdog()
         self._paused = False  # nothing is buffered any more: only the consumer pauses
         self._set_reading()
@@ -300,7 +303,7 @@ class _Connection(asyncio.Protocol):
 
     def resume_body(self) -> None:
         self._consumer_paused = False
-        self._last_data = asyncio.get_running_loop().time()  # idle counts from now
+        self._last_data = self._clock()  # idle counts from now
         self._set_reading()
 
     def stop_push(self) -> None:
