@@ -15,8 +15,9 @@ says whether an LF follows, so every chunking of the same bytes yields the same 
 
 Nothing is decoded except the `event:` name (with replacement, so it never raises); data
 stays bytes. The hot path is C: `find` for boundaries, one copy per event. Streams that use
-LF only (OpenAI, Anthropic) take a shorter path until a CR is ever seen. The parser never
-raises on any input.
+LF only (OpenAI, Anthropic) take a shorter path until a CR is ever seen, and a chunk that is
+exactly one such event, with nothing held before it, is read without the splitting loop.
+The parser never raises on any input.
 """
 
 from __future__ import annotations
@@ -57,8 +58,12 @@ class SSEParser:
         """Consume `chunk` and return the events it completed, in order."""
         if not chunk:
             return []
-        if not self._cr_seen and b"\r" in chunk:
-            self._cr_seen = True
+        if not self._cr_seen:
+            if b"\r" in chunk:
+                self._cr_seen = True
+            elif not self._buffer and 2 < len(chunk) == chunk.find(b"\n\n") + 2 and chunk[0] != _LF:
+                # Exactly one event, and nothing held: a paced stream's usual chunk.
+                return [_parse_block(bytes(chunk), lf_only=True)]
         if self._buffer:
             self._buffer += chunk
             if self._block_end(self._buffer, 0, len(self._buffer), final=False) < 0:
