@@ -1,6 +1,8 @@
 """The private and undocumented aiohttp API the fast front relies on is still there and still
 behaves as `gateway.front.aiohttp_private` says: each test checks one of the five points of its
-docstring against the installed aiohttp and, when it fails, says what changed.
+docstring against the installed aiohttp and, when it fails, says what changed. The last test
+checks the one the test harness adds (`TestServer._make_runner`, how `tests.harness` serves a
+gateway through the front).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.front.aiohttp_private import (
@@ -220,3 +223,24 @@ async def test_set_nodelay_sets_tcp_nodelay() -> None:
 
     async with connected(Probe):
         assert await seen, changed("aiohttp.tcp_helpers.tcp_nodelay no longer sets TCP_NODELAY")
+
+
+async def test_the_test_server_serves_with_the_runner_make_runner_returns() -> None:
+    class Wrapped(TestServer):
+        async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+            return RecordingRunner(self.app, **kwargs)
+
+    make_runner = getattr(TestServer, "_make_runner", None)
+    assert make_runner is not None and inspect.iscoroutinefunction(make_runner), changed(
+        "aiohttp.test_utils.TestServer._make_runner is gone or no longer a coroutine function"
+    )
+    server = Wrapped(hello_app(), host="127.0.0.1")
+    await server.start_server()
+    try:
+        assert isinstance(server.runner, RecordingRunner), changed(
+            "TestServer.start_server() no longer serves with the runner _make_runner returns"
+        )
+        async with aiohttp.ClientSession() as session, session.get(server.make_url("/")) as got:
+            assert await got.text() == "hello from aiohttp"
+    finally:
+        await server.close()
