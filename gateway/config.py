@@ -187,9 +187,10 @@ class StorageConfig(_Model):
     @model_validator(mode="after")
     def _check_urls(self) -> StorageConfig:
         if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
-            raise ValueError("database_url must be a postgresql:// DSN")
+            # The URL is not repeated: it may hold a password.
+            raise ValueError("database_url: must be a postgresql:// DSN")
         if self.redis_url and not self.redis_url.startswith(REDIS_URL_SCHEMES):
-            raise ValueError("redis_url must start with " + ", ".join(REDIS_URL_SCHEMES))
+            raise ValueError("redis_url: must start with " + ", ".join(REDIS_URL_SCHEMES))
         return self
 
 
@@ -240,7 +241,7 @@ class ProviderConfig(_Model):
     def _check_base_url(self) -> ProviderConfig:
         if not self.base_url.startswith(("http://", "https://")):
             where = "endpoint_url" if self.kind == "bedrock" else "base_url"
-            raise ValueError(f"{where} must start with http:// or https://, got {self.base_url!r}")
+            raise ValueError(f"{where}: must start with http:// or https://, got {self.base_url!r}")
         for key, kinds in _KIND_KEYS.items():
             if key in self.model_fields_set and self.kind not in kinds:
                 raise ValueError(
@@ -294,7 +295,7 @@ class TierLimits(_Model):
         for name in type(self).model_fields:
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise ValueError(f"{name} must be -1 (unlimited) or >= 0, got {value}")
+                raise ValueError(f"{name}: must be -1 (unlimited) or >= 0, got {value}")
         return self
 
 
@@ -559,7 +560,7 @@ class StripeConfig(_Model):
         for url_field in ("api_base", "portal_return_url"):
             url = getattr(self, url_field)
             if url is not None and not url.startswith(("http://", "https://")):
-                raise ValueError(f"{url_field} must start with http:// or https://, got {url!r}")
+                raise ValueError(f"{url_field}: must start with http:// or https://, got {url!r}")
         for price, tier in self.price_tiers.items():
             if not price.startswith("price_") or not tier:
                 raise ValueError(f"price_tiers: expected price_...: TIER, got {price!r}: {tier!r}")
@@ -656,13 +657,22 @@ class Settings(_Model):
         return (base / self.storage.data_dir).resolve()
 
 
+# A check of a whole section names the key it refuses first ("region: ..."): that key joins
+# the YAML path, so every line reads `yaml.path: what is wrong`.
+_LEADING_KEY = re.compile(r"([A-Za-z_][\w.\-\[\]]*): (.+)", re.DOTALL)
+
+
 def _format_errors(exc: ValidationError, path: str) -> str:
     lines = [f"{path} is invalid:"]
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        shown = "" if isinstance(value, dict) else f" (got {_as_written(value)})"
         message = err["msg"].removeprefix("Value error, ")
+        leading = _LEADING_KEY.fullmatch(message) if isinstance(value, dict) else None
+        if leading is not None:
+            where = leading[1] if where == "(top level)" else f"{where}.{leading[1]}"
+            message = leading[2]
         hint = ""
         if err["type"] == "extra_forbidden":
             hint = "; remove it or check its spelling against the README's config reference"
@@ -670,6 +680,11 @@ def _format_errors(exc: ValidationError, path: str) -> str:
             hint = "; add it"
         lines.append(f"  {where}: {message}{shown}{hint}")
     return "\n".join(lines)
+
+
+def _as_written(value: Any) -> str:
+    """A refused value as the YAML gave it: a Decimal as its digits, anything else as repr."""
+    return repr(str(value)) if isinstance(value, Decimal) else repr(value)
 
 
 def _yaml_error(exc: yaml.YAMLError, source: str) -> str:

@@ -181,7 +181,7 @@ def test_an_override_the_catalog_cannot_take_is_a_config_error() -> None:
         ),
         (
             {"pricing": {"models": {"gpt-4o": {"output_per_mtok": "0.00001"}}}},
-            "pricing.models: gpt-4o.output_per_mtok: '0.00001' looks like a per-token price",
+            "pricing.models.gpt-4o.output_per_mtok: '0.00001' looks like a per-token price",
         ),
         ({"tiers": {"pro": {"pricing": {"markup": "5"}}}}, "tiers.pro.pricing.markup"),
         ({"billing": {"tax": {"rate_percent": "101"}}}, "billing.tax.rate_percent"),

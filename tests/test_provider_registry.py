@@ -57,13 +57,13 @@ def test_kind_keys_are_validated_naming_the_yaml_path() -> None:
     settings("    kind: bedrock\n    region: us-east-1\n")
     with pytest.raises(
         ConfigError,
-        match=r"providers\.p: deployments: only a provider of kind "
+        match=r"providers\.p\.deployments: only a provider of kind "
         r"azure_openai",
     ):
         settings("    kind: gemini\n    base_url: https://g\n    deployments: {a: b}\n")
-    with pytest.raises(ConfigError, match=r"providers\.p.*region"):
+    with pytest.raises(ConfigError, match=r"providers\.p\.region: "):
         settings("    kind: bedrock\n")
-    with pytest.raises(ConfigError, match=r"providers\.p.*api_key_env"):
+    with pytest.raises(ConfigError, match=r"providers\.p\.api_key_env: "):
         settings("    kind: bedrock\n    region: us-east-1\n    api_key_env: X\n")
     with pytest.raises(ConfigError, match=r"providers\.p\.kind"):
         settings("    kind: vertex\n    base_url: https://g\n")
