@@ -30,7 +30,7 @@ async def client(redis_url: str) -> AsyncIterator[Redis]:
         connection_pool=ConnectionPool.from_url(redis_url, max_connections=2, socket_timeout=0.5)
     )
     yield c
-    await c.aclose()
+    await c.aclose(close_connection_pool=True)  # the pool was handed in: not closed otherwise
 
 
 def test_pack_evalsha_is_the_resp_encoding_redis_py_makes() -> None:
@@ -137,7 +137,7 @@ async def test_a_batch_that_outlasts_the_socket_timeout_fails_and_the_next_one_w
     else:
         pytest.fail("the batcher never recovered from the timeout")
     await batcher.aclose()
-    await client.aclose()
+    await client.aclose(close_connection_pool=True)
 
 
 async def test_unreachable_redis_fails_the_calls_after_the_retries() -> None:
