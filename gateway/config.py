@@ -355,7 +355,8 @@ class OverageConfig(_Model):
 
 
 class PlanConfig(_Model):
-    """`tiers.<name>.plan`: a monthly base fee, included units and overage prices (README)."""
+    """`tiers.<name>.plan`: a monthly base fee, included units and overage prices
+    (docs/metering-and-pricing.md)."""
 
     base_price_usd: ExactDecimal = Field(default=Decimal("0"), ge=0)
     included: dict[Dimension, ExactDecimal | None] = {}  # -1 = unlimited (None)
@@ -391,7 +392,8 @@ class TierConfig(_Model):
 
 
 class PricingConfig(_Model):
-    """`pricing:` — global rates, model price overrides and per-customer rates (README)."""
+    """`pricing:` — global rates, model price overrides and per-customer rates
+    (docs/metering-and-pricing.md)."""
 
     markup_percent: ExactDecimal = Field(default=Decimal("0"), ge=-100)
     per_request_usd: ExactDecimal = Field(default=Decimal("0"), ge=0)
@@ -472,7 +474,7 @@ class LoggingConfig(_Model):
 
 
 class StripeConfig(_Model):
-    """`billing.stripe` (README: Billing with Stripe): the meter-event sync, the billing
+    """`billing.stripe` (docs/billing.md): the meter-event sync, the billing
     portal and the webhooks.
 
     Durations (`window`, `settle_delay`) are written "90s", "15m", "1h" or "1d";
@@ -675,7 +677,7 @@ def _format_errors(exc: ValidationError, path: str) -> str:
             message = leading[2]
         hint = ""
         if err["type"] == "extra_forbidden":
-            hint = "; remove it or check its spelling against the README's config reference"
+            hint = "; remove it or check its spelling against docs/configuration.md"
         elif err["type"] == "missing":
             hint = "; add it"
         lines.append(f"  {where}: {message}{shown}{hint}")
