@@ -15,7 +15,7 @@ into one (startup replay of those provisional events).
 The columns are declared once, in `COLUMNS`: `UsageEvent`'s fields, in order, each written as
 its type says (`_WRITTEN_AS`); the decoder reads its types from there too. Both encoders are
 compiled from that table when this module loads, each into one f-string: as fast as the
-f-string written by hand (an encoder of one call per column costs about twice as much), and
+f-string written by hand (an encoder of one call per column costs 1.5 to 2 times as much), and
 checked byte for byte against the hand-written encoders they replace in
 tests/test_journal_columns.py, so journals already on disk replay unchanged.
 
