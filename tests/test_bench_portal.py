@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from gateway.bench.portal_report import percentile
 from gateway.bench.portal_run import with_database
 
@@ -40,6 +42,7 @@ def test_with_database_swaps_only_the_name() -> None:
     )
 
 
+@pytest.mark.slow
 def test_small_run_prints_the_table_and_its_numbers_equal_the_rows(
     postgres_url: str, redis_url: str
 ) -> None:

@@ -22,6 +22,8 @@ import pytest
 from storage.accounts import AccountStore
 from storage.postgres import create_pool, load_migrations
 
+pytestmark = pytest.mark.slow
+
 CONFIG = """
 providers:
   openai: {kind: openai, base_url: https://api.openai.com/v1, api_key_env: OPENAI_API_KEY}

@@ -29,6 +29,8 @@ import yaml
 from storage.postgres import create_pool, migrate
 from tests.fake_stripe import API_KEY, FakeStripe, running_fake_stripe
 
+pytestmark = pytest.mark.slow
+
 RUNNER = """
 import argparse, sys
 from gateway.cli import billing_stripe, customers

@@ -20,6 +20,8 @@ import pytest
 
 from storage.postgres import create_pool
 
+pytestmark = pytest.mark.slow
+
 D = Decimal
 CONFIG = """
 providers:

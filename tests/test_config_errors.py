@@ -53,6 +53,7 @@ def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path: Path) -> N
     assert "openai: {kind: openai" in message  # the offending line, as PyYAML shows it
 
 
+@pytest.mark.slow
 def test_config_check_names_the_broken_file(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(CONFIG)  # a valid default that must not be named
     (tmp_path / "local.yaml").write_text("providers: {openai: {kind: openai}: x}\n")
@@ -63,6 +64,7 @@ def test_config_check_names_the_broken_file(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_an_unknown_tier_names_the_config_file_given(
     tmp_path: Path, fresh_database_url: str, redis_url: str
 ) -> None:

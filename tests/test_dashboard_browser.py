@@ -38,6 +38,8 @@ from tests.portal_fixtures import (
 )
 from tests.usage_fixtures import insert_events, make_event
 
+pytestmark = pytest.mark.slow
+
 __all__ = ["chrome"]  # the fixture, used by name
 
 DOCS = screenshots_dir()

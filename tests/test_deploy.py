@@ -145,6 +145,7 @@ def test_dockerfile_default_config_and_healthcheck_match_the_app() -> None:
     assert ("USER", "10001") in steps
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 async def test_dockerfile_install_and_start_steps_in_a_clean_venv(
     tmp_path: Path,

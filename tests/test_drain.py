@@ -138,6 +138,7 @@ def last_event(body: bytes) -> tuple[str | None, Any]:
     return name, orjson.loads(data)
 
 
+@pytest.mark.slow
 async def test_sigterm_finishes_every_stream_and_writes_every_event_before_exit_0(
     tmp_path: Path,
     fresh_database_url: str,
@@ -214,6 +215,7 @@ async def test_sigterm_finishes_every_stream_and_writes_every_event_before_exit_
     assert "stay in the journal" not in output
 
 
+@pytest.mark.slow
 async def test_streams_past_the_drain_timeout_are_cut_with_an_error_event_metered_once(
     tmp_path: Path,
     fresh_database_url: str,
@@ -320,6 +322,7 @@ async def test_streams_past_the_drain_timeout_are_cut_with_an_error_event_metere
         assert await gw.stop() == 0
 
 
+@pytest.mark.slow
 async def test_two_workers_drain_and_the_supervisor_exits_0(
     tmp_path: Path,
     fresh_database_url: str,
@@ -366,6 +369,7 @@ async def test_two_workers_drain_and_the_supervisor_exits_0(
     assert gw.journal_files() == [], gw.output
 
 
+@pytest.mark.slow
 async def test_postgres_down_at_the_drain_leaves_the_events_in_the_journal_and_says_so(
     tmp_path: Path,
     fresh_database_url: str,

@@ -23,6 +23,8 @@ import pytest
 from tests.helpers.journal_only import journal_only_gateway, restart_drained
 from tests.helpers.serve_process import mock_provider_process, stored_ids
 
+pytestmark = pytest.mark.slow
+
 CONCURRENCY = 24
 LOAD_S = 2.0
 

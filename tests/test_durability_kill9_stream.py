@@ -32,6 +32,8 @@ import pytest
 from tests.helpers.journal_only import journal_only_gateway, restart_drained
 from tests.helpers.serve_process import mock_provider_process
 
+pytestmark = pytest.mark.slow
+
 LONG_STREAMS = 6  # OpenAI chat streams, 300 tokens 20 ms apart: about 6 s each
 ANTHROPIC_STREAMS = 2
 SLOW_CALLS = 3  # non-streaming, answered after 8 s

@@ -24,6 +24,8 @@ from gateway import keys
 from storage.embedded.servers import PostgresInstance, start_postgres, stop_postgres
 from tests.harness import Gateway, running_gateway
 
+pytestmark = pytest.mark.slow
+
 OUTAGE_S = 30.0
 CONCURRENCY = 8
 

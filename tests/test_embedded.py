@@ -144,6 +144,7 @@ def test_a_restart_keeps_the_data_and_the_valkey_port(tmp_path: Path) -> None:
         assert second.redis_url == first.redis_url
 
 
+@pytest.mark.slow
 def test_a_second_process_reuses_the_servers_and_leaves_them_running(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with infrastructure(None, None, data_dir, lambda _: None) as infra:
@@ -165,6 +166,7 @@ def test_a_second_process_reuses_the_servers_and_leaves_them_running(tmp_path: P
     assert not any(running(pid) for pid in pids.values())
 
 
+@pytest.mark.slow
 def test_the_last_user_out_stops_servers_another_process_started(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with infrastructure(None, None, data_dir, lambda _: None) as infra:
@@ -186,6 +188,7 @@ def test_the_last_user_out_stops_servers_another_process_started(tmp_path: Path)
     assert not any(running(pid) for pid in pids.values())
 
 
+@pytest.mark.slow
 def test_servers_of_a_killed_process_are_adopted(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     crashed = subprocess.run(
@@ -204,6 +207,7 @@ def test_servers_of_a_killed_process_are_adopted(tmp_path: Path) -> None:
     assert not any(running(pid) for pid in pids.values())
 
 
+@pytest.mark.slow
 def test_killed_servers_restart_on_the_same_data(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     crashed = subprocess.run(

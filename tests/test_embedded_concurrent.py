@@ -20,6 +20,8 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow
+
 
 def free_port() -> int:
     with socket.socket() as sock:

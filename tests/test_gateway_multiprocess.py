@@ -11,11 +11,14 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import orjson
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.alerts import sign
 from tests.helpers.two_workers import burst, two_workers
+
+pytestmark = pytest.mark.slow
 
 LIMIT = 50
 REQUESTS = 200

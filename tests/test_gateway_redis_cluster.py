@@ -22,6 +22,8 @@ from tests.harness import running_gateway
 from tests.helpers.quota_traffic import TIERS, add_customers, post
 from tests.helpers.redis_topologies import Cluster
 
+pytestmark = pytest.mark.slow
+
 
 async def test_two_gateways_admit_each_customer_exactly_its_limit(
     cluster: Cluster, fresh_database_url: str, monkeypatch: pytest.MonkeyPatch

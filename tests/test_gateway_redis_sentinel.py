@@ -19,6 +19,8 @@ from tests.harness import running_gateway
 from tests.helpers.quota_traffic import TIERS, add_customers, post
 from tests.helpers.redis_topologies import SentinelSet, cli, wait_until
 
+pytestmark = pytest.mark.slow
+
 
 async def test_two_gateways_through_a_sentinel_failover_admit_exactly_the_limit(
     sentinel: SentinelSet, fresh_database_url: str, monkeypatch: pytest.MonkeyPatch

@@ -51,6 +51,8 @@ from storage.embedded.servers import (
 from storage.postgres import create_pool
 from tests.helpers.serve_process import collect, free_port, stored_ids, wait_healthy
 
+pytestmark = pytest.mark.slow
+
 CONCURRENCY = 8
 OUTAGE_S = 3.0
 CAPPED_MONTHLY_REQUESTS = 3

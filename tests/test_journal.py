@@ -131,6 +131,7 @@ def crash_after_appending(directory: Path, count: int, segment_bytes: int = 10_0
     return Path(proc.stdout.strip())
 
 
+@pytest.mark.slow
 def test_a_killed_process_is_replayed_by_the_next_open(tmp_path: Path) -> None:
     dead_slot = crash_after_appending(tmp_path, 500)
     assert dead_slot.exists()
@@ -144,6 +145,7 @@ def test_a_killed_process_is_replayed_by_the_next_open(tmp_path: Path) -> None:
     journal.close()
 
 
+@pytest.mark.slow
 def test_a_torn_last_line_is_cut_off_safely(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -202,6 +204,7 @@ _FULL_DISK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_refused_write_leaves_no_partial_line(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", _FULL_DISK, str(tmp_path)],

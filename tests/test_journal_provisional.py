@@ -200,6 +200,7 @@ def crash_after(directory: Path, actions: list[list[str]], tmp_path: Path) -> Pa
     return Path(proc.stdout.strip())
 
 
+@pytest.mark.slow
 def test_a_killed_process_leaves_the_latest_record_of_each_exchange(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -248,6 +249,7 @@ async def stored(pool: asyncpg.Pool) -> dict[uuid.UUID, asyncpg.Record]:
     return {row["id"]: row for row in rows}
 
 
+@pytest.mark.slow
 async def test_interrupted_exchanges_are_recorded_once_and_a_real_event_always_wins(
     pool: asyncpg.Pool, tmp_path: Path
 ) -> None:

@@ -10,6 +10,8 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.serve_workers import (
     metrics_dir,
     scrape,
@@ -18,6 +20,8 @@ from tests.helpers.serve_workers import (
     worker_count,
 )
 from tests.helpers.two_workers import burst, two_workers
+
+pytestmark = pytest.mark.slow
 
 REQUESTS = 120  # each on its own connection, so both workers get some
 SCRAPES = 10

@@ -678,6 +678,7 @@ sys.exit(args.func(args))
 """
 
 
+@pytest.mark.slow
 async def test_mock_provider_command_serves_until_sigterm() -> None:
     # Only this command's parser, so the test does not depend on the other command modules.
     process = await asyncio.create_subprocess_exec(

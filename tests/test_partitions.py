@@ -395,6 +395,7 @@ async def test_a_fresh_or_unexpired_database_has_no_horizon(pool: asyncpg.Pool) 
     assert await retention_horizon(pool) is None
 
 
+@pytest.mark.slow
 def test_maintenance_commands(tmp_path: Path, fresh_database_url: str, redis_url: str) -> None:
     """The CLI once, on the wall clock: whatever the date, a fresh database is maintained and
     checked, and after retention the check starts at the horizon (events of 2020 expire)."""

@@ -37,6 +37,8 @@ from tests.harness import running_gateway
 from tests.helpers.pgbouncer import PgBouncer, start_pgbouncer
 from tests.usage_fixtures import make_event
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def bouncer(postgres_url: str) -> Iterator[PgBouncer]:

@@ -116,6 +116,7 @@ async def test_project_sessions_see_no_invoices(billing_portal: tuple[Gateway, F
     assert fake.portal_sessions == []
 
 
+@pytest.mark.slow
 def test_cli_prints_a_link_on_the_last_line(
     fresh_database_url: str, redis_url: str, tmp_path: Path
 ) -> None:

@@ -43,6 +43,8 @@ from tests.portal_fixtures import (
     seed_portal,
 )
 
+pytestmark = pytest.mark.slow
+
 __all__ = ["chrome"]  # the fixture, used by name
 
 DOCS = screenshots_dir()

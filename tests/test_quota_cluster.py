@@ -24,6 +24,8 @@ from redis.asyncio.cluster import RedisCluster
 from storage.quota.store import QuotaLimits, QuotaStore, QuotaStoreUnavailable
 from tests.helpers.redis_topologies import Cluster, cli, two_stores, wait_until
 
+pytestmark = pytest.mark.slow
+
 LIMITS = QuotaLimits(requests_per_month=5)
 CUSTOMERS = 40
 REQUESTS = 300

@@ -21,6 +21,8 @@ import pytest
 from storage.quota.store import QuotaLimits, QuotaStore, QuotaStoreUnavailable
 from tests.helpers.redis_topologies import SentinelSet, cli, two_stores, wait_until
 
+pytestmark = pytest.mark.slow
+
 LIMITS = QuotaLimits(requests_per_month=5)
 CUSTOMERS = 40
 REQUESTS = 300

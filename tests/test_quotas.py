@@ -271,6 +271,7 @@ async def private_client(private_valkey: ValkeyServer) -> AsyncIterator[Redis]:
     await c.aclose()
 
 
+@pytest.mark.slow
 async def test_redis_killed_under_allow_admits_without_quota_and_recovers(
     private_valkey: ValkeyServer, private_client: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -305,6 +306,7 @@ async def test_redis_killed_under_allow_admits_without_quota_and_recovers(
         await admit(policy, customer, t)
 
 
+@pytest.mark.slow
 async def test_redis_killed_under_reject_answers_503_except_in_shadow_mode(
     private_valkey: ValkeyServer, private_client: Redis
 ) -> None:

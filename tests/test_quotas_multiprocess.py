@@ -33,6 +33,8 @@ from gateway.quotas import QuotaPolicy
 from storage.quota.keys import customer_keys
 from storage.quota.store import QuotaStore
 
+pytestmark = pytest.mark.slow
+
 PROCESSES = 3
 PER_PROCESS = 70
 

@@ -27,6 +27,8 @@ from tests.helpers.serve_workers import (
 )
 from tests.helpers.two_workers import burst, two_workers
 
+pytestmark = pytest.mark.slow
+
 ROUTE = "chat.completions"
 
 

@@ -108,6 +108,7 @@ def exported_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 async def test_export_import_export_round_trips_every_column(
     fmt: str, tmp_path: Path, postgres_url: str, redis_url: str
@@ -220,6 +221,7 @@ def litellm_rows() -> list[dict[str, Any]]:
     return rows
 
 
+@pytest.mark.slow
 def test_litellm_spend_logs_export_imports_once_from_csv_or_json(
     tmp_path: Path, fresh_database_url: str, redis_url: str
 ) -> None:
@@ -278,6 +280,7 @@ def test_litellm_spend_logs_export_imports_once_from_csv_or_json(
     assert (again["added"], again["skipped"], again["customers_created"]) == (1, 3, ["ghost"])
 
 
+@pytest.mark.slow
 def test_bad_rows_are_refused_by_line_and_a_second_run_adds_nothing(
     tmp_path: Path, fresh_database_url: str, redis_url: str
 ) -> None:
@@ -309,6 +312,7 @@ def test_bad_rows_are_refused_by_line_and_a_second_run_adds_nothing(
     asyncio.run(check())
 
 
+@pytest.mark.slow
 def test_an_import_killed_mid_way_resumes_with_exactly_the_remainder(
     tmp_path: Path, fresh_database_url: str, redis_url: str
 ) -> None:
@@ -358,6 +362,7 @@ def test_an_import_killed_mid_way_resumes_with_exactly_the_remainder(
     assert asyncio.run(count()) == 60_000
 
 
+@pytest.mark.slow
 def test_reports_and_an_old_months_invoice_include_the_history(
     tmp_path: Path, fresh_database_url: str, redis_url: str
 ) -> None:

@@ -278,6 +278,7 @@ def _same_money(a: dict[str, Any], b: dict[str, Any]) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_usage_commands_report_the_raw_rows(
     tmp_path: Path, fresh_database_url: str, redis_url: str
 ) -> None:
