@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("gateway", "pricing", "storage", "tests")
 # A reference to the product contract document by section, a tracker entry, or a work period.
@@ -37,6 +39,7 @@ def test_code_and_readme_cite_only_what_the_repository_holds() -> None:
     assert found == []
 
 
+@pytest.mark.slow
 def test_command_help_cites_only_what_the_repository_holds() -> None:
     for command in ("usage", "customers", "keys", "billing", "serve"):
         done = subprocess.run(
