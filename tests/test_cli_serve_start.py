@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers.serve_process import serve_popen
+
 pytestmark = pytest.mark.slow
 
 SECRET = "sk-live-do-not-print-0123456789"
@@ -54,23 +56,7 @@ def openai_provider(variable: str) -> dict[str, str]:
 @contextmanager
 def serving(config: Path, port: int, env: dict[str, str]) -> Iterator[list[str]]:
     """`tollbooth serve` until it listens; yields its output lines (stdout and stderr)."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli.main",
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-        ],
-        cwd=config.parent,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = serve_popen(config, port, env, cwd=config.parent)
     lines: list[str] = []
     assert proc.stdout is not None
     reader = threading.Thread(

@@ -16,7 +16,6 @@ from decimal import Decimal
 from urllib.parse import urlencode
 
 import aiohttp
-import asyncpg
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
@@ -48,22 +47,6 @@ XSS_CUSTOMER = "xss-co"
 XSS_CUSTOMER_NAME = "<img src=x onerror=alert(1)>"
 HEADLINE = ("requests", "input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
 TIERS = {**PORTAL_TIERS, "enterprise": {"limits": {"spend_per_month_usd": "5000"}}}
-
-
-@pytest.fixture(scope="module")
-def dashboard_db(postgres_url: str) -> str:
-    name = "t_dash_" + uuid.uuid4().hex[:10]
-
-    async def create() -> None:
-        conn = await asyncpg.connect(postgres_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    head, _, query = postgres_url.partition("?")
-    return f"{head.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
 
 
 async def _seed(gw: ThreadedGateway) -> Seed:
@@ -108,12 +91,14 @@ async def _seed(gw: ThreadedGateway) -> Seed:
 
 
 @pytest.fixture(scope="module")
-def site(dashboard_db: str, redis_url: str) -> Iterator[tuple[ThreadedGateway, Seed]]:
+def site(module_database_url: str, redis_url: str) -> Iterator[tuple[ThreadedGateway, Seed]]:
     saved = os.environ.get("TOLLBOOTH_ADMIN_TOKEN")
     os.environ["TOLLBOOTH_ADMIN_TOKEN"] = TOKEN
     try:
         config = {**portal_config(), "billing": {"stripe": {"window": "1h"}}}
-        with ThreadedGateway(dashboard_db, redis_url, tiers=TIERS, extra_config=config) as gw:
+        with ThreadedGateway(
+            module_database_url, redis_url, tiers=TIERS, extra_config=config
+        ) as gw:
             yield gw, gw.run(_seed(gw))
     finally:
         if saved is None:

@@ -17,11 +17,8 @@ reached the provider is counted exactly):
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -49,7 +46,14 @@ from storage.embedded.servers import (
     stop_valkey,
 )
 from storage.postgres import create_pool
-from tests.helpers.serve_process import collect, free_port, stored_ids, wait_healthy
+from tests.helpers.serve_process import (
+    collect,
+    free_port,
+    serve_env,
+    serve_popen,
+    stored_ids,
+    wait_healthy,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -161,32 +165,9 @@ async def serving(
             }
         )
     )
-    env = {
-        **os.environ,
-        "TOLLBOOTH_DATABASE_URL": infra.database_url,
-        "TOLLBOOTH_REDIS_URL": infra.redis_url,
-        "MOCK_PROVIDER_KEY": "sk-mock",
-    }
+    env = serve_env(infra.database_url, infra.redis_url)
     port = free_port()
-    serve = await asyncio.to_thread(
-        subprocess.Popen,
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli.main",
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    serve = await asyncio.to_thread(serve_popen, config, port, env, "--workers", "1")
     lines: list[str] = []
     assert serve.stdout is not None
     threading.Thread(target=collect, args=(serve.stdout, lines), daemon=True).start()

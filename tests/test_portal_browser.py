@@ -4,11 +4,9 @@ kept as text, no CSP violation in the console, and a screenshot (docs/portal.png
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -52,25 +50,9 @@ HEADLINE = ("requests", "input_tokens", "output_tokens", "cached_input_tokens", 
 
 
 @pytest.fixture(scope="module")
-def portal_db(postgres_url: str) -> str:
-    name = "t_portal_" + uuid.uuid4().hex[:10]
-
-    async def create() -> None:
-        conn = await asyncpg.connect(postgres_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    head, _, query = postgres_url.partition("?")
-    return f"{head.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
-
-
-@pytest.fixture(scope="module")
-def site(portal_db: str, redis_url: str) -> Iterator[tuple[ThreadedGateway, Seed]]:
+def site(module_database_url: str, redis_url: str) -> Iterator[tuple[ThreadedGateway, Seed]]:
     with ThreadedGateway(
-        portal_db, redis_url, tiers=PORTAL_TIERS, extra_config=portal_config()
+        module_database_url, redis_url, tiers=PORTAL_TIERS, extra_config=portal_config()
     ) as gw:
         yield gw, gw.run(seed_portal(gw.app))
 

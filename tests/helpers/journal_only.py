@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from tests.helpers.serve_process import (
     collect,
     free_port,
     serve_env,
+    serve_popen,
     tollbooth,
     wait_healthy,
     write_serve_config,
@@ -29,24 +29,7 @@ JOURNAL_ONLY = {"writer_flush_interval_s": 600, "writer_batch_size": 1_000_000}
 
 def start_serve(config: Path, port: int, env: dict[str, str]) -> subprocess.Popen[str]:
     # --workers 1 runs the worker in this very process: its pid is the one to kill.
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli.main",
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return serve_popen(config, port, env, "--workers", "1")
 
 
 async def customer_and_serve(

@@ -40,6 +40,24 @@ def tollbooth(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     )
 
 
+def serve_popen(
+    config: Path, port: int, env: dict[str, str], *extra: str, cwd: Path | None = None
+) -> subprocess.Popen[str]:
+    """`tollbooth serve --config CONFIG --port PORT *extra`, its stdout and stderr one text
+    pipe for `collect`."""
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gateway.cli.main", "serve"),
+            *("--config", str(config), "--port", str(port), *extra),
+        ],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 @contextmanager
 def mock_provider_process(*options: str, kill: bool = False) -> Iterator[str]:
     """`tollbooth mock-provider` on a free port, as its own process; its base URL. `kill`:
@@ -163,24 +181,7 @@ class Serve:
     async def start(self, *extra: str) -> None:
         """`serve` on a free port (the same one again on a restart), once /health is 200."""
         self.port = self.port or free_port()
-        self.proc = await asyncio.to_thread(
-            subprocess.Popen,
-            [
-                sys.executable,
-                "-m",
-                "gateway.cli.main",
-                "serve",
-                "--config",
-                str(self.config),
-                "--port",
-                str(self.port),
-                *extra,
-            ],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        self.proc = await asyncio.to_thread(serve_popen, self.config, self.port, self.env, *extra)
         assert self.proc.stdout is not None
         threading.Thread(target=collect, args=(self.proc.stdout, self.lines), daemon=True).start()
         async with aiohttp.ClientSession() as session:

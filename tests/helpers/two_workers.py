@@ -8,7 +8,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -20,27 +19,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from tests.helpers.serve_process import collect, free_port, tollbooth, wait_healthy
-
-
-def start_serve(cfg: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli.main",
-            "serve",
-            *cfg,
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+from tests.helpers.serve_process import collect, free_port, serve_popen, tollbooth, wait_healthy
 
 
 @dataclass
@@ -97,7 +76,7 @@ async def two_workers(
         .splitlines()[-1]
     )
     port = free_port()
-    serve = await asyncio.to_thread(start_serve, cfg, port, env)
+    serve = await asyncio.to_thread(serve_popen, config_path, port, env, "--workers", "2")
     lines: list[str] = []
     assert serve.stdout is not None
     reader = threading.Thread(target=collect, args=(serve.stdout, lines), daemon=True)
