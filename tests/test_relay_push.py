@@ -12,7 +12,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_hostile_properties import Run, cases, cut, offsets, relay, stream_bytes
+from tests.helpers.relay_harness import Run, cases, cut, offsets, relay, stream_bytes
 
 maybe = st.none() | st.integers(min_value=0, max_value=40)
 
