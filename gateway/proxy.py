@@ -57,6 +57,7 @@ from gateway.metering import Exchange
 from gateway.providers.base import NO_CALL_DETAILS, Call, Endpoint, ProviderApi
 from gateway.providers.registry import match
 from gateway.relay import relay_stream
+from gateway.relay_types import StreamPlan
 from gateway.reply import AiohttpReply, Reply
 from gateway.upstream import UpstreamResponse, check_forwardable, read_body, send
 from storage.usage.writer import JournalFullError
@@ -462,9 +463,7 @@ async def _exchange(
 
         sink = await reply.open_stream(status, out_headers)
         try:
-            outcome = await relay_stream(
-                sink,
-                upstream,
+            plan = StreamPlan(
                 meter,
                 record,
                 strip_usage=strip_usage,
@@ -474,6 +473,7 @@ async def _exchange(
                 framer=api.stream_framer(endpoint),
                 trailer=cut_trailer,
             )
+            outcome = await relay_stream(sink, upstream, plan)
         finally:
             await record(False, True)  # a no-op unless the relay failed before recording
         if outcome.first_byte_s is not None:

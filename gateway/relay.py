@@ -37,16 +37,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import cast
 
 import aiohttp
 
-from gateway.providers.base import Framer, SSEEvent, StreamMeter
+from gateway.providers.base import SSEEvent
 from gateway.relay_push import PushSink, PushSource, relay_pushed
-from gateway.relay_types import PROGRESS_INTERVAL_S, Finalize, Progress, RelayOutcome
+from gateway.relay_types import (
+    PROGRESS_INTERVAL_S,
+    Finalize,
+    Progress,
+    RelayOutcome,
+    RelayState,
+    StreamPlan,
+)
 from gateway.reply import StreamSink
-from gateway.sse import SSEParser
 from gateway.upstream import UpstreamBroken, UpstreamResponse, iter_chunks
 
 __all__ = [
@@ -61,29 +66,10 @@ __all__ = [
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError)
 
 
-class _Relay:
-    def __init__(
-        self,
-        response: StreamSink,
-        meter: StreamMeter,
-        finalize: Finalize,
-        *,
-        strip_usage: bool,
-        drain_s: float,
-        started: float,
-        framer: Framer | None = None,
-    ) -> None:
+class _Relay(RelayState):
+    def __init__(self, response: StreamSink, plan: StreamPlan) -> None:
+        super().__init__(plan)
         self.response = response
-        self.meter = meter
-        self.finalize = finalize
-        self.strip_usage = strip_usage
-        self.drain_s = drain_s
-        self.started = started
-        self.parser: Framer = SSEParser() if framer is None else framer
-        self.client_gone = False
-        self.broken = False
-        self.finalized = False
-        self.first_byte_s: float | None = None
         self.drain_deadline: float | None = None
 
     async def write(self, data: bytes) -> None:
@@ -97,11 +83,6 @@ class _Relay:
             return
         if self.first_byte_s is None:
             self.first_byte_s = time.perf_counter() - self.started
-
-    async def finish_once(self) -> None:
-        if not self.finalized:
-            self.finalized = True
-            await self.finalize(self.client_gone, self.broken)
 
     async def chunk(self, chunk: bytes) -> None:
         carried = self.parser.buffered
@@ -142,73 +123,22 @@ class _Relay:
 
 
 async def relay_stream(
-    response: StreamSink,
-    upstream: UpstreamResponse,
-    meter: StreamMeter,
-    finalize: Finalize,
-    *,
-    strip_usage: bool,
-    drain_s: float,
-    started: float,
-    progress: Progress | None = None,
-    framer: Framer | None = None,
-    trailer: Callable[[], bytes] | None = None,
+    response: StreamSink, upstream: UpstreamResponse, plan: StreamPlan
 ) -> RelayOutcome:
-    """`framer`: how the stream's bytes split into events; None for SSE. `trailer`: called
-    once the stream ended and was recorded; what it returns is written last, on a new event
-    (the drain's error event for a stream it cut, gateway.drain)."""
+    """Relay `upstream` to `response` as `plan` says, by the fastest relay both sides allow."""
     # Duck-typed on purpose: isinstance against a runtime-checkable Protocol costs about as
     # much as relaying a hundred events.
     if hasattr(response, "write_now") and getattr(upstream, "pushable", False):
-        return await relay_pushed(
-            cast(PushSink, response),
-            cast(PushSource, upstream),
-            meter,
-            finalize,
-            strip_usage=strip_usage,
-            drain_s=drain_s,
-            started=started,
-            progress=progress,
-            framer=framer,
-            trailer=trailer,
-        )
-    return await relay_reference(
-        response,
-        upstream,
-        meter,
-        finalize,
-        strip_usage=strip_usage,
-        drain_s=drain_s,
-        started=started,
-        progress=progress,
-        framer=framer,
-        trailer=trailer,
-    )
+        return await relay_pushed(cast(PushSink, response), cast(PushSource, upstream), plan)
+    return await relay_reference(response, upstream, plan)
 
 
 async def relay_reference(
-    response: StreamSink,
-    upstream: UpstreamResponse,
-    meter: StreamMeter,
-    finalize: Finalize,
-    *,
-    strip_usage: bool,
-    drain_s: float,
-    started: float,
-    progress: Progress | None = None,
-    framer: Framer | None = None,
-    trailer: Callable[[], bytes] | None = None,
+    response: StreamSink, upstream: UpstreamResponse, plan: StreamPlan
 ) -> RelayOutcome:
     """The awaited write loop: every sink, every upstream body."""
-    relay = _Relay(
-        response,
-        meter,
-        finalize,
-        strip_usage=strip_usage,
-        drain_s=drain_s,
-        started=started,
-        framer=framer,
-    )
+    relay = _Relay(response, plan)
+    progress, trailer = plan.progress, plan.trailer
     chunks = iter_chunks(upstream)
     next_progress = time.monotonic() + PROGRESS_INTERVAL_S
     try:
@@ -238,7 +168,7 @@ async def relay_reference(
             await relay._events(tail)
         else:
             for event in tail:
-                meter.observe(event)
+                relay.meter.observe(event)
             # Pass-through already wrote these bytes as they came.
         await relay.finish_once()
         last = trailer() if trailer is not None else b""

@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import aiohttp
 
-from gateway.providers.base import Framer, SSEEvent, StreamMeter
-from gateway.relay_types import PROGRESS_INTERVAL_S, Finalize, Progress, RelayOutcome
-from gateway.sse import SSEParser
+from gateway.providers.base import SSEEvent
+from gateway.relay_types import PROGRESS_INTERVAL_S, RelayOutcome, RelayState, StreamPlan
 from gateway.upstream_client import UpstreamError
 
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError)
@@ -70,38 +68,17 @@ class PushSource(Protocol):
     def resume_body(self) -> None: ...
 
 
-class _PushRelay:
+class _PushRelay(RelayState):
     """One stream's relay state; `body` and `end` are the upstream connection's callbacks."""
 
-    def __init__(
-        self,
-        sink: PushSink,
-        source: PushSource,
-        meter: StreamMeter,
-        finalize: Finalize,
-        *,
-        strip_usage: bool,
-        drain_s: float,
-        started: float,
-        progress: Progress | None,
-        framer: Framer | None,
-    ) -> None:
+    def __init__(self, sink: PushSink, source: PushSource, plan: StreamPlan) -> None:
+        super().__init__(plan)
         self.sink = sink
         self.source = source
-        self.meter = meter
-        self.finalize = finalize
-        self.strip_usage = strip_usage
-        self.drain_s = drain_s
-        self.started = started
-        self.progress = progress
+        self.progress = plan.progress
         self.next_progress = time.monotonic() + PROGRESS_INTERVAL_S
-        self.parser: Framer = SSEParser() if framer is None else framer
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self.loop.create_future()
-        self.client_gone = False
-        self.broken = False
-        self.finalized = False
-        self.first_byte_s: float | None = None
         self.error: BaseException | None = None
         self.stopped = False  # the body is over for the relay: callbacks are ignored
         # The terminal event is held while `finalize` runs: what to write after it.
@@ -241,11 +218,6 @@ class _PushRelay:
         finally:
             self.update_reading()
 
-    async def finish_once(self) -> None:
-        if not self.finalized:
-            self.finalized = True
-            await self.finalize(self.client_gone, self.broken)
-
     # -- the rest ---------------------------------------------------------------------------
 
     def update_reading(self) -> None:
@@ -286,31 +258,9 @@ class _PushRelay:
         self.write(b"".join(out))
 
 
-async def relay_pushed(
-    sink: PushSink,
-    source: PushSource,
-    meter: StreamMeter,
-    finalize: Finalize,
-    *,
-    strip_usage: bool,
-    drain_s: float,
-    started: float,
-    progress: Progress | None = None,
-    framer: Framer | None = None,
-    trailer: Callable[[], bytes] | None = None,
-) -> RelayOutcome:
+async def relay_pushed(sink: PushSink, source: PushSource, plan: StreamPlan) -> RelayOutcome:
     """`gateway.relay.relay_stream` for a `PushSink` and a pushable upstream."""
-    relay = _PushRelay(
-        sink,
-        source,
-        meter,
-        finalize,
-        strip_usage=strip_usage,
-        drain_s=drain_s,
-        started=started,
-        progress=progress,
-        framer=framer,
-    )
+    relay = _PushRelay(sink, source, plan)
     try:
         source.push_to(relay)
         await relay.done
@@ -326,7 +276,7 @@ async def relay_pushed(
     torn = relay.parser.buffered > 0  # the client may hold part of an event
     await relay.tail(relay.parser.flush())
     await relay.finish_once()
-    last = trailer() if trailer is not None else b""
+    last = plan.trailer() if plan.trailer is not None else b""
     if last:
         relay.write(b"\n\n" + last if torn else last)
     if not relay.client_gone:

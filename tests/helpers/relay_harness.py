@@ -24,6 +24,7 @@ from gateway.providers.openai import CHAT, COMPLETIONS, RESPONSES
 from gateway.providers.registry import api_for_kind
 from gateway.relay import RelayOutcome, relay_stream
 from gateway.relay_push import PushSink, PushSource
+from gateway.relay_types import StreamPlan
 from gateway.upstream import UpstreamResponse
 from gateway.upstream_client import UpstreamBodyError
 
@@ -179,14 +180,9 @@ def relay(
         at_finalize.append(bytes(client.received))
 
     async def run() -> RelayOutcome:
+        plan = StreamPlan(meter, finalize, strip, drain_s=5.0, started=time.perf_counter())
         return await relay_stream(
-            cast(web.StreamResponse, client),
-            cast(UpstreamResponse, upstream),
-            meter,
-            finalize,
-            strip_usage=strip,
-            drain_s=5.0,
-            started=time.perf_counter(),
+            cast(web.StreamResponse, client), cast(UpstreamResponse, upstream), plan
         )
 
     outcome = asyncio.run(run())
