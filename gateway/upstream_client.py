@@ -15,8 +15,8 @@ to `consumer.end`, exactly once. The consumer applies back-pressure itself
 the time of the last data, instead of one per chunk; a paused body never times out.
 
 Compared with aiohttp's client this skips cookie jars, redirects, tracing, proxies and
-per-request objects the proxy never uses: about a fifth of the CPU per request (measured
-with `python -m gateway.bench.client_cost`, see the README's benchmark section).
+per-request objects the proxy never uses (docs/benchmarks.md has what the gateway costs per
+request with it).
 
 Failure semantics (translated by `gateway.upstream` into the gateway's errors):
 - no connection within `connect_timeout_s`: `UpstreamConnectTimeout`; refused, reset or

@@ -8,7 +8,8 @@ skipping, so the README's test command works on a fresh machine; otherwise it fa
 message saying what to install. Import the fixture into a test module to use it.
 
 `screenshots_dir()` is where the pages' screenshots go: a temporary directory, or the
-repository's docs/ (the README's pictures) when TOLLBOOTH_UPDATE_SCREENSHOTS=1, so a test run
+repository's docs/ (the pictures the README and docs/ show) when TOLLBOOTH_UPDATE_SCREENSHOTS=1, so
+a test run
 leaves the checkout as it found it.
 """
 

@@ -1,7 +1,7 @@
 """The official `google-genai` SDK through Tollbooth (`kind: gemini`) against the mock
 provider: generate (plain and streamed), count tokens, embeddings, under `/v1` (the SDK's
 default) and `/v1beta`. Each billed call leaves one usage event with Gemini's counts mapped
-as the README says (input = prompt + tool-use prompt, output = candidates + thoughts); count
+as docs/providers.md says (input = prompt + tool-use prompt, output = candidates + thoughts); count
 tokens leaves none; the provider sees its own key, never the client's."""
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ count_tokens), served and metered the same. The provider key travels in
 `x-api-key`; `anthropic-version` and `anthropic-beta` pass through untouched (absent stays
 absent: the provider answers a request that lacks them).
 
-Usage follows the README's metering rules: `input_tokens` here is Anthropic's `input_tokens +
+Usage follows the metering rules (docs/metering-and-pricing.md): `input_tokens` here is Anthropic's
+`input_tokens +
 cache_read_input_tokens + cache_creation_input_tokens` (Anthropic reports the uncached part
 only), cache reads are `cached_input_tokens`, cache creation is `cache_write_tokens`. Anthropic
 folds thinking into `output_tokens`; `reasoning_tokens` is filled only where a response splits
