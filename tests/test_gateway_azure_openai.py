@@ -6,6 +6,7 @@ provider sees its own key in `api-key`, never the client's."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -28,28 +29,21 @@ DEPLOYMENTS = {
 MESSAGES: Any = [{"role": "user", "content": "Name three rivers of Europe please"}]
 
 
-def azure_config(**entry: Any) -> dict[str, Any]:
-    return {
-        "providers": {
-            "openai": {
-                "kind": "openai",
-                "base_url": "{mock_url}/v1",
-                "api_key_env": "TB_TEST_OPENAI_KEY",
-            },
-            "anthropic": {
-                "kind": "anthropic",
-                "base_url": "{mock_url}",
-                "api_key_env": "TB_TEST_ANTHROPIC_KEY",
-            },
+def azure_providers(**entry: Any) -> Callable[[str], dict[str, Any]]:
+    """The `azure` provider entry, beside the harness's OpenAI and Anthropic ones."""
+
+    def providers(mock_url: str) -> dict[str, Any]:
+        return {
             "azure": {
                 "kind": "azure_openai",
-                "base_url": "{mock_url}",
+                "base_url": mock_url,
                 "api_key_env": "TB_TEST_OPENAI_KEY",
                 "deployments": DEPLOYMENTS,
                 **entry,
-            },
+            }
         }
-    }
+
+    return providers
 
 
 async def start(
@@ -60,7 +54,7 @@ async def start(
         redis_url,
         monkeypatch,
         mock_options=MockOptions(api_key=PROVIDER_KEY, token_delay_ms=0),
-        extra_config=azure_config(**entry),
+        providers=azure_providers(**entry),
     )
 
 
@@ -253,16 +247,14 @@ async def test_client_leaving_mid_stream_is_drained_and_metered(
     drain_s: float,
     source: str,
 ) -> None:
-    extra = {
-        **azure_config(),
-        "server": {"host": "127.0.0.1", "port": 0, "disconnect_drain_s": drain_s},
-    }
+    extra = {"server": {"host": "127.0.0.1", "port": 0, "disconnect_drain_s": drain_s}}
     async with running_gateway(
         fresh_database_url,
         redis_url,
         monkeypatch,
         mock_options=MockOptions(token_delay_ms=30, output_tokens=20),
         extra_config=extra,
+        providers=azure_providers(),
     ) as gw:
         body = orjson.dumps({"messages": MESSAGES, "stream": True})
         url = f"{gw.base_url}/openai/deployments/prod-4o/chat/completions?api-version={API_VERSION}"

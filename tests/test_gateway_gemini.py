@@ -21,29 +21,9 @@ from tests.helpers.hand_priced import expected_money
 PROMPT = "Name three rivers of Europe please"
 
 
-def gemini_config(server: dict[str, Any] | None = None) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "providers": {
-            "openai": {
-                "kind": "openai",
-                "base_url": "{mock_url}/v1",
-                "api_key_env": "TB_TEST_OPENAI_KEY",
-            },
-            "anthropic": {
-                "kind": "anthropic",
-                "base_url": "{mock_url}",
-                "api_key_env": "TB_TEST_ANTHROPIC_KEY",
-            },
-            "google": {
-                "kind": "gemini",
-                "base_url": "{mock_url}",
-                "api_key_env": "TB_TEST_OPENAI_KEY",
-            },
-        }
-    }
-    if server is not None:
-        config["server"] = {"host": "127.0.0.1", "port": 0, **server}
-    return config
+def gemini_providers(mock_url: str) -> dict[str, Any]:
+    """The `google` provider entry, beside the harness's OpenAI and Anthropic ones."""
+    return {"google": {"kind": "gemini", "base_url": mock_url, "api_key_env": "TB_TEST_OPENAI_KEY"}}
 
 
 @pytest.fixture
@@ -53,7 +33,7 @@ async def gw(fresh_database_url: str, redis_url: str, monkeypatch: pytest.Monkey
         redis_url,
         monkeypatch,
         mock_options=MockOptions(api_key=PROVIDER_KEY),
-        extra_config=gemini_config(),
+        providers=gemini_providers,
     ) as gateway:
         yield gateway
 
@@ -196,7 +176,7 @@ async def test_errors_have_geminis_shape(
 ) -> None:
     tiers = {"free": {"limits": {"requests_per_minute": 1}}}
     async with running_gateway(
-        fresh_database_url, redis_url, monkeypatch, tiers=tiers, extra_config=gemini_config()
+        fresh_database_url, redis_url, monkeypatch, tiers=tiers, providers=gemini_providers
     ) as gw:
         with pytest.raises(errors.ClientError) as refused:
             await client(gw, key="tb_wrong").aio.models.generate_content(
@@ -227,7 +207,8 @@ async def test_client_leaving_mid_stream_is_drained_and_metered(
         redis_url,
         monkeypatch,
         mock_options=MockOptions(token_delay_ms=30, output_tokens=20),
-        extra_config=gemini_config({"disconnect_drain_s": drain_s}),
+        extra_config={"server": {"host": "127.0.0.1", "port": 0, "disconnect_drain_s": drain_s}},
+        providers=gemini_providers,
     ) as gw:
         body = orjson.dumps({"contents": [{"role": "user", "parts": [{"text": PROMPT}]}]})
         url = f"{gw.base_url}/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"
