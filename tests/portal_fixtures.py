@@ -17,7 +17,8 @@ import dataclasses
 import os
 import random
 import threading
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -165,6 +166,23 @@ async def seed_portal(app: web.Application) -> Seed:
     events = _events(key_ids)
     await insert_events(app[keys.pool], events)
     return Seed(acme_key, acme_web_key, beta_key, key_ids, events)
+
+
+@asynccontextmanager
+async def seeded_portal_gateway(
+    database_url: str, redis_url: str, monkeypatch: Any, admin_token: str
+) -> AsyncIterator[tuple[Gateway, Seed]]:
+    """A gateway with the portal tiers, three sign-ins a minute and the admin API on, and the
+    portal's customers, keys and events seeded."""
+    monkeypatch.setenv("TOLLBOOTH_ADMIN_TOKEN", admin_token)
+    async with running_gateway(
+        database_url,
+        redis_url,
+        monkeypatch,
+        tiers=PORTAL_TIERS,
+        extra_config=portal_config(login_attempts_per_minute=3),
+    ) as gw:
+        yield gw, await seed_portal(gw.app)
 
 
 _RAW = """

@@ -28,6 +28,7 @@ from tests.portal_fixtures import (
     portal_config,
     raw_totals,
     seed_portal,
+    seeded_portal_gateway,
 )
 
 TOKEN = "adm-" + "x" * 40
@@ -39,15 +40,10 @@ BASE = "/admin/dashboard"
 async def dashboard(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[Gateway, Seed]]:
-    monkeypatch.setenv("TOLLBOOTH_ADMIN_TOKEN", TOKEN)
-    async with running_gateway(
-        fresh_database_url,
-        redis_url,
-        monkeypatch,
-        tiers=PORTAL_TIERS,
-        extra_config=portal_config(login_attempts_per_minute=3),
-    ) as gw:
-        seed = await seed_portal(gw.app)
+    async with seeded_portal_gateway(fresh_database_url, redis_url, monkeypatch, TOKEN) as (
+        gw,
+        seed,
+    ):
         await gw.app[keys.accounts].create_customer("xss", tier="free", name=XSS_CUSTOMER_NAME)
         await gw.app[keys.redis_client].flushdb()
         yield gw, seed

@@ -25,6 +25,7 @@ from tests.portal_fixtures import (
     portal_config,
     raw_totals,
     seed_portal,
+    seeded_portal_gateway,
 )
 
 SECRET = b"s" * 32
@@ -77,15 +78,10 @@ def test_session_expiry_kind_and_csrf() -> None:
 async def portal(
     fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[Gateway, Seed]]:
-    monkeypatch.setenv("TOLLBOOTH_ADMIN_TOKEN", "admin-token-for-tests")
-    async with running_gateway(
-        fresh_database_url,
-        redis_url,
-        monkeypatch,
-        tiers=PORTAL_TIERS,
-        extra_config=portal_config(login_attempts_per_minute=3),
-    ) as gw:
-        yield gw, await seed_portal(gw.app)
+    async with seeded_portal_gateway(
+        fresh_database_url, redis_url, monkeypatch, "admin-token-for-tests"
+    ) as seeded:
+        yield seeded
 
 
 def _client() -> aiohttp.ClientSession:
