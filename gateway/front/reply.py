@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ class FrontReply:
         self._conn = conn
         self._cors = cors
         self.head_sent = False
+        self._head = b""  # a stream's head, not written yet: it goes with the first chunk
 
     async def send(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self.write_whole(status, headers, body)
@@ -54,27 +56,39 @@ class FrontReply:
             self._cors,
         )
         self.head_sent = True
-        with contextlib.suppress(ConnectionResetError):  # noticed by the relay's first write
-            self._conn.write(head)
+        # The head waits for the end of this loop turn: the upstream's first events usually
+        # came with its head and are relayed in this turn, so the client gets the head and
+        # the first event in one write (one send, and the first event no later).
+        self._head = head
+        asyncio.get_running_loop().call_soon(self._write_head)
         return self
+
+    def _write_head(self) -> None:
+        head, self._head = self._head, b""
+        if head:
+            with contextlib.suppress(ConnectionResetError):  # noticed by the relay's next write
+                self._conn.write(head)
 
     async def write(self, data: bytes) -> None:
         if not data:
             return
-        self._conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+        self.write_now(data)
         await self._conn.drain()
 
     def write_now(self, data: bytes) -> bool:
         """`gateway.relay_push.PushSink`: one body chunk, written at once; False when the
         client's buffer is full (wait for `writable` before writing more)."""
-        self._conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+        chunk = b"%b%x\r\n%b\r\n" % (self._head, len(data), data)
+        self._head = b""
+        self._conn.write(chunk)
         return not self._conn.writing_paused
 
     async def writable(self) -> None:
         await self._conn.drain()
 
     async def write_eof(self) -> None:
-        self._conn.write(b"0\r\n\r\n")
+        last, self._head = self._head + b"0\r\n\r\n", b""
+        self._conn.write(last)
 
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
