@@ -286,6 +286,15 @@ async def prepare(
     if model != requested:
         ex.metadata["requested_model"] = requested
     our_headers = {"x-request-id": str(request_id)}
+    url = api.upstream_url(endpoint, provider, call)
+    upstream_headers = api.upstream_headers(headers, provider_key)
+    if content_type is None:  # providers refuse an unlabelled body; this one is JSON
+        upstream_headers["Content-Type"] = "application/json"
+    check_forwardable(upstream_headers)  # 400 now: before quotas reserve, nothing journaled
+    api.sign(provider, endpoint.method, url, upstream_headers, payload)
+    outgoing = Upstream(
+        endpoint.method, url, upstream_headers, payload, (provider_key or "").encode()
+    )
 
     if endpoint.metered:
         try:
@@ -329,15 +338,6 @@ async def prepare(
         our_headers.update(app[keys.quotas].rate_limit_headers(ex.admission))
         app[keys.alerts].check(ex.admission, tier)
 
-    url = api.upstream_url(endpoint, provider, call)
-    upstream_headers = api.upstream_headers(headers, provider_key)
-    if content_type is None:  # providers refuse an unlabelled body; this one is JSON
-        upstream_headers["Content-Type"] = "application/json"
-    check_forwardable(upstream_headers)  # 400 now, before a provisional event is journaled
-    api.sign(provider, endpoint.method, url, upstream_headers, payload)
-    outgoing = Upstream(
-        endpoint.method, url, upstream_headers, payload, (provider_key or "").encode()
-    )
     if endpoint.metered:  # journaled in case the gateway dies mid-request (metering)
         app[keys.recorder].open(ex, prompt_tokens)
     return Pending(ex, outgoing, strip_usage, our_headers)
