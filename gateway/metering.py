@@ -3,10 +3,12 @@
 Before that, while it runs: `Recorder.open` journals the exchange's provisional event just
 before it goes upstream (the event it gets if the gateway is killed before it finishes:
 `status_code` 502, `usage_source = estimated`, `metadata.interrupted = "gateway_stopped"`,
-the prompt-token estimate as input, no money), and the progress callback of
-`stream_progress` journals it again, with the output counted so far, when the relay calls it
-(about once a second). Both cost one encoded line and one os.write (storage.usage.journal_open),
-no pricing and no await; neither raises into the request path. If the process dies, the next
+the prompt-token estimate as input, no money), and while a stream runs (`track_stream` to
+`untrack_stream`) it is journaled again with the output counted so far, once every
+PROGRESS_INTERVAL_S: one timer for every open stream, whose lines go in one os.write
+(`write_progress`; a stream with nothing new since its last line is skipped). Each is an
+encoded line (storage.usage.journal_open), no pricing and no await; neither raises into the
+request path. If the process dies, the next
 start prices those events with `interrupted_pricer` and records the ones that never got a
 real event (storage.usage.interrupted). 502 because the exchange did fail, from the client's side;
 it is priced as a failed request: the tokens, no per-request or compute fee.
@@ -56,6 +58,7 @@ T = TypeVar("T")
 
 INTERRUPTED_STATUS = 502
 INTERRUPTED = "gateway_stopped"  # metadata.interrupted of an exchange the gateway never finished
+PROGRESS_INTERVAL_S = 1.0  # how often an open stream's output so far is journaled
 
 
 @dataclass(slots=True)
@@ -92,6 +95,9 @@ class Recorder:
         self._metrics = metrics
         self._access_log = access_log
         self._inflight: set[asyncio.Task[Any]] = set()
+        # Open streams' progress lines (track_stream), journaled together by one timer.
+        self._streams: dict[uuid.UUID, Callable[[], bytes | None]] = {}
+        self._tick: asyncio.TimerHandle | None = None
 
     def spawn(self, exchange: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run one exchange as a tracked task, so shutdown can wait for it to be billed."""
@@ -109,15 +115,46 @@ class Recorder:
         ex.prompt_tokens = prompt_tokens
         self._writer.provisional(ex.request_id, _provisional_line(ex, prompt_tokens, 0, 0))
 
-    def stream_progress(self, ex: Exchange, meter: StreamMeter) -> Callable[[], None]:
-        """A callback for the relay: journal the provisional event again with the output the
-        stream has produced so far. Tokens are counted on the text added since the last call
-        only (a stream's text is never counted twice, so a long stream stays cheap)."""
+    def track_stream(self, ex: Exchange, meter: StreamMeter) -> None:
+        """Journal the stream's output so far with the next progress tick, and each one after,
+        until `untrack_stream` (which `finish`'s caller calls first: no record may follow the
+        real event)."""
+        self._streams[ex.request_id] = self._progress_line(ex, meter)
+        if self._tick is None:
+            loop = asyncio.get_running_loop()
+            self._tick = loop.call_later(PROGRESS_INTERVAL_S, self._on_tick)
+
+    def untrack_stream(self, ex: Exchange) -> None:
+        self._streams.pop(ex.request_id, None)
+
+    def _on_tick(self) -> None:
+        self._tick = None
+        self.write_progress()
+        if self._streams:
+            loop = asyncio.get_running_loop()
+            self._tick = loop.call_later(PROGRESS_INTERVAL_S, self._on_tick)
+
+    def write_progress(self) -> None:
+        """Journal every tracked stream that produced something since its last record, in one
+        write."""
+        records: list[tuple[uuid.UUID, bytes]] = []
+        for request_id, line_of in self._streams.items():
+            line = line_of()
+            if line is not None:
+                records.append((request_id, line))
+        if records:
+            self._writer.provisional_many(records)
+
+    def _progress_line(self, ex: Exchange, meter: StreamMeter) -> Callable[[], bytes | None]:
+        """The stream's provisional line with the output so far, or None when nothing changed
+        since the last one. Tokens are counted on the text added since the last call only (a
+        stream's text is never counted twice, so a long stream stays cheap)."""
         counted_chars = 0
         output_tokens = 0
+        last: tuple[int, int, int, int, str | None] | None = None
 
-        def progress() -> None:
-            nonlocal counted_chars, output_tokens
+        def line() -> bytes | None:
+            nonlocal counted_chars, output_tokens, last
             try:
                 result = meter.result()
                 usage = result.usage
@@ -129,22 +166,26 @@ class Recorder:
                     usage = result.partial_usage or Usage(input_tokens=ex.prompt_tokens)
                     # Never below an output count the provider already reported.
                     usage = replace(usage, output_tokens=max(output_tokens, usage.output_tokens))
-                latency_ms = int((time.perf_counter() - ex.started) * 1000)
-                line = _provisional_line(
-                    ex,
+                counts = (
                     usage.input_tokens,
                     usage.output_tokens,
-                    latency_ms,
                     usage.cached_input_tokens,
                     usage.cache_write_tokens,
                     result.upstream_id,
                 )
+                if counts == last:
+                    return None
+                last = counts
+                latency_ms = int((time.perf_counter() - ex.started) * 1000)
+                input_tokens, output_tokens, cached, cache_write, upstream_id = counts
+                return _provisional_line(
+                    ex, input_tokens, output_tokens, latency_ms, cached, cache_write, upstream_id
+                )
             except Exception:  # a bug: never break the stream for a progress record
                 log.error("stream progress of %s not recorded", ex.request_id, exc_info=True)
-                return
-            self._writer.provisional(ex.request_id, line)
+                return None
 
-        return progress
+        return line
 
     async def drain(self, timeout_s: float) -> None:
         """Wait for in-flight exchanges (and their events) before the writer closes."""

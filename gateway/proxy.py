@@ -441,6 +441,7 @@ async def _exchange(
             if recorded or not metered:
                 return
             recorded = True
+            recorder.untrack_stream(ex)  # no progress record after the real event
             ex.metadata.update(_stream_metadata(client_gone, broken, was_cut()))
             result = meter.result()
             await recorder.finish(
@@ -469,10 +470,11 @@ async def _exchange(
                 strip_usage=strip_usage,
                 drain_s=ex.snapshot.settings.server.disconnect_drain_s,
                 started=ex.started,
-                progress=recorder.stream_progress(ex, meter) if metered else None,
                 framer=api.stream_framer(endpoint),
                 trailer=cut_trailer,
             )
+            if metered:  # journaled with the output so far while it runs (metering)
+                recorder.track_stream(ex, meter)
             outcome = await relay_stream(sink, upstream, plan)
         finally:
             await record(False, True)  # a no-op unless the relay failed before recording

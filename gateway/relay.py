@@ -19,12 +19,6 @@ If the client goes away mid-stream, the relay keeps reading upstream for up to `
 seconds so the provider's final usage is still seen; past that bound, or if upstream breaks,
 the meter's result has no usage and the caller estimates from what was produced.
 
-`progress` (optional) is called after a chunk is relayed, at most once per
-`PROGRESS_INTERVAL_S` and never once `finalize` has run, so the caller can journal what the
-stream has produced so far (metering.Recorder.stream_progress): if the gateway is killed
-mid-stream, that is what gets billed. The check per chunk is one clock read; a progress
-callback must not raise.
-
 Two implementations keep this contract. When the client's side can be written without
 awaiting (the fast front's `FrontReply`, a `relay_push.PushSink`) and the upstream body is
 sent as is, `relay_stream` hands the stream to `gateway.relay_push.relay_pushed`, which relays
@@ -44,9 +38,7 @@ import aiohttp
 from gateway.providers.base import SSEEvent
 from gateway.relay_push import PushSink, PushSource, relay_pushed
 from gateway.relay_types import (
-    PROGRESS_INTERVAL_S,
     Finalize,
-    Progress,
     RelayOutcome,
     RelayState,
     StreamPlan,
@@ -55,9 +47,7 @@ from gateway.reply import StreamSink
 from gateway.upstream import UpstreamBroken, UpstreamResponse, iter_chunks
 
 __all__ = [
-    "PROGRESS_INTERVAL_S",
     "Finalize",
-    "Progress",
     "RelayOutcome",
     "relay_reference",
     "relay_stream",
@@ -138,9 +128,8 @@ async def relay_reference(
 ) -> RelayOutcome:
     """The awaited write loop: every sink, every upstream body."""
     relay = _Relay(response, plan)
-    progress, trailer = plan.progress, plan.trailer
+    trailer = plan.trailer
     chunks = iter_chunks(upstream)
-    next_progress = time.monotonic() + PROGRESS_INTERVAL_S
     try:
         while True:
             try:
@@ -157,11 +146,6 @@ async def relay_reference(
                 relay.broken = True
                 break
             await relay.chunk(chunk)
-            if progress is not None and not relay.finalized:
-                now = time.monotonic()
-                if now >= next_progress:
-                    next_progress = now + PROGRESS_INTERVAL_S
-                    progress()
         torn = relay.parser.buffered > 0  # the client may hold part of an event
         tail = relay.parser.flush()
         if relay.strip_usage:

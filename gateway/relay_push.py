@@ -32,7 +32,7 @@ from typing import Protocol, runtime_checkable
 import aiohttp
 
 from gateway.providers.base import SSEEvent
-from gateway.relay_types import PROGRESS_INTERVAL_S, RelayOutcome, RelayState, StreamPlan
+from gateway.relay_types import RelayOutcome, RelayState, StreamPlan
 from gateway.upstream_client import UpstreamError
 
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError)
@@ -75,8 +75,6 @@ class _PushRelay(RelayState):
         super().__init__(plan)
         self.sink = sink
         self.source = source
-        self.progress = plan.progress
-        self.next_progress = time.monotonic() + PROGRESS_INTERVAL_S
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.error: BaseException | None = None
@@ -102,11 +100,6 @@ class _PushRelay(RelayState):
             return
         try:
             self.relay(chunk)
-            if self.progress is not None and not self.finalized:
-                now = time.monotonic()
-                if now >= self.next_progress:
-                    self.next_progress = now + PROGRESS_INTERVAL_S
-                    self.progress()
         except Exception as exc:  # a bug in a meter or framer: raised by relay_pushed
             self.error = exc
             self.stop()

@@ -11,9 +11,6 @@ from gateway.sse import SSEParser
 
 # finalize(client_gone, upstream_broken): record the stream's usage event; awaited once.
 Finalize = Callable[[bool, bool], Awaitable[None]]
-# progress(): journal what the stream has produced so far; must not raise.
-Progress = Callable[[], None]
-PROGRESS_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +33,6 @@ class StreamPlan:
     strip_usage: bool
     drain_s: float
     started: float
-    progress: Progress | None = None
     framer: Framer | None = None
     trailer: Callable[[], bytes] | None = None
 

@@ -30,6 +30,7 @@ from gateway.metering import Exchange, Recorder, interrupted_pricer
 from gateway.metrics import Metrics
 from gateway.providers.anthropic import AnthropicApi
 from gateway.providers.base import SSEEvent
+from gateway.providers.openai import OpenAIApi
 from gateway.quotas import QuotaPolicy
 from gateway.runtime import Runtime
 from gateway.tokens import TokenCounter
@@ -42,6 +43,7 @@ from storage.usage.event import UsageEvent
 from storage.usage.journal import Journal
 from storage.usage.journal_format import encode_event, encode_provisional, event_from_line
 from storage.usage.journal_open import OpenLog
+from storage.usage.journal_slots import AppendFiles
 from storage.usage.writer import UsageWriter
 
 SETTINGS = parse_settings(
@@ -374,7 +376,8 @@ async def test_stream_progress_records_the_output_so_far_and_the_reported_input(
     try:
         recorder.open(ex, 40)
         meter = api.stream_meter(api.endpoints[0], False)
-        progress = recorder.stream_progress(ex, meter)
+        recorder.track_stream(ex, meter)
+        progress = recorder.write_progress
 
         def feed(name: str, data: dict[str, object]) -> None:
             meter.observe(SSEEvent(name, json.dumps(data).encode(), b""))
@@ -415,5 +418,80 @@ async def test_stream_progress_records_the_output_so_far_and_the_reported_input(
         assert event.metadata["interrupted"] == "gateway_stopped"
         assert writer.open_exchanges == 1
     finally:
+        await writer.close()
+        await client.aclose()
+
+
+async def test_progress_of_every_open_stream_goes_in_one_write_and_stops_at_untrack(
+    pool: asyncpg.Pool, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = UsageWriter(pool, journal_dir=tmp_path, flush_interval_s=0.05)
+    await writer.start()
+    client = redis.Redis.from_url(redis_url)
+    recorder = Recorder(
+        writer,
+        QuotaPolicy(QuotaStore(client), QuotasConfig()),
+        TokenCounter(),
+        Metrics(),
+        AccessLog(enabled=False),
+    )
+    api = OpenAIApi()
+    endpoint = api.endpoints[0]
+    principal = KeyPrincipal("key_0123456789abcdef", "cust_k9", None, None, "pro", False)
+    snapshot = Runtime(SETTINGS, Catalog.load_default()).current
+    appends: list[bytes] = []
+    real_append = AppendFiles.append
+
+    def recording_append(self: AppendFiles, data: bytes, size_before: int) -> None:
+        appends.append(data)
+        real_append(self, data, size_before)
+
+    def ids_in(data: bytes) -> list[uuid.UUID]:
+        events = [event_from_line(UsageEvent.COLUMNS, line) for line in data.splitlines()]
+        return [event.id for event in events if event is not None]
+
+    def chunk(text: str) -> SSEEvent:
+        data = json.dumps({"id": "c1", "choices": [{"index": 0, "delta": {"content": text}}]})
+        return SSEEvent(None, data.encode(), b"")
+
+    try:
+        streams = []
+        for _ in range(3):
+            ex = Exchange(
+                uuid.uuid4(),
+                datetime.now(UTC),
+                time.perf_counter(),
+                principal,
+                snapshot,
+                "openai",
+                "gpt-4o-mini",
+                endpoint,
+                True,
+                "a prompt",
+            )
+            recorder.open(ex, 10)
+            meter = api.stream_meter(endpoint, True)
+            recorder.track_stream(ex, meter)
+            streams.append((ex, meter))
+        monkeypatch.setattr(AppendFiles, "append", recording_append)
+        for _, meter in streams:
+            meter.observe(chunk("Hello there, "))
+        recorder.write_progress()
+        [together] = appends  # the three streams' records in one write
+        assert ids_in(together) == [ex.request_id for ex, _ in streams]
+
+        appends.clear()
+        recorder.write_progress()  # nothing new in any stream: nothing written
+        assert appends == []
+
+        (moved, moved_meter), (untracked, untracked_meter), _ = streams
+        moved_meter.observe(chunk("general Kenobi."))
+        recorder.untrack_stream(untracked)
+        untracked_meter.observe(chunk("more text"))
+        recorder.write_progress()
+        [only] = appends  # the stream that moved; the untracked one is never written again
+        assert ids_in(only) == [moved.request_id]
+    finally:
+        monkeypatch.undo()
         await writer.close()
         await client.aclose()

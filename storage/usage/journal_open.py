@@ -133,22 +133,28 @@ class OpenLog:
 
     def record(self, event_id: uuid.UUID, line: bytes) -> None:
         """Append the exchange's latest provisional event (a line ending in "\\n")."""
+        self.record_many([(event_id, line)])
+
+    def record_many(self, records: list[tuple[uuid.UUID, bytes]]) -> None:
+        """`record` for several exchanges, in one write."""
         if self._closed:
             raise RuntimeError("the open-record log is closed")
         active = self._active
         if active is None or self._broken or active.size >= self._rotate_bytes:
             active = self._rotate()
+        data = records[0][1] if len(records) == 1 else b"".join(line for _, line in records)
         try:
-            self._out.append(line, active.size)
+            self._out.append(data, active.size)
         except OSError:
             self._broken = True
             raise
-        active.size += len(line)
-        active.pins += 1
-        previous = self._pins.get(event_id)
-        self._pins[event_id] = active
-        if previous is not None:
-            self._unpin(previous)
+        active.size += len(data)
+        for event_id, _ in records:
+            active.pins += 1
+            previous = self._pins.get(event_id)
+            self._pins[event_id] = active
+            if previous is not None:
+                self._unpin(previous)
 
     def settle(self, event_id: uuid.UUID) -> None:
         """The exchange's real event is journaled: its records are no longer needed."""

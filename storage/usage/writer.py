@@ -253,17 +253,22 @@ class UsageWriter:
         replaces it). `submit` of the exchange's real event settles it. Never raises: before
         `start()` or after `close()` it does nothing, and a disk that refuses the line is
         logged (the request goes on without that protection)."""
+        self.provisional_many([(event_id, line)])
+
+    def provisional_many(self, records: list[tuple[uuid.UUID, bytes]]) -> None:
+        """`provisional` for several exchanges, in one os.write."""
         journal = self._journal
         if journal is None or self._closed:
             return
         try:
-            journal.open_log.record(event_id, line)
+            journal.open_log.record_many(records)
         except OSError as exc:
             self._alert(
                 "open",
-                "usage journal: cannot record the exchange in flight %s (%s); "
-                "if the gateway is killed before it ends, it is not billed",
-                event_id,
+                "usage journal: cannot record %d exchanges in flight, %s first (%s); "
+                "if the gateway is killed before they end, they are not billed",
+                len(records),
+                records[0][0],
                 exc,
             )
 
