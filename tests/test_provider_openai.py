@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.providers import openai_stream
 from gateway.providers.base import Endpoint, SSEEvent, StreamResult
 from gateway.providers.openai import CHAT, COMPLETIONS, EMBEDDINGS, MODELS, RESPONSES, OpenAIApi
 from gateway.providers.registry import ALL_APIS, api_for_kind, route
@@ -500,3 +501,24 @@ def test_body_without_usage_yields_the_produced_text_for_an_estimate() -> None:
         }
     )
     assert api.usage_from_body(CHAT, with_usage).produced_text == ""
+
+
+_TEXTS = st.one_of(st.text(max_size=5), st.none(), st.integers(0, 3))
+_DELTAS = st.dictionaries(
+    st.sampled_from(["content", "role", "refusal", "reasoning_content", "reasoning"]), _TEXTS
+) | st.fixed_dictionaries(
+    {"tool_calls": st.just([{"index": 0, "function": {"name": "f", "arguments": "{}"}}])}
+)
+_CHOICES = st.fixed_dictionaries(
+    {"index": st.just(0), "delta": _DELTAS | st.none()},
+    optional={"text": _TEXTS, "finish_reason": st.none()},
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_CHOICES, max_size=2) | st.none())
+def test_the_content_only_chunk_shortcut_reads_what_the_full_walk_reads(
+    choices: list[dict[str, Any]] | None,
+) -> None:
+    chunk = {"id": "c", "choices": choices}
+    assert list(openai_stream._chat_texts(chunk)) == list(openai_stream._every_chat_text(chunk))

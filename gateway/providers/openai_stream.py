@@ -15,7 +15,7 @@ ever raises on bad bytes: an unreadable event is forwarded and otherwise ignored
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from gateway.providers.base import SSEEvent, StreamResult
@@ -195,7 +195,25 @@ class ResponsesStreamMeter:
         return StreamResult(self._usage, self._upstream_id, text)
 
 
-def _chat_texts(chunk: Mapping[str, Any]) -> Iterator[str]:
+# A delta with these keys at most carries its text in `content` alone (most chunks).
+_PLAIN_DELTA = frozenset({"content", "role"})
+
+
+def _chat_texts(chunk: Mapping[str, Any]) -> Iterable[str]:
+    """The text a chat chunk produced; the usual one-choice, content-only chunk is read
+    without walking every field."""
+    choices = chunk.get("choices")
+    if type(choices) is list and len(choices) == 1:
+        choice = choices[0]
+        if type(choice) is dict and "text" not in choice:
+            delta = choice.get("delta")
+            if type(delta) is dict and delta.keys() <= _PLAIN_DELTA:
+                content = delta.get("content")
+                return (content,) if type(content) is str else ()
+    return _every_chat_text(chunk)
+
+
+def _every_chat_text(chunk: Mapping[str, Any]) -> Iterator[str]:
     choices = chunk.get("choices")
     for choice in choices if isinstance(choices, list) else ():
         choice = obj(choice)
