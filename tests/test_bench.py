@@ -217,10 +217,11 @@ async def test_paced_streams_count_every_event_and_the_gateways_memory(
     assert scenario["events_per_answer"] == events_per_stream
     assert scenario["stagger_s"] == report["settings"]["stagger_s"] == 0.1
     phases = report["phases"]
-    assert {(p["scenario"], p["target"], p["concurrency"]) for p in phases} == {
+    assert [(p["scenario"], p["target"], p["concurrency"]) for p in phases] == [
         ("paced-streams", "gateway", 3),
         ("paced-streams", "direct", 3),
-    }
+        ("paced-streams", "floor", 3),  # through the proxy that only moves bytes
+    ]
     for phase in phases:
         assert_consistent(phase)
         # Every stream of the phase (warm-up and drain included) brought all its events,
@@ -240,14 +241,22 @@ async def test_paced_streams_count_every_event_and_the_gateways_memory(
         assert per_event["upstream"] == pytest.approx(
             phase["cpu_s"]["upstream"] / phase["window_events"] * 1e6, rel=1e-2
         )
-    gateway = next(p for p in phases if p["target"] == "gateway")
-    direct = next(p for p in phases if p["target"] == "direct")
+    gateway, direct, floor = phases
     assert gateway["events_written"] == gateway["completed"]
     assert gateway["cpu_us_per_event"]["gateway"] > 0
     assert gateway["rss_before_bytes"] > 0 and gateway["rss_peak_bytes"] > 0
     growth = gateway["rss_peak_bytes"] - gateway["rss_before_bytes"]
     assert gateway["rss_kib_per_stream"] == pytest.approx(growth / 1024 / 3, abs=0.01)
     assert direct["rss_before_bytes"] is None and direct["rss_kib_per_stream"] is None
+    # The floor: its own CPU per event, compared with the direct phase run just before it.
+    assert floor["cpu_us_per_event"]["floor"] > 0 and "gateway" not in floor["cpu_s"]
+    assert floor["events_written"] is None and floor["workers"] is None
+    assert floor["versus_direct"]["ratio_to_direct"] == pytest.approx(
+        floor["rps"] / direct["rps"], rel=1e-2
+    )
+    assert floor["versus_direct"]["added_ttfb_p99_ms"] == pytest.approx(
+        floor["ttfb_p99_ms"] - direct["ttfb_p99_ms"], abs=1e-3
+    )
 
     (row,) = report["comparisons"]
     assert row["added_ttfb_p99_ms"] == pytest.approx(
@@ -332,6 +341,9 @@ def test_paced_streams_options_from_the_command_line() -> None:
     assert options.stagger() == pytest.approx(2.04)
     assert options.cpus_of("loadgen") == (cpu,) and options.cpus_of("gateway") is None
     assert options.profile_concurrency == 100
+    # The floor phase runs unless asked not to.
+    assert options.floor is True
+    assert options_from(build_parser().parse_args(["bench", "--no-floor"])).floor is False
     # The default scenarios leave the long paced-streams phases out.
     assert "paced-streams" not in options_from(build_parser().parse_args(["bench"])).scenarios
     with pytest.raises(SystemExit):

@@ -6,7 +6,10 @@ per stream and per second, CPU per relayed event (µs of the gateway, the upstre
 generator as a share of one core, so a reader can see it was not the bottleneck), how long
 the generator's and the gateway's event loops waited for a CPU (the rest of the machine's
 load), and the gateway's RSS: its peak in the window and the growth over the phase per open
-stream.
+stream. The floor row (a proxy that only moves bytes) fills the gateway's columns with its
+own numbers: its ratio to direct, what it added to time to first byte, its CPU per event and
+its run-queue wait; `floor_notes` says per concurrency how much of the gateway's CPU per
+event the floor already costs.
 
 The targets speak of one gateway worker at 1, 300, 600 and 2,000 open streams; each is
 judged only when the run had that phase (else it is listed as not run). `stream_notes`
@@ -150,6 +153,30 @@ def stream_notes(report: BenchReport, scenario: str) -> list[str]:
                 f"{phase.ttfb_p99_ms:.1f} ms: the load generator and the upstream were slowed "
                 "too (see their CPU and `other`), so the gateway's ratio there says less"
             )
+    return notes + floor_notes(report, scenario)
+
+
+def floor_notes(report: BenchReport, scenario: str) -> list[str]:
+    """Per concurrency with a floor phase: the floor's CPU per event next to the gateway's."""
+    gateways = {
+        p.concurrency: p
+        for p in reversed(report.phases)  # the first workers value wins
+        if p.scenario == scenario and p.target == "gateway"
+    }
+    notes = []
+    for floor in report.phases:
+        if floor.scenario != scenario or floor.target != "floor":
+            continue
+        gateway = gateways.get(floor.concurrency)
+        floor_us = floor.cpu_us_per_event("floor")
+        gateway_us = gateway.cpu_us_per_event("gateway") if gateway is not None else None
+        if floor_us is None or gateway_us is None:
+            continue
+        notes.append(
+            f"paced streams at c={floor.concurrency}: a proxy that only moves bytes used "
+            f"{floor_us:.1f} us of CPU per relayed event, the gateway {gateway_us:.1f} us: "
+            f"{max(0.0, gateway_us - floor_us):.1f} us per event is the gateway's own work"
+        )
     return notes
 
 
@@ -159,8 +186,10 @@ def _num(value: float | None, fmt: str) -> str:
 
 def streams_row(phase: PhaseResult, comparison: Comparison | None) -> list[str]:
     target = phase.target if phase.workers is None else f"{phase.target} w{phase.workers}"
+    comparison = comparison or phase.versus_direct()
+    proxy = "floor" if phase.target == "floor" else "gateway"  # whose columns the gw ones are
     loadgen = phase.cpu_s.get("loadgen")
-    gw_wait = phase.wait_s.get("gateway")
+    gw_wait = phase.wait_s.get(proxy)
     lg_wait = phase.wait_s.get("loadgen")
     per_stream = phase.events / phase.completed if phase.completed else None
     rss = phase.rss_peak_bytes
@@ -180,7 +209,7 @@ def streams_row(phase: PhaseResult, comparison: Comparison | None) -> list[str]:
         _num(comparison.added_ttfb_p99_ms if comparison else None, "+.2f"),
         _num(per_stream, ".1f"),
         f"{phase.events_per_s:,.0f}",
-        _num(phase.cpu_us_per_event("gateway"), ".1f"),
+        _num(phase.cpu_us_per_event(proxy), ".1f"),
         _num(phase.cpu_us_per_event("upstream"), ".1f"),
         _num(None if loadgen is None else loadgen / phase.window_s, ".0%"),
         _num(None if lg_wait is None else lg_wait / phase.window_s, ".0%"),
@@ -203,5 +232,7 @@ STREAMS_COLUMNS = [
     "          lg wait, gw wait: how long the load generator's and the gateway's event loops "
     "were runnable but waited for a CPU (a share of the window);",
     "          RSS MiB: the gateway's peak in the window; KiB/stream: its growth over the "
-    "phase per open stream",
+    "phase per open stream;",
+    "          floor: a proxy that only moves bytes (gateway.bench.floor_proxy); its row's gw "
+    "columns are its own",
 ]

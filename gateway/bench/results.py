@@ -4,7 +4,8 @@
 window; `percentile` is nearest-rank on the sorted samples. Times are floats in milliseconds
 or seconds (they are measurements, not money). Derived numbers (req/s, CPU per request, the
 gateway/direct comparison) are computed here from the raw counts, so the table and the JSON
-can never disagree.
+can never disagree. A floor phase (a proxy that only moves bytes, see `floor_proxy.py`)
+carries the direct phase it is compared with, and its JSON the comparison (`versus_direct`).
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ def merge_loadgen(outputs: Sequence[dict[str, Any]]) -> LoadgenTotals:
 @dataclass(frozen=True)
 class PhaseResult:
     scenario: str
-    target: str  # "gateway" or "direct"
-    workers: int | None  # gateway worker processes; None for direct
+    target: str  # "gateway", "direct" or "floor"
+    workers: int | None  # gateway worker processes; None for direct and floor
     concurrency: int
     loadgen_procs: int
     window_s: float
@@ -102,6 +103,8 @@ class PhaseResult:
     rss_peak_bytes: int | None = None
     # Process group -> seconds its main threads waited for a CPU in the window.
     wait_s: dict[str, float] = field(default_factory=dict)
+    # A floor phase: the direct phase of the same scenario and concurrency, run just before.
+    compared_with: PhaseResult | None = None
 
     @property
     def rps(self) -> float:
@@ -129,8 +132,16 @@ class PhaseResult:
             return None
         return (self.rss_peak_bytes - self.rss_before_bytes) / 1024 / self.concurrency
 
+    def versus_direct(self) -> Comparison | None:
+        """This phase next to the one it is compared with (a floor phase; else None)."""
+        return None if self.compared_with is None else Comparison(self, self.compared_with)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["compared_with"]
+        versus = self.versus_direct()
+        if versus is not None:
+            data["versus_direct"] = versus.deltas()
         data["rps"] = round(self.rps, 1)
         data["events_per_s"] = round(self.events_per_s, 1)
         data["cpu_us_per_event"] = {
@@ -194,7 +205,8 @@ def phase_result(
 
 @dataclass(frozen=True)
 class Comparison:
-    """One gateway phase next to the direct phase of the same scenario and concurrency."""
+    """One gateway (or floor) phase next to the direct phase of the same scenario and
+    concurrency; `gateway` is the phase compared."""
 
     gateway: PhaseResult
     direct: PhaseResult | None
@@ -218,18 +230,27 @@ class Comparison:
             return None
         return self.gateway.rps / self.direct.rps
 
-    def to_json(self) -> dict[str, Any]:
+    def deltas(self) -> dict[str, float | None]:
         def r(value: float | None) -> float | None:
             return None if value is None else round(value, 4)
 
         return {
-            "scenario": self.gateway.scenario,
-            "concurrency": self.gateway.concurrency,
-            "workers": self.gateway.workers,
             "added_p50_ms": r(self.added_p50_ms),
             "added_ttfb_p50_ms": r(self.added_ttfb_p50_ms),
             "added_ttfb_p99_ms": r(self.added_ttfb_p99_ms),
-            "ratio_gateway_direct": r(self.ratio),
+            "ratio_to_direct": r(self.ratio),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        deltas = self.deltas()
+        return {
+            "scenario": self.gateway.scenario,
+            "concurrency": self.gateway.concurrency,
+            "workers": self.gateway.workers,
+            "added_p50_ms": deltas["added_p50_ms"],
+            "added_ttfb_p50_ms": deltas["added_ttfb_p50_ms"],
+            "added_ttfb_p99_ms": deltas["added_ttfb_p99_ms"],
+            "ratio_gateway_direct": deltas["ratio_to_direct"],
             "events_written": self.gateway.events_written,
             "requests_completed": self.gateway.completed,
         }

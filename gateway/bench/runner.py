@@ -10,14 +10,17 @@ then for each `workers` value start `tollbooth serve`, wait for GET /health 200,
 every scenario at every concurrency against it; with the first `workers` value, each gateway
 phase is followed at once by the same phase directly against the upstream (the gateway idle
 meanwhile), so that a pair compared in the report ran under the same load from the rest of
-the machine. A phase is one or more load generator processes (`gateway.bench.loadgen`) sharing
-a measured window; CPU counters of the gateway, the upstream, Postgres + Valkey and the
+the machine. With `options.floor`, a paced-streams pair is followed by a third phase, "floor",
+through `gateway.bench.floor_proxy` (a proxy that only moves bytes, started once for the run
+and pinned like the gateway): its CPU per relayed event is what any proxy costs here. A phase
+is one or more load generator processes (`gateway.bench.loadgen`) sharing a measured window;
+CPU counters of the gateway (or the floor proxy), the upstream, Postgres + Valkey and the
 generators are read at the window's edges, and the gateway's RSS before the phase and every
 RSS_SAMPLE_S inside the window (its peak). A scenario with a stagger (paced-streams) opens
 the window only after every connection has started and the warm-up has passed. After a
 gateway phase the runner waits for the usage writer to flush and counts the rows the phase
 added to `usage_events`. With `options.cpus`, the gateway (and its workers), the upstream
-and the generators run pinned to the CPUs named for them.
+and the generators run pinned to the CPUs named for them (the floor proxy with the gateway).
 
 How it fails: a child that exits early, a health check or a phase that does not finish in
 time raises `BenchError` naming the log file under WORKDIR/logs; every process started here
@@ -35,7 +38,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +80,7 @@ class BenchError(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    name: str  # "gateway" or "direct"
+    name: str  # "gateway", "direct" or "floor"
     port: int
     authorization: str
     groups: tuple[ProcessGroup, ...]
@@ -156,6 +159,7 @@ class _Bench:
             db = await asyncpg.connect(self.database_url)
             stack.push_async_callback(db.close)
             direct = Target("direct", self.upstream_port, f"Bearer {PROVIDER_KEY}", (upstream,))
+            floor = await self._start_floor(stack, upstream)
             for index, workers in enumerate(self.options.workers):
                 async with AsyncExitStack() as gateway_stack:
                     serve, port = await self._start_gateway(gateway_stack, workers)
@@ -172,8 +176,8 @@ class _Bench:
                                 await self._phase(scenario, target, concurrency, db)
                             )
                             if index == 0:
-                                report.phases.append(
-                                    await self._phase(scenario, direct, concurrency, None)
+                                report.phases += await self._baselines(
+                                    scenario, direct, floor, concurrency
                                 )
                     if self.options.profile and index == 0:
                         report.profile, profiled = await self._profile(target, serve.pid, db)
@@ -214,6 +218,41 @@ class _Bench:
             f"upstream ({self.options.upstream}) on 127.0.0.1:{self.upstream_port} (pid {proc.pid})"
         )
         return ProcessGroup("upstream", [proc.pid])
+
+    async def _start_floor(self, stack: AsyncExitStack, upstream: ProcessGroup) -> Target | None:
+        """The floor proxy in front of the upstream, when a scenario will use it."""
+        if not self.options.floor or all(s.name != PACED_STREAMS for s in self.scenarios):
+            return None
+        argv = [
+            sys.executable,
+            "-m",
+            "gateway.bench.floor_proxy",
+            "--port",
+            "0",
+            "--upstream-port",
+            str(self.upstream_port),
+        ]
+        log = self.logs / "floor-proxy.log"
+        proc = await procs.start(argv, log, self.env, self.options.cpus_of("gateway"))
+        stack.push_async_callback(procs.stop, proc)
+        try:
+            line = await procs.wait_for_line(log, "listening on", proc, 60)
+        except RuntimeError as exc:
+            raise BenchError(str(exc)) from exc
+        port = int(line.rsplit(":", 1)[1])
+        progress(f"floor proxy on 127.0.0.1:{port} (pid {proc.pid})")
+        group = ProcessGroup("floor", [proc.pid])
+        return Target("floor", port, f"Bearer {PROVIDER_KEY}", (group, upstream))
+
+    async def _baselines(
+        self, scenario: Scenario, direct: Target, floor: Target | None, concurrency: int
+    ) -> list[PhaseResult]:
+        """The direct phase, then for paced-streams the floor phase compared with it."""
+        straight = await self._phase(scenario, direct, concurrency, None)
+        if floor is None or scenario.name != PACED_STREAMS:
+            return [straight]
+        floored = await self._phase(scenario, floor, concurrency, None)
+        return [straight, replace(floored, compared_with=straight)]
 
     async def _create_key(self) -> str:
         await self._tool("customers", "create", self.customer, "--tier", "bench")

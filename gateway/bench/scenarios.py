@@ -11,7 +11,9 @@ Scenarios, all `POST /v1/chat/completions` with one short user message on `gpt-4
   length), so streams arrive at a steady rate instead of in a burst, and each connection
   starts its next stream as soon as the last one ended. It reports streams/s, time to first
   byte, CPU per relayed event and the gateway's RSS per open stream. Not in the default set
-  (its phases are long and its concurrencies large): ask for it with `--scenarios`.
+  (its phases are long and its concurrencies large): ask for it with `--scenarios`. With
+  `floor` (the default), each concurrency also runs through a proxy that only moves bytes
+  (`gateway.bench.floor_proxy`): the machine's own cost per relayed event.
 Each runs at every concurrency of `concurrencies` (`paced_concurrencies` for `paced`).
 """
 
@@ -50,6 +52,7 @@ class BenchOptions:
     workdir: Path | None = None  # default: a temp dir, removed at the end
     soak_s: float = 0.0  # > 0: a steady chat load this long after the phases, RSS sampled
     soak_concurrency: int = 16
+    floor: bool = True  # paced-streams: a third phase per concurrency, through the floor proxy
     # Role ("gateway", "upstream", "loadgen") -> the CPUs its processes are pinned to.
     cpus: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
@@ -75,6 +78,7 @@ class BenchOptions:
             "cpus": {name: list(cpus) for name, cpus in self.cpus},
             "upstream": self.upstream,
             "soak_s": self.soak_s,
+            "floor": self.floor,
             "scenarios": {s.name: s.to_json() for s in scenarios},
         }
 

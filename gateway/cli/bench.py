@@ -12,9 +12,12 @@ writes its own config. Exit 0 when every phase ran (whether or not the targets w
 Paced streams at scale (not in the default set), e.g. 100, 300 and 600 open streams of 100
 tokens 20 ms apart, starts spread over 2 s, against the raw upstream:
 `tollbooth bench --scenarios paced-streams --concurrency 100,300,600 --tokens 100
---token-delay-ms 20 --stagger-s 2 --upstream raw`. To give the load generator a core of its
-own (e.g. for `--compare-workers 1,2`), pin the parts: `--pin gateway=0,1 --pin loadgen=2
---pin upstream=3` (like `taskset -c`; the gateway's workers inherit its CPUs).
+--token-delay-ms 20 --stagger-s 2 --upstream raw`. Each concurrency runs against the gateway,
+then directly against the upstream, then (unless `--no-floor`) through a proxy that only moves
+bytes, the "floor" row: what relaying an event costs on this machine whatever the proxy.
+To give the load generator a core of its own (e.g. for `--compare-workers 1,2`), pin the
+parts: `--pin gateway=0,1 --pin loadgen=2 --pin upstream=3` (like `taskset -c`; the gateway's
+workers inherit its CPUs, and the floor proxy runs on them too).
 
 `tollbooth bench portal` (gateway.cli.bench_portal) times the usage pages instead.
 """
@@ -145,6 +148,15 @@ def register(subparsers: Any) -> None:
         "bare uvloop server, cheap enough not to compete with the gateway",
     )
     parser.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="paced-streams: after each concurrency's gateway and direct phases, a third "
+        "through gateway.bench.floor_proxy, a proxy that only moves bytes (pinned like the "
+        "gateway), so the table shows the machine's share of the CPU per event and the "
+        "added ttfb (default: on; --no-floor leaves it out)",
+    )
+    parser.add_argument(
         "--loadgen-procs",
         type=int,
         default=1,
@@ -205,6 +217,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         profile_native=args.profile_native,
         workdir=args.workdir,
         soak_s=args.soak,
+        floor=args.floor,
         cpus=tuple(dict(args.pin).items()),
     )
 
