@@ -196,10 +196,10 @@ def make_handler(api: ProviderApi, endpoint: Endpoint) -> Handler:
 
 @dataclass(slots=True)
 class Pending:
-    """An admitted request, ready to go upstream."""
+    """An admitted request, ready to go upstream (`call` is None once it was sent)."""
 
     ex: Exchange
-    call: Upstream
+    call: Upstream | None
     strip_usage: bool
     our_headers: dict[str, str]
 
@@ -392,18 +392,25 @@ async def _exchange(
     cut: Cut,
 ) -> None:
     ex, call, strip_usage = pending.ex, pending.call, pending.strip_usage
+    assert call is not None, "a request is forwarded once"
+    secret = call.secret
     recorder = app[keys.recorder]
     metered = endpoint.metered
+    # From here on the request's headers and body are not needed: a stream keeps this frame
+    # (and `pending`) for minutes, so neither holds them (a body is up to 1 MB, and orjson's
+    # output of even a small one is a 4 KiB allocation).
+    pending.call = None
     try:
         upstream = await send(app[keys.upstream], call.method, call.url, call.headers, call.body)
     except GatewayError as exc:
         if metered:
             await recorder.finish(ex, status=exc.status, usage=None, upstream_id=None)
         raise
+    del call
     cut.upstream = upstream  # from now on the drain cuts it by closing this connection
     async with upstream:
         status = upstream.status
-        out_headers = response_headers(upstream, call.secret.decode())
+        out_headers = response_headers(upstream, secret.decode())
         out_headers.update(pending.our_headers)
         header_id = out_headers.get("x-upstream-request-id")
         is_stream = upstream.headers.get("content-type", "").startswith(api.stream_content_types)
@@ -430,7 +437,7 @@ async def _exchange(
                     upstream_id=found.upstream_id or header_id,
                     produced_text=found.produced_text,
                 )
-            await reply.send(status, out_headers, scrub(data, call.secret))
+            await reply.send(status, out_headers, scrub(data, secret))
             return
 
         meter = api.stream_meter(endpoint, strip_usage)
@@ -454,6 +461,7 @@ async def _exchange(
             )
 
         sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        upstream.forget_headers()  # all read: a stream keeps its response for minutes
         no_buffering(out_headers)  # any stream: SSE, or a framing such as AWS event-stream
 
         def was_cut() -> bool:  # by the drain, before the stream's terminal event
@@ -463,6 +471,7 @@ async def _exchange(
             return cut_event(api) if sse and was_cut() else b""
 
         sink = await reply.open_stream(status, out_headers)
+        del out_headers  # written: not held for the stream's life either
         try:
             plan = StreamPlan(
                 meter,

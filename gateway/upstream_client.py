@@ -50,6 +50,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 _PAUSE_BYTES = 256 * 1024  # buffered and not yet consumed: stop reading the socket
 _MAX_IDLE_PER_ORIGIN = 256
 _MAX_HEAD_BYTES = 64 * 1024
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 Origin = tuple[str, str, int]
 
@@ -162,7 +163,9 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []
         self._head_bytes = 0
         self._head: asyncio.Future[None] | None = None
-        self._chunks: collections.deque[bytes] = collections.deque()
+        # Body chunks not yet read (`next_chunk`); made on first use: an empty deque is
+        # 760 bytes, and a pushed stream never buffers.
+        self._chunks: collections.deque[bytes] | None = None
         self._buffered = 0
         self._paused = False
         self._complete = False
@@ -221,7 +224,10 @@ class _Connection(asyncio.Protocol):
             self._last_data = self._clock()
             consumer.body(body)
             return
-        self._chunks.append(body)
+        chunks = self._chunks
+        if chunks is None:
+            chunks = self._chunks = collections.deque()
+        chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _PAUSE_BYTES and not self._paused and self.transport is not None:
             self._paused = True
@@ -241,7 +247,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._headers = []
         self._head_bytes = 0
-        self._chunks.clear()
+        self._chunks = None
         self._buffered = 0
         self._complete = False
         self._error = None
@@ -252,14 +258,18 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
         return self._head
 
-    def headers(self) -> list[tuple[str, str]]:
-        return self._headers
+    def take_headers(self) -> list[tuple[str, str]]:
+        """The response head's headers, handed over (the connection keeps no copy: a stream
+        holds its connection for minutes)."""
+        headers, self._headers = self._headers, []
+        return headers
 
     async def next_chunk(self, timeout_s: float) -> bytes | None:
         """The next body bytes as received; None at the end of the body."""
         while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
+            chunks = self._chunks
+            if chunks:
+                chunk = chunks.popleft()
                 self._buffered -= len(chunk)
                 if self._paused and self._buffered <= _PAUSE_BYTES // 2:
                     self._paused = False
@@ -282,8 +292,9 @@ class _Connection(asyncio.Protocol):
     def push_to(self, consumer: BodyConsumer, idle_s: float) -> None:
         """Hand the body to `consumer` from now on: what is buffered first, then each chunk
         as it arrives. Fails with `UpstreamBodyTimeout` after `idle_s` without data."""
-        while self._chunks:
-            chunk = self._chunks.popleft()
+        chunks, self._chunks = self._chunks, None
+        while chunks:
+            chunk = chunks.popleft()
             self._buffered -= len(chunk)
             consumer.body(chunk)
         if self._error is not None or self._complete:
@@ -392,7 +403,8 @@ class UpstreamResponse:
         self._client = client
         self._read_timeout_s = read_timeout_s
         self.status = connection.status
-        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(connection.headers()))
+        head = CIMultiDict(connection.take_headers())
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(head)
         encoding = self.headers.get("content-encoding", "").strip().lower()
         if encoding in ("", "identity"):
             self._decoder: _Decoder | None = None
@@ -455,6 +467,11 @@ class UpstreamResponse:
         next, raises `UpstreamBodyError`; the connection is never pooled again."""
         self._connection._fail(UpstreamBodyError("the gateway cut the response (drain)"))
         self._connection.close()
+
+    def forget_headers(self) -> None:
+        """Drop the head's headers once the caller has read them (a stream keeps its
+        response for minutes); `headers` is empty from then on."""
+        self.headers = _NO_HEADERS
 
     def release(self) -> None:
         if self._released:

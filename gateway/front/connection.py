@@ -68,7 +68,7 @@ class FrontProtocol(asyncio.Protocol):
         self._new_message()
 
     def _new_message(self) -> None:
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._head_end = -1
@@ -134,6 +134,7 @@ class FrontProtocol(asyncio.Protocol):
         if route is None:
             raise _Stop
         self._route = route
+        assert self._parser is not None  # callbacks come from its feed_data
         if not self._parser.should_keep_alive():
             self._close_after = True
         self._arm(self._server.timeout_s)  # the body's deadline
@@ -146,6 +147,7 @@ class FrontProtocol(asyncio.Protocol):
 
     def _fast_route(self) -> Route | None:
         parser = self._parser
+        assert parser is not None  # called from its feed_data
         method = parser.get_method()
         if method != b"POST":
             return self._preflight_route() if method == b"OPTIONS" else None
@@ -179,6 +181,7 @@ class FrontProtocol(asyncio.Protocol):
     def _preflight_route(self) -> Route | None:
         """A CORS preflight to a forwarded route, served here while CORS is on; anything else
         (CORS off, another OPTIONS, a body) is aiohttp's, which answers it as it would."""
+        assert self._parser is not None  # called from its feed_data
         if (
             self._parser.get_http_version() != "1.1"
             or not self._server.runtime.current.settings.server.cors_origins
@@ -225,6 +228,7 @@ class FrontProtocol(asyncio.Protocol):
         return True
 
     def _feed(self, data: bytes) -> None:
+        assert self._parser is not None  # None only while busy, when nothing is fed
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError:
@@ -254,6 +258,10 @@ class FrontProtocol(asyncio.Protocol):
         body = bytes(self._raw[start:end])
         del self._raw[:end]
         headers = CIMultiDict(self._headers)
+        # Parsed: neither the parser nor the header list is used again before `_done` makes
+        # new ones, and a stream keeps this connection busy for minutes.
+        self._headers = []
+        self._parser = None
         self.busy = True
         self._deadline = None
         if self._preflight:  # answered soon, not here: pipelined ones must not recurse
@@ -281,6 +289,10 @@ class FrontProtocol(asyncio.Protocol):
             pending = await prepare(
                 app, api, endpoint, headers, read_body, request_id, started, call
             )
+            # Read: neither is held while the response streams (`body` is also in
+            # `read_body`'s cell, emptied by rebinding it).
+            del headers
+            body = b""
             await forward(app, api, endpoint, pending, reply)
         except GatewayError as exc:
             self._refuse(reply, endpoint.path, exc, request_id)
