@@ -11,10 +11,15 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+import orjson
 import pytest
 
 from gateway.front.connection import FrontProtocol
 from gateway.front.reply import FrontReply
+from gateway.mock_provider.app import MockOptions
+from gateway.providers.base import SSEEvent
+from gateway.providers.openai_stream import ChatStreamMeter
+from tests.harness import running_gateway
 
 
 class _Connection:
@@ -84,3 +89,52 @@ async def test_a_client_gone_before_the_head_went_out_is_noticed_by_the_next_wri
     with pytest.raises(ConnectionResetError):
         reply.write_now(b"data: 1\n\n")
     assert conn.writes == []
+
+
+async def test_a_stream_cut_before_its_first_chunk_still_sends_its_head() -> None:
+    reply, conn = _reply()
+    await reply.open_stream(200, {"Content-Type": "text/event-stream"})
+    reply.flush_head()  # what the connection does before it cuts a failed stream
+    [head] = conn.writes
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    await asyncio.sleep(0)
+    assert len(conn.writes) == 1  # written once
+
+
+async def test_a_stream_whose_relay_fails_at_once_answers_a_cut_200_not_nothing(
+    fresh_database_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client must never see a connection closed without an answer after the provider was
+    called: SDKs retry that, and the retry is billed again."""
+
+    def broken_observe(self: ChatStreamMeter, event: SSEEvent) -> bool:
+        raise RuntimeError("a meter bug")
+
+    async with running_gateway(
+        fresh_database_url,
+        redis_url,
+        monkeypatch,
+        mock_options=MockOptions(latency_ms=0),
+        extra_config={"server": {"host": "127.0.0.1", "port": 0}},
+    ) as gw:
+        monkeypatch.setattr(ChatStreamMeter, "observe", broken_observe)
+        body = orjson.dumps(
+            {
+                "model": "gpt-4o-mini",
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+        )
+        reader, writer = await asyncio.open_connection(gw.server.host, gw.server.port)
+        try:
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+                b"Authorization: Bearer %b\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%b" % (gw.key.encode(), len(body), body)
+            )
+            async with asyncio.timeout(10):
+                answer = await reader.read()  # until the gateway closes the connection
+        finally:
+            writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:200]
+    assert b"\r\n0\r\n\r\n" not in answer  # cut: never a complete stream

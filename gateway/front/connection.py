@@ -325,6 +325,7 @@ class FrontProtocol(asyncio.Protocol):
     ) -> None:
         """Answer `exc` as `render_error` renders it, or cut a stream already under way."""
         if reply.head_sent:  # a stream already under way: it can only be cut
+            reply.flush_head()  # the client sees a cut 200, never a connection without answer
             self._close_after = True
             return
         answer = render_error(path, exc, request_id)

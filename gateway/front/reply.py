@@ -60,10 +60,11 @@ class FrontReply:
         # came with its head and are relayed in this turn, so the client gets the head and
         # the first event in one write (one send, and the first event no later).
         self._head = head
-        asyncio.get_running_loop().call_soon(self._write_head)
+        asyncio.get_running_loop().call_soon(self.flush_head)
         return self
 
-    def _write_head(self) -> None:
+    def flush_head(self) -> None:
+        """Write a stream's head now if it is still held (before the connection is cut)."""
         head, self._head = self._head, b""
         if head:
             with contextlib.suppress(ConnectionResetError):  # noticed by the relay's next write
