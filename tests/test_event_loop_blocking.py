@@ -62,10 +62,11 @@ BLOCKING_BY_DESIGN: list[tuple[str, str, str]] = [
     # SIGKILL the moment the request completes (storage/usage/journal.py's docstring).
     ("os.write", "storage/usage/journal.py", "append"),
     # The same for the provisional record of an exchange in flight, written as it is
-    # admitted (and about once a second while it streams) so a gateway killed mid-request
-    # still bills it: one os.write of one line to the slot's `.open` file (the header line
-    # too when that file rotates, inside `record`); storage/usage/journal_open.py's docstring.
-    ("os.write", "storage/usage/journal_open.py", "record"),
+    # admitted (and once a second for all open streams together) so a gateway killed
+    # mid-request still bills it: one os.write of its lines to the slot's `.open` file (the
+    # header line too when that file rotates, inside `record_many`);
+    # storage/usage/journal_open.py's docstring.
+    ("os.write", "storage/usage/journal_open.py", "record_many"),
     # The access log writes its buffered lines to stderr in one write per batch, at most
     # every FLUSH_INTERVAL_S (gateway/logs.py's docstring); blockbuster lets writes to the
     # sys.stderr object itself pass, not those to its buffer when stderr is a pipe or file.
