@@ -150,22 +150,22 @@ class Recorder:
         since the last one. Tokens are counted on the text added since the last call only (a
         stream's text is never counted twice, so a long stream stays cheap)."""
         counted_chars = 0
-        output_tokens = 0
+        counted_tokens = 0  # tiktoken's count of the text so far
         last: tuple[int, int, int, int, str | None] | None = None
 
         def line() -> bytes | None:
-            nonlocal counted_chars, output_tokens, last
+            nonlocal counted_chars, counted_tokens, last
             try:
                 result = meter.result()
                 usage = result.usage
                 if usage is None:
                     text = result.produced_text
                     if len(text) > counted_chars:
-                        output_tokens += self._tokens.count(ex.model, text[counted_chars:])
+                        counted_tokens += self._tokens.count(ex.model, text[counted_chars:])
                         counted_chars = len(text)
                     usage = result.partial_usage or Usage(input_tokens=ex.prompt_tokens)
                     # Never below an output count the provider already reported.
-                    usage = replace(usage, output_tokens=max(output_tokens, usage.output_tokens))
+                    usage = replace(usage, output_tokens=max(counted_tokens, usage.output_tokens))
                 counts = (
                     usage.input_tokens,
                     usage.output_tokens,
@@ -177,9 +177,14 @@ class Recorder:
                     return None
                 last = counts
                 latency_ms = int((time.perf_counter() - ex.started) * 1000)
-                input_tokens, output_tokens, cached, cache_write, upstream_id = counts
                 return _provisional_line(
-                    ex, input_tokens, output_tokens, latency_ms, cached, cache_write, upstream_id
+                    ex,
+                    usage.input_tokens,
+                    usage.output_tokens,
+                    latency_ms,
+                    usage.cached_input_tokens,
+                    usage.cache_write_tokens,
+                    result.upstream_id,
                 )
             except Exception:  # a bug: never break the stream for a progress record
                 log.error("stream progress of %s not recorded", ex.request_id, exc_info=True)

@@ -417,6 +417,23 @@ async def test_stream_progress_records_the_output_so_far_and_the_reported_input(
         assert event.upstream_request_id == "msg_1" and event.latency_ms >= 0
         assert event.metadata["interrupted"] == "gateway_stopped"
         assert writer.open_exchanges == 1
+
+        # A cumulative report above the count is a floor; text after it is counted on the
+        # count, never added to the report.
+        feed(
+            "message_delta",
+            {"type": "message_delta", "delta": {}, "usage": {"output_tokens": counted + 100}},
+        )
+        progress()
+        assert latest().output_tokens == counted + 100
+        third = "The end."
+        feed(
+            "content_block_delta",
+            {"type": "content_block_delta", "delta": {"type": "text_delta", "text": third}},
+        )
+        progress()
+        assert tokens.count(ex.model, third) < 100
+        assert latest().output_tokens == counted + 100
     finally:
         await writer.close()
         await client.aclose()
