@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import socket
 import sys
 from typing import cast
+
+from gateway.bench.serving import run_on_uvloop, serve_until_stopped
 
 
 def _nodelay(transport: asyncio.Transport) -> None:
@@ -116,14 +117,7 @@ async def start_proxy(
 
 async def serve(host: str, port: int, upstream_host: str, upstream_port: int) -> None:
     server = await start_proxy(host, port, upstream_host, upstream_port)
-    bound = server.sockets[0].getsockname()[1]
-    print(f"bench floor proxy listening on http://{host}:{bound}", flush=True)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    async with server:
-        await stop.wait()
+    await serve_until_stopped(server, "bench floor proxy", host)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream-host", default="127.0.0.1")
     parser.add_argument("--upstream-port", type=int, required=True)
     args = parser.parse_args(argv)
-    import uvloop
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(args.host, args.port, args.upstream_host, args.upstream_port))
+    run_on_uvloop(serve(args.host, args.port, args.upstream_host, args.upstream_port))
     return 0
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import aiohttp
 import orjson
 from aiohttp.test_utils import TestServer
 
+from gateway.bench.serving import run_on_uvloop, serve_until_stopped
 from gateway.mock_provider import MockOptions, create_mock_app
 
 _HEAD_END = b"\r\n\r\n"
@@ -202,13 +202,7 @@ async def serve(host: str, port: int, output_tokens: int) -> None:
     loop = asyncio.get_running_loop()
     whole = {usage: canned.whole_stream(usage) for usage in (False, True)}
     server = await loop.create_server(lambda: _Server(canned, whole), host, port)
-    bound = server.sockets[0].getsockname()[1]
-    print(f"bench upstream listening on http://{host}:{bound}", flush=True)
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    async with server:
-        await stop.wait()
+    await serve_until_stopped(server, "bench upstream", host)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,10 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--output-tokens", type=int, default=35)
     args = parser.parse_args(argv)
-    import uvloop
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(args.host, args.port, args.output_tokens))
+    run_on_uvloop(serve(args.host, args.port, args.output_tokens))
     return 0
 
 
