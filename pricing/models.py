@@ -2,10 +2,9 @@
 
 `Usage` mirrors what providers report, normalised to one convention for every provider
 (docs/metering-and-pricing.md, the metering rules): `input_tokens` counts every prompt token,
-cached and
-cache-written ones included, and `output_tokens` includes `reasoning_tokens`. Pricing
-charges the uncached remainder of the input at the input price. Everything here is an exact
-integer or a Decimal (times are timezone-aware UTC datetimes); nothing does I/O.
+cached and cache-written ones included, and `output_tokens` includes `reasoning_tokens`.
+Pricing charges the uncached remainder of the input at the input price. Everything here is an
+exact integer or a Decimal (times are timezone-aware UTC datetimes); nothing does I/O.
 """
 
 from __future__ import annotations

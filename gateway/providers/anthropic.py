@@ -6,15 +6,15 @@ count_tokens), served and metered the same. The provider key travels in
 `x-api-key`; `anthropic-version` and `anthropic-beta` pass through untouched (absent stays
 absent: the provider answers a request that lacks them).
 
-Usage follows the metering rules (docs/metering-and-pricing.md): `input_tokens` here is Anthropic's
-`input_tokens +
-cache_read_input_tokens + cache_creation_input_tokens` (Anthropic reports the uncached part
-only), cache reads are `cached_input_tokens`, cache creation is `cache_write_tokens`. Anthropic
-folds thinking into `output_tokens`; `reasoning_tokens` is filled only where a response splits
-it out (`output_tokens_details.thinking_tokens`), else 0. In a stream, input and cache tokens
-come from `message_start` and output from the last `message_delta`, whose usage is cumulative
-(the last one is taken, never a sum); a `message_delta` that repeats input or cache counts
-carries final values, which win. Reading usage never raises on bad bytes.
+Usage follows the metering rules (docs/metering-and-pricing.md): `input_tokens` here is
+Anthropic's `input_tokens + cache_read_input_tokens + cache_creation_input_tokens` (Anthropic
+reports the uncached part only), cache reads are `cached_input_tokens`, cache creation is
+`cache_write_tokens`. Anthropic folds thinking into `output_tokens`; `reasoning_tokens` is
+filled only where a response splits it out (`output_tokens_details.thinking_tokens`), else 0.
+In a stream, input and cache tokens come from `message_start` and output from the last
+`message_delta`, whose usage is cumulative (the last one is taken, never a sum); a
+`message_delta` that repeats input or cache counts carries final values, which win. Reading
+usage never raises on bad bytes.
 """
 
 from __future__ import annotations

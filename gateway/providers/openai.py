@@ -4,12 +4,11 @@ Routes: chat completions, legacy completions, embeddings, the Responses API, and
 list (answered by the gateway itself, declared here so routing knows it). Upstream base URLs
 end in /v1, so an endpoint's `upstream_path` omits it.
 
-Usage follows the metering rules (docs/metering-and-pricing.md): `prompt_tokens` / `input_tokens`
-is every prompt
-token (cached ones included), `completion_tokens` / `output_tokens` includes reasoning
-tokens. For streamed chat and completions the gateway asks for `stream_options.include_usage`
-when the client did not, and the stream meter hides that one extra chunk (see
-`openai_stream`). Reading usage never raises: an unreadable body yields
+Usage follows the metering rules (docs/metering-and-pricing.md): `prompt_tokens` /
+`input_tokens` is every prompt token (cached ones included), `completion_tokens` /
+`output_tokens` includes reasoning tokens. For streamed chat and completions the gateway asks
+for `stream_options.include_usage` when the client did not, and the stream meter hides that one
+extra chunk (see `openai_stream`). Reading usage never raises: an unreadable body yields
 `ResponseUsage(None, None)` and the caller estimates.
 """
 
